@@ -1,0 +1,21 @@
+//! sd-core: the foundation of sd-rs.
+//!
+//! - [`Backend`]: the tensor op set SD 1.5 needs; model code is written once over it.
+//! - [`cpu::CpuBackend`]: the ndarray reference backend (f32, multi-threaded).
+//! - [`weights::WeightStore`]: safetensors checkpoints (diffusers folders and LDM single files).
+//! - [`TorchGenerator`]: `torch.randn` with a CPU generator, bit for bit.
+//! - [`components`]: the traits a pipeline is assembled from.
+
+pub mod backend;
+pub mod components;
+pub mod cpu;
+pub mod error;
+pub mod rng;
+pub mod tensor;
+pub mod weights;
+
+pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp};
+pub use components::{Denoiser, LatentCodec, LatentDist, Scheduler, TextEncoder};
+pub use error::{Error, Result};
+pub use rng::TorchGenerator;
+pub use tensor::{DType, HostTensor};

@@ -1,0 +1,1 @@
+//! `WeightStore`: mmap'd safetensors with diffusers names, LDM key mapping and variant detection.

@@ -1,0 +1,1 @@
+//! The CUDA backend for sd-core: cudarc, NVRTC-compiled kernels and cuBLAS (issue 7: not yet implemented).
