@@ -1,0 +1,174 @@
+//! Throughput of the CPU backend's ops on the shapes one SD 1.5 UNet step (512², batch 2) and
+//! one VAE decode use. Prints the median of several runs per op.
+//!
+//! `cargo run --release --example cpu_ops [-- --runs N]`
+
+use std::time::Instant;
+
+use sd_core::cpu::CpuBackend;
+use sd_core::{Backend, Conv2dParams, TorchGenerator, UnaryOp};
+
+/// One benchmark case: a name, its FLOP count and a closure running it once.
+struct Case<'a> {
+    name: &'static str,
+    flop: f64,
+    run: Box<dyn Fn() -> sd_core::Result<()> + 'a>,
+}
+
+fn main() -> sd_core::Result<()> {
+    let runs = parse_runs()?;
+    let b = CpuBackend::new();
+    let mut rng = TorchGenerator::new(0);
+    let mut rand = |shape: &[usize]| b.upload(&(rng.randn(shape) * 0.1));
+
+    // UNet level-1 shapes at 512²: 64×64 latents, 320 channels, 8 heads of 40; CLIP context 77×768.
+    let x_nchw = rand(&[2, 320, 64, 64])?;
+    let w3 = rand(&[320, 320, 3, 3])?;
+    let bias = rand(&[320])?;
+    let tokens = rand(&[2, 4096, 320])?;
+    let w_lin = rand(&[320, 320])?;
+    let ff_in = rand(&[2560, 320])?;
+    let ctx_k = rand(&[2, 77, 320])?;
+    let gamma = rand(&[320])?;
+    let geglu_in = rand(&[2, 4096, 2560])?;
+    // VAE decoder's largest conv: 512² × 128 channels (and 256² × 256).
+    let vae_x = rand(&[1, 256, 256, 256])?;
+    let vae_w = rand(&[256, 256, 3, 3])?;
+    let vae_bias = rand(&[256])?;
+    let vae_tokens = rand(&[1, 4096, 512])?;
+
+    let conv_flop = |n: f64, c: f64, o: f64, hw: f64, k: f64| 2.0 * n * c * o * hw * k * k;
+    let cases = vec![
+        Case {
+            name: "conv2d 3x3 [2,320,64,64]->320",
+            flop: conv_flop(2.0, 320.0, 320.0, 4096.0, 3.0),
+            run: Box::new(|| {
+                b.conv2d(&x_nchw, &w3, Some(&bias), Conv2dParams::same(1))
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "conv2d 3x3 [1,256,256,256]->256 (VAE)",
+            flop: conv_flop(1.0, 256.0, 256.0, 65536.0, 3.0),
+            run: Box::new(|| {
+                b.conv2d(&vae_x, &vae_w, Some(&vae_bias), Conv2dParams::same(1))
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "linear [8192,320]x[320,320]",
+            flop: 2.0 * 8192.0 * 320.0 * 320.0,
+            run: Box::new(|| b.linear(&tokens, &w_lin, Some(&bias)).map(drop)),
+        },
+        Case {
+            name: "linear [8192,320]x[320,2560] (FF in)",
+            flop: 2.0 * 8192.0 * 320.0 * 2560.0,
+            run: Box::new(|| b.linear(&tokens, &ff_in, None).map(drop)),
+        },
+        Case {
+            name: "self-attention [2,4096,320] 8 heads",
+            flop: 2.0 * 2.0 * 2.0 * 4096.0 * 4096.0 * 320.0,
+            run: Box::new(|| {
+                b.attention(&tokens, &tokens, &tokens, 8, 40f32.powf(-0.5), false)
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "cross-attention [2,4096,320] x 77",
+            flop: 2.0 * 2.0 * 2.0 * 4096.0 * 77.0 * 320.0,
+            run: Box::new(|| {
+                b.attention(&tokens, &ctx_k, &ctx_k, 8, 40f32.powf(-0.5), false)
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "VAE attention [1,4096,512] 1 head",
+            flop: 2.0 * 2.0 * 4096.0 * 4096.0 * 512.0,
+            run: Box::new(|| {
+                b.attention(
+                    &vae_tokens,
+                    &vae_tokens,
+                    &vae_tokens,
+                    1,
+                    512f32.powf(-0.5),
+                    false,
+                )
+                .map(drop)
+            }),
+        },
+        Case {
+            name: "group_norm+silu [2,320,64,64] g32",
+            flop: 0.0,
+            run: Box::new(|| {
+                b.group_norm(&x_nchw, 32, &gamma, &bias, 1e-5, true)
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "layer_norm [2,4096,320]",
+            flop: 0.0,
+            run: Box::new(|| b.layer_norm(&tokens, &gamma, &bias, 1e-5).map(drop)),
+        },
+        Case {
+            name: "geglu [2,4096,2560]",
+            flop: 0.0,
+            run: Box::new(|| b.geglu(&geglu_in).map(drop)),
+        },
+        Case {
+            name: "silu [2,320,64,64]",
+            flop: 0.0,
+            run: Box::new(|| b.unary(&x_nchw, UnaryOp::Silu).map(drop)),
+        },
+        Case {
+            name: "add broadcast [2,320,64,64]+[2,320,1,1]",
+            flop: 0.0,
+            run: Box::new(|| {
+                let t = b.reshape(&bias, &[1, 320, 1, 1])?;
+                b.add(&x_nchw, &t).map(drop)
+            }),
+        },
+    ];
+
+    println!(
+        "CPU backend, {} threads, median of {runs} runs",
+        rayon::current_num_threads()
+    );
+    println!("{:<42} {:>10} {:>10}", "op", "ms", "GFLOP/s");
+    for case in &cases {
+        (case.run)()?; // warm-up
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            (case.run)()?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let gflops = if case.flop > 0.0 {
+            format!("{:.1}", case.flop / median / 1e9)
+        } else {
+            "-".to_string()
+        };
+        println!("{:<42} {:>10.2} {:>10}", case.name, median * 1e3, gflops);
+    }
+    Ok(())
+}
+
+fn parse_runs() -> sd_core::Result<usize> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(5),
+        [flag, n] if flag == "--runs" => {
+            n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                sd_core::Error::invalid_argument(
+                    "--runs",
+                    format!("expected a positive integer, got {n:?}"),
+                )
+            })
+        }
+        _ => Err(sd_core::Error::invalid_argument(
+            "args",
+            "usage: cpu_ops [--runs N]",
+        )),
+    }
+}
