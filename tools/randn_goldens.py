@@ -15,12 +15,12 @@ Negative Python seeds are taken modulo 2**64.
 
 File layout
 -----------
-Metadata key "cases" holds a JSON list; each case is
+Metadata key "randn_goldens" holds a JSON object: "torch_version" and "host_cpu_capability" record
+the producing environment, and "cases" is a list; each case is
     {"name": "seed42_seq", "mode": "avx" | "libm", "seed": 42,
      "calls": [{"shape": [3]}, {"manual_seed": 7}, {"shape": [1, 4, 8, 8]}, ...]}
 The k-th `{"shape": ...}` call of a case (k counts shape calls only, from 0) is the float32
-tensor named "<name>/<k>" with that shape. Metadata "torch_version" and "host_cpu_capability" record
-the producing environment.
+tensor named "<name>/<k>" with that shape.
 """
 
 from __future__ import annotations
@@ -145,11 +145,14 @@ def write(out_dir: pathlib.Path) -> pathlib.Path:
     for n in [1, 100]:
         assert torch.equal(tensors[f"seed{2**32 + 7}_n{n}/0"], seed7[f"n{n}/0"]), "seed 2**32+7 differs from 7"
 
-    metadata = {
-        "cases": json.dumps(cases),
+    # One metadata key: safetensors writes several keys in hash order, which would make the file
+    # differ from run to run.
+    description = {
         "torch_version": torch.__version__,
         "host_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cases": cases,
     }
+    metadata = {"randn_goldens": json.dumps(description)}
     path = out_dir / "goldens" / "randn.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(path), metadata=metadata)
