@@ -42,13 +42,22 @@ fn read_goldens(bytes: &[u8]) -> (Goldens, SafeTensors<'_>) {
         .and_then(|m| m.get("randn_goldens"))
         .expect("metadata key randn_goldens");
     let goldens: Goldens = serde_json::from_str(description).expect("randn_goldens JSON");
-    (goldens, SafeTensors::deserialize(bytes).expect("randn.safetensors"))
+    (
+        goldens,
+        SafeTensors::deserialize(bytes).expect("randn.safetensors"),
+    )
 }
 
 fn golden_bits(tensors: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<u32>) {
-    let view = tensors.tensor(name).unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
     assert_eq!(view.dtype(), Dtype::F32, "{name}");
-    let bits = view.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let bits = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     (view.shape().to_vec(), bits)
 }
 
@@ -94,11 +103,15 @@ fn replay(case: &Case, tensors: &SafeTensors<'_>) -> Option<String> {
 }
 
 fn check_mode(mode: &str) {
-    let bytes = std::fs::read(goldens_path()).expect("fixtures/goldens/randn.safetensors (run tools/randn_goldens.py)");
+    let bytes = std::fs::read(goldens_path())
+        .expect("fixtures/goldens/randn.safetensors (run tools/randn_goldens.py)");
     let (goldens, tensors) = read_goldens(&bytes);
     let cases: Vec<&Case> = goldens.cases.iter().filter(|c| c.mode == mode).collect();
     assert!(cases.len() >= 10, "too few {mode} cases in the goldens");
-    let failures: Vec<String> = cases.iter().filter_map(|case| replay(case, &tensors)).collect();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| replay(case, &tensors))
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {} {mode} cases differ from torch {}:\n{}",
@@ -126,7 +139,11 @@ fn shape_only_matters_through_its_element_count() {
     let flat = TorchGenerator::new(3).randn(&[2 * 4 * 8 * 8]);
     let latent = TorchGenerator::new(3).randn(&[2, 4, 8, 8]);
     assert_eq!(latent.shape(), [2, 4, 8, 8]);
-    assert!(flat.iter().zip(latent.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        flat.iter()
+            .zip(latent.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ const fn to_f32(x: f64) -> f32 {
     x as f32
 }
 
-const SQRT_HALF: f32 = to_f32(0.707_106_781_186_547_524);
-/// Cephes `logf` polynomial for ln(1 + x) - x + x²/2 over x ∈ [√½ - 1, √2 - 1], highest degree first.
+const SQRT_HALF: f32 = to_f32(std::f64::consts::FRAC_1_SQRT_2);
+/// Cephes `logf`: ln(1 + x) ≈ x - x²/2 + x³·P(x) for x ∈ [√½ - 1, √2 - 1]; P, highest degree first.
 const LOG_POLY: [f32; 9] = [
     to_f32(7.037_683_629_2e-2),
     to_f32(-1.151_461_031_0e-1),
@@ -58,10 +58,14 @@ const FOUR_OVER_PI: f32 = to_f32(1.273_239_544_735_16);
 /// π/4 in three parts for Cody–Waite reduction (the first two are exact in few bits).
 const PI_OVER_4_PARTS: [f32; 3] = [
     to_f32(0.785_156_25),
-    to_f32(2.418_756_484_985_351_562_5e-4),
-    to_f32(3.774_894_977_445_941_08e-8),
+    to_f32(2.418_756_484_985_351_6e-4),
+    to_f32(3.774_894_977_445_941e-8),
 ];
-const SIN_POLY: [f32; 3] = [to_f32(-1.951_529_589_1e-4), to_f32(8.332_160_873_6e-3), to_f32(-1.666_665_461_1e-1)];
+const SIN_POLY: [f32; 3] = [
+    to_f32(-1.951_529_589_1e-4),
+    to_f32(8.332_160_873_6e-3),
+    to_f32(-1.666_665_461_1e-1),
+];
 const COS_POLY: [f32; 3] = [
     to_f32(2.443_315_711_809_948e-5),
     to_f32(-1.388_731_625_493_765e-3),
@@ -91,13 +95,20 @@ pub(crate) fn sin_cos(x: f32) -> (f32, f32) {
     // In octants 0, 3, 4, 7 (j & 2 == 0) sin x uses the sine polynomial, else the cosine one.
     // The kernel blends with masks and adds, turning a -0 into +0; keep the same operations.
     let sine_poly_for_sin = j & 2 == 0;
-    let (sin_from_sin, sin_from_cos) = if sine_poly_for_sin { (sin_r, 0.0) } else { (0.0, cos_r) };
+    let (sin_from_sin, sin_from_cos) = if sine_poly_for_sin {
+        (sin_r, 0.0)
+    } else {
+        (0.0, cos_r)
+    };
     let sin_abs = sin_from_cos + sin_from_sin;
     let cos_abs = (cos_r - sin_from_cos) + (sin_r - sin_from_sin);
 
     let sin_sign = input_sign ^ (((j & 4) as u32) << 29);
     let cos_sign = ((!(j - 2) & 4) as u32) << 29;
-    (f32::from_bits(sin_abs.to_bits() ^ sin_sign), f32::from_bits(cos_abs.to_bits() ^ cos_sign))
+    (
+        f32::from_bits(sin_abs.to_bits() ^ sin_sign),
+        f32::from_bits(cos_abs.to_bits() ^ cos_sign),
+    )
 }
 
 #[cfg(test)]
@@ -115,7 +126,10 @@ mod tests {
             let x = k as f32 / 4096.0;
             let want = f64::from(x).ln();
             let got = f64::from(ln(x));
-            assert!((got - want).abs() <= f64::from(CEPHES_F32_TOLERANCE) * want.abs().max(1e-3), "ln({x})");
+            assert!(
+                (got - want).abs() <= f64::from(CEPHES_F32_TOLERANCE) * want.abs().max(1e-3),
+                "ln({x})"
+            );
         }
         assert_eq!(ln(1.0), 0.0);
     }
@@ -126,8 +140,14 @@ mod tests {
             let x = k as f32 * (std::f32::consts::TAU / 4096.0);
             let (s, c) = sin_cos(x);
             let (ws, wc) = f64::from(x).sin_cos();
-            assert!((f64::from(s) - ws).abs() <= f64::from(CEPHES_F32_TOLERANCE), "sin({x}) = {s}, want {ws}");
-            assert!((f64::from(c) - wc).abs() <= f64::from(CEPHES_F32_TOLERANCE), "cos({x}) = {c}, want {wc}");
+            assert!(
+                (f64::from(s) - ws).abs() <= f64::from(CEPHES_F32_TOLERANCE),
+                "sin({x}) = {s}, want {ws}"
+            );
+            assert!(
+                (f64::from(c) - wc).abs() <= f64::from(CEPHES_F32_TOLERANCE),
+                "cos({x}) = {c}, want {wc}"
+            );
         }
     }
 }

@@ -16,7 +16,9 @@ pub(crate) struct Mt19937 {
 
 impl std::fmt::Debug for Mt19937 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mt19937").field("next", &self.next).finish_non_exhaustive()
+        f.debug_struct("Mt19937")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
     }
 }
 
@@ -27,9 +29,14 @@ impl Mt19937 {
         state[0] = seed;
         for i in 1..STATE_WORDS {
             let prev = state[i - 1];
-            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+            state[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
         }
-        Mt19937 { state, next: STATE_WORDS }
+        Mt19937 {
+            state,
+            next: STATE_WORDS,
+        }
     }
 
     pub(crate) fn next_u32(&mut self) -> u32 {
@@ -47,7 +54,8 @@ impl Mt19937 {
     /// Regenerates all 624 words at once (the state is used as a ring: word i mixes i, i+1, i+397).
     fn twist(&mut self) {
         for i in 0..STATE_WORDS {
-            let mixed = (self.state[i] & UPPER_BIT) | (self.state[(i + 1) % STATE_WORDS] & LOWER_BITS);
+            let mixed =
+                (self.state[i] & UPPER_BIT) | (self.state[(i + 1) % STATE_WORDS] & LOWER_BITS);
             let feedback = if mixed & 1 == 1 { MATRIX_A } else { 0 };
             self.state[i] = self.state[(i + SHIFT_OFFSET) % STATE_WORDS] ^ (mixed >> 1) ^ feedback;
         }
@@ -77,7 +85,16 @@ mod tests {
     fn first_outputs_of_seed_5489_match_the_reference_generator() {
         let mut mt = Mt19937::new(5489);
         let first: Vec<u32> = (0..5).map(|_| mt.next_u32()).collect();
-        assert_eq!(first, [3_499_211_612, 581_869_302, 3_890_346_734, 3_586_334_585, 545_404_204]);
+        assert_eq!(
+            first,
+            [
+                3_499_211_612,
+                581_869_302,
+                3_890_346_734,
+                3_586_334_585,
+                545_404_204
+            ]
+        );
     }
 
     /// First output of `std::mt19937(0)` and `std::mt19937(1)` (libstdc++).
