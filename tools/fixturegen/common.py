@@ -6,12 +6,20 @@ import shutil
 
 import numpy as np
 import torch
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import save_file
+from transformers.utils import logging as transformers_logging
 
 # One CPU thread: the order of float reductions then does not depend on the machine's core
 # count, so a re-run elsewhere gives the same bits (the models are tiny, speed does not matter).
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
+
+# The reference's warnings (CLIP truncation, deprecations) are expected here; keep the output short.
+diffusers_logging.set_verbosity_error()
+diffusers_logging.disable_progress_bar()
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
 
 
 def cpu_generator(seed):
