@@ -41,14 +41,14 @@ def init_image():
     b = np.where(((x // 8) + (y // 8)) % 2 == 0, 200, 40)
     disc = (x - 40) ** 2 + (y - 24) ** 2 < 12**2
     rgb = np.stack([np.where(disc, 255, r), np.where(disc, 230, g), np.where(disc, 0, b)], axis=-1)
-    return Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    return Image.fromarray(rgb.astype(np.uint8))
 
 
 def mask_image():
     """White (repaint) rectangle on black (keep), as a greyscale PNG."""
     mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
     mask[16:48, 12:40] = 255
-    return Image.fromarray(mask, mode="L")
+    return Image.fromarray(mask)
 
 
 def save_png(image, path):
