@@ -107,7 +107,12 @@ impl SafetensorsFile {
         &self.metadata
     }
 
-    /// Read `name` as f32, converting from F16 or BF16. `shown_name` is how errors call it
+    /// Read tensor `key` as f32, converting from F16 or BF16.
+    pub fn get(&self, key: &str) -> Result<HostTensor> {
+        self.read_f32(key, key)
+    }
+
+    /// Read `key` as f32, converting from F16 or BF16. `shown_name` is how errors call it
     /// (the caller may know it by another name than the file's key).
     pub(crate) fn read_f32(&self, key: &str, shown_name: &str) -> Result<HostTensor> {
         let info = self.tensors.get(key).ok_or_else(|| Error::MissingTensor {
