@@ -15,6 +15,7 @@ Command line:
     python tools/ldm_convert.py write PIPELINE_DIR OUT.safetensors
     python tools/ldm_convert.py check PIPELINE_DIR     # round trip through diffusers' loader
     python tools/ldm_convert.py tiny-pipeline OUT_DIR  # a random tiny SD pipeline, for development
+    python tools/ldm_convert.py sd15-names OUT.txt     # SD 1.5 name pairs, checked by diffusers
 
 The mapping is generated from the configs (levels, resnets per level, which levels attend), the
 same way the Rust side generates it, so it holds for tiny test models as well as SD 1.5.
@@ -270,6 +271,69 @@ def check_against_diffusers(pipeline_dir) -> None:
         assert not failures, "\n".join(failures)
 
 
+# The published SD 1.5 UNet and VAE configs (runwayml/stable-diffusion-v1-5), layout fields only.
+SD15_UNET_CONFIG = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "sample_size": 64,
+}
+SD15_VAE_CONFIG = {
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "sample_size": 512,
+}
+
+
+def sd15_name_pairs() -> list[tuple[str, str]]:
+    """(LDM key, diffusers key) for every SD 1.5 UNet and VAE parameter, with the LDM side made
+    by `diffusers_to_ldm` and checked against diffusers' own LDM -> diffusers converter.
+
+    The models are built on the meta device (names and shapes, no memory); each parameter is
+    stood in for by a one-element tensor holding its index, so the check can follow where
+    diffusers' converter puts each tensor."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG).state_dict()
+        vae = AutoencoderKL(**SD15_VAE_CONFIG).state_dict()
+
+    def stand_ins(state):
+        # Keep 2-D weights 2-D (the VAE attention linears get reshaped), everything else 1-D.
+        return {k: torch.full((1,) * min(v.dim(), 2) or (1,), float(i)) for i, (k, v) in enumerate(state.items())}
+
+    unet_in, vae_in = stand_ins(unet), stand_ins(vae)
+    ldm = diffusers_to_ldm(unet_in, vae_in, {}, SD15_UNET_CONFIG, SD15_VAE_CONFIG)
+    back = {
+        "unet": convert_ldm_unet_checkpoint(ldm, SD15_UNET_CONFIG),
+        "vae": convert_ldm_vae_checkpoint(ldm, SD15_VAE_CONFIG),
+    }
+    by_value = {}
+    for key, tensor in ldm.items():
+        by_value[(key.startswith(UNET_PREFIX), float(tensor.flatten()[0]))] = key
+    pairs = []
+    for component, original in (("unet", unet_in), ("vae", vae_in)):
+        converted = back[component]
+        assert set(converted) == set(original), f"{component}: diffusers' converter gives other keys"
+        for key, tensor in original.items():
+            got = converted[key]
+            assert got.shape == tensor.shape and torch.equal(got, tensor), f"{component}: {key} moved"
+            pairs.append((by_value[(component == "unet", float(tensor[(0,) * tensor.dim()]))], key))
+    return pairs
+
+
 def make_tiny_pipeline(out_dir, *, levels: int = 2, layers_per_block: int = 2, in_channels: int = 4, seed: int = 0):
     """A random tiny SD pipeline (diffusers' test sizes), every parameter randomised so that a
     swapped or missing tensor shows. For development of the converter; fixtures come from
@@ -350,9 +414,20 @@ def main(argv=None) -> int:
     t.add_argument("--layers-per-block", type=int, default=2)
     t.add_argument("--in-channels", type=int, default=4)
     t.add_argument("--seed", type=int, default=0)
+    n = sub.add_parser("sd15-names", help="write SD 1.5 (LDM, diffusers) name pairs checked by diffusers")
+    n.add_argument("out_path")
     args = parser.parse_args(argv)
     if args.command == "write":
         write_single_file(args.pipeline_dir, args.out_path)
+    elif args.command == "sd15-names":
+        pairs = sd15_name_pairs()
+        header = (
+            "# SD 1.5 UNet and VAE parameter names: LDM single-file key, diffusers name.\n"
+            "# Written by `python tools/ldm_convert.py sd15-names`; every pair was checked against\n"
+            "# diffusers' own LDM -> diffusers converter (diffusers.loaders.single_file_utils).\n"
+        )
+        Path(args.out_path).write_text(header + "".join(f"{a} {b}\n" for a, b in pairs))
+        print(f"{len(pairs)} pairs")
     elif args.command == "check":
         check_against_diffusers(args.pipeline_dir)
     else:
