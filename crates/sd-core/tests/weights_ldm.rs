@@ -449,3 +449,56 @@ fn every_sd15_name_pair_checked_by_diffusers_maps() {
     let unet_names = store.unet().unwrap().names().len();
     assert_eq!(unet_names, 686);
 }
+
+// ---- fixtures: tiny pipelines and the LDM twin tools/ldm_convert.py wrote ----
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+#[test]
+fn ldm_single_file_loads_same_tensors_as_diffusers_folder() {
+    let folder = fixtures().join("tiny-sd");
+    let diffusers = WeightStore::open(&folder).unwrap();
+    let layout = LdmLayout::from_diffusers_folder(&folder).unwrap();
+    let single =
+        WeightStore::open_single_file(fixtures().join("ldm/tiny-sd.safetensors"), &layout).unwrap();
+    assert!(
+        single.unmapped_keys().is_empty(),
+        "{:?}",
+        single.unmapped_keys()
+    );
+    assert_eq!(single.variant(), Some(Variant::Standard));
+    assert_eq!(diffusers.variant(), Some(Variant::Standard));
+
+    let mut compared = 0;
+    for component in Component::ALL {
+        let want = diffusers.component(component).unwrap();
+        let got = single.component(component).unwrap();
+        assert_eq!(want.names(), got.names(), "{component} names differ");
+        for name in want.names() {
+            let expected = want.get(&name).unwrap();
+            // Same shape as the folder's, even where LDM stores a 1x1 conv for a linear.
+            let actual = got.get_shaped(&name, expected.shape()).unwrap();
+            assert_eq!(actual, expected, "{component} {name}");
+            compared += 1;
+        }
+    }
+    // tiny-sd: 304 UNet, 124 VAE and 84 text-encoder tensors.
+    assert_eq!(compared, 304 + 124 + 84);
+}
+
+#[test]
+fn inpainting_fixture_unet_is_detected() {
+    let unet = fixtures().join("tiny-sd-inpaint/unet/diffusion_pytorch_model.safetensors");
+    let store = WeightStore::open_component_files(Component::Unet, &[unet]).unwrap();
+    assert_eq!(store.variant(), Some(Variant::Inpainting));
+    let conv_in = store
+        .unet()
+        .unwrap()
+        .info("conv_in.weight")
+        .unwrap()
+        .clone();
+    assert_eq!(conv_in.shape[1], 9);
+    assert_eq!(conv_in.dtype, sd_core::weights::StoredDtype::F16);
+}
