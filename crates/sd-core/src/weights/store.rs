@@ -2,7 +2,7 @@
 //!
 //! Opening builds, per component, a table from the canonical diffusers name to the file and key
 //! that hold the tensor; nothing is read until model code asks. A diffusers folder maps names
-//! one to one; an LDM single file goes through the [`ldm`](super::ldm) rules.
+//! one to one; an LDM single file goes through the [`ldm`] rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
