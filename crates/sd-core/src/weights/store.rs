@@ -40,14 +40,14 @@ pub struct WeightStore {
 }
 
 impl WeightStore {
-    /// Open a diffusers folder (a directory) or an LDM single file (anything else, read with the
-    /// SD 1.x layout; use [`Self::open_single_file`] for other layouts).
+    /// Open a diffusers folder (a directory) or an LDM single file (anything else, its layout
+    /// read off its own keys with [`LdmLayout::infer`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
             Self::open_diffusers_folder(path)
         } else {
-            Self::open_single_file(path, &LdmLayout::sd15())
+            Self::single_file(SafetensorsFile::open(path)?, None)
         }
     }
 
@@ -80,12 +80,28 @@ impl WeightStore {
     /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. The UNet's EMA weights
     /// are used where the file has them. Refuses SD 2.x and SDXL checkpoints.
     pub fn open_single_file(path: impl AsRef<Path>, layout: &LdmLayout) -> Result<Self> {
-        let path = path.as_ref();
-        let file = SafetensorsFile::open(path)?;
+        Self::single_file(SafetensorsFile::open(path)?, Some(layout))
+    }
+
+    /// The single-file store of `file`, with `layout` or the one its keys imply.
+    fn single_file(file: SafetensorsFile, layout: Option<&LdmLayout>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
         variant::reject_foreign_keys(path, file.names())?;
+        let has_unet = file.names().any(|k| k.starts_with(ldm::UNET_PREFIX));
+        if !has_unet {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                reason: format!("no UNet weights ({}*)", ldm::UNET_PREFIX),
+            });
+        }
+        let layout = match layout {
+            Some(layout) => layout.clone(),
+            None => LdmLayout::infer(path, &file.names().collect::<Vec<_>>())?,
+        };
         let mut store = Self::empty(path);
         store.files.push(file);
-        store.map_single_file(0, layout)?;
+        store.map_single_file(0, &layout)?;
         if !store.tables.contains_key(&Component::Unet) {
             return Err(Error::UnsupportedModel {
                 path: path.to_path_buf(),
