@@ -498,6 +498,10 @@ fn store_without_a_component_says_so() {
     assert!(matches!(err, Error::UnsupportedModel { .. }), "{err:?}");
     assert!(err.to_string().contains("vae"));
     assert!(!store.has_component(Component::Vae));
+
+    let none: [&Path; 0] = [];
+    let err = WeightStore::open_component_files(Component::Vae, &none).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
 }
 
 // ---- diffusers folders ----
@@ -718,6 +722,14 @@ fn inpainting_unet_is_detected_and_odd_input_channels_refused() {
     let store = WeightStore::open_component_files(Component::Unet, &[&nine]).unwrap();
     assert_eq!(store.variant(), Some(Variant::Inpainting));
     assert_eq!(Variant::Inpainting.unet_in_channels(), 9);
+
+    // A partial UNet without conv_in opens; the variant is simply unknown.
+    let partial = scratch.write(
+        "partial.safetensors",
+        &safetensors_bytes(&[counting("conv_out.bias", &[4], 0.0)]),
+    );
+    let store = WeightStore::open_component_files(Component::Unet, &[&partial]).unwrap();
+    assert_eq!(store.variant(), None);
 
     let eight = scratch.write(
         "eight.safetensors",

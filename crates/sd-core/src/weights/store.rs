@@ -69,8 +69,10 @@ impl WeightStore {
     /// transformers) names: a single file or the shards of a sharded checkpoint.
     pub fn open_component_files<P: AsRef<Path>>(component: Component, paths: &[P]) -> Result<Self> {
         let paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_path_buf()).collect();
-        let origin = paths.first().cloned().unwrap_or_default();
-        let mut store = Self::empty(&origin);
+        let origin = paths
+            .first()
+            .ok_or_else(|| Error::invalid_argument("paths", "no files given"))?;
+        let mut store = Self::empty(origin);
         store.add_component_files(component, &paths)?;
         store.detect_variant()?;
         Ok(store)
@@ -86,27 +88,26 @@ impl WeightStore {
     /// The single-file store of `file`, with `layout` or the one its keys imply.
     fn single_file(file: SafetensorsFile, layout: Option<&LdmLayout>) -> Result<Self> {
         let path = file.path().to_path_buf();
-        let path = path.as_path();
-        variant::reject_foreign_keys(path, file.names())?;
-        let has_unet = file.names().any(|k| k.starts_with(ldm::UNET_PREFIX));
-        if !has_unet {
-            return Err(Error::UnsupportedModel {
-                path: path.to_path_buf(),
-                reason: format!("no UNet weights ({}*)", ldm::UNET_PREFIX),
-            });
+        let refuse = |reason: String| Error::UnsupportedModel {
+            path: path.clone(),
+            reason,
+        };
+        variant::reject_foreign_keys(&path, file.names())?;
+        if !file.names().any(|k| k.starts_with(ldm::UNET_PREFIX)) {
+            return Err(refuse(format!("no UNet weights ({}*)", ldm::UNET_PREFIX)));
         }
         let layout = match layout {
             Some(layout) => layout.clone(),
-            None => LdmLayout::infer(path, &file.names().collect::<Vec<_>>())?,
+            None => LdmLayout::infer(&path, &file.names().collect::<Vec<_>>())?,
         };
-        let mut store = Self::empty(path);
+        let mut store = Self::empty(&path);
         store.files.push(file);
         store.map_single_file(0, &layout)?;
         if !store.tables.contains_key(&Component::Unet) {
-            return Err(Error::UnsupportedModel {
-                path: path.to_path_buf(),
-                reason: format!("no UNet weights ({}*)", ldm::UNET_PREFIX),
-            });
+            return Err(refuse(format!(
+                "none of its {}* keys fit the UNet layout {layout:?}",
+                ldm::UNET_PREFIX
+            )));
         }
         store.detect_variant()?;
         Ok(store)
@@ -204,8 +205,7 @@ impl WeightStore {
 
     fn detect_variant(&mut self) -> Result<()> {
         if self.tables.contains_key(&Component::Unet) {
-            let variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
-            self.variant = Some(variant);
+            self.variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
         }
         Ok(())
     }
@@ -247,7 +247,7 @@ impl WeightStore {
         self.tables.contains_key(&component)
     }
 
-    /// Standard or inpainting, known when the store has a UNet.
+    /// Standard or inpainting, known when the store has a UNet with a `conv_in`.
     pub fn variant(&self) -> Option<Variant> {
         self.variant
     }
