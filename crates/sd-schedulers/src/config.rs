@@ -86,14 +86,32 @@ impl SchedulerConfig {
     }
 
     /// Parse config JSON; `origin` names it in errors.
+    ///
+    /// Keys listed in `_use_default_values` (diffusers' record of the values it filled in with
+    /// the writing class's defaults) count as missing, as they do for `from_config`.
     pub fn from_json(text: &str, origin: impl Into<PathBuf>) -> Result<Self> {
         let origin = origin.into();
-        let mut config: SchedulerConfig =
-            serde_json::from_str(text).map_err(|e| Error::Config {
-                path: origin.clone(),
-                field: "(json)".to_string(),
-                reason: e.to_string(),
-            })?;
+        let json_error = |e: serde_json::Error| Error::Config {
+            path: origin.clone(),
+            field: "(json)".to_string(),
+            reason: e.to_string(),
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
+        if let Some(object) = value.as_object_mut() {
+            let defaulted: Vec<String> = object
+                .get("_use_default_values")
+                .and_then(|v| v.as_array())
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in defaulted {
+                object.remove(&key);
+            }
+        }
+        let mut config: SchedulerConfig = serde_json::from_value(value).map_err(json_error)?;
         config.origin = origin;
         Ok(config)
     }

@@ -55,6 +55,12 @@ pub struct DpmSolverScheduler {
 }
 
 impl DpmSolverScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
     /// From a `scheduler_config.json`, with `DPMSolverMultistepScheduler`'s defaults for missing
     /// keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {

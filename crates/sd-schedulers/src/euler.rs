@@ -22,6 +22,12 @@ pub struct EulerScheduler {
 }
 
 impl EulerScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.schedule.sigmas
+    }
+
     /// From a `scheduler_config.json`, with `EulerDiscreteScheduler`'s defaults for missing keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;

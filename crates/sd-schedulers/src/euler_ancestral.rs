@@ -24,6 +24,12 @@ pub struct EulerAncestralScheduler {
 }
 
 impl EulerAncestralScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.schedule.sigmas
+    }
+
     /// From a `scheduler_config.json`, with `EulerAncestralDiscreteScheduler`'s defaults for
     /// missing keys. (That class has no Karras option; `use_karras_sigmas` is ignored, as there.)
     pub fn new(config: &SchedulerConfig) -> Result<Self> {

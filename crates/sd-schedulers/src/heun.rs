@@ -43,6 +43,12 @@ pub struct HeunScheduler {
 }
 
 impl HeunScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
     /// From a `scheduler_config.json`, with `HeunDiscreteScheduler`'s defaults for missing keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;

@@ -53,6 +53,12 @@ enum Update {
 }
 
 impl UniPcScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
     /// From a `scheduler_config.json`, with `UniPCMultistepScheduler`'s defaults for missing
     /// keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
