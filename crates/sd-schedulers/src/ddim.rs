@@ -7,7 +7,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, clip, map2};
+use crate::elementwise::{check_index, check_step, check_steps, clip, map2};
 use crate::noise_schedule::NoiseSchedule;
 use crate::spacing;
 
@@ -103,7 +103,7 @@ impl Scheduler for DdimScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let timestep = self.timesteps[index] as i64;
         // Always one stride back, even for linspace spacing whose strides are uneven.
         let prev_timestep = timestep - (self.config.num_train_timesteps / self.steps) as i64;

@@ -5,7 +5,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, clip, map2, map3};
+use crate::elementwise::{check_index, check_step, check_steps, clip, map2, map3};
 use crate::noise_schedule::NoiseSchedule;
 use crate::spacing;
 
@@ -14,13 +14,13 @@ const DEFAULTS: ClassDefaults = ClassDefaults::linear("leading");
 /// How the posterior's noise is scaled (`variance_type`; the learned ones need a model that
 /// predicts its variance, which SD 1.5 does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variance {
+enum FixedVariance {
     /// β̃_t, the true posterior variance.
-    FixedSmall,
+    Small,
     /// β̃_t through exp(½·ln β̃_t): the same standard deviation computed another way.
-    FixedSmallLog,
+    SmallLog,
     /// β_t, the forward-process variance.
-    FixedLarge,
+    Large,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct DdpmScheduler {
     config: NoiseScheduleConfig,
     noise: NoiseSchedule,
     clip_sample_range: Option<f32>,
-    variance: Variance,
+    variance: FixedVariance,
     steps: usize,
     timesteps: Vec<f64>,
 }
@@ -39,9 +39,9 @@ impl DdpmScheduler {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         let noise = NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps);
         let variance = match config.variance_type.as_deref().unwrap_or("fixed_small") {
-            "fixed_small" => Variance::FixedSmall,
-            "fixed_small_log" => Variance::FixedSmallLog,
-            "fixed_large" => Variance::FixedLarge,
+            "fixed_small" => FixedVariance::Small,
+            "fixed_small_log" => FixedVariance::SmallLog,
+            "fixed_large" => FixedVariance::Large,
             other => {
                 return Err(config.error(
                     "variance_type",
@@ -112,7 +112,7 @@ impl Scheduler for DdpmScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let timestep = self.timesteps[index] as i64;
         let prev_timestep = self.timesteps.get(index + 1).map_or(-1, |&t| t as i64);
         let alpha_prod = self.alpha_prod(timestep);
@@ -143,9 +143,9 @@ impl Scheduler for DdpmScheduler {
         let posterior_variance =
             ((1.0 - alpha_prod_prev) / (1.0 - alpha_prod) * current_beta).max(1e-20);
         let std_dev = match self.variance {
-            Variance::FixedSmall => posterior_variance.sqrt(),
-            Variance::FixedSmallLog => (0.5 * posterior_variance.ln()).exp(),
-            Variance::FixedLarge => current_beta.sqrt(),
+            FixedVariance::Small => posterior_variance.sqrt(),
+            FixedVariance::SmallLog => (0.5 * posterior_variance.ln()).exp(),
+            FixedVariance::Large => current_beta.sqrt(),
         };
         map3("DDPM step", &original, sample, &noise, |x0, x, n| {
             (original_coeff * x0 + sample_coeff * x) + std_dev * n

@@ -11,7 +11,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 use crate::config::{
     BetaSchedule, ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig,
 };
-use crate::elementwise::{check_index, check_steps, map2, map3};
+use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaBounds};
 
@@ -260,7 +260,7 @@ impl Scheduler for DpmSolverScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let n = self.timesteps.len();
         // The final σ is 0, where only a first-order step is finite; short schedules also
         // step down to order 2 just before it.

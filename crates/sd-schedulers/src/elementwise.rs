@@ -74,6 +74,18 @@ pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
     }
 }
 
+/// What every `step` checks before touching its state: `index` names a timestep and the model
+/// output has the sample's shape.
+pub(crate) fn check_step(
+    index: usize,
+    len: usize,
+    model_output: &HostTensor,
+    sample: &HostTensor,
+) -> Result<()> {
+    check_index(index, len)?;
+    same_shape("scheduler step", model_output, sample)
+}
+
 /// Inference steps must be at least 1 and at most the number of training timesteps.
 pub(crate) fn check_steps(steps: usize, num_train_timesteps: usize) -> Result<()> {
     if steps == 0 {

@@ -4,7 +4,7 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, map2};
+use crate::elementwise::{check_index, check_step, check_steps, map2};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
@@ -101,7 +101,7 @@ impl Scheduler for EulerScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let sigma = self.schedule.sigmas[index];
         let original = k_diffusion::predict_original(
             self.config.prediction_type,

@@ -7,7 +7,7 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, map3};
+use crate::elementwise::{check_index, check_step, check_steps, map3};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaSchedule};
@@ -86,7 +86,7 @@ impl Scheduler for EulerAncestralScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let sigma = self.schedule.sigmas[index];
         let sigma_next = self.schedule.sigmas[index + 1];
         let original = k_diffusion::predict_original(

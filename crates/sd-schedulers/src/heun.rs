@@ -8,7 +8,7 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, clip, map2, map3};
+use crate::elementwise::{check_index, check_step, check_steps, clip, map2, map3};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
@@ -128,7 +128,7 @@ impl Scheduler for HeunScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let prediction = self.config.prediction_type;
         match self.predictor.take() {
             None => {

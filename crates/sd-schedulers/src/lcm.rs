@@ -6,7 +6,7 @@ use sd_core::{Error, HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, clip, map2};
+use crate::elementwise::{check_index, check_step, check_steps, clip, map2};
 use crate::noise_schedule::NoiseSchedule;
 
 const DEFAULTS: ClassDefaults = ClassDefaults {
@@ -125,7 +125,7 @@ impl Scheduler for LcmScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let timestep = self.timesteps[index] as i64;
         // The last step re-noises to its own timestep, which `prev` then never uses.
         let prev_timestep = self

@@ -9,7 +9,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::config::{ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, map2, map3};
+use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::noise_schedule::NoiseSchedule;
 use crate::spacing;
 
@@ -146,7 +146,7 @@ impl Scheduler for PndmScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let stride = (self.config.num_train_timesteps / self.steps) as i64;
         let mut timestep = self.timesteps[index] as i64;
         let mut prev_timestep = timestep - stride;

@@ -8,7 +8,7 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig};
-use crate::elementwise::{check_index, check_steps, map2};
+use crate::elementwise::{check_index, check_step, check_steps, map2};
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaBounds};
 
@@ -249,13 +249,17 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
             .unwrap_or(col);
         a.swap(col, pivot);
         b.swap(col, pivot);
+        // LAPACK scales the column by the pivot's reciprocal rather than dividing.
         let inv = 1.0 / a[col][col];
-        for row in col + 1..n {
-            let factor = a[row][col] * inv;
-            for k in col + 1..n {
-                a[row][k] -= factor * a[col][k];
+        let (upper, lower) = a.split_at_mut(col + 1);
+        let pivot_row = &upper[col];
+        let (b_upper, b_lower) = b.split_at_mut(col + 1);
+        for (row, b_row) in lower.iter_mut().zip(b_lower.iter_mut()) {
+            let factor = row[col] * inv;
+            for (x, &p) in row[col + 1..].iter_mut().zip(&pivot_row[col + 1..]) {
+                *x -= factor * p;
             }
-            b[row] -= factor * b[col];
+            *b_row -= factor * b_upper[col];
         }
     }
     let mut x = vec![0.0f32; n];
@@ -304,7 +308,7 @@ impl Scheduler for UniPcScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
+        check_step(index, self.timesteps.len(), model_output, sample)?;
         let converted = self.convert(index, sample, model_output)?;
         let corrected = match self.last.take() {
             Some((last_sample, last_order))

@@ -4,6 +4,9 @@
 //! Goldens: fixtures/goldens/schedulers.{json,safetensors}, written by
 //! tools/fixturegen/schedulers.py (its JSON `description` states the recipe this test replays).
 
+// A failed unwrap in a test is a test failure with its message; no user input here.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
