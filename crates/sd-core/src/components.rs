@@ -121,8 +121,12 @@ pub trait Scheduler: Send {
 
     /// Noise clean latents to the level of `timesteps()[index]` (img2img: at
     /// [`start_index`](Self::start_index); legacy inpainting: at the index of the next step).
-    fn add_noise(&self, original: &HostTensor, noise: &HostTensor, index: usize)
-    -> Result<HostTensor>;
+    fn add_noise(
+        &self,
+        original: &HostTensor,
+        noise: &HostTensor,
+        index: usize,
+    ) -> Result<HostTensor>;
 
     /// img2img: the index into [`timesteps`](Self::timesteps) where denoising starts for
     /// `strength` in [0, 1], diffusers' rule: skip `steps − ⌊steps·strength⌋` inference steps,
