@@ -1,9 +1,12 @@
 //! UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
-//! of Diffusion Models"), diffusers' `UniPCMultistepScheduler` with the B(h) = e^h − 1 variant
-//! (`bh2`) by default.
+//! of Diffusion Models"), diffusers' `UniPCMultistepScheduler` in its default form: data
+//! prediction (`predict_x0`), B(h) = e^h − 1 (`bh2`), lower orders for the final steps.
 //!
 //! Each step first corrects the sample it was given with the new model output (UniC), then
-//! predicts the next one (UniP); both fit past model outputs in λ like DPM-Solver.
+//! predicts the next one (UniP); both fit past x̂₀ in λ like DPM-Solver.
+//!
+//! The other variants (`bh1`, `predict_x0 = false`, `lower_order_final = false`) are refused:
+//! with the final σ = 0 diffusers 0.42 computes 0·∞ in their last step and returns NaN or ∞.
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
@@ -14,24 +17,11 @@ use crate::sigmas::{self, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
-/// B(h) of the UniPC paper (`solver_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bh {
-    /// B(h) = h.
-    Bh1,
-    /// B(h) = e^h − 1.
-    Bh2,
-}
-
 #[derive(Debug, Clone)]
 pub struct UniPcScheduler {
     config: NoiseScheduleConfig,
     noise: NoiseSchedule,
     solver_order: usize,
-    /// Fit the data prediction x̂₀ (true) or the noise ε̂.
-    predict_x0: bool,
-    bh: Bh,
-    lower_order_final: bool,
     /// Step indices after which no correction is applied.
     disable_corrector: Vec<usize>,
     karras: Option<SigmaBounds>,
@@ -67,17 +57,29 @@ impl UniPcScheduler {
         if solver_order == 0 {
             return Err(config.error("solver_order", "must be at least 1"));
         }
-        let bh = match config.solver_type.as_deref().unwrap_or("bh2") {
-            "bh1" => Bh::Bh1,
-            // diffusers maps the DPM-Solver names to bh2.
-            "bh2" | "midpoint" | "heun" | "logrho" => Bh::Bh2,
-            other => {
-                return Err(config.error(
-                    "solver_type",
-                    format!("`{other}` is not supported; expected bh1 or bh2"),
-                ));
-            }
-        };
+        // diffusers maps the DPM-Solver names to bh2.
+        if let Some(v) = config
+            .solver_type
+            .as_deref()
+            .filter(|v| !["bh2", "midpoint", "heun", "logrho"].contains(v))
+        {
+            return Err(config.error(
+                "solver_type",
+                format!("`{v}` is not supported, only bh2 (see the module docs)"),
+            ));
+        }
+        if config.predict_x0 == Some(false) {
+            return Err(config.error(
+                "predict_x0",
+                "false is not supported: diffusers returns NaN on its last step",
+            ));
+        }
+        if config.lower_order_final == Some(false) {
+            return Err(config.error(
+                "lower_order_final",
+                "false is not supported: diffusers returns ∞ on its last step",
+            ));
+        }
         if let Some(v) = config.final_sigmas_type.as_deref().filter(|v| *v != "zero") {
             return Err(config.error(
                 "final_sigmas_type",
@@ -88,9 +90,6 @@ impl UniPcScheduler {
             noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
             config: resolved,
             solver_order,
-            predict_x0: config.predict_x0.unwrap_or(true),
-            bh,
-            lower_order_final: config.lower_order_final.unwrap_or(true),
             disable_corrector: config.disable_corrector.clone().unwrap_or_default(),
             karras: config
                 .use_karras_sigmas
@@ -113,7 +112,7 @@ impl UniPcScheduler {
         (alpha, sigma, sigmas::lambda(alpha, sigma))
     }
 
-    /// The model output in the form the solver fits: x̂₀ or ε̂.
+    /// The data prediction x̂₀ the solver fits.
     fn convert(
         &self,
         index: usize,
@@ -122,22 +121,14 @@ impl UniPcScheduler {
     ) -> Result<HostTensor> {
         let (alpha, sigma, _) = self.coordinates(index);
         let op = "UniPC step";
-        match (self.predict_x0, self.config.prediction_type) {
-            (true, PredictionType::Epsilon) => {
+        match self.config.prediction_type {
+            PredictionType::Epsilon => {
                 map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
             }
-            (true, PredictionType::VPrediction) => {
+            PredictionType::VPrediction => {
                 map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
             }
-            (false, PredictionType::Sample) => {
-                map2(op, sample, model_output, |x, x0| (x - alpha * x0) / sigma)
-            }
-            (false, PredictionType::VPrediction) => {
-                map2(op, sample, model_output, |x, v| alpha * v + sigma * x)
-            }
-            (true, PredictionType::Sample) | (false, PredictionType::Epsilon) => {
-                Ok(model_output.clone())
-            }
+            PredictionType::Sample => Ok(model_output.clone()),
         }
     }
 
@@ -158,7 +149,7 @@ impl UniPcScheduler {
         let newest = outputs.len() - 1;
         let m0 = &outputs[newest];
         let (alpha_t, sigma_t, lambda_t) = self.coordinates(s0 + 1);
-        let (alpha_s0, sigma_s0, lambda_s0) = self.coordinates(s0);
+        let (_, sigma_s0, lambda_s0) = self.coordinates(s0);
         let h = lambda_t - lambda_s0;
 
         // Past outputs as scaled differences D1_k = (m_k − m0)/r_k at λ ratios r_k.
@@ -173,12 +164,10 @@ impl UniPcScheduler {
         }
         rks.push(1.0);
 
-        let hh = if self.predict_x0 { -h } else { h };
+        // Data prediction integrates in −h; B(h) = e^{−h} − 1 (bh2).
+        let hh = -h;
         let h_phi_1 = hh.exp_m1();
-        let b_h = match self.bh {
-            Bh::Bh1 => hh,
-            Bh::Bh2 => hh.exp_m1(),
-        };
+        let b_h = hh.exp_m1();
         // R[i][k] = r_k^i; b[i] = (i+1)!·φ_{i+1}(h)·h / B(h).
         let mut h_phi_k = h_phi_1 / hh - 1.0;
         let mut factorial = 1.0f32;
@@ -209,13 +198,8 @@ impl UniPcScheduler {
             Update::Corrector => solve(r_rows, b),
         };
 
-        // x_t = (σ_t/σ_s0)·x − α_t·hφ₁·m0 − α_t·B(h)·Σ ρ_k D1_k   (data prediction), or the
-        // noise-prediction mirror with α and σ swapped.
-        let (x_coeff, m0_coeff, res_coeff) = if self.predict_x0 {
-            (sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * b_h)
-        } else {
-            (alpha_t / alpha_s0, sigma_t * h_phi_1, sigma_t * b_h)
-        };
+        // x_t = (σ_t/σ_s0)·x − α_t·hφ₁·m0 − α_t·B(h)·Σ ρ_k D1_k
+        let (x_coeff, m0_coeff, res_coeff) = (sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * b_h);
         let base_update = map2(op, x, m0, |x, m| x_coeff * x - m0_coeff * m)?;
         let mut residual: Option<HostTensor> = None;
         for (d1, &rho) in d1s.iter().zip(&rhos) {
@@ -331,12 +315,11 @@ impl Scheduler for UniPcScheduler {
         }
         self.history.push(converted);
 
-        let order = if self.lower_order_final {
-            self.solver_order.min(self.timesteps.len() - index)
-        } else {
-            self.solver_order
-        };
-        let order = order.min(self.lower_order_nums + 1);
+        // Lower orders near the end (lower_order_final) and while the history fills up.
+        let order = self
+            .solver_order
+            .min(self.timesteps.len() - index)
+            .min(self.lower_order_nums + 1);
         let prev = self.update(
             Update::Predictor,
             index,

@@ -227,3 +227,22 @@ fn heun_makes_two_model_evaluations_per_step() {
     euler.set_timesteps(10).unwrap();
     assert_eq!(euler.order(), 1);
 }
+
+#[test]
+fn unipc_variants_diffusers_cannot_finish_are_refused() {
+    // With the final σ = 0, diffusers 0.42 ends these runs in NaN or ∞.
+    for (json, field) in [
+        (r#"{"solver_type": "bh1"}"#, "solver_type"),
+        (r#"{"predict_x0": false}"#, "predict_x0"),
+        (r#"{"lower_order_final": false}"#, "lower_order_final"),
+    ] {
+        let config = SchedulerConfig::from_json(json, "c.json").unwrap();
+        assert!(
+            matches!(
+                scheduler_from_name("UniPC", &config),
+                Err(Error::Config { field: ref f, .. }) if f == field
+            ),
+            "{json}"
+        );
+    }
+}
