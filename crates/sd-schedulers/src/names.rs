@@ -12,6 +12,8 @@ use crate::{
     HeunScheduler, LcmScheduler, LmsScheduler, PndmScheduler, UniPcScheduler,
 };
 
+use SchedulerKind::*;
+
 /// The scheduler classes we implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
@@ -28,7 +30,7 @@ pub enum SchedulerKind {
 }
 
 /// Settings a sampler name implies on top of the config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Implied {
     karras: Option<bool>,
     algorithm: Option<&'static str>,
@@ -52,8 +54,6 @@ const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
         algorithm: Some(algorithm),
     }
 }
-
-use SchedulerKind::*;
 
 /// Every accepted name, with its class and what it implies.
 const NAMES: &[(&str, SchedulerKind, Implied)] = &[
