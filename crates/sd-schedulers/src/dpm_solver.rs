@@ -152,8 +152,8 @@ impl DpmSolverScheduler {
         }
     }
 
-    /// One step from position `i` to `i + 1` with the given order, from the newest x̂₀ `d0` and
-    /// the differences `d1`, `d2` of the fit (scaled as in the paper); `noise` for the SDE.
+    /// One step from position `i` to `i + 1` of the given order: the newest x̂₀ (D0) plus, for
+    /// orders 2 and 3, the scaled differences D1, D2 of the x̂₀ history in λ; `noise` for the SDE.
     fn update(
         &self,
         i: usize,
