@@ -22,7 +22,15 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .common import fresh_dir
 
-TOKENIZER_SOURCE = "/work/shared/data/clip-tokenizer"
+# ../shared/data/clip-tokenizer beside the repository (override with SD_RS_SHARED=/path/to/shared).
+TOKENIZER_SOURCE = os.path.join(
+    os.environ.get(
+        "SD_RS_SHARED",
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared"),
+    ),
+    "data",
+    "clip-tokenizer",
+)
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "SOURCE.md")
 
 # SD 1.5's scheduler/scheduler_config.json, key for key (it predates `timestep_spacing`, so each
@@ -269,6 +277,10 @@ def write_pipelines(fixtures_dir):
     save_pipeline(StableDiffusionPipeline, build_components(TINY_SD), scratch_tokenizer, paths["tiny-sd"])
     save_pipeline(StableDiffusionPipeline, build_components(TINY_SD_ALT), scratch_tokenizer, paths["tiny-sd-alt"])
     shutil.rmtree(scratch_tokenizer)
+    # Both pipelines use the same CLIP vocabulary: one copy keeps the fixtures under 25 MB.
+    alt_tokenizer = os.path.join(paths["tiny-sd-alt"], "tokenizer")
+    shutil.rmtree(alt_tokenizer)
+    os.symlink(os.path.join("..", "tiny-sd", "tokenizer"), alt_tokenizer)
 
     fresh_dir(paths["tiny-sd-inpaint"])
     build_unet(INPAINT_UNET, INPAINT_UNET_SEED).save_pretrained(os.path.join(paths["tiny-sd-inpaint"], "unet"))
