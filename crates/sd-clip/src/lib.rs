@@ -1,1 +1,6 @@
-//! The CLIP ViT-L/14 BPE tokenizer, A1111 prompt weighting and the CLIP text transformer over any sd-core Backend (issue 3: not yet implemented).
+//! The CLIP ViT-L/14 BPE tokenizer, A1111 prompt weighting and the CLIP text transformer over any
+//! sd-core Backend.
+
+pub mod tokenizer;
+
+pub use tokenizer::ClipTokenizer;
