@@ -1,5 +1,7 @@
 //! Loading tokenizers from files: the embedded vocabulary, diffusers folders, and broken folders.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+
 use std::path::{Path, PathBuf};
 
 use sd_clip::ClipTokenizer;
