@@ -4,3 +4,4 @@
 pub mod tokenizer;
 
 pub use tokenizer::ClipTokenizer;
+pub mod prompt;
