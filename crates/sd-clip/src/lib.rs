@@ -4,4 +4,5 @@
 pub mod tokenizer;
 
 pub use tokenizer::ClipTokenizer;
+pub mod chunks;
 pub mod prompt;

@@ -176,6 +176,11 @@ impl ClipTokenizer {
         self.end_id
     }
 
+    /// The id of one vocabulary entry (`",</w>"` is a comma ending a word).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// The ids of `text` alone: no start/end tokens, no truncation.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
