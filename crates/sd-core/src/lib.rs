@@ -17,5 +17,5 @@ pub mod weights;
 pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp};
 pub use components::{Denoiser, LatentCodec, LatentDist, Scheduler, TextEncoder};
 pub use error::{Error, Result};
-pub use rng::TorchGenerator;
+pub use rng::{NormalMode, TorchGenerator};
 pub use tensor::{DType, HostTensor};
