@@ -1,0 +1,396 @@
+//! `WeightStore`: the weights of a pipeline, found by diffusers name whatever the file layout.
+//!
+//! Opening builds, per component, a table from the canonical diffusers name to the file and key
+//! that hold the tensor; nothing is read until model code asks. A diffusers folder maps names
+//! one to one; an LDM single file goes through the [`ldm`](super::ldm) rules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::diffusers::read_pipeline_folder;
+use super::file::{SafetensorsFile, TensorInfo};
+use super::ldm::{self, LdmLayout};
+use super::names::{Component, canonical};
+use super::variant::{self, Variant};
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+/// Where a diffusers name is stored.
+#[derive(Debug)]
+struct Source {
+    file: usize,
+    key: String,
+}
+
+/// One component's names, and the files they come from (for error messages).
+#[derive(Debug, Default)]
+struct NameTable {
+    files: Vec<usize>,
+    entries: HashMap<String, Source>,
+}
+
+/// The weights of an SD 1.x pipeline (or of single components), memory-mapped.
+#[derive(Debug)]
+pub struct WeightStore {
+    origin: PathBuf,
+    files: Vec<SafetensorsFile>,
+    tables: BTreeMap<Component, NameTable>,
+    unmapped: Vec<String>,
+    variant: Option<Variant>,
+}
+
+impl WeightStore {
+    /// Open a diffusers folder (a directory) or an LDM single file (anything else, read with the
+    /// SD 1.x layout; use [`Self::open_single_file`] for other layouts).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            Self::open_diffusers_folder(path)
+        } else {
+            Self::open_single_file(path, &LdmLayout::sd15())
+        }
+    }
+
+    /// Open a diffusers pipeline folder: the text encoder, UNet and VAE its `model_index.json`
+    /// lists. Refuses SD 2.x and SDXL pipelines.
+    pub fn open_diffusers_folder(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let folder = read_pipeline_folder(dir)?;
+        variant::reject_foreign_pipeline(&folder.model_index_path, &folder.model_index)?;
+        let mut store = Self::empty(dir);
+        for (component, paths) in &folder.components {
+            store.add_component_files(*component, paths)?;
+        }
+        store.detect_variant()?;
+        Ok(store)
+    }
+
+    /// Open the files holding one component's weights under their own (diffusers or
+    /// transformers) names: a single file or the shards of a sharded checkpoint.
+    pub fn open_component_files<P: AsRef<Path>>(component: Component, paths: &[P]) -> Result<Self> {
+        let paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_path_buf()).collect();
+        let origin = paths.first().cloned().unwrap_or_default();
+        let mut store = Self::empty(&origin);
+        store.add_component_files(component, &paths)?;
+        store.detect_variant()?;
+        Ok(store)
+    }
+
+    /// Open an LDM single file (`model.diffusion_model.*`, `first_stage_model.*`,
+    /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. The UNet's EMA weights
+    /// are used where the file has them. Refuses SD 2.x and SDXL checkpoints.
+    pub fn open_single_file(path: impl AsRef<Path>, layout: &LdmLayout) -> Result<Self> {
+        let path = path.as_ref();
+        let file = SafetensorsFile::open(path)?;
+        variant::reject_foreign_keys(path, file.names())?;
+        let mut store = Self::empty(path);
+        store.files.push(file);
+        store.map_single_file(0, layout)?;
+        if !store.tables.contains_key(&Component::Unet) {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                reason: format!("no UNet weights ({}*)", ldm::UNET_PREFIX),
+            });
+        }
+        store.detect_variant()?;
+        Ok(store)
+    }
+
+    fn empty(origin: &Path) -> Self {
+        Self {
+            origin: origin.to_path_buf(),
+            files: Vec::new(),
+            tables: BTreeMap::new(),
+            unmapped: Vec::new(),
+            variant: None,
+        }
+    }
+
+    fn add_component_files(&mut self, component: Component, paths: &[PathBuf]) -> Result<()> {
+        for path in paths {
+            let file = SafetensorsFile::open(path)?;
+            let index = self.files.len();
+            let keys: Vec<String> = file.names().map(str::to_string).collect();
+            self.files.push(file);
+            for key in keys {
+                let name = canonical(component, &key).into_owned();
+                self.insert(component, name, index, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sort the keys of an LDM single file into components under their diffusers names.
+    fn map_single_file(&mut self, index: usize, layout: &LdmLayout) -> Result<()> {
+        let unet_rules = ldm::unet_rules(&layout.unet);
+        let vae_rules = ldm::vae_rules(&layout.vae);
+        let file = &self.files[index];
+        let mut mapped = Vec::new();
+        let mut unmapped = Vec::new();
+        for key in file.names() {
+            let (component, diffusers_name) = if let Some(rest) = key.strip_prefix(ldm::UNET_PREFIX)
+            {
+                (Component::Unet, ldm::to_diffusers(&unet_rules, rest))
+            } else if let Some(rest) = key.strip_prefix(ldm::VAE_PREFIX) {
+                (Component::Vae, ldm::to_diffusers(&vae_rules, rest))
+            } else if let Some(rest) = key.strip_prefix(ldm::TEXT_ENCODER_PREFIX) {
+                let name = canonical(Component::TextEncoder, rest).into_owned();
+                (Component::TextEncoder, Some(name))
+            } else {
+                // EMA copies, noise-schedule buffers and other training state.
+                continue;
+            };
+            let Some(name) = diffusers_name else {
+                unmapped.push(key.to_string());
+                continue;
+            };
+            // Inference wants the averaged weights when a full checkpoint carries both.
+            let source_key = match component {
+                Component::Unet => ldm::ema_key(key)
+                    .filter(|ema| file.info(ema).is_some())
+                    .unwrap_or_else(|| key.to_string()),
+                _ => key.to_string(),
+            };
+            mapped.push((component, name, source_key));
+        }
+        unmapped.sort();
+        self.unmapped = unmapped;
+        for (component, name, key) in mapped {
+            self.insert(component, name, index, key)?;
+        }
+        Ok(())
+    }
+
+    fn insert(
+        &mut self,
+        component: Component,
+        name: String,
+        file: usize,
+        key: String,
+    ) -> Result<()> {
+        let table = self.tables.entry(component).or_default();
+        if !table.files.contains(&file) {
+            table.files.push(file);
+        }
+        if let Some(first) = table.entries.get(&name) {
+            return Err(Error::InvalidSafetensors {
+                path: self.files[file].path().to_path_buf(),
+                reason: format!(
+                    "{component} tensor {name} (key {key}) is also stored as {} in {}",
+                    first.key,
+                    self.files[first.file].path().display()
+                ),
+            });
+        }
+        table.entries.insert(name, Source { file, key });
+        Ok(())
+    }
+
+    fn detect_variant(&mut self) -> Result<()> {
+        if self.tables.contains_key(&Component::Unet) {
+            let variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
+            self.variant = Some(variant);
+        }
+        Ok(())
+    }
+
+    /// A component's weights, at the root of its names.
+    pub fn component(&self, component: Component) -> Result<Weights<'_>> {
+        let table = self
+            .tables
+            .get(&component)
+            .ok_or_else(|| Error::UnsupportedModel {
+                path: self.origin.clone(),
+                reason: format!("it has no {component} weights"),
+            })?;
+        Ok(Weights {
+            store: self,
+            component,
+            table,
+            prefix: String::new(),
+        })
+    }
+
+    /// The CLIP text encoder's weights (`text_model.…`).
+    pub fn text_encoder(&self) -> Result<Weights<'_>> {
+        self.component(Component::TextEncoder)
+    }
+
+    /// The UNet's weights (`down_blocks.0.…`).
+    pub fn unet(&self) -> Result<Weights<'_>> {
+        self.component(Component::Unet)
+    }
+
+    /// The VAE's weights (`encoder.…`, `decoder.…`).
+    pub fn vae(&self) -> Result<Weights<'_>> {
+        self.component(Component::Vae)
+    }
+
+    /// Whether the store has weights for `component`.
+    pub fn has_component(&self, component: Component) -> bool {
+        self.tables.contains_key(&component)
+    }
+
+    /// Standard or inpainting, known when the store has a UNet.
+    pub fn variant(&self) -> Option<Variant> {
+        self.variant
+    }
+
+    /// The folder or file the store was opened from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The safetensors files the store reads.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(SafetensorsFile::path)
+    }
+
+    /// Keys of an LDM single file under a UNet/VAE prefix that no rule maps (sorted): a
+    /// checkpoint of another architecture or layout than the one given. Empty for folders.
+    pub fn unmapped_keys(&self) -> &[String] {
+        &self.unmapped
+    }
+}
+
+/// A scoped view of one component's weights: model code descends with [`Weights::at`] and asks
+/// for parameters relative to where it stands, mirroring the module tree.
+///
+/// ```no_run
+/// # fn demo(store: &sd_core::weights::WeightStore) -> sd_core::Result<()> {
+/// let resnet = store.unet()?.at("down_blocks").at(0).at("resnets.0");
+/// let conv1 = resnet.get_shaped("conv1.weight", &[320, 320, 3, 3])?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Weights<'a> {
+    store: &'a WeightStore,
+    component: Component,
+    table: &'a NameTable,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// The view one module further down: `at("down_blocks").at(0)` is `down_blocks.0`.
+    pub fn at(&self, module: impl std::fmt::Display) -> Weights<'a> {
+        Weights {
+            prefix: self.full_name(&module.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The component these weights belong to.
+    pub fn component(&self) -> Component {
+        self.component
+    }
+
+    /// The module path of this view (`""` at the component root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full diffusers name of `name` in this view.
+    pub fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether the tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source(name).is_ok()
+    }
+
+    /// Dtype and shape of a tensor, without reading it.
+    pub fn info(&self, name: &str) -> Result<&'a TensorInfo> {
+        let (file, key, _) = self.source(name)?;
+        file.info(key).ok_or_else(|| self.missing(name))
+    }
+
+    /// The tensor as f32 (converted from F16/BF16), in whatever shape the file has.
+    pub fn get(&self, name: &str) -> Result<HostTensor> {
+        let (file, key, shown) = self.source(name)?;
+        file.read_f32(key, &shown)
+    }
+
+    /// The tensor as f32, which must have `expected` shape. A linear weight `[out, in]` and a
+    /// 1×1 conv weight `[out, in, 1, 1]` hold the same matrix and are given in the shape asked:
+    /// LDM files store the VAE attention projections (and SD 1.x UNet `proj_in/proj_out`) as
+    /// convs where diffusers may use linears.
+    pub fn get_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let (file, key, shown) = self.source(name)?;
+        let found = file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
+        if found != expected && !same_matrix(&found, expected) {
+            return Err(Error::TensorShape {
+                name: shown,
+                path: file.path().to_path_buf(),
+                expected: expected.to_vec(),
+                found,
+            });
+        }
+        let tensor = file.read_f32(key, &shown)?;
+        tensor
+            .into_shape_with_order(expected.to_vec())
+            .map_err(|e| Error::InvalidSafetensors {
+                path: file.path().to_path_buf(),
+                reason: format!("tensor {shown}: {e}"),
+            })
+    }
+
+    /// Names under this view, relative to it, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .table
+            .entries
+            .keys()
+            .filter_map(|name| {
+                if self.prefix.is_empty() {
+                    Some(name.clone())
+                } else {
+                    let rest = name.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+                    Some(rest.to_string())
+                }
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The file, the key in it, and how errors should call the tensor.
+    fn source(&self, name: &str) -> Result<(&'a SafetensorsFile, &'a str, String)> {
+        let full = self.full_name(name);
+        let canonical_name = canonical(self.component, &full);
+        let source = self
+            .table
+            .entries
+            .get(canonical_name.as_ref())
+            .ok_or_else(|| self.missing(name))?;
+        let file = &self.store.files[source.file];
+        let shown = if source.key == full {
+            full
+        } else {
+            format!("{full} (stored as {})", source.key)
+        };
+        Ok((file, source.key.as_str(), shown))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            name: self.full_name(name),
+            files: self
+                .table
+                .files
+                .iter()
+                .map(|&i| self.store.files[i].path().to_path_buf())
+                .collect(),
+        }
+    }
+}
+
+/// `[o, i]` and `[o, i, 1, 1]`: a linear and a 1×1 conv over the same matrix.
+fn same_matrix(a: &[usize], b: &[usize]) -> bool {
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+    short.len() == 2 && long.len() == 4 && long[..2] == *short && long[2..] == [1, 1]
+}
