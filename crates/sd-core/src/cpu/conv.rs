@@ -1,16 +1,245 @@
-//! conv2d via im2col + GEMM.
+//! conv2d as im2col + GEMM, one panel of output positions at a time.
+//!
+//! Per image, the convolution is the product `out [o, ho·wo] = w [o, c·kh·kw] · col [c·kh·kw, ho·wo]`
+//! where column `q` of `col` holds the input patch under output position `q`. Materialising all
+//! of `col` would take 9× the input (47 MB for one 320×64×64 image); instead the output
+//! positions are cut into panels whose slice of `col` fits in about a core's L2 cache, and each
+//! rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
+//! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
+//! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
+//! im2col at all: the input image `[c, h·w]` is already `col`.
+
+use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
+use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::gemm::{Parallelism, sgemm};
+use super::linalg::matrix;
+use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
 
+/// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows):
+/// about half a core's 1 MiB L2, so the panel stays cached while the engine packs it.
+const PANEL_BYTES: usize = 512 * 1024;
+/// Panel widths are multiples of this (a few SIMD vectors) and never below it.
+const PANEL_ALIGN: usize = 16;
+
+/// Where the input patch under each output position comes from.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    channels: usize,
+    in_h: usize,
+    in_w: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    /// Rows of `col`: one per (input channel, kernel row, kernel column).
+    fn patch_len(&self) -> usize {
+        self.channels * self.kernel_h * self.kernel_w
+    }
+
+    fn out_positions(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// A 1×1 stride-1 unpadded conv reads the input image as its own `col` matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1 && self.kernel_w == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// `x [n, c, h, w]`, `w [o, c, kh, kw]`, `bias [o]` → `[n, o, ho, wo]` with
+/// `ho = (h + 2·padding − kh) / stride + 1` (likewise `wo`).
 pub(crate) fn conv2d(
-    _x: &CpuTensor,
-    _w: &CpuTensor,
-    _bias: Option<&CpuTensor>,
-    _params: crate::backend::Conv2dParams,
+    x: &CpuTensor,
+    w: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    params: Conv2dParams,
 ) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+    let (sx, sw) = (x.shape(), w.shape());
+    let mismatch = |why: &str| {
+        let sbias = bias.map(|b| b.shape().to_vec());
+        Error::shape(
+            "conv2d",
+            format!("x {sx:?}, w {sw:?}, bias {sbias:?}, {params:?}: {why}"),
+        )
+    };
+    let (&[n, c, h, wd], &[o, wc, kh, kw]) = (sx, sw) else {
+        return Err(mismatch("x must be [n, c, h, w] and w [o, c, kh, kw]"));
+    };
+    if wc != c {
+        return Err(mismatch("input channels of x and w differ"));
+    }
+    if bias.is_some_and(|b| b.shape() != [o]) {
+        return Err(mismatch("bias must be [o]"));
+    }
+    if params.stride == 0 {
+        return Err(mismatch("stride must be at least 1"));
+    }
+    let (padded_h, padded_w) = (h + 2 * params.padding, wd + 2 * params.padding);
+    if padded_h < kh || padded_w < kw {
+        return Err(mismatch("kernel larger than the padded input"));
+    }
+    let geometry = Geometry {
+        channels: c,
+        in_h: h,
+        in_w: wd,
+        kernel_h: kh,
+        kernel_w: kw,
+        stride: params.stride,
+        padding: params.padding,
+        out_h: (padded_h - kh) / params.stride + 1,
+        out_w: (padded_w - kw) / params.stride + 1,
+    };
+    let out_shape = [n, o, geometry.out_h, geometry.out_w];
+    let out_len = out_shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| mismatch("output too large"))?;
+    let mut out = vec![0.0f32; out_len];
+
+    let weights = matrix(w.data(), o, geometry.patch_len())?;
+    let bias = bias.map(|b| b.data());
+    let mut out3 = ArrayViewMut3::from_shape((n, o, geometry.out_positions()), &mut out[..])
+        .map_err(|e| mismatch(&e.to_string()))?;
+    let panel_cols = panel_width(geometry.patch_len());
+    let tasks = output_panels(&mut out3, panel_cols);
+    let image_len = c * h * wd;
+
+    tasks.into_par_iter().try_for_each_init(
+        || vec![0.0f32; geometry.patch_len() * panel_cols],
+        |col_buffer, panel| {
+            let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
+            let (first, width) = (panel.first_position, panel.out.ncols());
+            let cols = if geometry.is_pointwise() {
+                matrix(image, c, h * wd)?.slice_move(s![.., first..first + width])
+            } else {
+                let buffer = &mut col_buffer[..geometry.patch_len() * width];
+                im2col_panel(&geometry, image, first, width, buffer);
+                matrix(buffer, geometry.patch_len(), width)?
+            };
+            multiply_panel(weights, cols, bias, panel.out)
+        },
+    )?;
+    CpuTensor::from_vec(&out_shape, out)
+}
+
+/// One task: the output columns `first_position..first_position + out.ncols()` of one image.
+struct Panel<'a> {
+    image: usize,
+    first_position: usize,
+    out: ArrayViewMut2<'a, f32>,
+}
+
+/// Columns per panel: about [`PANEL_BYTES`] of im2col data, a multiple of [`PANEL_ALIGN`].
+fn panel_width(patch_len: usize) -> usize {
+    let cols = PANEL_BYTES / (patch_len.max(1) * std::mem::size_of::<f32>());
+    (cols / PANEL_ALIGN * PANEL_ALIGN).max(PANEL_ALIGN)
+}
+
+/// Cut `out [n, o, positions]` into disjoint `[o, ≤panel_cols]` views, image by image.
+fn output_panels<'a>(out: &'a mut ArrayViewMut3<'_, f32>, panel_cols: usize) -> Vec<Panel<'a>> {
+    let mut panels = Vec::new();
+    for (image, mut rest) in out.outer_iter_mut().enumerate() {
+        let mut first_position = 0;
+        while rest.ncols() > 0 {
+            let width = panel_cols.min(rest.ncols());
+            let (head, tail) = rest.split_at(Axis(1), width);
+            panels.push(Panel {
+                image,
+                first_position,
+                out: head,
+            });
+            first_position += width;
+            rest = tail;
+        }
+    }
+    panels
+}
+
+/// `out ← weights · cols (+ bias per output channel)`, single-threaded (the caller runs many
+/// panels in parallel).
+fn multiply_panel(
+    weights: ArrayView2<'_, f32>,
+    cols: ArrayView2<'_, f32>,
+    bias: Option<&[f32]>,
+    mut out: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    // The bias is fused: each row starts as its channel's bias and the product accumulates.
+    let beta = match bias {
+        Some(bias) => {
+            for (mut row, &b) in out.outer_iter_mut().zip(bias) {
+                row.fill(b);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    sgemm(1.0, weights, cols, beta, out, Parallelism::Serial)
+}
+
+/// Fill `col [patch_len, width]` (row-major) with the input patches under output positions
+/// `first..first + width` of one image `[c, h, w]`; taps in the padding are zero.
+fn im2col_panel(g: &Geometry, image: &[f32], first: usize, width: usize, col: &mut [f32]) {
+    let taps = (0..g.channels).flat_map(|ci| {
+        (0..g.kernel_h).flat_map(move |ky| (0..g.kernel_w).map(move |kx| (ci, ky, kx)))
+    });
+    for ((ci, ky, kx), col_row) in taps.zip(col.chunks_exact_mut(width)) {
+        let channel = &image[ci * g.in_h * g.in_w..(ci + 1) * g.in_h * g.in_w];
+        // Walk the panel one output row (segment of equal oy) at a time.
+        let mut q = first;
+        let mut filled = 0;
+        while filled < width {
+            let (oy, ox) = (q / g.out_w, q % g.out_w);
+            let len = (g.out_w - ox).min(width - filled);
+            let segment = &mut col_row[filled..filled + len];
+            match (oy * g.stride + ky).checked_sub(g.padding) {
+                Some(iy) if iy < g.in_h => {
+                    let in_row = &channel[iy * g.in_w..(iy + 1) * g.in_w];
+                    gather_row(segment, in_row, ox * g.stride + kx, g.stride, g.padding);
+                }
+                _ => segment.fill(0.0),
+            }
+            q += len;
+            filled += len;
+        }
+    }
+}
+
+/// `dst[j] = src[start + j·stride − padding]`, zero where that index falls outside `src`
+/// (`start` already includes the kernel offset; the subtraction is the padding).
+fn gather_row(dst: &mut [f32], src: &[f32], start: usize, stride: usize, padding: usize) {
+    // Taps j with start + j·stride in padding..padding + src.len() read the input.
+    let lo = padding
+        .saturating_sub(start)
+        .div_ceil(stride)
+        .min(dst.len());
+    let end = padding + src.len(); // one past the last readable padded index
+    let hi = if end > start {
+        ((end - start).div_ceil(stride)).clamp(lo, dst.len())
+    } else {
+        lo
+    };
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    if lo == hi {
+        return;
+    }
+    let first_src = start + lo * stride - padding;
+    if stride == 1 {
+        dst[lo..hi].copy_from_slice(&src[first_src..first_src + (hi - lo)]);
+    } else {
+        for (d, &v) in dst[lo..hi]
+            .iter_mut()
+            .zip(src[first_src..].iter().step_by(stride))
+        {
+            *d = v;
+        }
+    }
 }

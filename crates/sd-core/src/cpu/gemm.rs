@@ -1,1 +1,237 @@
-//! The GEMM engine used by linalg, conv and attention (chosen by measurement; see benches/gemm.rs).
+//! The GEMM engine under linalg, conv and attention: `c ← α·a·b + β·c` on strided f32 views.
+//!
+//! The engine is the `gemm` crate (0.19). It was chosen by measurement on the 2-core AVX-512
+//! machine this project is developed on (`cargo bench --bench gemm`, table in the bench's
+//! header and the merge report): it runs AVX-512 kernels where matrixmultiply stops at AVX2 and
+//! beat both matrixmultiply and the system OpenBLAS on the square and the SD-shaped products.
+//!
+//! Operands are ndarray views, so any row/column strides work (a transposed weight is just
+//! `w.t()`), bounds are checked by ndarray when the view is made, and a mutable view can be
+//! split into disjoint pieces (`split_at`, `axis_chunks_iter_mut`) that rayon tasks fill side by
+//! side, which is how conv2d computes its output panels in parallel.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+use crate::error::{Error, Result};
+
+/// How many threads one product may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Only the calling thread. Use this inside rayon parallel loops (per batch, per panel), so
+    /// the loop, not the product, owns the cores.
+    Serial,
+    /// Every thread of the current rayon pool (the global one: all cores unless
+    /// `RAYON_NUM_THREADS` says otherwise). The engine itself stays single-threaded for
+    /// products too small to gain from it.
+    Parallel,
+}
+
+/// `c ← alpha·a·b + beta·c` for `a [m, k]`, `b [k, n]`, `c [m, n]`.
+///
+/// With `beta == 0` the old contents of `c` are ignored, not multiplied (NaN or garbage in `c`
+/// does not leak through), so `c` may be a freshly allocated buffer. With `k == 0` the product
+/// term is zero. Shapes that don't fit together give [`Error::Shape`].
+pub fn sgemm(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+    parallelism: Parallelism,
+) -> Result<()> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || c.dim() != (m, n) {
+        return Err(Error::shape(
+            "sgemm",
+            format!(
+                "a {:?} × b {:?} does not fit c {:?}",
+                a.shape(),
+                b.shape(),
+                c.shape()
+            ),
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        scale_in_place(&mut c, beta);
+        return Ok(());
+    }
+    // The engine's handling of negative strides is only partial; such views are rare (an
+    // inverted axis), so make them plain copies rather than reason about the corner cases.
+    if has_negative_stride(a.strides()) {
+        return sgemm(
+            alpha,
+            a.as_standard_layout().view(),
+            b,
+            beta,
+            c,
+            parallelism,
+        );
+    }
+    if has_negative_stride(b.strides()) {
+        return sgemm(
+            alpha,
+            a,
+            b.as_standard_layout().view(),
+            beta,
+            c,
+            parallelism,
+        );
+    }
+    if has_negative_stride(c.strides()) {
+        let mut tmp = Array2::zeros((m, n));
+        if beta != 0.0 {
+            tmp.assign(&c);
+        }
+        sgemm(alpha, a, b, beta, tmp.view_mut(), parallelism)?;
+        c.assign(&tmp);
+        return Ok(());
+    }
+
+    let engine_parallelism = match parallelism {
+        Parallelism::Parallel if rayon::current_num_threads() > 1 => {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        }
+        _ => gemm::Parallelism::None,
+    };
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides().to_vec());
+    // SAFETY: the pointers and strides describe live ndarray views of exactly the shapes
+    // passed (ndarray checked their bounds when the views were made), all strides are
+    // non-negative, and `c` is a mutable view, which ndarray guarantees has no two indices on
+    // one element, so the engine's writes neither alias each other nor `a`/`b` (those are
+    // shared borrows, which cannot coexist with the unique borrow behind `c`).
+    // The engine computes dst ← alpha'·dst + beta'·lhs·rhs (its names are swapped relative to
+    // BLAS) and ignores dst entirely when read_dst is false.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            sc[1],
+            sc[0],
+            beta != 0.0,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            engine_parallelism,
+        );
+    }
+    Ok(())
+}
+
+fn has_negative_stride(strides: &[isize]) -> bool {
+    strides.iter().any(|&s| s < 0)
+}
+
+/// `c ← beta·c`, with `beta == 0` meaning "set to zero" (so NaN does not survive).
+fn scale_in_place(c: &mut ArrayViewMut2<'_, f32>, beta: f32) {
+    if beta == 0.0 {
+        c.fill(0.0);
+    } else {
+        c.mapv_inplace(|v| v * beta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array2, array};
+
+    use super::{Parallelism, sgemm};
+
+    #[test]
+    fn small_product_matches_hand_computation() {
+        let a = array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let b = array![[1.0f32, 0.0], [0.0, 1.0], [2.0, -1.0]];
+        let mut c = Array2::from_elem((2, 2), f32::NAN);
+        sgemm(
+            1.0,
+            a.view(),
+            b.view(),
+            0.0,
+            c.view_mut(),
+            Parallelism::Serial,
+        )
+        .expect("shapes fit");
+        assert_eq!(c, array![[7.0, -1.0], [16.0, -1.0]]);
+    }
+
+    #[test]
+    fn alpha_beta_and_transposed_views() {
+        let a = array![[1.0f32, 2.0], [3.0, 4.0]];
+        let mut c = array![[1.0f32, 1.0], [1.0, 1.0]];
+        // c ← 2·a·aᵀ + 3·c; a·aᵀ = [[5, 11], [11, 25]].
+        sgemm(
+            2.0,
+            a.view(),
+            a.t(),
+            3.0,
+            c.view_mut(),
+            Parallelism::Parallel,
+        )
+        .expect("shapes fit");
+        assert_eq!(c, array![[13.0, 25.0], [25.0, 53.0]]);
+    }
+
+    #[test]
+    fn empty_inner_dimension_zeroes_or_scales() {
+        let a = Array2::<f32>::zeros((2, 0));
+        let b = Array2::<f32>::zeros((0, 3));
+        let mut c = Array2::from_elem((2, 3), f32::NAN);
+        sgemm(
+            1.0,
+            a.view(),
+            b.view(),
+            0.0,
+            c.view_mut(),
+            Parallelism::Serial,
+        )
+        .expect("shapes fit");
+        assert!(c.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let a = Array2::<f32>::zeros((2, 3));
+        let b = Array2::<f32>::zeros((4, 5));
+        let mut c = Array2::<f32>::zeros((2, 5));
+        let e = sgemm(
+            1.0,
+            a.view(),
+            b.view(),
+            0.0,
+            c.view_mut(),
+            Parallelism::Serial,
+        );
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn inverted_axes_are_handled() {
+        let a = array![[1.0f32, 2.0], [3.0, 4.0]];
+        let mut flipped = a.clone();
+        flipped.invert_axis(ndarray::Axis(0)); // [[3, 4], [1, 2]]
+        let mut c = Array2::zeros((2, 2));
+        sgemm(
+            1.0,
+            flipped.view(),
+            a.view(),
+            0.0,
+            c.view_mut(),
+            Parallelism::Serial,
+        )
+        .expect("shapes fit");
+        assert_eq!(c, array![[15.0, 22.0], [7.0, 10.0]]);
+    }
+}

@@ -1,22 +1,136 @@
 //! Batched matmul and linear layers over the GEMM engine.
 
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
 use super::CpuTensor;
+use super::gemm::{Parallelism, sgemm};
+use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
-pub(crate) fn matmul(_a: &CpuTensor, _b: &CpuTensor) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+/// Below this many multiply-adds per matrix, a batch is spread over the cores one matrix per
+/// task instead of splitting each product: the engine would not thread such a small product
+/// anyway (its own threshold is 48·48·256 ≈ 590k).
+const SMALL_PRODUCT_MACS: usize = 1 << 20;
+
+/// `[..., m, k] × [..., k, n] → [..., m, n]`; `b` may be 2-D and shared by every batch.
+pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let mismatch = |why: &str| Error::shape("matmul", format!("a {sa:?} × b {sb:?}: {why}"));
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(mismatch("both operands need at least 2 dims"));
+    }
+    let (batch_dims, [m, k]) = split_matrix_dims(sa);
+    let (b_batch_dims, [kb, n]) = split_matrix_dims(sb);
+    if k != kb {
+        return Err(mismatch("inner dims differ"));
+    }
+    let b_shared = b_batch_dims.is_empty();
+    if !b_shared && b_batch_dims != batch_dims {
+        return Err(mismatch("batch dims differ (b must match a's or be 2-D)"));
+    }
+    let batch: usize = batch_dims.iter().product();
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    let mut out = vec![0.0f32; batch * m * n];
+
+    if b_shared {
+        // Every batch multiplies the same b: stack the batches into one tall product.
+        let a2 = matrix(a.data(), batch * m, k)?;
+        let b2 = matrix(b.data(), k, n)?;
+        sgemm(
+            1.0,
+            a2,
+            b2,
+            0.0,
+            matrix_mut(&mut out, batch * m, n)?,
+            Parallelism::Parallel,
+        )?;
+    } else {
+        let product = |(i, c): (usize, &mut [f32]), parallelism| {
+            let ai = matrix(&a.data()[i * m * k..(i + 1) * m * k], m, k)?;
+            let bi = matrix(&b.data()[i * k * n..(i + 1) * k * n], k, n)?;
+            sgemm(1.0, ai, bi, 0.0, matrix_mut(c, m, n)?, parallelism)
+        };
+        // chunks_mut panics on a zero chunk size; an empty output has nothing to compute.
+        if m * n > 0 {
+            if batch > 1 && m * k * n < SMALL_PRODUCT_MACS {
+                out.par_chunks_mut(m * n)
+                    .enumerate()
+                    .try_for_each(|ic| product(ic, Parallelism::Serial))?;
+            } else {
+                out.chunks_mut(m * n)
+                    .enumerate()
+                    .try_for_each(|ic| product(ic, Parallelism::Parallel))?;
+            }
+        }
+    }
+    CpuTensor::from_vec(&out_shape, out)
 }
 
-pub(crate) fn linear(
-    _x: &CpuTensor,
-    _w: &CpuTensor,
-    _bias: Option<&CpuTensor>,
-) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+/// `x · wᵀ + bias` over the last dim: `x [..., in]`, `w [out, in]`, `bias [out]`.
+pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
+    let (sx, sw) = (x.shape(), w.shape());
+    let mismatch = |why: &str| {
+        let sbias = bias.map(|b| b.shape().to_vec());
+        Error::shape(
+            "linear",
+            format!("x {sx:?}, w {sw:?}, bias {sbias:?}: {why}"),
+        )
+    };
+    let (Some(&inp), [out_features, w_in]) = (sx.last(), sw) else {
+        return Err(mismatch("need x with at least 1 dim and a 2-D w [out, in]"));
+    };
+    let out_features = *out_features;
+    if *w_in != inp {
+        return Err(mismatch("x's last dim differs from w's in dim"));
+    }
+    if bias.is_some_and(|b| b.shape() != [out_features]) {
+        return Err(mismatch("bias must be [out]"));
+    }
+    let rows: usize = sx[..sx.len() - 1].iter().product();
+    let mut out_shape = sx.to_vec();
+    if let Some(last) = out_shape.last_mut() {
+        *last = out_features;
+    }
+
+    // Fusing the bias: start every output row as the bias and let the product accumulate onto
+    // it (β = 1), which costs the engine one read of c instead of a separate pass.
+    let (mut out, beta) = match bias {
+        Some(bias) => (bias.data().repeat(rows), 1.0),
+        None => (vec![0.0f32; rows * out_features], 0.0),
+    };
+    let x2 = matrix(x.data(), rows, inp)?;
+    let w2 = matrix(w.data(), out_features, inp)?;
+    sgemm(
+        1.0,
+        x2,
+        w2.t(),
+        beta,
+        matrix_mut(&mut out, rows, out_features)?,
+        Parallelism::Parallel,
+    )?;
+    CpuTensor::from_vec(&out_shape, out)
+}
+
+/// Split `[..., r, c]` into the batch dims and the matrix dims. The caller checked rank >= 2.
+fn split_matrix_dims(shape: &[usize]) -> (&[usize], [usize; 2]) {
+    let (batch, mat) = shape.split_at(shape.len() - 2);
+    (batch, [mat[0], mat[1]])
+}
+
+/// A row-major `[rows, cols]` view of `data`.
+pub(super) fn matrix(data: &[f32], rows: usize, cols: usize) -> Result<ArrayView2<'_, f32>> {
+    ArrayView2::from_shape((rows, cols), data)
+        .map_err(|e| Error::shape("matrix view", format!("[{rows}, {cols}]: {e}")))
+}
+
+/// A row-major mutable `[rows, cols]` view of `data`.
+pub(super) fn matrix_mut(
+    data: &mut [f32],
+    rows: usize,
+    cols: usize,
+) -> Result<ArrayViewMut2<'_, f32>> {
+    ArrayViewMut2::from_shape((rows, cols), data)
+        .map_err(|e| Error::shape("matrix view", format!("[{rows}, {cols}]: {e}")))
 }

@@ -1,0 +1,291 @@
+//! GEMM engine comparison and CPU conv2d/linear throughput, in GFLOP/s (median of several runs).
+//!
+//! ```text
+//! cargo bench --bench gemm                            # matrixmultiply, gemm crate, sd-core engine
+//! cargo bench --bench gemm --features bench-openblas  # + OpenBLAS (needs libopenblas-dev)
+//! cargo bench --bench gemm -- conv                    # only the rows whose label contains "conv"
+//! ```
+//!
+//! Thread counts: the `gemm` crate and sd-core use rayon's global pool (`RAYON_NUM_THREADS`),
+//! matrixmultiply its own (`MATMUL_NUM_THREADS`), OpenBLAS its own (`OPENBLAS_NUM_THREADS`);
+//! each defaults to the number of cores. The engine table is what chose sd-core's engine
+//! (see `sd_core::cpu::gemm`). A plain-timing harness rather than criterion: one 4096³ product
+//! takes about a second here, and we want one table with all engines side by side.
+
+#[cfg(feature = "bench-openblas")]
+extern crate blas_src;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use sd_core::backend::Conv2dParams;
+use sd_core::cpu::CpuBackend;
+use sd_core::cpu::gemm::{Parallelism, sgemm};
+use sd_core::{Backend, HostTensor};
+
+/// Wall-clock time we are willing to spend per measured cell (after one warm-up run).
+const TIME_PER_CELL: Duration = Duration::from_secs(3);
+const MIN_RUNS: usize = 3;
+const MAX_RUNS: usize = 15;
+
+/// The median wall time of `f` over several runs, after one warm-up run.
+fn median_time(mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    f();
+    let first = start.elapsed();
+    let runs = (TIME_PER_CELL.as_secs_f64() / first.as_secs_f64().max(1e-6)) as usize;
+    let mut times: Vec<Duration> = (0..runs.clamp(MIN_RUNS, MAX_RUNS))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn gflops(flops: f64, t: Duration) -> f64 {
+    flops / t.as_secs_f64() / 1e9
+}
+
+/// Deterministic pseudo-random fill in [-1, 1) (the values don't matter for speed, only that
+/// they are not denormal or all zero).
+fn filled(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    Array2::from_shape_fn((rows, cols), |_| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+    })
+}
+
+/// One way of computing `c = a · b` for row-major operands.
+struct Engine {
+    name: &'static str,
+    run: fn(ArrayView2<'_, f32>, ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>),
+}
+
+fn with_matrixmultiply(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    mut c: ArrayViewMut2<'_, f32>,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides().to_vec());
+    // SAFETY: the pointers and strides come from live ndarray views of the stated shapes, and
+    // `c` is a unique mutable view.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            sa[0],
+            sa[1],
+            b.as_ptr(),
+            sb[0],
+            sb[1],
+            0.0,
+            c.as_mut_ptr(),
+            sc[0],
+            sc[1],
+        );
+    }
+}
+
+fn with_gemm_crate(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, mut c: ArrayViewMut2<'_, f32>) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides().to_vec());
+    // SAFETY: as above. gemm's convention is dst = alpha·dst + beta·lhs·rhs; with
+    // read_dst = false the old contents of dst are ignored.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            sc[1],
+            sc[0],
+            false,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+fn with_sd_core(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>) {
+    sgemm(1.0, a, b, 0.0, c, Parallelism::Parallel).expect("shapes agree");
+}
+
+#[cfg(feature = "bench-openblas")]
+fn with_openblas(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, mut c: ArrayViewMut2<'_, f32>) {
+    // With ndarray's `blas` feature, general_mat_mul on standard-layout f32 calls cblas_sgemm.
+    ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+}
+
+fn engines() -> Vec<Engine> {
+    let mut list = vec![
+        Engine {
+            name: "matrixmultiply",
+            run: with_matrixmultiply,
+        },
+        Engine {
+            name: "gemm 0.19",
+            run: with_gemm_crate,
+        },
+    ];
+    #[cfg(feature = "bench-openblas")]
+    list.push(Engine {
+        name: "OpenBLAS",
+        run: with_openblas,
+    });
+    list.push(Engine {
+        name: "sd-core",
+        run: with_sd_core,
+    });
+    list
+}
+
+/// GEMM shapes: the issue's square product and the products SD 1.5 spends its time in.
+const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("square 4096", 4096, 4096, 4096),
+    ("attn proj 64x64 (4096,320,320)", 4096, 320, 320),
+    ("conv3x3 im2col (4096,2880,320)", 4096, 2880, 320),
+    ("conv3x3 32x32 (1024,5760,640)", 1024, 5760, 640),
+    ("clip proj (77,768,768)", 77, 768, 768),
+];
+
+fn bench_engines(filter: Option<&str>) {
+    let engines = engines();
+    print!("{:<34}", "gemm (m,k,n) GFLOP/s");
+    for e in &engines {
+        print!("{:>16}", e.name);
+    }
+    println!();
+    for &(label, m, k, n) in GEMM_SHAPES {
+        if filter.is_some_and(|f| !label.contains(f) && !"gemm".contains(f)) {
+            continue;
+        }
+        let a = filled(m, k, 1);
+        let b = filled(k, n, 2);
+        let mut c = Array2::<f32>::zeros((m, n));
+        let flops = 2.0 * (m * k * n) as f64;
+        print!("{label:<34}");
+        for e in &engines {
+            let t = median_time(|| (e.run)(a.view(), b.view(), black_box(c.view_mut())));
+            print!("{:>16.1}", gflops(flops, t));
+        }
+        println!();
+    }
+}
+
+/// conv2d cases from SD 1.5: `(label, [n, c, h, w], out channels, kernel, stride, padding)`.
+const CONV_CASES: &[(&str, [usize; 4], usize, usize, usize, usize)] = &[
+    ("conv unet 64x64 3x3 320", [2, 320, 64, 64], 320, 3, 1, 1),
+    ("conv unet 32x32 3x3 640", [2, 640, 32, 32], 640, 3, 1, 1),
+    ("conv unet 64x64 1x1 320", [2, 320, 64, 64], 320, 1, 1, 0),
+    ("conv unet down 3x3 s2 p1", [2, 320, 64, 64], 320, 3, 2, 1),
+    ("conv vae 256x256 3x3 512", [1, 512, 256, 256], 512, 3, 1, 1),
+];
+
+/// Linear cases: `(label, rows, in, out)`.
+const LINEAR_CASES: &[(&str, usize, usize, usize)] = &[
+    ("linear attn q 2x4096x320", 2 * 4096, 320, 320),
+    ("linear ff 2x4096x320->2560", 2 * 4096, 320, 2560),
+    ("linear clip 2x77x768", 2 * 77, 768, 768),
+];
+
+fn host(shape: &[usize], seed: u32) -> HostTensor {
+    let len = shape.iter().product();
+    filled(1, len, seed)
+        .into_shape_with_order(shape)
+        .expect("element count matches")
+}
+
+fn bench_ops(filter: Option<&str>, reference_gflops: Option<f64>) {
+    let cpu = CpuBackend::new();
+    println!(
+        "{:<34}{:>16}{:>16}",
+        "op (sd-core CpuBackend)", "GFLOP/s", "% of 4096³"
+    );
+    let report = |label: &str, flops: f64, t: Duration| {
+        let g = gflops(flops, t);
+        let pct = reference_gflops.map_or("-".to_string(), |r| format!("{:.0}%", 100.0 * g / r));
+        println!("{label:<34}{g:>16.1}{pct:>16}");
+    };
+    for &(label, [n, c, h, w], o, kernel, stride, padding) in CONV_CASES {
+        if filter.is_some_and(|f| !label.contains(f)) {
+            continue;
+        }
+        let x = cpu.upload(&host(&[n, c, h, w], 3)).expect("upload");
+        let wt = cpu
+            .upload(&host(&[o, c, kernel, kernel], 4))
+            .expect("upload");
+        let bias = cpu.upload(&host(&[o], 5)).expect("upload");
+        let params = Conv2dParams { stride, padding };
+        let ho = (h + 2 * padding - kernel) / stride + 1;
+        let wo = (w + 2 * padding - kernel) / stride + 1;
+        let flops = 2.0 * (n * o * ho * wo * c * kernel * kernel) as f64;
+        let t = median_time(|| {
+            black_box(cpu.conv2d(&x, &wt, Some(&bias), params).expect("conv2d"));
+        });
+        report(label, flops, t);
+    }
+    for &(label, rows, inp, out) in LINEAR_CASES {
+        if filter.is_some_and(|f| !label.contains(f)) {
+            continue;
+        }
+        let x = cpu.upload(&host(&[rows, inp], 6)).expect("upload");
+        let wt = cpu.upload(&host(&[out, inp], 7)).expect("upload");
+        let bias = cpu.upload(&host(&[out], 8)).expect("upload");
+        let flops = 2.0 * (rows * inp * out) as f64;
+        let t = median_time(|| {
+            black_box(cpu.linear(&x, &wt, Some(&bias)).expect("linear"));
+        });
+        report(label, flops, t);
+    }
+}
+
+/// GFLOP/s of sd-core's engine on the 4096³ product, the yardstick for the op table.
+fn square_reference() -> f64 {
+    let a = filled(4096, 4096, 1);
+    let b = filled(4096, 4096, 2);
+    let mut c = Array2::<f32>::zeros((4096, 4096));
+    let t = median_time(|| with_sd_core(a.view(), b.view(), black_box(c.view_mut())));
+    gflops(2.0 * 4096f64.powi(3), t)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the first other argument filters rows by label.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let filter = filter.as_deref();
+    println!(
+        "rayon threads: {}, cores: {}",
+        rayon::current_num_threads(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    bench_engines(filter);
+    println!();
+    let wants_ops = filter.is_none_or(|f| {
+        CONV_CASES.iter().any(|c| c.0.contains(f)) || LINEAR_CASES.iter().any(|c| c.0.contains(f))
+    });
+    if wants_ops {
+        bench_ops(filter, Some(square_reference()));
+    }
+}

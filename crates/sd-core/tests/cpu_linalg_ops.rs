@@ -1,0 +1,417 @@
+//! The CPU backend's products (matmul, linear, conv2d) against naive, obviously correct loops on
+//! random shapes, and their shape errors.
+//!
+//! Run with `cargo test --release -p sd-core --test cpu_linalg_ops`.
+
+use proptest::prelude::*;
+use sd_core::cpu::{CpuBackend, CpuTensor};
+use sd_core::{Backend, Conv2dParams, Error, HostTensor, TensorInfo};
+
+/// Allowed error of each output element, relative to the sum of the magnitudes of the terms it
+/// adds up (`Σ|aᵢ·bᵢ| + |bias|`). The references below sum in f64; an f32 dot product of length
+/// k has a worst-case relative error of about k·2⁻²⁴ (≈ 6e-6 for our k ≤ 100) and in practice far
+/// less, while a wrong, missing or doubled term moves the sum by roughly 1/k of that magnitude,
+/// thousands of times more than this bound.
+const REL_TOL: f64 = 1e-4;
+
+// ---- helpers -----------------------------------------------------------------------------------
+
+/// Values in [-1, 1) from a seed (xorshift): cheap to generate and to shrink (proptest shrinks
+/// the seed and the shapes, not thousands of floats).
+fn random_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], seed: u64) -> CpuTensor {
+    let len = shape.iter().product();
+    let host = HostTensor::from_shape_vec(shape, random_values(len, seed)).expect("shape fits");
+    CpuBackend.upload(&host).expect("upload")
+}
+
+/// An expected element: the exact (f64) value and the magnitude its error is measured against.
+#[derive(Debug, Clone, Copy, Default)]
+struct Expected {
+    value: f64,
+    magnitude: f64,
+}
+
+impl Expected {
+    fn add(&mut self, term: f64) {
+        self.value += term;
+        self.magnitude += term.abs();
+    }
+}
+
+fn assert_close(op: &str, got: &CpuTensor, want_shape: &[usize], want: &[Expected]) {
+    assert_eq!(got.shape(), want_shape, "{op}: output shape");
+    for (i, (&g, w)) in got.data().iter().zip(want).enumerate() {
+        let err = (g as f64 - w.value).abs();
+        // The max(1e-30) keeps an all-zero element (empty sum) exact.
+        assert!(
+            err <= REL_TOL * w.magnitude.max(1e-30),
+            "{op}: element {i}: got {g}, want {} (magnitude {})",
+            w.value,
+            w.magnitude
+        );
+    }
+}
+
+fn shape_error_op(result: sd_core::Result<CpuTensor>) -> &'static str {
+    match result {
+        Err(Error::Shape { op, .. }) => op,
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
+
+// ---- naive references --------------------------------------------------------------------------
+
+/// `[batch, m, k] × [batch or 1, k, n]` by the textbook triple loop.
+fn naive_matmul(
+    a: &[f32],
+    b: &[f32],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    b_shared: bool,
+) -> Vec<Expected> {
+    let mut out = vec![Expected::default(); batch * m * n];
+    for bi in 0..batch {
+        let b_off = if b_shared { 0 } else { bi * k * n };
+        for i in 0..m {
+            for j in 0..n {
+                let e = &mut out[(bi * m + i) * n + j];
+                for p in 0..k {
+                    e.add(a[(bi * m + i) * k + p] as f64 * b[b_off + p * n + j] as f64);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `x [rows, in] · w [out, in]ᵀ + bias`.
+fn naive_linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    inp: usize,
+    outp: usize,
+) -> Vec<Expected> {
+    let mut out = vec![Expected::default(); rows * outp];
+    for r in 0..rows {
+        for o in 0..outp {
+            let e = &mut out[r * outp + o];
+            if let Some(bias) = bias {
+                e.add(bias[o] as f64);
+            }
+            for i in 0..inp {
+                e.add(x[r * inp + i] as f64 * w[o * inp + i] as f64);
+            }
+        }
+    }
+    out
+}
+
+/// Direct convolution: every output element sums its kernel window, skipping taps that fall in
+/// the zero padding.
+fn naive_conv2d(
+    x: &CpuTensor,
+    w: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    stride: usize,
+    padding: usize,
+) -> (Vec<usize>, Vec<Expected>) {
+    let &[n, c, h, wd] = x.shape() else {
+        unreachable!()
+    };
+    let &[o, _, kh, kw] = w.shape() else {
+        unreachable!()
+    };
+    let ho = (h + 2 * padding - kh) / stride + 1;
+    let wo = (wd + 2 * padding - kw) / stride + 1;
+    let (xd, wdat) = (x.data(), w.data());
+    let mut out = vec![Expected::default(); n * o * ho * wo];
+    for ni in 0..n {
+        for oc in 0..o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let e = &mut out[((ni * o + oc) * ho + oy) * wo + ox];
+                    if let Some(bias) = bias {
+                        e.add(bias.data()[oc] as f64);
+                    }
+                    for ci in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * stride + ky) as isize - padding as isize;
+                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = xd[((ni * c + ci) * h + iy as usize) * wd + ix as usize];
+                                let wv = wdat[((oc * c + ci) * kh + ky) * kw + kx];
+                                e.add(xv as f64 * wv as f64);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (vec![n, o, ho, wo], out)
+}
+
+// ---- matmul ------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn matmul_matches_naive_loop(
+        batch_dims in prop::collection::vec(1usize..4, 0..3),
+        m in 1usize..18,
+        k in 1usize..18,
+        n in 1usize..18,
+        b_shared in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let batch: usize = batch_dims.iter().product();
+        let a_shape = [batch_dims.clone(), vec![m, k]].concat();
+        let b_shape = if b_shared { vec![k, n] } else { [batch_dims.clone(), vec![k, n]].concat() };
+        let a = tensor(&a_shape, seed);
+        let b = tensor(&b_shape, seed ^ 1);
+        let got = CpuBackend.matmul(&a, &b).expect("matmul");
+        let b_shared = b_shape.len() == 2;
+        let want = naive_matmul(a.data(), b.data(), batch, m, k, n, b_shared);
+        assert_close("matmul", &got, &[batch_dims, vec![m, n]].concat(), &want);
+    }
+
+    /// Products big enough that the engine threads them and batches it spreads over cores.
+    #[test]
+    fn matmul_large_products_match_naive_loop(
+        batch in 1usize..4,
+        m in 60usize..140,
+        k in 60usize..140,
+        n in 60usize..140,
+        b_shared in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let a = tensor(&[batch, m, k], seed);
+        let b = if b_shared { tensor(&[k, n], seed ^ 1) } else { tensor(&[batch, k, n], seed ^ 1) };
+        let got = CpuBackend.matmul(&a, &b).expect("matmul");
+        let want = naive_matmul(a.data(), b.data(), batch, m, k, n, b_shared);
+        assert_close("matmul", &got, &[batch, m, n], &want);
+    }
+}
+
+// ---- linear ------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn linear_matches_naive_loop(
+        lead_dims in prop::collection::vec(1usize..5, 0..3),
+        inp in 1usize..41,
+        outp in 1usize..41,
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let rows: usize = lead_dims.iter().product();
+        let x = tensor(&[lead_dims.clone(), vec![inp]].concat(), seed);
+        let w = tensor(&[outp, inp], seed ^ 1);
+        let bias = with_bias.then(|| tensor(&[outp], seed ^ 2));
+        let got = CpuBackend.linear(&x, &w, bias.as_ref()).expect("linear");
+        let want = naive_linear(x.data(), w.data(), bias.as_ref().map(|b| b.data()), rows, inp, outp);
+        assert_close("linear", &got, &[lead_dims, vec![outp]].concat(), &want);
+    }
+}
+
+// ---- conv2d ------------------------------------------------------------------------------------
+
+/// A conv2d case: input `[n, c, h, w]`, `o` output channels, kernel `kh × kw`, stride, padding.
+fn conv_case(
+    max_batch: usize,
+    channels: std::ops::Range<usize>,
+    sides: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = ([usize; 4], usize, usize, usize, usize, usize)> {
+    (
+        1..=max_batch,
+        channels,
+        sides.clone(),
+        sides,
+        1usize..7,
+        prop::sample::select(vec![1usize, 3]),
+        prop::sample::select(vec![1usize, 2, 3]),
+        1usize..3,
+        0usize..3,
+    )
+        .prop_filter(
+            "kernel fits the padded input",
+            |&(_, _, h, w, _, kh, kw, _, p)| h + 2 * p >= kh && w + 2 * p >= kw,
+        )
+        .prop_map(|(n, c, h, w, o, kh, kw, stride, padding)| {
+            ([n, c, h, w], o, kh, kw, stride, padding)
+        })
+}
+
+fn check_conv(
+    x_shape: [usize; 4],
+    o: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    with_bias: bool,
+    seed: u64,
+) {
+    let x = tensor(&x_shape, seed);
+    let w = tensor(&[o, x_shape[1], kh, kw], seed ^ 1);
+    let bias = with_bias.then(|| tensor(&[o], seed ^ 2));
+    let params = Conv2dParams { stride, padding };
+    let got = CpuBackend
+        .conv2d(&x, &w, bias.as_ref(), params)
+        .expect("conv2d");
+    let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
+    assert_close(
+        &format!("conv2d {x_shape:?} o={o} k={kh}x{kw} {params:?}"),
+        &got,
+        &want_shape,
+        &want,
+    );
+}
+
+proptest! {
+    #[test]
+    fn conv2d_matches_naive_loop(
+        (x_shape, o, kh, kw, stride, padding) in conv_case(3, 1..6, 1..=12),
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_conv(x_shape, o, kh, kw, stride, padding, with_bias, seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Enough channels and pixels that one image's output is usually cut into several panels
+    /// (the panel width is a few hundred positions at these channel counts), with panel edges in
+    /// the middle of output rows.
+    #[test]
+    fn conv2d_multi_panel_matches_naive_loop(
+        (x_shape, o, kh, kw, stride, padding) in conv_case(2, 60..90, 18..=30),
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_conv(x_shape, o, kh, kw, stride, padding, with_bias, seed);
+    }
+}
+
+#[test]
+fn conv2d_pointwise_over_several_panels_matches_naive_loop() {
+    // 1×1 stride 1 unpadded: the no-im2col path; 256 channels × 40×40 spans several panels.
+    check_conv([2, 256, 40, 40], 5, 1, 1, 1, 0, true, 7);
+}
+
+#[test]
+fn conv2d_sd_shapes_match_naive_loop() {
+    // Downsampling conv (3×3 stride 2, padding 1 in the UNet, 0 in the VAE) and a 3×3 "same"
+    // conv at a small SD-like channel count.
+    check_conv([1, 32, 16, 16], 8, 3, 3, 2, 1, true, 11);
+    check_conv([1, 32, 17, 17], 8, 3, 3, 2, 0, true, 12);
+    check_conv([2, 64, 9, 9], 16, 3, 3, 1, 1, true, 13);
+}
+
+#[test]
+fn conv2d_panel_edges_inside_output_rows_match_naive_loop() {
+    // 64 channels × 3×3 taps give panels of a couple of hundred positions: these outputs
+    // (24×24 stride 1, 25×25 stride 2) span several panels, whose edges fall mid-row.
+    check_conv([1, 64, 24, 24], 4, 3, 3, 1, 1, false, 14);
+    check_conv([2, 64, 50, 50], 4, 3, 3, 2, 1, true, 15);
+}
+
+// ---- shape errors ------------------------------------------------------------------------------
+
+#[test]
+fn matmul_rejects_mismatched_shapes() {
+    let cpu = CpuBackend;
+    let cases: [(&[usize], &[usize]); 4] = [
+        (&[3], &[3, 2]),          // a has rank 1
+        (&[2, 3], &[4, 2]),       // inner dims differ
+        (&[2, 2, 3], &[3, 3, 2]), // batch dims differ
+        (&[2, 3], &[2, 3, 2]),    // b batched, a not
+    ];
+    for (sa, sb) in cases {
+        let r = cpu.matmul(&tensor(sa, 1), &tensor(sb, 2));
+        assert_eq!(shape_error_op(r), "matmul", "{sa:?} × {sb:?}");
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    let cpu = CpuBackend;
+    let x = tensor(&[2, 4], 1);
+    assert_eq!(
+        shape_error_op(cpu.linear(&x, &tensor(&[3, 5], 2), None)),
+        "linear"
+    );
+    assert_eq!(
+        shape_error_op(cpu.linear(&x, &tensor(&[3, 4, 1], 2), None)),
+        "linear"
+    );
+    let bias = tensor(&[4], 3);
+    assert_eq!(
+        shape_error_op(cpu.linear(&x, &tensor(&[3, 4], 2), Some(&bias))),
+        "linear"
+    );
+    let scalar = tensor(&[], 4);
+    assert_eq!(
+        shape_error_op(cpu.linear(&scalar, &tensor(&[3, 1], 2), None)),
+        "linear"
+    );
+}
+
+#[test]
+fn conv2d_rejects_mismatched_shapes() {
+    let cpu = CpuBackend;
+    let x = tensor(&[1, 3, 5, 5], 1);
+    let w = tensor(&[4, 3, 3, 3], 2);
+    let same = Conv2dParams::same(1);
+    let cases = [
+        (tensor(&[3, 5, 5], 1), w.clone(), None, same), // x not 4-D
+        (x.clone(), tensor(&[4, 2, 3, 3], 2), None, same), // channel mismatch
+        (x.clone(), tensor(&[4, 3, 3], 2), None, same), // w not 4-D
+        (x.clone(), w.clone(), Some(tensor(&[3], 3)), same), // bias length
+        (
+            x.clone(),
+            w.clone(),
+            None,
+            Conv2dParams {
+                stride: 0,
+                padding: 1,
+            },
+        ),
+        (
+            tensor(&[1, 3, 2, 2], 1),
+            w.clone(),
+            None,
+            Conv2dParams::same(0),
+        ), // kernel > input
+    ];
+    for (x, w, bias, params) in cases {
+        let r = cpu.conv2d(&x, &w, bias.as_ref(), params);
+        assert_eq!(
+            shape_error_op(r),
+            "conv2d",
+            "x {:?} w {:?} {params:?}",
+            x.shape(),
+            w.shape()
+        );
+    }
+}
