@@ -1,18 +1,328 @@
-//! Blockwise (online-softmax) scaled dot-product attention.
+//! Blockwise scaled dot-product attention with an online (running max / running sum) softmax.
+//!
+//! One rayon task per (batch, block of `QUERY_BLOCK` queries) handles every head in turn. For a
+//! head it walks the keys in blocks of `KEY_BLOCK`:
+//!
+//! ```text
+//! S   = scale · Q Kᵀ                        (QUERY_BLOCK × KEY_BLOCK, one small GEMM)
+//! m'  = max(m, rowmax S)                    running row maximum
+//! P   = exp(S − m')                         in place over S
+//! l   = l · exp(m − m') + rowsum P          running softmax denominator
+//! O   = O · exp(m − m') + P V               (one small GEMM accumulating into O)
+//! ```
+//!
+//! and finally writes `O / l`. Nothing larger than `QUERY_BLOCK × (KEY_BLOCK + d)` floats is
+//! held per task, whatever the sequence lengths. Heads are interleaved in the feature dim
+//! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
+//! place through strides, never split into per-head copies.
+
+use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::elementwise::exp;
+use super::norm::{exp_shifted_in_place, row_max};
+use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
+/// Queries per task. 4096 queries × batch 2 give 128 tasks; the block's Q rows, scores and
+/// output accumulator stay in L2 (64 × (256 + 512) floats = 192 KiB for the VAE's d = 512).
+const QUERY_BLOCK: usize = 64;
+
+/// Keys per step of the online softmax (also the largest score tile held at once).
+const KEY_BLOCK: usize = 256;
+
 pub(crate) fn attention(
-    _q: &CpuTensor,
-    _k: &CpuTensor,
-    _v: &CpuTensor,
-    _heads: usize,
-    _scale: f32,
-    _causal: bool,
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    heads: usize,
+    scale: f32,
+    causal: bool,
 ) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+    let shape = Shape::check(q, k, v, heads)?;
+    let out_shape = q.shape().to_vec();
+    let mut out = vec![0.0; q.numel()];
+    if out.is_empty() {
+        return CpuTensor::from_vec(&out_shape, out);
+    }
+    let batch_q = shape.queries * shape.features;
+    let batch_kv = shape.keys * shape.features;
+    let (q, k, v) = (q.data(), k.data(), v.data());
+
+    out.par_chunks_mut(batch_q)
+        .zip(q.par_chunks(batch_q))
+        .enumerate()
+        .for_each(|(b, (out, q))| {
+            let keys = &k[b * batch_kv..(b + 1) * batch_kv];
+            let values = &v[b * batch_kv..(b + 1) * batch_kv];
+            let task_len = QUERY_BLOCK * shape.features;
+            out.par_chunks_mut(task_len)
+                .zip(q.par_chunks(task_len))
+                .enumerate()
+                .for_each_init(
+                    || Scratch::new(shape.head_dim),
+                    |scratch, (block, (out, q))| {
+                        let task = QueryBlock {
+                            first_query: block * QUERY_BLOCK,
+                            queries: q,
+                            keys,
+                            values,
+                        };
+                        for head in 0..heads {
+                            task.attend(&shape, head, scale, causal, scratch, out);
+                        }
+                    },
+                );
+        });
+    CpuTensor::from_vec(&out_shape, out)
+}
+
+/// The checked sizes of one attention call.
+#[derive(Debug)]
+struct Shape {
+    queries: usize,
+    keys: usize,
+    /// `heads · head_dim`.
+    features: usize,
+    head_dim: usize,
+}
+
+impl Shape {
+    fn check(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: usize) -> Result<Shape> {
+        let fail = |why: String| {
+            Err(Error::shape(
+                "attention",
+                format!(
+                    "q {:?}, k {:?}, v {:?}, {heads} heads: {why}",
+                    q.shape(),
+                    k.shape(),
+                    v.shape()
+                ),
+            ))
+        };
+        let &[batch, queries, features] = q.shape() else {
+            return fail("q must be [batch, queries, heads·d]".into());
+        };
+        let &[k_batch, keys, k_features] = k.shape() else {
+            return fail("k must be [batch, keys, heads·d]".into());
+        };
+        if k_batch != batch || k_features != features {
+            return fail("k must have q's batch and feature sizes".into());
+        }
+        if v.shape() != k.shape() {
+            return fail("v must have k's shape".into());
+        }
+        if heads == 0 || features % heads != 0 {
+            return fail(format!("{features} features do not split into {heads} heads"));
+        }
+        if keys == 0 && batch * queries * features > 0 {
+            return fail("no keys to attend to".into());
+        }
+        Ok(Shape {
+            queries,
+            keys,
+            features,
+            head_dim: features / heads,
+        })
+    }
+}
+
+/// Per-task buffers, reused across the heads and key blocks of a task.
+#[derive(Debug)]
+struct Scratch {
+    /// Scores, then probabilities, of one (query block × key block) tile.
+    scores: Vec<f32>,
+    /// Unnormalised output rows of one head, `QUERY_BLOCK × head_dim`.
+    acc: Vec<f32>,
+    /// Running maximum of each query row's scores.
+    row_max: Vec<f32>,
+    /// Running sum of each query row's `exp(score − row_max)`.
+    row_sum: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(head_dim: usize) -> Self {
+        Scratch {
+            scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK],
+            acc: vec![0.0; QUERY_BLOCK * head_dim],
+            row_max: vec![0.0; QUERY_BLOCK],
+            row_sum: vec![0.0; QUERY_BLOCK],
+        }
+    }
+}
+
+/// One task's view: a block of query rows (all heads) and the whole key/value sequences of
+/// its batch element.
+#[derive(Debug)]
+struct QueryBlock<'a> {
+    first_query: usize,
+    /// `rows × features`, row-major.
+    queries: &'a [f32],
+    /// `keys × features`.
+    keys: &'a [f32],
+    values: &'a [f32],
+}
+
+impl QueryBlock<'_> {
+    /// Attention of this block's queries for one head, written into that head's columns of
+    /// `out` (`rows × features`).
+    fn attend(
+        &self,
+        shape: &Shape,
+        head: usize,
+        scale: f32,
+        causal: bool,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let (features, d) = (shape.features, shape.head_dim);
+        let rows = self.queries.len() / features;
+        let col = head * d;
+        let q = Strided {
+            data: &self.queries[col..],
+            rows,
+            cols: d,
+            row_stride: features,
+            col_stride: 1,
+        };
+        let acc = &mut scratch.acc[..rows * d];
+        let running_max = &mut scratch.row_max[..rows];
+        let running_sum = &mut scratch.row_sum[..rows];
+        acc.fill(0.0);
+        running_max.fill(f32::NEG_INFINITY);
+        running_sum.fill(0.0);
+
+        // Causal: no query of this block sees a key past its last query.
+        let key_end = if causal {
+            (self.first_query + rows).min(shape.keys)
+        } else {
+            shape.keys
+        };
+        for first_key in (0..key_end).step_by(KEY_BLOCK) {
+            let key_count = KEY_BLOCK.min(key_end - first_key);
+            let offset = first_key * features + col;
+            let k_transposed = Strided {
+                data: &self.keys[offset..],
+                rows: d,
+                cols: key_count,
+                row_stride: 1,
+                col_stride: features,
+            };
+            let scores = &mut scratch.scores[..rows * key_count];
+            gemm(scale, q, k_transposed, 0.0, scores, key_count);
+
+            let score_rows = scores.chunks_exact_mut(key_count);
+            let acc_rows = acc.chunks_exact_mut(d);
+            let stats = running_max.iter_mut().zip(running_sum.iter_mut());
+            for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
+                if causal {
+                    let visible = (self.first_query + r + 1).saturating_sub(first_key);
+                    if visible < key_count {
+                        s[visible..].fill(f32::NEG_INFINITY);
+                    }
+                }
+                let new_max = m.max(row_max(s));
+                if new_max == f32::NEG_INFINITY {
+                    // Every key so far is masked: contributes nothing yet.
+                    s.fill(0.0);
+                    continue;
+                }
+                let rescale = exp(*m - new_max);
+                let block_sum = exp_shifted_in_place(s, new_max);
+                *l = *l * rescale + block_sum;
+                *m = new_max;
+                if rescale != 1.0 {
+                    acc_row.iter_mut().for_each(|a| *a *= rescale);
+                }
+            }
+
+            let probabilities = Strided {
+                data: scores,
+                rows,
+                cols: key_count,
+                row_stride: key_count,
+                col_stride: 1,
+            };
+            let v = Strided {
+                data: &self.values[offset..],
+                rows: key_count,
+                cols: d,
+                row_stride: features,
+                col_stride: 1,
+            };
+            gemm(1.0, probabilities, v, 1.0, acc, d);
+        }
+
+        let out_rows = out.chunks_exact_mut(features);
+        for ((out_row, acc_row), &l) in out_rows.zip(acc.chunks_exact(d)).zip(running_sum.iter()) {
+            let inv = 1.0 / l;
+            for (o, &a) in out_row[col..col + d].iter_mut().zip(acc_row) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+/// A `rows × cols` matrix at the start of `data`, element `(i, j)` at `i·row_stride + j·col_stride`.
+#[derive(Debug, Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl Strided<'_> {
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `k·(m + n)` below which matrixmultiply runs a product on the calling thread. With the
+/// `threading` feature (enabled in the workspace for the large GEMMs) it hands bigger products
+/// to its own pool; attention already keeps every core busy with one task each, so each
+/// product is split along k to stay under this (matrixmultiply 0.3: `k·(m+n) / 2^14` threads).
+const SINGLE_THREAD_WORK: usize = 2 * (1 << 14) - 1;
+
+/// `c = alpha · a · b + beta · c`, `c` row-major `a.rows × b.cols` with row stride `ldc`.
+fn gemm(alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32], ldc: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    // Internal invariants (the callers build these views from checked shapes); a failure here
+    // is a bug in this file, never bad user input.
+    assert!(k > 0 && b.rows == k && a.in_bounds() && b.in_bounds());
+    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    let k_step = (SINGLE_THREAD_WORK / (m + n)).max(1);
+    for k0 in (0..k).step_by(k_step) {
+        let kc = k_step.min(k - k0);
+        let beta = if k0 == 0 { beta } else { 1.0 };
+        // SAFETY: `a`, `b` and `c` are in bounds for the full m×k, k×n and m×n extents
+        // (asserted above); the k-slice starting at `k0` stays inside them; `c` is exclusively
+        // borrowed, and strides fit in isize because the slices are real allocations.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                kc,
+                n,
+                alpha,
+                a.data.as_ptr().add(k0 * a.col_stride),
+                a.row_stride as isize,
+                a.col_stride as isize,
+                b.data.as_ptr().add(k0 * b.row_stride),
+                b.row_stride as isize,
+                b.col_stride as isize,
+                beta,
+                c.as_mut_ptr(),
+                ldc as isize,
+                1,
+            );
+        }
+    }
 }

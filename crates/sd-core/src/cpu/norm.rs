@@ -1,37 +1,207 @@
-//! Group norm (optionally fused with SiLU), layer norm and softmax.
+//! Group norm (optionally fused with SiLU), layer norm and softmax, plus the row kernels
+//! (`row_max`, `exp_shifted_in_place`) that attention's online softmax shares.
+
+use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::elementwise::{PAR_CHUNK, exp, silu};
+use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
+/// Independent accumulators in the reductions below: lets LLVM keep them in vector registers
+/// instead of one serial dependency chain.
+const LANES: usize = 8;
+
 pub(crate) fn group_norm(
-    _x: &CpuTensor,
-    _groups: usize,
-    _gamma: &CpuTensor,
-    _beta: &CpuTensor,
-    _eps: f32,
-    _silu: bool,
+    x: &CpuTensor,
+    groups: usize,
+    gamma: &CpuTensor,
+    beta: &CpuTensor,
+    eps: f32,
+    fuse_silu: bool,
 ) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+    let shape = x.shape();
+    let [batch, channels, rest @ ..] = shape else {
+        return Err(Error::shape(
+            "group_norm",
+            format!("input has shape {shape:?}; expected [n, c, ...]"),
+        ));
+    };
+    if groups == 0 || channels % groups != 0 {
+        return Err(Error::shape(
+            "group_norm",
+            format!("{channels} channels of input {shape:?} do not split into {groups} groups"),
+        ));
+    }
+    check_affine("group_norm", gamma, beta, *channels)?;
+    let (gamma, beta) = (gamma.data(), beta.data());
+    let channels_per_group = channels / groups;
+    let spatial: usize = rest.iter().product();
+    let group_len = channels_per_group * spatial;
+    let mut out = vec![0.0; x.numel()];
+    if out.is_empty() {
+        return CpuTensor::from_vec(shape, out);
+    }
+    debug_assert_eq!(out.len(), batch * groups * group_len);
+
+    // One task per (sample, group): its channels are one contiguous run of memory.
+    out.par_chunks_mut(group_len)
+        .zip(x.data().par_chunks(group_len))
+        .enumerate()
+        .for_each(|(task, (out, src))| {
+            let (mean, rstd) = mean_and_rstd(src, eps);
+            let first_channel = (task % groups) * channels_per_group;
+            let planes = out.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
+            for (c, (out, src)) in (first_channel..).zip(planes) {
+                let (scale, shift) = (rstd * gamma[c], beta[c]);
+                if fuse_silu {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = silu((v - mean) * scale + shift);
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = (v - mean) * scale + shift;
+                    }
+                }
+            }
+        });
+    CpuTensor::from_vec(shape, out)
 }
 
 pub(crate) fn layer_norm(
-    _x: &CpuTensor,
-    _gamma: &CpuTensor,
-    _beta: &CpuTensor,
-    _eps: f32,
+    x: &CpuTensor,
+    gamma: &CpuTensor,
+    beta: &CpuTensor,
+    eps: f32,
 ) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+    let shape = x.shape();
+    let Some(&width) = shape.last() else {
+        return Err(Error::shape(
+            "layer_norm",
+            "input is a scalar; expected at least one dim",
+        ));
+    };
+    check_affine("layer_norm", gamma, beta, width)?;
+    let (gamma, beta) = (gamma.data(), beta.data());
+    let mut out = vec![0.0; x.numel()];
+    if out.is_empty() {
+        return CpuTensor::from_vec(shape, out);
+    }
+    let task_len = rows_per_task(width) * width;
+    out.par_chunks_mut(task_len)
+        .zip(x.data().par_chunks(task_len))
+        .for_each(|(out, src)| {
+            for (out, src) in out.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
+                let (mean, rstd) = mean_and_rstd(src, eps);
+                let affine = gamma.iter().zip(beta);
+                for ((o, &v), (&g, &b)) in out.iter_mut().zip(src).zip(affine) {
+                    *o = (v - mean) * rstd * g + b;
+                }
+            }
+        });
+    CpuTensor::from_vec(shape, out)
 }
 
-pub(crate) fn softmax(_x: &CpuTensor) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+pub(crate) fn softmax(x: &CpuTensor) -> Result<CpuTensor> {
+    let shape = x.shape();
+    let Some(&width) = shape.last() else {
+        return Err(Error::shape(
+            "softmax",
+            "input is a scalar; expected at least one dim",
+        ));
+    };
+    let mut out = x.data().to_vec();
+    if out.is_empty() {
+        return CpuTensor::from_vec(shape, out);
+    }
+    out.par_chunks_mut(rows_per_task(width) * width)
+        .for_each(|rows| {
+            for row in rows.chunks_exact_mut(width) {
+                let max = row_max(row);
+                let inv_sum = 1.0 / exp_shifted_in_place(row, max);
+                row.iter_mut().for_each(|v| *v *= inv_sum);
+            }
+        });
+    CpuTensor::from_vec(shape, out)
+}
+
+/// `gamma` and `beta` must both be `[len]`.
+fn check_affine(op: &'static str, gamma: &CpuTensor, beta: &CpuTensor, len: usize) -> Result<()> {
+    for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        if t.shape() != [len] {
+            return Err(Error::shape(
+                op,
+                format!("{name} has shape {:?}; expected [{len}]", t.shape()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whole rows per rayon task, about [`PAR_CHUNK`] elements.
+fn rows_per_task(width: usize) -> usize {
+    (PAR_CHUNK / width.max(1)).max(1)
+}
+
+/// Mean and `1/√(var + eps)` (biased variance, as torch) of `xs`. Sums and sums of squares are
+/// accumulated in f64, so `E[x²] − mean²` keeps ~1e-9 relative accuracy unless |mean|/std
+/// exceeds ~1e3, far past anything a network's activations do, in one pass over the data.
+fn mean_and_rstd(xs: &[f32], eps: f32) -> (f32, f32) {
+    let mut sums = [0.0f64; LANES];
+    let mut squares = [0.0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            let v = f64::from(chunk[i]);
+            sums[i] += v;
+            squares[i] += v * v;
+        }
+    }
+    let mut sum: f64 = sums.iter().sum();
+    let mut sum_sq: f64 = squares.iter().sum();
+    for &v in tail {
+        sum += f64::from(v);
+        sum_sq += f64::from(v) * f64::from(v);
+    }
+    let n = xs.len() as f64;
+    let mean = sum / n;
+    let var = (sum_sq / n - mean * mean).max(0.0);
+    (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
+}
+
+/// The largest element of `row` (−∞ when empty; NaNs are skipped, and propagate later
+/// through `exp`).
+pub(super) fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+        }
+    }
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Replace every `v` in `row` with `exp(v − shift)`; returns their sum.
+pub(super) fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for i in 0..LANES {
+            let e = exp(chunk[i] - shift);
+            chunk[i] = e;
+            lanes[i] += e;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - shift);
+        sum += *v;
+    }
+    sum
 }
