@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer, PromptMode};
 use sd_core::cpu::CpuBackend;
-use sd_core::weights::{LdmLayout, WeightStore};
+use sd_core::weights::{Component, LdmLayout, WeightStore};
 use sd_core::{Backend, HostTensor, TextEncoder};
 
 /// f32 reimplementation vs the f32 reference on the same f16-stored weights: differences come
@@ -25,12 +25,21 @@ struct Goldens {
 
 impl Goldens {
     fn open(model: &str) -> Self {
-        let path = fixtures()
-            .join("goldens")
-            .join(model)
-            .join("clip.safetensors");
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{} (run tools/make_fixtures.py): {e}", path.display()));
+        Self::open_file(
+            &fixtures()
+                .join("goldens")
+                .join(model)
+                .join("clip.safetensors"),
+        )
+    }
+
+    fn open_file(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| {
+            panic!(
+                "{} (see tools/README.md for the script): {e}",
+                path.display()
+            )
+        });
         Goldens { bytes }
     }
 
@@ -77,8 +86,15 @@ fn load_model(b: &CpuBackend, model: &str) -> ClipTextTransformer<CpuBackend> {
 /// `last_hidden_state` (clip_skip 1) and diffusers' `clip_skip=1` prompt embeds (clip_skip 2).
 fn check_model_against_goldens(model: &str) {
     let b = CpuBackend::new();
-    let clip = load_model(&b, model);
-    let goldens = Goldens::open(model);
+    check_against_goldens(&b, model, &load_model(&b, model), &Goldens::open(model));
+}
+
+fn check_against_goldens(
+    b: &CpuBackend,
+    model: &str,
+    clip: &ClipTextTransformer<CpuBackend>,
+    goldens: &Goldens,
+) {
     let (ids, shape) = goldens.ids("input_ids");
     let batch = shape[0];
 
@@ -153,4 +169,37 @@ fn ldm_single_file_text_encoder_equals_the_diffusers_folder_one() {
     let a = b.download(&single.encode(&b, &prompts).unwrap()).unwrap();
     let c = b.download(&folder.encode(&b, &prompts).unwrap()).unwrap();
     assert_eq!(a, c);
+}
+
+/// The full-size SD 1.5 text encoder (random weights) against a golden made on demand:
+/// `/work/venv/bin/python tools/clip_goldens.py` writes target/clip-goldens/sd15/ (~250 MB),
+/// or set `SD_CLIP_GOLDENS` to the folder it wrote. Then
+/// `cargo test --release -p sd-clip --test text_encoder_goldens -- --ignored`.
+#[test]
+#[ignore = "needs tools/clip_goldens.py's 250 MB output"]
+fn full_size_sd15_text_encoder_matches_transformers() {
+    let dir = std::env::var_os("SD_CLIP_GOLDENS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/clip-goldens/sd15")
+        });
+    let config = ClipTextConfig::from_file(dir.join("text_encoder/config.json")).unwrap();
+    assert_eq!(
+        config,
+        ClipTextConfig::sd15(),
+        "SD 1.5's config is what single files get"
+    );
+    let store = WeightStore::open_component_files(
+        Component::TextEncoder,
+        &[dir.join("text_encoder/model.safetensors")],
+    )
+    .unwrap();
+    let b = CpuBackend::new();
+    let clip = ClipTextTransformer::load(&b, &store.text_encoder().unwrap(), config).unwrap();
+    check_against_goldens(
+        &b,
+        "sd15",
+        &clip,
+        &Goldens::open_file(&dir.join("clip.safetensors"), "tools/clip_goldens.py"),
+    );
 }
