@@ -25,21 +25,17 @@ struct Goldens {
 
 impl Goldens {
     fn open(model: &str) -> Self {
-        Self::open_file(
-            &fixtures()
-                .join("goldens")
-                .join(model)
-                .join("clip.safetensors"),
-        )
+        let path = fixtures()
+            .join("goldens")
+            .join(model)
+            .join("clip.safetensors");
+        Self::open_file(&path, "tools/make_fixtures.py")
     }
 
-    fn open_file(path: &Path) -> Self {
-        let bytes = std::fs::read(path).unwrap_or_else(|e| {
-            panic!(
-                "{} (see tools/README.md for the script): {e}",
-                path.display()
-            )
-        });
+    /// `script` is what writes the file, for the message when it is missing.
+    fn open_file(path: &Path, script: &str) -> Self {
+        let bytes = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{} (run {script}): {e}", path.display()));
         Goldens { bytes }
     }
 
