@@ -95,7 +95,7 @@ fn check_against_goldens(
     let batch = shape[0];
 
     let last = b
-        .download(&clip.forward(&b, &ids, batch, 1).unwrap())
+        .download(&clip.forward(b, &ids, batch, 1).unwrap())
         .unwrap();
     let err = max_abs_diff(&last, &goldens.f32("last_hidden_state"));
     println!("{model}: last_hidden_state max abs error {err:.3e}");
@@ -105,7 +105,7 @@ fn check_against_goldens(
     );
 
     let skip2 = b
-        .download(&clip.forward(&b, &ids, batch, 2).unwrap())
+        .download(&clip.forward(b, &ids, batch, 2).unwrap())
         .unwrap();
     let err = max_abs_diff(&skip2, &goldens.f32("prompt_embeds_clip_skip_1"));
     println!("{model}: clip_skip 2 (diffusers clip_skip=1) max abs error {err:.3e}");
