@@ -12,8 +12,9 @@
 //! (see `sd_core::cpu::gemm`). A plain-timing harness rather than criterion: one 4096³ product
 //! takes about a second here, and we want one table with all engines side by side.
 
+// Links the system OpenBLAS that ndarray's `blas` feature calls into.
 #[cfg(feature = "bench-openblas")]
-extern crate blas_src;
+use blas_src as _;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,20 +31,34 @@ const MIN_RUNS: usize = 3;
 const MAX_RUNS: usize = 15;
 
 /// The median wall time of `f` over several runs, after one warm-up run.
-fn median_time(mut f: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    f();
-    let first = start.elapsed();
-    let runs = (TIME_PER_CELL.as_secs_f64() / first.as_secs_f64().max(1e-6)) as usize;
-    let mut times: Vec<Duration> = (0..runs.clamp(MIN_RUNS, MAX_RUNS))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
+fn median_time(f: impl FnMut()) -> Duration {
+    median_times(&mut [Box::new(f)])[0]
+}
+
+/// The median wall time of each of `fs`, run in rounds (one run of each per round, after a
+/// warm-up round) so that a change in the machine's load hits every candidate alike.
+fn median_times(fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<Duration> {
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    let warm_up: Duration = fs.iter_mut().map(|f| time(&mut **f)).sum();
+    let rounds =
+        (TIME_PER_CELL.as_secs_f64() * fs.len() as f64 / warm_up.as_secs_f64().max(1e-6)) as usize;
+    let mut times = vec![Vec::new(); fs.len()];
+    for _ in 0..rounds.clamp(MIN_RUNS, MAX_RUNS) {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            t.push(time(&mut **f));
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
         })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
+        .collect()
 }
 
 fn gflops(flops: f64, t: Duration) -> f64 {
@@ -98,7 +113,29 @@ fn with_matrixmultiply(
     }
 }
 
-fn with_gemm_crate(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, mut c: ArrayViewMut2<'_, f32>) {
+fn with_gemm_crate(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, c: ArrayViewMut2<'_, f32>) {
+    gemm_crate(
+        a,
+        b,
+        c,
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    );
+}
+
+fn with_gemm_crate_one_thread(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    c: ArrayViewMut2<'_, f32>,
+) {
+    gemm_crate(a, b, c, gemm::Parallelism::None);
+}
+
+fn gemm_crate(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    mut c: ArrayViewMut2<'_, f32>,
+    parallelism: gemm::Parallelism,
+) {
     let (m, k) = a.dim();
     let n = b.ncols();
     let (sa, sb, sc) = (a.strides(), b.strides(), c.strides().to_vec());
@@ -124,7 +161,7 @@ fn with_gemm_crate(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, mut c: ArrayV
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         );
     }
 }
@@ -148,6 +185,10 @@ fn engines() -> Vec<Engine> {
         Engine {
             name: "gemm 0.19",
             run: with_gemm_crate,
+        },
+        Engine {
+            name: "gemm 1 thread",
+            run: with_gemm_crate_one_thread,
         },
     ];
     #[cfg(feature = "bench-openblas")]
@@ -184,24 +225,58 @@ fn bench_engines(filter: Option<&str>) {
         }
         let a = filled(m, k, 1);
         let b = filled(k, n, 2);
-        let mut c = Array2::<f32>::zeros((m, n));
+        let c = Array2::<f32>::zeros((m, n));
         let flops = 2.0 * (m * k * n) as f64;
+        let mut runs: Vec<Box<dyn FnMut()>> = engines
+            .iter()
+            .map(|e| {
+                let (a, b, mut c) = (a.view(), b.view(), c.clone());
+                Box::new(move || (e.run)(a, b, black_box(c.view_mut()))) as Box<dyn FnMut()>
+            })
+            .collect();
         print!("{label:<34}");
-        for e in &engines {
-            let t = median_time(|| (e.run)(a.view(), b.view(), black_box(c.view_mut())));
+        for t in median_times(&mut runs) {
             print!("{:>16.1}", gflops(flops, t));
         }
         println!();
     }
 }
 
-/// conv2d cases from SD 1.5: `(label, [n, c, h, w], out channels, kernel, stride, padding)`.
-const CONV_CASES: &[(&str, [usize; 4], usize, usize, usize, usize)] = &[
-    ("conv unet 64x64 3x3 320", [2, 320, 64, 64], 320, 3, 1, 1),
-    ("conv unet 32x32 3x3 640", [2, 640, 32, 32], 640, 3, 1, 1),
-    ("conv unet 64x64 1x1 320", [2, 320, 64, 64], 320, 1, 1, 0),
-    ("conv unet down 3x3 s2 p1", [2, 320, 64, 64], 320, 3, 2, 1),
-    ("conv vae 256x256 3x3 512", [1, 512, 256, 256], 512, 3, 1, 1),
+/// A conv2d case from SD 1.5.
+struct ConvCase {
+    label: &'static str,
+    /// `[n, c, h, w]`
+    input: [usize; 4],
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+const fn conv(
+    label: &'static str,
+    input: [usize; 4],
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> ConvCase {
+    ConvCase {
+        label,
+        input,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+const CONV_CASES: &[ConvCase] = &[
+    conv("conv unet 64x64 3x3 320", [2, 320, 64, 64], 320, 3, 1, 1),
+    conv("conv unet 32x32 3x3 640", [2, 640, 32, 32], 640, 3, 1, 1),
+    conv("conv unet 64x64 1x1 320", [2, 320, 64, 64], 320, 1, 1, 0),
+    conv("conv unet down 3x3 s2 p1", [2, 320, 64, 64], 320, 3, 2, 1),
+    conv("conv vae 256x256 3x3 512", [1, 512, 256, 256], 512, 3, 1, 1),
 ];
 
 /// Linear cases: `(label, rows, in, out)`.
@@ -229,7 +304,15 @@ fn bench_ops(filter: Option<&str>, reference_gflops: Option<f64>) {
         let pct = reference_gflops.map_or("-".to_string(), |r| format!("{:.0}%", 100.0 * g / r));
         println!("{label:<34}{g:>16.1}{pct:>16}");
     };
-    for &(label, [n, c, h, w], o, kernel, stride, padding) in CONV_CASES {
+    for case in CONV_CASES {
+        let ConvCase {
+            label,
+            input: [n, c, h, w],
+            out_channels: o,
+            kernel,
+            stride,
+            padding,
+        } = *case;
         if filter.is_some_and(|f| !label.contains(f)) {
             continue;
         }
@@ -283,7 +366,8 @@ fn main() {
     bench_engines(filter);
     println!();
     let wants_ops = filter.is_none_or(|f| {
-        CONV_CASES.iter().any(|c| c.0.contains(f)) || LINEAR_CASES.iter().any(|c| c.0.contains(f))
+        CONV_CASES.iter().any(|c| c.label.contains(f))
+            || LINEAR_CASES.iter().any(|c| c.0.contains(f))
     });
     if wants_ops {
         bench_ops(filter, Some(square_reference()));

@@ -183,9 +183,8 @@ def diffusers_to_ldm(unet_sd: dict, vae_sd: dict, text_sd: dict, unet_config: di
         if inner in VAE_ATTENTION_CONVS and name.endswith(".weight") and tensor.dim() == 2:
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         put(VAE_PREFIX + name, tensor)
-    for key, tensor in text_sd.items():
-        # transformers 5 drops the text_model. prefix that SD checkpoints have.
-        name = key if key.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + key
+    # transformers 5 drops the text_model. prefix that SD checkpoints have.
+    for name, tensor in _with_text_model_prefix(text_sd).items():
         put(TEXT_ENCODER_PREFIX + name, tensor)
     return out
 
@@ -230,11 +229,16 @@ def write_single_file(pipeline_dir, out_path) -> None:
     save_file({k: v.contiguous() for k, v in ldm.items()}, str(out_path))
 
 
+def _with_text_model_prefix(state: dict) -> dict:
+    return {k if k.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + k: v for k, v in state.items()}
+
+
 def check_against_diffusers(pipeline_dir) -> None:
     """Write the LDM twin, load it with diffusers' own single-file loader (offline, local configs)
     and require every tensor to equal the folder's. Raises AssertionError on any difference."""
     import os
 
+    # No hub: every config comes from the folder (huggingface_hub reads this at import).
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from diffusers import StableDiffusionPipeline
@@ -251,8 +255,8 @@ def check_against_diffusers(pipeline_dir) -> None:
             expected = read_component(pipeline_dir, component)
             loaded = model.state_dict()
             if component == "text_encoder":
-                expected = {k if k.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + k: v for k, v in expected.items()}
-                loaded = {k if k.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + k: v for k, v in loaded.items()}
+                expected, loaded = _with_text_model_prefix(expected), _with_text_model_prefix(loaded)
+            # A buffer, not a weight: transformers may or may not list it.
             loaded = {k: v for k, v in loaded.items() if not k.endswith("position_ids")}
             if set(expected) != set(loaded):
                 failures.append(

@@ -8,17 +8,17 @@
 //! let cond = text.encode(b, &[negative, prompt])?;            // [2, seq, dim]
 //! let mut x = gen.randn(&[1, 4, h/f, w/f]) * sched.init_noise_sigma();
 //! sched.set_timesteps(steps)?;
-//! for t in sched.timesteps().to_vec() {
-//!     let inp = sched.scale_model_input(&x, t)?;             // host, [1, 4, h/f, w/f]
+//! for (i, &t) in sched.timesteps().to_vec().iter().enumerate() {
+//!     let inp = sched.scale_model_input(&x, i)?;             // host, [1, 4, h/f, w/f]
 //!     let eps = unet.predict_noise(b, &up(cat[inp, inp]), t, &cond)?;   // [2, 4, h/f, w/f]
 //!     let eps = eps_u + g·(eps_c − eps_u);                    // classifier-free guidance
-//!     x = sched.step(&eps, t, &x, &mut gen)?;
+//!     x = sched.step(&eps, i, &x, &mut gen)?;
 //! }
 //! let image = vae.decode(b, &up(x / vae.scaling_factor()))?;  // [1, 3, h, w] in [-1, 1]
 //! ```
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng::TorchGenerator;
 use crate::tensor::HostTensor;
 
@@ -79,35 +79,69 @@ pub trait LatentCodec<B: Backend> {
 }
 
 /// A sampler: turns model outputs into the next latents. Runs on the host over small latents.
+///
+/// Every per-step call names its position `index` in [`timesteps`](Self::timesteps), not the
+/// timestep value: Heun lists each timestep twice and PNDM repeats one, so a value does not
+/// identify a step. Steps must be taken in order (multistep samplers keep a history); img2img
+/// starts at [`start_index`](Self::start_index) instead of 0.
 pub trait Scheduler: Send {
     /// Prepare `steps` inference steps; must be called before [`timesteps`](Self::timesteps).
+    /// Clears any history of an earlier run.
     fn set_timesteps(&mut self, steps: usize) -> Result<()>;
 
-    /// The model-call timesteps, in order. Heun-style schedulers list each step's second
-    /// evaluation as its own entry, so a pipeline calls the model once per entry.
+    /// The model-call timesteps, in order: one model evaluation per entry. Heun lists each
+    /// step's second evaluation as its own entry; PNDM (PLMS) repeats its second timestep.
     fn timesteps(&self) -> &[f64];
+
+    /// The `steps` given to [`set_timesteps`](Self::set_timesteps) (0 before it is called).
+    fn inference_steps(&self) -> usize;
+
+    /// Model evaluations per inference step, diffusers' `order` (2 for Heun, 1 otherwise).
+    fn order(&self) -> usize {
+        1
+    }
 
     /// The standard deviation of the initial noise (1 for DDIM/PNDM, σ_max for Euler).
     fn init_noise_sigma(&self) -> f32;
 
-    /// Scale the denoiser's input at `timestep` (identity for DDIM; `x/√(σ²+1)` for Euler).
-    fn scale_model_input(&self, sample: &HostTensor, timestep: f64) -> Result<HostTensor>;
+    /// Scale the denoiser's input at `timesteps()[index]` (identity for DDIM; `x/√(σ²+1)` for
+    /// Euler).
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor>;
 
-    /// One step: from the model output at `timestep` and the current sample, the next sample.
-    /// Stochastic samplers draw from `generator` exactly as diffusers does.
+    /// One model evaluation: from the model output at `timesteps()[index]` and the current
+    /// sample, the next sample. Stochastic samplers draw from `generator` exactly as diffusers
+    /// does, so a seeded run matches a seeded diffusers run.
     fn step(
         &mut self,
         model_output: &HostTensor,
-        timestep: f64,
+        index: usize,
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor>;
 
-    /// Noise clean latents to the level of `timestep` (img2img, inpainting).
+    /// Noise clean latents to the level of `timesteps()[index]` (img2img: at
+    /// [`start_index`](Self::start_index); legacy inpainting: at the index of the next step).
     fn add_noise(
         &self,
         original: &HostTensor,
         noise: &HostTensor,
-        timestep: f64,
+        index: usize,
     ) -> Result<HostTensor>;
+
+    /// img2img: the index into [`timesteps`](Self::timesteps) where denoising starts for
+    /// `strength` in [0, 1], diffusers' rule: skip `steps − ⌊steps·strength⌋` inference steps,
+    /// each [`order`](Self::order) entries long. Strength 1 starts at 0; strength 0 at the end
+    /// (nothing left to denoise).
+    fn start_index(&self, strength: f64) -> Result<usize> {
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(Error::invalid_argument(
+                "strength",
+                format!("must be in [0, 1], got {strength}"),
+            ));
+        }
+        let steps = self.inference_steps();
+        // Truncation as Python's int(): 10 × 0.3 = 3.0000000000000004 → 3.
+        let kept = ((steps as f64 * strength) as usize).min(steps);
+        Ok(((steps - kept) * self.order()).min(self.timesteps().len()))
+    }
 }

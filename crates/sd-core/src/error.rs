@@ -67,6 +67,10 @@ pub enum Error {
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument { name: String, reason: String },
 
+    /// A scheduler (sampler) name that no scheduler answers to.
+    #[error("unknown scheduler `{name}`; known names: {}", known.join(", "))]
+    UnknownScheduler { name: String, known: Vec<String> },
+
     /// A backend op received tensors whose shapes don't fit together.
     #[error("{op}: {reason}")]
     Shape { op: &'static str, reason: String },

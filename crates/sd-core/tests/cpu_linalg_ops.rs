@@ -234,66 +234,95 @@ proptest! {
 
 // ---- conv2d ------------------------------------------------------------------------------------
 
-/// A conv2d case: input `[n, c, h, w]`, `o` output channels, kernel `kh × kw`, stride, padding.
-fn conv_case(
+/// One conv2d to check: input `[n, c, h, w]`, output channels, kernel `kh × kw`, stride,
+/// padding, with or without bias.
+#[derive(Debug, Clone, Copy)]
+struct ConvCase {
+    x: [usize; 4],
+    out_channels: usize,
+    kernel: [usize; 2],
+    stride: usize,
+    padding: usize,
+    bias: bool,
+}
+
+impl ConvCase {
+    fn new(
+        x: [usize; 4],
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        ConvCase {
+            x,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            bias: true,
+        }
+    }
+
+    fn fits(&self) -> bool {
+        let [_, _, h, w] = self.x;
+        h + 2 * self.padding >= self.kernel[0] && w + 2 * self.padding >= self.kernel[1]
+    }
+}
+
+/// Random conv cases: 1×1 and 3×3 kernel rows, 1- to 3-wide kernel columns (non-square too),
+/// stride 1 or 2, padding 0 to 2, odd sizes.
+fn conv_cases(
     max_batch: usize,
     channels: std::ops::Range<usize>,
     sides: std::ops::RangeInclusive<usize>,
-) -> impl Strategy<Value = ([usize; 4], usize, usize, usize, usize, usize)> {
+) -> impl Strategy<Value = ConvCase> {
     (
-        1..=max_batch,
-        channels,
-        sides.clone(),
-        sides,
+        (1..=max_batch, channels, sides.clone(), sides),
         1usize..7,
         prop::sample::select(vec![1usize, 3]),
         prop::sample::select(vec![1usize, 2, 3]),
         1usize..3,
         0usize..3,
+        any::<bool>(),
     )
-        .prop_filter(
-            "kernel fits the padded input",
-            |&(_, _, h, w, _, kh, kw, _, p)| h + 2 * p >= kh && w + 2 * p >= kw,
+        .prop_map(
+            |((n, c, h, w), out_channels, kh, kw, stride, padding, bias)| ConvCase {
+                x: [n, c, h, w],
+                out_channels,
+                kernel: [kh, kw],
+                stride,
+                padding,
+                bias,
+            },
         )
-        .prop_map(|(n, c, h, w, o, kh, kw, stride, padding)| {
-            ([n, c, h, w], o, kh, kw, stride, padding)
-        })
+        .prop_filter("kernel fits the padded input", ConvCase::fits)
 }
 
-fn check_conv(
-    x_shape: [usize; 4],
-    o: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
-    with_bias: bool,
-    seed: u64,
-) {
+fn check_conv(case: ConvCase, seed: u64) {
+    let ConvCase {
+        x: x_shape,
+        out_channels: o,
+        kernel: [kh, kw],
+        stride,
+        padding,
+        bias,
+    } = case;
     let x = tensor(&x_shape, seed);
     let w = tensor(&[o, x_shape[1], kh, kw], seed ^ 1);
-    let bias = with_bias.then(|| tensor(&[o], seed ^ 2));
+    let bias = bias.then(|| tensor(&[o], seed ^ 2));
     let params = Conv2dParams { stride, padding };
     let got = CpuBackend
         .conv2d(&x, &w, bias.as_ref(), params)
         .expect("conv2d");
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
-    assert_close(
-        &format!("conv2d {x_shape:?} o={o} k={kh}x{kw} {params:?}"),
-        &got,
-        &want_shape,
-        &want,
-    );
+    assert_close(&format!("conv2d {case:?}"), &got, &want_shape, &want);
 }
 
 proptest! {
     #[test]
-    fn conv2d_matches_naive_loop(
-        (x_shape, o, kh, kw, stride, padding) in conv_case(3, 1..6, 1..=12),
-        with_bias in any::<bool>(),
-        seed in any::<u64>(),
-    ) {
-        check_conv(x_shape, o, kh, kw, stride, padding, with_bias, seed);
+    fn conv2d_matches_naive_loop(case in conv_cases(3, 1..6, 1..=12), seed in any::<u64>()) {
+        check_conv(case, seed);
     }
 }
 
@@ -305,35 +334,38 @@ proptest! {
     /// the middle of output rows.
     #[test]
     fn conv2d_multi_panel_matches_naive_loop(
-        (x_shape, o, kh, kw, stride, padding) in conv_case(2, 60..90, 18..=30),
-        with_bias in any::<bool>(),
+        case in conv_cases(2, 60..90, 18..=30),
         seed in any::<u64>(),
     ) {
-        check_conv(x_shape, o, kh, kw, stride, padding, with_bias, seed);
+        check_conv(case, seed);
     }
 }
 
 #[test]
 fn conv2d_pointwise_over_several_panels_matches_naive_loop() {
     // 1×1 stride 1 unpadded: the no-im2col path; 256 channels × 40×40 spans several panels.
-    check_conv([2, 256, 40, 40], 5, 1, 1, 1, 0, true, 7);
+    check_conv(ConvCase::new([2, 256, 40, 40], 5, [1, 1], 1, 0), 7);
 }
 
 #[test]
 fn conv2d_sd_shapes_match_naive_loop() {
     // Downsampling conv (3×3 stride 2, padding 1 in the UNet, 0 in the VAE) and a 3×3 "same"
     // conv at a small SD-like channel count.
-    check_conv([1, 32, 16, 16], 8, 3, 3, 2, 1, true, 11);
-    check_conv([1, 32, 17, 17], 8, 3, 3, 2, 0, true, 12);
-    check_conv([2, 64, 9, 9], 16, 3, 3, 1, 1, true, 13);
+    check_conv(ConvCase::new([1, 32, 16, 16], 8, [3, 3], 2, 1), 11);
+    check_conv(ConvCase::new([1, 32, 17, 17], 8, [3, 3], 2, 0), 12);
+    check_conv(ConvCase::new([2, 64, 9, 9], 16, [3, 3], 1, 1), 13);
 }
 
 #[test]
 fn conv2d_panel_edges_inside_output_rows_match_naive_loop() {
     // 64 channels × 3×3 taps give panels of a couple of hundred positions: these outputs
     // (24×24 stride 1, 25×25 stride 2) span several panels, whose edges fall mid-row.
-    check_conv([1, 64, 24, 24], 4, 3, 3, 1, 1, false, 14);
-    check_conv([2, 64, 50, 50], 4, 3, 3, 2, 1, true, 15);
+    let no_bias = ConvCase {
+        bias: false,
+        ..ConvCase::new([1, 64, 24, 24], 4, [3, 3], 1, 1)
+    };
+    check_conv(no_bias, 14);
+    check_conv(ConvCase::new([2, 64, 50, 50], 4, [3, 3], 2, 1), 15);
 }
 
 // ---- shape errors ------------------------------------------------------------------------------

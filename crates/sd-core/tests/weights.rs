@@ -318,9 +318,9 @@ fn f32_f16_and_bf16_are_converted_exactly() {
     let f16_values = [
         1.0,
         -2.0,
-        0.333_251_953_125,
+        1365.0 / 4096.0,
         65504.0,
-        5.960_464_5e-8,
+        2f32.powi(-24),
         f32::INFINITY,
     ];
     let bf16_bits: [u16; 4] = [0x3f80, 0x4049, 0xc2f7, 0x0001];
@@ -358,6 +358,36 @@ fn f32_f16_and_bf16_are_converted_exactly() {
     // The half crate agrees with the hand-written constants.
     assert_eq!(f16::from_bits(0x3555).to_f32(), f16_values[2]);
     assert_eq!(bf16::from_bits(0x4049).to_f32(), bf16_values[1]);
+}
+
+#[test]
+fn every_16_bit_pattern_converts_like_the_half_crate_across_chunk_boundaries() {
+    // All 65536 patterns, so the tensors span several parallel decode chunks; the data starts
+    // at an odd offset (a 1-byte U8 tensor goes first). The oracle is half's scalar conversion.
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let tensors = [
+        raw_tensor("pad", "U8", &[1], vec![0]),
+        raw_tensor("half", "F16", &[256, 256], bytes.clone()),
+        raw_tensor("brain", "BF16", &[65536], bytes),
+    ];
+    let scratch = Scratch::new("all-bits");
+    let path = scratch.write("bits.safetensors", &safetensors_bytes(&tensors));
+    let file = SafetensorsFile::open(&path).unwrap();
+    let half = file.get("half").unwrap();
+    let brain = file.get("brain").unwrap();
+    for (i, (&h, &b)) in half.iter().zip(brain.iter()).enumerate() {
+        let want_h = f16::from_bits(i as u16).to_f32();
+        let want_b = bf16::from_bits(i as u16).to_f32();
+        assert!(
+            h.to_bits() == want_h.to_bits() || (h.is_nan() && want_h.is_nan()),
+            "f16 {i:#06x}"
+        );
+        assert!(
+            b.to_bits() == want_b.to_bits() || (b.is_nan() && want_b.is_nan()),
+            "bf16 {i:#06x}"
+        );
+    }
 }
 
 #[test]
@@ -468,6 +498,10 @@ fn store_without_a_component_says_so() {
     assert!(matches!(err, Error::UnsupportedModel { .. }), "{err:?}");
     assert!(err.to_string().contains("vae"));
     assert!(!store.has_component(Component::Vae));
+
+    let none: [&Path; 0] = [];
+    let err = WeightStore::open_component_files(Component::Vae, &none).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
 }
 
 // ---- diffusers folders ----
@@ -688,6 +722,14 @@ fn inpainting_unet_is_detected_and_odd_input_channels_refused() {
     let store = WeightStore::open_component_files(Component::Unet, &[&nine]).unwrap();
     assert_eq!(store.variant(), Some(Variant::Inpainting));
     assert_eq!(Variant::Inpainting.unet_in_channels(), 9);
+
+    // A partial UNet without conv_in opens; the variant is simply unknown.
+    let partial = scratch.write(
+        "partial.safetensors",
+        &safetensors_bytes(&[counting("conv_out.bias", &[4], 0.0)]),
+    );
+    let store = WeightStore::open_component_files(Component::Unet, &[&partial]).unwrap();
+    assert_eq!(store.variant(), None);
 
     let eight = scratch.write(
         "eight.safetensors",

@@ -305,7 +305,7 @@ fn inpainting_single_file_is_detected() {
             0.0,
         )]),
     );
-    let store = WeightStore::open(&path).unwrap();
+    let store = WeightStore::open_single_file(&path, &LdmLayout::sd15()).unwrap();
     assert_eq!(store.variant(), Some(Variant::Inpainting));
 }
 
@@ -344,7 +344,7 @@ fn sd2_and_sdxl_single_files_are_refused_with_the_reason() {
             "foreign.safetensors",
             &safetensors_bytes(&[conv_in.clone(), counting(key, &shape, 0.0)]),
         );
-        let err = WeightStore::open(&path).unwrap_err();
+        let err = WeightStore::open_single_file(&path, &LdmLayout::sd15()).unwrap_err();
         assert!(
             matches!(err, Error::UnsupportedModel { .. }),
             "{key}: {err:?}"
@@ -403,18 +403,25 @@ fn layouts_are_read_from_diffusers_configs() {
     assert!(err.to_string().contains("config.json"));
 }
 
+fn sd15_name_pairs() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/weights_data/sd15_ldm_names.txt"),
+    )
+    .unwrap()
+}
+
+fn parse_pairs(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect()
+}
+
 #[test]
 fn every_sd15_name_pair_checked_by_diffusers_maps() {
     // One stand-in tensor per SD 1.5 UNet/VAE parameter, holding its line number.
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/weights_data/sd15_ldm_names.txt"),
-    )
-    .unwrap();
-    let pairs: Vec<(&str, &str)> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split_once(' ').unwrap())
-        .collect();
+    let text = sd15_name_pairs();
+    let pairs = parse_pairs(&text);
     assert_eq!(
         pairs.len(),
         686 + 248,
@@ -448,6 +455,53 @@ fn every_sd15_name_pair_checked_by_diffusers_maps() {
     }
     let unet_names = store.unet().unwrap().names().len();
     assert_eq!(unet_names, 686);
+}
+
+#[test]
+fn sd15_layout_is_inferred_from_its_keys() {
+    let text = sd15_name_pairs();
+    let keys: Vec<&str> = parse_pairs(&text).into_iter().map(|(k, _)| k).collect();
+    let layout = LdmLayout::infer(Path::new("sd15"), &keys).unwrap();
+    assert_eq!(layout, LdmLayout::sd15());
+}
+
+#[test]
+fn irregular_unet_blocks_are_refused_when_inferring() {
+    let scratch = Scratch::new("ldm-irregular");
+    let block = |k: &str| counting(&format!("model.diffusion_model.{k}"), &[8, 4, 3, 3], 0.0);
+    let cases = [
+        (
+            vec!["input_blocks.0.0.weight"],
+            "no input_blocks or output_blocks",
+        ),
+        (
+            vec![
+                "input_blocks.0.0.weight",
+                "input_blocks.2.0.in_layers.0.weight",
+                "output_blocks.0.0.in_layers.0.weight",
+            ],
+            "gaps",
+        ),
+        (
+            vec![
+                "input_blocks.0.0.weight",
+                "input_blocks.1.0.in_layers.0.weight",
+                "output_blocks.0.0.in_layers.0.weight",
+            ],
+            "too few output blocks",
+        ),
+    ];
+    for (keys, reason) in cases {
+        let tensors: Vec<RawTensor> = keys.iter().map(|k| block(k)).collect();
+        let path = scratch.write("odd.safetensors", &safetensors_bytes(&tensors));
+        let err = WeightStore::open(&path).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedModel { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(reason) && message.contains("odd.safetensors"),
+            "{message}"
+        );
+    }
 }
 
 // ---- fixtures: tiny pipelines and the LDM twin tools/ldm_convert.py wrote ----
@@ -486,6 +540,27 @@ fn ldm_single_file_loads_same_tensors_as_diffusers_folder() {
     }
     // tiny-sd: 304 UNet, 124 VAE and 84 text-encoder tensors.
     assert_eq!(compared, 304 + 124 + 84);
+}
+
+#[test]
+fn fixture_single_file_layout_is_inferred_like_its_configs_say() {
+    let folder = fixtures().join("tiny-sd");
+    let single = fixtures().join("ldm/tiny-sd.safetensors");
+    let from_configs = LdmLayout::from_diffusers_folder(&folder).unwrap();
+    let file = sd_core::weights::SafetensorsFile::open(&single).unwrap();
+    let keys: Vec<&str> = file.names().collect();
+    assert_eq!(LdmLayout::infer(&single, &keys).unwrap(), from_configs);
+    // tiny-sd attends only at its deeper level, unlike SD 1.5.
+    assert_eq!(from_configs.unet.down_attention, [false, true]);
+
+    let opened = WeightStore::open(&single).unwrap();
+    let explicit = WeightStore::open_single_file(&single, &from_configs).unwrap();
+    for component in Component::ALL {
+        assert_eq!(
+            opened.component(component).unwrap().names(),
+            explicit.component(component).unwrap().names()
+        );
+    }
 }
 
 #[test]

@@ -113,7 +113,9 @@ impl Shape {
             return fail("v must have k's shape".into());
         }
         if heads == 0 || features % heads != 0 {
-            return fail(format!("{features} features do not split into {heads} heads"));
+            return fail(format!(
+                "{features} features do not split into {heads} heads"
+            ));
         }
         if keys == 0 && batch * queries * features > 0 {
             return fail("no keys to attend to".into());

@@ -31,7 +31,13 @@ pub(super) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding then subtracting 1.5·2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    const Q: [f32; 5] = [0.5, 0.166_665_76, 0.041_666_467, 0.008_363_175, 0.001_393_364_4];
+    const Q: [f32; 5] = [
+        0.5,
+        0.166_665_76,
+        0.041_666_467,
+        0.008_363_175,
+        0.001_393_364_4,
+    ];
     // Below MIN the result is 0 even as a subnormal; above MAX it overflows.
     const MIN: f32 = -104.0;
     const MAX: f32 = 88.722_84;
@@ -175,7 +181,10 @@ fn map(x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<CpuTensor> {
 pub(crate) fn geglu(x: &CpuTensor) -> Result<CpuTensor> {
     let shape = x.shape();
     let Some((&width, outer)) = shape.split_last() else {
-        return Err(Error::shape("geglu", "input is a scalar; expected [..., 2·h]"));
+        return Err(Error::shape(
+            "geglu",
+            "input is a scalar; expected [..., 2·h]",
+        ));
     };
     if width % 2 != 0 {
         return Err(Error::shape(

@@ -10,7 +10,8 @@
 //! split into disjoint pieces (`split_at`, `axis_chunks_iter_mut`) that rayon tasks fill side by
 //! side, which is how conv2d computes its output panels in parallel.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -91,12 +92,72 @@ pub fn sgemm(
         return Ok(());
     }
 
-    let engine_parallelism = match parallelism {
-        Parallelism::Parallel if rayon::current_num_threads() > 1 => {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        }
-        _ => gemm::Parallelism::None,
-    };
+    let threads = rayon::current_num_threads();
+    if parallelism == Parallelism::Parallel && threads > 1 && m * k * n >= SPLIT_MIN_MACS {
+        split_over_threads(alpha, a, b, beta, c, threads);
+    } else {
+        engine_gemm(alpha, a, b, beta, c);
+    }
+    Ok(())
+}
+
+/// Products with fewer multiply-adds run on one thread: splitting them costs more in task
+/// overhead and operand re-packing than it gains (the engine's own threshold is 48·48·256).
+const SPLIT_MIN_MACS: usize = 64 * 64 * 256;
+/// Blocks per thread: more than one, so that a core taken by another process for a while
+/// (this is a shared 2-core machine) does not hold up the whole product.
+const BLOCKS_PER_THREAD: usize = 4;
+/// The narrowest block worth a task; each block re-packs the operand it shares with the others.
+const MIN_BLOCK: usize = 64;
+
+/// Cut `c` into blocks of rows (or columns, whichever dimension is longer) and compute each
+/// block as an independent single-threaded product on the rayon pool.
+///
+/// Measured faster and steadier here than the engine's own threading, which synchronises its
+/// threads inside the product (benches/gemm.rs, "gemm 0.19" vs "sd-core"); independent blocks
+/// only meet at the end.
+fn split_over_threads(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+    threads: usize,
+) {
+    let (m, n) = c.dim();
+    let (axis, len) = if m >= n { (Axis(0), m) } else { (Axis(1), n) };
+    let block = len
+        .div_ceil(threads * BLOCKS_PER_THREAD)
+        .next_multiple_of(16)
+        .max(MIN_BLOCK);
+    let blocks = c
+        .axis_chunks_iter_mut(axis, block)
+        .into_par_iter()
+        .enumerate();
+    if axis == Axis(0) {
+        blocks.for_each(|(i, c_rows)| {
+            let a_rows = a.slice(s![i * block..i * block + c_rows.nrows(), ..]);
+            engine_gemm(alpha, a_rows, b, beta, c_rows);
+        });
+    } else {
+        blocks.for_each(|(j, c_cols)| {
+            let b_cols = b.slice(s![.., j * block..j * block + c_cols.ncols()]);
+            engine_gemm(alpha, a, b_cols, beta, c_cols);
+        });
+    }
+}
+
+/// One single-threaded call of the engine. The caller checked the shapes, that no stride is
+/// negative and that no dimension is zero.
+fn engine_gemm(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
     let (sa, sb, sc) = (a.strides(), b.strides(), c.strides().to_vec());
     // SAFETY: the pointers and strides describe live ndarray views of exactly the shapes
     // passed (ndarray checked their bounds when the views were made), all strides are
@@ -125,10 +186,9 @@ pub fn sgemm(
             false,
             false,
             false,
-            engine_parallelism,
+            gemm::Parallelism::None,
         );
     }
-    Ok(())
 }
 
 fn has_negative_stride(strides: &[isize]) -> bool {

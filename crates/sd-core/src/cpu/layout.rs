@@ -24,11 +24,10 @@ pub(crate) fn reshape(x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
         ));
     }
     // Standard layout in, standard layout out: this only rewrites the header and shares storage.
-    let array = x
-        .0
-        .clone()
-        .into_shape_with_order(IxDyn(shape))
-        .map_err(|e| Error::shape("reshape", format!("{:?} to {shape:?}: {e}", x.shape())))?;
+    let array =
+        x.0.clone()
+            .into_shape_with_order(IxDyn(shape))
+            .map_err(|e| Error::shape("reshape", format!("{:?} to {shape:?}: {e}", x.shape())))?;
     Ok(CpuTensor(array))
 }
 
@@ -42,7 +41,10 @@ pub(crate) fn permute(x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor> {
     if !is_permutation {
         return Err(Error::shape(
             "permute",
-            format!("axes {axes:?} are not a permutation of the {} dims of {shape:?}", shape.len()),
+            format!(
+                "axes {axes:?} are not a permutation of the {} dims of {shape:?}",
+                shape.len()
+            ),
         ));
     }
     let out_shape: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
@@ -294,7 +296,11 @@ pub(crate) fn embedding(table: &CpuTensor, ids: &[u32], ids_shape: &[usize]) -> 
             format!("{} ids do not fill ids_shape {ids_shape:?}", ids.len()),
         ));
     }
-    if let Some((pos, id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+    if let Some((pos, id)) = ids
+        .iter()
+        .enumerate()
+        .find(|&(_, &id)| id as usize >= vocab)
+    {
         return Err(Error::shape(
             "embedding",
             format!("id {id} at position {pos} is out of range for a table of {vocab} rows"),

@@ -49,18 +49,22 @@ pub(crate) fn group_norm(
         .zip(x.data().par_chunks(group_len))
         .enumerate()
         .for_each(|(task, (out, src))| {
-            let (mean, rstd) = mean_and_rstd(src, eps);
+            let Stats {
+                mean,
+                mean_lo,
+                rstd,
+            } = Stats::of(src, eps);
             let first_channel = (task % groups) * channels_per_group;
             let planes = out.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
             for (c, (out, src)) in (first_channel..).zip(planes) {
                 let (scale, shift) = (rstd * gamma[c], beta[c]);
                 if fuse_silu {
                     for (o, &v) in out.iter_mut().zip(src) {
-                        *o = silu((v - mean) * scale + shift);
+                        *o = silu(((v - mean) - mean_lo) * scale + shift);
                     }
                 } else {
                     for (o, &v) in out.iter_mut().zip(src) {
-                        *o = (v - mean) * scale + shift;
+                        *o = ((v - mean) - mean_lo) * scale + shift;
                     }
                 }
             }
@@ -92,10 +96,14 @@ pub(crate) fn layer_norm(
         .zip(x.data().par_chunks(task_len))
         .for_each(|(out, src)| {
             for (out, src) in out.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
-                let (mean, rstd) = mean_and_rstd(src, eps);
+                let Stats {
+                    mean,
+                    mean_lo,
+                    rstd,
+                } = Stats::of(src, eps);
                 let affine = gamma.iter().zip(beta);
                 for ((o, &v), (&g, &b)) in out.iter_mut().zip(src).zip(affine) {
-                    *o = (v - mean) * rstd * g + b;
+                    *o = ((v - mean) - mean_lo) * rstd * g + b;
                 }
             }
         });
@@ -143,31 +151,50 @@ fn rows_per_task(width: usize) -> usize {
     (PAR_CHUNK / width.max(1)).max(1)
 }
 
-/// Mean and `1/√(var + eps)` (biased variance, as torch) of `xs`. Sums and sums of squares are
-/// accumulated in f64, so `E[x²] − mean²` keeps ~1e-9 relative accuracy unless |mean|/std
-/// exceeds ~1e3, far past anything a network's activations do, in one pass over the data.
-fn mean_and_rstd(xs: &[f32], eps: f32) -> (f32, f32) {
-    let mut sums = [0.0f64; LANES];
-    let mut squares = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for i in 0..LANES {
-            let v = f64::from(chunk[i]);
-            sums[i] += v;
-            squares[i] += v * v;
+/// Normalisation statistics of a run of values.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    /// The mean rounded to f32 ...
+    mean: f32,
+    /// ... and the rest of it: `(v − mean) − mean_lo` is the f64-accurate deviation, because
+    /// `v − mean` is exact for v near the mean (Sterbenz). Without it, a group whose mean is
+    /// large next to its spread (|mean|/std ~ 1e3) loses digits to the rounding of the mean.
+    mean_lo: f32,
+    /// `1/√(var + eps)`, biased variance as torch.
+    rstd: f32,
+}
+
+impl Stats {
+    /// Sums and sums of squares accumulate in f64 (one pass over the data): `E[x²] − mean²`
+    /// then has a relative error of ~1e-16·(mean/std)², negligible for any activations.
+    fn of(xs: &[f32], eps: f32) -> Stats {
+        let mut sums = [0.0f64; LANES];
+        let mut squares = [0.0f64; LANES];
+        let chunks = xs.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for i in 0..LANES {
+                let v = f64::from(chunk[i]);
+                sums[i] += v;
+                squares[i] += v * v;
+            }
+        }
+        let mut sum: f64 = sums.iter().sum();
+        let mut sum_sq: f64 = squares.iter().sum();
+        for &v in tail {
+            sum += f64::from(v);
+            sum_sq += f64::from(v) * f64::from(v);
+        }
+        let n = xs.len() as f64;
+        let mean = sum / n;
+        let var = (sum_sq / n - mean * mean).max(0.0);
+        let mean_hi = mean as f32;
+        Stats {
+            mean: mean_hi,
+            mean_lo: (mean - f64::from(mean_hi)) as f32,
+            rstd: (1.0 / (var + f64::from(eps)).sqrt()) as f32,
         }
     }
-    let mut sum: f64 = sums.iter().sum();
-    let mut sum_sq: f64 = squares.iter().sum();
-    for &v in tail {
-        sum += f64::from(v);
-        sum_sq += f64::from(v) * f64::from(v);
-    }
-    let n = xs.len() as f64;
-    let mean = sum / n;
-    let var = (sum_sq / n - mean * mean).max(0.0);
-    (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
 }
 
 /// The largest element of `row` (−∞ when empty; NaNs are skipped, and propagate later
@@ -178,7 +205,11 @@ pub(super) fn row_max(row: &[f32]) -> f32 {
     let tail = chunks.remainder();
     for chunk in chunks {
         for i in 0..LANES {
-            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+            lanes[i] = if chunk[i] > lanes[i] {
+                chunk[i]
+            } else {
+                lanes[i]
+            };
         }
     }
     lanes

@@ -11,6 +11,7 @@
 //! `first_stage_model.` (VAE) and `cond_stage_model.transformer.` (CLIP text encoder, whose names
 //! are already transformers' own).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -85,6 +86,139 @@ impl LdmLayout {
         Ok(Self {
             unet: UnetLayout::from_config_file(dir.join("unet").join("config.json"))?,
             vae: VaeLayout::from_config_file(dir.join("vae").join("config.json"))?,
+        })
+    }
+}
+
+/// What one numbered LDM UNet block (`input_blocks.N` / `output_blocks.N`) holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlockContents {
+    resnet: bool,
+    attention: bool,
+    downsampler: bool,
+}
+
+/// The contents of each `model.diffusion_model.<list>.N` block of a file, by `N`.
+fn scan_blocks(keys: &[&str], list: &str) -> BTreeMap<usize, BlockContents> {
+    let mut blocks = BTreeMap::<usize, BlockContents>::new();
+    for key in keys {
+        let Some(rest) = key
+            .strip_prefix(UNET_PREFIX)
+            .and_then(|k| k.strip_prefix(list))
+            .and_then(|k| k.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let Some((index, inner)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(index) = index.parse::<usize>() else {
+            continue;
+        };
+        let block = blocks.entry(index).or_default();
+        if inner.starts_with("0.op.") {
+            block.downsampler = true;
+        } else if inner.starts_with("0.") {
+            block.resnet = true;
+        } else if inner.starts_with("1.") && !inner.starts_with("1.conv.") {
+            block.attention = true;
+        }
+    }
+    blocks
+}
+
+/// The largest `N` in keys `<prefix>N.…`, if any.
+fn max_index(keys: &[&str], prefix: &str) -> Option<usize> {
+    keys.iter()
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+}
+
+impl LdmLayout {
+    /// Read the layout off an LDM single file's own keys: levels and resnets per level from
+    /// where the UNet's downsamplers sit, attention from which blocks have a `.1` transformer,
+    /// and the VAE's levels and resnets from its encoder. `path` names the file in errors.
+    pub fn infer(path: &Path, keys: &[&str]) -> Result<Self> {
+        let irregular = |what: &str| Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            reason: format!("its UNet blocks do not follow the SD 1.x pattern: {what}"),
+        };
+        let input = scan_blocks(keys, "input_blocks");
+        let output = scan_blocks(keys, "output_blocks");
+        if input.is_empty() || output.is_empty() {
+            return Err(irregular("no input_blocks or output_blocks"));
+        }
+        let contiguous =
+            |blocks: &BTreeMap<usize, BlockContents>| blocks.keys().copied().eq(0..blocks.len());
+        if !contiguous(&input) || !contiguous(&output) {
+            return Err(irregular("block numbers have gaps"));
+        }
+
+        // input_blocks.0 is conv_in; levels end at each downsampler and at the last block.
+        let mut layers_per_level = Vec::new();
+        let mut down_attention = Vec::new();
+        let (mut layers, mut attention) = (0, false);
+        for block in input.values().skip(1) {
+            if block.downsampler {
+                layers_per_level.push(layers);
+                down_attention.push(attention);
+                (layers, attention) = (0, false);
+            } else if block.resnet {
+                layers += 1;
+                attention |= block.attention;
+            } else {
+                return Err(irregular(
+                    "an input block with neither resnet nor downsampler",
+                ));
+            }
+        }
+        layers_per_level.push(layers);
+        down_attention.push(attention);
+        if layers_per_level.contains(&0) {
+            return Err(irregular("a level without resnets"));
+        }
+
+        // Output blocks, deepest level first, one more resnet per level than on the way down.
+        let levels = layers_per_level.len();
+        let mut blocks = output.values();
+        let mut up_attention = Vec::with_capacity(levels);
+        for up in 0..levels {
+            let mut attention = false;
+            for _ in 0..=layers_per_level[levels - 1 - up] {
+                let block = blocks
+                    .next()
+                    .ok_or_else(|| irregular("too few output blocks"))?;
+                attention |= block.attention;
+            }
+            up_attention.push(attention);
+        }
+        if blocks.next().is_some() {
+            return Err(irregular("more output blocks than input blocks imply"));
+        }
+
+        let sd15_vae = Self::sd15().vae;
+        let vae_prefix = format!("{VAE_PREFIX}encoder.down.");
+        let vae = match max_index(keys, &vae_prefix) {
+            Some(last_level) => VaeLayout {
+                levels: last_level + 1,
+                layers_per_block: max_index(keys, &format!("{vae_prefix}0.block."))
+                    .map_or(sd15_vae.layers_per_block, |j| j + 1),
+            },
+            None => sd15_vae,
+        };
+        Ok(Self {
+            unet: UnetLayout {
+                layers_per_level,
+                down_attention,
+                up_attention,
+            },
+            vae,
         })
     }
 }

@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`file`]: one safetensors file, validated in full at open, read on demand.
+//! - [`file`](mod@file): one safetensors file, validated in full at open, read on demand.
 //! - [`names`]: the components and the canonical spelling of names.
 //! - [`diffusers`]: where a diffusers folder keeps each component's files.
 //! - [`ldm`]: LDM single-file names → diffusers names, generated from the architecture.

@@ -2,7 +2,7 @@
 //!
 //! Opening builds, per component, a table from the canonical diffusers name to the file and key
 //! that hold the tensor; nothing is read until model code asks. A diffusers folder maps names
-//! one to one; an LDM single file goes through the [`ldm`](super::ldm) rules.
+//! one to one; an LDM single file goes through the [`ldm`] rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,14 +40,14 @@ pub struct WeightStore {
 }
 
 impl WeightStore {
-    /// Open a diffusers folder (a directory) or an LDM single file (anything else, read with the
-    /// SD 1.x layout; use [`Self::open_single_file`] for other layouts).
+    /// Open a diffusers folder (a directory) or an LDM single file (anything else, its layout
+    /// read off its own keys with [`LdmLayout::infer`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
             Self::open_diffusers_folder(path)
         } else {
-            Self::open_single_file(path, &LdmLayout::sd15())
+            Self::single_file(SafetensorsFile::open(path)?, None)
         }
     }
 
@@ -69,8 +69,10 @@ impl WeightStore {
     /// transformers) names: a single file or the shards of a sharded checkpoint.
     pub fn open_component_files<P: AsRef<Path>>(component: Component, paths: &[P]) -> Result<Self> {
         let paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_path_buf()).collect();
-        let origin = paths.first().cloned().unwrap_or_default();
-        let mut store = Self::empty(&origin);
+        let origin = paths
+            .first()
+            .ok_or_else(|| Error::invalid_argument("paths", "no files given"))?;
+        let mut store = Self::empty(origin);
         store.add_component_files(component, &paths)?;
         store.detect_variant()?;
         Ok(store)
@@ -80,17 +82,32 @@ impl WeightStore {
     /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. The UNet's EMA weights
     /// are used where the file has them. Refuses SD 2.x and SDXL checkpoints.
     pub fn open_single_file(path: impl AsRef<Path>, layout: &LdmLayout) -> Result<Self> {
-        let path = path.as_ref();
-        let file = SafetensorsFile::open(path)?;
-        variant::reject_foreign_keys(path, file.names())?;
-        let mut store = Self::empty(path);
+        Self::single_file(SafetensorsFile::open(path)?, Some(layout))
+    }
+
+    /// The single-file store of `file`, with `layout` or the one its keys imply.
+    fn single_file(file: SafetensorsFile, layout: Option<&LdmLayout>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let refuse = |reason: String| Error::UnsupportedModel {
+            path: path.clone(),
+            reason,
+        };
+        variant::reject_foreign_keys(&path, file.names())?;
+        if !file.names().any(|k| k.starts_with(ldm::UNET_PREFIX)) {
+            return Err(refuse(format!("no UNet weights ({}*)", ldm::UNET_PREFIX)));
+        }
+        let layout = match layout {
+            Some(layout) => layout.clone(),
+            None => LdmLayout::infer(&path, &file.names().collect::<Vec<_>>())?,
+        };
+        let mut store = Self::empty(&path);
         store.files.push(file);
-        store.map_single_file(0, layout)?;
+        store.map_single_file(0, &layout)?;
         if !store.tables.contains_key(&Component::Unet) {
-            return Err(Error::UnsupportedModel {
-                path: path.to_path_buf(),
-                reason: format!("no UNet weights ({}*)", ldm::UNET_PREFIX),
-            });
+            return Err(refuse(format!(
+                "none of its {}* keys fit the UNet layout {layout:?}",
+                ldm::UNET_PREFIX
+            )));
         }
         store.detect_variant()?;
         Ok(store)
@@ -188,8 +205,7 @@ impl WeightStore {
 
     fn detect_variant(&mut self) -> Result<()> {
         if self.tables.contains_key(&Component::Unet) {
-            let variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
-            self.variant = Some(variant);
+            self.variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
         }
         Ok(())
     }
@@ -231,7 +247,7 @@ impl WeightStore {
         self.tables.contains_key(&component)
     }
 
-    /// Standard or inpainting, known when the store has a UNet.
+    /// Standard or inpainting, known when the store has a UNet with a `conv_in`.
     pub fn variant(&self) -> Option<Variant> {
         self.variant
     }

@@ -107,8 +107,9 @@ pub(crate) fn reject_foreign_pipeline(model_index_path: &Path, model_index: &Val
 }
 
 /// Tell standard from inpainting by `conv_in`'s input channels, refusing UNets of other
-/// families (`path` is what errors name: the single file or the folder).
-pub(crate) fn detect(path: &Path, unet: &Weights<'_>) -> Result<Variant> {
+/// families (`path` is what errors name: the single file or the folder). `None` when there is
+/// no `conv_in` (a partial set of weights): asking for it will name what is missing.
+pub(crate) fn detect(path: &Path, unet: &Weights<'_>) -> Result<Option<Variant>> {
     let names = unet.names();
     for name in &names {
         if let Some((_, reason)) = FOREIGN_UNET_MODULES
@@ -126,11 +127,11 @@ pub(crate) fn detect(path: &Path, unet: &Weights<'_>) -> Result<Variant> {
     }
     let conv_in = "conv_in.weight";
     if !unet.contains(conv_in) {
-        return Err(unsupported(path, "its UNet has no conv_in.weight"));
+        return Ok(None);
     }
     match unet.info(conv_in)?.shape.get(1) {
-        Some(4) => Ok(Variant::Standard),
-        Some(9) => Ok(Variant::Inpainting),
+        Some(4) => Ok(Some(Variant::Standard)),
+        Some(9) => Ok(Some(Variant::Inpainting)),
         found => Err(unsupported(
             path,
             format!(

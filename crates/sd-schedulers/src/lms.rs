@@ -1,0 +1,154 @@
+//! Linear multistep (k-diffusion's `sample_lms`), diffusers' `LMSDiscreteScheduler`; A1111's
+//! "LMS" / "LMS Karras".
+//!
+//! The ODE derivative of up to four past steps is extrapolated with a Lagrange polynomial in σ,
+//! integrated over the step.
+
+use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+
+use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
+use crate::elementwise::{check_index, check_step, check_steps, map2};
+use crate::k_diffusion;
+use crate::noise_schedule::NoiseSchedule;
+use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
+
+const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
+
+/// Derivatives the multistep formula combines (diffusers' default `order`).
+const MAX_ORDER: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct LmsScheduler {
+    config: NoiseScheduleConfig,
+    noise: NoiseSchedule,
+    karras: bool,
+    steps: usize,
+    schedule: SigmaSchedule,
+    timesteps: Vec<f64>,
+    /// Past derivatives dx/dσ, oldest first.
+    derivatives: Vec<HostTensor>,
+}
+
+impl LmsScheduler {
+    /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
+    /// σ = 0 (diffusers' `sigmas`).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.schedule.sigmas
+    }
+
+    /// From a `scheduler_config.json`, with `LMSDiscreteScheduler`'s defaults for missing keys.
+    pub fn new(config: &SchedulerConfig) -> Result<Self> {
+        let resolved = config.noise_schedule(&DEFAULTS)?;
+        Ok(LmsScheduler {
+            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
+            config: resolved,
+            karras: config.use_karras_sigmas.unwrap_or(false),
+            steps: 0,
+            schedule: SigmaSchedule::default(),
+            timesteps: Vec::new(),
+            derivatives: Vec::new(),
+        })
+    }
+
+    /// ∫ over [σ_i, σ_{i+1}] of the Lagrange basis polynomial that is 1 at σ_{i−j} and 0 at the
+    /// other `order − 1` past σ. Its degree is below 4, so two-point Gauss–Legendre is exact.
+    fn coefficient(&self, order: usize, index: usize, j: usize) -> f64 {
+        let s = |k: usize| f64::from(self.schedule.sigmas[index - k]);
+        let basis = |tau: f64| {
+            (0..order)
+                .filter(|&k| k != j)
+                .map(|k| (tau - s(k)) / (s(j) - s(k)))
+                .product::<f64>()
+        };
+        let (a, b) = (s(0), f64::from(self.schedule.sigmas[index + 1]));
+        let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
+        let offset = half / 3f64.sqrt();
+        half * (basis(mid - offset) + basis(mid + offset))
+    }
+}
+
+impl Scheduler for LmsScheduler {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        check_steps(steps, self.config.num_train_timesteps)?;
+        // LMS's Karras spacing ignores sigma_min/sigma_max in the config, as diffusers' does.
+        let karras = self.karras.then_some(SigmaBounds::default());
+        self.schedule = sigmas::k_diffusion(&self.noise, &self.config, steps, karras);
+        self.timesteps = self
+            .schedule
+            .timesteps
+            .iter()
+            .map(|&t| f64::from(t))
+            .collect();
+        self.steps = steps;
+        self.derivatives.clear();
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn inference_steps(&self) -> usize {
+        self.steps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        sigmas::k_diffusion_init_noise_sigma(&self.schedule.sigmas, self.config.timestep_spacing)
+    }
+
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
+        check_index(index, self.timesteps.len())?;
+        Ok(k_diffusion::scale_model_input(
+            sample,
+            self.schedule.sigmas[index],
+        ))
+    }
+
+    fn step(
+        &mut self,
+        model_output: &HostTensor,
+        index: usize,
+        sample: &HostTensor,
+        _generator: &mut TorchGenerator,
+    ) -> Result<HostTensor> {
+        check_step(index, self.timesteps.len(), model_output, sample)?;
+        let sigma = self.schedule.sigmas[index];
+        let original = k_diffusion::predict_original(
+            self.config.prediction_type,
+            sigma,
+            sample,
+            model_output,
+        )?;
+        let derivative = map2("LMS step", sample, &original, |x, x0| (x - x0) / sigma)?;
+        if self.derivatives.len() == MAX_ORDER {
+            self.derivatives.remove(0);
+        }
+        self.derivatives.push(derivative);
+
+        // The order follows the step index, not the history: an img2img run that starts late
+        // weights its first derivative with the full-order coefficient, as diffusers does.
+        let order = (index + 1).min(MAX_ORDER);
+        let mut update: Option<HostTensor> = None;
+        for (j, derivative) in self.derivatives.iter().rev().take(order).enumerate() {
+            let coeff = self.coefficient(order, index, j) as f32;
+            update = Some(match update {
+                None => derivative.mapv(|d| coeff * d),
+                Some(acc) => map2("LMS step", &acc, derivative, |a, d| a + coeff * d)?,
+            });
+        }
+        match update {
+            Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
+            None => Ok(sample.clone()),
+        }
+    }
+
+    fn add_noise(
+        &self,
+        original: &HostTensor,
+        noise: &HostTensor,
+        index: usize,
+    ) -> Result<HostTensor> {
+        check_index(index, self.timesteps.len())?;
+        k_diffusion::add_noise(self.schedule.sigmas[index], original, noise)
+    }
+}

@@ -1,0 +1,189 @@
+//! Noise levels σ for the samplers that work in σ rather than in ᾱ: interpolation between
+//! training timesteps, Karras et al.'s spacing, σ → timestep, and σ → (α_t, σ_t, λ).
+//!
+//! Mixed precision follows diffusers: the σ table is f32 (a torch tensor), interpolation and
+//! Karras spacing run in f64 (numpy), and the schedule is stored as f32.
+
+use crate::config::{NoiseScheduleConfig, TimestepSpacing};
+use crate::noise_schedule::NoiseSchedule;
+use crate::spacing;
+
+/// Karras et al. (2022) use ρ = 7 for their σ spacing.
+const KARRAS_RHO: f64 = 7.0;
+
+/// Inference timesteps with their noise levels; `sigmas` has one more entry, the final σ = 0.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SigmaSchedule {
+    pub timesteps: Vec<f32>,
+    pub sigmas: Vec<f32>,
+}
+
+/// Optional bounds replacing the table's σ_min / σ_max in Karras spacing (Euler, UniPC read them
+/// from the config; the other classes ignore those keys).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SigmaBounds {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// The σ schedule of the k-diffusion samplers (Euler, Euler a, LMS, Heun): σ interpolated at
+/// the (possibly fractional) spaced timesteps, or Karras-spaced σ with their timesteps found
+/// back by [`sigma_to_t`].
+pub(crate) fn k_diffusion(
+    noise: &NoiseSchedule,
+    config: &NoiseScheduleConfig,
+    steps: usize,
+    karras: Option<SigmaBounds>,
+) -> SigmaSchedule {
+    let table = noise.sigmas();
+    let mut timesteps = spacing::continuous(
+        config.timestep_spacing,
+        config.num_train_timesteps,
+        steps,
+        config.steps_offset,
+    );
+    let at: Vec<f64> = timesteps.iter().map(|&t| f64::from(t)).collect();
+    let mut sigmas = interp(&at, &table);
+    if let Some(bounds) = karras {
+        sigmas = karras_sigmas(&sigmas, steps, bounds);
+        let log_table = log_sigmas(&table);
+        timesteps = sigmas
+            .iter()
+            .map(|&s| sigma_to_t(s, &log_table) as f32)
+            .collect();
+    }
+    sigmas.push(0.0);
+    SigmaSchedule {
+        timesteps,
+        sigmas: sigmas.into_iter().map(|s| s as f32).collect(),
+    }
+}
+
+/// `init_noise_sigma` of the k-diffusion samplers: σ_max, or √(σ_max² + 1) for leading spacing
+/// (diffusers' rule for schedules that never reach t = T−1).
+pub(crate) fn k_diffusion_init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f32 {
+    let max = sigmas.iter().copied().fold(0.0f32, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+    }
+}
+
+/// `numpy.interp(x, arange(len(table)), table)` in f64.
+pub(crate) fn interp(x: &[f64], table: &[f32]) -> Vec<f64> {
+    let last = table.len() - 1;
+    x.iter()
+        .map(|&x| {
+            if x <= 0.0 {
+                f64::from(table[0])
+            } else if x >= last as f64 {
+                f64::from(table[last])
+            } else {
+                let j = x.floor() as usize;
+                let (lo, hi) = (f64::from(table[j]), f64::from(table[j + 1]));
+                if x == j as f64 {
+                    lo
+                } else {
+                    (hi - lo) * (x - j as f64) + lo
+                }
+            }
+        })
+        .collect()
+}
+
+/// Karras et al.'s spacing: `steps` values from σ_max down to σ_min, uniform in σ^(1/ρ).
+/// `interpolated` are the σ the spaced timesteps gave (first = largest, last = smallest).
+pub(crate) fn karras_sigmas(interpolated: &[f64], steps: usize, bounds: SigmaBounds) -> Vec<f64> {
+    let sigma_min = bounds.min.unwrap_or(interpolated[interpolated.len() - 1]);
+    let sigma_max = bounds.max.unwrap_or(interpolated[0]);
+    let min_inv_rho = sigma_min.powf(1.0 / KARRAS_RHO);
+    let max_inv_rho = sigma_max.powf(1.0 / KARRAS_RHO);
+    spacing::numpy_linspace(0.0, 1.0, steps)
+        .iter()
+        .map(|ramp| (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)).powf(KARRAS_RHO))
+        .collect()
+}
+
+/// ln σ of the training table, in f32 as numpy takes it of an f32 array.
+pub(crate) fn log_sigmas(table: &[f32]) -> Vec<f32> {
+    table.iter().map(|s| s.ln()).collect()
+}
+
+/// The fractional training timestep whose σ is `sigma`: linear interpolation in ln σ between
+/// the two neighbouring table entries (diffusers' `_sigma_to_t`, mixed f32/f64 as there).
+///
+/// numpy takes ln of the f32 table with its own SIMD logarithm, which is not correctly rounded;
+/// ours is, so unrounded timesteps (Karras σ for Euler, LMS, Heun) can differ from diffusers'
+/// by up to ~1e-4. The rounded ones of DPM-Solver and UniPC come out identical.
+pub(crate) fn sigma_to_t(sigma: f64, log_table: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    // The last table entry at or below ln σ (0 if none), kept below the last entry so there is
+    // a right neighbour.
+    let low_idx = log_table
+        .iter()
+        .rposition(|&l| log_sigma - f64::from(l) >= 0.0)
+        .unwrap_or(0)
+        .min(log_table.len() - 2);
+    let (low, high) = (log_table[low_idx], log_table[low_idx + 1]);
+    let w = ((f64::from(low) - log_sigma) / f64::from(low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
+/// The VP-SDE view of σ: α_t = 1/√(σ² + 1), σ_t = σ·α_t (f32, as torch computes them).
+pub(crate) fn alpha_sigma_t(sigma: f32) -> (f32, f32) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// Half log-SNR λ = ln α_t − ln σ_t (+∞ at σ = 0).
+pub(crate) fn lambda(alpha_t: f32, sigma_t: f32) -> f32 {
+    alpha_t.ln() - sigma_t.ln()
+}
+
+/// The schedule of the multistep solvers (DPM-Solver, UniPC): integer timesteps (`steps + 1`
+/// points, t = 0 dropped) with σ from the table, or Karras-spaced σ with their nearest
+/// timesteps (`round_timesteps`; DPM-Solver truncates instead for the cosine schedule).
+pub(crate) fn multistep(
+    noise: &NoiseSchedule,
+    config: &NoiseScheduleConfig,
+    steps: usize,
+    karras: Option<SigmaBounds>,
+    round_timesteps: bool,
+) -> (Vec<i64>, Vec<f32>) {
+    let table = noise.sigmas();
+    let timesteps = spacing::multistep(
+        config.timestep_spacing,
+        config.num_train_timesteps,
+        steps,
+        config.steps_offset,
+    );
+    let (timesteps, mut sigmas) = match karras {
+        Some(bounds) => {
+            // Karras spacing over the whole table, σ_max = σ(T−1) down to σ_min = σ(0).
+            let full_range = [f64::from(table[table.len() - 1]), f64::from(table[0])];
+            let sigmas = karras_sigmas(&full_range, steps, bounds);
+            let log_table = log_sigmas(&table);
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_table);
+                    (if round_timesteps {
+                        t.round_ties_even()
+                    } else {
+                        t.trunc()
+                    }) as i64
+                })
+                .collect();
+            (timesteps, sigmas)
+        }
+        None => {
+            let sigmas = timesteps
+                .iter()
+                .map(|&t| f64::from(table[t.clamp(0, table.len() as i64 - 1) as usize]))
+                .collect();
+            (timesteps, sigmas)
+        }
+    };
+    sigmas.push(0.0);
+    (timesteps, sigmas.into_iter().map(|s| s as f32).collect())
+}

@@ -1,0 +1,248 @@
+//! Bad input gives typed errors that say what is wrong; configs resolve the way diffusers'
+//! `from_config` resolves them.
+
+// A failed unwrap in a test is a test failure with its message; no user input here.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use sd_core::{Error, HostTensor, TorchGenerator};
+use sd_schedulers::{SchedulerConfig, known_names, scheduler_from_name};
+
+fn sd15() -> SchedulerConfig {
+    SchedulerConfig::sd15()
+}
+
+fn latents() -> HostTensor {
+    HostTensor::zeros(ndarray::IxDyn(&[1, 4, 8, 8]))
+}
+
+#[test]
+fn an_unknown_scheduler_name_lists_the_known_ones() {
+    let err = scheduler_from_name("Euler b", &sd15())
+        .err()
+        .expect("must fail");
+    match &err {
+        Error::UnknownScheduler { name, known } => {
+            assert_eq!(name, "Euler b");
+            assert!(known.iter().any(|k| k == "Euler a"));
+            assert!(known.iter().any(|k| k == "DPMSolverMultistepScheduler"));
+        }
+        other => panic!("expected UnknownScheduler, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("Euler b") && message.contains("DPM++ 2M Karras"),
+        "{message}"
+    );
+}
+
+#[test]
+fn names_are_case_insensitive_and_every_listed_name_builds_on_sd15() {
+    for name in known_names() {
+        for spelling in [name.to_string(), name.to_lowercase(), name.to_uppercase()] {
+            let mut scheduler = scheduler_from_name(&spelling, &sd15())
+                .unwrap_or_else(|e| panic!("{spelling}: {e}"));
+            scheduler
+                .set_timesteps(20)
+                .unwrap_or_else(|e| panic!("{spelling}: {e}"));
+            assert!(!scheduler.timesteps().is_empty(), "{spelling}");
+        }
+    }
+}
+
+#[test]
+fn zero_steps_and_more_steps_than_training_timesteps_are_refused() {
+    for name in known_names() {
+        let mut scheduler = scheduler_from_name(name, &sd15()).unwrap();
+        for steps in [0, 1001] {
+            match scheduler.set_timesteps(steps) {
+                Err(Error::InvalidArgument { name: arg, reason }) => {
+                    assert_eq!(arg, "steps", "{name}: {reason}");
+                }
+                other => {
+                    panic!("{name} with {steps} steps: expected InvalidArgument, got {other:?}")
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lcm_refuses_more_steps_than_its_distillation_schedule() {
+    let mut lcm = scheduler_from_name("LCM", &sd15()).unwrap();
+    assert!(lcm.set_timesteps(50).is_ok());
+    assert!(matches!(
+        lcm.set_timesteps(51),
+        Err(Error::InvalidArgument { ref name, .. }) if name == "steps"
+    ));
+}
+
+#[test]
+fn strength_outside_zero_to_one_is_refused() {
+    let mut scheduler = scheduler_from_name("Euler a", &sd15()).unwrap();
+    scheduler.set_timesteps(10).unwrap();
+    for strength in [-0.1, 1.5, f64::NAN] {
+        assert!(
+            matches!(
+                scheduler.start_index(strength),
+                Err(Error::InvalidArgument { ref name, .. }) if name == "strength"
+            ),
+            "strength {strength}"
+        );
+    }
+    assert_eq!(
+        scheduler.start_index(0.0).unwrap(),
+        10,
+        "strength 0 leaves nothing to do"
+    );
+    assert_eq!(scheduler.start_index(1.0).unwrap(), 0);
+}
+
+#[test]
+fn stepping_before_set_timesteps_or_past_the_end_is_an_error() {
+    let mut scheduler = scheduler_from_name("DPM++ 2M", &sd15()).unwrap();
+    let x = latents();
+    let mut generator = TorchGenerator::new(0);
+    assert!(matches!(
+        scheduler.step(&x, 0, &x, &mut generator),
+        Err(Error::InvalidArgument { ref name, .. }) if name == "index"
+    ));
+    scheduler.set_timesteps(5).unwrap();
+    assert!(scheduler.step(&x, 5, &x, &mut generator).is_err());
+    assert!(scheduler.scale_model_input(&x, 5).is_err());
+    assert!(scheduler.add_noise(&x, &x, 5).is_err());
+}
+
+#[test]
+fn mismatched_shapes_are_a_shape_error() {
+    let mut generator = TorchGenerator::new(0);
+    let x = latents();
+    let wrong = HostTensor::zeros(ndarray::IxDyn(&[1, 4, 8, 9]));
+    for name in known_names() {
+        let mut scheduler = scheduler_from_name(name, &sd15()).unwrap();
+        scheduler.set_timesteps(10).unwrap();
+        assert!(
+            matches!(
+                scheduler.step(&wrong, 0, &x, &mut generator),
+                Err(Error::Shape { .. })
+            ),
+            "{name}: step"
+        );
+        assert!(
+            matches!(scheduler.add_noise(&x, &wrong, 0), Err(Error::Shape { .. })),
+            "{name}: add_noise"
+        );
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_field() {
+    let origin = Path::new("model/scheduler/scheduler_config.json");
+    let cases = [
+        (r#"{"beta_schedule": "cosine"}"#, "beta_schedule"),
+        (r#"{"timestep_spacing": "uniform"}"#, "timestep_spacing"),
+        (r#"{"prediction_type": "flow"}"#, "prediction_type"),
+        (r#"{"thresholding": true}"#, "thresholding"),
+        (
+            r#"{"num_train_timesteps": 1, "beta_start": 0.1}"#,
+            "num_train_timesteps",
+        ),
+        (r#"{"trained_betas": [0.1, 0.2]}"#, "trained_betas"),
+    ];
+    for (json, field) in cases {
+        let config = SchedulerConfig::from_json(json, origin).unwrap();
+        match scheduler_from_name("DDIM", &config) {
+            Err(Error::Config { path, field: f, .. }) => {
+                assert_eq!(path, origin, "{json}");
+                assert_eq!(f, field, "{json}");
+            }
+            other => panic!("{json}: expected a Config error, got {:?}", other.err()),
+        }
+    }
+    assert!(matches!(
+        SchedulerConfig::from_json("{not json", origin),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        SchedulerConfig::from_file("/nonexistent/scheduler_config.json"),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn pndm_without_skip_prk_steps_is_refused_rather_than_run_as_plms() {
+    let config = SchedulerConfig::from_json(r#"{"skip_prk_steps": false}"#, "c.json").unwrap();
+    assert!(matches!(
+        scheduler_from_name("PNDMScheduler", &config),
+        Err(Error::Config { ref field, .. }) if field == "skip_prk_steps"
+    ));
+}
+
+#[test]
+fn the_builtin_sd15_config_is_the_fixture_file_key_for_key() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/tiny-sd/scheduler/scheduler_config.json");
+    let from_file = SchedulerConfig::from_file(&file).unwrap();
+    for name in known_names() {
+        let mut a = scheduler_from_name(name, &sd15()).unwrap();
+        let mut b = scheduler_from_name(name, &from_file).unwrap();
+        a.set_timesteps(25).unwrap();
+        b.set_timesteps(25).unwrap();
+        assert_eq!(a.timesteps(), b.timesteps(), "{name}");
+        assert_eq!(a.init_noise_sigma(), b.init_noise_sigma(), "{name}");
+    }
+}
+
+#[test]
+fn missing_keys_take_each_class_default_like_from_config() {
+    // SD 1.5's file has no timestep_spacing: DDIM-family classes default to leading, the
+    // k-diffusion and multistep classes to linspace.
+    let first = |name: &str| {
+        let mut s = scheduler_from_name(name, &sd15()).unwrap();
+        s.set_timesteps(10).unwrap();
+        s.timesteps()[0]
+    };
+    assert_eq!(first("DDIM"), 901.0);
+    assert_eq!(first("PNDM"), 901.0);
+    assert_eq!(first("DDPM"), 901.0);
+    assert_eq!(first("Euler"), 999.0);
+    assert_eq!(first("DPM++ 2M"), 999.0);
+    // An explicit key wins over the class default.
+    let trailing =
+        SchedulerConfig::from_json(r#"{"timestep_spacing": "trailing"}"#, "c.json").unwrap();
+    let mut ddim = scheduler_from_name("DDIM", &trailing).unwrap();
+    ddim.set_timesteps(10).unwrap();
+    assert_eq!(ddim.timesteps()[0], 999.0);
+}
+
+#[test]
+fn heun_makes_two_model_evaluations_per_step() {
+    let mut heun = scheduler_from_name("Heun", &sd15()).unwrap();
+    heun.set_timesteps(10).unwrap();
+    assert_eq!(heun.order(), 2);
+    assert_eq!(heun.timesteps().len(), 19);
+    assert_eq!(heun.inference_steps(), 10);
+    let mut euler = scheduler_from_name("Euler", &sd15()).unwrap();
+    euler.set_timesteps(10).unwrap();
+    assert_eq!(euler.order(), 1);
+}
+
+#[test]
+fn unipc_variants_diffusers_cannot_finish_are_refused() {
+    // With the final σ = 0, diffusers 0.42 ends these runs in NaN or ∞.
+    for (json, field) in [
+        (r#"{"solver_type": "bh1"}"#, "solver_type"),
+        (r#"{"predict_x0": false}"#, "predict_x0"),
+        (r#"{"lower_order_final": false}"#, "lower_order_final"),
+    ] {
+        let config = SchedulerConfig::from_json(json, "c.json").unwrap();
+        assert!(
+            matches!(
+                scheduler_from_name("UniPC", &config),
+                Err(Error::Config { field: ref f, .. }) if f == field
+            ),
+            "{json}"
+        );
+    }
+}
