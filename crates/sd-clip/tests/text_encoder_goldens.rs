@@ -199,3 +199,29 @@ fn full_size_sd15_text_encoder_matches_transformers() {
         &Goldens::open_file(&dir.join("clip.safetensors"), "tools/clip_goldens.py"),
     );
 }
+
+#[test]
+fn a1111_mode_gives_the_pipeline_embeddings_for_short_prompts_without_syntax() {
+    // The golden's first three prompts are under 75 tokens and use no emphasis syntax.
+    let b = CpuBackend::new();
+    let models: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("goldens/models.json")).unwrap(),
+    )
+    .unwrap();
+    for model in ["tiny-sd", "tiny-sd-alt"] {
+        let prompts: Vec<String> =
+            serde_json::from_value(models[format!("{model}/clip.safetensors")]["prompts"].clone())
+                .unwrap();
+        let prompts: Vec<&str> = prompts[..3].iter().map(String::as_str).collect();
+        let encoder = ClipTextEncoder::load(&b, fixtures().join(model)).unwrap();
+        assert_eq!(encoder.mode(), PromptMode::A1111);
+        let cond = b.download(&encoder.encode(&b, &prompts).unwrap()).unwrap();
+        let golden = Goldens::open(model).f32("last_hidden_state");
+        let golden = golden.slice(ndarray::s![..3, .., ..]).to_owned().into_dyn();
+        let err = max_abs_diff(&cond, &golden);
+        assert!(
+            err < MAX_ABS_ERROR,
+            "{model}: A1111-mode conditioning off by {err}"
+        );
+    }
+}
