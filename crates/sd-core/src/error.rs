@@ -58,6 +58,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tokenizer's files (vocab.json, merges.txt, tokenizer.json) are unreadable or
+    /// inconsistent: not JSON, a malformed merge line, a merge of tokens the vocabulary lacks.
+    #[error("{}: not a valid tokenizer file: {reason}", path.display())]
+    InvalidTokenizer { path: PathBuf, reason: String },
+
     /// A user-supplied argument is out of range or malformed.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument { name: String, reason: String },

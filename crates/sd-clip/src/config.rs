@@ -1,0 +1,136 @@
+//! The text encoder's `config.json` (transformers' `CLIPTextConfig`): the one source of every shape.
+
+use std::path::Path;
+
+use sd_core::{Error, Result, UnaryOp};
+use serde::Deserialize;
+
+/// The fields of `text_encoder/config.json` the model needs. Missing fields take transformers'
+/// `CLIPTextConfig` defaults, as transformers itself does.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    /// `quick_gelu` (OpenAI CLIP, SD 1.x) or `gelu` (exact, erf-based).
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' `CLIPTextConfig()` defaults.
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// OpenAI CLIP ViT-L/14's text tower, SD 1.x's text encoder (the config single-file
+    /// checkpoints imply).
+    pub fn sd15() -> Self {
+        ClipTextConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            ..ClipTextConfig::default()
+        }
+    }
+
+    /// Read and check a `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: ClipTextConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            field: "(file)".into(),
+            reason: format!("not a CLIP text config: {e}"),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Check the fields fit together; `path` names the file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let field_error = |field: &str, reason: String| Error::Config {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason,
+        };
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return Err(field_error(field, "must be positive".into()));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(field_error(
+                "num_attention_heads",
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        if self.max_position_embeddings < 3 {
+            return Err(field_error(
+                "max_position_embeddings",
+                format!(
+                    "{} leaves no room for a token between start and end",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(field_error(
+                "layer_norm_eps",
+                format!("{} is not a positive number", self.layer_norm_eps),
+            ));
+        }
+        self.activation().map(|_| ()).ok_or_else(|| {
+            field_error(
+                "hidden_act",
+                format!(
+                    "unsupported activation {:?}, expected \"quick_gelu\" or \"gelu\"",
+                    self.hidden_act
+                ),
+            )
+        })
+    }
+
+    /// The MLP activation as a backend op.
+    pub fn activation(&self) -> Option<UnaryOp> {
+        match self.hidden_act.as_str() {
+            "quick_gelu" => Some(UnaryOp::QuickGelu),
+            "gelu" => Some(UnaryOp::Gelu),
+            _ => None,
+        }
+    }
+
+    /// The width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

@@ -1,0 +1,204 @@
+//! [`ClipTextEncoder`]: prompts to conditioning, sd-core's [`TextEncoder`].
+//!
+//! Each prompt becomes one or more 77-token chunks ([`crate::chunks`]); chunk `i` of every prompt
+//! goes through the transformer as one batch, and the chunk outputs are concatenated along the
+//! sequence axis: `[prompts, 77 · chunks, hidden]`. A prompt with fewer chunks than the longest
+//! is padded with empty chunks (the encoding of `""`), so a negative prompt always lines up with
+//! its positive prompt.
+//!
+//! Emphasis follows A1111's "Original" method: a chunk's hidden states are multiplied by each
+//! token's weight, then rescaled so their mean equals the unweighted mean. A1111 takes that mean
+//! over all prompts it encodes together; here it is taken per prompt (what A1111 does for a
+//! batch of one, its usual case), so a prompt's conditioning never depends on its neighbours.
+//! Chunks whose weights are all 1 are left untouched (and never leave the backend).
+
+use std::path::Path;
+
+use sd_core::weights::WeightStore;
+use sd_core::{Backend, Result, TextEncoder};
+
+use crate::chunks::{PromptChunk, PromptChunker, PromptMode};
+use crate::config::ClipTextConfig;
+use crate::model::ClipTextTransformer;
+use crate::tokenizer::ClipTokenizer;
+
+/// CLIP's text encoder with its tokenizer and prompt handling.
+#[derive(Debug)]
+pub struct ClipTextEncoder<B: Backend> {
+    model: ClipTextTransformer<B>,
+    chunker: PromptChunker,
+    mode: PromptMode,
+    clip_skip: usize,
+}
+
+impl<B: Backend> ClipTextEncoder<B> {
+    /// A text encoder from a built model and a tokenizer, in A1111 mode with `clip_skip` 1.
+    pub fn new(model: ClipTextTransformer<B>, tokenizer: ClipTokenizer) -> Self {
+        let tokens_per_chunk = model.config().max_position_embeddings - 2;
+        ClipTextEncoder {
+            model,
+            chunker: PromptChunker::new(tokenizer, tokens_per_chunk),
+            mode: PromptMode::default(),
+            clip_skip: 1,
+        }
+    }
+
+    /// Build from the text-encoder weights of `store` (a diffusers folder or an LDM single file).
+    pub fn from_store(
+        backend: &B,
+        store: &WeightStore,
+        config: ClipTextConfig,
+        tokenizer: ClipTokenizer,
+    ) -> Result<Self> {
+        let model = ClipTextTransformer::load(backend, &store.text_encoder()?, config)?;
+        Ok(Self::new(model, tokenizer))
+    }
+
+    /// Load from a diffusers pipeline folder (`text_encoder/config.json`, its weights, and
+    /// `tokenizer/`, or the embedded SD 1.5 tokenizer when the folder has none) or from an SD 1.x
+    /// LDM single file (CLIP ViT-L/14 config, embedded tokenizer).
+    pub fn load(backend: &B, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let store = WeightStore::open(path)?;
+        if !path.is_dir() {
+            return Self::from_store(
+                backend,
+                &store,
+                ClipTextConfig::sd15(),
+                ClipTokenizer::sd15()?,
+            );
+        }
+        let config = ClipTextConfig::from_file(path.join("text_encoder/config.json"))?;
+        let tokenizer_dir = path.join("tokenizer");
+        let tokenizer = if tokenizer_dir.is_dir() {
+            ClipTokenizer::from_folder(&tokenizer_dir)?
+        } else {
+            ClipTokenizer::sd15()?
+        };
+        Self::from_store(backend, &store, config, tokenizer)
+    }
+
+    /// Read prompts with A1111 syntax (the default) or literally, as diffusers does.
+    pub fn with_mode(mut self, mode: PromptMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Stop `clip_skip − 1` layers before the end (A1111's "Clip skip"; 1 = last layer). SD 1.x
+    /// anime models are often used with 2. diffusers' `clip_skip = k` is `k + 1` here.
+    pub fn with_clip_skip(mut self, clip_skip: usize) -> Result<Self> {
+        let layers = self.model.num_layers();
+        if clip_skip == 0 || clip_skip > layers {
+            return Err(sd_core::Error::invalid_argument(
+                "clip_skip",
+                format!("{clip_skip} is outside 1..={layers} (1 uses the last layer)"),
+            ));
+        }
+        self.clip_skip = clip_skip;
+        Ok(self)
+    }
+
+    /// Change A1111's comma backtrack (see [`PromptChunker::with_comma_backtrack`]).
+    pub fn with_comma_backtrack(mut self, tokens: usize) -> Self {
+        self.chunker = self.chunker.with_comma_backtrack(tokens);
+        self
+    }
+
+    /// How prompts are read.
+    pub fn mode(&self) -> PromptMode {
+        self.mode
+    }
+
+    /// The transformer.
+    pub fn model(&self) -> &ClipTextTransformer<B> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        self.chunker.tokenizer()
+    }
+
+    /// The chunks a prompt is encoded as, in the current mode.
+    pub fn chunks(&self, prompt: &str) -> Result<Vec<PromptChunk>> {
+        self.chunker.chunks(prompt, self.mode)
+    }
+
+    /// Encode prompts to `[prompts.len(), 77 · chunks, hidden]`.
+    pub fn encode_prompts(&self, backend: &B, prompts: &[&str]) -> Result<B::Tensor> {
+        if prompts.is_empty() {
+            return Err(sd_core::Error::invalid_argument(
+                "prompts",
+                "no prompts to encode",
+            ));
+        }
+        let per_prompt = prompts
+            .iter()
+            .map(|prompt| self.chunks(prompt))
+            .collect::<Result<Vec<_>>>()?;
+        let chunk_count = per_prompt.iter().map(Vec::len).max().unwrap_or(1);
+        let empty = self.chunker.empty_chunk();
+        let mut outputs = Vec::with_capacity(chunk_count);
+        for index in 0..chunk_count {
+            let column: Vec<&PromptChunk> = per_prompt
+                .iter()
+                .map(|chunks| chunks.get(index).unwrap_or(&empty))
+                .collect();
+            outputs.push(self.encode_chunk_column(backend, &column)?);
+        }
+        if outputs.len() == 1 {
+            return Ok(outputs.swap_remove(0));
+        }
+        let refs: Vec<&B::Tensor> = outputs.iter().collect();
+        backend.concat(&refs, 1)
+    }
+
+    /// One chunk per prompt through the transformer, with emphasis applied.
+    fn encode_chunk_column(&self, backend: &B, chunks: &[&PromptChunk]) -> Result<B::Tensor> {
+        let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
+        let hidden = self
+            .model
+            .forward(backend, &ids, chunks.len(), self.clip_skip)?;
+        if chunks.iter().all(|c| c.is_unweighted()) {
+            return Ok(hidden);
+        }
+        let mut host = backend.download(&hidden)?;
+        for (row, chunk) in chunks.iter().enumerate() {
+            if !chunk.is_unweighted() {
+                let mut states = host.index_axis_mut(ndarray::Axis(0), row);
+                apply_emphasis(&mut states, &chunk.weights);
+            }
+        }
+        backend.upload(&host)
+    }
+}
+
+/// A1111's "Original" emphasis on one chunk's hidden states `[seq, hidden]`: scale each
+/// position by its weight, then restore the mean the states had before.
+fn apply_emphasis(states: &mut ndarray::ArrayViewMutD<'_, f32>, weights: &[f32]) {
+    let original_mean = mean(states);
+    for (mut position, &weight) in states.outer_iter_mut().zip(weights) {
+        position.mapv_inplace(|v| v * weight);
+    }
+    let weighted_mean = mean(states);
+    // A1111 divides unguarded; a zero mean (all weights 0) would turn the chunk into NaNs.
+    if weighted_mean != 0.0 {
+        let restore = original_mean / weighted_mean;
+        states.mapv_inplace(|v| v * restore);
+    }
+}
+
+fn mean(states: &ndarray::ArrayViewMutD<'_, f32>) -> f32 {
+    let sum: f64 = states.iter().map(|&v| f64::from(v)).sum();
+    (sum / states.len().max(1) as f64) as f32
+}
+
+impl<B: Backend> TextEncoder<B> for ClipTextEncoder<B> {
+    fn encode(&self, backend: &B, prompts: &[&str]) -> Result<B::Tensor> {
+        self.encode_prompts(backend, prompts)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.model.hidden_size()
+    }
+}

@@ -1,0 +1,282 @@
+//! The CLIP text transformer (transformers' `CLIPTextModel`) over any [`Backend`].
+//!
+//! Token + position embeddings, then pre-LN encoder layers (layer norm → causal self-attention →
+//! residual; layer norm → MLP → residual), then a final layer norm. Field names follow the
+//! checkpoint's (`text_model.encoder.layers.3.self_attn.q_proj.weight`), so the struct tree and
+//! the safetensors index read alike.
+//!
+//! `clip_skip` counts as A1111 does: 1 is the last layer's output, N stops N − 1 layers before
+//! the end; the final layer norm is applied either way. diffusers' `clip_skip = k` is this
+//! `clip_skip = k + 1` (its `clip_skip=1` uses `hidden_states[-2]`, the penultimate layer).
+
+use sd_core::weights::Weights;
+use sd_core::{Backend, Error, Result, TensorInfo, UnaryOp};
+
+use crate::config::ClipTextConfig;
+
+/// `x · wᵀ + b`.
+#[derive(Debug)]
+struct Linear<B: Backend> {
+    weight: B::Tensor,
+    bias: B::Tensor,
+}
+
+impl<B: Backend> Linear<B> {
+    fn load(b: &B, w: &Weights<'_>, out_features: usize, in_features: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: param(b, w, "weight", &[out_features, in_features])?,
+            bias: param(b, w, "bias", &[out_features])?,
+        })
+    }
+
+    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        b.linear(x, &self.weight, Some(&self.bias))
+    }
+}
+
+#[derive(Debug)]
+struct LayerNorm<B: Backend> {
+    weight: B::Tensor,
+    bias: B::Tensor,
+    eps: f32,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    fn load(b: &B, w: &Weights<'_>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: param(b, w, "weight", &[dim])?,
+            bias: param(b, w, "bias", &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        b.layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Causal multi-head self-attention.
+#[derive(Debug)]
+struct SelfAttention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    out_proj: Linear<B>,
+    heads: usize,
+    scale: f32,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig) -> Result<Self> {
+        let dim = config.hidden_size;
+        Ok(SelfAttention {
+            q_proj: Linear::load(b, &w.at("q_proj"), dim, dim)?,
+            k_proj: Linear::load(b, &w.at("k_proj"), dim, dim)?,
+            v_proj: Linear::load(b, &w.at("v_proj"), dim, dim)?,
+            out_proj: Linear::load(b, &w.at("out_proj"), dim, dim)?,
+            heads: config.num_attention_heads,
+            scale: (config.head_dim() as f32).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let q = self.q_proj.forward(b, x)?;
+        let k = self.k_proj.forward(b, x)?;
+        let v = self.v_proj.forward(b, x)?;
+        // Each token sees itself and the tokens before it: CLIP was trained left to right.
+        let attended = b.attention(&q, &k, &v, self.heads, self.scale, true)?;
+        self.out_proj.forward(b, &attended)
+    }
+}
+
+/// fc1 → activation → fc2.
+#[derive(Debug)]
+struct Mlp<B: Backend> {
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    activation: UnaryOp,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig, activation: UnaryOp) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::load(
+                b,
+                &w.at("fc1"),
+                config.intermediate_size,
+                config.hidden_size,
+            )?,
+            fc2: Linear::load(
+                b,
+                &w.at("fc2"),
+                config.hidden_size,
+                config.intermediate_size,
+            )?,
+            activation,
+        })
+    }
+
+    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let hidden = b.unary(&self.fc1.forward(b, x)?, self.activation)?;
+        self.fc2.forward(b, &hidden)
+    }
+}
+
+/// One pre-LN transformer layer.
+#[derive(Debug)]
+struct EncoderLayer<B: Backend> {
+    layer_norm1: LayerNorm<B>,
+    self_attn: SelfAttention<B>,
+    layer_norm2: LayerNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig, activation: UnaryOp) -> Result<Self> {
+        let dim = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::load(b, &w.at("layer_norm1"), dim, eps)?,
+            self_attn: SelfAttention::load(b, &w.at("self_attn"), config)?,
+            layer_norm2: LayerNorm::load(b, &w.at("layer_norm2"), dim, eps)?,
+            mlp: Mlp::load(b, &w.at("mlp"), config, activation)?,
+        })
+    }
+
+    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let attended = self
+            .self_attn
+            .forward(b, &self.layer_norm1.forward(b, x)?)?;
+        let x = b.add(x, &attended)?;
+        let transformed = self.mlp.forward(b, &self.layer_norm2.forward(b, &x)?)?;
+        b.add(&x, &transformed)
+    }
+}
+
+#[derive(Debug)]
+struct Embeddings<B: Backend> {
+    token_embedding: B::Tensor,
+    position_embedding: B::Tensor,
+}
+
+/// transformers' `CLIPTextModel`: token ids to hidden states.
+#[derive(Debug)]
+pub struct ClipTextTransformer<B: Backend> {
+    config: ClipTextConfig,
+    embeddings: Embeddings<B>,
+    layers: Vec<EncoderLayer<B>>,
+    final_layer_norm: LayerNorm<B>,
+}
+
+impl<B: Backend> ClipTextTransformer<B> {
+    /// Upload the weights under `text_model` (`weights` is the text encoder's root view, e.g.
+    /// `store.text_encoder()?`). Every tensor is checked against the shape `config` implies.
+    pub fn load(backend: &B, weights: &Weights<'_>, config: ClipTextConfig) -> Result<Self> {
+        let activation = config.activation().ok_or_else(|| {
+            Error::invalid_argument(
+                "hidden_act",
+                format!("unsupported activation {:?}", config.hidden_act),
+            )
+        })?;
+        let w = weights.at("text_model");
+        let dim = config.hidden_size;
+        let embeddings = Embeddings {
+            token_embedding: param(
+                backend,
+                &w.at("embeddings.token_embedding"),
+                "weight",
+                &[config.vocab_size, dim],
+            )?,
+            position_embedding: param(
+                backend,
+                &w.at("embeddings.position_embedding"),
+                "weight",
+                &[config.max_position_embeddings, dim],
+            )?,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(backend, &w.at("encoder.layers").at(i), &config, activation)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = LayerNorm::load(
+            backend,
+            &w.at("final_layer_norm"),
+            dim,
+            config.layer_norm_eps,
+        )?;
+        Ok(ClipTextTransformer {
+            config,
+            embeddings,
+            layers,
+            final_layer_norm,
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// Hidden states `[batch, seq, hidden]` of `ids` (row-major `[batch, seq]`), after the
+    /// final layer norm, taken `clip_skip − 1` layers before the end (1: the last layer, what
+    /// `CLIPTextModel` calls `last_hidden_state`).
+    pub fn forward(
+        &self,
+        backend: &B,
+        ids: &[u32],
+        batch: usize,
+        clip_skip: usize,
+    ) -> Result<B::Tensor> {
+        let layers = self.layers.len();
+        if clip_skip == 0 || clip_skip > layers {
+            return Err(Error::invalid_argument(
+                "clip_skip",
+                format!("{clip_skip} is outside 1..={layers} (1 uses the last layer)"),
+            ));
+        }
+        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+            return Err(Error::invalid_argument(
+                "ids",
+                format!("{} ids do not split into {batch} equal rows", ids.len()),
+            ));
+        }
+        let seq = ids.len() / batch;
+        if seq > self.config.max_position_embeddings {
+            return Err(Error::invalid_argument(
+                "ids",
+                format!(
+                    "{seq} tokens per row, the model has {} positions",
+                    self.config.max_position_embeddings
+                ),
+            ));
+        }
+
+        let tokens = backend.embedding(&self.embeddings.token_embedding, ids, &[batch, seq])?;
+        let positions: Vec<u32> = (0..seq as u32).collect();
+        let positions =
+            backend.embedding(&self.embeddings.position_embedding, &positions, &[1, seq])?;
+        let mut x = backend.add(&tokens, &positions)?;
+        for layer in &self.layers[..layers + 1 - clip_skip] {
+            x = layer.forward(backend, &x)?;
+        }
+        self.final_layer_norm.forward(backend, &x)
+    }
+
+    /// The width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// The number of encoder layers (the largest valid `clip_skip`).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+/// One parameter of `w`, checked against `shape`, on the backend.
+fn param<B: Backend>(b: &B, w: &Weights<'_>, name: &str, shape: &[usize]) -> Result<B::Tensor> {
+    let tensor = b.upload(&w.get_shaped(name, shape)?)?;
+    debug_assert_eq!(tensor.shape(), shape);
+    Ok(tensor)
+}
