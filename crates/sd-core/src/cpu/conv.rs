@@ -18,9 +18,15 @@ use super::linalg::matrix;
 use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
 
-/// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows):
-/// about half a core's 1 MiB L2, so the panel stays cached while the engine packs it.
-const PANEL_BYTES: usize = 512 * 1024;
+/// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows,
+/// GFLOP per busy core): 2–8 MiB panels ran at the same speed, 0.25–1 MiB ones 5–30% slower
+/// (each panel's product re-packs the whole weight matrix, so narrow panels pay for it often).
+/// 4 MiB is 0.5% of the 47 MB a whole 320×64×64 im2col would take.
+const PANEL_BYTES: usize = 4 << 20;
+/// With fewer (image, panel) tasks than this per thread, the panels are done one after the
+/// other, each product threaded over output channels instead (SD's 8×8 latents at batch 1
+/// are one panel).
+const MIN_TASKS_PER_THREAD: usize = 2;
 /// Panel widths are multiples of this (a few SIMD vectors) and never below it.
 const PANEL_ALIGN: usize = 16;
 
@@ -108,25 +114,36 @@ pub(crate) fn conv2d(
     let bias = bias.map(|b| b.data());
     let mut out3 = ArrayViewMut3::from_shape((n, o, geometry.out_positions()), &mut out[..])
         .map_err(|e| mismatch(&e.to_string()))?;
-    let panel_cols = panel_width(geometry.patch_len());
+    // No wider than one image's output, so small convs don't allocate a full-size buffer.
+    let panel_cols = panel_width(geometry.patch_len()).min(geometry.out_positions().max(1));
     let tasks = output_panels(&mut out3, panel_cols);
     let image_len = c * h * wd;
+    let compute = |col_buffer: &mut Vec<f32>, panel: Panel<'_>, parallelism| {
+        let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
+        let (first, width) = (panel.first_position, panel.out.ncols());
+        let cols = if geometry.is_pointwise() {
+            matrix(image, c, h * wd)?.slice_move(s![.., first..first + width])
+        } else {
+            let buffer = &mut col_buffer[..geometry.patch_len() * width];
+            im2col_panel(&geometry, image, first, width, buffer);
+            matrix(buffer, geometry.patch_len(), width)?
+        };
+        multiply_panel(weights, cols, bias, panel.out, parallelism)
+    };
+    let new_buffer = || vec![0.0f32; geometry.patch_len() * panel_cols];
 
-    tasks.into_par_iter().try_for_each_init(
-        || vec![0.0f32; geometry.patch_len() * panel_cols],
-        |col_buffer, panel| {
-            let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
-            let (first, width) = (panel.first_position, panel.out.ncols());
-            let cols = if geometry.is_pointwise() {
-                matrix(image, c, h * wd)?.slice_move(s![.., first..first + width])
-            } else {
-                let buffer = &mut col_buffer[..geometry.patch_len() * width];
-                im2col_panel(&geometry, image, first, width, buffer);
-                matrix(buffer, geometry.patch_len(), width)?
-            };
-            multiply_panel(weights, cols, bias, panel.out)
-        },
-    )?;
+    if tasks.len() >= rayon::current_num_threads() * MIN_TASKS_PER_THREAD {
+        tasks
+            .into_par_iter()
+            .try_for_each_init(new_buffer, |buffer, panel| {
+                compute(buffer, panel, Parallelism::Serial)
+            })?;
+    } else {
+        let mut buffer = new_buffer();
+        for panel in tasks {
+            compute(&mut buffer, panel, Parallelism::Parallel)?;
+        }
+    }
     CpuTensor::from_vec(&out_shape, out)
 }
 
@@ -163,13 +180,13 @@ fn output_panels<'a>(out: &'a mut ArrayViewMut3<'_, f32>, panel_cols: usize) -> 
     panels
 }
 
-/// `out ← weights · cols (+ bias per output channel)`, single-threaded (the caller runs many
-/// panels in parallel).
+/// `out ← weights · cols (+ bias per output channel)`.
 fn multiply_panel(
     weights: ArrayView2<'_, f32>,
     cols: ArrayView2<'_, f32>,
     bias: Option<&[f32]>,
     mut out: ArrayViewMut2<'_, f32>,
+    parallelism: Parallelism,
 ) -> Result<()> {
     // The bias is fused: each row starts as its channel's bias and the product accumulates.
     let beta = match bias {
@@ -181,7 +198,7 @@ fn multiply_panel(
         }
         None => 0.0,
     };
-    sgemm(1.0, weights, cols, beta, out, Parallelism::Serial)
+    sgemm(1.0, weights, cols, beta, out, parallelism)
 }
 
 /// Fill `col [patch_len, width]` (row-major) with the input patches under output positions
