@@ -358,14 +358,14 @@ fn conv2d_sd_shapes_match_naive_loop() {
 #[test]
 fn conv2d_panel_edges_inside_output_rows_match_naive_loop() {
     // 256 channels × 3×3 taps: panels of at most 910 positions (for any panel size up to
-    // 8 MiB), so these 40×40 outputs (stride 1, and stride 2 from 80×80) span several panels,
+    // 8 MiB), so these 39×39 outputs (stride 1, and stride 2 from 78×78) span several panels,
     // whose edges fall mid-row; batch 2 also runs the panels as parallel tasks.
     let no_bias = ConvCase {
         bias: false,
-        ..ConvCase::new([1, 256, 40, 40], 4, [3, 3], 1, 1)
+        ..ConvCase::new([1, 256, 39, 39], 4, [3, 3], 1, 1)
     };
     check_conv(no_bias, 14);
-    check_conv(ConvCase::new([2, 256, 80, 80], 3, [3, 3], 2, 1), 15);
+    check_conv(ConvCase::new([2, 256, 78, 78], 3, [3, 3], 2, 1), 15);
 }
 
 // ---- shape errors ------------------------------------------------------------------------------

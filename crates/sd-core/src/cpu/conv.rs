@@ -88,7 +88,15 @@ pub(crate) fn conv2d(
     if params.stride == 0 {
         return Err(mismatch("stride must be at least 1"));
     }
-    let (padded_h, padded_w) = (h + 2 * params.padding, wd + 2 * params.padding);
+    let padded = |side: usize| {
+        params
+            .padding
+            .checked_mul(2)
+            .and_then(|p| p.checked_add(side))
+    };
+    let (Some(padded_h), Some(padded_w)) = (padded(h), padded(wd)) else {
+        return Err(mismatch("padding too large"));
+    };
     if padded_h < kh || padded_w < kw {
         return Err(mismatch("kernel larger than the padded input"));
     }
@@ -114,8 +122,7 @@ pub(crate) fn conv2d(
     let bias = bias.map(|b| b.data());
     let mut out3 = ArrayViewMut3::from_shape((n, o, geometry.out_positions()), &mut out[..])
         .map_err(|e| mismatch(&e.to_string()))?;
-    // No wider than one image's output, so small convs don't allocate a full-size buffer.
-    let panel_cols = panel_width(geometry.patch_len()).min(geometry.out_positions().max(1));
+    let panel_cols = panel_width(geometry.patch_len(), geometry.out_positions());
     let tasks = output_panels(&mut out3, panel_cols);
     let image_len = c * h * wd;
     let compute = |col_buffer: &mut Vec<f32>, panel: Panel<'_>, parallelism| {
@@ -154,10 +161,16 @@ struct Panel<'a> {
     out: ArrayViewMut2<'a, f32>,
 }
 
-/// Columns per panel: about [`PANEL_BYTES`] of im2col data, a multiple of [`PANEL_ALIGN`].
-fn panel_width(patch_len: usize) -> usize {
-    let cols = PANEL_BYTES / (patch_len.max(1) * std::mem::size_of::<f32>());
-    (cols / PANEL_ALIGN * PANEL_ALIGN).max(PANEL_ALIGN)
+/// Columns per panel: at most about [`PANEL_BYTES`] of im2col data, with the image's output
+/// positions shared evenly between its panels (so no task is a small leftover) and rounded up
+/// to a multiple of [`PANEL_ALIGN`].
+fn panel_width(patch_len: usize, positions: usize) -> usize {
+    let max_cols = (PANEL_BYTES / (patch_len.max(1) * std::mem::size_of::<f32>())).max(PANEL_ALIGN);
+    let panels = positions.div_ceil(max_cols).max(1);
+    positions
+        .div_ceil(panels)
+        .next_multiple_of(PANEL_ALIGN)
+        .min(positions.max(1))
 }
 
 /// Cut `out [n, o, positions]` into disjoint `[o, ≤panel_cols]` views, image by image.
