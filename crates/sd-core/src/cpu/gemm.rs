@@ -116,8 +116,10 @@ const SPLIT_MIN_MACS: usize = 64 * 64 * 256;
 /// Blocks per thread: more than one, so that a core taken by another process for a while
 /// (this is a shared 2-core machine) does not hold up the whole product.
 const BLOCKS_PER_THREAD: usize = 4;
-/// The narrowest block worth a task; each block re-packs the operand it shares with the others.
-const MIN_BLOCK: usize = 64;
+/// The narrowest block worth a task: each block re-packs the whole operand it shares with the
+/// others (for a row block, all of `b`), which costs about as much as a 256-wide block's
+/// arithmetic takes to hide on (1024, 5760, 640).
+const MIN_BLOCK: usize = 256;
 
 /// Cut `c` into blocks of rows (or columns, whichever dimension is longer) and compute each
 /// block as an independent single-threaded product on the rayon pool.
@@ -135,10 +137,9 @@ fn split_over_threads(
 ) {
     let (m, n) = c.dim();
     let (axis, len) = if m >= n { (Axis(0), m) } else { (Axis(1), n) };
-    let block = len
-        .div_ceil(threads * BLOCKS_PER_THREAD)
-        .next_multiple_of(16)
-        .max(MIN_BLOCK);
+    // A whole number of blocks per thread, as many as allowed, so the threads finish together.
+    let per_thread = (len / (threads * MIN_BLOCK)).clamp(1, BLOCKS_PER_THREAD);
+    let block = len.div_ceil(threads * per_thread);
     let blocks = c
         .axis_chunks_iter_mut(axis, block)
         .into_par_iter()
