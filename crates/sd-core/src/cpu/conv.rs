@@ -3,8 +3,7 @@
 //! Per image, the convolution is the product `out [o, ho·wo] = w [o, c·kh·kw] · col [c·kh·kw, ho·wo]`
 //! where column `q` of `col` holds the input patch under output position `q`. Materialising all
 //! of `col` would take 9× the input (47 MB for one 320×64×64 image); instead the output
-//! positions are cut into panels whose slice of `col` fits in about a core's L2 cache, and each
-//! rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
+//! positions are cut into panels whose slice of `col` takes a few MiB, and each rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
 //! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
 //! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
 //! im2col at all: the input image `[c, h·w]` is already `col`.
@@ -30,9 +29,11 @@ const MIN_TASKS_PER_THREAD: usize = 2;
 /// Panel widths are multiples of this (a few SIMD vectors) and never below it.
 const PANEL_ALIGN: usize = 16;
 
-/// Where the input patch under each output position comes from.
+/// The sizes of one convolution: where the input patch under each output position comes from.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
+    batch: usize,
+    out_channels: usize,
     channels: usize,
     in_h: usize,
     in_w: usize,
@@ -45,6 +46,42 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of `x [n, c, h, w]` convolved with `w [o, c, kh, kw]`, or why they don't fit.
+    fn new(x: &[usize], w: &[usize], params: Conv2dParams) -> Result<Self, &'static str> {
+        let (&[batch, channels, in_h, in_w], &[out_channels, w_channels, kernel_h, kernel_w]) =
+            (x, w)
+        else {
+            return Err("x must be [n, c, h, w] and w [o, c, kh, kw]");
+        };
+        if w_channels != channels {
+            return Err("input channels of x and w differ");
+        }
+        let Conv2dParams { stride, padding } = params;
+        if stride == 0 {
+            return Err("stride must be at least 1");
+        }
+        let padded = |side: usize| padding.checked_mul(2).and_then(|p| p.checked_add(side));
+        let (Some(padded_h), Some(padded_w)) = (padded(in_h), padded(in_w)) else {
+            return Err("padding too large");
+        };
+        if padded_h < kernel_h || padded_w < kernel_w {
+            return Err("kernel larger than the padded input");
+        }
+        Ok(Geometry {
+            batch,
+            out_channels,
+            channels,
+            in_h,
+            in_w,
+            kernel_h,
+            kernel_w,
+            stride,
+            padding,
+            out_h: (padded_h - kernel_h) / stride + 1,
+            out_w: (padded_w - kernel_w) / stride + 1,
+        })
+    }
+
     /// Rows of `col`: one per (input channel, kernel row, kernel column).
     fn patch_len(&self) -> usize {
         self.channels * self.kernel_h * self.kernel_w
@@ -76,41 +113,11 @@ pub(crate) fn conv2d(
             format!("x {sx:?}, w {sw:?}, bias {sbias:?}, {params:?}: {why}"),
         )
     };
-    let (&[n, c, h, wd], &[o, wc, kh, kw]) = (sx, sw) else {
-        return Err(mismatch("x must be [n, c, h, w] and w [o, c, kh, kw]"));
-    };
-    if wc != c {
-        return Err(mismatch("input channels of x and w differ"));
-    }
+    let geometry = Geometry::new(sx, sw, params).map_err(mismatch)?;
+    let (n, o) = (geometry.batch, geometry.out_channels);
     if bias.is_some_and(|b| b.shape() != [o]) {
         return Err(mismatch("bias must be [o]"));
     }
-    if params.stride == 0 {
-        return Err(mismatch("stride must be at least 1"));
-    }
-    let padded = |side: usize| {
-        params
-            .padding
-            .checked_mul(2)
-            .and_then(|p| p.checked_add(side))
-    };
-    let (Some(padded_h), Some(padded_w)) = (padded(h), padded(wd)) else {
-        return Err(mismatch("padding too large"));
-    };
-    if padded_h < kh || padded_w < kw {
-        return Err(mismatch("kernel larger than the padded input"));
-    }
-    let geometry = Geometry {
-        channels: c,
-        in_h: h,
-        in_w: wd,
-        kernel_h: kh,
-        kernel_w: kw,
-        stride: params.stride,
-        padding: params.padding,
-        out_h: (padded_h - kh) / params.stride + 1,
-        out_w: (padded_w - kw) / params.stride + 1,
-    };
     let out_shape = [n, o, geometry.out_h, geometry.out_w];
     let out_len = out_shape
         .iter()
@@ -124,12 +131,13 @@ pub(crate) fn conv2d(
         .map_err(|e| mismatch(&e.to_string()))?;
     let panel_cols = panel_width(geometry.patch_len(), geometry.out_positions());
     let tasks = output_panels(&mut out3, panel_cols);
-    let image_len = c * h * wd;
+    let (channels, in_positions) = (geometry.channels, geometry.in_h * geometry.in_w);
+    let image_len = channels * in_positions;
     let compute = |col_buffer: &mut Vec<f32>, panel: Panel<'_>, parallelism| {
         let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
         let (first, width) = (panel.first_position, panel.out.ncols());
         let cols = if geometry.is_pointwise() {
-            matrix(image, c, h * wd)?.slice_move(s![.., first..first + width])
+            matrix(image, channels, in_positions)?.slice_move(s![.., first..first + width])
         } else {
             let buffer = &mut col_buffer[..geometry.patch_len() * width];
             im2col_panel(&geometry, image, first, width, buffer);
@@ -137,7 +145,12 @@ pub(crate) fn conv2d(
         };
         multiply_panel(weights, cols, bias, panel.out, parallelism)
     };
-    let new_buffer = || vec![0.0f32; geometry.patch_len() * panel_cols];
+    let buffer_len = if geometry.is_pointwise() {
+        0
+    } else {
+        geometry.patch_len() * panel_cols
+    };
+    let new_buffer = || vec![0.0f32; buffer_len];
 
     if tasks.len() >= rayon::current_num_threads() * MIN_TASKS_PER_THREAD {
         tasks
