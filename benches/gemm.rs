@@ -266,6 +266,7 @@ const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("conv3x3 im2col (4096,2880,320)", 4096, 2880, 320),
     ("conv3x3 32x32 (1024,5760,640)", 1024, 5760, 640),
     ("clip proj (77,768,768)", 77, 768, 768),
+    ("geglu proj 2x64x64 (8192,320,2560)", 8192, 320, 2560),
 ];
 
 /// GFLOP/s of one measurement: over wall time, and per busy core (over process CPU time).
