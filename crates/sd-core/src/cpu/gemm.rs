@@ -102,7 +102,10 @@ pub fn sgemm(
     }
 
     let threads = rayon::current_num_threads();
-    if parallelism == Parallelism::Parallel && threads > 1 && m * k * n >= SPLIT_MIN_MACS {
+    if parallelism == Parallelism::Parallel
+        && threads > 1
+        && m.saturating_mul(k).saturating_mul(n) >= SPLIT_MIN_MACS
+    {
         split_over_threads(alpha, a, b, beta, c, threads);
     } else {
         engine_gemm(alpha, a, b, beta, c);

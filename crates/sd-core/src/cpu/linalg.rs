@@ -8,10 +8,12 @@ use super::gemm::{Parallelism, sgemm};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
-/// Below this many multiply-adds per matrix, a batch is spread over the cores one matrix per
-/// task instead of splitting each product: the engine would not thread such a small product
-/// anyway (its own threshold is 48·48·256 ≈ 590k).
+/// A batch is spread over the cores one matrix per task (instead of threading each product in
+/// turn) when its matrices are this small (sgemm would not thread them)...
 const SMALL_PRODUCT_MACS: usize = 1 << 20;
+/// ...or when there are at least this many matrices per thread, enough to keep the threads
+/// evenly busy (attention's batch × heads products).
+const BATCH_TASKS_PER_THREAD: usize = 4;
 
 /// Rows per task when filling an output with its bias.
 const FILL_MIN_ROWS: usize = 64;
@@ -57,7 +59,9 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         };
         // chunks_mut panics on a zero chunk size; an empty output has nothing to compute.
         if m * n > 0 {
-            if batch > 1 && m * k * n < SMALL_PRODUCT_MACS {
+            let small = m.saturating_mul(k).saturating_mul(n) < SMALL_PRODUCT_MACS;
+            let many = batch >= BATCH_TASKS_PER_THREAD * rayon::current_num_threads();
+            if batch > 1 && (small || many) {
                 out.par_chunks_mut(m * n)
                     .enumerate()
                     .try_for_each(|ic| product(ic, Parallelism::Serial))?;
