@@ -447,3 +447,60 @@ fn conv2d_rejects_mismatched_shapes() {
         );
     }
 }
+
+#[test]
+fn empty_dimensions_give_empty_or_bias_only_outputs() {
+    let cpu = CpuBackend;
+    // k = 0: every output element is an empty sum.
+    let got = cpu
+        .matmul(&tensor(&[2, 3, 0], 1), &tensor(&[0, 4], 2))
+        .expect("matmul k=0");
+    assert_eq!(got.shape(), [2, 3, 4]);
+    assert!(got.data().iter().all(|&v| v == 0.0));
+    let got = cpu
+        .matmul(&tensor(&[0, 3, 2], 1), &tensor(&[0, 2, 4], 2))
+        .expect("matmul batch 0");
+    assert_eq!(got.shape(), [0, 3, 4]);
+    // No rows, no output features, no input features (bias only).
+    let got = cpu
+        .linear(&tensor(&[0, 5], 1), &tensor(&[3, 5], 2), None)
+        .expect("linear rows 0");
+    assert_eq!(got.shape(), [0, 3]);
+    let bias = tensor(&[0], 3);
+    let got = cpu
+        .linear(&tensor(&[2, 5], 1), &tensor(&[0, 5], 2), Some(&bias))
+        .expect("linear out 0");
+    assert_eq!(got.shape(), [2, 0]);
+    let bias = tensor(&[3], 3);
+    let got = cpu
+        .linear(&tensor(&[2, 0], 1), &tensor(&[3, 0], 2), Some(&bias))
+        .expect("linear in 0");
+    assert_eq!(got.data(), [bias.data(), bias.data()].concat());
+    // Convolutions with no images, no output channels, no input channels (bias only).
+    let w = tensor(&[2, 3, 3, 3], 2);
+    let got = cpu
+        .conv2d(&tensor(&[0, 3, 5, 5], 1), &w, None, Conv2dParams::same(1))
+        .expect("conv n 0");
+    assert_eq!(got.shape(), [0, 2, 5, 5]);
+    let got = cpu
+        .conv2d(
+            &tensor(&[1, 3, 5, 5], 1),
+            &tensor(&[0, 3, 3, 3], 2),
+            None,
+            Conv2dParams::same(1),
+        )
+        .expect("conv o 0");
+    assert_eq!(got.shape(), [1, 0, 5, 5]);
+    let bias = tensor(&[2], 3);
+    let got = cpu
+        .conv2d(
+            &tensor(&[1, 0, 4, 4], 1),
+            &tensor(&[2, 0, 3, 3], 2),
+            Some(&bias),
+            Conv2dParams::same(1),
+        )
+        .expect("conv c 0");
+    assert_eq!(got.shape(), [1, 2, 4, 4]);
+    assert!(got.data()[..16].iter().all(|&v| v == bias.data()[0]));
+    assert!(got.data()[16..].iter().all(|&v| v == bias.data()[1]));
+}
