@@ -1,18 +1,27 @@
 //! The GEMM engine under linalg, conv and attention: `c ← α·a·b + β·c` on strided f32 views.
 //!
 //! The engine is the `gemm` crate (0.19), chosen by measurement (`cargo bench --bench gemm
-//! --features bench-openblas`) on the project's 2-core AMD EPYC (Zen 4, AVX-512) machines.
-//! Per busy core (flops ÷ process CPU time, the number that survives a shared, loaded machine)
-//! it matched matrixmultiply 0.3 and OpenBLAS 0.3.21 on the square 4096³ product (≈ 100 GFLOP/s
-//! per core, the three within 5%) and beat both on SD's skinny products: 95 vs 84/94 GFLOP/s
-//! on (4096, 320, 320), 101 vs 91/100 on (1024, 5760, 640), and 103 vs 19/83 on CLIP's
-//! (77, 768, 768), where matrixmultiply's threads mostly wait. It is also pure Rust (no system
-//! library to install) and picks its AVX-512 kernels at run time.
+//! --features bench-openblas`) on the project's 2-core AMD EPYC (Zen 4, AVX-512) machines,
+//! 2 threads, GFLOP/s over wall time in a quiet spell (two runs):
+//!
+//! | (m, k, n)          | matrixmultiply | gemm, own threads | OpenBLAS 0.3.21 | this module |
+//! |--------------------|----------------|-------------------|-----------------|-------------|
+//! | 4096, 4096, 4096   | 178–179        | 167–169           | 196–198         | 193–199     |
+//! | 4096, 320, 320     | 86–98          | 153–194           | 161–181         | 159–185     |
+//! | 4096, 2880, 320    | 161–164        | 149–162           | 169–172         | 183–200     |
+//! | 1024, 5760, 640    | 179–182        | 171–205           | 199–201         | 196–198     |
+//! | 77, 768, 768       | 71–86          | 155–192           | 138–162         | 156–188     |
+//!
+//! OpenBLAS and the `gemm` crate's AVX-512 kernels are within a few percent of each other on
+//! large products (≈ 100 GFLOP/s per core); the `gemm` crate is clearly ahead on small ones
+//! like CLIP's, and matrixmultiply (AVX2 kernels, its own thread pool) trails everywhere. The
+//! `gemm` crate is also pure Rust: no system library to install, kernels picked at run time.
 //!
 //! Threading is ours, not the engine's: a large product is cut into blocks of rows or columns
-//! that rayon runs as independent single-threaded products ([`Parallelism::Parallel`]). That ran
-//! at 98–100 GFLOP/s per core where the engine's own threading, which synchronises its threads
-//! inside the product, ran at 89–95.
+//! that rayon runs as independent single-threaded products ([`Parallelism::Parallel`]) —
+//! "this module" above. That matched or beat the engine's own threading, which synchronises its
+//! threads inside the product, on every shape, and a core lost to another process for a while
+//! only delays the blocks it holds.
 //!
 //! Operands are ndarray views, so any row/column strides work (a transposed weight is just
 //! `w.t()`), bounds are checked by ndarray when the view is made, and a mutable view can be
