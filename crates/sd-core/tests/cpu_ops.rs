@@ -985,3 +985,168 @@ fn layout_ops_reject_bad_arguments() {
     assert!(is_shape_error(b.embedding(&table, &[0, 1], &[3])));
     assert!(is_shape_error(b.embedding(&x, &[0], &[1])));
 }
+
+// ---- timings ------------------------------------------------------------------------------
+
+/// Wall-clock timings of the ops at SD 1.5 sizes (512×512). Not a test: it asserts nothing and
+/// only runs on request:
+/// `cargo test --release -p sd-core --test cpu_ops -- --ignored --nocapture sd_sized`
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+fn timings_of_sd_sized_ops() {
+    use std::time::Instant;
+    let b = cpu();
+    let random =
+        |shape: &[usize], seed: u64| tensor(shape, pseudo_random(shape.iter().product(), seed));
+    /// Median wall time of `runs` calls, in seconds.
+    fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[runs / 2]
+    }
+    let report = |name: &str, secs: f64, flops: Option<f64>| match flops {
+        Some(f) => println!(
+            "{name:<52} {:>9.2} ms  {:>6.1} GFLOP/s",
+            secs * 1e3,
+            f / secs / 1e9
+        ),
+        None => println!("{name:<52} {:>9.2} ms", secs * 1e3),
+    };
+
+    // (label, batch, queries, keys, features, heads, causal, runs)
+    let attention_cases = [
+        (
+            "attention self  [2,4096,320] 8 heads d=40",
+            2,
+            4096,
+            4096,
+            320,
+            8,
+            false,
+            3,
+        ),
+        (
+            "attention VAE   [1,4096,512] 1 head d=512",
+            1,
+            4096,
+            4096,
+            512,
+            1,
+            false,
+            3,
+        ),
+        (
+            "attention cross [2,4096,320]x[2,77,320] 8 heads",
+            2,
+            4096,
+            77,
+            320,
+            8,
+            false,
+            9,
+        ),
+        (
+            "attention CLIP causal [1,77,768] 12 heads d=64",
+            1,
+            77,
+            77,
+            768,
+            12,
+            true,
+            21,
+        ),
+    ];
+    for (name, batch, sq, sk, features, heads, causal, runs) in attention_cases {
+        let q = random(&[batch, sq, features], 1);
+        let k = random(&[batch, sk, features], 2);
+        let v = random(&[batch, sk, features], 3);
+        let scale = 1.0 / ((features / heads) as f32).sqrt();
+        let secs = median_secs(runs, || {
+            b.attention(&q, &k, &v, heads, scale, causal)
+                .expect("valid");
+        });
+        // Two products of batch·sq·sk·features multiply-adds each (half of them when causal).
+        let mut flops = 4.0 * (batch * sq * sk * features) as f64;
+        if causal {
+            flops /= 2.0;
+        }
+        report(name, secs, Some(flops));
+    }
+
+    let map = random(&[2, 320, 64, 64], 4);
+    let (gamma, beta) = (random(&[320], 5), random(&[320], 6));
+    let secs = median_secs(21, || {
+        b.group_norm(&map, 32, &gamma, &beta, 1e-5, true)
+            .expect("valid");
+    });
+    report("group_norm+silu [2,320,64,64] 32 groups", secs, None);
+    let secs = median_secs(21, || {
+        b.group_norm(&map, 32, &gamma, &beta, 1e-5, false)
+            .expect("valid");
+    });
+    report("group_norm      [2,320,64,64] 32 groups", secs, None);
+
+    let tokens = random(&[2, 4096, 320], 7);
+    let secs = median_secs(21, || {
+        b.layer_norm(&tokens, &gamma, &beta, 1e-5).expect("valid");
+    });
+    report("layer_norm [2,4096,320]", secs, None);
+
+    let bias = random(&[2, 320, 1, 1], 8);
+    let logits = random(&[8, 4096, 77], 9);
+    let ff_hidden = random(&[2, 4096, 2560], 10);
+    let channels_first = random(&[2, 320, 4096], 11);
+    let small_map = random(&[2, 640, 32, 32], 12);
+    let ops: [(&str, Box<dyn Fn() -> Result<CpuTensor>>); 9] = [
+        (
+            "silu [2,320,64,64]",
+            Box::new(|| b.unary(&map, UnaryOp::Silu)),
+        ),
+        (
+            "gelu [2,320,64,64]",
+            Box::new(|| b.unary(&map, UnaryOp::Gelu)),
+        ),
+        (
+            "add [2,320,64,64] + [2,320,64,64]",
+            Box::new(|| b.add(&map, &map)),
+        ),
+        (
+            "add [2,320,64,64] + [2,320,1,1]",
+            Box::new(|| b.add(&map, &bias)),
+        ),
+        (
+            "add [2,4096,320] + [320]",
+            Box::new(|| b.add(&tokens, &gamma)),
+        ),
+        ("softmax [8,4096,77]", Box::new(|| b.softmax(&logits))),
+        (
+            "geglu [2,4096,2560] -> [2,4096,1280]",
+            Box::new(|| b.geglu(&ff_hidden)),
+        ),
+        (
+            "permute [2,320,4096] -> [2,4096,320]",
+            Box::new(|| b.permute(&channels_first, &[0, 2, 1])),
+        ),
+        (
+            "upsample_nearest2x [2,640,32,32]",
+            Box::new(|| b.upsample_nearest2x(&small_map)),
+        ),
+    ];
+    for (name, op) in &ops {
+        let secs = median_secs(21, || {
+            op().expect("valid");
+        });
+        report(name, secs, None);
+    }
+    let secs = median_secs(21, || {
+        b.concat(&[&small_map, &small_map], 1).expect("valid");
+    });
+    report("concat 2x[2,640,32,32] along channels", secs, None);
+}

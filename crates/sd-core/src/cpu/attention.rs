@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::CpuTensor;
-use super::elementwise::exp;
+use super::elementwise::{exp, vectorized};
 use super::norm::{exp_shifted_in_place, row_max};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
@@ -213,30 +213,15 @@ impl QueryBlock<'_> {
             let scores = &mut scratch.scores[..rows * key_count];
             gemm(scale, q, k_transposed, 0.0, scores, key_count);
 
-            let score_rows = scores.chunks_exact_mut(key_count);
-            let acc_rows = acc.chunks_exact_mut(d);
-            let stats = running_max.iter_mut().zip(running_sum.iter_mut());
-            for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
-                if causal {
-                    let visible = (self.first_query + r + 1).saturating_sub(first_key);
-                    if visible < key_count {
-                        s[visible..].fill(f32::NEG_INFINITY);
-                    }
-                }
-                let new_max = m.max(row_max(s));
-                if new_max == f32::NEG_INFINITY {
-                    // Every key so far is masked: contributes nothing yet.
-                    s.fill(0.0);
-                    continue;
-                }
-                let rescale = exp(*m - new_max);
-                let block_sum = exp_shifted_in_place(s, new_max);
-                *l = *l * rescale + block_sum;
-                *m = new_max;
-                if rescale != 1.0 {
-                    acc_row.iter_mut().for_each(|a| *a *= rescale);
-                }
-            }
+            let tile = ScoreTile {
+                first_query: self.first_query,
+                first_key,
+                causal,
+            };
+            vectorized(
+                #[inline(always)]
+                || tile.softmax_step(scores, acc, running_max, running_sum),
+            );
 
             let probabilities = Strided {
                 data: scores,
@@ -260,6 +245,57 @@ impl QueryBlock<'_> {
             let inv = 1.0 / l;
             for (o, &a) in out_row[col..col + d].iter_mut().zip(acc_row) {
                 *o = a * inv;
+            }
+        }
+    }
+}
+
+/// Where a score tile sits, for the online-softmax update of its rows.
+#[derive(Debug, Clone, Copy)]
+struct ScoreTile {
+    first_query: usize,
+    first_key: usize,
+    causal: bool,
+}
+
+impl ScoreTile {
+    /// One online-softmax step over a tile of scores (`rows × keys`, keys = `scores.len() /
+    /// rows`): mask, update each row's running max and sum, turn the scores into
+    /// `exp(score − max)` in place, and rescale the rows of `acc` already accumulated under
+    /// an older max.
+    #[inline(always)]
+    fn softmax_step(
+        self,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+    ) {
+        let rows = running_max.len();
+        let key_count = scores.len() / rows;
+        let d = acc.len() / rows;
+        let score_rows = scores.chunks_exact_mut(key_count);
+        let acc_rows = acc.chunks_exact_mut(d);
+        let stats = running_max.iter_mut().zip(running_sum.iter_mut());
+        for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
+            if self.causal {
+                let visible = (self.first_query + r + 1).saturating_sub(self.first_key);
+                if visible < key_count {
+                    s[visible..].fill(f32::NEG_INFINITY);
+                }
+            }
+            let new_max = m.max(row_max(s));
+            if new_max == f32::NEG_INFINITY {
+                // Every key so far is masked: contributes nothing yet.
+                s.fill(0.0);
+                continue;
+            }
+            let rescale = exp(*m - new_max);
+            let block_sum = exp_shifted_in_place(s, new_max);
+            *l = *l * rescale + block_sum;
+            *m = new_max;
+            if rescale != 1.0 {
+                acc_row.iter_mut().for_each(|a| *a *= rescale);
             }
         }
     }
