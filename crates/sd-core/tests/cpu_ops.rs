@@ -226,8 +226,8 @@ proptest! {
 
 #[test]
 fn causal_self_attention_spanning_query_and_key_blocks_matches_full_softmax() {
-    // sq = sk = 300: query blocks of 64 and key blocks of 256 cut the causal diagonal in
-    // several places.
+    // sq = sk = 300: query blocks (64 rows or more) and key blocks (256) cut the causal
+    // diagonal in several places.
     let (batch, len, heads, head_dim) = (2, 300, 2, 5);
     let features = heads * head_dim;
     let fill = |seed: usize, n: usize| -> Vec<f32> {
