@@ -525,7 +525,8 @@ proptest! {
         // Up to ±10: GELU's tails and the sigmoid's saturation.
         let x: Vec<f32> = x.into_iter().map(|v| v * spread).collect();
         let input = tensor(&shape, x.clone());
-        let cases: [(UnaryOp, fn(f64) -> f64); 3] = [
+        type Formula = fn(f64) -> f64;
+        let cases: [(UnaryOp, Formula); 3] = [
             (UnaryOp::Silu, |v| v * sigmoid(v)),
             (UnaryOp::Gelu, gelu),
             (UnaryOp::QuickGelu, |v| v * sigmoid(1.702 * v)),
@@ -1104,7 +1105,8 @@ fn timings_of_sd_sized_ops() {
     let ff_hidden = random(&[2, 4096, 2560], 10);
     let channels_first = random(&[2, 320, 4096], 11);
     let small_map = random(&[2, 640, 32, 32], 12);
-    let ops: [(&str, Box<dyn Fn() -> Result<CpuTensor>>); 9] = [
+    type Op<'a> = Box<dyn Fn() -> Result<CpuTensor> + 'a>;
+    let ops: [(&str, Op<'_>); 9] = [
         (
             "silu [2,320,64,64]",
             Box::new(|| b.unary(&map, UnaryOp::Silu)),
