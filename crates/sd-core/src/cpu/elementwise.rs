@@ -42,7 +42,7 @@ pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
 
 // ---- scalar math --------------------------------------------------------------------------
 
-/// `e^x` in f32, about 1 ulp, written without calls or branches so that loops over it
+/// `e^x` in f32 (within 2 ulp), written without calls or branches so that loops over it
 /// vectorise (std's `f32::exp` is a libm call per element).
 ///
 /// Range reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`, then `e^r = 1 + r + r²·Q(r)`. `Q` is a
