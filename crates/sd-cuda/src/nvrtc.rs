@@ -111,7 +111,10 @@ pub fn version() -> Result<(i32, i32)> {
     require_nvrtc()?;
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two valid out-pointers.
-    check(unsafe { sys::nvrtcVersion(&mut major, &mut minor) }, "version")?;
+    check(
+        unsafe { sys::nvrtcVersion(&mut major, &mut minor) },
+        "version",
+    )?;
     Ok((major, minor))
 }
 

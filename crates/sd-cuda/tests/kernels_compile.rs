@@ -7,6 +7,8 @@
 //! Without libnvrtc on the loader path the test prints why and passes, unless `REQUIRE_NVRTC=1`
 //! (CI sets it after `.ci/nvrtc.sh`), when it fails.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+
 use sd_cuda::kernels::KernelFile;
 use sd_cuda::nvrtc::{self, Target};
 
@@ -93,7 +95,8 @@ fn a_broken_kernel_is_reported_with_the_compiler_log() {
     if !nvrtc_or_skip() {
         return;
     }
-    let source = "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = 1.0f }\n";
+    let source =
+        "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = 1.0f }\n";
     let err = nvrtc::compile_source("broken.cu", source, ARCHS[0], &[]).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("broken.cu"), "{message}");
