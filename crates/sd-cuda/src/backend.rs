@@ -65,11 +65,6 @@ impl CudaBackend {
                 "the CUDA backend stores F16 or F32, not BF16",
             ));
         }
-        if !nvrtc::nvrtc_present() {
-            // Checked before the device so the message names the missing piece even on a
-            // machine with a GPU.
-            nvrtc::version()?;
-        }
         let device = device::open(ordinal)?;
         Ok(CudaBackend {
             device,
