@@ -193,17 +193,17 @@ impl CudaBackend {
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .ok_or_else(|| Error::shape(op, format!("shape {shape:?} has too many elements")))?;
+        // The driver refuses zero-byte allocations; an empty tensor keeps one unused element.
+        let len = len.max(1);
         let stream = &self.device.stream;
         let alloc = driver_error("allocate device memory");
-        let buffer = match (self.dtype, len, zeroed) {
-            (DType::F16, 0, _) => Buffer::F16(stream.null().map_err(alloc)?),
-            (DType::F16, _, true) => Buffer::F16(stream.alloc_zeros(len).map_err(alloc)?),
+        let buffer = match (self.dtype, zeroed) {
+            (DType::F16, true) => Buffer::F16(stream.alloc_zeros(len).map_err(alloc)?),
             // SAFETY: callers write every element before anything reads it.
-            (DType::F16, _, false) => Buffer::F16(unsafe { stream.alloc(len) }.map_err(alloc)?),
-            (_, 0, _) => Buffer::F32(stream.null().map_err(alloc)?),
-            (_, _, true) => Buffer::F32(stream.alloc_zeros(len).map_err(alloc)?),
+            (DType::F16, false) => Buffer::F16(unsafe { stream.alloc(len) }.map_err(alloc)?),
+            (_, true) => Buffer::F32(stream.alloc_zeros(len).map_err(alloc)?),
             // SAFETY: as above.
-            (_, _, false) => Buffer::F32(unsafe { stream.alloc(len) }.map_err(alloc)?),
+            (_, false) => Buffer::F32(unsafe { stream.alloc(len) }.map_err(alloc)?),
         };
         Ok(CudaTensor {
             buffer: Arc::new(buffer),
@@ -231,17 +231,20 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, host: &HostTensor) -> Result<CudaTensor> {
-        let values: Vec<f32> = host.iter().copied().collect();
+        if host.is_empty() {
+            return self.uninit("upload", host.shape());
+        }
         let stream = &self.device.stream;
         let copy = driver_error("copy to the device");
-        let buffer = match (self.dtype, values.len()) {
-            (DType::F16, 0) => Buffer::F16(stream.null().map_err(copy)?),
-            (DType::F16, _) => {
-                let bits: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let buffer = match self.dtype {
+            DType::F16 => {
+                let bits: Vec<u16> = host.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
                 Buffer::F16(stream.clone_htod(&bits).map_err(copy)?)
             }
-            (_, 0) => Buffer::F32(stream.null().map_err(copy)?),
-            (_, _) => Buffer::F32(stream.clone_htod(&values).map_err(copy)?),
+            _ => {
+                let values: Vec<f32> = host.iter().copied().collect();
+                Buffer::F32(stream.clone_htod(&values).map_err(copy)?)
+            }
         };
         Ok(CudaTensor {
             buffer: Arc::new(buffer),

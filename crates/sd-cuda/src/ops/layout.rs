@@ -37,21 +37,9 @@ pub(crate) fn permute(b: &CudaBackend, x: &CudaTensor, axes: &[usize]) -> Result
     }
     let walk = Walk::permute(shape, axes);
     if let Some((batch, rows, cols)) = walk.as_transpose()
-        && let Ok(batch_blocks) = launch::grid_yz("permute", batch)
+        && let Some(cfg) = transpose_launch(batch, rows, cols)
     {
-        let (rows, cols) = (
-            launch::to_u32("permute", "rows", rows)?,
-            launch::to_u32("permute", "cols", cols)?,
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (
-                launch::grid_x("permute", (cols as usize).div_ceil(TILE))?,
-                launch::grid_yz("permute", (rows as usize).div_ceil(TILE))?,
-                batch_blocks,
-            ),
-            block_dim: (TILE as u32, TILE_ROWS, 1),
-            shared_mem_bytes: 0,
-        };
+        let (rows, cols) = (rows as u32, cols as u32);
         let f = b.typed_kernel(KernelFile::Layout, "transpose")?;
         let mut args = b.stream().launch_builder(&f);
         args.tensor(x).tensor(&out).arg(&rows).arg(&cols);
@@ -75,6 +63,23 @@ pub(crate) fn permute(b: &CudaBackend, x: &CudaTensor, axes: &[usize]) -> Result
     unsafe { args.launch(launch::elementwise(n, b.sm_count())) }
         .map_err(driver_error("permute"))?;
     Ok(out)
+}
+
+/// The tiled transpose's launch for a `[batch, rows, cols]` source: tiles of 32×32 over
+/// (cols, rows), one grid layer per batch. `None` when the grid would exceed CUDA's limits or
+/// the sizes 32 bits (the general permute kernel then does it).
+fn transpose_launch(batch: usize, rows: usize, cols: usize) -> Option<LaunchConfig> {
+    u32::try_from(rows).ok()?;
+    u32::try_from(cols).ok()?;
+    Some(LaunchConfig {
+        grid_dim: (
+            launch::grid_x("permute", cols.div_ceil(TILE)).ok()?,
+            launch::grid_yz("permute", rows.div_ceil(TILE)).ok()?,
+            launch::grid_yz("permute", batch).ok()?,
+        ),
+        block_dim: (TILE as u32, TILE_ROWS, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// A block copy: `rows` runs of `cols` elements from `x` (runs `src_pitch` apart, starting at
@@ -295,4 +300,23 @@ pub(crate) fn embedding(
     unsafe { args.launch(launch::elementwise(total, b.sm_count())) }
         .map_err(driver_error("embedding"))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose_launch;
+
+    #[test]
+    fn transposes_tile_the_source_and_fall_back_past_grid_limits() {
+        // The UNet's [2, 320, 4096] → [2, 4096, 320].
+        let cfg = transpose_launch(2, 320, 4096).expect("fits");
+        assert_eq!(cfg.grid_dim, (128, 10, 2));
+        assert_eq!(cfg.block_dim, (32, 8, 1));
+        assert_eq!(
+            transpose_launch(1, 1, 1).map(|c| c.grid_dim),
+            Some((1, 1, 1))
+        );
+        assert!(transpose_launch(70_000, 4, 4).is_none());
+        assert!(transpose_launch(1, 32 * 65_536, 4).is_none());
+    }
 }
