@@ -31,6 +31,19 @@
 //! ([`nvrtc`]) at first use to machine code for the device, once per process. They include no
 //! toolkit headers. GEMMs (linear, matmul, convolutions after im2col) go to cuBLAS; attention in
 //! f16 runs a tensor-core flash kernel (`mma.sync`) that never materialises the score matrix.
+//! (`tools/flash_attention_model.py` replays that kernel's fragment indexing in numpy.)
+//!
+//! # Tests without a GPU
+//!
+//! - `tests/kernels_compile.rs` compiles every kernel for sm_80 and sm_90 with NVRTC (no GPU
+//!   needed) and fails on compile errors and register spills. It skips, printing why, when
+//!   libnvrtc.so.12 is not on the loader path, unless `REQUIRE_NVRTC=1`. `.ci/nvrtc.sh` fetches
+//!   NVRTC from PyPI: `eval "$(.ci/nvrtc.sh)"`.
+//! - `tests/no_device.rs`: a machine without a device gets a typed error, not a panic.
+//! - `tests/ops_vs_cpu.rs` (every op vs the CPU backend, random shapes, f32 and f16) and
+//!   `tests/clip_on_cuda.rs` (the tiny fixture CLIP end to end) need a device; without one they
+//!   print "skipped" and pass, which says nothing about the GPU. `REQUIRE_CUDA=1` makes them fail
+//!   instead.
 
 mod backend;
 mod device;
