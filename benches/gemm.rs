@@ -12,9 +12,11 @@
 //! (see `sd_core::cpu::gemm`). A plain-timing harness rather than criterion: one 4096³ product
 //! takes about a second here, and we want one table with all engines side by side.
 
-// Links the system OpenBLAS that ndarray's `blas` feature calls into.
+// ndarray's `blas` feature declares the CBLAS functions (cblas-sys) without providing them;
+// this links the system OpenBLAS that defines them.
 #[cfg(feature = "bench-openblas")]
-use blas_src as _;
+#[link(name = "openblas")]
+unsafe extern "C" {}
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -3,16 +3,6 @@
 use super::CpuTensor;
 use crate::error::{Error, Result};
 
-pub(crate) fn attention(
-    _q: &CpuTensor,
-    _k: &CpuTensor,
-    _v: &CpuTensor,
-    _heads: usize,
-    _scale: f32,
-    _causal: bool,
-) -> Result<CpuTensor> {
-    Err(Error::Backend {
-        backend: "cpu",
-        reason: "op not implemented yet".into(),
-    })
+pub(crate) fn attention(_q: &CpuTensor, _k: &CpuTensor, _v: &CpuTensor, _heads: usize, _scale: f32, _causal: bool) -> Result<CpuTensor> {
+    Err(Error::Backend { backend: "cpu", reason: "op not implemented yet".into() })
 }
