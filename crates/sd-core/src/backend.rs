@@ -35,10 +35,7 @@ pub struct Conv2dParams {
 impl Conv2dParams {
     /// Stride 1 with `padding` zeros on each side (3×3 "same" convs use padding 1).
     pub fn same(padding: usize) -> Self {
-        Conv2dParams {
-            stride: 1,
-            padding,
-        }
+        Conv2dParams { stride: 1, padding }
     }
 }
 
@@ -69,8 +66,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn permute(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
 
     /// The slice `start..start+len` along `axis`.
-    fn narrow(&self, x: &Self::Tensor, axis: usize, start: usize, len: usize)
-    -> Result<Self::Tensor>;
+    fn narrow(
+        &self,
+        x: &Self::Tensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Tensor>;
 
     /// Concatenate along `axis`; all other dimensions must agree (UNet skip connections
     /// concatenate along channels).
@@ -216,8 +218,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i < rank - a.len() { 1 } else { a[i - (rank - a.len())] };
-        let db = if i < rank - b.len() { 1 } else { b[i - (rank - b.len())] };
+        let da = if i < rank - a.len() {
+            1
+        } else {
+            a[i - (rank - a.len())]
+        };
+        let db = if i < rank - b.len() {
+            1
+        } else {
+            b[i - (rank - b.len())]
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
