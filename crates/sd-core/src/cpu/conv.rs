@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 /// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows,
 /// GFLOP per busy core): 2–8 MiB panels ran at the same speed, 0.25–1 MiB ones 5–30% slower
 /// (each panel's product re-packs the whole weight matrix, so narrow panels pay for it often).
-/// 4 MiB is 0.5% of the 47 MB a whole 320×64×64 im2col would take.
+/// 4 MiB is 9% of the 47 MB a whole 320×64×64 im2col would take. The multi-panel tests in
+/// tests/cpu_linalg_ops.rs assume at most 8 MiB.
 const PANEL_BYTES: usize = 4 << 20;
 /// With fewer (image, panel) tasks than this per thread, the panels are done one after the
 /// other, each product threaded over output channels instead (SD's 8×8 latents at batch 1
