@@ -79,6 +79,10 @@ pub enum Error {
     #[error("{op}: unsupported dtype {dtype:?}")]
     OpDtype { op: &'static str, dtype: DType },
 
+    /// A generation was stopped by its progress callback.
+    #[error("cancelled after step {step} of {total}")]
+    Cancelled { step: usize, total: usize },
+
     /// A backend-specific failure (driver, compiler, allocation).
     #[error("{backend} backend: {reason}")]
     Backend {
