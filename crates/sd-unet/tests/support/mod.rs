@@ -56,6 +56,15 @@ impl Goldens {
         t.iter().copied().next().unwrap()
     }
 
+    /// A `__metadata__` entry of the file.
+    pub fn metadata(&self, key: &str) -> String {
+        self.file
+            .metadata()
+            .get(key)
+            .unwrap_or_else(|| panic!("no metadata {key}"))
+            .clone()
+    }
+
     /// The case names (`<case>/...` prefixes) in the file, sorted.
     pub fn cases(&self) -> Vec<String> {
         let mut cases: Vec<String> = self
