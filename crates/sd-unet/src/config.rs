@@ -47,11 +47,25 @@ impl UpBlockType {
 }
 
 /// A setting given once for every block or as one value per down block.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum PerBlock<T> {
     All(T),
     Each(Vec<T>),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for PerBlock<T> {
+    // By hand rather than `#[serde(untagged)]`, whose error does not say what was expected.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        if value.is_array() {
+            serde_json::from_value(value).map(PerBlock::Each)
+        } else {
+            serde_json::from_value(value).map(PerBlock::All)
+        }
+        .map_err(|e| {
+            serde::de::Error::custom(format!("{e} (a value, or a list of one value per block)"))
+        })
+    }
 }
 
 impl<T: Copy + Default> PerBlock<T> {
