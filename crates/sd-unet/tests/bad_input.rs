@@ -27,6 +27,9 @@ fn parse_edited(
 }
 
 /// The field named by a config error, panicking on any other outcome.
+/// A change to a config's JSON object.
+type Edit = fn(&mut serde_json::Map<String, Value>);
+
 fn config_error_field(result: sd_core::Result<UNetConfig>) -> String {
     match result {
         Err(Error::Config {
@@ -83,7 +86,7 @@ fn values_of_the_wrong_type_are_named() {
 
 #[test]
 fn inconsistent_channel_counts_are_named() {
-    let cases: [(&str, fn(&mut serde_json::Map<String, Value>)); 6] = [
+    let cases: [(&str, Edit); 6] = [
         // 48 channels do not split into 32 groups.
         ("block_out_channels", |c| {
             c["block_out_channels"] = json!([32, 48])

@@ -23,6 +23,9 @@ fn parse_edited(
     VaeConfig::from_json(&json.to_string(), "edited/vae/config.json")
 }
 
+/// A change to a config's JSON object.
+type Edit = fn(&mut serde_json::Map<String, Value>);
+
 fn config_error_field(result: sd_core::Result<VaeConfig>) -> String {
     match result {
         Err(Error::Config { field, reason, .. }) => {
@@ -35,7 +38,7 @@ fn config_error_field(result: sd_core::Result<VaeConfig>) -> String {
 
 #[test]
 fn config_errors_name_the_field() {
-    let cases: [(&str, fn(&mut serde_json::Map<String, Value>)); 7] = [
+    let cases: [(&str, Edit); 7] = [
         ("down_block_types[0]", |c| {
             c["down_block_types"] = json!(["AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
         }),
