@@ -98,3 +98,24 @@ pub fn assert_matches_golden(what: &str, ours: &CpuTensor, expected: &HostTensor
         "{what}: max abs error {err:e} exceeds {GOLDEN_MAX_ABS:e}"
     );
 }
+
+/// The folder `tools/full_size_goldens.py write` fills (`SD_FULL_SIZE_DIR`, default
+/// `/tmp/sd-full-size`): full-size SD 1.5 UNet and VAE with random weights and their goldens.
+pub fn full_size_dir() -> PathBuf {
+    std::env::var_os("SD_FULL_SIZE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/sd-full-size"))
+}
+
+/// The full-size goldens, or a panic saying how to make them.
+pub fn full_size_goldens() -> Goldens {
+    let path = full_size_dir().join("goldens.safetensors");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `python tools/full_size_goldens.py write` first",
+        path.display()
+    );
+    Goldens {
+        file: SafetensorsFile::open(&path).unwrap(),
+    }
+}
