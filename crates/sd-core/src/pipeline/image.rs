@@ -122,7 +122,8 @@ impl GrayImage {
             .pixels
             .chunks_exact(3)
             .map(|p| {
-                let luma = u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471;
+                let luma =
+                    u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471;
                 ((luma + 0x8000) >> 16) as u8
             })
             .collect();
@@ -174,7 +175,8 @@ mod tests {
         let pixels: Vec<u8> = (0..=255u8).flat_map(|v| [v, 255 - v, v / 2]).collect();
         let image = RgbImage::new(16, 16, pixels).unwrap();
         let tensor = image.to_tensor();
-        let back = RgbImage::from_tensor(tensor.index_axis(Axis(0), 0).into_dimensionality().unwrap());
+        let back =
+            RgbImage::from_tensor(tensor.index_axis(Axis(0), 0).into_dimensionality().unwrap());
         assert_eq!(back, image);
     }
 

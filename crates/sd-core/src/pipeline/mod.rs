@@ -305,8 +305,8 @@ where
             })
             .collect::<Result<Vec<_>>>()?;
         let mut parts: Vec<_> = scaled.iter().map(|s| s.view()).collect();
-        let scaled = concatenate(Axis(0), &parts)
-            .map_err(|e| Error::shape("model input", e.to_string()))?;
+        let scaled =
+            concatenate(Axis(0), &parts).map_err(|e| Error::shape("model input", e.to_string()))?;
         let Some(extra) = extra_channels else {
             return Ok(scaled);
         };

@@ -254,15 +254,25 @@ mod tests {
         let init = RgbImage::new(64, 128, vec![0; 64 * 128 * 3]).unwrap();
         let request = GenerationRequest::new("a").init_image(init, 0.5);
         let checked = SD15.check(&request).unwrap();
-        assert_eq!((checked.width, checked.height, checked.strength), (64, 128, 0.5));
+        assert_eq!(
+            (checked.width, checked.height, checked.strength),
+            (64, 128, 0.5)
+        );
     }
 
     #[test]
     fn bad_sizes_name_the_side_and_the_multiple() {
-        let err = SD15.check(&GenerationRequest::new("a").size(500, 512)).unwrap_err();
+        let err = SD15
+            .check(&GenerationRequest::new("a").size(500, 512))
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("width") && text.contains("500") && text.contains("64"), "{text}");
-        let err = SD15.check(&GenerationRequest::new("a").size(512, 0)).unwrap_err();
+        assert!(
+            text.contains("width") && text.contains("500") && text.contains("64"),
+            "{text}"
+        );
+        let err = SD15
+            .check(&GenerationRequest::new("a").size(512, 0))
+            .unwrap_err();
         assert!(err.to_string().contains("height"), "{err}");
     }
 
@@ -271,21 +281,43 @@ mod tests {
         let mask = GrayImage::new(64, 64, vec![0; 64 * 64]).unwrap();
         assert!(SD15.check(&GenerationRequest::new("a").mask(mask)).is_err());
         assert!(SD15.check(&GenerationRequest::new("a").steps(0)).is_err());
-        assert!(SD15.check(&GenerationRequest::new("a").batch_size(0)).is_err());
+        assert!(
+            SD15.check(&GenerationRequest::new("a").batch_size(0))
+                .is_err()
+        );
         let mut request = GenerationRequest::new("a").seeds(vec![1, 2]);
         request.batch_size = 3;
         assert!(SD15.check(&request).is_err());
-        assert!(SD15.check(&GenerationRequest::new("a").guidance_scale(f32::NAN)).is_err());
+        assert!(
+            SD15.check(&GenerationRequest::new("a").guidance_scale(f32::NAN))
+                .is_err()
+        );
         let init = RgbImage::new(64, 64, vec![0; 64 * 64 * 3]).unwrap();
         let request = GenerationRequest::new("a").init_image(init.clone(), 1.5);
-        assert!(SD15.check(&request).unwrap_err().to_string().contains("strength"));
-        let request = GenerationRequest::new("a").init_image(init, 0.5).size(128, 64);
-        assert!(SD15.check(&request).unwrap_err().to_string().contains("init_image"));
+        assert!(
+            SD15.check(&request)
+                .unwrap_err()
+                .to_string()
+                .contains("strength")
+        );
+        let request = GenerationRequest::new("a")
+            .init_image(init, 0.5)
+            .size(128, 64);
+        assert!(
+            SD15.check(&request)
+                .unwrap_err()
+                .to_string()
+                .contains("init_image")
+        );
     }
 
     #[test]
     fn guidance_above_one_turns_on_the_unconditional_pass() {
-        let at = |g| SD15.check(&GenerationRequest::new("a").guidance_scale(g)).unwrap().guided;
+        let at = |g| {
+            SD15.check(&GenerationRequest::new("a").guidance_scale(g))
+                .unwrap()
+                .guided
+        };
         assert!(!at(1.0));
         assert!(!at(0.5));
         assert!(at(1.01));

@@ -31,13 +31,21 @@ use super::image::downscale_nearest;
 pub(crate) enum Task {
     Txt2Img,
     /// Start from `image` (`[1, 3, H, W]` in `[-1, 1]`) noised to the start step.
-    Img2Img { image: HostTensor },
+    Img2Img {
+        image: HostTensor,
+    },
     /// An inpainting UNet: it sees the mask and the masked image's latents as extra channels.
     /// `mask` is `[1, 1, H, W]`, 1 = repaint.
-    Inpaint { image: HostTensor, mask: HostTensor },
+    Inpaint {
+        image: HostTensor,
+        mask: HostTensor,
+    },
     /// An ordinary UNet with a mask: after every step the kept region is reset to the image's
     /// latents noised to the next step's level.
-    BlendInpaint { image: HostTensor, mask: HostTensor },
+    BlendInpaint {
+        image: HostTensor,
+        mask: HostTensor,
+    },
 }
 
 /// The kept region's reference for [`Task::BlendInpaint`], per batch row.
@@ -88,7 +96,11 @@ struct Posterior {
 }
 
 impl Posterior {
-    fn encode<B: Backend, V: LatentCodec<B>>(backend: &B, codec: &V, image: &HostTensor) -> Result<Self> {
+    fn encode<B: Backend, V: LatentCodec<B>>(
+        backend: &B,
+        codec: &V,
+        image: &HostTensor,
+    ) -> Result<Self> {
         let dist = codec.encode(backend, &backend.upload(image)?)?;
         let mean = backend.download(&dist.mean)?;
         // diffusers clamps the log-variance before taking σ = exp(logvar / 2).
