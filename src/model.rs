@@ -14,8 +14,7 @@ use sd_vae::AutoencoderKL;
 use crate::configs::ModelConfigs;
 
 /// The concrete pipeline: CLIP, the UNet and the VAE on backend `B`.
-pub type SdPipeline<B> =
-    Pipeline<B, ClipTextEncoder<B>, UNet2DConditionModel<B>, AutoencoderKL<B>>;
+pub type SdPipeline<B> = Pipeline<B, ClipTextEncoder<B>, UNet2DConditionModel<B>, AutoencoderKL<B>>;
 
 /// The sampler of SD 1.5's own scheduler config (diffusers' default for it).
 pub const DEFAULT_SCHEDULER: &str = "PNDMScheduler";
@@ -87,7 +86,8 @@ impl<B: Backend> StableDiffusion<B> {
         let vae = AutoencoderKL::from_store(&backend, configs.vae, store)?;
         let text = ClipTextEncoder::new(text_model, configs.tokenizer);
         let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
-        let mut model = Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
+        let mut model =
+            Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
         model.weight_files = store.files().map(Path::to_path_buf).collect();
         Ok(model)
     }
@@ -175,10 +175,10 @@ impl<B: Backend> StableDiffusion<B> {
         request: &GenerationRequest,
         mut on_step: impl FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
-        let new_scheduler =
-            || -> Result<Box<dyn Scheduler>> { scheduler_from_name(&self.scheduler_name, &self.scheduler_config) };
+        let new_scheduler = || -> Result<Box<dyn Scheduler>> {
+            scheduler_from_name(&self.scheduler_name, &self.scheduler_config)
+        };
         self.pipeline
             .generate_with_progress(request, &new_scheduler, &mut on_step)
     }
 }
-

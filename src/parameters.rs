@@ -102,10 +102,14 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "a red fox, snow");
         assert_eq!(lines[1], "Negative prompt: blurry");
-        assert!(lines[2].starts_with(
-            "Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x768, \
+        assert!(
+            lines[2].starts_with(
+                "Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x768, \
              Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: sd-rs "
-        ), "{}", lines[2]);
+            ),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]

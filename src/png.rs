@@ -35,7 +35,8 @@ pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&s
     let path = path.as_ref();
     let file = File::create(path).map_err(|e| io_error(path, e))?;
     let side = |n: usize, what: &str| {
-        u32::try_from(n).map_err(|_| Error::invalid_argument(what, format!("{n} pixels is too large for PNG")))
+        u32::try_from(n)
+            .map_err(|_| Error::invalid_argument(what, format!("{n} pixels is too large for PNG")))
     };
     let mut encoder = Encoder::new(
         BufWriter::new(file),
@@ -46,14 +47,21 @@ pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&s
     encoder.set_depth(BitDepth::Eight);
     let encoding = |e: png::EncodingError| match e {
         png::EncodingError::IoError(source) => io_error(path, source),
-        other => Error::invalid_argument(path.display().to_string(), format!("cannot write PNG: {other}")),
+        other => Error::invalid_argument(
+            path.display().to_string(),
+            format!("cannot write PNG: {other}"),
+        ),
     };
     if let Some(text) = parameters {
         let key = PARAMETERS_KEY.to_string();
         if text.chars().all(|c| u32::from(c) < 256) {
-            encoder.add_text_chunk(key, text.to_string()).map_err(encoding)?;
+            encoder
+                .add_text_chunk(key, text.to_string())
+                .map_err(encoding)?;
         } else {
-            encoder.add_itxt_chunk(key, text.to_string()).map_err(encoding)?;
+            encoder
+                .add_itxt_chunk(key, text.to_string())
+                .map_err(encoding)?;
         }
     }
     let mut writer = encoder.write_header().map_err(encoding)?;
@@ -78,7 +86,9 @@ fn decode(path: &Path) -> Result<Decoded> {
         .output_buffer_size()
         .ok_or_else(|| not_png(path, "image too large"))?;
     let mut pixels = vec![0; size];
-    let frame = reader.next_frame(&mut pixels).map_err(|e| not_png(path, e))?;
+    let frame = reader
+        .next_frame(&mut pixels)
+        .map_err(|e| not_png(path, e))?;
     pixels.truncate(frame.buffer_size());
     Ok(Decoded {
         width: frame.width as usize,
@@ -94,9 +104,17 @@ pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let d = decode(path)?;
     let pixels: Vec<u8> = match d.color {
         ColorType::Rgb => d.pixels,
-        ColorType::Rgba => d.pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        ColorType::Rgba => d
+            .pixels
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         ColorType::Grayscale => d.pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-        ColorType::GrayscaleAlpha => d.pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        ColorType::GrayscaleAlpha => d
+            .pixels
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
     };
     RgbImage::new(d.width, d.height, pixels).map_err(|e| not_png(path, e))
@@ -108,9 +126,11 @@ pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
     let d = decode(path)?;
     match d.color {
         ColorType::Grayscale => GrayImage::new(d.width, d.height, d.pixels),
-        ColorType::GrayscaleAlpha => {
-            GrayImage::new(d.width, d.height, d.pixels.iter().step_by(2).copied().collect())
-        }
+        ColorType::GrayscaleAlpha => GrayImage::new(
+            d.width,
+            d.height,
+            d.pixels.iter().step_by(2).copied().collect(),
+        ),
         ColorType::Rgb | ColorType::Rgba => return Ok(GrayImage::from_rgb(&read_rgb(path)?)),
         ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
     }
@@ -129,7 +149,9 @@ pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>>
         .output_buffer_size()
         .ok_or_else(|| not_png(path, "image too large"))?;
     let mut pixels = vec![0; size];
-    reader.next_frame(&mut pixels).map_err(|e| not_png(path, e))?;
+    reader
+        .next_frame(&mut pixels)
+        .map_err(|e| not_png(path, e))?;
     reader.finish().map_err(|e| not_png(path, e))?;
     let info = reader.info();
     let mut chunks: Vec<(String, String)> = info

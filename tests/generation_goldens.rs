@@ -64,13 +64,17 @@ fn request_of(spec: &Value) -> GenerationRequest {
 fn pngs_of(spec: &Value) -> Vec<String> {
     match (&spec["png"], &spec["pngs"]) {
         (Value::String(png), _) => vec![png.clone()],
-        (_, Value::Array(pngs)) => pngs.iter().map(|p| p.as_str().unwrap().to_string()).collect(),
+        (_, Value::Array(pngs)) => pngs
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
         _ => panic!("run without png"),
     }
 }
 
 fn golden_latents(model: &str, key: &str) -> HostTensor {
-    let file = SafetensorsFile::open(goldens().join(model).join("generations.safetensors")).unwrap();
+    let file =
+        SafetensorsFile::open(goldens().join(model).join("generations.safetensors")).unwrap();
     file.get(&format!("{key}/latents")).unwrap()
 }
 
@@ -81,7 +85,11 @@ fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, ke
     let generation = sd.generate(&request_of(&spec)).unwrap();
 
     let expected = golden_latents(model, key);
-    assert_eq!(generation.latents.shape(), expected.shape(), "{model} {key}: latent shape");
+    assert_eq!(
+        generation.latents.shape(),
+        expected.shape(),
+        "{model} {key}: latent shape"
+    );
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     let max_diff = generation
         .latents
@@ -96,7 +104,11 @@ fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, ke
 
     for (image, png) in generation.images.iter().zip(pngs_of(&spec)) {
         let golden = read_rgb(goldens().join(model).join(&png)).unwrap();
-        assert_eq!((image.width(), image.height()), (golden.width(), golden.height()), "{png}");
+        assert_eq!(
+            (image.width(), image.height()),
+            (golden.width(), golden.height()),
+            "{png}"
+        );
         let worst = image
             .pixels()
             .iter()
@@ -104,9 +116,20 @@ fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, ke
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap_or(0);
-        let off = image.pixels().iter().zip(golden.pixels()).filter(|(a, b)| a != b).count();
-        println!("{model} {key}: {png}: {off} of {} bytes differ, by at most {worst}", golden.pixels().len());
-        assert!(worst <= PIXEL_TOLERANCE, "{model} {key}: {png} differs by {worst} levels");
+        let off = image
+            .pixels()
+            .iter()
+            .zip(golden.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        println!(
+            "{model} {key}: {png}: {off} of {} bytes differ, by at most {worst}",
+            golden.pixels().len()
+        );
+        assert!(
+            worst <= PIXEL_TOLERANCE,
+            "{model} {key}: {png} differs by {worst} levels"
+        );
     }
 }
 
@@ -163,7 +186,10 @@ fn tiny_sd_inpaint_with_the_inpainting_unet() {
 #[test]
 fn single_file_gives_the_same_image_as_the_folder() {
     let options = LoadOptions::default().config_dir(support::fixtures().join("tiny-sd"));
-    let mut sd = load_plain(&support::fixtures().join("ldm").join("tiny-sd.safetensors"), options);
+    let mut sd = load_plain(
+        &support::fixtures().join("ldm").join("tiny-sd.safetensors"),
+        options,
+    );
     check_run(&mut sd, "tiny-sd", "txt2img/euler_ancestral/seed42");
     check_run(&mut sd, "tiny-sd", "img2img/pndm");
 }
