@@ -36,6 +36,7 @@ pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     #[test]
     fn hash_of_known_bytes() {

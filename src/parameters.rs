@@ -76,6 +76,7 @@ fn quote(value: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! The `sd` binary as users run it: exit codes, one-line errors, files written.
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Whole generations against diffusers: the runs of `fixtures/goldens/generations.json`
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 //! (written by `tools/fixturegen/generations.py`) on the tiny pipelines, in plain prompt mode.
 //! Final latents must match diffusers' `output_type="latent"` result and the decoded image its
 //! PNG.

@@ -1,5 +1,5 @@
 //! Shared test helpers: the fixture paths and loading the tiny pipelines.
-
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images (txt2img; img2img with --init-image; inpainting with --mask).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print the generation parameters stored in a PNG (A1111's `parameters` text chunk).
     Info(InfoArgs),
     /// Show how a prompt is tokenized: tokens, ids and count (how long is my prompt?).

@@ -20,7 +20,7 @@ fn bundled_model() -> PathBuf {
         .join("tiny-sd")
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+pub fn run(args: Box<GenerateArgs>) -> Result<()> {
     with_backend!(args.backend, |backend| generate(backend, &args))
 }
 
@@ -49,8 +49,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
 
-    let mut options = LoadOptions::default();
-    options.config_dir = args.config_dir.clone();
+    let options = LoadOptions {
+        config_dir: args.config_dir.clone(),
+    };
     say(format!(
         "Loading {} on {} …",
         model_path.display(),

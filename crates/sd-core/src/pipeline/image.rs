@@ -167,6 +167,7 @@ pub(crate) fn downscale_nearest(x: &HostTensor, factor: usize) -> HostTensor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::*;
 

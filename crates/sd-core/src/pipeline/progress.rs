@@ -60,10 +60,14 @@ pub fn preview(latents: &HostTensor, index: usize) -> Option<RgbImage> {
     let mut pixels = Vec::with_capacity(h * w * 3);
     for y in 0..h {
         for x in 0..w {
-            for rgb in 0..3 {
-                let value: f32 = (0..channels)
-                    .map(|c| image[[c, y, x]] * LATENT_RGB_FACTORS[c][rgb])
-                    .sum();
+            let mut rgb = [0f32; 3];
+            for (c, factors) in LATENT_RGB_FACTORS.iter().enumerate() {
+                let latent = image[[c, y, x]];
+                for (out, factor) in rgb.iter_mut().zip(factors) {
+                    *out += latent * factor;
+                }
+            }
+            for value in rgb {
                 let unit = ((value + 1.0) * 0.5).clamp(0.0, 1.0);
                 pixels.push((unit * 255.0).round() as u8);
             }
@@ -73,6 +77,7 @@ pub fn preview(latents: &HostTensor, index: usize) -> Option<RgbImage> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::*;
 

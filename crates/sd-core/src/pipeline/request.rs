@@ -238,6 +238,7 @@ impl Geometry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::*;
 

@@ -77,6 +77,7 @@ fn symmetric_unit(bits: u64) -> f32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::Synthetic;
 
