@@ -29,34 +29,90 @@ use sd_core::{Backend, HostTensor};
 const TIME_PER_CELL: Duration = Duration::from_secs(3);
 const MIN_RUNS: usize = 3;
 const MAX_RUNS: usize = 15;
+/// Fast calls are repeated within one timed sample until it lasts this long.
+const MIN_SAMPLE: Duration = Duration::from_millis(20);
 
-/// The median wall time of `f` over several runs, after one warm-up run.
-fn median_time(f: impl FnMut()) -> Duration {
+/// The median timings of `f` over several runs, after a warm-up run.
+fn median_time(f: impl FnMut()) -> Timing {
     median_times(&mut [Box::new(f)])[0]
 }
 
-/// The median wall time of each of `fs`, run in rounds (one run of each per round, after a
-/// warm-up round) so that a change in the machine's load hits every candidate alike.
-fn median_times(fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<Duration> {
-    let time = |f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        t.elapsed()
+/// Median wall-clock and process-CPU time of one call.
+///
+/// The CPU time (all threads of this process, spinning included) is what makes numbers taken on
+/// a busy shared machine usable: while another process holds a core our threads are not running,
+/// so `flops / cpu time` (GFLOP per busy core-second) barely moves with the load, whereas the
+/// wall time can double. On an idle machine, wall GFLOP/s ≈ per-core GFLOP/s × cores for an
+/// engine that keeps every core busy.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// The CPU time this process has used so far, over all its threads.
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let warm_up: Duration = fs.iter_mut().map(|f| time(&mut **f)).sum();
-    let rounds =
-        (TIME_PER_CELL.as_secs_f64() * fs.len() as f64 / warm_up.as_secs_f64().max(1e-6)) as usize;
-    let mut times = vec![Vec::new(); fs.len()];
+    // SAFETY: clock_gettime writes one timespec through the valid pointer we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Time `reps` calls of `f` and return the per-call timing.
+fn time_calls(f: &mut dyn FnMut(), reps: u32) -> Timing {
+    let (wall, cpu) = (Instant::now(), process_cpu_time());
+    for _ in 0..reps {
+        f();
+    }
+    Timing {
+        wall: wall.elapsed() / reps,
+        cpu: (process_cpu_time() - cpu) / reps,
+    }
+}
+
+/// The median timings of each of `fs`, run in rounds (one sample of each per round, after a
+/// warm-up round) so that a change in the machine's load hits every candidate alike. A sample
+/// repeats a fast call until it lasts about [`MIN_SAMPLE`].
+fn median_times(fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<Timing> {
+    let warm_up: Vec<Duration> = fs
+        .iter_mut()
+        .map(|f| time_calls(&mut **f, 1).wall)
+        .collect();
+    let reps: Vec<u32> = warm_up
+        .iter()
+        .map(|t| {
+            (MIN_SAMPLE.as_secs_f64() / t.as_secs_f64().max(1e-9))
+                .ceil()
+                .max(1.0) as u32
+        })
+        .collect();
+    let round: f64 = warm_up
+        .iter()
+        .zip(&reps)
+        .map(|(t, &r)| t.as_secs_f64() * r as f64)
+        .sum();
+    let rounds = (TIME_PER_CELL.as_secs_f64() * fs.len() as f64 / round.max(1e-9)) as usize;
+    let mut samples = vec![Vec::new(); fs.len()];
     for _ in 0..rounds.clamp(MIN_RUNS, MAX_RUNS) {
-        for (f, t) in fs.iter_mut().zip(&mut times) {
-            t.push(time(&mut **f));
+        for ((f, s), &r) in fs.iter_mut().zip(&mut samples).zip(&reps) {
+            s.push(time_calls(&mut **f, r));
         }
     }
-    times
+    samples
         .into_iter()
-        .map(|mut t| {
-            t.sort();
-            t[t.len() / 2]
+        .map(|mut s| {
+            let mid = s.len() / 2;
+            s.sort_by_key(|t| t.wall);
+            let wall = s[mid].wall;
+            s.sort_by_key(|t| t.cpu);
+            Timing {
+                wall,
+                cpu: s[mid].cpu,
+            }
         })
         .collect()
 }
@@ -210,15 +266,42 @@ const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("conv3x3 im2col (4096,2880,320)", 4096, 2880, 320),
     ("conv3x3 32x32 (1024,5760,640)", 1024, 5760, 640),
     ("clip proj (77,768,768)", 77, 768, 768),
+    ("geglu proj 2x64x64 (8192,320,2560)", 8192, 320, 2560),
 ];
 
-fn bench_engines(filter: Option<&str>) {
+/// GFLOP/s of one measurement: over wall time, and per busy core (over process CPU time).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    wall: f64,
+    per_core: f64,
+}
+
+impl Rate {
+    fn new(flops: f64, t: Timing) -> Self {
+        Rate {
+            wall: gflops(flops, t.wall),
+            per_core: gflops(flops, t.cpu),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cell = format!("{:.1} / {:.1}", self.wall, self.per_core);
+        write!(f, "{cell:>18}")
+    }
+}
+
+/// Prints the engine table; returns sd-core's rate on the 4096³ product when it was measured.
+fn bench_engines(filter: Option<&str>) -> Option<Rate> {
     let engines = engines();
-    print!("{:<34}", "gemm (m,k,n) GFLOP/s");
+    println!("GEMM, GFLOP/s over wall time / per busy core (flops ÷ process CPU time)");
+    print!("{:<34}", "(m, k, n)");
     for e in &engines {
-        print!("{:>16}", e.name);
+        print!("{:>18}", e.name);
     }
     println!();
+    let mut square = None;
     for &(label, m, k, n) in GEMM_SHAPES {
         if filter.is_some_and(|f| !label.contains(f) && !"gemm".contains(f)) {
             continue;
@@ -235,11 +318,16 @@ fn bench_engines(filter: Option<&str>) {
             })
             .collect();
         print!("{label:<34}");
-        for t in median_times(&mut runs) {
-            print!("{:>16.1}", gflops(flops, t));
+        for (e, t) in engines.iter().zip(median_times(&mut runs)) {
+            let rate = Rate::new(flops, t);
+            if e.name == "sd-core" && (m, k, n) == (4096, 4096, 4096) {
+                square = Some(rate);
+            }
+            print!("{rate}");
         }
         println!();
     }
+    square
 }
 
 /// A conv2d case from SD 1.5.
@@ -293,16 +381,20 @@ fn host(shape: &[usize], seed: u32) -> HostTensor {
         .expect("element count matches")
 }
 
-fn bench_ops(filter: Option<&str>, reference_gflops: Option<f64>) {
+fn bench_ops(filter: Option<&str>, square: Rate) {
     let cpu = CpuBackend::new();
     println!(
-        "{:<34}{:>16}{:>16}",
-        "op (sd-core CpuBackend)", "GFLOP/s", "% of 4096³"
+        "sd-core CpuBackend ops, GFLOP/s over wall time / per busy core, and as % of sd-core's 4096³ GEMM"
     );
-    let report = |label: &str, flops: f64, t: Duration| {
-        let g = gflops(flops, t);
-        let pct = reference_gflops.map_or("-".to_string(), |r| format!("{:.0}%", 100.0 * g / r));
-        println!("{label:<34}{g:>16.1}{pct:>16}");
+    println!("{:<34}{:>18}{:>18}", "op", "GFLOP/s", "% of 4096³");
+    let report = |label: &str, flops: f64, t: Timing| {
+        let r = Rate::new(flops, t);
+        let pct = format!(
+            "{:.0}% / {:.0}%",
+            100.0 * r.wall / square.wall,
+            100.0 * r.per_core / square.per_core
+        );
+        println!("{label:<34}{r}{pct:>18}");
     };
     for case in CONV_CASES {
         let ConvCase {
@@ -345,13 +437,13 @@ fn bench_ops(filter: Option<&str>, reference_gflops: Option<f64>) {
     }
 }
 
-/// GFLOP/s of sd-core's engine on the 4096³ product, the yardstick for the op table.
-fn square_reference() -> f64 {
+/// sd-core's rate on the 4096³ product, the yardstick for the op table.
+fn square_reference() -> Rate {
     let a = filled(4096, 4096, 1);
     let b = filled(4096, 4096, 2);
     let mut c = Array2::<f32>::zeros((4096, 4096));
     let t = median_time(|| with_sd_core(a.view(), b.view(), black_box(c.view_mut())));
-    gflops(2.0 * 4096f64.powi(3), t)
+    Rate::new(2.0 * 4096f64.powi(3), t)
 }
 
 fn main() {
@@ -363,13 +455,13 @@ fn main() {
         rayon::current_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    bench_engines(filter);
+    let square = bench_engines(filter);
     println!();
     let wants_ops = filter.is_none_or(|f| {
         CONV_CASES.iter().any(|c| c.label.contains(f))
             || LINEAR_CASES.iter().any(|c| c.0.contains(f))
     });
     if wants_ops {
-        bench_ops(filter, Some(square_reference()));
+        bench_ops(filter, square.unwrap_or_else(square_reference));
     }
 }

@@ -329,11 +329,9 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
-    /// Enough channels and pixels that one image's output is usually cut into several panels
-    /// (the panel width is a few hundred positions at these channel counts), with panel edges in
-    /// the middle of output rows.
+    /// SD-like channel counts (long dot products) with odd sizes, strides and paddings.
     #[test]
-    fn conv2d_multi_panel_matches_naive_loop(
+    fn conv2d_many_channels_matches_naive_loop(
         case in conv_cases(2, 60..90, 18..=30),
         seed in any::<u64>(),
     ) {
@@ -343,8 +341,9 @@ proptest! {
 
 #[test]
 fn conv2d_pointwise_over_several_panels_matches_naive_loop() {
-    // 1×1 stride 1 unpadded: the no-im2col path; 256 channels × 40×40 spans several panels.
-    check_conv(ConvCase::new([2, 256, 40, 40], 5, [1, 1], 1, 0), 7);
+    // 1×1 stride 1 unpadded: the no-im2col path. 512 channels × 80×80 positions span several
+    // panels (for any panel size up to 8 MiB, see PANEL_BYTES in src/cpu/conv.rs).
+    check_conv(ConvCase::new([1, 512, 80, 80], 3, [1, 1], 1, 0), 7);
 }
 
 #[test]
@@ -358,14 +357,15 @@ fn conv2d_sd_shapes_match_naive_loop() {
 
 #[test]
 fn conv2d_panel_edges_inside_output_rows_match_naive_loop() {
-    // 64 channels × 3×3 taps give panels of a couple of hundred positions: these outputs
-    // (24×24 stride 1, 25×25 stride 2) span several panels, whose edges fall mid-row.
+    // 256 channels × 3×3 taps: panels of at most 910 positions (for any panel size up to
+    // 8 MiB), so these 39×39 outputs (stride 1, and stride 2 from 78×78) span several panels,
+    // whose edges fall mid-row; batch 2 also runs the panels as parallel tasks.
     let no_bias = ConvCase {
         bias: false,
-        ..ConvCase::new([1, 64, 24, 24], 4, [3, 3], 1, 1)
+        ..ConvCase::new([1, 256, 39, 39], 4, [3, 3], 1, 1)
     };
     check_conv(no_bias, 14);
-    check_conv(ConvCase::new([2, 64, 50, 50], 4, [3, 3], 2, 1), 15);
+    check_conv(ConvCase::new([2, 256, 78, 78], 3, [3, 3], 2, 1), 15);
 }
 
 // ---- shape errors ------------------------------------------------------------------------------
@@ -446,4 +446,61 @@ fn conv2d_rejects_mismatched_shapes() {
             w.shape()
         );
     }
+}
+
+#[test]
+fn empty_dimensions_give_empty_or_bias_only_outputs() {
+    let cpu = CpuBackend;
+    // k = 0: every output element is an empty sum.
+    let got = cpu
+        .matmul(&tensor(&[2, 3, 0], 1), &tensor(&[0, 4], 2))
+        .expect("matmul k=0");
+    assert_eq!(got.shape(), [2, 3, 4]);
+    assert!(got.data().iter().all(|&v| v == 0.0));
+    let got = cpu
+        .matmul(&tensor(&[0, 3, 2], 1), &tensor(&[0, 2, 4], 2))
+        .expect("matmul batch 0");
+    assert_eq!(got.shape(), [0, 3, 4]);
+    // No rows, no output features, no input features (bias only).
+    let got = cpu
+        .linear(&tensor(&[0, 5], 1), &tensor(&[3, 5], 2), None)
+        .expect("linear rows 0");
+    assert_eq!(got.shape(), [0, 3]);
+    let bias = tensor(&[0], 3);
+    let got = cpu
+        .linear(&tensor(&[2, 5], 1), &tensor(&[0, 5], 2), Some(&bias))
+        .expect("linear out 0");
+    assert_eq!(got.shape(), [2, 0]);
+    let bias = tensor(&[3], 3);
+    let got = cpu
+        .linear(&tensor(&[2, 0], 1), &tensor(&[3, 0], 2), Some(&bias))
+        .expect("linear in 0");
+    assert_eq!(got.data(), [bias.data(), bias.data()].concat());
+    // Convolutions with no images, no output channels, no input channels (bias only).
+    let w = tensor(&[2, 3, 3, 3], 2);
+    let got = cpu
+        .conv2d(&tensor(&[0, 3, 5, 5], 1), &w, None, Conv2dParams::same(1))
+        .expect("conv n 0");
+    assert_eq!(got.shape(), [0, 2, 5, 5]);
+    let got = cpu
+        .conv2d(
+            &tensor(&[1, 3, 5, 5], 1),
+            &tensor(&[0, 3, 3, 3], 2),
+            None,
+            Conv2dParams::same(1),
+        )
+        .expect("conv o 0");
+    assert_eq!(got.shape(), [1, 0, 5, 5]);
+    let bias = tensor(&[2], 3);
+    let got = cpu
+        .conv2d(
+            &tensor(&[1, 0, 4, 4], 1),
+            &tensor(&[2, 0, 3, 3], 2),
+            Some(&bias),
+            Conv2dParams::same(1),
+        )
+        .expect("conv c 0");
+    assert_eq!(got.shape(), [1, 2, 4, 4]);
+    assert!(got.data()[..16].iter().all(|&v| v == bias.data()[0]));
+    assert!(got.data()[16..].iter().all(|&v| v == bias.data()[1]));
 }

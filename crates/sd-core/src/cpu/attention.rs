@@ -1,17 +1,17 @@
 //! Blockwise scaled dot-product attention with an online (running max / running sum) softmax.
 //!
-//! One rayon task per (batch, block of `QUERY_BLOCK` queries) handles every head in turn. For a
+//! One rayon task per (batch, block of queries) handles every head in turn. For a
 //! head it walks the keys in blocks of `KEY_BLOCK`:
 //!
 //! ```text
-//! S   = scale · Q Kᵀ                        (QUERY_BLOCK × KEY_BLOCK, one small GEMM)
+//! S   = scale · Q Kᵀ                        (query block × KEY_BLOCK, one small GEMM)
 //! m'  = max(m, rowmax S)                    running row maximum
 //! P   = exp(S − m')                         in place over S
 //! l   = l · exp(m − m') + rowsum P          running softmax denominator
 //! O   = O · exp(m − m') + P V               (one small GEMM accumulating into O)
 //! ```
 //!
-//! and finally writes `O / l`. Nothing larger than `QUERY_BLOCK × (KEY_BLOCK + d)` floats is
+//! and finally writes `O / l`. Nothing larger than `query block × (KEY_BLOCK + d)` floats is
 //! held per task, whatever the sequence lengths. Heads are interleaved in the feature dim
 //! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
 //! place through strides, never split into per-head copies.
@@ -19,14 +19,22 @@
 use rayon::prelude::*;
 
 use super::CpuTensor;
-use super::elementwise::exp;
+use super::elementwise::{exp, vectorized};
 use super::norm::{exp_shifted_in_place, row_max};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
-/// Queries per task. 4096 queries × batch 2 give 128 tasks; the block's Q rows, scores and
-/// output accumulator stay in L2 (64 × (256 + 512) floats = 192 KiB for the VAE's d = 512).
-const QUERY_BLOCK: usize = 64;
+/// Bounds on the queries per task. Each task re-packs every K/V block for matrixmultiply, so
+/// larger blocks pack less (packing took 40% of SD self-attention's time with 64-row blocks,
+/// 25% with 256, which ran 22% faster overall) but leave fewer tasks to share out;
+/// 256 × (256 + 512) floats of scratch still fit in L2.
+const MIN_QUERY_BLOCK: usize = 64;
+const MAX_QUERY_BLOCK: usize = 256;
+
+/// Queries per task: as large as allowed while leaving each thread ~4 tasks to balance load.
+fn query_block(batch_rows: usize) -> usize {
+    (batch_rows / (4 * rayon::current_num_threads())).clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
+}
 
 /// Keys per step of the online softmax (also the largest score tile held at once).
 const KEY_BLOCK: usize = 256;
@@ -48,6 +56,7 @@ pub(crate) fn attention(
     let batch_q = shape.queries * shape.features;
     let batch_kv = shape.keys * shape.features;
     let (q, k, v) = (q.data(), k.data(), v.data());
+    let query_rows = query_block(out.len() / shape.features);
 
     out.par_chunks_mut(batch_q)
         .zip(q.par_chunks(batch_q))
@@ -55,15 +64,15 @@ pub(crate) fn attention(
         .for_each(|(b, (out, q))| {
             let keys = &k[b * batch_kv..(b + 1) * batch_kv];
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
-            let task_len = QUERY_BLOCK * shape.features;
+            let task_len = query_rows * shape.features;
             out.par_chunks_mut(task_len)
                 .zip(q.par_chunks(task_len))
                 .enumerate()
                 .for_each_init(
-                    || Scratch::new(shape.head_dim),
+                    || Scratch::new(query_rows, shape.head_dim),
                     |scratch, (block, (out, q))| {
                         let task = QueryBlock {
-                            first_query: block * QUERY_BLOCK,
+                            first_query: block * query_rows,
                             queries: q,
                             keys,
                             values,
@@ -134,7 +143,7 @@ impl Shape {
 struct Scratch {
     /// Scores, then probabilities, of one (query block × key block) tile.
     scores: Vec<f32>,
-    /// Unnormalised output rows of one head, `QUERY_BLOCK × head_dim`.
+    /// Unnormalised output rows of one head, `query rows × head_dim`.
     acc: Vec<f32>,
     /// Running maximum of each query row's scores.
     row_max: Vec<f32>,
@@ -143,12 +152,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(head_dim: usize) -> Self {
+    fn new(query_rows: usize, head_dim: usize) -> Self {
         Scratch {
-            scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK],
-            acc: vec![0.0; QUERY_BLOCK * head_dim],
-            row_max: vec![0.0; QUERY_BLOCK],
-            row_sum: vec![0.0; QUERY_BLOCK],
+            scores: vec![0.0; query_rows * KEY_BLOCK],
+            acc: vec![0.0; query_rows * head_dim],
+            row_max: vec![0.0; query_rows],
+            row_sum: vec![0.0; query_rows],
         }
     }
 }
@@ -213,30 +222,15 @@ impl QueryBlock<'_> {
             let scores = &mut scratch.scores[..rows * key_count];
             gemm(scale, q, k_transposed, 0.0, scores, key_count);
 
-            let score_rows = scores.chunks_exact_mut(key_count);
-            let acc_rows = acc.chunks_exact_mut(d);
-            let stats = running_max.iter_mut().zip(running_sum.iter_mut());
-            for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
-                if causal {
-                    let visible = (self.first_query + r + 1).saturating_sub(first_key);
-                    if visible < key_count {
-                        s[visible..].fill(f32::NEG_INFINITY);
-                    }
-                }
-                let new_max = m.max(row_max(s));
-                if new_max == f32::NEG_INFINITY {
-                    // Every key so far is masked: contributes nothing yet.
-                    s.fill(0.0);
-                    continue;
-                }
-                let rescale = exp(*m - new_max);
-                let block_sum = exp_shifted_in_place(s, new_max);
-                *l = *l * rescale + block_sum;
-                *m = new_max;
-                if rescale != 1.0 {
-                    acc_row.iter_mut().for_each(|a| *a *= rescale);
-                }
-            }
+            let tile = ScoreTile {
+                first_query: self.first_query,
+                first_key,
+                causal,
+            };
+            vectorized(
+                #[inline(always)]
+                || tile.softmax_step(scores, acc, running_max, running_sum),
+            );
 
             let probabilities = Strided {
                 data: scores,
@@ -260,6 +254,57 @@ impl QueryBlock<'_> {
             let inv = 1.0 / l;
             for (o, &a) in out_row[col..col + d].iter_mut().zip(acc_row) {
                 *o = a * inv;
+            }
+        }
+    }
+}
+
+/// Where a score tile sits, for the online-softmax update of its rows.
+#[derive(Debug, Clone, Copy)]
+struct ScoreTile {
+    first_query: usize,
+    first_key: usize,
+    causal: bool,
+}
+
+impl ScoreTile {
+    /// One online-softmax step over a tile of scores (`rows × keys`, keys = `scores.len() /
+    /// rows`): mask, update each row's running max and sum, turn the scores into
+    /// `exp(score − max)` in place, and rescale the rows of `acc` already accumulated under
+    /// an older max.
+    #[inline(always)]
+    fn softmax_step(
+        self,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+    ) {
+        let rows = running_max.len();
+        let key_count = scores.len() / rows;
+        let d = acc.len() / rows;
+        let score_rows = scores.chunks_exact_mut(key_count);
+        let acc_rows = acc.chunks_exact_mut(d);
+        let stats = running_max.iter_mut().zip(running_sum.iter_mut());
+        for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
+            if self.causal {
+                let visible = (self.first_query + r + 1).saturating_sub(self.first_key);
+                if visible < key_count {
+                    s[visible..].fill(f32::NEG_INFINITY);
+                }
+            }
+            let new_max = m.max(row_max(s));
+            if new_max == f32::NEG_INFINITY {
+                // Every key so far is masked: contributes nothing yet.
+                s.fill(0.0);
+                continue;
+            }
+            let rescale = exp(*m - new_max);
+            let block_sum = exp_shifted_in_place(s, new_max);
+            *l = *l * rescale + block_sum;
+            *m = new_max;
+            if rescale != 1.0 {
+                acc_row.iter_mut().for_each(|a| *a *= rescale);
             }
         }
     }
@@ -301,7 +346,9 @@ fn gemm(alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32], ld
     if m == 0 || n == 0 {
         return;
     }
-    let k_step = (SINGLE_THREAD_WORK / (m + n)).max(1);
+    // Equal slices, so that no call is left with a sliver of k.
+    let slices = k.div_ceil((SINGLE_THREAD_WORK / (m + n)).max(1));
+    let k_step = k.div_ceil(slices);
     for k0 in (0..k).step_by(k_step) {
         let kc = k_step.min(k - k0);
         let beta = if k0 == 0 { beta } else { 1.0 };

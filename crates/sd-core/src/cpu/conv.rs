@@ -3,8 +3,7 @@
 //! Per image, the convolution is the product `out [o, ho·wo] = w [o, c·kh·kw] · col [c·kh·kw, ho·wo]`
 //! where column `q` of `col` holds the input patch under output position `q`. Materialising all
 //! of `col` would take 9× the input (47 MB for one 320×64×64 image); instead the output
-//! positions are cut into panels whose slice of `col` fits in about a core's L2 cache, and each
-//! rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
+//! positions are cut into panels whose slice of `col` takes a few MiB, and each rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
 //! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
 //! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
 //! im2col at all: the input image `[c, h·w]` is already `col`.
@@ -18,15 +17,23 @@ use super::linalg::matrix;
 use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
 
-/// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows):
-/// about half a core's 1 MiB L2, so the panel stays cached while the engine packs it.
-const PANEL_BYTES: usize = 512 * 1024;
+/// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows,
+/// GFLOP per busy core): 2–8 MiB panels ran at the same speed, 0.25–1 MiB ones 5–30% slower
+/// (each panel's product re-packs the whole weight matrix, so narrow panels pay for it often).
+/// 4 MiB is 0.5% of the 47 MB a whole 320×64×64 im2col would take.
+const PANEL_BYTES: usize = 4 << 20;
+/// With fewer (image, panel) tasks than this per thread, the panels are done one after the
+/// other, each product threaded over output channels instead (SD's 8×8 latents at batch 1
+/// are one panel).
+const MIN_TASKS_PER_THREAD: usize = 2;
 /// Panel widths are multiples of this (a few SIMD vectors) and never below it.
 const PANEL_ALIGN: usize = 16;
 
-/// Where the input patch under each output position comes from.
+/// The sizes of one convolution: where the input patch under each output position comes from.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
+    batch: usize,
+    out_channels: usize,
     channels: usize,
     in_h: usize,
     in_w: usize,
@@ -39,6 +46,42 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of `x [n, c, h, w]` convolved with `w [o, c, kh, kw]`, or why they don't fit.
+    fn new(x: &[usize], w: &[usize], params: Conv2dParams) -> Result<Self, &'static str> {
+        let (&[batch, channels, in_h, in_w], &[out_channels, w_channels, kernel_h, kernel_w]) =
+            (x, w)
+        else {
+            return Err("x must be [n, c, h, w] and w [o, c, kh, kw]");
+        };
+        if w_channels != channels {
+            return Err("input channels of x and w differ");
+        }
+        let Conv2dParams { stride, padding } = params;
+        if stride == 0 {
+            return Err("stride must be at least 1");
+        }
+        let padded = |side: usize| padding.checked_mul(2).and_then(|p| p.checked_add(side));
+        let (Some(padded_h), Some(padded_w)) = (padded(in_h), padded(in_w)) else {
+            return Err("padding too large");
+        };
+        if padded_h < kernel_h || padded_w < kernel_w {
+            return Err("kernel larger than the padded input");
+        }
+        Ok(Geometry {
+            batch,
+            out_channels,
+            channels,
+            in_h,
+            in_w,
+            kernel_h,
+            kernel_w,
+            stride,
+            padding,
+            out_h: (padded_h - kernel_h) / stride + 1,
+            out_w: (padded_w - kernel_w) / stride + 1,
+        })
+    }
+
     /// Rows of `col`: one per (input channel, kernel row, kernel column).
     fn patch_len(&self) -> usize {
         self.channels * self.kernel_h * self.kernel_w
@@ -70,33 +113,11 @@ pub(crate) fn conv2d(
             format!("x {sx:?}, w {sw:?}, bias {sbias:?}, {params:?}: {why}"),
         )
     };
-    let (&[n, c, h, wd], &[o, wc, kh, kw]) = (sx, sw) else {
-        return Err(mismatch("x must be [n, c, h, w] and w [o, c, kh, kw]"));
-    };
-    if wc != c {
-        return Err(mismatch("input channels of x and w differ"));
-    }
+    let geometry = Geometry::new(sx, sw, params).map_err(mismatch)?;
+    let (n, o) = (geometry.batch, geometry.out_channels);
     if bias.is_some_and(|b| b.shape() != [o]) {
         return Err(mismatch("bias must be [o]"));
     }
-    if params.stride == 0 {
-        return Err(mismatch("stride must be at least 1"));
-    }
-    let (padded_h, padded_w) = (h + 2 * params.padding, wd + 2 * params.padding);
-    if padded_h < kh || padded_w < kw {
-        return Err(mismatch("kernel larger than the padded input"));
-    }
-    let geometry = Geometry {
-        channels: c,
-        in_h: h,
-        in_w: wd,
-        kernel_h: kh,
-        kernel_w: kw,
-        stride: params.stride,
-        padding: params.padding,
-        out_h: (padded_h - kh) / params.stride + 1,
-        out_w: (padded_w - kw) / params.stride + 1,
-    };
     let out_shape = [n, o, geometry.out_h, geometry.out_w];
     let out_len = out_shape
         .iter()
@@ -108,25 +129,41 @@ pub(crate) fn conv2d(
     let bias = bias.map(|b| b.data());
     let mut out3 = ArrayViewMut3::from_shape((n, o, geometry.out_positions()), &mut out[..])
         .map_err(|e| mismatch(&e.to_string()))?;
-    let panel_cols = panel_width(geometry.patch_len());
+    let panel_cols = panel_width(geometry.patch_len(), geometry.out_positions());
     let tasks = output_panels(&mut out3, panel_cols);
-    let image_len = c * h * wd;
+    let (channels, in_positions) = (geometry.channels, geometry.in_h * geometry.in_w);
+    let image_len = channels * in_positions;
+    let compute = |col_buffer: &mut Vec<f32>, panel: Panel<'_>, parallelism| {
+        let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
+        let (first, width) = (panel.first_position, panel.out.ncols());
+        let cols = if geometry.is_pointwise() {
+            matrix(image, channels, in_positions)?.slice_move(s![.., first..first + width])
+        } else {
+            let buffer = &mut col_buffer[..geometry.patch_len() * width];
+            im2col_panel(&geometry, image, first, width, buffer);
+            matrix(buffer, geometry.patch_len(), width)?
+        };
+        multiply_panel(weights, cols, bias, panel.out, parallelism)
+    };
+    let buffer_len = if geometry.is_pointwise() {
+        0
+    } else {
+        geometry.patch_len() * panel_cols
+    };
+    let new_buffer = || vec![0.0f32; buffer_len];
 
-    tasks.into_par_iter().try_for_each_init(
-        || vec![0.0f32; geometry.patch_len() * panel_cols],
-        |col_buffer, panel| {
-            let image = &x.data()[panel.image * image_len..(panel.image + 1) * image_len];
-            let (first, width) = (panel.first_position, panel.out.ncols());
-            let cols = if geometry.is_pointwise() {
-                matrix(image, c, h * wd)?.slice_move(s![.., first..first + width])
-            } else {
-                let buffer = &mut col_buffer[..geometry.patch_len() * width];
-                im2col_panel(&geometry, image, first, width, buffer);
-                matrix(buffer, geometry.patch_len(), width)?
-            };
-            multiply_panel(weights, cols, bias, panel.out)
-        },
-    )?;
+    if tasks.len() >= rayon::current_num_threads() * MIN_TASKS_PER_THREAD {
+        tasks
+            .into_par_iter()
+            .try_for_each_init(new_buffer, |buffer, panel| {
+                compute(buffer, panel, Parallelism::Serial)
+            })?;
+    } else {
+        let mut buffer = new_buffer();
+        for panel in tasks {
+            compute(&mut buffer, panel, Parallelism::Parallel)?;
+        }
+    }
     CpuTensor::from_vec(&out_shape, out)
 }
 
@@ -137,10 +174,16 @@ struct Panel<'a> {
     out: ArrayViewMut2<'a, f32>,
 }
 
-/// Columns per panel: about [`PANEL_BYTES`] of im2col data, a multiple of [`PANEL_ALIGN`].
-fn panel_width(patch_len: usize) -> usize {
-    let cols = PANEL_BYTES / (patch_len.max(1) * std::mem::size_of::<f32>());
-    (cols / PANEL_ALIGN * PANEL_ALIGN).max(PANEL_ALIGN)
+/// Columns per panel: at most about [`PANEL_BYTES`] of im2col data, with the image's output
+/// positions shared evenly between its panels (so no task is a small leftover) and rounded up
+/// to a multiple of [`PANEL_ALIGN`].
+fn panel_width(patch_len: usize, positions: usize) -> usize {
+    let max_cols = (PANEL_BYTES / (patch_len.max(1) * std::mem::size_of::<f32>())).max(PANEL_ALIGN);
+    let panels = positions.div_ceil(max_cols).max(1);
+    positions
+        .div_ceil(panels)
+        .next_multiple_of(PANEL_ALIGN)
+        .min(positions.max(1))
 }
 
 /// Cut `out [n, o, positions]` into disjoint `[o, ≤panel_cols]` views, image by image.
@@ -163,13 +206,13 @@ fn output_panels<'a>(out: &'a mut ArrayViewMut3<'_, f32>, panel_cols: usize) -> 
     panels
 }
 
-/// `out ← weights · cols (+ bias per output channel)`, single-threaded (the caller runs many
-/// panels in parallel).
+/// `out ← weights · cols (+ bias per output channel)`.
 fn multiply_panel(
     weights: ArrayView2<'_, f32>,
     cols: ArrayView2<'_, f32>,
     bias: Option<&[f32]>,
     mut out: ArrayViewMut2<'_, f32>,
+    parallelism: Parallelism,
 ) -> Result<()> {
     // The bias is fused: each row starts as its channel's bias and the product accumulates.
     let beta = match bias {
@@ -181,7 +224,7 @@ fn multiply_panel(
         }
         None => 0.0,
     };
-    sgemm(1.0, weights, cols, beta, out, Parallelism::Serial)
+    sgemm(1.0, weights, cols, beta, out, parallelism)
 }
 
 /// Fill `col [patch_len, width]` (row-major) with the input patches under output positions

@@ -14,9 +14,35 @@ use crate::error::{Error, Result};
 /// is small next to the work, small enough that one 2×320×64×64 feature map gives ~160 tasks.
 pub(super) const PAR_CHUNK: usize = 16 * 1024;
 
+// ---- code generation ----------------------------------------------------------------------
+
+/// Runs `kernel` compiled for AVX2 when the CPU has it, else as compiled for the baseline.
+///
+/// The crate is built for baseline x86-64 (SSE2, 4 lanes); the `exp`-heavy loops (SiLU, GELU,
+/// softmax, fused group norm) run about 2× faster at 8 lanes. `kernel` and everything it inlines
+/// (the `#[inline(always)]` scalar functions below) are code-generated a second time inside the
+/// AVX2 function. Both versions do the same f32 operations in the same order (no FMA
+/// contraction), so results are bit-identical whichever runs.
+#[inline(always)]
+pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
+            kernel()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
+            // `target_feature(enable = "avx2")` function.
+            return unsafe { with_avx2(kernel) };
+        }
+    }
+    kernel()
+}
+
 // ---- scalar math --------------------------------------------------------------------------
 
-/// `e^x` in f32, about 1 ulp, written without calls or branches so that loops over it
+/// `e^x` in f32 (within 2 ulp), written without calls or branches so that loops over it
 /// vectorise (std's `f32::exp` is a libm call per element).
 ///
 /// Range reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`, then `e^r = 1 + r + r²·Q(r)`. `Q` is a
@@ -42,13 +68,7 @@ pub(super) fn exp(x: f32) -> f32 {
     const MIN: f32 = -104.0;
     const MAX: f32 = 88.722_84;
 
-    let xc = if x < MIN {
-        MIN
-    } else if x > MAX {
-        MAX
-    } else {
-        x
-    };
+    let xc = x.clamp(MIN, MAX);
     let shifted = xc * LOG2_E + ROUND;
     let n_f = shifted - ROUND;
     let n = (shifted.to_bits() as i32) - (ROUND.to_bits() as i32);
@@ -73,7 +93,8 @@ pub(super) fn exp(x: f32) -> f32 {
 #[inline(always)]
 fn erf_central(z: f32) -> f32 {
     const P: [f32; 6] = [
-        1.128_379_1,
+        // 2/√π, erf's leading Taylor coefficient (the fit lands within half an ulp of it).
+        std::f32::consts::FRAC_2_SQRT_PI,
         -0.376_123_5,
         0.112_803_65,
         -0.026_716_385,
@@ -152,30 +173,60 @@ fn quick_gelu(x: f32) -> f32 {
 
 // ---- ops ----------------------------------------------------------------------------------
 
+#[expect(
+    clippy::redundant_closure,
+    reason = "the closures carry #[inline(always)]; see the comment inside"
+)]
 pub(crate) fn unary(x: &CpuTensor, op: UnaryOp) -> Result<CpuTensor> {
     match op {
-        UnaryOp::Silu => map(x, silu),
-        UnaryOp::Gelu => map(x, gelu),
-        UnaryOp::QuickGelu => map(x, quick_gelu),
+        // Closures forced inline: through a plain `fn` item, LLVM may keep a call per element
+        // into these large bodies instead of vectorising the loop around them.
+        UnaryOp::Silu => map(
+            x,
+            #[inline(always)]
+            |v| silu(v),
+        ),
+        UnaryOp::Gelu => map(
+            x,
+            #[inline(always)]
+            |v| gelu(v),
+        ),
+        UnaryOp::QuickGelu => map(
+            x,
+            #[inline(always)]
+            |v| quick_gelu(v),
+        ),
     }
 }
 
 pub(crate) fn affine(x: &CpuTensor, mul: f32, add: f32) -> Result<CpuTensor> {
-    map(x, |v| v * mul + add)
+    map(
+        x,
+        #[inline(always)]
+        |v| v * mul + add,
+    )
 }
 
 /// Apply `f` to every element, in parallel chunks.
-fn map(x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<CpuTensor> {
+fn map(x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> Result<CpuTensor> {
     let src = x.data();
     let mut out = vec![0.0; src.len()];
     out.par_chunks_mut(PAR_CHUNK)
         .zip(src.par_chunks(PAR_CHUNK))
         .for_each(|(out, src)| {
-            for (o, &v) in out.iter_mut().zip(src) {
-                *o = f(v);
-            }
+            vectorized(
+                #[inline(always)]
+                || map_slice(out, src, f),
+            )
         });
     CpuTensor::from_vec(x.shape(), out)
+}
+
+#[inline(always)]
+fn map_slice(out: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f(v);
+    }
 }
 
 pub(crate) fn geglu(x: &CpuTensor) -> Result<CpuTensor> {
@@ -201,15 +252,24 @@ pub(crate) fn geglu(x: &CpuTensor) -> Result<CpuTensor> {
         out.par_chunks_mut(rows_per_task * half)
             .zip(x.data().par_chunks(rows_per_task * width))
             .for_each(|(out, src)| {
-                for (out_row, src_row) in out.chunks_exact_mut(half).zip(src.chunks_exact(width)) {
-                    let (value, gate) = src_row.split_at(half);
-                    for ((o, &a), &g) in out_row.iter_mut().zip(value).zip(gate) {
-                        *o = a * gelu(g);
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || geglu_rows(out, src, half),
+                )
             });
     }
     CpuTensor::from_vec(&out_shape, out)
+}
+
+/// `value · gelu(gate)` for each row `[value, gate]` of `src` (rows of `2·half`).
+#[inline(always)]
+fn geglu_rows(out: &mut [f32], src: &[f32], half: usize) {
+    for (out_row, src_row) in out.chunks_exact_mut(half).zip(src.chunks_exact(2 * half)) {
+        let (value, gate) = src_row.split_at(half);
+        for ((o, &a), &g) in out_row.iter_mut().zip(value).zip(gate) {
+            *o = a * gelu(g);
+        }
+    }
 }
 
 pub(crate) fn binary(a: &CpuTensor, b: &CpuTensor, op: BinaryOp) -> Result<CpuTensor> {

@@ -1,9 +1,27 @@
 //! The GEMM engine under linalg, conv and attention: `c ← α·a·b + β·c` on strided f32 views.
 //!
-//! The engine is the `gemm` crate (0.19). It was chosen by measurement on the 2-core AVX-512
-//! machine this project is developed on (`cargo bench --bench gemm`, table in the bench's
-//! header and the merge report): it runs AVX-512 kernels where matrixmultiply stops at AVX2 and
-//! beat both matrixmultiply and the system OpenBLAS on the square and the SD-shaped products.
+//! The engine is the `gemm` crate (0.19), chosen by measurement (`cargo bench --bench gemm
+//! --features bench-openblas`) on the project's 2-core AMD EPYC (Zen 4, AVX-512) machines,
+//! 2 threads, GFLOP/s over wall time in a quiet spell (two runs):
+//!
+//! | (m, k, n)          | matrixmultiply | gemm, own threads | OpenBLAS 0.3.21 | this module |
+//! |--------------------|----------------|-------------------|-----------------|-------------|
+//! | 4096, 4096, 4096   | 178–179        | 167–169           | 196–198         | 193–199     |
+//! | 4096, 320, 320     | 86–98          | 153–194           | 161–181         | 159–185     |
+//! | 4096, 2880, 320    | 161–164        | 149–162           | 169–172         | 183–200     |
+//! | 1024, 5760, 640    | 179–182        | 171–205           | 199–201         | 196–198     |
+//! | 77, 768, 768       | 71–86          | 155–192           | 138–162         | 156–188     |
+//!
+//! OpenBLAS and the `gemm` crate's AVX-512 kernels are within a few percent of each other on
+//! large products (≈ 100 GFLOP/s per core); the `gemm` crate is clearly ahead on small ones
+//! like CLIP's, and matrixmultiply (AVX2 kernels, its own thread pool) trails everywhere. The
+//! `gemm` crate is also pure Rust: no system library to install, kernels picked at run time.
+//!
+//! Threading is ours, not the engine's: a large product is cut into blocks of rows or columns
+//! that rayon runs as independent single-threaded products ([`Parallelism::Parallel`]) —
+//! "this module" above. That matched or beat the engine's own threading, which synchronises its
+//! threads inside the product, on every shape, and a core lost to another process for a while
+//! only delays the blocks it holds.
 //!
 //! Operands are ndarray views, so any row/column strides work (a transposed weight is just
 //! `w.t()`), bounds are checked by ndarray when the view is made, and a mutable view can be
@@ -93,7 +111,10 @@ pub fn sgemm(
     }
 
     let threads = rayon::current_num_threads();
-    if parallelism == Parallelism::Parallel && threads > 1 && m * k * n >= SPLIT_MIN_MACS {
+    if parallelism == Parallelism::Parallel
+        && threads > 1
+        && m.saturating_mul(k).saturating_mul(n) >= SPLIT_MIN_MACS
+    {
         split_over_threads(alpha, a, b, beta, c, threads);
     } else {
         engine_gemm(alpha, a, b, beta, c);
@@ -107,8 +128,10 @@ const SPLIT_MIN_MACS: usize = 64 * 64 * 256;
 /// Blocks per thread: more than one, so that a core taken by another process for a while
 /// (this is a shared 2-core machine) does not hold up the whole product.
 const BLOCKS_PER_THREAD: usize = 4;
-/// The narrowest block worth a task; each block re-packs the operand it shares with the others.
-const MIN_BLOCK: usize = 64;
+/// The narrowest block worth a task: each block re-packs the whole operand it shares with the
+/// others (for a row block, all of `b`), which costs about as much as a 256-wide block's
+/// arithmetic takes to hide on (1024, 5760, 640).
+const MIN_BLOCK: usize = 256;
 
 /// Cut `c` into blocks of rows (or columns, whichever dimension is longer) and compute each
 /// block as an independent single-threaded product on the rayon pool.
@@ -126,10 +149,9 @@ fn split_over_threads(
 ) {
     let (m, n) = c.dim();
     let (axis, len) = if m >= n { (Axis(0), m) } else { (Axis(1), n) };
-    let block = len
-        .div_ceil(threads * BLOCKS_PER_THREAD)
-        .next_multiple_of(16)
-        .max(MIN_BLOCK);
+    // A whole number of blocks per thread, as many as allowed, so the threads finish together.
+    let per_thread = (len / (threads * MIN_BLOCK)).clamp(1, BLOCKS_PER_THREAD);
+    let block = len.div_ceil(threads * per_thread);
     let blocks = c
         .axis_chunks_iter_mut(axis, block)
         .into_par_iter()

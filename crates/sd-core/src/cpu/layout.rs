@@ -139,12 +139,14 @@ fn gather_rows(src: &[f32], out: &mut [f32], walk: &PermutedWalk) {
         });
 }
 
-/// Side of the square tiles of the blocked transpose: a 32×32 f32 tile touches 32 source and
-/// 32 output cache lines, comfortably inside L1.
+/// Side of the square tiles of the blocked transpose (a 4 KiB tile buffer, in L1).
 const TILE: usize = 32;
 
-/// Batched transpose `[.., n, m] ← source [.., m, n]`, by tiles so that both the reads and the
-/// writes stay within a few cache lines at a time (a plain gather reads one element per line).
+/// Batched transpose `[.., n, m] ← source [.., m, n]`, one `TILE × TILE` tile at a time through
+/// a small buffer: tile rows are read from the source as contiguous runs and written to the
+/// output as contiguous runs. (Gathering output rows straight from the source instead reads
+/// one element per cache line; with a power-of-two source row length, such as 4096 pixels,
+/// those lines all land in the same L1 set and every read misses.)
 fn transpose_last_two(src: &[f32], out: &mut [f32], walk: &PermutedWalk) {
     let rank = walk.dims.len();
     let (n, m) = (walk.dims[rank - 2], walk.dims[rank - 1]);
@@ -157,12 +159,18 @@ fn transpose_last_two(src: &[f32], out: &mut [f32], walk: &PermutedWalk) {
                 .enumerate()
                 .for_each(|(tile_row, out)| {
                     let n0 = tile_row * TILE;
+                    let rows = out.len() / m;
+                    let mut tile = [0.0f32; TILE * TILE];
                     for m0 in (0..m).step_by(TILE) {
-                        let m1 = (m0 + TILE).min(m);
+                        let cols = TILE.min(m - m0);
+                        for (j, buffered) in tile.chunks_exact_mut(TILE).take(cols).enumerate() {
+                            let from = base + (m0 + j) * m_stride + n0;
+                            buffered[..rows].copy_from_slice(&src[from..from + rows]);
+                        }
                         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
-                            let column = &src[base + n0 + r..];
-                            for (j, o) in (m0..m1).zip(&mut out_row[m0..m1]) {
-                                *o = column[j * m_stride];
+                            let column = tile[r..].iter().step_by(TILE);
+                            for (o, &v) in out_row[m0..m0 + cols].iter_mut().zip(column) {
+                                *o = v;
                             }
                         }
                     }

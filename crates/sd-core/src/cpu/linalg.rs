@@ -8,10 +8,15 @@ use super::gemm::{Parallelism, sgemm};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
-/// Below this many multiply-adds per matrix, a batch is spread over the cores one matrix per
-/// task instead of splitting each product: the engine would not thread such a small product
-/// anyway (its own threshold is 48·48·256 ≈ 590k).
+/// A batch is spread over the cores one matrix per task (instead of threading each product in
+/// turn) when its matrices are this small (sgemm would not thread them)...
 const SMALL_PRODUCT_MACS: usize = 1 << 20;
+/// ...or when there are at least this many matrices per thread, enough to keep the threads
+/// evenly busy (attention's batch × heads products).
+const BATCH_TASKS_PER_THREAD: usize = 4;
+
+/// Rows per task when filling an output with its bias.
+const FILL_MIN_ROWS: usize = 64;
 
 /// `[..., m, k] × [..., k, n] → [..., m, n]`; `b` may be 2-D and shared by every batch.
 pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
@@ -54,7 +59,9 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         };
         // chunks_mut panics on a zero chunk size; an empty output has nothing to compute.
         if m * n > 0 {
-            if batch > 1 && m * k * n < SMALL_PRODUCT_MACS {
+            let small = m.saturating_mul(k).saturating_mul(n) < SMALL_PRODUCT_MACS;
+            let many = batch >= BATCH_TASKS_PER_THREAD * rayon::current_num_threads();
+            if batch > 1 && (small || many) {
                 out.par_chunks_mut(m * n)
                     .enumerate()
                     .try_for_each(|ic| product(ic, Parallelism::Serial))?;
@@ -95,10 +102,18 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
     }
 
     // Fusing the bias: start every output row as the bias and let the product accumulate onto
-    // it (β = 1), which costs the engine one read of c instead of a separate pass.
-    let (mut out, beta) = match bias {
-        Some(bias) => (bias.data().repeat(rows), 1.0),
-        None => (vec![0.0f32; rows * out_features], 0.0),
+    // it (β = 1), which costs the engine one read of c instead of a separate pass. The rows are
+    // filled in parallel: this first touch of a fresh allocation is where the OS maps its pages,
+    // which done on one thread took a third of the time of SD's largest linears.
+    let mut out = vec![0.0f32; rows * out_features];
+    let beta = match bias {
+        Some(bias) if out_features > 0 => {
+            out.par_chunks_mut(out_features)
+                .with_min_len(FILL_MIN_ROWS)
+                .for_each(|row| row.copy_from_slice(bias.data()));
+            1.0
+        }
+        _ => 0.0,
     };
     let x2 = matrix(x.data(), rows, inp)?;
     let w2 = matrix(w.data(), out_features, inp)?;

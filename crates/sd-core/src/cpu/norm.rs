@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::CpuTensor;
-use super::elementwise::{PAR_CHUNK, exp, silu};
+use super::elementwise::{PAR_CHUNK, exp, silu, vectorized};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 
@@ -49,27 +49,45 @@ pub(crate) fn group_norm(
         .zip(x.data().par_chunks(group_len))
         .enumerate()
         .for_each(|(task, (out, src))| {
-            let Stats {
-                mean,
-                mean_lo,
-                rstd,
-            } = Stats::of(src, eps);
-            let first_channel = (task % groups) * channels_per_group;
-            let planes = out.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
-            for (c, (out, src)) in (first_channel..).zip(planes) {
-                let (scale, shift) = (rstd * gamma[c], beta[c]);
-                if fuse_silu {
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = silu(((v - mean) - mean_lo) * scale + shift);
-                    }
-                } else {
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = ((v - mean) - mean_lo) * scale + shift;
-                    }
-                }
-            }
+            let channels = (task % groups) * channels_per_group..;
+            let affine = gamma[channels.clone()].iter().zip(&beta[channels]);
+            vectorized(
+                #[inline(always)]
+                || normalize_group(out, src, spatial, affine, eps, fuse_silu),
+            );
         });
     CpuTensor::from_vec(shape, out)
+}
+
+/// Normalise one group (`src`: its channels' planes of `spatial` values, one after the other)
+/// with one shared mean and variance, then each channel's `gamma, beta`, then SiLU if asked.
+#[inline(always)]
+fn normalize_group<'a>(
+    out: &mut [f32],
+    src: &[f32],
+    spatial: usize,
+    affine: impl Iterator<Item = (&'a f32, &'a f32)>,
+    eps: f32,
+    fuse_silu: bool,
+) {
+    let Stats {
+        mean,
+        mean_lo,
+        rstd,
+    } = Stats::of(src, eps);
+    let planes = out.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
+    for ((out, src), (&gamma, &beta)) in planes.zip(affine) {
+        let scale = rstd * gamma;
+        if fuse_silu {
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = silu(((v - mean) - mean_lo) * scale + beta);
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = ((v - mean) - mean_lo) * scale + beta;
+            }
+        }
+    }
 }
 
 pub(crate) fn layer_norm(
@@ -95,19 +113,29 @@ pub(crate) fn layer_norm(
     out.par_chunks_mut(task_len)
         .zip(x.data().par_chunks(task_len))
         .for_each(|(out, src)| {
-            for (out, src) in out.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
-                let Stats {
-                    mean,
-                    mean_lo,
-                    rstd,
-                } = Stats::of(src, eps);
-                let affine = gamma.iter().zip(beta);
-                for ((o, &v), (&g, &b)) in out.iter_mut().zip(src).zip(affine) {
-                    *o = ((v - mean) - mean_lo) * rstd * g + b;
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || layer_norm_rows(out, src, gamma, beta, eps),
+            )
         });
     CpuTensor::from_vec(shape, out)
+}
+
+/// Layer norm of each row of `src` (rows as long as `gamma`).
+#[inline(always)]
+fn layer_norm_rows(out: &mut [f32], src: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let width = gamma.len();
+    for (out, src) in out.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
+        let Stats {
+            mean,
+            mean_lo,
+            rstd,
+        } = Stats::of(src, eps);
+        let affine = gamma.iter().zip(beta);
+        for ((o, &v), (&g, &b)) in out.iter_mut().zip(src).zip(affine) {
+            *o = ((v - mean) - mean_lo) * rstd * g + b;
+        }
+    }
 }
 
 pub(crate) fn softmax(x: &CpuTensor) -> Result<CpuTensor> {
@@ -124,13 +152,22 @@ pub(crate) fn softmax(x: &CpuTensor) -> Result<CpuTensor> {
     }
     out.par_chunks_mut(rows_per_task(width) * width)
         .for_each(|rows| {
-            for row in rows.chunks_exact_mut(width) {
-                let max = row_max(row);
-                let inv_sum = 1.0 / exp_shifted_in_place(row, max);
-                row.iter_mut().for_each(|v| *v *= inv_sum);
-            }
+            vectorized(
+                #[inline(always)]
+                || softmax_rows(rows, width),
+            )
         });
     CpuTensor::from_vec(shape, out)
+}
+
+/// Softmax of each `width`-long row, in place.
+#[inline(always)]
+fn softmax_rows(rows: &mut [f32], width: usize) {
+    for row in rows.chunks_exact_mut(width) {
+        let max = row_max(row);
+        let inv_sum = 1.0 / exp_shifted_in_place(row, max);
+        row.iter_mut().for_each(|v| *v *= inv_sum);
+    }
 }
 
 /// `gamma` and `beta` must both be `[len]`.
@@ -167,6 +204,7 @@ struct Stats {
 impl Stats {
     /// Sums and sums of squares accumulate in f64 (one pass over the data): `E[x²] − mean²`
     /// then has a relative error of ~1e-16·(mean/std)², negligible for any activations.
+    #[inline(always)]
     fn of(xs: &[f32], eps: f32) -> Stats {
         let mut sums = [0.0f64; LANES];
         let mut squares = [0.0f64; LANES];
@@ -219,20 +257,19 @@ pub(super) fn row_max(row: &[f32]) -> f32 {
 }
 
 /// Replace every `v` in `row` with `exp(v − shift)`; returns their sum.
+#[inline(always)]
 pub(super) fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
+    // Two simple loops rather than one: each vectorises on its own, and the row is in L1.
+    for v in row.iter_mut() {
+        *v = exp(*v - shift);
+    }
     let mut lanes = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
         for i in 0..LANES {
-            let e = exp(chunk[i] - shift);
-            chunk[i] = e;
-            lanes[i] += e;
+            lanes[i] += chunk[i];
         }
     }
-    let mut sum: f32 = lanes.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp(*v - shift);
-        sum += *v;
-    }
-    sum
+    lanes.iter().chain(tail).sum()
 }
