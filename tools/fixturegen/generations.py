@@ -147,6 +147,27 @@ def txt2img(base, name, scheduler_name, params):
     return latents, images, extra
 
 
+def inpaint(runs, tensors, out_dir, pipe, key, model, seed, strength):
+    """An inpainting run of `pipe` on init_image.png and mask.png (one image per seed of a list)."""
+    pipe.set_progress_bar_config(disable=True)
+    params = dict(
+        common_params(), image=init_image(), mask_image=mask_image(), height=SIZE, width=SIZE,
+        strength=strength, seed=seed,
+    )
+    if isinstance(seed, list):
+        params["num_images_per_prompt"] = len(seed)
+    latents, images = run_twice(pipe, **params)
+    extra = {
+        "pipeline": "StableDiffusionInpaintPipeline",
+        "model": model,
+        "scheduler": "PNDMScheduler",
+        "sampler": "PNDM",
+        "init_image": f"../{INIT_IMAGE}",
+        "mask_image": f"../{MASK_IMAGE}",
+    }
+    record(runs, tensors, out_dir, key, params, latents, images, extra)
+
+
 def write_pipeline_goldens(fixtures_dir, goldens_dir, name, runs):
     out_dir = os.path.join(goldens_dir, name)
     os.makedirs(out_dir, exist_ok=True)
@@ -181,38 +202,16 @@ def write_pipeline_goldens(fixtures_dir, goldens_dir, name, runs):
     if name == "tiny-sd":
         unet = UNet2DConditionModel.from_pretrained(os.path.join(fixtures_dir, "tiny-sd-inpaint", "unet"), dtype=torch.float32)
         pipe = StableDiffusionInpaintPipeline(**dict(base.components, unet=unet.eval()))
-        pipe.set_progress_bar_config(disable=True)
-        params = dict(
-            common_params(), image=init_image(), mask_image=mask_image(), height=SIZE, width=SIZE,
-            strength=INPAINT["strength"], seed=INPAINT["seed"],
-        )
-        latents, images = run_twice(pipe, **params)
-        extra = {
-            "pipeline": "StableDiffusionInpaintPipeline",
-            "model": "tiny-sd with tiny-sd-inpaint/unet",
-            "scheduler": "PNDMScheduler",
-            "sampler": "PNDM",
-            "init_image": f"../{INIT_IMAGE}",
-            "mask_image": f"../{MASK_IMAGE}",
-        }
-        record(runs[name], tensors, out_dir, "inpaint/pndm", params, latents, images, extra)
+        model = "tiny-sd with tiny-sd-inpaint/unet"
+        inpaint(runs[name], tensors, out_dir, pipe, "inpaint/pndm", model, INPAINT["seed"], INPAINT["strength"])
+        # A list of generators: diffusers samples the image latents (strength < 1) and the masked
+        # image's latents with the first generator only.
+        inpaint(runs[name], tensors, out_dir, pipe, "inpaint/pndm/generators11_12", model, [11, 12], 0.8)
 
     pipe = StableDiffusionInpaintPipeline(**base.components)
-    pipe.set_progress_bar_config(disable=True)
-    params = dict(
-        common_params(), image=init_image(), mask_image=mask_image(), height=SIZE, width=SIZE,
-        strength=INPAINT_LEGACY["strength"], seed=INPAINT_LEGACY["seed"],
-    )
-    latents, images = run_twice(pipe, **params)
-    extra = {
-        "pipeline": "StableDiffusionInpaintPipeline",
-        "model": f"{name} (its own 4-channel UNet)",
-        "scheduler": "PNDMScheduler",
-        "sampler": "PNDM",
-        "init_image": f"../{INIT_IMAGE}",
-        "mask_image": f"../{MASK_IMAGE}",
-    }
-    record(runs[name], tensors, out_dir, "inpaint_legacy/pndm", params, latents, images, extra)
+    model = f"{name} (its own 4-channel UNet)"
+    inpaint(runs[name], tensors, out_dir, pipe, "inpaint_legacy/pndm", model, INPAINT_LEGACY["seed"], INPAINT_LEGACY["strength"])
+    inpaint(runs[name], tensors, out_dir, pipe, "inpaint_legacy/pndm/generators13_14", model, [13, 14], INPAINT_LEGACY["strength"])
 
     write_tensors(os.path.join(out_dir, "generations.safetensors"), tensors)
 
