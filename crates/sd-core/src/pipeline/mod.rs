@@ -37,7 +37,7 @@ use ndarray::{Axis, Slice, concatenate};
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
 pub use progress::{Control, StepProgress, preview};
-pub use request::{GenerationRequest, InitImage, Seeds};
+pub use request::{GenerationRequest, InitImage, MAX_SIDE, Seeds};
 
 use crate::backend::Backend;
 use crate::components::{Denoiser, LatentCodec, TextEncoder};
@@ -337,6 +337,18 @@ where
             .denoiser
             .predict_noise(b, &b.upload(input)?, timestep, context)?;
         let output = b.download(&output)?;
+        let mut expected = input.shape().to_vec();
+        expected[1] = self.codec.latent_channels();
+        if output.shape() != expected.as_slice() {
+            return Err(Error::shape(
+                "denoiser",
+                format!(
+                    "returned {:?} for an input of {:?}",
+                    output.shape(),
+                    input.shape()
+                ),
+            ));
+        }
         if !checked.guided {
             return Ok(output);
         }

@@ -3,6 +3,10 @@
 use super::image::{GrayImage, RgbImage};
 use crate::error::{Error, Result};
 
+/// The largest image side accepted: far past SD 1.5's useful range, small enough that sizes
+/// never overflow.
+pub const MAX_SIDE: usize = 16384;
+
 /// How the random numbers of a batch are seeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seeds {
@@ -220,8 +224,15 @@ impl Geometry {
         })
     }
 
-    /// Image sides must be positive multiples of the VAE factor times the UNet's latent multiple.
+    /// Image sides must be positive multiples of the VAE factor times the UNet's latent multiple,
+    /// and at most [`MAX_SIDE`].
     fn check_side(&self, name: &str, pixels: usize) -> Result<()> {
+        if pixels > MAX_SIDE {
+            return Err(Error::invalid_argument(
+                name,
+                format!("{pixels} is larger than the {MAX_SIDE} pixels this pipeline allows"),
+            ));
+        }
         let multiple = self.vae_factor * self.latent_multiple;
         if pixels == 0 || pixels % multiple != 0 {
             return Err(Error::invalid_argument(
