@@ -143,7 +143,7 @@ pub struct UNetConfig {
     pub time_embedding_dim: Option<usize>,
     #[serde(default = "default_act_fn")]
     pub act_fn: String,
-    /// Everything else in the file, checked against [`UNSUPPORTED_FIELDS`].
+    /// Everything else in the file; fields selecting other architectures must be off.
     #[serde(flatten)]
     pub other: Map<String, Value>,
     /// The file this config came from (for error messages).

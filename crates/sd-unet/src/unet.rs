@@ -107,6 +107,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         context: &B::Tensor,
     ) -> Result<B::Tensor> {
         let n = self.check_inputs(sample, context)?;
+        if !timestep.is_finite() {
+            return Err(Error::invalid_argument(
+                "timestep",
+                format!("{timestep} is not a finite number"),
+            ));
+        }
         let config = &self.config;
 
         let features = timestep_features(

@@ -196,7 +196,7 @@ fn invalid_argument_name(result: sd_core::Result<CpuTensor>) -> String {
 }
 
 #[test]
-fn latents_the_unet_cannot_halve_are_refused() {
+fn latents_the_unet_cannot_halve_and_other_bad_inputs_are_refused() {
     // tiny-sd-alt halves three levels down twice: sides must be multiples of 4.
     let dir = pipeline("tiny-sd-alt");
     let store = WeightStore::open(&dir).unwrap();
@@ -212,6 +212,8 @@ fn latents_the_unet_cannot_halve_are_refused() {
     assert_eq!(invalid_argument_name(result), "latents");
     let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16]), 10.0, &context);
     assert_eq!(invalid_argument_name(result), "latents");
+    let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16, 16]), f64::NAN, &context);
+    assert_eq!(invalid_argument_name(result), "timestep");
     for context in [zeros(&[1, 77, 32]), zeros(&[2, 77, 24]), zeros(&[77, 24])] {
         let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16, 16]), 10.0, &context);
         assert_eq!(invalid_argument_name(result), "context");

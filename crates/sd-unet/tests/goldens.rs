@@ -1,6 +1,8 @@
 //! The UNet against diffusers' outputs (fixtures/goldens/<model>/unet.safetensors, written by
 //! tools/make_fixtures.py): every case of both tiny configs and of the inpainting UNet, loaded
-//! from the diffusers folders, and tiny-sd's UNet loaded from its LDM single-file twin.
+//! from the diffusers folders, and tiny-sd's UNet loaded from its LDM single-file twin; plus the
+//! config options SD 1.5 leaves at their defaults (fixtures/unet-variant, written by
+//! tools/unet_variant_goldens.py).
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
@@ -52,17 +54,18 @@ fn tiny_sd_alt_unet_matches_diffusers() {
     );
 }
 
+/// A UNet from a lone `unet/` component folder (no model_index.json).
+fn component_folder_unet(dir: &std::path::Path) -> UNet2DConditionModel<CpuBackend> {
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let store = WeightStore::open_component_files(Component::Unet, &[weights]).unwrap();
+    let config = UNetConfig::from_file(dir.join("config.json")).unwrap();
+    UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap()
+}
+
 #[test]
 fn inpainting_unet_matches_diffusers() {
-    let dir = pipeline("tiny-sd-inpaint").join("unet");
-    let store = WeightStore::open_component_files(
-        Component::Unet,
-        &[dir.join("diffusion_pytorch_model.safetensors")],
-    )
-    .unwrap();
-    let config = UNetConfig::from_file(dir.join("config.json")).unwrap();
-    assert_eq!(config.in_channels, 9);
-    let unet = UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap();
+    let unet = component_folder_unet(&pipeline("tiny-sd-inpaint").join("unet"));
+    assert_eq!(unet.config().in_channels, 9);
     check_all_cases(
         "tiny-sd-inpaint",
         &unet,
@@ -79,5 +82,18 @@ fn ldm_single_file_unet_matches_diffusers() {
         "tiny-sd (LDM single file)",
         &unet,
         &Goldens::open("tiny-sd", "unet.safetensors"),
+    );
+}
+
+#[test]
+fn unet_config_variants_match_diffusers() {
+    // Per-block lists, only_cross_attention, sin-first features with freq_shift 1, a 24-wide
+    // time embedding, center_input_sample, 5×5/1×1 conv_in/conv_out, the asymmetric
+    // downsample pad, mid_block_scale_factor 2 and an ignored resnet_out_scale_factor.
+    let unet = component_folder_unet(&pipeline("unet-variant").join("unet"));
+    check_all_cases(
+        "unet-variant",
+        &unet,
+        &Goldens::open("unet-variant", "unet.safetensors"),
     );
 }

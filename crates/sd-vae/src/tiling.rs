@@ -26,7 +26,7 @@ pub enum TileMode {
 }
 
 /// Above this many pixels [`TileMode::Auto`] tiles by default: larger than 1024² (untiled
-/// decode at 1024² peaks at about 2.5 GB on the CPU backend besides the weights).
+/// decode at 1024² peaks at 3.1 GiB on the CPU backend, weights included; tiled, 1.0 GiB).
 pub const DEFAULT_MAX_UNTILED_PIXELS: usize = 1024 * 1024;
 
 /// diffusers' `tile_overlap_factor`.

@@ -1,5 +1,5 @@
 //! Layers shared by the UNet and the VAE, each loading its own weights from a scoped
-//! [`Weights`](sd_core::weights::Weights) view whose prefix is the module's name in the checkpoint.
+//! [`Weights`] view whose prefix is the module's name in the checkpoint.
 //!
 //! These are the pieces diffusers keeps in `resnet.py`, `downsampling.py`, `upsampling.py`,
 //! `attention_processor.py` and `torch.nn`: sd-vae builds its encoder and decoder from them too.
