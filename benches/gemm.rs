@@ -6,15 +6,29 @@
 //! cargo bench --bench gemm -- conv                    # only the rows whose label contains "conv"
 //! ```
 //!
+//! Columns of the engine table: matrixmultiply 0.3 (`threading`), the `gemm` crate 0.19 with its
+//! own rayon threading and on one thread, OpenBLAS through ndarray (optional), and sd-core's
+//! `sgemm` (the `gemm` crate's kernels, threaded by sd-core in independent blocks). Then the
+//! CpuBackend's conv2d and linear on SD 1.5 shapes, as % of sd-core's 4096³ rate.
+//!
+//! Each cell is "wall / per core": GFLOP/s over the median wall time, and GFLOP per busy
+//! core-second (flops ÷ median process CPU time). On a shared machine only the second is stable
+//! (a process taking a core slows the wall time, not our CPU time); compare wall numbers only
+//! from a quiet spell (`uptime` load well under the core count). Idle pool threads spinning
+//! after another engine's turn count as CPU time too, so the single-thread column's per-core
+//! number reads low on small products.
+//!
 //! Thread counts: the `gemm` crate and sd-core use rayon's global pool (`RAYON_NUM_THREADS`),
 //! matrixmultiply its own (`MATMUL_NUM_THREADS`), OpenBLAS its own (`OPENBLAS_NUM_THREADS`);
-//! each defaults to the number of cores. The engine table is what chose sd-core's engine
-//! (see `sd_core::cpu::gemm`). A plain-timing harness rather than criterion: one 4096³ product
-//! takes about a second here, and we want one table with all engines side by side.
+//! each defaults to the number of cores. Plain timing rather than criterion: one 4096³ product
+//! takes about a second here, and the engines run in interleaved rounds so that a change in
+//! load hits them alike.
 
-// Links the system OpenBLAS that ndarray's `blas` feature calls into.
+// ndarray's `blas` feature declares the CBLAS functions (cblas-sys) without providing them;
+// this links the system OpenBLAS that defines them.
 #[cfg(feature = "bench-openblas")]
-use blas_src as _;
+#[link(name = "openblas")]
+unsafe extern "C" {}
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -83,6 +83,17 @@ pub enum Error {
     #[error("cancelled after step {step} of {total}")]
     Cancelled { step: usize, total: usize },
 
+    /// No usable CUDA device: the driver library (libcuda) is missing, it finds no device with
+    /// the asked ordinal, or the device's context cannot be created. Callers may fall back to the
+    /// CPU backend on this error.
+    #[error("no CUDA device: {reason}")]
+    NoCudaDevice { reason: String },
+
+    /// The CUDA runtime compiler (libnvrtc) is missing or cannot compile the backend's kernels
+    /// for the device.
+    #[error("NVRTC unavailable: {reason}")]
+    NoNvrtc { reason: String },
+
     /// A backend-specific failure (driver, compiler, allocation).
     #[error("{backend} backend: {reason}")]
     Backend {
