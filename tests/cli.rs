@@ -290,10 +290,19 @@ fn other_bad_inputs_fail_on_one_line() {
         &sd(&["generate", "--prompt", "x", "--clip-skip", "0", "-q"]),
         &["clip_skip"],
     );
-    assert_fails_naming(
-        &sd(&["generate", "--prompt", "x", "--backend", "cuda", "-q"]),
-        &["cuda"],
-    );
+}
+
+/// On a machine without a GPU, `--backend cuda` is one line naming what is missing.
+#[test]
+fn cuda_without_a_device_fails_on_one_line() {
+    if sd_cuda::CudaBackend::new(0).is_ok() {
+        println!("skipped: this machine has a CUDA device");
+        return;
+    }
+    let run = sd(&["generate", "--prompt", "x", "--backend", "cuda", "-q"]);
+    let err = stderr(&run);
+    assert_fails_naming(&run, &[]);
+    assert!(err.contains("CUDA") || err.contains("NVRTC"), "{err}");
 }
 
 /// `--json --plain-prompt` prints the ids transformers' CLIPTokenizer gives (tokenizer goldens).

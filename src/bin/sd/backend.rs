@@ -1,23 +1,8 @@
 //! Choosing a backend: each command is written once over `B: Backend` and instantiated here.
+//! Without a usable GPU, `--backend cuda` fails with sd-cuda's typed error (no CUDA device, or
+//! no NVRTC), naming the reason.
 
-use sd_core::Error;
-
-use crate::cli::BackendKind;
-
-/// Why a backend cannot run in this build.
-pub fn unavailable(kind: BackendKind) -> Error {
-    Error::Backend {
-        backend: match kind {
-            BackendKind::Cpu => "cpu",
-            BackendKind::Cuda => "cuda",
-        },
-        reason: "not available in this build (the CUDA backend, sd-cuda, is not implemented yet); \
-                 use --backend cpu"
-            .to_string(),
-    }
-}
-
-/// Run `$body` with `$b` bound to the backend `$kind` names.
+/// Run `$body` with `$b` bound to the backend `$kind` names (GPU 0 for CUDA, f16 storage).
 macro_rules! with_backend {
     ($kind:expr, |$b:ident| $body:expr) => {
         match $kind {
@@ -25,7 +10,10 @@ macro_rules! with_backend {
                 let $b = sd_core::cpu::CpuBackend::new();
                 $body
             }
-            kind @ $crate::cli::BackendKind::Cuda => Err($crate::backend::unavailable(kind)),
+            $crate::cli::BackendKind::Cuda => {
+                let $b = sd_cuda::CudaBackend::new(0)?;
+                $body
+            }
         }
     };
 }

@@ -32,7 +32,7 @@ pub enum Command {
 pub enum BackendKind {
     /// The ndarray CPU backend (f32, all cores).
     Cpu,
-    /// An NVIDIA GPU through CUDA.
+    /// The first NVIDIA GPU through CUDA (f16 storage, f32 arithmetic).
     Cuda,
 }
 
