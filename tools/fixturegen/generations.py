@@ -1,7 +1,10 @@
-"""Whole-pipeline goldens: txt2img (PNDM and Euler a), img2img and inpainting, as a user runs them.
+"""Whole-pipeline goldens: txt2img (PNDM, Euler a, DDIM, DPM++ 2M Karras; guidance 1.0; batches from
+one generator and from a list of generators), img2img, and inpainting with the 9-channel UNet and
+with an ordinary 4-channel one (masked latent blending), as a user runs them.
 
-Each run stores the final latents (output_type="latent") and the image (output_type="pil", as PNG);
-every parameter goes into goldens/generations.json next to them.
+Each run stores the final latents (output_type="latent") and the image(s) (output_type="pil", as PNG);
+every parameter goes into goldens/generations.json next to them, with `sampler`: the name the Rust
+side passes to `sd_schedulers::scheduler_from_name`.
 """
 
 import os
@@ -10,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
@@ -28,7 +33,31 @@ SIZE = 64
 TXT2IMG_SEEDS = (0, 42)
 IMG2IMG = {"seed": 7, "strength": 0.6}
 INPAINT = {"seed": 11, "strength": 1.0}
-SCHEDULERS = {"pndm": PNDMScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler}
+# Inpainting with the model's own 4-channel UNet: below strength 1 the image latents are noised
+# (and the masked image is encoded with a third, unused draw from the generator).
+INPAINT_LEGACY = {"seed": 13, "strength": 0.75}
+# name -> (diffusers class, from_config overrides, the sampler name the Rust side looks up)
+SCHEDULERS = {
+    "pndm": (PNDMScheduler, {}, "PNDM"),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "ddim": (DDIMScheduler, {}, "DDIM"),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
+        "DPM++ 2M Karras",
+    ),
+}
+# The txt2img runs beyond the PNDM / Euler a seed grid: (key, scheduler, seed(s), overrides).
+# DDIM runs without a negative prompt (the unconditional half encodes ""); guidance 1.0 skips the
+# unconditional pass, so its negative prompt must not matter; batch runs draw either one
+# (2,4,h,w) tensor from one generator or one (1,4,h,w) tensor from each generator of a list.
+EXTRA_TXT2IMG = (
+    ("txt2img/ddim/seed0", "ddim", 0, {"negative_prompt": None}),
+    ("txt2img/dpmpp_2m_karras/seed0", "dpmpp_2m_karras", 0, {}),
+    ("txt2img/pndm/guidance1", "pndm", 3, {"guidance_scale": 1.0}),
+    ("txt2img/pndm/batch2", "pndm", 9, {"num_images_per_prompt": 2}),
+    ("txt2img/euler_ancestral/generators5_6", "euler_ancestral", [5, 6], {"num_images_per_prompt": 2}),
+)
 INIT_IMAGE = "init_image.png"
 MASK_IMAGE = "mask.png"
 
@@ -55,12 +84,25 @@ def save_png(image, path):
     image.save(path, format="PNG")
 
 
+def generator_for(seed):
+    """One CPU generator for a seed, a list of them for a list of seeds (one per image)."""
+    if isinstance(seed, list):
+        return [cpu_generator(s) for s in seed]
+    return cpu_generator(seed)
+
+
+def generator_repr(seed):
+    if isinstance(seed, list):
+        return "[" + ", ".join(f"torch.Generator('cpu').manual_seed({s})" for s in seed) + "]"
+    return f"torch.Generator('cpu').manual_seed({seed})"
+
+
 def run_twice(pipe, **kwargs):
-    """The final latents and the PIL image of the same call (two runs, same seed)."""
+    """The final latents and the PIL images of the same call (two runs, same seed)."""
     seed = kwargs.pop("seed")
-    latents = pipe(**kwargs, output_type="latent", generator=cpu_generator(seed)).images
-    image = pipe(**kwargs, output_type="pil", generator=cpu_generator(seed)).images[0]
-    return latents, image
+    latents = pipe(**kwargs, output_type="latent", generator=generator_for(seed)).images
+    images = pipe(**kwargs, output_type="pil", generator=generator_for(seed)).images
+    return latents, images
 
 
 def common_params():
@@ -72,17 +114,58 @@ def common_params():
     }
 
 
-def record(runs, tensors, out_dir, key, params, latents, image, extra):
-    png = f"{key.replace('/', '_')}.png"
-    save_png(image, os.path.join(out_dir, png))
+def record(runs, tensors, out_dir, key, params, latents, images, extra):
+    """One run's latents, PNG(s) and parameters. A batch writes `<key>_<i>.png` and lists them."""
+    stem = key.replace("/", "_")
+    pngs = [f"{stem}.png"] if len(images) == 1 else [f"{stem}_{i}.png" for i in range(len(images))]
+    for image, png in zip(images, pngs):
+        save_png(image, os.path.join(out_dir, png))
     tensors[f"{key}/latents"] = latents
     runs[key] = {
         **extra,
         **{k: v for k, v in params.items() if k not in ("image", "mask_image")},
-        "generator": f"torch.Generator('cpu').manual_seed({params['seed']})",
+        "generator": generator_repr(params["seed"]),
         "latents": tensor_stats(latents),
-        "png": png,
+        **({"png": pngs[0]} if len(pngs) == 1 else {"pngs": pngs}),
     }
+
+
+def txt2img(base, name, scheduler_name, params):
+    """A txt2img run with a fresh scheduler from the pipeline's own (SD 1.5) config, as a user swaps it."""
+    scheduler_cls, overrides, sampler = SCHEDULERS[scheduler_name]
+    scheduler = scheduler_cls.from_config(base.scheduler.config, **overrides)
+    pipe = StableDiffusionPipeline(**dict(base.components, scheduler=scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    latents, images = run_twice(pipe, **params)
+    extra = {
+        "pipeline": "StableDiffusionPipeline",
+        "model": name,
+        "scheduler": scheduler_cls.__name__,
+        "scheduler_overrides": overrides,
+        "sampler": sampler,
+    }
+    return latents, images, extra
+
+
+def inpaint(runs, tensors, out_dir, pipe, key, model, seed, strength):
+    """An inpainting run of `pipe` on init_image.png and mask.png (one image per seed of a list)."""
+    pipe.set_progress_bar_config(disable=True)
+    params = dict(
+        common_params(), image=init_image(), mask_image=mask_image(), height=SIZE, width=SIZE,
+        strength=strength, seed=seed,
+    )
+    if isinstance(seed, list):
+        params["num_images_per_prompt"] = len(seed)
+    latents, images = run_twice(pipe, **params)
+    extra = {
+        "pipeline": "StableDiffusionInpaintPipeline",
+        "model": model,
+        "scheduler": "PNDMScheduler",
+        "sampler": "PNDM",
+        "init_image": f"../{INIT_IMAGE}",
+        "mask_image": f"../{MASK_IMAGE}",
+    }
+    record(runs, tensors, out_dir, key, params, latents, images, extra)
 
 
 def write_pipeline_goldens(fixtures_dir, goldens_dir, name, runs):
@@ -92,40 +175,43 @@ def write_pipeline_goldens(fixtures_dir, goldens_dir, name, runs):
     tensors = {}
     base = load_pipeline(StableDiffusionPipeline, path)
 
-    for scheduler_name, scheduler_cls in SCHEDULERS.items():
+    for scheduler_name in ("pndm", "euler_ancestral"):
         for seed in TXT2IMG_SEEDS:
-            # A fresh scheduler per run, from the pipeline's own (SD 1.5) config, as a user swaps it.
-            pipe = StableDiffusionPipeline(**dict(base.components, scheduler=scheduler_cls.from_config(base.scheduler.config)))
-            pipe.set_progress_bar_config(disable=True)
             params = dict(common_params(), height=SIZE, width=SIZE, seed=seed)
-            latents, image = run_twice(pipe, **params)
-            extra = {"pipeline": "StableDiffusionPipeline", "model": name, "scheduler": scheduler_cls.__name__}
-            record(runs[name], tensors, out_dir, f"txt2img/{scheduler_name}/seed{seed}", params, latents, image, extra)
+            latents, images, extra = txt2img(base, name, scheduler_name, params)
+            record(runs[name], tensors, out_dir, f"txt2img/{scheduler_name}/seed{seed}", params, latents, images, extra)
+
+    for key, scheduler_name, seed, overrides in EXTRA_TXT2IMG:
+        params = dict(common_params(), height=SIZE, width=SIZE, seed=seed, **overrides)
+        latents, images, extra = txt2img(base, name, scheduler_name, params)
+        record(runs[name], tensors, out_dir, key, params, latents, images, extra)
 
     pipe = StableDiffusionImg2ImgPipeline(**base.components)
     pipe.set_progress_bar_config(disable=True)
     params = dict(common_params(), image=init_image(), strength=IMG2IMG["strength"], seed=IMG2IMG["seed"])
-    latents, image = run_twice(pipe, **params)
-    extra = {"pipeline": "StableDiffusionImg2ImgPipeline", "model": name, "scheduler": "PNDMScheduler", "init_image": f"../{INIT_IMAGE}"}
-    record(runs[name], tensors, out_dir, "img2img/pndm", params, latents, image, extra)
+    latents, images = run_twice(pipe, **params)
+    extra = {
+        "pipeline": "StableDiffusionImg2ImgPipeline",
+        "model": name,
+        "scheduler": "PNDMScheduler",
+        "sampler": "PNDM",
+        "init_image": f"../{INIT_IMAGE}",
+    }
+    record(runs[name], tensors, out_dir, "img2img/pndm", params, latents, images, extra)
 
     if name == "tiny-sd":
         unet = UNet2DConditionModel.from_pretrained(os.path.join(fixtures_dir, "tiny-sd-inpaint", "unet"), dtype=torch.float32)
         pipe = StableDiffusionInpaintPipeline(**dict(base.components, unet=unet.eval()))
-        pipe.set_progress_bar_config(disable=True)
-        params = dict(
-            common_params(), image=init_image(), mask_image=mask_image(), height=SIZE, width=SIZE,
-            strength=INPAINT["strength"], seed=INPAINT["seed"],
-        )
-        latents, image = run_twice(pipe, **params)
-        extra = {
-            "pipeline": "StableDiffusionInpaintPipeline",
-            "model": "tiny-sd with tiny-sd-inpaint/unet",
-            "scheduler": "PNDMScheduler",
-            "init_image": f"../{INIT_IMAGE}",
-            "mask_image": f"../{MASK_IMAGE}",
-        }
-        record(runs[name], tensors, out_dir, "inpaint/pndm", params, latents, image, extra)
+        model = "tiny-sd with tiny-sd-inpaint/unet"
+        inpaint(runs[name], tensors, out_dir, pipe, "inpaint/pndm", model, INPAINT["seed"], INPAINT["strength"])
+        # A list of generators: diffusers samples the image latents (strength < 1) and the masked
+        # image's latents with the first generator only.
+        inpaint(runs[name], tensors, out_dir, pipe, "inpaint/pndm/generators11_12", model, [11, 12], 0.8)
+
+    pipe = StableDiffusionInpaintPipeline(**base.components)
+    model = f"{name} (its own 4-channel UNet)"
+    inpaint(runs[name], tensors, out_dir, pipe, "inpaint_legacy/pndm", model, INPAINT_LEGACY["seed"], INPAINT_LEGACY["strength"])
+    inpaint(runs[name], tensors, out_dir, pipe, "inpaint_legacy/pndm/generators13_14", model, [13, 14], INPAINT_LEGACY["strength"])
 
     write_tensors(os.path.join(out_dir, "generations.safetensors"), tensors)
 
@@ -144,8 +230,12 @@ def write_goldens(fixtures_dir, goldens_dir):
             "<model>/generations.safetensors holds '<run>/latents' (output_type='latent', the final latents "
             "before VAE decoding) and <model>/<run with _>.png the output_type='pil' image of an identical "
             "second call. safety_checker=None, feature_extractor=None, requires_safety_checker=False. "
-            "Schedulers: the pipeline's PNDM (SD 1.5 config) or EulerAncestralDiscreteScheduler.from_config "
-            "of it. init_image.png / mask.png: the img2img/inpainting inputs (mask white = repaint).",
+            "Schedulers: the pipeline's PNDM (SD 1.5 config) or <class>.from_config(it, **scheduler_overrides); "
+            "`sampler` is the name sd_schedulers::scheduler_from_name takes for the same setup. Batch runs "
+            "list their images in `pngs`; `seed` is a list when the run passed a list of generators. "
+            "inpaint/pndm uses the 9-channel tiny-sd-inpaint UNet; inpaint_legacy/pndm the model's own "
+            "4-channel UNet (masked latent blending). init_image.png / mask.png: the img2img/inpainting "
+            "inputs (mask white = repaint).",
             "runs": runs,
         },
     )

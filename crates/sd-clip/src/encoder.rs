@@ -80,13 +80,24 @@ impl<B: Backend> ClipTextEncoder<B> {
 
     /// Read prompts with A1111 syntax (the default) or literally, as diffusers does.
     pub fn with_mode(mut self, mode: PromptMode) -> Self {
-        self.mode = mode;
+        self.set_mode(mode);
         self
+    }
+
+    /// [`with_mode`](Self::with_mode) in place.
+    pub fn set_mode(&mut self, mode: PromptMode) {
+        self.mode = mode;
     }
 
     /// Stop `clip_skip − 1` layers before the end (A1111's "Clip skip"; 1 = last layer). SD 1.x
     /// anime models are often used with 2. diffusers' `clip_skip = k` is `k + 1` here.
     pub fn with_clip_skip(mut self, clip_skip: usize) -> Result<Self> {
+        self.set_clip_skip(clip_skip)?;
+        Ok(self)
+    }
+
+    /// [`with_clip_skip`](Self::with_clip_skip) in place; on error the setting is unchanged.
+    pub fn set_clip_skip(&mut self, clip_skip: usize) -> Result<()> {
         let layers = self.model.num_layers();
         if clip_skip == 0 || clip_skip > layers {
             return Err(sd_core::Error::invalid_argument(
@@ -95,7 +106,12 @@ impl<B: Backend> ClipTextEncoder<B> {
             ));
         }
         self.clip_skip = clip_skip;
-        Ok(self)
+        Ok(())
+    }
+
+    /// The current clip skip (1 = last layer).
+    pub fn clip_skip(&self) -> usize {
+        self.clip_skip
     }
 
     /// Change A1111's comma backtrack (see [`PromptChunker::with_comma_backtrack`]).

@@ -181,6 +181,11 @@ impl ClipTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary entry of `id` (`"photo</w>"`: `</w>` marks the end of a word), if any.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The ids of `text` alone: no start/end tokens, no truncation.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self

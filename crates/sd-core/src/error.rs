@@ -79,6 +79,10 @@ pub enum Error {
     #[error("{op}: unsupported dtype {dtype:?}")]
     OpDtype { op: &'static str, dtype: DType },
 
+    /// A generation was stopped by its progress callback.
+    #[error("cancelled after step {step} of {total}")]
+    Cancelled { step: usize, total: usize },
+
     /// No usable CUDA device: the driver library (libcuda) is missing, it finds no device with
     /// the asked ordinal, or the device's context cannot be created. Callers may fall back to the
     /// CPU backend on this error.

@@ -5,11 +5,13 @@
 //! - [`weights::WeightStore`]: safetensors checkpoints (diffusers folders and LDM single files).
 //! - [`TorchGenerator`]: `torch.randn` with a CPU generator, bit for bit.
 //! - [`components`]: the traits a pipeline is assembled from.
+//! - [`pipeline`]: the generic [`Pipeline`] over those traits (txt2img, img2img, inpainting).
 
 pub mod backend;
 pub mod components;
 pub mod cpu;
 pub mod error;
+pub mod pipeline;
 pub mod rng;
 pub mod tensor;
 pub mod weights;
@@ -17,5 +19,6 @@ pub mod weights;
 pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp};
 pub use components::{Denoiser, LatentCodec, LatentDist, Scheduler, TextEncoder};
 pub use error::{Error, Result};
+pub use pipeline::{Generation, GenerationRequest, Pipeline};
 pub use rng::{NormalMode, TorchGenerator};
 pub use tensor::{DType, HostTensor};

@@ -1,1 +1,32 @@
-//! AutoencoderKL (the SD 1.5 latent codec) over any sd-core Backend, with tiled decode (issue 4: not yet implemented).
+//! sd-vae: diffusers' `AutoencoderKL` (the SD 1.x latent codec) over any sd-core
+//! [`Backend`](sd_core::Backend), built from its `config.json`, with tiled encode/decode.
+//!
+//! ```no_run
+//! use sd_core::{cpu::CpuBackend, weights::WeightStore, LatentCodec, TorchGenerator};
+//! use sd_vae::{AutoencoderKL, VaeConfig};
+//! # fn demo(image: &sd_core::cpu::CpuTensor) -> sd_core::Result<()> {
+//! let store = WeightStore::open("stable-diffusion-v1-5")?;
+//! let config = VaeConfig::from_file("stable-diffusion-v1-5/vae/config.json")?;
+//! let vae = AutoencoderKL::from_store(&CpuBackend, config, &store)?;
+//! let dist = vae.encode(&CpuBackend, image)?;                 // img2img: encode,
+//! let mut generator = TorchGenerator::new(7);
+//! let latents = sd_vae::sample(&CpuBackend, &dist, &mut generator)?; // then draw
+//! # Ok(()) }
+//! ```
+//!
+//! - [`config`]: the serde config and its checks; [`VaeConfig::sd15`] for single files.
+//! - [`autoencoder`]: the model and its [`LatentCodec`](sd_core::LatentCodec) implementation.
+//! - [`coder`]: encoder and decoder; [`blocks`]: their blocks and the mid-block attention.
+//! - [`latent_dist`]: the diagonal Gaussian's sampling; [`tiling`]: tiled encode/decode.
+
+pub mod autoencoder;
+pub mod blocks;
+pub mod coder;
+pub mod config;
+pub mod latent_dist;
+pub mod tiling;
+
+pub use autoencoder::AutoencoderKL;
+pub use config::VaeConfig;
+pub use latent_dist::{LOGVAR_RANGE, sample};
+pub use tiling::{TileMode, Tiling};

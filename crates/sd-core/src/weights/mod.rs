@@ -18,12 +18,14 @@
 //! - [`ldm`]: LDM single-file names → diffusers names, generated from the architecture.
 //! - [`variant`]: standard vs inpainting, and refusing SD 2.x / SDXL.
 //! - [`store`]: [`WeightStore`] and the scoped [`Weights`] view model code uses.
+//! - [`synthetic`]: seeded random weights of any shape asked, for benchmarks ([`WeightStore::synthetic`]).
 
 pub mod diffusers;
 pub mod file;
 pub mod ldm;
 pub mod names;
 pub mod store;
+pub mod synthetic;
 pub mod variant;
 
 pub use file::{SafetensorsFile, TensorInfo};

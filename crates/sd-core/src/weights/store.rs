@@ -11,6 +11,7 @@ use super::diffusers::read_pipeline_folder;
 use super::file::{SafetensorsFile, TensorInfo};
 use super::ldm::{self, LdmLayout};
 use super::names::{Component, canonical};
+use super::synthetic::Synthetic;
 use super::variant::{self, Variant};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
@@ -37,6 +38,8 @@ pub struct WeightStore {
     tables: BTreeMap<Component, NameTable>,
     unmapped: Vec<String>,
     variant: Option<Variant>,
+    /// Set for [`WeightStore::synthetic`]: parameters are made on request, not read.
+    synthetic: Option<Synthetic>,
 }
 
 impl WeightStore {
@@ -113,6 +116,19 @@ impl WeightStore {
         Ok(store)
     }
 
+    /// A store with no files whose every component answers [`Weights::get_shaped`] with
+    /// seeded random values of the asked shape (see [`super::synthetic`]): full-size models
+    /// for benchmarks, without a download. [`Weights::get`] and [`Weights::info`] find nothing.
+    pub fn synthetic(seed: u64) -> Self {
+        let mut store = Self::empty(Path::new("<synthetic weights>"));
+        for component in Component::ALL {
+            store.tables.insert(component, NameTable::default());
+        }
+        store.variant = Some(Variant::Standard);
+        store.synthetic = Some(Synthetic { seed });
+        store
+    }
+
     fn empty(origin: &Path) -> Self {
         Self {
             origin: origin.to_path_buf(),
@@ -120,6 +136,7 @@ impl WeightStore {
             tables: BTreeMap::new(),
             unmapped: Vec::new(),
             variant: None,
+            synthetic: None,
         }
     }
 
@@ -314,9 +331,9 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// Whether the tensor exists.
+    /// Whether the tensor exists (always, in a synthetic store).
     pub fn contains(&self, name: &str) -> bool {
-        self.source(name).is_ok()
+        self.store.synthetic.is_some() || self.source(name).is_ok()
     }
 
     /// Dtype and shape of a tensor, without reading it.
@@ -336,6 +353,10 @@ impl<'a> Weights<'a> {
     /// LDM files store the VAE attention projections (and SD 1.x UNet `proj_in/proj_out`) as
     /// convs where diffusers may use linears.
     pub fn get_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        if let Some(synthetic) = &self.store.synthetic {
+            let full = self.full_name(name);
+            return Ok(synthetic.tensor(&canonical(self.component, &full), expected));
+        }
         let (file, key, shown) = self.source(name)?;
         let found = file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
         if found != expected && !same_matrix(&found, expected) {

@@ -1,0 +1,408 @@
+//! The generic Stable Diffusion pipeline over the four component traits.
+//!
+//! [`Pipeline`] holds a text encoder, a denoiser and a latent codec on one backend and runs
+//! txt2img, img2img and inpainting with any [`Scheduler`], reproducing diffusers'
+//! `StableDiffusionPipeline`, `StableDiffusionImg2ImgPipeline` and
+//! `StableDiffusionInpaintPipeline` step for step, random draws included:
+//!
+//! ```text
+//! cond  = text.encode([negative, prompt])                 # [2, seq, dim], negative first
+//! x     = start latents (start.rs: noise, or image latents noised to the start step)
+//! for i in start..timesteps.len():
+//!     inp = scheduler.scale_model_input(x, i)             # per lane (lane.rs)
+//!     eps = unet(cat[inp, inp] (+ mask, masked latents), t_i, cond)
+//!     eps = eps_u + g·(eps_c − eps_u)                     # only when g > 1
+//!     x   = scheduler.step(eps, i, x, generator)          # per lane
+//!     (ordinary UNet with a mask: reset the kept region to the noised image latents)
+//! image = vae.decode(x / scaling_factor) → bytes
+//! ```
+//!
+//! Which task runs follows from the request and the denoiser: a mask makes it inpainting
+//! (latent blending for a 4-channel UNet); an inpainting (9-channel) UNet always runs as
+//! inpainting, with an all-white mask when none is given and a blank image for txt2img —
+//! what diffusers' inpainting pipeline computes for those inputs.
+//!
+//! - [`request`]: [`GenerationRequest`], [`Seeds`], and the checks against the model.
+//! - [`image`]: [`RgbImage`], [`GrayImage`] and the pixel conversions.
+//! - [`progress`]: [`StepProgress`], [`Control`] and the cheap latent preview.
+
+mod image;
+mod lane;
+mod progress;
+mod request;
+mod start;
+
+use ndarray::{Axis, Slice, concatenate};
+
+pub use image::{GrayImage, RgbImage};
+pub use lane::SchedulerFactory;
+pub use progress::{Control, StepProgress, preview};
+pub use request::{GenerationRequest, InitImage, MAX_SIDE, Seeds};
+
+use crate::backend::Backend;
+use crate::components::{Denoiser, LatentCodec, TextEncoder};
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+use lane::Lane;
+use request::{Checked, Geometry};
+use start::{Blend, StartPoint, Task};
+
+/// The default image size when a request gives none (SD 1.5's 512×512).
+pub const DEFAULT_SIZE: (usize, usize) = (512, 512);
+
+/// What a generation produced.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// One image per batch row.
+    pub images: Vec<RgbImage>,
+    /// The final latents before decoding, `[batch, c, h, w]` (diffusers' `output_type="latent"`).
+    pub latents: HostTensor,
+    /// The seed each image was drawn with (a single seed is repeated over the batch).
+    pub seeds: Vec<u64>,
+}
+
+/// Text encoder, denoiser and latent codec on one backend.
+#[derive(Debug)]
+pub struct Pipeline<B: Backend, T, D, V> {
+    backend: B,
+    text_encoder: T,
+    denoiser: D,
+    codec: V,
+    default_size: (usize, usize),
+}
+
+impl<B, T, D, V> Pipeline<B, T, D, V>
+where
+    B: Backend,
+    T: TextEncoder<B>,
+    D: Denoiser<B>,
+    V: LatentCodec<B>,
+{
+    /// Assemble a pipeline. Images default to [`DEFAULT_SIZE`].
+    pub fn new(backend: B, text_encoder: T, denoiser: D, codec: V) -> Self {
+        Self {
+            backend,
+            text_encoder,
+            denoiser,
+            codec,
+            default_size: DEFAULT_SIZE,
+        }
+    }
+
+    /// The size of images when a request names none (diffusers: the UNet's `sample_size` times
+    /// the VAE factor).
+    pub fn with_default_size(mut self, width: usize, height: usize) -> Self {
+        self.default_size = (width, height);
+        self
+    }
+
+    pub fn default_size(&self) -> (usize, usize) {
+        self.default_size
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn text_encoder(&self) -> &T {
+        &self.text_encoder
+    }
+
+    pub fn text_encoder_mut(&mut self) -> &mut T {
+        &mut self.text_encoder
+    }
+
+    pub fn denoiser(&self) -> &D {
+        &self.denoiser
+    }
+
+    pub fn codec(&self) -> &V {
+        &self.codec
+    }
+
+    /// Image sides must be multiples of this (the VAE factor times the UNet's latent multiple).
+    pub fn size_multiple(&self) -> usize {
+        self.codec.downscale_factor() * self.denoiser.spatial_multiple()
+    }
+
+    /// Whether the denoiser is an inpainting UNet (latents + mask + masked-image latents).
+    pub fn is_inpainting(&self) -> bool {
+        self.denoiser.in_channels() == 2 * self.codec.latent_channels() + 1
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            vae_factor: self.codec.downscale_factor(),
+            latent_multiple: self.denoiser.spatial_multiple(),
+            default_size: self.default_size,
+        }
+    }
+
+    /// Run `request`, making one scheduler per generator with `new_scheduler`.
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        new_scheduler: &SchedulerFactory<'_>,
+    ) -> Result<Generation> {
+        self.generate_with_progress(request, new_scheduler, &mut |_| Control::Continue)
+    }
+
+    /// [`generate`](Self::generate), calling `on_step` after every model evaluation; returning
+    /// [`Control::Cancel`] stops with [`Error::Cancelled`].
+    pub fn generate_with_progress(
+        &self,
+        request: &GenerationRequest,
+        new_scheduler: &SchedulerFactory<'_>,
+        on_step: &mut dyn FnMut(&StepProgress<'_>) -> Control,
+    ) -> Result<Generation> {
+        let checked = self.geometry().check(request)?;
+        let task = self.task(request, &checked)?;
+        let mut lanes = Lane::for_batch(
+            &request.seeds,
+            request.batch_size,
+            request.steps,
+            new_scheduler,
+        )?;
+        let first = lanes
+            .first()
+            .ok_or_else(|| Error::invalid_argument("batch_size", "must be at least 1"))?;
+        let timesteps = first.scheduler.timesteps().to_vec();
+        let start_index = first.scheduler.start_index(checked.strength)?;
+        if start_index >= timesteps.len() {
+            return Err(Error::invalid_argument(
+                "strength",
+                format!(
+                    "{} with {} steps leaves no step to run",
+                    checked.strength, request.steps
+                ),
+            ));
+        }
+
+        let context = self.context(request, checked.guided)?;
+        let factor = self.codec.downscale_factor();
+        let at = StartPoint {
+            latent_shape: [
+                self.codec.latent_channels(),
+                checked.height / factor,
+                checked.width / factor,
+            ],
+            index: start_index,
+            strength: checked.strength,
+        };
+        let start = start::prepare(&self.backend, &self.codec, &task, &mut lanes, &at)?;
+        let mut latents = start.latents;
+
+        let total = timesteps.len() - start_index;
+        for (done, index) in (start_index..timesteps.len()).enumerate() {
+            let timestep = timesteps[index];
+            let model_input = self.model_input(&lanes, &latents, index, &start.extra_channels)?;
+            let noise_pred = self.predict(&model_input, timestep, &context, request, &checked)?;
+            for lane in lanes.iter_mut() {
+                let next = lane.scheduler.step(
+                    &lane.rows_of(&noise_pred),
+                    index,
+                    &lane.rows_of(&latents),
+                    &mut lane.generator,
+                )?;
+                let next = match &start.blend {
+                    Some(blend) => keep_unmasked(lane, blend, next, index + 1, timesteps.len())?,
+                    None => next,
+                };
+                lane.store(&mut latents, &next)?;
+            }
+            let progress = StepProgress {
+                step: done + 1,
+                total,
+                timestep,
+                latents: &latents,
+            };
+            if on_step(&progress) == Control::Cancel {
+                return Err(Error::Cancelled {
+                    step: done + 1,
+                    total,
+                });
+            }
+        }
+
+        let images = (0..request.batch_size)
+            .map(|row| self.decode_row(&latents, row))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Generation {
+            images,
+            latents,
+            seeds: request.image_seeds(),
+        })
+    }
+
+    /// Which task runs, with the image inputs it needs.
+    fn task(&self, request: &GenerationRequest, checked: &Checked) -> Result<Task> {
+        let latent_channels = self.codec.latent_channels();
+        let in_channels = self.denoiser.in_channels();
+        let blank = || HostTensor::zeros(vec![1, 3, checked.height, checked.width]);
+        let everywhere = || HostTensor::ones(vec![1, 1, checked.height, checked.width]);
+        let image = request.init.as_ref().map(|init| init.image.to_tensor());
+        let mask = request.mask.as_ref().map(GrayImage::to_binary_tensor);
+        if self.is_inpainting() {
+            return Ok(Task::Inpaint {
+                image: image.unwrap_or_else(blank),
+                mask: mask.unwrap_or_else(everywhere),
+            });
+        }
+        if in_channels != latent_channels {
+            return Err(Error::invalid_argument(
+                "denoiser",
+                format!(
+                    "takes {in_channels} input channels; with {latent_channels} latent channels \
+                     it must take {latent_channels} (ordinary) or {} (inpainting)",
+                    2 * latent_channels + 1
+                ),
+            ));
+        }
+        Ok(match (image, mask) {
+            (None, _) => Task::Txt2Img,
+            (Some(image), None) => Task::Img2Img { image },
+            (Some(image), Some(mask)) => Task::BlendInpaint { image, mask },
+        })
+    }
+
+    /// The cross-attention context: `[negative × batch, prompt × batch]` when guided, else
+    /// `[prompt × batch]`.
+    fn context(&self, request: &GenerationRequest, guided: bool) -> Result<B::Tensor> {
+        let b = &self.backend;
+        let batch = request.batch_size;
+        let prompts: Vec<&str> = if guided {
+            vec![&request.negative_prompt, &request.prompt]
+        } else {
+            vec![&request.prompt]
+        };
+        let encoded = self.text_encoder.encode(b, &prompts)?;
+        if batch == 1 {
+            return Ok(encoded);
+        }
+        let rows = (0..prompts.len())
+            .map(|i| b.narrow(&encoded, 0, i, 1))
+            .collect::<Result<Vec<_>>>()?;
+        let repeated: Vec<&B::Tensor> = rows
+            .iter()
+            .flat_map(|row| std::iter::repeat_n(row, batch))
+            .collect();
+        b.concat(&repeated, 0)
+    }
+
+    /// The denoiser's input at `index` for the whole batch, before guidance doubling.
+    fn model_input(
+        &self,
+        lanes: &[Lane],
+        latents: &HostTensor,
+        index: usize,
+        extra_channels: &Option<HostTensor>,
+    ) -> Result<HostTensor> {
+        let scaled = lanes
+            .iter()
+            .map(|lane| {
+                lane.scheduler
+                    .scale_model_input(&lane.rows_of(latents), index)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut parts: Vec<_> = scaled.iter().map(|s| s.view()).collect();
+        let scaled =
+            concatenate(Axis(0), &parts).map_err(|e| Error::shape("model input", e.to_string()))?;
+        let Some(extra) = extra_channels else {
+            return Ok(scaled);
+        };
+        parts = vec![scaled.view(), extra.view()];
+        concatenate(Axis(1), &parts).map_err(|e| Error::shape("inpainting input", e.to_string()))
+    }
+
+    /// The (guided) model output for `input [batch, ...]`.
+    fn predict(
+        &self,
+        input: &HostTensor,
+        timestep: f64,
+        context: &B::Tensor,
+        request: &GenerationRequest,
+        checked: &Checked,
+    ) -> Result<HostTensor> {
+        let b = &self.backend;
+        let batch = request.batch_size;
+        let doubled;
+        let input = if checked.guided {
+            doubled = concatenate(Axis(0), &[input.view(), input.view()])
+                .map_err(|e| Error::shape("guidance batch", e.to_string()))?;
+            &doubled
+        } else {
+            input
+        };
+        let output = self
+            .denoiser
+            .predict_noise(b, &b.upload(input)?, timestep, context)?;
+        let output = b.download(&output)?;
+        let mut expected = input.shape().to_vec();
+        expected[1] = self.codec.latent_channels();
+        if output.shape() != expected.as_slice() {
+            return Err(Error::shape(
+                "denoiser",
+                format!(
+                    "returned {:?} for an input of {:?}",
+                    output.shape(),
+                    input.shape()
+                ),
+            ));
+        }
+        if !checked.guided {
+            return Ok(output);
+        }
+        let uncond = output.slice_axis(Axis(0), Slice::from(0..batch));
+        let cond = output.slice_axis(Axis(0), Slice::from(batch..2 * batch));
+        let g = request.guidance_scale;
+        // eps_u + g·(eps_c − eps_u), rounded step by step as torch does in f32.
+        let mut guided = &cond - &uncond;
+        guided.mapv_inplace(|d| g * d);
+        guided += &uncond;
+        Ok(guided)
+    }
+
+    /// Decode batch row `row` of the final latents to bytes.
+    fn decode_row(&self, latents: &HostTensor, row: usize) -> Result<RgbImage> {
+        let b = &self.backend;
+        let scaling_factor = self.codec.scaling_factor();
+        let scaled = latents
+            .slice_axis(Axis(0), Slice::from(row..row + 1))
+            .mapv(|v| v / scaling_factor);
+        let image = b.download(&self.codec.decode(b, &b.upload(&scaled)?)?)?;
+        let &[1, 3, _, _] = image.shape() else {
+            return Err(Error::shape(
+                "vae decode",
+                format!("expected [1, 3, h, w], found {:?}", image.shape()),
+            ));
+        };
+        let image = image
+            .index_axis(Axis(0), 0)
+            .into_dimensionality()
+            .map_err(|e| Error::shape("vae decode", e.to_string()))?;
+        Ok(RgbImage::from_tensor(image))
+    }
+}
+
+/// Latent blending: outside the mask, replace the lane's latents with the image latents noised
+/// to the level of timestep `next` (the clean image latents after the last step).
+fn keep_unmasked(
+    lane: &Lane,
+    blend: &Blend,
+    stepped: HostTensor,
+    next: usize,
+    timesteps: usize,
+) -> Result<HostTensor> {
+    let image_latents = lane.rows_of(&blend.image_latents);
+    let reference = if next < timesteps {
+        lane.scheduler
+            .add_noise(&image_latents, &lane.rows_of(&blend.noise), next)?
+    } else {
+        image_latents
+    };
+    // (1 − m)·reference + m·stepped, with m ∈ {0, 1} broadcast over rows and channels.
+    let keep = blend.mask.mapv(|m| 1.0 - m);
+    let mut out = &reference * &keep;
+    out += &(&stepped * &blend.mask);
+    Ok(out)
+}

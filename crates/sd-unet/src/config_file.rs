@@ -1,0 +1,54 @@
+//! Reading a model's `config.json` into its serde `Config` struct, with errors that name the
+//! file and the field (through `serde_path_to_error`). Shared with sd-vae.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use sd_core::{Error, Result};
+
+/// Read and parse the config file at `path`.
+pub fn read_config<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_config(&text, path)
+}
+
+/// Parse config JSON; `origin` names it in errors. A missing field, a value of the wrong type
+/// or an unknown enum name (a block type) is an [`Error::Config`] naming the field's path
+/// (`down_block_types[1]`).
+pub fn parse_config<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
+    let mut json = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = inner.to_string();
+        let field = if path != "." {
+            path
+        } else if let Some(name) = missing_field_name(&reason) {
+            name.to_string()
+        } else {
+            "(file)".to_string()
+        };
+        config_error(origin, field, reason)
+    })
+}
+
+/// An [`Error::Config`] about `field` of the config file at `origin`.
+pub fn config_error(origin: &Path, field: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        path: origin.to_path_buf(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// serde reports a missing field at its parent's path; the name is only in the message
+/// ("missing field `block_out_channels` at line 1 column 2").
+fn missing_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}

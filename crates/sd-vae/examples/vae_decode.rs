@@ -1,0 +1,82 @@
+//! Time and memory of a full-size SD 1.5 VAE decode on the CPU backend (f32), on the random
+//! weights of `python tools/full_size_goldens.py write`.
+//!
+//!     cargo run --release -p sd-vae --example vae_decode -- [--size 512] [--tiling auto|on|off] [DIR]
+//!     /usr/bin/time -v target/release/examples/vae_decode --size 1024    # whole-process peak
+//!
+//! Prints the decode time, the resident set after loading and the peak during the decode
+//! (`VmHWM` reset once the model is built and the weight files unmapped).
+
+#[path = "../../sd-unet/examples/support/peak_rss.rs"]
+mod peak_rss;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use sd_core::cpu::CpuBackend;
+use sd_core::weights::WeightStore;
+use sd_core::{Backend, Error, LatentCodec, TensorInfo, TorchGenerator};
+use sd_vae::{AutoencoderKL, TileMode, VaeConfig};
+
+fn main() -> sd_core::Result<()> {
+    let mut dir = PathBuf::from("/tmp/sd-full-size");
+    let mut size = 512;
+    let mut tiling = "auto".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--size" => {
+                size = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| Error::invalid_argument("--size", "expects pixels"))?
+            }
+            "--tiling" => {
+                tiling = args
+                    .next()
+                    .ok_or_else(|| Error::invalid_argument("--tiling", "auto, on or off"))?
+            }
+            _ => dir = PathBuf::from(arg),
+        }
+    }
+    let backend = CpuBackend::new();
+    let store = WeightStore::open(&dir)?;
+    let mut vae = AutoencoderKL::from_store(&backend, VaeConfig::sd15()?, &store)?;
+    drop(store);
+    let mode = match tiling.as_str() {
+        "auto" => vae.tiling().mode,
+        "on" => TileMode::On,
+        "off" => TileMode::Off,
+        other => {
+            return Err(Error::invalid_argument(
+                "--tiling",
+                format!("{other:?}: auto, on or off"),
+            ));
+        }
+    };
+    vae.set_tiling(sd_vae::Tiling {
+        mode,
+        ..vae.tiling()
+    });
+    println!(
+        "resident after load: {}",
+        peak_rss::gib(peak_rss::current_bytes())
+    );
+
+    let f = vae.downscale_factor();
+    let latents = backend.upload(&TorchGenerator::new(0).randn(&[1, 4, size / f, size / f]))?;
+    peak_rss::reset();
+    let start = Instant::now();
+    let image = vae.decode(&backend, &latents)?;
+    println!(
+        "decode {size}x{size} (tiling {mode:?}, applies: {}): {:.2} s, output {:?}",
+        vae.tiling().applies(size, size),
+        start.elapsed().as_secs_f64(),
+        image.shape()
+    );
+    println!(
+        "peak RSS during decode: {}",
+        peak_rss::gib(peak_rss::peak_bytes())
+    );
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sd",
+    version,
+    about = "Stable Diffusion 1.5 in Rust: txt2img, img2img and inpainting"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate images (txt2img; img2img with --init-image; inpainting with --mask).
+    Generate(Box<GenerateArgs>),
+    /// Print the generation parameters stored in a PNG (A1111's `parameters` text chunk).
+    Info(InfoArgs),
+    /// Show how a prompt is tokenized: tokens, ids and count (how long is my prompt?).
+    Tokenize(TokenizeArgs),
+    /// Time CLIP, a UNet step and a VAE decode of full-size SD 1.5 with random weights.
+    Bench(BenchArgs),
+}
+
+/// Where tensors live and compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The ndarray CPU backend (f32, all cores).
+    Cpu,
+    /// The first NVIDIA GPU through CUDA (f16 storage, f32 arithmetic).
+    Cuda,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A diffusers folder (with model_index.json) or an SD 1.x single-file .safetensors.
+    /// Without it, the tiny random test model in fixtures/tiny-sd runs (its images are noise).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Read the component configs of a single-file model from this diffusers folder instead of
+    /// SD 1.5's built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    #[arg(long, short)]
+    pub prompt: String,
+    #[arg(long, short, default_value = "")]
+    pub negative_prompt: String,
+    /// Image width in pixels (default: the model's, or the init image's).
+    #[arg(long, short = 'W')]
+    pub width: Option<usize>,
+    /// Image height in pixels (default: the model's, or the init image's).
+    #[arg(long, short = 'H')]
+    pub height: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f32,
+    /// Sampler: "Euler a", "DPM++ 2M Karras", "DDIM", "PNDM", … (default: the model's own).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Seed of the first image (random when absent); image i of a batch gets seed + i.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Images to generate in one batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// A1111's Clip skip (1 = the last CLIP layer, 2 = the one before).
+    #[arg(long, default_value_t = 1)]
+    pub clip_skip: usize,
+    /// Start from this image (img2img; with --mask, inpainting).
+    #[arg(long, value_name = "IMG")]
+    pub init_image: Option<PathBuf>,
+    /// How far img2img departs from the init image, 0..=1.
+    #[arg(long, default_value_t = 0.75)]
+    pub strength: f64,
+    /// Inpainting mask: white repaints, black keeps (needs --init-image).
+    #[arg(long, value_name = "IMG")]
+    pub mask: Option<PathBuf>,
+    /// Read the prompt literally, as diffusers does (no (emphasis:1.2), no BREAK, 75 tokens).
+    #[arg(long)]
+    pub plain_prompt: bool,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    /// Output PNG; a batch writes NAME-1.png, NAME-2.png, …
+    #[arg(long, short, default_value = "sd-output.png")]
+    pub output: PathBuf,
+    /// No progress bar or messages; errors still go to stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A PNG written by `sd generate` (or by A1111).
+    pub image: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    pub prompt: String,
+    /// Print one JSON object: {"ids": [...], "count": N} (ids unpadded, with start and end
+    /// tokens, chunks concatenated; count without them).
+    #[arg(long)]
+    pub json: bool,
+    /// Read the prompt literally, as diffusers does (one chunk, truncated).
+    #[arg(long)]
+    pub plain_prompt: bool,
+    /// Use this diffusers folder's tokenizer instead of SD 1.5's.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    /// Timed runs per component (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}

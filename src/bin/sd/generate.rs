@@ -1,0 +1,140 @@
+//! `sd generate`: load, generate, write PNGs with their parameters.
+
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+
+use sd_core::{Backend, Result};
+use stable_diffusion::model_hash::short_hash;
+use stable_diffusion::parameters::Parameters;
+use stable_diffusion::png::{read_gray, read_rgb, write_png};
+use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
+
+use crate::backend::with_backend;
+use crate::cli::GenerateArgs;
+use crate::progress::StepBar;
+
+/// The committed tiny pipeline, run when no --model is given (so a fresh clone works).
+fn bundled_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("tiny-sd")
+}
+
+pub fn run(args: Box<GenerateArgs>) -> Result<()> {
+    with_backend!(args.backend, |backend| generate(backend, &args))
+}
+
+fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
+    let say = |message: String| {
+        if !args.quiet {
+            eprintln!("{message}");
+        }
+    };
+    let model_path = match &args.model {
+        Some(path) => path.clone(),
+        None => {
+            let path = bundled_model();
+            say(format!(
+                "No --model given: running the bundled tiny test model {} (random weights, so \
+                 the image is noise). Pass --model PATH for a real checkpoint.",
+                path.display()
+            ));
+            path
+        }
+    };
+    // Check names and read the inputs before the (slow) model load so mistakes fail at once.
+    if let Some(name) = &args.scheduler {
+        stable_diffusion::schedulers::kind_of(name)?;
+    }
+    let init = args.init_image.as_ref().map(read_rgb).transpose()?;
+    let mask = args.mask.as_ref().map(read_gray).transpose()?;
+
+    let options = LoadOptions {
+        config_dir: args.config_dir.clone(),
+    };
+    say(format!(
+        "Loading {} on {} …",
+        model_path.display(),
+        backend.name()
+    ));
+    let mut sd = StableDiffusion::load_on(backend, &model_path, options)?;
+    if let Some(name) = &args.scheduler {
+        sd.set_scheduler(name)?;
+    }
+    sd.set_clip_skip(args.clip_skip)?;
+    sd.set_prompt_mode(if args.plain_prompt {
+        PromptMode::Plain
+    } else {
+        PromptMode::A1111
+    });
+
+    let first_seed = args.seed.unwrap_or_else(random_seed);
+    let seeds: Vec<u64> = (0..args.batch as u64)
+        .map(|i| first_seed.wrapping_add(i))
+        .collect();
+    let mut request = GenerationRequest::new(&args.prompt)
+        .negative_prompt(&args.negative_prompt)
+        .steps(args.steps)
+        .guidance_scale(args.cfg)
+        .seeds(seeds);
+    request.width = args.width;
+    request.height = args.height;
+    let strength = init.as_ref().map(|_| args.strength);
+    if let Some(image) = init {
+        request = request.init_image(image, args.strength);
+    }
+    if let Some(mask) = mask {
+        request = request.mask(mask);
+    }
+
+    let bar = StepBar::new(args.quiet);
+    let generation = sd.generate_with_progress(&request, |progress| bar.update(progress))?;
+    bar.finish();
+
+    let model_hash = short_hash(sd.weight_files())?;
+    let model_name = model_path
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned());
+    for (index, (image, seed)) in generation.images.iter().zip(&generation.seeds).enumerate() {
+        let parameters = Parameters {
+            prompt: args.prompt.clone(),
+            negative_prompt: args.negative_prompt.clone(),
+            steps: args.steps,
+            sampler: sd.scheduler_name().to_string(),
+            cfg_scale: args.cfg,
+            seed: *seed,
+            width: image.width(),
+            height: image.height(),
+            model_hash: Some(model_hash.clone()),
+            model: model_name.clone(),
+            clip_skip: sd.clip_skip(),
+            denoising_strength: strength,
+        };
+        let path = output_path(&args.output, index, generation.images.len());
+        write_png(&path, image, Some(&parameters.to_text()))?;
+        say(format!("Wrote {} (seed {seed})", path.display()));
+    }
+    Ok(())
+}
+
+/// `NAME.png` for one image, `NAME-1.png`, `NAME-2.png`, … for a batch.
+fn output_path(output: &Path, index: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return output.to_path_buf();
+    }
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sd-output".to_string());
+    let name = match output.extension() {
+        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", index + 1),
+    };
+    output.with_file_name(name)
+}
+
+/// A seed in A1111's usual 32-bit range (torch seeds its generator with the low 32 bits).
+fn random_seed() -> u64 {
+    let hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.finish() & 0xFFFF_FFFF
+}

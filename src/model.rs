@@ -1,0 +1,184 @@
+//! [`StableDiffusion`]: a loaded SD 1.x model, ready to generate.
+
+use std::path::{Path, PathBuf};
+
+use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
+use sd_core::cpu::CpuBackend;
+use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
+use sd_core::weights::{Variant, WeightStore};
+use sd_core::{Backend, Result, Scheduler};
+use sd_schedulers::{SchedulerConfig, scheduler_from_name};
+use sd_unet::UNet2DConditionModel;
+use sd_vae::AutoencoderKL;
+
+use crate::configs::ModelConfigs;
+
+/// The concrete pipeline: CLIP, the UNet and the VAE on backend `B`.
+pub type SdPipeline<B> = Pipeline<B, ClipTextEncoder<B>, UNet2DConditionModel<B>, AutoencoderKL<B>>;
+
+/// The sampler of SD 1.5's own scheduler config (diffusers' default for it).
+pub const DEFAULT_SCHEDULER: &str = "PNDMScheduler";
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Take the component configs and tokenizer from this diffusers folder instead of SD 1.5's
+    /// built-in ones when loading a single file (diffusers' `from_single_file(config=...)`):
+    /// for single files of other shapes than SD 1.5, such as the tiny test models.
+    pub config_dir: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config_dir = Some(dir.into());
+        self
+    }
+}
+
+/// An SD 1.x model on a backend, with its current sampler and prompt settings.
+///
+/// ```no_run
+/// use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
+/// # fn main() -> sd_core::Result<()> {
+/// let mut sd = StableDiffusion::load("v1-5-pruned-emaonly.safetensors", LoadOptions::default())?;
+/// sd.set_scheduler("DPM++ 2M Karras")?;
+/// let out = sd.generate(&GenerationRequest::new("a red fox in the snow").steps(25).seed(42))?;
+/// # let _ = out; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct StableDiffusion<B: Backend> {
+    pipeline: SdPipeline<B>,
+    scheduler_config: SchedulerConfig,
+    scheduler_name: String,
+    source: PathBuf,
+    weight_files: Vec<PathBuf>,
+}
+
+impl StableDiffusion<CpuBackend> {
+    /// Load a diffusers folder (`model_index.json`) or an LDM single-file `.safetensors` onto the
+    /// CPU backend.
+    pub fn load(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        Self::load_on(CpuBackend::new(), path, options)
+    }
+}
+
+impl<B: Backend> StableDiffusion<B> {
+    /// [`load`](StableDiffusion::load) onto `backend`.
+    pub fn load_on(backend: B, path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let store = WeightStore::open(path)?;
+        let configs = if path.is_dir() {
+            ModelConfigs::from_folder(path)?
+        } else if let Some(dir) = &options.config_dir {
+            ModelConfigs::from_folder(dir)?
+        } else {
+            ModelConfigs::sd15(store.variant().unwrap_or(Variant::Standard))?
+        };
+        Self::from_store(backend, &store, configs)
+    }
+
+    /// Build from a weight store and the configs of its components.
+    pub fn from_store(backend: B, store: &WeightStore, configs: ModelConfigs) -> Result<Self> {
+        let side = configs.default_image_side();
+        let text_model =
+            ClipTextTransformer::load(&backend, &store.text_encoder()?, configs.text_encoder)?;
+        let unet = UNet2DConditionModel::from_store(&backend, configs.unet, store)?;
+        let vae = AutoencoderKL::from_store(&backend, configs.vae, store)?;
+        let text = ClipTextEncoder::new(text_model, configs.tokenizer);
+        let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
+        let mut model =
+            Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
+        model.weight_files = store.files().map(Path::to_path_buf).collect();
+        Ok(model)
+    }
+
+    /// Wrap an assembled pipeline. The sampler starts as the scheduler config's own class (as
+    /// in diffusers), or PNDM when the config names a class we do not implement.
+    pub fn from_pipeline(
+        pipeline: SdPipeline<B>,
+        scheduler_config: SchedulerConfig,
+        source: PathBuf,
+    ) -> Self {
+        let scheduler_name = scheduler_config
+            .class_name
+            .clone()
+            .filter(|name| scheduler_from_name(name, &scheduler_config).is_ok())
+            .unwrap_or_else(|| DEFAULT_SCHEDULER.to_string());
+        Self {
+            pipeline,
+            scheduler_config,
+            scheduler_name,
+            source,
+            weight_files: Vec::new(),
+        }
+    }
+
+    /// Choose the sampler by diffusers class name or A1111 name (`"Euler a"`, `"DPM++ 2M
+    /// Karras"`, `"DDIM"`, …; see [`sd_schedulers::known_names`]), built from the model's
+    /// scheduler config. An unknown name is an error listing the known ones.
+    pub fn set_scheduler(&mut self, name: &str) -> Result<()> {
+        scheduler_from_name(name, &self.scheduler_config)?;
+        self.scheduler_name = name.trim().to_string();
+        Ok(())
+    }
+
+    /// The current sampler's name.
+    pub fn scheduler_name(&self) -> &str {
+        &self.scheduler_name
+    }
+
+    /// A1111's "Clip skip" (1 = the last layer).
+    pub fn set_clip_skip(&mut self, clip_skip: usize) -> Result<()> {
+        self.pipeline.text_encoder_mut().set_clip_skip(clip_skip)
+    }
+
+    pub fn clip_skip(&self) -> usize {
+        self.pipeline.text_encoder().clip_skip()
+    }
+
+    /// A1111 prompt syntax (the default) or the plain, diffusers-identical reading.
+    pub fn set_prompt_mode(&mut self, mode: PromptMode) {
+        self.pipeline.text_encoder_mut().set_mode(mode);
+    }
+
+    pub fn prompt_mode(&self) -> PromptMode {
+        self.pipeline.text_encoder().mode()
+    }
+
+    /// The folder or file the weights came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The safetensors files the weights were read from (empty for a pipeline built in memory).
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.weight_files
+    }
+
+    pub fn pipeline(&self) -> &SdPipeline<B> {
+        &self.pipeline
+    }
+
+    /// Whether the UNet is an inpainting one (9 input channels).
+    pub fn is_inpainting(&self) -> bool {
+        self.pipeline.is_inpainting()
+    }
+
+    pub fn generate(&self, request: &GenerationRequest) -> Result<Generation> {
+        self.generate_with_progress(request, |_| Control::Continue)
+    }
+
+    /// Generate, calling `on_step` after every model evaluation (return
+    /// [`Control::Cancel`] to stop with [`Error::Cancelled`]).
+    pub fn generate_with_progress(
+        &self,
+        request: &GenerationRequest,
+        mut on_step: impl FnMut(&StepProgress<'_>) -> Control,
+    ) -> Result<Generation> {
+        let new_scheduler = || -> Result<Box<dyn Scheduler>> {
+            scheduler_from_name(&self.scheduler_name, &self.scheduler_config)
+        };
+        self.pipeline
+            .generate_with_progress(request, &new_scheduler, &mut on_step)
+    }
+}

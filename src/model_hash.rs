@@ -1,0 +1,51 @@
+//! AUTOMATIC1111's short model hash ("AutoV2"): the first 10 hex digits of the SHA-256 of the
+//! checkpoint file, what image sites and A1111 match models by.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use sd_core::{Error, Result};
+use sha2::{Digest, Sha256};
+
+/// Hex digits A1111 keeps.
+const SHORT_HASH_DIGITS: usize = 10;
+
+/// The short hash of the concatenated `files` (for a single-file checkpoint, exactly A1111's).
+pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    for path in files {
+        let path = path.as_ref();
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        loop {
+            let read = file.read(&mut buffer).map_err(io)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..SHORT_HASH_DIGITS].to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+mod tests {
+    #[test]
+    fn hash_of_known_bytes() {
+        let dir = std::env::temp_dir().join(format!("sd-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("abc.bin");
+        std::fs::write(&path, b"abc").unwrap();
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad (FIPS 180-2).
+        assert_eq!(super::short_hash(&[&path]).unwrap(), "ba7816bf8f");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

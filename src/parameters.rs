@@ -1,0 +1,125 @@
+//! The AUTOMATIC1111 `parameters` text: what a PNG was generated with, in the form A1111, its
+//! forks and image sites read back.
+//!
+//! ```text
+//! a red fox in the snow
+//! Negative prompt: blurry
+//! Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 1, Version: sd-rs 0.1.0
+//! ```
+//!
+//! The first lines are the prompt, then `Negative prompt:`, then one line of `Key: value`
+//! pairs; a value holding `,`, `:` or a newline is written as a JSON string (as A1111 quotes).
+
+use std::fmt::Write;
+
+/// What one image was generated with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parameters {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub sampler: String,
+    pub cfg_scale: f32,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// A1111's short hash ([`crate::model_hash`]).
+    pub model_hash: Option<String>,
+    /// The model's file or folder name, without extension.
+    pub model: Option<String>,
+    pub clip_skip: usize,
+    /// img2img and inpainting only.
+    pub denoising_strength: Option<f64>,
+}
+
+impl Parameters {
+    /// The text of the `parameters` chunk.
+    pub fn to_text(&self) -> String {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("Steps", self.steps.to_string()),
+            ("Sampler", self.sampler.clone()),
+            ("CFG scale", self.cfg_scale.to_string()),
+            ("Seed", self.seed.to_string()),
+            ("Size", format!("{}x{}", self.width, self.height)),
+        ];
+        if let Some(hash) = &self.model_hash {
+            fields.push(("Model hash", hash.clone()));
+        }
+        if let Some(model) = &self.model {
+            fields.push(("Model", model.clone()));
+        }
+        fields.push(("Clip skip", self.clip_skip.to_string()));
+        if let Some(strength) = self.denoising_strength {
+            fields.push(("Denoising strength", strength.to_string()));
+        }
+        fields.push(("Version", format!("sd-rs {}", env!("CARGO_PKG_VERSION"))));
+
+        let mut text = String::new();
+        let _ = writeln!(text, "{}", self.prompt);
+        let _ = writeln!(text, "Negative prompt: {}", self.negative_prompt);
+        let line: Vec<String> = fields
+            .into_iter()
+            .map(|(key, value)| format!("{key}: {}", quote(&value)))
+            .collect();
+        text.push_str(&line.join(", "));
+        text
+    }
+}
+
+/// A1111's `quote`: values that would break the `Key: value, …` line become JSON strings.
+fn quote(value: &str) -> String {
+    if value.contains([',', '\n', ':']) {
+        serde_json::to_string(value).unwrap_or_else(|_| value.replace([',', '\n', ':'], " "))
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+mod tests {
+    use super::*;
+
+    fn example() -> Parameters {
+        Parameters {
+            prompt: "a red fox, snow".into(),
+            negative_prompt: "blurry".into(),
+            steps: 25,
+            sampler: "Euler a".into(),
+            cfg_scale: 7.5,
+            seed: 42,
+            width: 512,
+            height: 768,
+            model_hash: Some("6ce0161689".into()),
+            model: Some("v1-5-pruned-emaonly".into()),
+            clip_skip: 2,
+            denoising_strength: None,
+        }
+    }
+
+    #[test]
+    fn lays_out_prompt_negative_and_fields_like_a1111() {
+        let text = example().to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "a red fox, snow");
+        assert_eq!(lines[1], "Negative prompt: blurry");
+        assert!(
+            lines[2].starts_with(
+                "Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x768, \
+             Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: sd-rs "
+            ),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn values_with_separators_are_quoted() {
+        let mut p = example();
+        p.model = Some("my, model: v2".into());
+        p.denoising_strength = Some(0.6);
+        let text = p.to_text();
+        assert!(text.contains(r#"Model: "my, model: v2""#), "{text}");
+        assert!(text.contains("Denoising strength: 0.6"), "{text}");
+    }
+}

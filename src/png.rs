@@ -1,0 +1,179 @@
+//! PNG files: generated images with an AUTOMATIC1111-style `parameters` text chunk, init images
+//! and masks in, and the text chunks of any PNG back out.
+//!
+//! Pixels are read as PIL's `convert("RGB")` / `convert("L")` give them: palettes expanded,
+//! 16-bit samples cut to 8, alpha dropped, grey replicated to RGB, RGB to grey by PIL's luma.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+use png::{BitDepth, ColorType, Decoder, Encoder, Transformations};
+use sd_core::pipeline::{GrayImage, RgbImage};
+use sd_core::{Error, Result};
+
+/// The text chunk keyword A1111 (and tools that read its images) use for generation parameters.
+pub const PARAMETERS_KEY: &str = "parameters";
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn not_png(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::invalid_argument(
+        path.display().to_string(),
+        format!("not a readable PNG image: {reason}"),
+    )
+}
+
+/// Write `image` as an 8-bit RGB PNG, with `parameters` as its `parameters` text chunk
+/// (tEXt when the text is Latin-1, else UTF-8 iTXt, as PIL chooses).
+pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&str>) -> Result<()> {
+    let path = path.as_ref();
+    let file = File::create(path).map_err(|e| io_error(path, e))?;
+    let side = |n: usize, what: &str| {
+        u32::try_from(n)
+            .map_err(|_| Error::invalid_argument(what, format!("{n} pixels is too large for PNG")))
+    };
+    let mut encoder = Encoder::new(
+        BufWriter::new(file),
+        side(image.width(), "width")?,
+        side(image.height(), "height")?,
+    );
+    encoder.set_color(ColorType::Rgb);
+    encoder.set_depth(BitDepth::Eight);
+    let encoding = |e: png::EncodingError| match e {
+        png::EncodingError::IoError(source) => io_error(path, source),
+        other => Error::invalid_argument(
+            path.display().to_string(),
+            format!("cannot write PNG: {other}"),
+        ),
+    };
+    if let Some(text) = parameters {
+        let key = PARAMETERS_KEY.to_string();
+        if text.chars().all(|c| u32::from(c) < 256) {
+            encoder
+                .add_text_chunk(key, text.to_string())
+                .map_err(encoding)?;
+        } else {
+            encoder
+                .add_itxt_chunk(key, text.to_string())
+                .map_err(encoding)?;
+        }
+    }
+    let mut writer = encoder.write_header().map_err(encoding)?;
+    writer.write_image_data(image.pixels()).map_err(encoding)?;
+    writer.finish().map_err(encoding)
+}
+
+/// Decoded 8-bit pixels, their colour type and the size.
+struct Decoded {
+    width: usize,
+    height: usize,
+    color: ColorType,
+    pixels: Vec<u8>,
+}
+
+fn decode(path: &Path) -> Result<Decoded> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut decoder = Decoder::new(BufReader::new(file));
+    decoder.set_transformations(Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(|e| not_png(path, e))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| not_png(path, "image too large"))?;
+    let mut pixels = vec![0; size];
+    let frame = reader
+        .next_frame(&mut pixels)
+        .map_err(|e| not_png(path, e))?;
+    pixels.truncate(frame.buffer_size());
+    Ok(Decoded {
+        width: frame.width as usize,
+        height: frame.height as usize,
+        color: frame.color_type,
+        pixels,
+    })
+}
+
+/// An init image: any PNG, as RGB.
+pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let d = decode(path)?;
+    let pixels: Vec<u8> = match d.color {
+        ColorType::Rgb => d.pixels,
+        ColorType::Rgba => d
+            .pixels
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        ColorType::Grayscale => d.pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        ColorType::GrayscaleAlpha => d
+            .pixels
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
+    };
+    RgbImage::new(d.width, d.height, pixels).map_err(|e| not_png(path, e))
+}
+
+/// A mask: any PNG, as greyscale (white repaints).
+pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
+    let path = path.as_ref();
+    let d = decode(path)?;
+    match d.color {
+        ColorType::Grayscale => GrayImage::new(d.width, d.height, d.pixels),
+        ColorType::GrayscaleAlpha => GrayImage::new(
+            d.width,
+            d.height,
+            d.pixels.iter().step_by(2).copied().collect(),
+        ),
+        ColorType::Rgb | ColorType::Rgba => return Ok(GrayImage::from_rgb(&read_rgb(path)?)),
+        ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
+    }
+    .map_err(|e| not_png(path, e))
+}
+
+/// All text chunks of a PNG (tEXt, zTXt and iTXt), keyword and text, in file order per kind.
+pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut reader = Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(|e| not_png(path, e))?;
+    // Text chunks may follow the image data: read through to the end.
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| not_png(path, "image too large"))?;
+    let mut pixels = vec![0; size];
+    reader
+        .next_frame(&mut pixels)
+        .map_err(|e| not_png(path, e))?;
+    reader.finish().map_err(|e| not_png(path, e))?;
+    let info = reader.info();
+    let mut chunks: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect();
+    for chunk in &info.compressed_latin1_text {
+        let text = chunk.get_text().map_err(|e| not_png(path, e))?;
+        chunks.push((chunk.keyword.clone(), text));
+    }
+    for chunk in &info.utf8_text {
+        let text = chunk.get_text().map_err(|e| not_png(path, e))?;
+        chunks.push((chunk.keyword.clone(), text));
+    }
+    Ok(chunks)
+}
+
+/// The `parameters` text of a PNG, or `None` when it has none.
+pub fn read_parameters(path: impl AsRef<Path>) -> Result<Option<String>> {
+    Ok(read_text_chunks(path)?
+        .into_iter()
+        .find(|(key, _)| key == PARAMETERS_KEY)
+        .map(|(_, text)| text))
+}

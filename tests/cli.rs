@@ -1,0 +1,343 @@
+//! The `sd` binary as users run it: exit codes, one-line errors, files written.
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use stable_diffusion::png::read_rgb;
+use support::goldens;
+
+fn sd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(args)
+        .output()
+        .expect("the sd binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A failed run: non-zero exit, one line on stderr that mentions every `needles`, no panic.
+fn assert_fails_naming(output: &Output, needles: &[&str]) {
+    let err = stderr(output);
+    assert!(!output.status.success(), "expected failure, stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("sd: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "`{needle}` missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn default_run_uses_the_bundled_model_and_writes_a_png_that_info_reads_back() {
+    let dir = scratch("default");
+    let out = dir.join("fox.png");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "a red fox, in the snow",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--seed",
+        "1234",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("bundled tiny test model"),
+        "{}",
+        stderr(&run)
+    );
+    let image = read_rgb(&out).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+
+    let info = sd(&["info", path_arg(&out)]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let text = stdout(&info);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "a red fox, in the snow");
+    assert_eq!(lines[1], "Negative prompt: blurry");
+    for field in [
+        "Steps: 3",
+        "Sampler: PNDMScheduler",
+        "CFG scale: 7.5",
+        "Seed: 1234",
+        "Size: 64x64",
+        "Model hash: ",
+        "Model: tiny-sd",
+        "Clip skip: 1",
+    ] {
+        assert!(
+            lines[2].contains(field),
+            "`{field}` missing from {}",
+            lines[2]
+        );
+    }
+}
+
+/// The CLI's image is diffusers' image: the PNDM seed-0 golden through the command line.
+#[test]
+fn generate_reproduces_the_diffusers_golden() {
+    let dir = scratch("golden");
+    let out = dir.join("golden.png");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "0",
+        "--scheduler",
+        "PNDM",
+        "--plain-prompt",
+        "--quiet",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).is_empty(), "--quiet printed: {}", stderr(&run));
+    let ours = read_rgb(&out).unwrap();
+    let golden = read_rgb(goldens().join("tiny-sd").join("txt2img_pndm_seed0.png")).unwrap();
+    let worst = ours
+        .pixels()
+        .iter()
+        .zip(golden.pixels())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "pixels differ by {worst}");
+}
+
+#[test]
+fn batch_writes_numbered_files_with_consecutive_seeds() {
+    let dir = scratch("batch");
+    let out = dir.join("b.png");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seed",
+        "7",
+        "-q",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    for (file, seed) in [("b-1.png", "Seed: 7,"), ("b-2.png", "Seed: 8,")] {
+        let info = sd(&["info", path_arg(&dir.join(file))]);
+        assert!(stdout(&info).contains(seed), "{file}: {}", stdout(&info));
+    }
+}
+
+#[test]
+fn img2img_and_inpainting_run_from_the_command_line() {
+    let dir = scratch("img2img");
+    let init = goldens().join("init_image.png");
+    let mask = goldens().join("mask.png");
+    let out = dir.join("i.png");
+    let img2img = sd(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--init-image",
+        path_arg(&init),
+        "--strength",
+        "0.5",
+        "-q",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(img2img.status.success(), "{}", stderr(&img2img));
+    assert!(stdout(&sd(&["info", path_arg(&out)])).contains("Denoising strength: 0.5"));
+    let inpaint = sd(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--init-image",
+        path_arg(&init),
+        "--mask",
+        path_arg(&mask),
+        "-q",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(inpaint.status.success(), "{}", stderr(&inpaint));
+}
+
+#[test]
+fn a_size_that_is_not_a_multiple_is_refused() {
+    assert_fails_naming(
+        &sd(&["generate", "--prompt", "x", "--width", "65", "-q"]),
+        &["width", "65"],
+    );
+    assert_fails_naming(
+        &sd(&["generate", "--prompt", "x", "--height", "0", "-q"]),
+        &["height"],
+    );
+}
+
+#[test]
+fn a_missing_model_file_is_named() {
+    let missing = scratch("missing").join("nope.safetensors");
+    assert_fails_naming(
+        &sd(&[
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            path_arg(&missing),
+            "-q",
+        ]),
+        &[path_arg(&missing), "No such file"],
+    );
+}
+
+#[test]
+fn a_corrupt_model_file_is_named() {
+    let corrupt = scratch("corrupt").join("broken.safetensors");
+    std::fs::write(
+        &corrupt,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": not json}",
+    )
+    .unwrap();
+    assert_fails_naming(
+        &sd(&[
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            path_arg(&corrupt),
+            "-q",
+        ]),
+        &[path_arg(&corrupt), "safetensors"],
+    );
+}
+
+#[test]
+fn an_unknown_scheduler_is_named_with_the_known_ones() {
+    assert_fails_naming(
+        &sd(&["generate", "--prompt", "x", "--scheduler", "Euler b", "-q"]),
+        &["unknown scheduler", "Euler b", "DPM++ 2M Karras"],
+    );
+}
+
+#[test]
+fn other_bad_inputs_fail_on_one_line() {
+    let dir = scratch("bad");
+    let not_png = dir.join("not.png");
+    std::fs::write(&not_png, b"GIF89a").unwrap();
+    assert_fails_naming(
+        &sd(&[
+            "generate",
+            "--prompt",
+            "x",
+            "--init-image",
+            path_arg(&not_png),
+            "-q",
+        ]),
+        &[path_arg(&not_png), "PNG"],
+    );
+    assert_fails_naming(&sd(&["info", path_arg(&not_png)]), &[path_arg(&not_png)]);
+    assert_fails_naming(
+        &sd(&["info", path_arg(&goldens().join("mask.png"))]),
+        &["mask.png", "parameters"],
+    );
+    assert_fails_naming(
+        &sd(&["generate", "--prompt", "x", "--clip-skip", "0", "-q"]),
+        &["clip_skip"],
+    );
+}
+
+/// On a machine without a GPU, `--backend cuda` is one line naming what is missing.
+#[test]
+fn cuda_without_a_device_fails_on_one_line() {
+    if sd_cuda::CudaBackend::new(0).is_ok() {
+        println!("skipped: this machine has a CUDA device");
+        return;
+    }
+    let run = sd(&["generate", "--prompt", "x", "--backend", "cuda", "-q"]);
+    let err = stderr(&run);
+    assert_fails_naming(&run, &[]);
+    assert!(err.contains("CUDA") || err.contains("NVRTC"), "{err}");
+}
+
+/// `--json --plain-prompt` prints the ids transformers' CLIPTokenizer gives (tokenizer goldens).
+#[test]
+fn tokenize_json_matches_the_reference_tokenizer() {
+    let text = std::fs::read_to_string(goldens().join("tokenizer.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    let short: Vec<&Value> = cases
+        .iter()
+        .filter(|c| c["truncated"] == false)
+        .take(8)
+        .collect();
+    assert!(short.len() >= 5);
+    for case in short {
+        let prompt = case["prompt"].as_str().unwrap();
+        let run = sd(&["tokenize", "--json", "--plain-prompt", prompt]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let printed: Value = serde_json::from_str(stdout(&run).trim()).unwrap();
+        let expected = &case["untruncated_ids"];
+        assert_eq!(&printed["ids"], expected, "prompt {prompt:?}");
+        let count = expected.as_array().unwrap().len() - 2;
+        assert_eq!(printed["count"], count, "prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn tokenize_counts_a1111_chunks_without_their_syntax() {
+    let run = sd(&["tokenize", "--json", "a (red:1.3) fox"]);
+    let printed: Value = serde_json::from_str(stdout(&run).trim()).unwrap();
+    assert_eq!(printed["count"], 3);
+    // 100 words: two chunks, each with its own start and end token.
+    let long = vec!["cat"; 100].join(" ");
+    let run = sd(&["tokenize", "--json", &long]);
+    let printed: Value = serde_json::from_str(stdout(&run).trim()).unwrap();
+    assert_eq!(printed["count"], 100);
+    assert_eq!(printed["ids"].as_array().unwrap().len(), 104);
+}

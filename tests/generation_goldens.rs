@@ -1,0 +1,206 @@
+//! Whole generations against diffusers: the runs of `fixtures/goldens/generations.json`
+#![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+//! (written by `tools/fixturegen/generations.py`) on the tiny pipelines, in plain prompt mode.
+//! Final latents must match diffusers' `output_type="latent"` result and the decoded image its
+//! PNG.
+
+mod support;
+
+use std::path::Path;
+
+use sd_core::HostTensor;
+use sd_core::weights::SafetensorsFile;
+use serde_json::Value;
+use stable_diffusion::png::{read_gray, read_rgb};
+use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
+use support::{goldens, load_plain, load_tiny_inpainting};
+
+/// Final latents may differ from diffusers' by this much, relative to their largest magnitude.
+/// Single UNet calls agree to ~3e-6 absolute (f32, other summation orders); ten steps of a random
+/// model (latents up to ~110 with Euler a) compound that to at most 3.8e-4 absolute, 3.7e-6
+/// relative (measured on both tiny pipelines, every run).
+const LATENT_TOLERANCE: f32 = 2e-5;
+
+/// Decoded pixels may differ by one level where a value sits on a rounding boundary.
+const PIXEL_TOLERANCE: u8 = 1;
+
+fn run_spec(model: &str, key: &str) -> Value {
+    let path = goldens().join("generations.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    json["runs"][model][key].clone()
+}
+
+/// The img2img/inpainting inputs sit next to generations.json (the JSON names them relative to a
+/// model's folder: `../init_image.png`).
+fn golden_input(name: &str) -> std::path::PathBuf {
+    goldens().join(Path::new(name).file_name().unwrap())
+}
+
+fn request_of(spec: &Value) -> GenerationRequest {
+    let mut request = GenerationRequest::new(spec["prompt"].as_str().unwrap())
+        .negative_prompt(spec["negative_prompt"].as_str().unwrap_or(""))
+        .steps(spec["num_inference_steps"].as_u64().unwrap() as usize)
+        .guidance_scale(spec["guidance_scale"].as_f64().unwrap() as f32);
+    request = match &spec["seed"] {
+        Value::Array(seeds) => request.seeds(seeds.iter().map(|s| s.as_u64().unwrap()).collect()),
+        seed => request.seed(seed.as_u64().unwrap()),
+    };
+    if let Some(n) = spec["num_images_per_prompt"].as_u64() {
+        request.batch_size = n as usize;
+    }
+    if let (Some(w), Some(h)) = (spec["width"].as_u64(), spec["height"].as_u64()) {
+        request = request.size(w as usize, h as usize);
+    }
+    if let Some(init) = spec["init_image"].as_str() {
+        let image = read_rgb(golden_input(init)).unwrap();
+        request = request.init_image(image, spec["strength"].as_f64().unwrap());
+    }
+    if let Some(mask) = spec["mask_image"].as_str() {
+        request = request.mask(read_gray(golden_input(mask)).unwrap());
+    }
+    request
+}
+
+fn pngs_of(spec: &Value) -> Vec<String> {
+    match (&spec["png"], &spec["pngs"]) {
+        (Value::String(png), _) => vec![png.clone()],
+        (_, Value::Array(pngs)) => pngs
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
+        _ => panic!("run without png"),
+    }
+}
+
+fn golden_latents(model: &str, key: &str) -> HostTensor {
+    let file =
+        SafetensorsFile::open(goldens().join(model).join("generations.safetensors")).unwrap();
+    file.get(&format!("{key}/latents")).unwrap()
+}
+
+/// Run `key` of `model`'s goldens on `sd` and compare latents and pixels.
+fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, key: &str) {
+    let spec = run_spec(model, key);
+    sd.set_scheduler(spec["sampler"].as_str().unwrap()).unwrap();
+    let generation = sd.generate(&request_of(&spec)).unwrap();
+
+    let expected = golden_latents(model, key);
+    assert_eq!(
+        generation.latents.shape(),
+        expected.shape(),
+        "{model} {key}: latent shape"
+    );
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = generation
+        .latents
+        .iter()
+        .zip(expected.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("{model} {key}: latents max abs diff {max_diff:.3e} (max |latent| {scale:.1})");
+    assert!(
+        max_diff <= LATENT_TOLERANCE * scale.max(1.0),
+        "{model} {key}: latents differ by {max_diff} (max |latent| {scale})"
+    );
+
+    for (image, png) in generation.images.iter().zip(pngs_of(&spec)) {
+        let golden = read_rgb(goldens().join(model).join(&png)).unwrap();
+        assert_eq!(
+            (image.width(), image.height()),
+            (golden.width(), golden.height()),
+            "{png}"
+        );
+        let worst = image
+            .pixels()
+            .iter()
+            .zip(golden.pixels())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        let off = image
+            .pixels()
+            .iter()
+            .zip(golden.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        println!(
+            "{model} {key}: {png}: {off} of {} bytes differ, by at most {worst}",
+            golden.pixels().len()
+        );
+        assert!(
+            worst <= PIXEL_TOLERANCE,
+            "{model} {key}: {png} differs by {worst} levels"
+        );
+    }
+}
+
+fn check(model: &str, key: &str) {
+    let mut sd = load_plain(&support::fixtures().join(model), LoadOptions::default());
+    check_run(&mut sd, model, key);
+}
+
+macro_rules! golden_cases {
+    ($($name:ident: $model:literal, $key:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                check($model, $key);
+            }
+        )*
+    };
+}
+
+golden_cases! {
+    tiny_sd_txt2img_pndm_seed0: "tiny-sd", "txt2img/pndm/seed0";
+    tiny_sd_txt2img_pndm_seed42: "tiny-sd", "txt2img/pndm/seed42";
+    tiny_sd_txt2img_euler_ancestral_seed0: "tiny-sd", "txt2img/euler_ancestral/seed0";
+    tiny_sd_txt2img_euler_ancestral_seed42: "tiny-sd", "txt2img/euler_ancestral/seed42";
+    tiny_sd_txt2img_ddim_without_negative_prompt: "tiny-sd", "txt2img/ddim/seed0";
+    tiny_sd_txt2img_dpmpp_2m_karras: "tiny-sd", "txt2img/dpmpp_2m_karras/seed0";
+    tiny_sd_txt2img_guidance_one_skips_the_unconditional_pass: "tiny-sd", "txt2img/pndm/guidance1";
+    tiny_sd_txt2img_batch_from_one_generator: "tiny-sd", "txt2img/pndm/batch2";
+    tiny_sd_txt2img_batch_from_a_generator_list: "tiny-sd", "txt2img/euler_ancestral/generators5_6";
+    tiny_sd_img2img_pndm_strength_0_6: "tiny-sd", "img2img/pndm";
+    tiny_sd_inpaint_latent_blending: "tiny-sd", "inpaint_legacy/pndm";
+    tiny_sd_inpaint_latent_blending_with_a_generator_list: "tiny-sd", "inpaint_legacy/pndm/generators13_14";
+    tiny_sd_alt_txt2img_pndm_seed0: "tiny-sd-alt", "txt2img/pndm/seed0";
+    tiny_sd_alt_txt2img_pndm_seed42: "tiny-sd-alt", "txt2img/pndm/seed42";
+    tiny_sd_alt_txt2img_euler_ancestral_seed0: "tiny-sd-alt", "txt2img/euler_ancestral/seed0";
+    tiny_sd_alt_txt2img_euler_ancestral_seed42: "tiny-sd-alt", "txt2img/euler_ancestral/seed42";
+    tiny_sd_alt_txt2img_ddim_without_negative_prompt: "tiny-sd-alt", "txt2img/ddim/seed0";
+    tiny_sd_alt_txt2img_dpmpp_2m_karras: "tiny-sd-alt", "txt2img/dpmpp_2m_karras/seed0";
+    tiny_sd_alt_txt2img_guidance_one_skips_the_unconditional_pass: "tiny-sd-alt", "txt2img/pndm/guidance1";
+    tiny_sd_alt_txt2img_batch_from_one_generator: "tiny-sd-alt", "txt2img/pndm/batch2";
+    tiny_sd_alt_txt2img_batch_from_a_generator_list: "tiny-sd-alt", "txt2img/euler_ancestral/generators5_6";
+    tiny_sd_alt_img2img_pndm_strength_0_6: "tiny-sd-alt", "img2img/pndm";
+    tiny_sd_alt_inpaint_latent_blending: "tiny-sd-alt", "inpaint_legacy/pndm";
+    tiny_sd_alt_inpaint_latent_blending_with_a_generator_list: "tiny-sd-alt", "inpaint_legacy/pndm/generators13_14";
+}
+
+#[test]
+fn tiny_sd_inpaint_with_the_inpainting_unet() {
+    let mut sd = load_tiny_inpainting();
+    assert!(sd.is_inpainting());
+    check_run(&mut sd, "tiny-sd", "inpaint/pndm");
+}
+
+/// Strength 0.8 and a list of generators: the image latents and the masked image's latents are
+/// drawn from the first generator only, as diffusers does.
+#[test]
+fn tiny_sd_inpaint_with_the_inpainting_unet_and_a_generator_list() {
+    let mut sd = load_tiny_inpainting();
+    check_run(&mut sd, "tiny-sd", "inpaint/pndm/generators11_12");
+}
+
+/// The LDM single-file copy of tiny-sd (configs from the folder, as diffusers'
+/// `from_single_file(config=...)`) reproduces the folder's goldens.
+#[test]
+fn single_file_gives_the_same_image_as_the_folder() {
+    let options = LoadOptions::default().config_dir(support::fixtures().join("tiny-sd"));
+    let mut sd = load_plain(
+        &support::fixtures().join("ldm").join("tiny-sd.safetensors"),
+        options,
+    );
+    check_run(&mut sd, "tiny-sd", "txt2img/euler_ancestral/seed42");
+    check_run(&mut sd, "tiny-sd", "img2img/pndm");
+}
