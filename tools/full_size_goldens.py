@@ -20,7 +20,7 @@ sd-unet's and sd-vae's #[ignore]d full_size tests read them (SD_FULL_SIZE_DIR, d
 /tmp/sd-full-size).
 
 `measure` runs the same work once in PyTorch with freshly initialised random f32 weights and
-prints the seconds of the forward call and the peak RSS of the forward phase (VmHWM after
+prints the wall and CPU seconds of the forward call and the peak RSS of the forward phase (VmHWM after
 resetting it with /proc/self/clear_refs once the model is built); run it under
 `/usr/bin/time -v` for the whole process's peak. Uses torch's default thread count.
 """
@@ -168,12 +168,12 @@ def measure(what, size):
         run = lambda: model.decode(latents).sample  # noqa: E731
         label = f"VAE decode {size}x{size}, f32"
     reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.no_grad():
         run()
-    seconds = time.perf_counter() - start
-    print(f"pytorch {label}: {seconds:.2f} s, forward-phase peak RSS {vm_hwm_kib() / 1024**2:.2f} GiB "
-          f"({torch.get_num_threads()} threads)")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"pytorch {label}: {seconds:.2f} s wall, {cpu:.1f} s CPU, forward-phase peak RSS "
+          f"{vm_hwm_kib() / 1024**2:.2f} GiB ({torch.get_num_threads()} threads)")
 
 
 def main():

@@ -4,12 +4,12 @@
 //!     cargo run --release -p sd-unet --example unet_forward -- [DIR] [--runs N]
 //!     /usr/bin/time -v target/release/examples/unet_forward        # whole-process peak RSS
 //!
-//! Prints the load time, each forward's time, the resident set after loading and the peak
+//! Prints the load time, each forward's wall and CPU time, the resident set after loading and the peak
 //! during the forward passes (`VmHWM` reset once the model is built and the weight files are
 //! unmapped, so it counts the f32 weights plus activations).
 
-#[path = "support/peak_rss.rs"]
-mod peak_rss;
+#[path = "support/process_stats.rs"]
+mod process_stats;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,26 +42,30 @@ fn main() -> sd_core::Result<()> {
     println!("load: {:.1} s", start.elapsed().as_secs_f64());
     println!(
         "resident after load: {}",
-        peak_rss::gib(peak_rss::current_bytes())
+        process_stats::gib(process_stats::current_bytes())
     );
 
     let mut generator = TorchGenerator::new(0);
     let latents = backend.upload(&generator.randn(&[2, 4, 64, 64]))?;
     let context = backend.upload(&generator.randn(&[2, 77, 768]))?;
-    peak_rss::reset();
+    process_stats::reset();
     for run in 0..runs {
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), process_stats::cpu_seconds());
         let out = unet.predict_noise(&backend, &latents, 500.0, &context)?;
         drop(out);
+        let cpu = process_stats::cpu_seconds()
+            .zip(cpu_start)
+            .map(|(end, start)| end - start);
         println!(
-            "forward {run}: {:.2} s (batch 2, 64x64, f32, {} threads)",
+            "forward {run}: {:.2} s wall, {:.1} s CPU (batch 2, 64x64, f32, {} threads)",
             start.elapsed().as_secs_f64(),
+            cpu.unwrap_or(f64::NAN),
             rayon_threads()
         );
     }
     println!(
         "peak RSS during forward: {}",
-        peak_rss::gib(peak_rss::peak_bytes())
+        process_stats::gib(process_stats::peak_bytes())
     );
     Ok(())
 }

@@ -9,6 +9,10 @@ use sd_core::Result;
 
 use crate::config_file::{config_error, parse_config, read_config};
 
+/// More resolution levels than any SD-family model has (each halves the latents); bounds
+/// the side multiple `2^(levels − 1)`.
+pub const MAX_LEVELS: usize = 16;
+
 /// The down blocks this crate builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DownBlockType {
@@ -288,7 +292,7 @@ impl UNetConfig {
 
     /// Latent sides must be multiples of this: each level but the last halves them.
     pub fn spatial_multiple(&self) -> usize {
-        1 << (self.levels() - 1)
+        1 << self.levels().clamp(1, MAX_LEVELS).saturating_sub(1)
     }
 
     /// Width of the sinusoidal timestep features (`block_out_channels[0]`).
@@ -311,8 +315,11 @@ impl UNetConfig {
     pub fn check(&self) -> Result<()> {
         self.check_supported()?;
         let levels = self.levels();
-        if levels == 0 {
-            return Err(self.error("block_out_channels", "must not be empty"));
+        if levels == 0 || levels > MAX_LEVELS {
+            return Err(self.error(
+                "block_out_channels",
+                format!("has {levels} levels; expected 1 to {MAX_LEVELS}"),
+            ));
         }
         for (field, len) in [
             ("down_block_types", self.down_block_types.len()),

@@ -4,11 +4,11 @@
 //!     cargo run --release -p sd-vae --example vae_decode -- [--size 512] [--tiling auto|on|off] [DIR]
 //!     /usr/bin/time -v target/release/examples/vae_decode --size 1024    # whole-process peak
 //!
-//! Prints the decode time, the resident set after loading and the peak during the decode
+//! Prints the decode's wall and CPU time, the resident set after loading and the peak during the decode
 //! (`VmHWM` reset once the model is built and the weight files unmapped).
 
-#[path = "../../sd-unet/examples/support/peak_rss.rs"]
-mod peak_rss;
+#[path = "../../sd-unet/examples/support/process_stats.rs"]
+mod process_stats;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,23 +60,27 @@ fn main() -> sd_core::Result<()> {
     });
     println!(
         "resident after load: {}",
-        peak_rss::gib(peak_rss::current_bytes())
+        process_stats::gib(process_stats::current_bytes())
     );
 
     let f = vae.downscale_factor();
     let latents = backend.upload(&TorchGenerator::new(0).randn(&[1, 4, size / f, size / f]))?;
-    peak_rss::reset();
-    let start = Instant::now();
+    process_stats::reset();
+    let (start, cpu_start) = (Instant::now(), process_stats::cpu_seconds());
     let image = vae.decode(&backend, &latents)?;
+    let cpu = process_stats::cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
     println!(
-        "decode {size}x{size} (tiling {mode:?}, applies: {}): {:.2} s, output {:?}",
+        "decode {size}x{size} (tiling {mode:?}, applies: {}): {:.2} s wall, {:.1} s CPU, output {:?}",
         vae.tiling().applies(size, size),
         start.elapsed().as_secs_f64(),
+        cpu.unwrap_or(f64::NAN),
         image.shape()
     );
     println!(
         "peak RSS during decode: {}",
-        peak_rss::gib(peak_rss::peak_bytes())
+        process_stats::gib(process_stats::peak_bytes())
     );
     Ok(())
 }

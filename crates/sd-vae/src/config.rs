@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use sd_core::Result;
+use sd_unet::config::MAX_LEVELS;
 use sd_unet::config_file::{config_error, parse_config, read_config};
 
 /// The encoder's down blocks (resnets, then a stride-2 downsampler but on the last level).
@@ -130,7 +131,7 @@ impl VaeConfig {
 
     /// Pixels per latent along each side: `2^(levels − 1)` (8 for SD 1.5).
     pub fn downscale_factor(&self) -> usize {
-        1 << (self.levels() - 1)
+        1 << self.levels().clamp(1, MAX_LEVELS).saturating_sub(1)
     }
 
     /// An error about `field` of this config.
@@ -141,8 +142,11 @@ impl VaeConfig {
     /// Check that the fields describe a VAE this crate can build and fit together.
     pub fn check(&self) -> Result<()> {
         let levels = self.levels();
-        if levels == 0 {
-            return Err(self.error("block_out_channels", "must not be empty"));
+        if levels == 0 || levels > MAX_LEVELS {
+            return Err(self.error(
+                "block_out_channels",
+                format!("has {levels} levels; expected 1 to {MAX_LEVELS}"),
+            ));
         }
         for (field, len) in [
             ("down_block_types", self.down_block_types.len()),
