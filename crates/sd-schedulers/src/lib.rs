@@ -34,6 +34,7 @@
 //! argument checks).
 
 mod alpha_family;
+mod alpha_timesteps;
 mod config;
 mod ddim;
 mod ddpm;
@@ -48,6 +49,7 @@ mod lms;
 mod names;
 mod noise_schedule;
 mod pndm;
+mod sigma_timesteps;
 mod sigmas;
 mod spacing;
 mod unipc;
