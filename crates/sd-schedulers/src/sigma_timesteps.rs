@@ -49,7 +49,11 @@ impl SigmaTimesteps {
     /// timestep.
     pub fn set_k_diffusion(&mut self, steps: usize, karras: Option<SigmaBounds>) -> Result<()> {
         let SigmaSchedule { timesteps, sigmas } = self.k_diffusion(steps, karras)?;
-        self.set(steps, timesteps.into_iter().map(f64::from).collect(), sigmas);
+        self.set(
+            steps,
+            timesteps.into_iter().map(f64::from).collect(),
+            sigmas,
+        );
         Ok(())
     }
 
@@ -96,6 +100,12 @@ impl SigmaTimesteps {
     /// σ of evaluation `index`, or the final σ for `index` = number of evaluations.
     pub fn sigma(&self, index: usize) -> f32 {
         self.sigmas[index]
+    }
+
+    /// Variance-preserving: (α_t, σ_t, λ) at position `i` of the σ schedule.
+    pub fn vp_coordinates(&self, i: usize) -> (f32, f32, f32) {
+        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[i]);
+        (alpha, sigma, sigmas::lambda(alpha, sigma))
     }
 
     /// `index` names an evaluation and the two tensors have one shape.
