@@ -95,6 +95,11 @@ impl AlphaTimesteps {
         check_step(index, self.timesteps.len(), model_output, sample)
     }
 
+    /// The initial noise is standard normal.
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
     /// These samplers feed the model the sample as it is.
     pub fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
         check_index(index, self.timesteps.len())?;

@@ -45,26 +45,12 @@ impl DdimScheduler {
 }
 
 impl Scheduler for DdimScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let timesteps = self.schedule.spaced(steps)?;
         self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.scale_model_input(sample, index)
     }
 
     fn step(
@@ -103,14 +89,5 @@ impl Scheduler for DdimScheduler {
             return map2("DDIM step", &prev, &noise, |x, n| x + std_dev * n);
         }
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.add_noise(original, noise, index)
     }
 }

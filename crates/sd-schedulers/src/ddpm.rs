@@ -61,26 +61,12 @@ impl DdpmScheduler {
 }
 
 impl Scheduler for DdpmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let timesteps = self.schedule.spaced(steps)?;
         self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.scale_model_input(sample, index)
     }
 
     fn step(
@@ -128,14 +114,5 @@ impl Scheduler for DdpmScheduler {
         map3("DDPM step", &original, sample, &noise, |x0, x, n| {
             (original_coeff * x0 + sample_coeff * x) + std_dev * n
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.add_noise(original, noise, index)
     }
 }

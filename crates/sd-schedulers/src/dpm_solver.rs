@@ -10,7 +10,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{map2, map3};
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
@@ -103,7 +103,7 @@ impl DpmSolverScheduler {
             return Err(config.error("variance_type", format!("`{v}` is not supported")));
         }
         Ok(DpmSolverScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::VariancePreserving),
             solver_order,
             algorithm,
             second_order,
@@ -205,6 +205,8 @@ impl DpmSolverScheduler {
 }
 
 impl Scheduler for DpmSolverScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());
         let round = self.schedule.config.beta_schedule != BetaSchedule::SquaredCosCapV2;
@@ -212,22 +214,6 @@ impl Scheduler for DpmSolverScheduler {
         self.history.clear();
         self.lower_order_nums = 0;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.vp_scale_model_input(sample, index)
     }
 
     fn step(
@@ -265,14 +251,5 @@ impl Scheduler for DpmSolverScheduler {
         let prev = self.update(index, order, sample, noise.as_ref())?;
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.vp_add_noise(original, noise, index)
     }
 }

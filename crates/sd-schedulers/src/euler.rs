@@ -6,7 +6,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
 use crate::k_diffusion;
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
@@ -46,31 +46,17 @@ impl EulerScheduler {
                 max: config.sigma_max,
             });
         Ok(EulerScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
             karras,
         })
     }
 }
 
 impl Scheduler for EulerScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_k_diffusion(steps, self.karras)
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.k_init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.k_scale_model_input(sample, index)
     }
 
     fn step(
@@ -93,14 +79,5 @@ impl Scheduler for EulerScheduler {
         map2("Euler step", sample, &original, |x, x0| {
             x + (x - x0) / sigma * dt
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.k_add_noise(original, noise, index)
     }
 }

@@ -9,7 +9,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map3;
 use crate::k_diffusion;
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -31,30 +31,16 @@ impl EulerAncestralScheduler {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         config.require_noise_prediction(resolved.prediction_type)?;
         Ok(EulerAncestralScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
         })
     }
 }
 
 impl Scheduler for EulerAncestralScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_k_diffusion(steps, None)
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.k_init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.k_scale_model_input(sample, index)
     }
 
     fn step(
@@ -82,14 +68,5 @@ impl Scheduler for EulerAncestralScheduler {
         map3("Euler a step", sample, &original, &noise, |x, x0, n| {
             (x + (x - x0) / sigma * dt) + n * sigma_up
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.k_add_noise(original, noise, index)
     }
 }

@@ -10,7 +10,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::{clip, map2, map3};
 use crate::k_diffusion;
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::{SigmaBounds, SigmaSchedule};
 
 const DEFAULTS: ClassDefaults = ClassDefaults {
@@ -53,7 +53,7 @@ impl HeunScheduler {
             .unwrap_or(false)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
         Ok(HeunScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
             karras: config.use_karras_sigmas.unwrap_or(false),
             clip_sample_range,
             predictor: None,
@@ -74,6 +74,8 @@ fn repeat_after_first<T: Copy>(values: &[T]) -> Vec<T> {
 }
 
 impl Scheduler for HeunScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());
         let SigmaSchedule { timesteps, sigmas } = self.schedule.k_diffusion(steps, karras)?;
@@ -91,24 +93,8 @@ impl Scheduler for HeunScheduler {
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
     fn order(&self) -> usize {
         2
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.k_init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.k_scale_model_input(sample, index)
     }
 
     fn step(
@@ -155,14 +141,5 @@ impl Scheduler for HeunScheduler {
                 })
             }
         }
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.k_add_noise(original, noise, index)
     }
 }

@@ -57,6 +57,8 @@ impl LcmScheduler {
 }
 
 impl Scheduler for LcmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, self.schedule.config.num_train_timesteps)?;
         let original = self.original_inference_steps;
@@ -79,22 +81,6 @@ impl Scheduler for LcmScheduler {
             .collect();
         self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.scale_model_input(sample, index)
     }
 
     fn step(
@@ -137,14 +123,5 @@ impl Scheduler for LcmScheduler {
         map2("LCM step", &denoised, &noise, |d, n| {
             sqrt_alpha_prev * d + sqrt_beta_prev * n
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.add_noise(original, noise, index)
     }
 }

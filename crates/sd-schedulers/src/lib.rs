@@ -33,6 +33,9 @@
 //! `k_diffusion.rs` (the per-family tensor formulas), `elementwise.rs` (f32 element-wise maps and
 //! argument checks).
 
+#[macro_use]
+mod schedule_state_methods;
+
 mod alpha_family;
 mod alpha_timesteps;
 mod config;

@@ -9,7 +9,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
 use crate::k_diffusion;
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
@@ -36,7 +36,7 @@ impl LmsScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         Ok(LmsScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
             karras: config.use_karras_sigmas.unwrap_or(false),
             derivatives: Vec::new(),
         })
@@ -60,28 +60,14 @@ impl LmsScheduler {
 }
 
 impl Scheduler for LmsScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         // LMS's Karras spacing ignores sigma_min/sigma_max in the config, as diffusers' does.
         let karras = self.karras.then_some(SigmaBounds::default());
         self.schedule.set_k_diffusion(steps, karras)?;
         self.derivatives.clear();
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.k_init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.k_scale_model_input(sample, index)
     }
 
     fn step(
@@ -120,14 +106,5 @@ impl Scheduler for LmsScheduler {
             Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
             None => Ok(sample.clone()),
         }
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.k_add_noise(original, noise, index)
     }
 }

@@ -80,6 +80,8 @@ impl PndmScheduler {
 }
 
 impl Scheduler for PndmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let mut timesteps = self.schedule.spaced(steps)?;
         // PLMS evaluates the second timestep twice during warm-up.
@@ -91,22 +93,6 @@ impl Scheduler for PndmScheduler {
         self.history.clear();
         self.warmup_sample = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.scale_model_input(sample, index)
     }
 
     fn step(
@@ -160,14 +146,5 @@ impl Scheduler for PndmScheduler {
         let prev = self.previous_sample(&from, timestep, prev_timestep, &epsilon)?;
         self.counter += 1;
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.add_noise(original, noise, index)
     }
 }

@@ -12,10 +12,20 @@ use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
 use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
 
+/// How a noisy sample relates to the clean one at noise level σ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parameterisation {
+    /// x = x₀ + σ·ε; the model sees x/√(σ²+1).
+    KDiffusion,
+    /// x = α_t·x₀ + σ_t·ε with α_t = 1/√(σ²+1), σ_t = σ·α_t; the model sees x as it is.
+    VariancePreserving,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct SigmaTimesteps {
     pub config: NoiseScheduleConfig,
     noise: NoiseSchedule,
+    parameterisation: Parameterisation,
     steps: usize,
     timesteps: Vec<f64>,
     /// σ per evaluation, then the final σ = 0.
@@ -24,10 +34,11 @@ pub(crate) struct SigmaTimesteps {
 
 impl SigmaTimesteps {
     /// No inference timesteps yet.
-    pub fn new(config: NoiseScheduleConfig) -> Self {
+    pub fn new(config: NoiseScheduleConfig, parameterisation: Parameterisation) -> Self {
         SigmaTimesteps {
             noise: NoiseSchedule::new(&config.beta_schedule, config.num_train_timesteps),
             config,
+            parameterisation,
             steps: 0,
             timesteps: Vec::new(),
             sigmas: Vec::new(),
@@ -118,43 +129,45 @@ impl SigmaTimesteps {
         check_step(index, self.timesteps.len(), model_output, sample)
     }
 
-    /// k-diffusion: the σ of the first evaluation ([`sigmas::k_diffusion_init_noise_sigma`]).
-    pub fn k_init_noise_sigma(&self) -> f32 {
-        sigmas::k_diffusion_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+    /// The standard deviation of the initial noise: k-diffusion starts at the largest σ
+    /// ([`sigmas::k_diffusion_init_noise_sigma`]), variance-preserving at 1.
+    pub fn init_noise_sigma(&self) -> f32 {
+        match self.parameterisation {
+            Parameterisation::KDiffusion => {
+                sigmas::k_diffusion_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
+            }
+            Parameterisation::VariancePreserving => 1.0,
+        }
     }
 
-    /// k-diffusion: the model sees `x/√(σ²+1)`.
-    pub fn k_scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
+    /// The model input at evaluation `index`.
+    pub fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
         check_index(index, self.timesteps.len())?;
-        Ok(k_diffusion::scale_model_input(sample, self.sigmas[index]))
+        Ok(match self.parameterisation {
+            Parameterisation::KDiffusion => {
+                k_diffusion::scale_model_input(sample, self.sigmas[index])
+            }
+            Parameterisation::VariancePreserving => sample.clone(),
+        })
     }
 
-    /// k-diffusion: forward diffusion `x₀ + σ·ε` to the σ of evaluation `index`.
-    pub fn k_add_noise(
+    /// Forward diffusion to the σ of evaluation `index`.
+    pub fn add_noise(
         &self,
         original: &HostTensor,
         noise: &HostTensor,
         index: usize,
     ) -> Result<HostTensor> {
         check_index(index, self.timesteps.len())?;
-        k_diffusion::add_noise(self.sigmas[index], original, noise)
-    }
-
-    /// Variance-preserving: the model sees the sample as it is.
-    pub fn vp_scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    /// Variance-preserving: forward diffusion `α_t·x₀ + σ_t·ε` to evaluation `index`.
-    pub fn vp_add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[index]);
-        map2("add_noise", original, noise, |x, n| alpha * x + sigma * n)
+        let sigma = self.sigmas[index];
+        match self.parameterisation {
+            Parameterisation::KDiffusion => k_diffusion::add_noise(sigma, original, noise),
+            Parameterisation::VariancePreserving => {
+                let (alpha_t, sigma_t) = sigmas::alpha_sigma_t(sigma);
+                map2("add_noise", original, noise, |x, n| {
+                    alpha_t * x + sigma_t * n
+                })
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::map2;
-use crate::sigma_timesteps::SigmaTimesteps;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
@@ -83,7 +83,7 @@ impl UniPcScheduler {
             ));
         }
         Ok(UniPcScheduler {
-            schedule: SigmaTimesteps::new(resolved),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::VariancePreserving),
             solver_order,
             disable_corrector: config.disable_corrector.clone().unwrap_or_default(),
             karras: config
@@ -242,28 +242,14 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
 }
 
 impl Scheduler for UniPcScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_multistep(steps, self.karras, true)?;
         self.history.clear();
         self.lower_order_nums = 0;
         self.last = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        self.schedule.vp_scale_model_input(sample, index)
     }
 
     fn step(
@@ -312,14 +298,5 @@ impl Scheduler for UniPcScheduler {
         self.last = Some((corrected, order));
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        self.schedule.vp_add_noise(original, noise, index)
     }
 }
