@@ -6,47 +6,34 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, clip, map2};
-use crate::noise_schedule::NoiseSchedule;
-use crate::spacing;
+use crate::alpha_timesteps::AlphaTimesteps;
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::{clip, map2};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("leading");
 
 #[derive(Debug, Clone)]
 pub struct DdimScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
-    /// ᾱ "before" the first training timestep (1, or ᾱ₀ when `set_alpha_to_one` is false).
-    final_alpha_cumprod: f32,
+    schedule: AlphaTimesteps,
     clip_sample_range: Option<f32>,
     eta: f32,
-    steps: usize,
-    timesteps: Vec<f64>,
 }
 
 impl DdimScheduler {
     /// From a `scheduler_config.json`, with `DDIMScheduler`'s defaults for missing keys; eta 0.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        let resolved = config.noise_schedule(&DEFAULTS)?;
-        let noise = NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps);
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            noise.alphas_cumprod[0]
-        };
+        let schedule = AlphaTimesteps::new(
+            config.noise_schedule(&DEFAULTS)?,
+            config.set_alpha_to_one.unwrap_or(true),
+        );
         let clip_sample_range = config
             .clip_sample
             .unwrap_or(true)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
         Ok(DdimScheduler {
-            config: resolved,
-            noise,
-            final_alpha_cumprod,
+            schedule,
             clip_sample_range,
             eta: 0.0,
-            steps: 0,
-            timesteps: Vec::new(),
         })
     }
 
@@ -55,45 +42,15 @@ impl DdimScheduler {
         self.eta = eta;
         self
     }
-
-    fn alpha_prod(&self, timestep: i64) -> f32 {
-        self.noise
-            .alpha_cumprod(timestep)
-            .unwrap_or(self.final_alpha_cumprod)
-    }
 }
 
 impl Scheduler for DdimScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
-        self.steps = steps;
-        self.timesteps = spacing::discrete(
-            self.config.timestep_spacing,
-            self.config.num_train_timesteps,
-            steps,
-            self.config.steps_offset,
-        )
-        .into_iter()
-        .map(|t| t as f64)
-        .collect();
+        let timesteps = self.schedule.spaced(steps)?;
+        self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -103,16 +60,16 @@ impl Scheduler for DdimScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let timestep = self.timesteps[index] as i64;
+        self.schedule.check_step(index, model_output, sample)?;
+        let timestep = self.schedule.timestep(index);
         // Always one stride back, even for linspace spacing whose strides are uneven.
-        let prev_timestep = timestep - (self.config.num_train_timesteps / self.steps) as i64;
-        let alpha_prod = self.alpha_prod(timestep);
-        let alpha_prod_prev = self.alpha_prod(prev_timestep);
+        let prev_timestep = timestep - self.schedule.stride();
+        let alpha_prod = self.schedule.alpha_prod(timestep);
+        let alpha_prod_prev = self.schedule.alpha_prod(prev_timestep);
         let beta_prod = 1.0 - alpha_prod;
         let beta_prod_prev = 1.0 - alpha_prod_prev;
 
-        let prediction = self.config.prediction_type;
+        let prediction = self.schedule.config.prediction_type;
         let original = clip(
             alpha_family::predict_original(prediction, alpha_prod, sample, model_output)?,
             self.clip_sample_range,
@@ -132,19 +89,5 @@ impl Scheduler for DdimScheduler {
             return map2("DDIM step", &prev, &noise, |x, n| x + std_dev * n);
         }
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        alpha_family::add_noise(
-            self.alpha_prod(self.timesteps[index] as i64),
-            original,
-            noise,
-        )
     }
 }

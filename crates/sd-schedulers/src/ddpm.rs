@@ -4,10 +4,9 @@
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, clip, map2, map3};
-use crate::noise_schedule::NoiseSchedule;
-use crate::spacing;
+use crate::alpha_timesteps::AlphaTimesteps;
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::{clip, map2, map3};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("leading");
 
@@ -25,19 +24,16 @@ enum FixedVariance {
 
 #[derive(Debug, Clone)]
 pub struct DdpmScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
+    /// ᾱ is 1 before the first training timestep.
+    schedule: AlphaTimesteps,
     clip_sample_range: Option<f32>,
     variance: FixedVariance,
-    steps: usize,
-    timesteps: Vec<f64>,
 }
 
 impl DdpmScheduler {
     /// From a `scheduler_config.json`, with `DDPMScheduler`'s defaults for missing keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        let resolved = config.noise_schedule(&DEFAULTS)?;
-        let noise = NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps);
+        let schedule = AlphaTimesteps::new(config.noise_schedule(&DEFAULTS)?, true);
         let variance = match config.variance_type.as_deref().unwrap_or("fixed_small") {
             "fixed_small" => FixedVariance::Small,
             "fixed_small_log" => FixedVariance::SmallLog,
@@ -57,52 +53,20 @@ impl DdpmScheduler {
             .unwrap_or(true)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
         Ok(DdpmScheduler {
-            config: resolved,
-            noise,
+            schedule,
             clip_sample_range,
             variance,
-            steps: 0,
-            timesteps: Vec::new(),
         })
-    }
-
-    /// ᾱ at `timestep`, 1 before the first training timestep.
-    fn alpha_prod(&self, timestep: i64) -> f32 {
-        self.noise.alpha_cumprod(timestep).unwrap_or(1.0)
     }
 }
 
 impl Scheduler for DdpmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
-        self.steps = steps;
-        self.timesteps = spacing::discrete(
-            self.config.timestep_spacing,
-            self.config.num_train_timesteps,
-            steps,
-            self.config.steps_offset,
-        )
-        .into_iter()
-        .map(|t| t as f64)
-        .collect();
+        let timesteps = self.schedule.spaced(steps)?;
+        self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -112,11 +76,11 @@ impl Scheduler for DdpmScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let timestep = self.timesteps[index] as i64;
-        let prev_timestep = self.timesteps.get(index + 1).map_or(-1, |&t| t as i64);
-        let alpha_prod = self.alpha_prod(timestep);
-        let alpha_prod_prev = self.alpha_prod(prev_timestep);
+        self.schedule.check_step(index, model_output, sample)?;
+        let timestep = self.schedule.timestep(index);
+        let prev_timestep = self.schedule.next_timestep(index).unwrap_or(-1);
+        let alpha_prod = self.schedule.alpha_prod(timestep);
+        let alpha_prod_prev = self.schedule.alpha_prod(prev_timestep);
         let beta_prod = 1.0 - alpha_prod;
         let beta_prod_prev = 1.0 - alpha_prod_prev;
         let current_alpha = alpha_prod / alpha_prod_prev;
@@ -124,7 +88,7 @@ impl Scheduler for DdpmScheduler {
 
         let original = clip(
             alpha_family::predict_original(
-                self.config.prediction_type,
+                self.schedule.config.prediction_type,
                 alpha_prod,
                 sample,
                 model_output,
@@ -150,19 +114,5 @@ impl Scheduler for DdpmScheduler {
         map3("DDPM step", &original, sample, &noise, |x0, x, n| {
             (original_coeff * x0 + sample_coeff * x) + std_dev * n
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        alpha_family::add_noise(
-            self.alpha_prod(self.timesteps[index] as i64),
-            original,
-            noise,
-        )
     }
 }

@@ -8,12 +8,10 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::config::{
-    BetaSchedule, ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig,
-};
-use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
-use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds};
+use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
+use crate::elementwise::{map2, map3};
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
+use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -37,17 +35,12 @@ enum SecondOrder {
 
 #[derive(Debug, Clone)]
 pub struct DpmSolverScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
+    schedule: SigmaTimesteps,
     solver_order: usize,
     algorithm: Algorithm,
     second_order: SecondOrder,
     lower_order_final: bool,
     karras: bool,
-    steps: usize,
-    timesteps: Vec<f64>,
-    /// σ per timestep, then the final σ = 0.
-    sigmas: Vec<f32>,
     /// The last `solver_order` data predictions x̂₀, oldest first.
     history: Vec<HostTensor>,
     /// Steps taken so far, capped at `solver_order` (warm-up uses lower orders).
@@ -58,7 +51,7 @@ impl DpmSolverScheduler {
     /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
     /// σ = 0 (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 
     /// From a `scheduler_config.json`, with `DPMSolverMultistepScheduler`'s defaults for missing
@@ -110,8 +103,7 @@ impl DpmSolverScheduler {
             return Err(config.error("variance_type", format!("`{v}` is not supported")));
         }
         Ok(DpmSolverScheduler {
-            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
-            config: resolved,
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::VariancePreserving),
             solver_order,
             algorithm,
             second_order,
@@ -119,18 +111,9 @@ impl DpmSolverScheduler {
             // supported) the last step is first order anyway.
             lower_order_final: config.lower_order_final.unwrap_or(true),
             karras: config.use_karras_sigmas.unwrap_or(false),
-            steps: 0,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
             history: Vec::new(),
             lower_order_nums: 0,
         })
-    }
-
-    /// (α_t, σ_t, λ) at position `i` of the σ schedule.
-    fn coordinates(&self, i: usize) -> (f32, f32, f32) {
-        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[i]);
-        (alpha, sigma, sigmas::lambda(alpha, sigma))
     }
 
     /// The data prediction x̂₀ the solver integrates.
@@ -140,8 +123,8 @@ impl DpmSolverScheduler {
         sample: &HostTensor,
         model_output: &HostTensor,
     ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.coordinates(index);
-        match self.config.prediction_type {
+        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
+        match self.schedule.config.prediction_type {
             PredictionType::Epsilon => map2("DPM-Solver step", sample, model_output, |x, e| {
                 (x - sigma * e) / alpha
             }),
@@ -161,8 +144,8 @@ impl DpmSolverScheduler {
         sample: &HostTensor,
         noise: Option<&HostTensor>,
     ) -> Result<HostTensor> {
-        let (alpha_t, sigma_t, lambda_t) = self.coordinates(i + 1);
-        let (_, sigma_s0, lambda_s0) = self.coordinates(i);
+        let (alpha_t, sigma_t, lambda_t) = self.schedule.vp_coordinates(i + 1);
+        let (_, sigma_s0, lambda_s0) = self.schedule.vp_coordinates(i);
         let h = lambda_t - lambda_s0;
         let m = &self.history;
         let m0 = &m[m.len() - 1];
@@ -194,14 +177,14 @@ impl DpmSolverScheduler {
             sample_coeff * x + c0 * d0
         })?;
         if order >= 2 {
-            let (_, _, lambda_s1) = self.coordinates(i - 1);
+            let (_, _, lambda_s1) = self.schedule.vp_coordinates(i - 1);
             let r0 = (lambda_s0 - lambda_s1) / h;
             let m1 = &m[m.len() - 2];
             let d1_0 = map2("DPM-Solver step", m0, m1, |a, b| (1.0 / r0) * (a - b))?;
             if order == 2 {
                 x = map2("DPM-Solver step", &x, &d1_0, |x, d1| x + c1 * d1)?;
             } else {
-                let (_, _, lambda_s2) = self.coordinates(i - 2);
+                let (_, _, lambda_s2) = self.schedule.vp_coordinates(i - 2);
                 let r1 = (lambda_s1 - lambda_s2) / h;
                 let m2 = &m[m.len() - 3];
                 let d1_1 = map2("DPM-Solver step", m1, m2, |a, b| (1.0 / r1) * (a - b))?;
@@ -222,35 +205,15 @@ impl DpmSolverScheduler {
 }
 
 impl Scheduler for DpmSolverScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
         let karras = self.karras.then_some(SigmaBounds::default());
-        let round = self.config.beta_schedule != BetaSchedule::SquaredCosCapV2;
-        let (timesteps, sigmas) =
-            sigmas::multistep(&self.noise, &self.config, steps, karras, round);
-        self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
-        self.sigmas = sigmas;
-        self.steps = steps;
+        let round = self.schedule.config.beta_schedule != BetaSchedule::SquaredCosCapV2;
+        self.schedule.set_multistep(steps, karras, round)?;
         self.history.clear();
         self.lower_order_nums = 0;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -260,8 +223,8 @@ impl Scheduler for DpmSolverScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let n = self.timesteps.len();
+        self.schedule.check_step(index, model_output, sample)?;
+        let n = self.schedule.timesteps().len();
         // The final σ is 0, where only a first-order step is finite; short schedules also
         // step down to order 2 just before it.
         let last_first_order = index == n - 1;
@@ -288,16 +251,5 @@ impl Scheduler for DpmSolverScheduler {
         let prev = self.update(index, order, sample, noise.as_ref())?;
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[index]);
-        map2("add_noise", original, noise, |x, n| alpha * x + sigma * n)
     }
 }

@@ -6,28 +6,23 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, map3};
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::map3;
 use crate::k_diffusion;
-use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaSchedule};
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
 #[derive(Debug, Clone)]
 pub struct EulerAncestralScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
-    steps: usize,
-    schedule: SigmaSchedule,
-    timesteps: Vec<f64>,
+    schedule: SigmaTimesteps,
 }
 
 impl EulerAncestralScheduler {
     /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
     /// σ = 0 (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
-        &self.schedule.sigmas
+        self.schedule.sigmas()
     }
 
     /// From a `scheduler_config.json`, with `EulerAncestralDiscreteScheduler`'s defaults for
@@ -36,47 +31,16 @@ impl EulerAncestralScheduler {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         config.require_noise_prediction(resolved.prediction_type)?;
         Ok(EulerAncestralScheduler {
-            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
-            config: resolved,
-            steps: 0,
-            schedule: SigmaSchedule::default(),
-            timesteps: Vec::new(),
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
         })
     }
 }
 
 impl Scheduler for EulerAncestralScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
-        self.schedule = sigmas::k_diffusion(&self.noise, &self.config, steps, None);
-        self.timesteps = self
-            .schedule
-            .timesteps
-            .iter()
-            .map(|&t| f64::from(t))
-            .collect();
-        self.steps = steps;
-        Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        sigmas::k_diffusion_init_noise_sigma(&self.schedule.sigmas, self.config.timestep_spacing)
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(k_diffusion::scale_model_input(
-            sample,
-            self.schedule.sigmas[index],
-        ))
+        self.schedule.set_k_diffusion(steps, None)
     }
 
     fn step(
@@ -86,11 +50,11 @@ impl Scheduler for EulerAncestralScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let sigma = self.schedule.sigmas[index];
-        let sigma_next = self.schedule.sigmas[index + 1];
+        self.schedule.check_step(index, model_output, sample)?;
+        let sigma = self.schedule.sigma(index);
+        let sigma_next = self.schedule.sigma(index + 1);
         let original = k_diffusion::predict_original(
-            self.config.prediction_type,
+            self.schedule.config.prediction_type,
             sigma,
             sample,
             model_output,
@@ -104,15 +68,5 @@ impl Scheduler for EulerAncestralScheduler {
         map3("Euler a step", sample, &original, &noise, |x, x0, n| {
             (x + (x - x0) / sigma * dt) + n * sigma_up
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        k_diffusion::add_noise(self.schedule.sigmas[index], original, noise)
     }
 }

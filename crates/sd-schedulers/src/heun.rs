@@ -7,11 +7,11 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, clip, map2, map3};
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::{clip, map2, map3};
 use crate::k_diffusion;
-use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
+use crate::sigmas::{SigmaBounds, SigmaSchedule};
 
 const DEFAULTS: ClassDefaults = ClassDefaults {
     beta_start: 0.00085,
@@ -30,14 +30,10 @@ struct Predictor {
 
 #[derive(Debug, Clone)]
 pub struct HeunScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
+    /// σ per evaluation: σ₀, σ₁, σ₁, σ₂, σ₂, …, σ_{n−1}, σ_{n−1}, 0.
+    schedule: SigmaTimesteps,
     karras: bool,
     clip_sample_range: Option<f32>,
-    steps: usize,
-    /// σ per evaluation: σ₀, σ₁, σ₁, σ₂, σ₂, …, σ_{n−1}, σ_{n−1}, 0.
-    sigmas: Vec<f32>,
-    timesteps: Vec<f64>,
     /// Set between a step's predictor and its corrector.
     predictor: Option<Predictor>,
 }
@@ -46,7 +42,7 @@ impl HeunScheduler {
     /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
     /// σ = 0 (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 
     /// From a `scheduler_config.json`, with `HeunDiscreteScheduler`'s defaults for missing keys.
@@ -57,13 +53,9 @@ impl HeunScheduler {
             .unwrap_or(false)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
         Ok(HeunScheduler {
-            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
-            config: resolved,
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
             karras: config.use_karras_sigmas.unwrap_or(false),
             clip_sample_range,
-            steps: 0,
-            sigmas: Vec::new(),
-            timesteps: Vec::new(),
             predictor: None,
         })
     }
@@ -82,43 +74,27 @@ fn repeat_after_first<T: Copy>(values: &[T]) -> Vec<T> {
 }
 
 impl Scheduler for HeunScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
         let karras = self.karras.then_some(SigmaBounds::default());
-        let SigmaSchedule { timesteps, sigmas } =
-            sigmas::k_diffusion(&self.noise, &self.config, steps, karras);
+        let SigmaSchedule { timesteps, sigmas } = self.schedule.k_diffusion(steps, karras)?;
         // The final σ = 0 appears once.
         let (last, inner) = (sigmas[sigmas.len() - 1], &sigmas[..sigmas.len() - 1]);
-        self.sigmas = repeat_after_first(inner);
-        self.sigmas.push(last);
-        self.timesteps = repeat_after_first(&timesteps)
+        let mut evaluation_sigmas = repeat_after_first(inner);
+        evaluation_sigmas.push(last);
+        let evaluation_timesteps = repeat_after_first(&timesteps)
             .into_iter()
             .map(f64::from)
             .collect();
-        self.steps = steps;
+        self.schedule
+            .set(steps, evaluation_timesteps, evaluation_sigmas);
         self.predictor = None;
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
     fn order(&self) -> usize {
         2
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        sigmas::k_diffusion_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(k_diffusion::scale_model_input(sample, self.sigmas[index]))
     }
 
     fn step(
@@ -128,11 +104,12 @@ impl Scheduler for HeunScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let prediction = self.config.prediction_type;
+        self.schedule.check_step(index, model_output, sample)?;
+        let prediction = self.schedule.config.prediction_type;
         match self.predictor.take() {
             None => {
-                let (sigma, sigma_next) = (self.sigmas[index], self.sigmas[index + 1]);
+                let (sigma, sigma_next) =
+                    (self.schedule.sigma(index), self.schedule.sigma(index + 1));
                 let original =
                     k_diffusion::predict_original(prediction, sigma, sample, model_output)?;
                 let original = clip(original, self.clip_sample_range);
@@ -152,7 +129,7 @@ impl Scheduler for HeunScheduler {
                 sample: start,
             }) => {
                 // The corrector evaluates the model at the predicted point, σ = sigmas[index].
-                let sigma_next = self.sigmas[index];
+                let sigma_next = self.schedule.sigma(index);
                 let original =
                     k_diffusion::predict_original(prediction, sigma_next, sample, model_output)?;
                 let original = clip(original, self.clip_sample_range);
@@ -164,15 +141,5 @@ impl Scheduler for HeunScheduler {
                 })
             }
         }
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        k_diffusion::add_noise(self.sigmas[index], original, noise)
     }
 }

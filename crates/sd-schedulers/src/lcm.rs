@@ -5,9 +5,9 @@
 use sd_core::{Error, HostTensor, Result, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, clip, map2};
-use crate::noise_schedule::NoiseSchedule;
+use crate::alpha_timesteps::AlphaTimesteps;
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::{check_steps, clip, map2};
 
 const DEFAULTS: ClassDefaults = ClassDefaults {
     beta_start: 0.00085,
@@ -21,22 +21,17 @@ const SIGMA_DATA: f32 = 0.5;
 
 #[derive(Debug, Clone)]
 pub struct LcmScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
-    final_alpha_cumprod: f32,
+    schedule: AlphaTimesteps,
     clip_sample_range: Option<f32>,
     /// Length of the distillation schedule the inference timesteps are picked from.
     original_inference_steps: usize,
     timestep_scaling: f32,
-    steps: usize,
-    timesteps: Vec<f64>,
 }
 
 impl LcmScheduler {
     /// From a `scheduler_config.json`, with `LCMScheduler`'s defaults for missing keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;
-        let noise = NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps);
         let original_inference_steps = config.original_inference_steps.unwrap_or(50);
         if original_inference_steps == 0 || original_inference_steps > resolved.num_train_timesteps
         {
@@ -48,37 +43,24 @@ impl LcmScheduler {
                 ),
             ));
         }
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            noise.alphas_cumprod[0]
-        };
         let clip_sample_range = config
             .clip_sample
             .unwrap_or(false)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
         Ok(LcmScheduler {
-            config: resolved,
-            noise,
-            final_alpha_cumprod,
+            schedule: AlphaTimesteps::new(resolved, config.set_alpha_to_one.unwrap_or(true)),
             clip_sample_range,
             original_inference_steps,
             timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
-            steps: 0,
-            timesteps: Vec::new(),
         })
-    }
-
-    fn alpha_prod(&self, timestep: i64) -> f32 {
-        self.noise
-            .alpha_cumprod(timestep)
-            .unwrap_or(self.final_alpha_cumprod)
     }
 }
 
 impl Scheduler for LcmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
+        check_steps(steps, self.schedule.config.num_train_timesteps)?;
         let original = self.original_inference_steps;
         if steps > original {
             return Err(Error::invalid_argument(
@@ -91,31 +73,14 @@ impl Scheduler for LcmScheduler {
         }
         // The distillation schedule k−1, 2k−1, …, T−1 (k = T / original), descending; inference
         // takes `steps` evenly spaced entries of it, starting with the noisiest.
-        let k = (self.config.num_train_timesteps / original) as i64;
+        let k = (self.schedule.config.num_train_timesteps / original) as i64;
         let distilled: Vec<i64> = (1..=original as i64).rev().map(|i| i * k - 1).collect();
         let stride = original as f64 / steps as f64;
-        self.timesteps = (0..steps)
-            .map(|i| distilled[(i as f64 * stride).floor() as usize] as f64)
+        let timesteps: Vec<i64> = (0..steps)
+            .map(|i| distilled[(i as f64 * stride).floor() as usize])
             .collect();
-        self.steps = steps;
+        self.schedule.set(steps, &timesteps);
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -125,15 +90,12 @@ impl Scheduler for LcmScheduler {
         sample: &HostTensor,
         generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let timestep = self.timesteps[index] as i64;
+        self.schedule.check_step(index, model_output, sample)?;
+        let timestep = self.schedule.timestep(index);
         // The last step re-noises to its own timestep, which `prev` then never uses.
-        let prev_timestep = self
-            .timesteps
-            .get(index + 1)
-            .map_or(timestep, |&t| t as i64);
-        let alpha_prod = self.alpha_prod(timestep);
-        let alpha_prod_prev = self.alpha_prod(prev_timestep);
+        let prev_timestep = self.schedule.next_timestep(index).unwrap_or(timestep);
+        let alpha_prod = self.schedule.alpha_prod(timestep);
+        let alpha_prod_prev = self.schedule.alpha_prod(prev_timestep);
 
         // Boundary-condition scalings c_skip, c_out of the consistency function.
         let scaled_t = timestep as f32 * self.timestep_scaling;
@@ -142,7 +104,7 @@ impl Scheduler for LcmScheduler {
 
         let original = clip(
             alpha_family::predict_original(
-                self.config.prediction_type,
+                self.schedule.config.prediction_type,
                 alpha_prod,
                 sample,
                 model_output,
@@ -152,7 +114,7 @@ impl Scheduler for LcmScheduler {
         let denoised = map2("LCM step", &original, sample, |x0, x| {
             c_out * x0 + c_skip * x
         })?;
-        if index + 1 == self.steps {
+        if index + 1 == self.schedule.steps() {
             return Ok(denoised);
         }
         let noise = generator.randn(model_output.shape());
@@ -161,19 +123,5 @@ impl Scheduler for LcmScheduler {
         map2("LCM step", &denoised, &noise, |d, n| {
             sqrt_alpha_prev * d + sqrt_beta_prev * n
         })
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        alpha_family::add_noise(
-            self.alpha_prod(self.timesteps[index] as i64),
-            original,
-            noise,
-        )
     }
 }

@@ -33,7 +33,11 @@
 //! `k_diffusion.rs` (the per-family tensor formulas), `elementwise.rs` (f32 element-wise maps and
 //! argument checks).
 
+#[macro_use]
+mod schedule_state_methods;
+
 mod alpha_family;
+mod alpha_timesteps;
 mod config;
 mod ddim;
 mod ddpm;
@@ -48,6 +52,7 @@ mod lms;
 mod names;
 mod noise_schedule;
 mod pndm;
+mod sigma_timesteps;
 mod sigmas;
 mod spacing;
 mod unipc;

@@ -6,11 +6,11 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::config::{ClassDefaults, NoiseScheduleConfig, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, map2};
+use crate::config::{ClassDefaults, SchedulerConfig};
+use crate::elementwise::map2;
 use crate::k_diffusion;
-use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
+use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -19,12 +19,8 @@ const MAX_ORDER: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct LmsScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
+    schedule: SigmaTimesteps,
     karras: bool,
-    steps: usize,
-    schedule: SigmaSchedule,
-    timesteps: Vec<f64>,
     /// Past derivatives dx/dσ, oldest first.
     derivatives: Vec<HostTensor>,
 }
@@ -33,19 +29,15 @@ impl LmsScheduler {
     /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
     /// σ = 0 (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
-        &self.schedule.sigmas
+        self.schedule.sigmas()
     }
 
     /// From a `scheduler_config.json`, with `LMSDiscreteScheduler`'s defaults for missing keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         Ok(LmsScheduler {
-            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
-            config: resolved,
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::KDiffusion),
             karras: config.use_karras_sigmas.unwrap_or(false),
-            steps: 0,
-            schedule: SigmaSchedule::default(),
-            timesteps: Vec::new(),
             derivatives: Vec::new(),
         })
     }
@@ -53,14 +45,14 @@ impl LmsScheduler {
     /// ∫ over [σ_i, σ_{i+1}] of the Lagrange basis polynomial that is 1 at σ_{i−j} and 0 at the
     /// other `order − 1` past σ. Its degree is below 4, so two-point Gauss–Legendre is exact.
     fn coefficient(&self, order: usize, index: usize, j: usize) -> f64 {
-        let s = |k: usize| f64::from(self.schedule.sigmas[index - k]);
+        let s = |k: usize| f64::from(self.schedule.sigma(index - k));
         let basis = |tau: f64| {
             (0..order)
                 .filter(|&k| k != j)
                 .map(|k| (tau - s(k)) / (s(j) - s(k)))
                 .product::<f64>()
         };
-        let (a, b) = (s(0), f64::from(self.schedule.sigmas[index + 1]));
+        let (a, b) = (s(0), f64::from(self.schedule.sigma(index + 1)));
         let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
         let offset = half / 3f64.sqrt();
         half * (basis(mid - offset) + basis(mid + offset))
@@ -68,40 +60,14 @@ impl LmsScheduler {
 }
 
 impl Scheduler for LmsScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
         // LMS's Karras spacing ignores sigma_min/sigma_max in the config, as diffusers' does.
         let karras = self.karras.then_some(SigmaBounds::default());
-        self.schedule = sigmas::k_diffusion(&self.noise, &self.config, steps, karras);
-        self.timesteps = self
-            .schedule
-            .timesteps
-            .iter()
-            .map(|&t| f64::from(t))
-            .collect();
-        self.steps = steps;
+        self.schedule.set_k_diffusion(steps, karras)?;
         self.derivatives.clear();
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        sigmas::k_diffusion_init_noise_sigma(&self.schedule.sigmas, self.config.timestep_spacing)
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(k_diffusion::scale_model_input(
-            sample,
-            self.schedule.sigmas[index],
-        ))
     }
 
     fn step(
@@ -111,10 +77,10 @@ impl Scheduler for LmsScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let sigma = self.schedule.sigmas[index];
+        self.schedule.check_step(index, model_output, sample)?;
+        let sigma = self.schedule.sigma(index);
         let original = k_diffusion::predict_original(
-            self.config.prediction_type,
+            self.schedule.config.prediction_type,
             sigma,
             sample,
             model_output,
@@ -140,15 +106,5 @@ impl Scheduler for LmsScheduler {
             Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
             None => Ok(sample.clone()),
         }
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        k_diffusion::add_noise(self.schedule.sigmas[index], original, noise)
     }
 }

@@ -7,21 +7,15 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::alpha_family;
-use crate::config::{ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
-use crate::noise_schedule::NoiseSchedule;
-use crate::spacing;
+use crate::alpha_timesteps::AlphaTimesteps;
+use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
+use crate::elementwise::{map2, map3};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("leading");
 
 #[derive(Debug, Clone)]
 pub struct PndmScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
-    final_alpha_cumprod: f32,
-    steps: usize,
-    timesteps: Vec<f64>,
+    schedule: AlphaTimesteps,
     /// Model evaluations so far in this run.
     counter: usize,
     /// Past noise estimates, oldest first (at most four kept).
@@ -45,28 +39,12 @@ impl PndmScheduler {
                  is not supported; set it to true for PLMS",
             ));
         }
-        let noise = NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps);
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
-            1.0
-        } else {
-            noise.alphas_cumprod[0]
-        };
         Ok(PndmScheduler {
-            config: resolved,
-            noise,
-            final_alpha_cumprod,
-            steps: 0,
-            timesteps: Vec::new(),
+            schedule: AlphaTimesteps::new(resolved, config.set_alpha_to_one.unwrap_or(false)),
             counter: 0,
             history: Vec::new(),
             warmup_sample: None,
         })
-    }
-
-    fn alpha_prod(&self, timestep: i64) -> f32 {
-        self.noise
-            .alpha_cumprod(timestep)
-            .unwrap_or(self.final_alpha_cumprod)
     }
 
     /// Formula (9) of the PNDM paper: the sample at `prev_timestep` from the one at `timestep`
@@ -78,11 +56,11 @@ impl PndmScheduler {
         prev_timestep: i64,
         epsilon: &HostTensor,
     ) -> Result<HostTensor> {
-        let alpha_prod = self.alpha_prod(timestep);
-        let alpha_prod_prev = self.alpha_prod(prev_timestep);
+        let alpha_prod = self.schedule.alpha_prod(timestep);
+        let alpha_prod_prev = self.schedule.alpha_prod(prev_timestep);
         let beta_prod = 1.0 - alpha_prod;
         let beta_prod_prev = 1.0 - alpha_prod_prev;
-        let epsilon = match self.config.prediction_type {
+        let epsilon = match self.schedule.config.prediction_type {
             PredictionType::VPrediction => {
                 let (sqrt_alpha, sqrt_beta) = (alpha_prod.sqrt(), beta_prod.sqrt());
                 map2("PNDM step", epsilon, sample, |v, x| {
@@ -102,41 +80,19 @@ impl PndmScheduler {
 }
 
 impl Scheduler for PndmScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
-        let mut timesteps = spacing::discrete(
-            self.config.timestep_spacing,
-            self.config.num_train_timesteps,
-            steps,
-            self.config.steps_offset,
-        );
+        let mut timesteps = self.schedule.spaced(steps)?;
         // PLMS evaluates the second timestep twice during warm-up.
         if timesteps.len() >= 2 {
             timesteps.insert(2, timesteps[1]);
         }
-        self.steps = steps;
-        self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
+        self.schedule.set(steps, &timesteps);
         self.counter = 0;
         self.history.clear();
         self.warmup_sample = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -146,9 +102,9 @@ impl Scheduler for PndmScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
-        let stride = (self.config.num_train_timesteps / self.steps) as i64;
-        let mut timestep = self.timesteps[index] as i64;
+        self.schedule.check_step(index, model_output, sample)?;
+        let stride = self.schedule.stride();
+        let mut timestep = self.schedule.timestep(index);
         let mut prev_timestep = timestep - stride;
         if self.counter == 1 {
             // The warm-up's second evaluation, at t − stride, completes the step from t.
@@ -190,19 +146,5 @@ impl Scheduler for PndmScheduler {
         let prev = self.previous_sample(&from, timestep, prev_timestep, &epsilon)?;
         self.counter += 1;
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        alpha_family::add_noise(
-            self.alpha_prod(self.timesteps[index] as i64),
-            original,
-            noise,
-        )
     }
 }

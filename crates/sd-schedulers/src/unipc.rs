@@ -10,24 +10,20 @@
 
 use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
 
-use crate::config::{ClassDefaults, NoiseScheduleConfig, PredictionType, SchedulerConfig};
-use crate::elementwise::{check_index, check_step, check_steps, map2};
-use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds};
+use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
+use crate::elementwise::map2;
+use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
+use crate::sigmas::SigmaBounds;
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
 #[derive(Debug, Clone)]
 pub struct UniPcScheduler {
-    config: NoiseScheduleConfig,
-    noise: NoiseSchedule,
+    schedule: SigmaTimesteps,
     solver_order: usize,
     /// Step indices after which no correction is applied.
     disable_corrector: Vec<usize>,
     karras: Option<SigmaBounds>,
-    steps: usize,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
     /// The last `solver_order` converted model outputs, oldest first.
     history: Vec<HostTensor>,
     lower_order_nums: usize,
@@ -46,7 +42,7 @@ impl UniPcScheduler {
     /// The noise level σ of each entry of [`timesteps`](Scheduler::timesteps), then the final
     /// σ = 0 (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 
     /// From a `scheduler_config.json`, with `UniPCMultistepScheduler`'s defaults for missing
@@ -87,8 +83,7 @@ impl UniPcScheduler {
             ));
         }
         Ok(UniPcScheduler {
-            noise: NoiseSchedule::new(&resolved.beta_schedule, resolved.num_train_timesteps),
-            config: resolved,
+            schedule: SigmaTimesteps::new(resolved, Parameterisation::VariancePreserving),
             solver_order,
             disable_corrector: config.disable_corrector.clone().unwrap_or_default(),
             karras: config
@@ -98,18 +93,10 @@ impl UniPcScheduler {
                     min: config.sigma_min,
                     max: config.sigma_max,
                 }),
-            steps: 0,
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
             history: Vec::new(),
             lower_order_nums: 0,
             last: None,
         })
-    }
-
-    fn coordinates(&self, i: usize) -> (f32, f32, f32) {
-        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[i]);
-        (alpha, sigma, sigmas::lambda(alpha, sigma))
     }
 
     /// The data prediction x̂₀ the solver fits.
@@ -119,9 +106,9 @@ impl UniPcScheduler {
         sample: &HostTensor,
         model_output: &HostTensor,
     ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.coordinates(index);
+        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
         let op = "UniPC step";
-        match self.config.prediction_type {
+        match self.schedule.config.prediction_type {
             PredictionType::Epsilon => {
                 map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
             }
@@ -148,15 +135,15 @@ impl UniPcScheduler {
         let op = "UniPC step";
         let newest = outputs.len() - 1;
         let m0 = &outputs[newest];
-        let (alpha_t, sigma_t, lambda_t) = self.coordinates(s0 + 1);
-        let (_, sigma_s0, lambda_s0) = self.coordinates(s0);
+        let (alpha_t, sigma_t, lambda_t) = self.schedule.vp_coordinates(s0 + 1);
+        let (_, sigma_s0, lambda_s0) = self.schedule.vp_coordinates(s0);
         let h = lambda_t - lambda_s0;
 
         // Past outputs as scaled differences D1_k = (m_k − m0)/r_k at λ ratios r_k.
         let mut rks = Vec::with_capacity(order);
         let mut d1s = Vec::with_capacity(order);
         for k in 1..order {
-            let (_, _, lambda_sk) = self.coordinates(s0 - k);
+            let (_, _, lambda_sk) = self.schedule.vp_coordinates(s0 - k);
             let rk = (lambda_sk - lambda_s0) / h;
             let mk = &outputs[newest - k];
             d1s.push(map2(op, mk, m0, |a, b| (a - b) / rk)?);
@@ -255,34 +242,14 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
 }
 
 impl Scheduler for UniPcScheduler {
+    schedule_state_methods!();
+
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.config.num_train_timesteps)?;
-        let (timesteps, sigmas) =
-            sigmas::multistep(&self.noise, &self.config, steps, self.karras, true);
-        self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
-        self.sigmas = sigmas;
-        self.steps = steps;
+        self.schedule.set_multistep(steps, self.karras, true)?;
         self.history.clear();
         self.lower_order_nums = 0;
         self.last = None;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        Ok(sample.clone())
     }
 
     fn step(
@@ -292,7 +259,7 @@ impl Scheduler for UniPcScheduler {
         sample: &HostTensor,
         _generator: &mut TorchGenerator,
     ) -> Result<HostTensor> {
-        check_step(index, self.timesteps.len(), model_output, sample)?;
+        self.schedule.check_step(index, model_output, sample)?;
         let converted = self.convert(index, sample, model_output)?;
         let corrected = match self.last.take() {
             Some((last_sample, last_order))
@@ -318,7 +285,7 @@ impl Scheduler for UniPcScheduler {
         // Lower orders near the end (lower_order_final) and while the history fills up.
         let order = self
             .solver_order
-            .min(self.timesteps.len() - index)
+            .min(self.schedule.timesteps().len() - index)
             .min(self.lower_order_nums + 1);
         let prev = self.update(
             Update::Predictor,
@@ -331,16 +298,5 @@ impl Scheduler for UniPcScheduler {
         self.last = Some((corrected, order));
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &HostTensor,
-        noise: &HostTensor,
-        index: usize,
-    ) -> Result<HostTensor> {
-        check_index(index, self.timesteps.len())?;
-        let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[index]);
-        map2("add_noise", original, noise, |x, n| alpha * x + sigma * n)
     }
 }
