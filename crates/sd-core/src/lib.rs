@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod error;
 pub mod pipeline;
 pub mod rng;
+pub mod shapes;
 pub mod tensor;
 pub mod weights;
 

@@ -22,7 +22,8 @@ use super::CpuTensor;
 use super::elementwise::{exp, vectorized};
 use super::norm::{exp_shifted_in_place, row_max};
 use crate::backend::TensorInfo;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::shapes::AttentionShape;
 
 /// Bounds on the queries per task. Each task re-packs every K/V block for matrixmultiply, so
 /// larger blocks pack less (packing took 40% of SD self-attention's time with 64-row blocks,
@@ -47,16 +48,17 @@ pub(crate) fn attention(
     scale: f32,
     causal: bool,
 ) -> Result<CpuTensor> {
-    let shape = Shape::check(q, k, v, heads)?;
+    let shape = AttentionShape::check(q.shape(), k.shape(), v.shape(), heads)?;
+    let features = shape.features();
     let out_shape = q.shape().to_vec();
     let mut out = vec![0.0; q.numel()];
     if out.is_empty() {
         return CpuTensor::from_vec(&out_shape, out);
     }
-    let batch_q = shape.queries * shape.features;
-    let batch_kv = shape.keys * shape.features;
+    let batch_q = shape.queries * features;
+    let batch_kv = shape.keys * features;
     let (q, k, v) = (q.data(), k.data(), v.data());
-    let query_rows = query_block(out.len() / shape.features);
+    let query_rows = query_block(out.len() / features);
 
     out.par_chunks_mut(batch_q)
         .zip(q.par_chunks(batch_q))
@@ -64,7 +66,7 @@ pub(crate) fn attention(
         .for_each(|(b, (out, q))| {
             let keys = &k[b * batch_kv..(b + 1) * batch_kv];
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
-            let task_len = query_rows * shape.features;
+            let task_len = query_rows * features;
             out.par_chunks_mut(task_len)
                 .zip(q.par_chunks(task_len))
                 .enumerate()
@@ -84,58 +86,6 @@ pub(crate) fn attention(
                 );
         });
     CpuTensor::from_vec(&out_shape, out)
-}
-
-/// The checked sizes of one attention call.
-#[derive(Debug)]
-struct Shape {
-    queries: usize,
-    keys: usize,
-    /// `heads · head_dim`.
-    features: usize,
-    head_dim: usize,
-}
-
-impl Shape {
-    fn check(q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: usize) -> Result<Shape> {
-        let fail = |why: String| {
-            Err(Error::shape(
-                "attention",
-                format!(
-                    "q {:?}, k {:?}, v {:?}, {heads} heads: {why}",
-                    q.shape(),
-                    k.shape(),
-                    v.shape()
-                ),
-            ))
-        };
-        let &[batch, queries, features] = q.shape() else {
-            return fail("q must be [batch, queries, heads·d]".into());
-        };
-        let &[k_batch, keys, k_features] = k.shape() else {
-            return fail("k must be [batch, keys, heads·d]".into());
-        };
-        if k_batch != batch || k_features != features {
-            return fail("k must have q's batch and feature sizes".into());
-        }
-        if v.shape() != k.shape() {
-            return fail("v must have k's shape".into());
-        }
-        if heads == 0 || features % heads != 0 {
-            return fail(format!(
-                "{features} features do not split into {heads} heads"
-            ));
-        }
-        if keys == 0 && batch * queries * features > 0 {
-            return fail("no keys to attend to".into());
-        }
-        Ok(Shape {
-            queries,
-            keys,
-            features,
-            head_dim: features / heads,
-        })
-    }
 }
 
 /// Per-task buffers, reused across the heads and key blocks of a task.
@@ -179,14 +129,14 @@ impl QueryBlock<'_> {
     /// `out` (`rows × features`).
     fn attend(
         &self,
-        shape: &Shape,
+        shape: &AttentionShape,
         head: usize,
         scale: f32,
         causal: bool,
         scratch: &mut Scratch,
         out: &mut [f32],
     ) {
-        let (features, d) = (shape.features, shape.head_dim);
+        let (features, d) = (shape.features(), shape.head_dim);
         let rows = self.queries.len() / features;
         let col = head * d;
         let q = Strided {

@@ -16,6 +16,7 @@ use super::gemm::{Parallelism, sgemm};
 use super::linalg::matrix;
 use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
+use crate::shapes::ConvShape;
 
 /// Target size of one panel of im2col columns. Chosen by measurement (benches/gemm.rs conv rows,
 /// GFLOP per busy core): 2–8 MiB panels ran at the same speed, 0.25–1 MiB ones 5–30% slower
@@ -30,74 +31,6 @@ const MIN_TASKS_PER_THREAD: usize = 2;
 /// Panel widths are multiples of this (a few SIMD vectors) and never below it.
 const PANEL_ALIGN: usize = 16;
 
-/// The sizes of one convolution: where the input patch under each output position comes from.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    out_channels: usize,
-    channels: usize,
-    in_h: usize,
-    in_w: usize,
-    kernel_h: usize,
-    kernel_w: usize,
-    stride: usize,
-    padding: usize,
-    out_h: usize,
-    out_w: usize,
-}
-
-impl Geometry {
-    /// The geometry of `x [n, c, h, w]` convolved with `w [o, c, kh, kw]`, or why they don't fit.
-    fn new(x: &[usize], w: &[usize], params: Conv2dParams) -> Result<Self, &'static str> {
-        let (&[batch, channels, in_h, in_w], &[out_channels, w_channels, kernel_h, kernel_w]) =
-            (x, w)
-        else {
-            return Err("x must be [n, c, h, w] and w [o, c, kh, kw]");
-        };
-        if w_channels != channels {
-            return Err("input channels of x and w differ");
-        }
-        let Conv2dParams { stride, padding } = params;
-        if stride == 0 {
-            return Err("stride must be at least 1");
-        }
-        let padded = |side: usize| padding.checked_mul(2).and_then(|p| p.checked_add(side));
-        let (Some(padded_h), Some(padded_w)) = (padded(in_h), padded(in_w)) else {
-            return Err("padding too large");
-        };
-        if padded_h < kernel_h || padded_w < kernel_w {
-            return Err("kernel larger than the padded input");
-        }
-        Ok(Geometry {
-            batch,
-            out_channels,
-            channels,
-            in_h,
-            in_w,
-            kernel_h,
-            kernel_w,
-            stride,
-            padding,
-            out_h: (padded_h - kernel_h) / stride + 1,
-            out_w: (padded_w - kernel_w) / stride + 1,
-        })
-    }
-
-    /// Rows of `col`: one per (input channel, kernel row, kernel column).
-    fn patch_len(&self) -> usize {
-        self.channels * self.kernel_h * self.kernel_w
-    }
-
-    fn out_positions(&self) -> usize {
-        self.out_h * self.out_w
-    }
-
-    /// A 1×1 stride-1 unpadded conv reads the input image as its own `col` matrix.
-    fn is_pointwise(&self) -> bool {
-        self.kernel_h == 1 && self.kernel_w == 1 && self.stride == 1 && self.padding == 0
-    }
-}
-
 /// `x [n, c, h, w]`, `w [o, c, kh, kw]`, `bias [o]` → `[n, o, ho, wo]` with
 /// `ho = (h + 2·padding − kh) / stride + 1` (likewise `wo`).
 pub(crate) fn conv2d(
@@ -106,31 +39,29 @@ pub(crate) fn conv2d(
     bias: Option<&CpuTensor>,
     params: Conv2dParams,
 ) -> Result<CpuTensor> {
-    let (sx, sw) = (x.shape(), w.shape());
-    let mismatch = |why: &str| {
-        let sbias = bias.map(|b| b.shape().to_vec());
+    let (sx, sw, sbias) = (x.shape(), w.shape(), bias.map(|b| b.shape()));
+    let geometry = ConvShape::check(sx, sw, sbias, params)?;
+    // Past the shape checks, only the output's size can still fail.
+    let too_large = |why: &str| {
         Error::shape(
             "conv2d",
             format!("x {sx:?}, w {sw:?}, bias {sbias:?}, {params:?}: {why}"),
         )
     };
-    let geometry = Geometry::new(sx, sw, params).map_err(mismatch)?;
-    let (n, o) = (geometry.batch, geometry.out_channels);
-    if bias.is_some_and(|b| b.shape() != [o]) {
-        return Err(mismatch("bias must be [o]"));
-    }
-    let out_shape = [n, o, geometry.out_h, geometry.out_w];
+    let o = geometry.out_channels;
+    let out_shape = geometry.out_shape();
     let out_len = out_shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| mismatch("output too large"))?;
+        .ok_or_else(|| too_large("output too large"))?;
     let mut out = vec![0.0f32; out_len];
 
     let weights = matrix(w.data(), o, geometry.patch_len())?;
     let bias = bias.map(|b| b.data());
-    let mut out3 = ArrayViewMut3::from_shape((n, o, geometry.out_positions()), &mut out[..])
-        .map_err(|e| mismatch(&e.to_string()))?;
-    let panel_cols = panel_width(geometry.patch_len(), geometry.out_positions());
+    let mut out3 =
+        ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
+            .map_err(|e| too_large(&e.to_string()))?;
+    let panel_cols = panel_width(geometry.patch_len(), geometry.positions());
     let tasks = output_panels(&mut out3, panel_cols);
     let (channels, in_positions) = (geometry.channels, geometry.in_h * geometry.in_w);
     let image_len = channels * in_positions;
@@ -230,7 +161,7 @@ fn multiply_panel(
 
 /// Fill `col [patch_len, width]` (row-major) with the input patches under output positions
 /// `first..first + width` of one image `[c, h, w]`; taps in the padding are zero.
-fn im2col_panel(g: &Geometry, image: &[f32], first: usize, width: usize, col: &mut [f32]) {
+fn im2col_panel(g: &ConvShape, image: &[f32], first: usize, width: usize, col: &mut [f32]) {
     let taps = (0..g.channels).flat_map(|ci| {
         (0..g.kernel_h).flat_map(move |ky| (0..g.kernel_w).map(move |kx| (ci, ky, kx)))
     });
@@ -243,10 +174,16 @@ fn im2col_panel(g: &Geometry, image: &[f32], first: usize, width: usize, col: &m
             let (oy, ox) = (q / g.out_w, q % g.out_w);
             let len = (g.out_w - ox).min(width - filled);
             let segment = &mut col_row[filled..filled + len];
-            match (oy * g.stride + ky).checked_sub(g.padding) {
+            match (oy * g.params.stride + ky).checked_sub(g.params.padding) {
                 Some(iy) if iy < g.in_h => {
                     let in_row = &channel[iy * g.in_w..(iy + 1) * g.in_w];
-                    gather_row(segment, in_row, ox * g.stride + kx, g.stride, g.padding);
+                    gather_row(
+                        segment,
+                        in_row,
+                        ox * g.params.stride + kx,
+                        g.params.stride,
+                        g.params.padding,
+                    );
                 }
                 _ => segment.fill(0.0),
             }

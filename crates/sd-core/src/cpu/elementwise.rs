@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::CpuTensor;
 use crate::backend::{BinaryOp, TensorInfo, UnaryOp, broadcast_shape};
 use crate::error::{Error, Result};
+use crate::shapes::{self, GegluDims};
 
 /// Output elements per rayon task for streaming ops: large enough that task overhead (~1 µs)
 /// is small next to the work, small enough that one 2×320×64×64 feature map gives ~160 tasks.
@@ -230,22 +231,10 @@ fn map_slice(out: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
 }
 
 pub(crate) fn geglu(x: &CpuTensor) -> Result<CpuTensor> {
-    let shape = x.shape();
-    let Some((&width, outer)) = shape.split_last() else {
-        return Err(Error::shape(
-            "geglu",
-            "input is a scalar; expected [..., 2·h]",
-        ));
-    };
-    if width % 2 != 0 {
-        return Err(Error::shape(
-            "geglu",
-            format!("last dim of {shape:?} is odd; expected [..., 2·h] = [value, gate]"),
-        ));
-    }
-    let half = width / 2;
-    let mut out_shape = outer.to_vec();
-    out_shape.push(half);
+    let GegluDims {
+        half, out_shape, ..
+    } = shapes::geglu_dims(x.shape())?;
+    let width = 2 * half;
     let mut out = vec![0.0; x.numel() / 2];
     if !out.is_empty() {
         let rows_per_task = (PAR_CHUNK / half).max(1);

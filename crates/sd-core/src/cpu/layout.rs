@@ -10,6 +10,7 @@ use super::CpuTensor;
 use super::elementwise::PAR_CHUNK;
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
+use crate::shapes::{self, ConcatDims, EmbeddingDims, NarrowDims};
 
 pub(crate) fn reshape(x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
     let target = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
@@ -33,21 +34,7 @@ pub(crate) fn reshape(x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
 
 pub(crate) fn permute(x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor> {
     let shape = x.shape();
-    let mut seen = vec![false; shape.len()];
-    let is_permutation = axes.len() == shape.len()
-        && axes
-            .iter()
-            .all(|&a| a < seen.len() && !std::mem::replace(&mut seen[a], true));
-    if !is_permutation {
-        return Err(Error::shape(
-            "permute",
-            format!(
-                "axes {axes:?} are not a permutation of the {} dims of {shape:?}",
-                shape.len()
-            ),
-        ));
-    }
-    let out_shape: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
+    let out_shape = shapes::permute_shape(shape, axes)?;
     let src = x.data();
     let mut out = vec![0.0; src.len()];
     if out.is_empty() {
@@ -179,22 +166,12 @@ fn transpose_last_two(src: &[f32], out: &mut [f32], walk: &PermutedWalk) {
 }
 
 pub(crate) fn narrow(x: &CpuTensor, axis: usize, start: usize, len: usize) -> Result<CpuTensor> {
-    let shape = x.shape();
-    let Some(&dim) = shape.get(axis) else {
-        return Err(Error::shape(
-            "narrow",
-            format!("axis {axis} out of range for shape {shape:?}"),
-        ));
-    };
-    if start.checked_add(len).is_none_or(|end| end > dim) {
-        return Err(Error::shape(
-            "narrow",
-            format!("range {start}..{start}+{len} out of bounds for axis {axis} of {shape:?}"),
-        ));
-    }
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[axis] = len;
+    let NarrowDims {
+        dim,
+        inner,
+        out_shape,
+        ..
+    } = shapes::narrow_dims(x.shape(), axis, start, len)?;
     let src = x.data();
     let mut out = vec![0.0; out_shape.iter().product()];
     if out.is_empty() {
@@ -210,37 +187,10 @@ pub(crate) fn narrow(x: &CpuTensor, axis: usize, start: usize, len: usize) -> Re
 }
 
 pub(crate) fn concat(xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor> {
-    let Some(first) = xs.first() else {
-        return Err(Error::shape("concat", "no tensors to concatenate"));
-    };
-    let shape = first.shape();
-    if axis >= shape.len() {
-        return Err(Error::shape(
-            "concat",
-            format!("axis {axis} out of range for shape {shape:?}"),
-        ));
-    }
-    for (i, x) in xs.iter().enumerate() {
-        let other = x.shape();
-        let agrees = other.len() == shape.len()
-            && other
-                .iter()
-                .zip(shape)
-                .enumerate()
-                .all(|(d, (a, b))| d == axis || a == b);
-        if !agrees {
-            return Err(Error::shape(
-                "concat",
-                format!(
-                    "tensor {i} has shape {other:?}, tensor 0 has {shape:?}; \
-                     all dims but axis {axis} must agree"
-                ),
-            ));
-        }
-    }
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[axis] = xs.iter().map(|x| x.shape()[axis]).sum();
+    let input_shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+    let ConcatDims {
+        inner, out_shape, ..
+    } = shapes::concat_dims(&input_shapes, axis)?;
     let mut out = vec![0.0; out_shape.iter().product()];
     if out.is_empty() {
         return CpuTensor::from_vec(&out_shape, out);
@@ -263,12 +213,7 @@ pub(crate) fn concat(xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor> {
 }
 
 pub(crate) fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
-    let &[n, c, h, w] = x.shape() else {
-        return Err(Error::shape(
-            "upsample_nearest2x",
-            format!("input has shape {:?}; expected [n, c, h, w]", x.shape()),
-        ));
-    };
+    let [n, c, h, w] = shapes::upsample_nearest2x_dims(x.shape())?;
     let out_shape = [n, c, 2 * h, 2 * w];
     let mut out = vec![0.0; 4 * x.numel()];
     if out.is_empty() {
@@ -292,30 +237,7 @@ pub(crate) fn upsample_nearest2x(x: &CpuTensor) -> Result<CpuTensor> {
 }
 
 pub(crate) fn embedding(table: &CpuTensor, ids: &[u32], ids_shape: &[usize]) -> Result<CpuTensor> {
-    let &[vocab, dim] = table.shape() else {
-        return Err(Error::shape(
-            "embedding",
-            format!("table has shape {:?}; expected [vocab, dim]", table.shape()),
-        ));
-    };
-    if ids_shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(ids.len()) {
-        return Err(Error::shape(
-            "embedding",
-            format!("{} ids do not fill ids_shape {ids_shape:?}", ids.len()),
-        ));
-    }
-    if let Some((pos, id)) = ids
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id as usize >= vocab)
-    {
-        return Err(Error::shape(
-            "embedding",
-            format!("id {id} at position {pos} is out of range for a table of {vocab} rows"),
-        ));
-    }
-    let mut out_shape = ids_shape.to_vec();
-    out_shape.push(dim);
+    let EmbeddingDims { dim, out_shape } = shapes::embedding_dims(table.shape(), ids, ids_shape)?;
     let mut out = vec![0.0; ids.len() * dim];
     if !out.is_empty() {
         let table = table.data();

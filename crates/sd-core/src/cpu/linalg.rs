@@ -7,6 +7,7 @@ use super::CpuTensor;
 use super::gemm::{Parallelism, sgemm};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
+use crate::shapes::{self, LinearDims, MatmulDims};
 
 /// A batch is spread over the cores one matrix per task (instead of threading each product in
 /// turn) when its matrices are this small (sgemm would not thread them)...
@@ -20,23 +21,14 @@ const FILL_MIN_ROWS: usize = 64;
 
 /// `[..., m, k] × [..., k, n] → [..., m, n]`; `b` may be 2-D and shared by every batch.
 pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-    let (sa, sb) = (a.shape(), b.shape());
-    let mismatch = |why: &str| Error::shape("matmul", format!("a {sa:?} × b {sb:?}: {why}"));
-    if sa.len() < 2 || sb.len() < 2 {
-        return Err(mismatch("both operands need at least 2 dims"));
-    }
-    let (batch_dims, [m, k]) = split_matrix_dims(sa);
-    let (b_batch_dims, [kb, n]) = split_matrix_dims(sb);
-    if k != kb {
-        return Err(mismatch("inner dims differ"));
-    }
-    let b_shared = b_batch_dims.is_empty();
-    if !b_shared && b_batch_dims != batch_dims {
-        return Err(mismatch("batch dims differ (b must match a's or be 2-D)"));
-    }
-    let batch: usize = batch_dims.iter().product();
-    let mut out_shape = batch_dims.to_vec();
-    out_shape.extend([m, n]);
+    let MatmulDims {
+        batch,
+        m,
+        k,
+        n,
+        b_shared,
+        out_shape,
+    } = shapes::matmul_dims(a.shape(), b.shape())?;
     let mut out = vec![0.0f32; batch * m * n];
 
     if b_shared {
@@ -77,29 +69,12 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
 
 /// `x · wᵀ + bias` over the last dim: `x [..., in]`, `w [out, in]`, `bias [out]`.
 pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
-    let (sx, sw) = (x.shape(), w.shape());
-    let mismatch = |why: &str| {
-        let sbias = bias.map(|b| b.shape().to_vec());
-        Error::shape(
-            "linear",
-            format!("x {sx:?}, w {sw:?}, bias {sbias:?}: {why}"),
-        )
-    };
-    let (Some(&inp), [out_features, w_in]) = (sx.last(), sw) else {
-        return Err(mismatch("need x with at least 1 dim and a 2-D w [out, in]"));
-    };
-    let out_features = *out_features;
-    if *w_in != inp {
-        return Err(mismatch("x's last dim differs from w's in dim"));
-    }
-    if bias.is_some_and(|b| b.shape() != [out_features]) {
-        return Err(mismatch("bias must be [out]"));
-    }
-    let rows: usize = sx[..sx.len() - 1].iter().product();
-    let mut out_shape = sx.to_vec();
-    if let Some(last) = out_shape.last_mut() {
-        *last = out_features;
-    }
+    let LinearDims {
+        rows,
+        in_features: inp,
+        out_features,
+        out_shape,
+    } = shapes::linear_dims(x.shape(), w.shape(), bias.map(|b| b.shape()))?;
 
     // Fusing the bias: start every output row as the bias and let the product accumulate onto
     // it (β = 1), which costs the engine one read of c instead of a separate pass. The rows are
@@ -126,12 +101,6 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
         Parallelism::Parallel,
     )?;
     CpuTensor::from_vec(&out_shape, out)
-}
-
-/// Split `[..., r, c]` into the batch dims and the matrix dims. The caller checked rank >= 2.
-fn split_matrix_dims(shape: &[usize]) -> (&[usize], [usize; 2]) {
-    let (batch, mat) = shape.split_at(shape.len() - 2);
-    (batch, [mat[0], mat[1]])
 }
 
 /// A row-major `[rows, cols]` view of `data`.

@@ -6,7 +6,8 @@ use rayon::prelude::*;
 use super::CpuTensor;
 use super::elementwise::{PAR_CHUNK, exp, silu, vectorized};
 use crate::backend::TensorInfo;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::shapes;
 
 /// Independent accumulators in the reductions below: lets LLVM keep them in vector registers
 /// instead of one serial dependency chain.
@@ -21,28 +22,15 @@ pub(crate) fn group_norm(
     fuse_silu: bool,
 ) -> Result<CpuTensor> {
     let shape = x.shape();
-    let [batch, channels, rest @ ..] = shape else {
-        return Err(Error::shape(
-            "group_norm",
-            format!("input has shape {shape:?}; expected [n, c, ...]"),
-        ));
-    };
-    if groups == 0 || channels % groups != 0 {
-        return Err(Error::shape(
-            "group_norm",
-            format!("{channels} channels of input {shape:?} do not split into {groups} groups"),
-        ));
-    }
-    check_affine("group_norm", gamma, beta, *channels)?;
+    let dims = shapes::group_norm_dims(shape, groups, gamma.shape(), beta.shape())?;
     let (gamma, beta) = (gamma.data(), beta.data());
-    let channels_per_group = channels / groups;
-    let spatial: usize = rest.iter().product();
-    let group_len = channels_per_group * spatial;
+    let (channels_per_group, spatial) = (dims.channels_per_group, dims.spatial);
+    let group_len = dims.group_len();
     let mut out = vec![0.0; x.numel()];
     if out.is_empty() {
         return CpuTensor::from_vec(shape, out);
     }
-    debug_assert_eq!(out.len(), batch * groups * group_len);
+    debug_assert_eq!(out.len(), dims.batch * groups * group_len);
 
     // One task per (sample, group): its channels are one contiguous run of memory.
     out.par_chunks_mut(group_len)
@@ -97,13 +85,7 @@ pub(crate) fn layer_norm(
     eps: f32,
 ) -> Result<CpuTensor> {
     let shape = x.shape();
-    let Some(&width) = shape.last() else {
-        return Err(Error::shape(
-            "layer_norm",
-            "input is a scalar; expected at least one dim",
-        ));
-    };
-    check_affine("layer_norm", gamma, beta, width)?;
+    let width = shapes::layer_norm_width(shape, gamma.shape(), beta.shape())?;
     let (gamma, beta) = (gamma.data(), beta.data());
     let mut out = vec![0.0; x.numel()];
     if out.is_empty() {
@@ -140,12 +122,7 @@ fn layer_norm_rows(out: &mut [f32], src: &[f32], gamma: &[f32], beta: &[f32], ep
 
 pub(crate) fn softmax(x: &CpuTensor) -> Result<CpuTensor> {
     let shape = x.shape();
-    let Some(&width) = shape.last() else {
-        return Err(Error::shape(
-            "softmax",
-            "input is a scalar; expected at least one dim",
-        ));
-    };
+    let width = shapes::last_dim("softmax", shape)?;
     let mut out = x.data().to_vec();
     if out.is_empty() {
         return CpuTensor::from_vec(shape, out);
@@ -168,19 +145,6 @@ fn softmax_rows(rows: &mut [f32], width: usize) {
         let inv_sum = 1.0 / exp_shifted_in_place(row, max);
         row.iter_mut().for_each(|v| *v *= inv_sum);
     }
-}
-
-/// `gamma` and `beta` must both be `[len]`.
-fn check_affine(op: &'static str, gamma: &CpuTensor, beta: &CpuTensor, len: usize) -> Result<()> {
-    for (name, t) in [("gamma", gamma), ("beta", beta)] {
-        if t.shape() != [len] {
-            return Err(Error::shape(
-                op,
-                format!("{name} has shape {:?}; expected [{len}]", t.shape()),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Whole rows per rayon task, about [`PAR_CHUNK`] elements.

@@ -8,7 +8,8 @@
 //! scores never exceed [`SCORE_BUDGET_BYTES`].
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use sd_core::{DType, Error, Result, TensorInfo};
+use sd_core::shapes::AttentionShape;
+use sd_core::{DType, Result, TensorInfo};
 
 use super::gemm::{self, Layout, Pointers, RowMajorProduct};
 use crate::backend::{CudaBackend, driver_error};
@@ -24,58 +25,6 @@ pub(crate) const FLASH_MAX_HEAD_DIM: usize = 160;
 
 /// Scores plus probabilities of one query block of the cuBLAS path.
 const SCORE_BUDGET_BYTES: usize = 256 << 20;
-
-/// The checked sizes of one attention call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AttentionShape {
-    pub batch: usize,
-    pub queries: usize,
-    pub keys: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttentionShape {
-    pub fn check(q: &[usize], k: &[usize], v: &[usize], heads: usize) -> Result<Self> {
-        let fail = |why: String| {
-            Err(Error::shape(
-                "attention",
-                format!("q {q:?}, k {k:?}, v {v:?}, {heads} heads: {why}"),
-            ))
-        };
-        let &[batch, queries, features] = q else {
-            return fail("q must be [batch, queries, heads·d]".into());
-        };
-        let &[k_batch, keys, k_features] = k else {
-            return fail("k must be [batch, keys, heads·d]".into());
-        };
-        if k_batch != batch || k_features != features {
-            return fail("k must have q's batch and feature sizes".into());
-        }
-        if v != k {
-            return fail("v must have k's shape".into());
-        }
-        if heads == 0 || features % heads != 0 {
-            return fail(format!(
-                "{features} features do not split into {heads} heads"
-            ));
-        }
-        if keys == 0 && batch * queries * features > 0 {
-            return fail("no keys to attend to".into());
-        }
-        Ok(AttentionShape {
-            batch,
-            queries,
-            keys,
-            heads,
-            head_dim: features / heads,
-        })
-    }
-
-    fn features(&self) -> usize {
-        self.heads * self.head_dim
-    }
-}
 
 /// Which implementation runs a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

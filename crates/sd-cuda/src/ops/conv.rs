@@ -7,7 +7,8 @@
 //! stride-1, unpadded conv multiplies the input directly (it is its own `col`).
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
-use sd_core::{Conv2dParams, Error, Result, TensorInfo};
+use sd_core::shapes::ConvShape;
+use sd_core::{Conv2dParams, Result, TensorInfo};
 
 use super::elementwise::add_bias_in_place;
 use super::gemm::{self, Layout, Pointers, RowMajorProduct};
@@ -38,80 +39,6 @@ struct Im2colGeometry {
 
 // SAFETY: plain u32s in C layout, matching the kernel's struct.
 unsafe impl DeviceRepr for Im2colGeometry {}
-
-/// The checked sizes of one conv2d call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ConvShape {
-    images: usize,
-    channels: usize,
-    in_h: usize,
-    in_w: usize,
-    out_channels: usize,
-    kernel_h: usize,
-    kernel_w: usize,
-    out_h: usize,
-    out_w: usize,
-    params: Conv2dParams,
-}
-
-impl ConvShape {
-    fn check(
-        sx: &[usize],
-        sw: &[usize],
-        bias: Option<&[usize]>,
-        params: Conv2dParams,
-    ) -> Result<Self> {
-        let mismatch = |why: &str| {
-            Error::shape(
-                "conv2d",
-                format!("x {sx:?}, w {sw:?}, bias {bias:?}, {params:?}: {why}"),
-            )
-        };
-        let (&[n, c, h, wd], &[o, wc, kh, kw]) = (sx, sw) else {
-            return Err(mismatch("x must be [n, c, h, w] and w [o, c, kh, kw]"));
-        };
-        if wc != c {
-            return Err(mismatch("input channels of x and w differ"));
-        }
-        if bias.is_some_and(|b| b != [o]) {
-            return Err(mismatch("bias must be [o]"));
-        }
-        if params.stride == 0 {
-            return Err(mismatch("stride must be at least 1"));
-        }
-        let (padded_h, padded_w) = (h + 2 * params.padding, wd + 2 * params.padding);
-        if padded_h < kh || padded_w < kw {
-            return Err(mismatch("kernel larger than the padded input"));
-        }
-        Ok(ConvShape {
-            images: n,
-            channels: c,
-            in_h: h,
-            in_w: wd,
-            out_channels: o,
-            kernel_h: kh,
-            kernel_w: kw,
-            out_h: (padded_h - kh) / params.stride + 1,
-            out_w: (padded_w - kw) / params.stride + 1,
-            params,
-        })
-    }
-
-    fn patch_len(&self) -> usize {
-        self.channels * self.kernel_h * self.kernel_w
-    }
-
-    fn positions(&self) -> usize {
-        self.out_h * self.out_w
-    }
-
-    fn is_pointwise(&self) -> bool {
-        self.kernel_h == 1
-            && self.kernel_w == 1
-            && self.params.stride == 1
-            && self.params.padding == 0
-    }
-}
 
 /// How the im2col work is cut to fit the column budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +77,7 @@ pub(crate) fn conv2d(
         b.expect_dtype("conv2d", &[bias])?;
     }
     let shape = ConvShape::check(x.shape(), w.shape(), bias.map(|t| t.shape()), params)?;
-    let out_shape = [shape.images, shape.out_channels, shape.out_h, shape.out_w];
+    let out_shape = shape.out_shape();
     if shape.patch_len() == 0 {
         // No input channels: the products are empty sums.
         let out = b.zeros("conv2d", &out_shape)?;

@@ -2,6 +2,7 @@
 
 use cudarc::driver::PushKernelArg;
 use sd_core::backend::broadcast_shape;
+use sd_core::shapes::{self, GegluDims};
 use sd_core::{BinaryOp, Error, Result, TensorInfo, UnaryOp};
 
 use crate::backend::{CudaBackend, driver_error};
@@ -70,28 +71,17 @@ pub(crate) fn affine(b: &CudaBackend, x: &CudaTensor, mul: f32, add: f32) -> Res
 
 pub(crate) fn geglu(b: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
     b.expect_dtype("geglu", &[x])?;
-    let shape = x.shape();
-    let Some((&width, outer)) = shape.split_last() else {
-        return Err(Error::shape(
-            "geglu",
-            "input is a scalar; expected [..., 2·h]",
-        ));
-    };
-    if width % 2 != 0 {
-        return Err(Error::shape(
-            "geglu",
-            format!("last dim of {shape:?} is odd; expected [..., 2·h] = [value, gate]"),
-        ));
-    }
-    let half = width / 2;
-    let mut out_shape = outer.to_vec();
-    out_shape.push(half);
+    let GegluDims {
+        rows,
+        half,
+        out_shape,
+    } = shapes::geglu_dims(x.shape())?;
     let out = b.uninit("geglu", &out_shape)?;
     let n = out.numel() as u64;
     if n == 0 {
         return Ok(out);
     }
-    let rows = outer.iter().product::<usize>() as u64;
+    let rows = rows as u64;
     let half = half as u64;
     let f = b.typed_kernel(KernelFile::Elementwise, "geglu")?;
     let mut args = b.stream().launch_builder(&f);

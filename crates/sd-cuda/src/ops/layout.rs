@@ -1,6 +1,7 @@
 //! Permute, narrow, concat, nearest upsampling and embedding (kernels/layout.cu).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use sd_core::shapes::{self, ConcatDims, EmbeddingDims, NarrowDims};
 use sd_core::{Error, Result, TensorInfo};
 
 use crate::backend::{CudaBackend, driver_error};
@@ -15,21 +16,7 @@ const TILE_ROWS: u32 = 8;
 pub(crate) fn permute(b: &CudaBackend, x: &CudaTensor, axes: &[usize]) -> Result<CudaTensor> {
     b.expect_dtype("permute", &[x])?;
     let shape = x.shape();
-    let mut seen = vec![false; shape.len()];
-    let is_permutation = axes.len() == shape.len()
-        && axes
-            .iter()
-            .all(|&a| a < seen.len() && !std::mem::replace(&mut seen[a], true));
-    if !is_permutation {
-        return Err(Error::shape(
-            "permute",
-            format!(
-                "axes {axes:?} are not a permutation of the {} dims of {shape:?}",
-                shape.len()
-            ),
-        ));
-    }
-    let out_shape: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
+    let out_shape = shapes::permute_shape(shape, axes)?;
     let out = b.uninit("permute", &out_shape)?;
     let n = x.numel() as u64;
     if n == 0 {
@@ -132,23 +119,12 @@ pub(crate) fn narrow(
     len: usize,
 ) -> Result<CudaTensor> {
     b.expect_dtype("narrow", &[x])?;
-    let shape = x.shape();
-    let Some(&dim) = shape.get(axis) else {
-        return Err(Error::shape(
-            "narrow",
-            format!("axis {axis} out of range for shape {shape:?}"),
-        ));
-    };
-    if start.checked_add(len).is_none_or(|end| end > dim) {
-        return Err(Error::shape(
-            "narrow",
-            format!("range {start}..{start}+{len} out of bounds for axis {axis} of {shape:?}"),
-        ));
-    }
-    let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[axis] = len;
+    let NarrowDims {
+        outer,
+        dim,
+        inner,
+        out_shape,
+    } = shapes::narrow_dims(x.shape(), axis, start, len)?;
     let out = b.uninit("narrow", &out_shape)?;
     copy_blocks(
         b,
@@ -167,39 +143,13 @@ pub(crate) fn narrow(
 }
 
 pub(crate) fn concat(b: &CudaBackend, xs: &[&CudaTensor], axis: usize) -> Result<CudaTensor> {
-    let Some(first) = xs.first() else {
-        return Err(Error::shape("concat", "no tensors to concatenate"));
-    };
     b.expect_dtype("concat", xs)?;
-    let shape = first.shape();
-    if axis >= shape.len() {
-        return Err(Error::shape(
-            "concat",
-            format!("axis {axis} out of range for shape {shape:?}"),
-        ));
-    }
-    for (i, x) in xs.iter().enumerate() {
-        let other = x.shape();
-        let agrees = other.len() == shape.len()
-            && other
-                .iter()
-                .zip(shape)
-                .enumerate()
-                .all(|(d, (a, b))| d == axis || a == b);
-        if !agrees {
-            return Err(Error::shape(
-                "concat",
-                format!(
-                    "tensor {i} has shape {other:?}, tensor 0 has {shape:?}; \
-                     all dims but axis {axis} must agree"
-                ),
-            ));
-        }
-    }
-    let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[axis] = xs.iter().map(|x| x.shape()[axis]).sum();
+    let input_shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+    let ConcatDims {
+        outer,
+        inner,
+        out_shape,
+    } = shapes::concat_dims(&input_shapes, axis)?;
     let out = b.uninit("concat", &out_shape)?;
     let dst_pitch = out_shape[axis] * inner;
     let mut dst_offset = 0;
@@ -225,12 +175,7 @@ pub(crate) fn concat(b: &CudaBackend, xs: &[&CudaTensor], axis: usize) -> Result
 
 pub(crate) fn upsample_nearest2x(b: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
     b.expect_dtype("upsample_nearest2x", &[x])?;
-    let &[n, c, h, w] = x.shape() else {
-        return Err(Error::shape(
-            "upsample_nearest2x",
-            format!("input has shape {:?}; expected [n, c, h, w]", x.shape()),
-        ));
-    };
+    let [n, c, h, w] = shapes::upsample_nearest2x_dims(x.shape())?;
     let out = b.uninit("upsample_nearest2x", &[n, c, 2 * h, 2 * w])?;
     let total = out.numel() as u64;
     if total == 0 {
@@ -255,30 +200,7 @@ pub(crate) fn embedding(
     ids_shape: &[usize],
 ) -> Result<CudaTensor> {
     b.expect_dtype("embedding", &[table])?;
-    let &[vocab, dim] = table.shape() else {
-        return Err(Error::shape(
-            "embedding",
-            format!("table has shape {:?}; expected [vocab, dim]", table.shape()),
-        ));
-    };
-    if ids_shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(ids.len()) {
-        return Err(Error::shape(
-            "embedding",
-            format!("{} ids do not fill ids_shape {ids_shape:?}", ids.len()),
-        ));
-    }
-    if let Some((pos, id)) = ids
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id as usize >= vocab)
-    {
-        return Err(Error::shape(
-            "embedding",
-            format!("id {id} at position {pos} is out of range for a table of {vocab} rows"),
-        ));
-    }
-    let mut out_shape = ids_shape.to_vec();
-    out_shape.push(dim);
+    let EmbeddingDims { dim, out_shape } = shapes::embedding_dims(table.shape(), ids, ids_shape)?;
     let out = b.uninit("embedding", &out_shape)?;
     let total = out.numel() as u64;
     if total == 0 {

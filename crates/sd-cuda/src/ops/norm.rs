@@ -1,7 +1,8 @@
 //! Group norm (+SiLU), layer norm and softmax (kernels/norm.cu).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-use sd_core::{Error, Result, TensorInfo};
+use sd_core::shapes;
+use sd_core::{Result, TensorInfo};
 
 use crate::backend::{CudaBackend, driver_error};
 use crate::kernels::KernelFile;
@@ -24,19 +25,6 @@ struct GroupNormShape {
 // SAFETY: plain numbers in C layout, matching the kernel's struct.
 unsafe impl DeviceRepr for GroupNormShape {}
 
-/// `gamma` and `beta` must both be `[len]`.
-fn check_affine(op: &'static str, gamma: &CudaTensor, beta: &CudaTensor, len: usize) -> Result<()> {
-    for (name, t) in [("gamma", gamma), ("beta", beta)] {
-        if t.shape() != [len] {
-            return Err(Error::shape(
-                op,
-                format!("{name} has shape {:?}; expected [{len}]", t.shape()),
-            ));
-        }
-    }
-    Ok(())
-}
-
 pub(crate) fn group_norm(
     b: &CudaBackend,
     x: &CudaTensor,
@@ -48,27 +36,14 @@ pub(crate) fn group_norm(
 ) -> Result<CudaTensor> {
     b.expect_dtype("group_norm", &[x, gamma, beta])?;
     let shape = x.shape();
-    let [batch, channels, rest @ ..] = shape else {
-        return Err(Error::shape(
-            "group_norm",
-            format!("input has shape {shape:?}; expected [n, c, ...]"),
-        ));
-    };
-    if groups == 0 || channels % groups != 0 {
-        return Err(Error::shape(
-            "group_norm",
-            format!("{channels} channels of input {shape:?} do not split into {groups} groups"),
-        ));
-    }
-    check_affine("group_norm", gamma, beta, *channels)?;
+    let dims = shapes::group_norm_dims(shape, groups, gamma.shape(), beta.shape())?;
     let out = b.uninit("group_norm", shape)?;
     if out.numel() == 0 {
         return Ok(out);
     }
-    let channels_per_group = channels / groups;
-    let spatial: usize = rest.iter().product();
-    let group_len = channels_per_group * spatial;
-    let groups_total = batch * groups;
+    let (channels_per_group, spatial) = (dims.channels_per_group, dims.spatial);
+    let group_len = dims.group_len();
+    let groups_total = dims.batch * groups;
     let split = launch::group_split(group_len, groups_total, b.sm_count());
     let cfg = LaunchConfig {
         grid_dim: (
@@ -125,13 +100,7 @@ pub(crate) fn layer_norm(
 ) -> Result<CudaTensor> {
     b.expect_dtype("layer_norm", &[x, gamma, beta])?;
     let shape = x.shape();
-    let Some(&width) = shape.last() else {
-        return Err(Error::shape(
-            "layer_norm",
-            "input is a scalar; expected at least one dim",
-        ));
-    };
-    check_affine("layer_norm", gamma, beta, width)?;
+    let width = shapes::layer_norm_width(shape, gamma.shape(), beta.shape())?;
     let out = b.uninit("layer_norm", shape)?;
     if out.numel() == 0 {
         return Ok(out);
@@ -155,12 +124,7 @@ pub(crate) fn layer_norm(
 pub(crate) fn softmax(b: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
     b.expect_dtype("softmax", &[x])?;
     let shape = x.shape();
-    let Some(&width) = shape.last() else {
-        return Err(Error::shape(
-            "softmax",
-            "input is a scalar; expected at least one dim",
-        ));
-    };
+    let width = shapes::last_dim("softmax", shape)?;
     let out = b.uninit("softmax", shape)?;
     if out.numel() == 0 {
         return Ok(out);
