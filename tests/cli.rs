@@ -209,6 +209,30 @@ fn img2img_and_inpainting_run_from_the_command_line() {
 }
 
 #[test]
+fn any_multiple_of_the_vae_factor_is_a_valid_size() {
+    // tiny-sd's VAE scales by 2, so 26×14 pixels are 13×7 latents: odd sides the UNet halves
+    // (rounding up) and crops back, as diffusers does for e.g. 520×520 with SD 1.5.
+    let out = scratch("odd-size").join("odd.png");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--width",
+        "26",
+        "--height",
+        "14",
+        "--steps",
+        "2",
+        "-q",
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let image = read_rgb(&out).unwrap();
+    assert_eq!((image.width(), image.height()), (26, 14));
+}
+
+#[test]
 fn a_size_that_is_not_a_multiple_is_refused() {
     assert_fails_naming(
         &sd(&["generate", "--prompt", "x", "--width", "65", "-q"]),

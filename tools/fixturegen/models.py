@@ -23,6 +23,8 @@ UNET_CASES = [
     ("b2_square_t500", 2, None, None, 500),
     ("b2_nonsquare_t981.3", 2, 16, 24, 981.3),
     ("b1_square_t1", 1, None, None, 1),
+    # Odd latent sides: diffusers rounds up on the way down and passes `upsample_size` back up.
+    ("b1_odd_13x7_t700", 1, 13, 7, 700),
 ]
 
 # Seeds of the golden inputs; each input has its own so they do not depend on each other's order.

@@ -48,7 +48,8 @@ pub trait Denoiser<B: Backend> {
     /// 4 for ordinary checkpoints, 9 for inpainting ones (latents + mask + masked-image latents).
     fn in_channels(&self) -> usize;
 
-    /// The spatial divisor latents must respect (2^(levels−1) for the down/up path).
+    /// The divisor latent sides must respect (1 for sd-unet, which crops its up path to each
+    /// skip as diffusers does; a denoiser without that would say 2^(levels−1)).
     fn spatial_multiple(&self) -> usize;
 }
 

@@ -3,7 +3,7 @@
 //! is the same structure with no `attentions`.
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Error, Result};
+use sd_core::{Backend, Error, Result, TensorInfo};
 
 use crate::config::UNetConfig;
 use crate::nn::{Downsample2D, ResnetBlock2D, ResnetShape, Upsample2D};
@@ -269,7 +269,9 @@ impl<B: Backend> UpBlock<B> {
             }
         }
         if let Some(up) = &self.upsamplers {
-            x = up.forward(backend, &x)?;
+            // The next level's first skip fixes the size (odd latent sides round up on the way down).
+            let target = skips.last().map(|s| (s.shape()[2], s.shape()[3]));
+            x = up.forward(backend, &x, target)?;
         }
         Ok(x)
     }

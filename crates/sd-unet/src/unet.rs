@@ -98,7 +98,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// The model output for `sample [n, in_channels, h, w]` at `timestep` (the same for every
     /// sample), attending to `context [n, seq, cross_attention_dim]`: `[n, out_channels, h, w]`.
-    /// `h` and `w` must be multiples of [`UNetConfig::spatial_multiple`].
+    /// Any positive `h` and `w`: odd sides round up on the way down and the up path crops back
+    /// to each skip's size, as diffusers does.
     pub fn forward(
         &self,
         backend: &B,
@@ -158,7 +159,6 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// The batch size, after checking the inputs' shapes against the config.
     fn check_inputs(&self, sample: &B::Tensor, context: &B::Tensor) -> Result<usize> {
         let config = &self.config;
-        let multiple = config.spatial_multiple();
         let &[n, c, h, w] = sample.shape() else {
             return Err(Error::invalid_argument(
                 "latents",
@@ -179,14 +179,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 ),
             ));
         }
-        if n == 0 || h == 0 || w == 0 || h % multiple != 0 || w % multiple != 0 {
+        if n == 0 || h == 0 || w == 0 {
             return Err(Error::invalid_argument(
                 "latents",
-                format!(
-                    "spatial size {h}×{w} must be positive multiples of {multiple} \
-                     (the UNet halves it {} times)",
-                    config.levels() - 1
-                ),
+                format!("empty latents: shape {:?}", sample.shape()),
             ));
         }
         let cross = (0..config.levels()).map(|i| config.cross_attention_dim.get(i));
@@ -227,7 +223,8 @@ impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
         self.config.in_channels
     }
 
+    /// Any latent size works (see [`UNet2DConditionModel::forward`]).
     fn spatial_multiple(&self) -> usize {
-        self.config.spatial_multiple()
+        1
     }
 }

@@ -144,7 +144,7 @@ impl<B: Backend> UpDecoderBlock2D<B> {
             x = resnet.forward(backend, &x, None)?;
         }
         match &self.upsamplers {
-            Some(up) => up.forward(backend, &x),
+            Some(up) => up.forward(backend, &x, None),
             None => Ok(x),
         }
     }

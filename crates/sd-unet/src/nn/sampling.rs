@@ -1,7 +1,7 @@
 //! diffusers' `Downsample2D` and `Upsample2D` (both with a convolution).
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Conv2dParams, HostTensor, Result, TensorInfo};
+use sd_core::{Backend, Conv2dParams, Error, HostTensor, Result, TensorInfo};
 
 use super::Conv2d;
 
@@ -85,9 +85,32 @@ impl<B: Backend> Upsample2D<B> {
         })
     }
 
-    /// `[n, c, h, w]` → `[n, out, 2h, 2w]`.
-    pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let up = backend.upsample_nearest2x(x)?;
+    /// `[n, c, h, w]` → `[n, out, 2h, 2w]`, or `[n, out, th, tw]` when `target` (at most 2h × 2w)
+    /// is given: the UNet asks for the size of the skip it joins next, as diffusers' `upsample_size`
+    /// does for odd latent sides. Nearest interpolation from n to 2n − 1 picks source row
+    /// ⌊i·n/(2n−1)⌋ = ⌊i/2⌋ for every i < 2n − 1, so cropping the 2× result is exact.
+    pub fn forward(
+        &self,
+        backend: &B,
+        x: &B::Tensor,
+        target: Option<(usize, usize)>,
+    ) -> Result<B::Tensor> {
+        let mut up = backend.upsample_nearest2x(x)?;
+        if let Some((th, tw)) = target {
+            let (h2, w2) = (up.shape()[2], up.shape()[3]);
+            if th > h2 || tw > w2 || h2 - th > 1 || w2 - tw > 1 {
+                return Err(Error::shape(
+                    "upsample",
+                    format!("cannot reach {th}×{tw} from {h2}×{w2} by cropping one row/column"),
+                ));
+            }
+            if th < h2 {
+                up = backend.narrow(&up, 2, 0, th)?;
+            }
+            if tw < w2 {
+                up = backend.narrow(&up, 3, 0, tw)?;
+            }
+        }
         self.conv.forward(backend, &up)
     }
 }
