@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use sd_core::Result;
 
-use crate::config_file::{config_error, parse_config, read_config};
+use crate::config_file::{config_error, parse_config, read_config_text};
 
 /// More resolution levels than any SD-family model has (each halves the latents); bounds
 /// the side multiple `2^(levels − 1)`.
@@ -262,10 +262,7 @@ impl UNetConfig {
     /// Read and check a `unet/config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut config: UNetConfig = read_config(path)?;
-        config.origin = path.to_path_buf();
-        config.check()?;
-        Ok(config)
+        Self::from_json(&read_config_text(path)?, path)
     }
 
     /// Parse and check config JSON; `origin` names it in errors.

@@ -7,14 +7,12 @@ use serde::de::DeserializeOwned;
 
 use sd_core::{Error, Result};
 
-/// Read and parse the config file at `path`.
-pub fn read_config<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+/// The text of the config file at `path` (an I/O error names the file).
+pub fn read_config_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_config(&text, path)
+    })
 }
 
 /// Parse config JSON; `origin` names it in errors. A missing field, a value of the wrong type

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use sd_core::Result;
 use sd_unet::config::MAX_LEVELS;
-use sd_unet::config_file::{config_error, parse_config, read_config};
+use sd_unet::config_file::{config_error, parse_config, read_config_text};
 
 /// The encoder's down blocks (resnets, then a stride-2 downsampler but on the last level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -104,10 +104,7 @@ impl VaeConfig {
     /// Read and check a `vae/config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut config: VaeConfig = read_config(path)?;
-        config.origin = path.to_path_buf();
-        config.check()?;
-        Ok(config)
+        Self::from_json(&read_config_text(path)?, path)
     }
 
     /// Parse and check config JSON; `origin` names it in errors.
