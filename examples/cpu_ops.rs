@@ -1,12 +1,15 @@
 //! Throughput of the CPU backend's ops on the shapes one SD 1.5 UNet step (512², batch 2) and
 //! one VAE decode use. Prints the median of several runs per op.
 //!
-//! `cargo run --release --example cpu_ops [-- --runs N]`
+//! `cargo run --release --example cpu_ops [-- --runs N] [--precision f32|bf16]`
+//!
+//! With `--precision bf16` the conv and linear weights are packed bf16 and those products run
+//! on the bf16 engine; the other ops are the same f32 code either way.
 
 use std::time::Instant;
 
-use sd_core::cpu::CpuBackend;
-use sd_core::{Backend, Conv2dParams, TorchGenerator, UnaryOp};
+use sd_core::cpu::{CpuBackend, Precision};
+use sd_core::{Backend, Conv2dParams, TorchGenerator, UnaryOp, WeightRole};
 
 /// One benchmark case: a name, its FLOP count and a closure running it once.
 struct Case<'a> {
@@ -16,24 +19,25 @@ struct Case<'a> {
 }
 
 fn main() -> sd_core::Result<()> {
-    let runs = parse_runs()?;
-    let b = CpuBackend::new();
+    let (runs, precision) = parse_args()?;
+    let b = CpuBackend::with_precision(precision);
     let mut rng = TorchGenerator::new(0);
+    let mut weight = |shape: &[usize], role| b.upload_weight(&(rng.randn(shape) * 0.1), role);
+    let w3 = weight(&[320, 320, 3, 3], WeightRole::Conv)?;
+    let w_lin = weight(&[320, 320], WeightRole::Linear)?;
+    let ff_in = weight(&[2560, 320], WeightRole::Linear)?;
+    let vae_w = weight(&[256, 256, 3, 3], WeightRole::Conv)?;
     let mut rand = |shape: &[usize]| b.upload(&(rng.randn(shape) * 0.1));
 
     // UNet level-1 shapes at 512²: 64×64 latents, 320 channels, 8 heads of 40; CLIP context 77×768.
     let x_nchw = rand(&[2, 320, 64, 64])?;
-    let w3 = rand(&[320, 320, 3, 3])?;
     let bias = rand(&[320])?;
     let tokens = rand(&[2, 4096, 320])?;
-    let w_lin = rand(&[320, 320])?;
-    let ff_in = rand(&[2560, 320])?;
     let ctx_k = rand(&[2, 77, 320])?;
     let gamma = rand(&[320])?;
     let geglu_in = rand(&[2, 4096, 2560])?;
     // VAE decoder's largest conv: 512² × 128 channels (and 256² × 256).
     let vae_x = rand(&[1, 256, 256, 256])?;
-    let vae_w = rand(&[256, 256, 3, 3])?;
     let vae_bias = rand(&[256])?;
     let vae_tokens = rand(&[1, 4096, 512])?;
 
@@ -154,21 +158,25 @@ fn main() -> sd_core::Result<()> {
     Ok(())
 }
 
-fn parse_runs() -> sd_core::Result<usize> {
+fn parse_args() -> sd_core::Result<(usize, Precision)> {
+    let usage = || {
+        sd_core::Error::invalid_argument("args", "usage: cpu_ops [--runs N] [--precision f32|bf16]")
+    };
+    let (mut runs, mut precision) = (5, Precision::F32);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => Ok(5),
-        [flag, n] if flag == "--runs" => {
-            n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                sd_core::Error::invalid_argument(
-                    "--runs",
-                    format!("expected a positive integer, got {n:?}"),
-                )
-            })
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, n] if flag == "--runs" => {
+                runs = n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    sd_core::Error::invalid_argument(
+                        "--runs",
+                        format!("expected a positive integer, got {n:?}"),
+                    )
+                })?
+            }
+            [flag, p] if flag == "--precision" => precision = p.parse()?,
+            _ => return Err(usage()),
         }
-        _ => Err(sd_core::Error::invalid_argument(
-            "args",
-            "usage: cpu_ops [--runs N]",
-        )),
     }
+    Ok((runs, precision))
 }

@@ -85,7 +85,7 @@ impl ClipTextConfig {
                 return Err(field_error(field, "must be positive".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(field_error(
                 "num_attention_heads",
                 format!(

@@ -10,7 +10,7 @@
 //! `clip_skip = k + 1` (its `clip_skip=1` uses `hidden_states[-2]`, the penultimate layer).
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Error, Result, TensorInfo, UnaryOp};
+use sd_core::{Backend, Error, Result, TensorInfo, UnaryOp, WeightRole};
 
 use crate::config::ClipTextConfig;
 
@@ -24,7 +24,13 @@ struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     fn load(b: &B, w: &Weights<'_>, out_features: usize, in_features: usize) -> Result<Self> {
         Ok(Linear {
-            weight: param(b, w, "weight", &[out_features, in_features])?,
+            weight: weight_param(
+                b,
+                w,
+                "weight",
+                &[out_features, in_features],
+                WeightRole::Linear,
+            )?,
             bias: param(b, w, "bias", &[out_features])?,
         })
     }
@@ -235,7 +241,7 @@ impl<B: Backend> ClipTextTransformer<B> {
                 format!("{clip_skip} is outside 1..={layers} (1 uses the last layer)"),
             ));
         }
-        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+        if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
             return Err(Error::invalid_argument(
                 "ids",
                 format!("{} ids do not split into {batch} equal rows", ids.len()),
@@ -276,7 +282,18 @@ impl<B: Backend> ClipTextTransformer<B> {
 
 /// One parameter of `w`, checked against `shape`, on the backend.
 fn param<B: Backend>(b: &B, w: &Weights<'_>, name: &str, shape: &[usize]) -> Result<B::Tensor> {
-    let tensor = b.upload(&w.get_shaped(name, shape)?)?;
+    weight_param(b, w, name, shape, WeightRole::Other)
+}
+
+/// [`param`] for a weight the backend may store in a form made for its product (`role`).
+fn weight_param<B: Backend>(
+    b: &B,
+    w: &Weights<'_>,
+    name: &str,
+    shape: &[usize],
+    role: WeightRole,
+) -> Result<B::Tensor> {
+    let tensor = b.upload_weight(&w.get_shaped(name, shape)?, role)?;
     debug_assert_eq!(tensor.shape(), shape);
     Ok(tensor)
 }

@@ -54,6 +54,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Copy a host tensor to the backend, stored in the backend's compute dtype.
     fn upload(&self, host: &HostTensor) -> Result<Self::Tensor>;
 
+    /// Copy a layer's parameter to the backend. `role` says which product will consume it, so a
+    /// backend may store it in a form made for that product once, at load (the CPU backend's
+    /// bf16 precision keeps linear and conv weights as packed 16-bit panels). The default is
+    /// [`upload`](Backend::upload). Whatever the form, every op still accepts the tensor.
+    fn upload_weight(&self, host: &HostTensor, role: WeightRole) -> Result<Self::Tensor> {
+        let _ = role;
+        self.upload(host)
+    }
+
     /// Copy a tensor back to the host as f32.
     fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
 
@@ -191,6 +200,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn silu(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
         self.unary(x, UnaryOp::Silu)
     }
+}
+
+/// What a parameter is for (see [`Backend::upload_weight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightRole {
+    /// The `w [out, in]` of [`Backend::linear`].
+    Linear,
+    /// The `w [out, in, kh, kw]` of [`Backend::conv2d`].
+    Conv,
+    /// Anything else: biases, norm scales, embedding tables.
+    Other,
 }
 
 /// Elementwise activations.

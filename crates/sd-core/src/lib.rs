@@ -12,12 +12,13 @@ pub mod components;
 pub mod cpu;
 pub mod error;
 pub mod pipeline;
+pub mod profile;
 pub mod rng;
 pub mod shapes;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp};
+pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp, WeightRole};
 pub use components::{Denoiser, LatentCodec, LatentDist, Scheduler, TextEncoder};
 pub use error::{Error, Result};
 pub use pipeline::{Generation, GenerationRequest, Pipeline};

@@ -115,7 +115,7 @@ impl TorchGenerator {
         for block in out.chunks_exact_mut(BLOCK) {
             box_muller::normals_from_uniforms(block, self.mode);
         }
-        if out.len() % BLOCK != 0 {
+        if !out.len().is_multiple_of(BLOCK) {
             let tail_start = out.len() - BLOCK;
             let tail = &mut out[tail_start..];
             for x in tail.iter_mut() {

@@ -33,7 +33,7 @@ fn random_values(len: usize, seed: u64) -> Vec<f32> {
 fn tensor(shape: &[usize], seed: u64) -> CpuTensor {
     let len = shape.iter().product();
     let host = HostTensor::from_shape_vec(shape, random_values(len, seed)).expect("shape fits");
-    CpuBackend.upload(&host).expect("upload")
+    CpuBackend::new().upload(&host).expect("upload")
 }
 
 /// An expected element: the exact (f64) value and the magnitude its error is measured against.
@@ -187,7 +187,7 @@ proptest! {
         let b_shape = if b_shared { vec![k, n] } else { [batch_dims.clone(), vec![k, n]].concat() };
         let a = tensor(&a_shape, seed);
         let b = tensor(&b_shape, seed ^ 1);
-        let got = CpuBackend.matmul(&a, &b).expect("matmul");
+        let got = CpuBackend::new().matmul(&a, &b).expect("matmul");
         let b_shared = b_shape.len() == 2;
         let want = naive_matmul(a.data(), b.data(), batch, m, k, n, b_shared);
         assert_close("matmul", &got, &[batch_dims, vec![m, n]].concat(), &want);
@@ -205,7 +205,7 @@ proptest! {
     ) {
         let a = tensor(&[batch, m, k], seed);
         let b = if b_shared { tensor(&[k, n], seed ^ 1) } else { tensor(&[batch, k, n], seed ^ 1) };
-        let got = CpuBackend.matmul(&a, &b).expect("matmul");
+        let got = CpuBackend::new().matmul(&a, &b).expect("matmul");
         let want = naive_matmul(a.data(), b.data(), batch, m, k, n, b_shared);
         assert_close("matmul", &got, &[batch, m, n], &want);
     }
@@ -226,7 +226,7 @@ proptest! {
         let x = tensor(&[lead_dims.clone(), vec![inp]].concat(), seed);
         let w = tensor(&[outp, inp], seed ^ 1);
         let bias = with_bias.then(|| tensor(&[outp], seed ^ 2));
-        let got = CpuBackend.linear(&x, &w, bias.as_ref()).expect("linear");
+        let got = CpuBackend::new().linear(&x, &w, bias.as_ref()).expect("linear");
         let want = naive_linear(x.data(), w.data(), bias.as_ref().map(|b| b.data()), rows, inp, outp);
         assert_close("linear", &got, &[lead_dims, vec![outp]].concat(), &want);
     }
@@ -312,7 +312,7 @@ fn check_conv(case: ConvCase, seed: u64) {
     let w = tensor(&[o, x_shape[1], kh, kw], seed ^ 1);
     let bias = bias.then(|| tensor(&[o], seed ^ 2));
     let params = Conv2dParams { stride, padding };
-    let got = CpuBackend
+    let got = CpuBackend::new()
         .conv2d(&x, &w, bias.as_ref(), params)
         .expect("conv2d");
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
@@ -372,7 +372,7 @@ fn conv2d_panel_edges_inside_output_rows_match_naive_loop() {
 
 #[test]
 fn matmul_rejects_mismatched_shapes() {
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::new();
     let cases: [(&[usize], &[usize]); 4] = [
         (&[3], &[3, 2]),          // a has rank 1
         (&[2, 3], &[4, 2]),       // inner dims differ
@@ -387,7 +387,7 @@ fn matmul_rejects_mismatched_shapes() {
 
 #[test]
 fn linear_rejects_mismatched_shapes() {
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::new();
     let x = tensor(&[2, 4], 1);
     assert_eq!(
         shape_error_op(cpu.linear(&x, &tensor(&[3, 5], 2), None)),
@@ -411,7 +411,7 @@ fn linear_rejects_mismatched_shapes() {
 
 #[test]
 fn conv2d_rejects_mismatched_shapes() {
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::new();
     let x = tensor(&[1, 3, 5, 5], 1);
     let w = tensor(&[4, 3, 3, 3], 2);
     let same = Conv2dParams::same(1);
@@ -450,7 +450,7 @@ fn conv2d_rejects_mismatched_shapes() {
 
 #[test]
 fn empty_dimensions_give_empty_or_bias_only_outputs() {
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::new();
     // k = 0: every output element is an empty sum.
     let got = cpu
         .matmul(&tensor(&[2, 3, 0], 1), &tensor(&[0, 4], 2))

@@ -339,7 +339,7 @@ fn f32_f16_and_bf16_are_converted_exactly() {
     let scratch = Scratch::new("convert");
     // An odd header length starts the data at an odd offset: every element read is unaligned.
     let mut header = header_json(&tensors);
-    if header.len() % 2 == 0 {
+    if header.len().is_multiple_of(2) {
         header.push(' ');
     }
     let data: Vec<u8> = tensors.iter().flat_map(|t| t.bytes.clone()).collect();

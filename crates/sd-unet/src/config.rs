@@ -374,7 +374,7 @@ impl UNetConfig {
                 format!("{c} channels do not split into norm_num_groups = {groups} groups"),
             ));
         }
-        if self.timestep_features() % 2 != 0 {
+        if !self.timestep_features().is_multiple_of(2) {
             return Err(self.error(
                 "block_out_channels",
                 format!(

@@ -7,7 +7,7 @@
 //! # fn demo() -> sd_core::Result<()> {
 //! let store = WeightStore::open("stable-diffusion-v1-5")?; // a diffusers folder
 //! let config = UNetConfig::from_file("stable-diffusion-v1-5/unet/config.json")?;
-//! let unet = UNet2DConditionModel::from_store(&CpuBackend, config, &store)?;
+//! let unet = UNet2DConditionModel::from_store(&CpuBackend::new(), config, &store)?;
 //! # Ok(()) }
 //! ```
 //!

@@ -151,7 +151,7 @@ fn tiny_store() -> WeightStore {
 #[test]
 fn a_config_asking_for_absent_weights_names_the_tensor() {
     let config = parse_edited(|c| c["layers_per_block"] = json!(3)).unwrap();
-    match UNet2DConditionModel::from_store(&CpuBackend, config, &tiny_store()) {
+    match UNet2DConditionModel::from_store(&CpuBackend::new(), config, &tiny_store()) {
         Err(Error::MissingTensor { name, .. }) => {
             assert!(name.starts_with("down_blocks.0.resnets.2."), "{name}")
         }
@@ -162,7 +162,7 @@ fn a_config_asking_for_absent_weights_names_the_tensor() {
 #[test]
 fn a_config_disagreeing_with_the_weights_names_the_tensor_and_shapes() {
     let config = parse_edited(|c| c["cross_attention_dim"] = json!(48)).unwrap();
-    match UNet2DConditionModel::from_store(&CpuBackend, config, &tiny_store()) {
+    match UNet2DConditionModel::from_store(&CpuBackend::new(), config, &tiny_store()) {
         Err(Error::TensorShape {
             name,
             expected,
@@ -180,7 +180,7 @@ fn a_config_disagreeing_with_the_weights_names_the_tensor_and_shapes() {
 }
 
 fn zeros(shape: &[usize]) -> CpuTensor {
-    CpuBackend
+    CpuBackend::new()
         .upload(&HostTensor::zeros(shape.to_vec()))
         .unwrap()
 }
@@ -201,21 +201,27 @@ fn empty_latents_and_other_bad_inputs_are_refused() {
     let dir = pipeline("tiny-sd-alt");
     let store = WeightStore::open(&dir).unwrap();
     let config = UNetConfig::from_file(dir.join("unet/config.json")).unwrap();
-    let unet = UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap();
+    let unet = UNet2DConditionModel::from_store(&CpuBackend::new(), config, &store).unwrap();
     assert_eq!(unet.spatial_multiple(), 1);
     let context = zeros(&[1, 77, 24]);
     for shape in [[0, 4, 16, 16], [1, 4, 0, 16], [1, 4, 16, 0]] {
-        let result = unet.predict_noise(&CpuBackend, &zeros(&shape), 10.0, &context);
+        let result = unet.predict_noise(&CpuBackend::new(), &zeros(&shape), 10.0, &context);
         assert_eq!(invalid_argument_name(result), "latents");
     }
-    let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 9, 16, 16]), 10.0, &context);
+    let result = unet.predict_noise(&CpuBackend::new(), &zeros(&[1, 9, 16, 16]), 10.0, &context);
     assert_eq!(invalid_argument_name(result), "latents");
-    let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16]), 10.0, &context);
+    let result = unet.predict_noise(&CpuBackend::new(), &zeros(&[1, 4, 16]), 10.0, &context);
     assert_eq!(invalid_argument_name(result), "latents");
-    let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16, 16]), f64::NAN, &context);
+    let result = unet.predict_noise(
+        &CpuBackend::new(),
+        &zeros(&[1, 4, 16, 16]),
+        f64::NAN,
+        &context,
+    );
     assert_eq!(invalid_argument_name(result), "timestep");
     for context in [zeros(&[1, 77, 32]), zeros(&[2, 77, 24]), zeros(&[77, 24])] {
-        let result = unet.predict_noise(&CpuBackend, &zeros(&[1, 4, 16, 16]), 10.0, &context);
+        let result =
+            unet.predict_noise(&CpuBackend::new(), &zeros(&[1, 4, 16, 16]), 10.0, &context);
         assert_eq!(invalid_argument_name(result), "context");
     }
 }

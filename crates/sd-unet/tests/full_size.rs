@@ -18,12 +18,13 @@ fn sd15_unet_batch2_64x64_matches_diffusers() {
     let goldens = full_size_goldens();
     let store = WeightStore::open(full_size_dir()).unwrap();
     // The built-in SD 1.5 config (what single-file checkpoints use).
-    let unet = UNet2DConditionModel::from_store(&CpuBackend, UNetConfig::sd15(4).unwrap(), &store)
-        .unwrap();
+    let unet =
+        UNet2DConditionModel::from_store(&CpuBackend::new(), UNetConfig::sd15(4).unwrap(), &store)
+            .unwrap();
     drop(store);
     let out = unet
         .forward(
-            &CpuBackend,
+            &CpuBackend::new(),
             &goldens.tensor("unet/sample"),
             f64::from(goldens.scalar("unet/timestep")),
             &goldens.tensor("unet/encoder_hidden_states"),

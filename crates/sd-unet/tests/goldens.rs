@@ -21,7 +21,7 @@ fn check_all_cases(label: &str, unet: &UNet2DConditionModel<CpuBackend>, goldens
         let timestep = goldens.scalar(&format!("{case}/timestep"));
         let context = goldens.tensor(&format!("{case}/encoder_hidden_states"));
         let out = unet
-            .forward(&CpuBackend, &sample, f64::from(timestep), &context)
+            .forward(&CpuBackend::new(), &sample, f64::from(timestep), &context)
             .unwrap();
         let expected = goldens.host(&format!("{case}/out"));
         assert_matches_golden(&format!("{label} {case}"), &out, &expected);
@@ -32,7 +32,7 @@ fn folder_unet(model: &str) -> UNet2DConditionModel<CpuBackend> {
     let dir = pipeline(model);
     let store = WeightStore::open(&dir).unwrap();
     let config = UNetConfig::from_file(dir.join("unet/config.json")).unwrap();
-    UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap()
+    UNet2DConditionModel::from_store(&CpuBackend::new(), config, &store).unwrap()
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn component_folder_unet(dir: &std::path::Path) -> UNet2DConditionModel<CpuBacke
     let weights = dir.join("diffusion_pytorch_model.safetensors");
     let store = WeightStore::open_component_files(Component::Unet, &[weights]).unwrap();
     let config = UNetConfig::from_file(dir.join("config.json")).unwrap();
-    UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap()
+    UNet2DConditionModel::from_store(&CpuBackend::new(), config, &store).unwrap()
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn inpainting_unet_matches_diffusers() {
 fn ldm_single_file_unet_matches_diffusers() {
     let store = WeightStore::open(ldm_single_file()).unwrap();
     let config = UNetConfig::from_file(pipeline("tiny-sd").join("unet/config.json")).unwrap();
-    let unet = UNet2DConditionModel::from_store(&CpuBackend, config, &store).unwrap();
+    let unet = UNet2DConditionModel::from_store(&CpuBackend::new(), config, &store).unwrap();
     check_all_cases(
         "tiny-sd (LDM single file)",
         &unet,

@@ -7,10 +7,10 @@
 //! # fn demo(image: &sd_core::cpu::CpuTensor) -> sd_core::Result<()> {
 //! let store = WeightStore::open("stable-diffusion-v1-5")?;
 //! let config = VaeConfig::from_file("stable-diffusion-v1-5/vae/config.json")?;
-//! let vae = AutoencoderKL::from_store(&CpuBackend, config, &store)?;
-//! let dist = vae.encode(&CpuBackend, image)?;                 // img2img: encode,
+//! let vae = AutoencoderKL::from_store(&CpuBackend::new(), config, &store)?;
+//! let dist = vae.encode(&CpuBackend::new(), image)?;                 // img2img: encode,
 //! let mut generator = TorchGenerator::new(7);
-//! let latents = sd_vae::sample(&CpuBackend, &dist, &mut generator)?; // then draw
+//! let latents = sd_vae::sample(&CpuBackend::new(), &dist, &mut generator)?; // then draw
 //! # Ok(()) }
 //! ```
 //!

@@ -75,12 +75,12 @@ fn builtin_sd15_config_has_sd15_shapes() {
 fn a_config_disagreeing_with_the_weights_names_the_tensor() {
     let store = WeightStore::open(pipeline("tiny-sd")).unwrap();
     let config = parse_edited(|c| c["latent_channels"] = json!(8)).unwrap();
-    match AutoencoderKL::from_store(&CpuBackend, config, &store) {
+    match AutoencoderKL::from_store(&CpuBackend::new(), config, &store) {
         Err(Error::TensorShape { name, .. }) => assert_eq!(name, "quant_conv.weight"),
         other => panic!("expected a shape error, got {other:?}"),
     }
     let config = parse_edited(|c| c["layers_per_block"] = json!(2)).unwrap();
-    match AutoencoderKL::from_store(&CpuBackend, config, &store) {
+    match AutoencoderKL::from_store(&CpuBackend::new(), config, &store) {
         Err(Error::MissingTensor { name, .. }) => {
             assert!(
                 name.starts_with("encoder.down_blocks.0.resnets.1."),
@@ -92,7 +92,7 @@ fn a_config_disagreeing_with_the_weights_names_the_tensor() {
 }
 
 fn zeros(shape: &[usize]) -> CpuTensor {
-    CpuBackend
+    CpuBackend::new()
         .upload(&HostTensor::zeros(shape.to_vec()))
         .unwrap()
 }
@@ -102,15 +102,15 @@ fn images_and_latents_of_the_wrong_shape_are_refused() {
     let dir = pipeline("tiny-sd-alt"); // downscale factor 4
     let store = WeightStore::open(&dir).unwrap();
     let config = VaeConfig::from_file(dir.join("vae/config.json")).unwrap();
-    let vae = AutoencoderKL::from_store(&CpuBackend, config, &store).unwrap();
+    let vae = AutoencoderKL::from_store(&CpuBackend::new(), config, &store).unwrap();
     for shape in [[1, 3, 30, 32], [1, 4, 32, 32], [0, 3, 32, 32]] {
-        match vae.encode(&CpuBackend, &zeros(&shape)) {
+        match vae.encode(&CpuBackend::new(), &zeros(&shape)) {
             Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, "image"),
             other => panic!("{shape:?}: expected an invalid argument, got {other:?}"),
         }
     }
     for shape in [vec![1, 3, 8, 8], vec![1, 4, 8], vec![1, 4, 0, 8]] {
-        match vae.decode(&CpuBackend, &zeros(&shape)) {
+        match vae.decode(&CpuBackend::new(), &zeros(&shape)) {
             Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, "latents"),
             other => panic!("{shape:?}: expected an invalid argument, got {other:?}"),
         }

@@ -21,10 +21,11 @@ fn sd15_vae_decode_512_and_encode_256_match_diffusers() {
     let goldens = full_size_goldens();
     let store = WeightStore::open(full_size_dir()).unwrap();
     // The built-in SD 1.5 config (what single-file checkpoints use); 512² is not tiled.
-    let vae = AutoencoderKL::from_store(&CpuBackend, VaeConfig::sd15().unwrap(), &store).unwrap();
+    let vae =
+        AutoencoderKL::from_store(&CpuBackend::new(), VaeConfig::sd15().unwrap(), &store).unwrap();
     drop(store);
     let image = vae
-        .decode(&CpuBackend, &goldens.tensor("vae/latents"))
+        .decode(&CpuBackend::new(), &goldens.tensor("vae/latents"))
         .unwrap();
     assert_matches_golden(
         "SD 1.5 VAE decode 512x512",
@@ -32,7 +33,7 @@ fn sd15_vae_decode_512_and_encode_256_match_diffusers() {
         &goldens.host("vae/image"),
     );
     let dist = vae
-        .encode(&CpuBackend, &goldens.tensor("vae/encode_image"))
+        .encode(&CpuBackend::new(), &goldens.tensor("vae/encode_image"))
         .unwrap();
     assert_matches_golden(
         "SD 1.5 VAE encode mean",

@@ -18,13 +18,13 @@ fn folder_vae(model: &str) -> AutoencoderKL<CpuBackend> {
     let dir = pipeline(model);
     let store = WeightStore::open(&dir).unwrap();
     let config = VaeConfig::from_file(dir.join("vae/config.json")).unwrap();
-    AutoencoderKL::from_store(&CpuBackend, config, &store).unwrap()
+    AutoencoderKL::from_store(&CpuBackend::new(), config, &store).unwrap()
 }
 
 fn check_decode_and_encode(label: &str, vae: &AutoencoderKL<CpuBackend>, goldens: &Goldens) {
     for case in ["decode_square", "decode_nonsquare"] {
         let latents = goldens.tensor(&format!("{case}/latents"));
-        let image = vae.decode(&CpuBackend, &latents).unwrap();
+        let image = vae.decode(&CpuBackend::new(), &latents).unwrap();
         assert_matches_golden(
             &format!("{label} {case}"),
             &image,
@@ -32,7 +32,7 @@ fn check_decode_and_encode(label: &str, vae: &AutoencoderKL<CpuBackend>, goldens
         );
     }
     let image = goldens.tensor("encode/image");
-    let dist = vae.encode(&CpuBackend, &image).unwrap();
+    let dist = vae.encode(&CpuBackend::new(), &image).unwrap();
     assert_eq!(dist.mean.shape()[1], vae.latent_channels());
     assert_matches_golden(
         &format!("{label} encode mean"),
@@ -74,7 +74,7 @@ fn ldm_single_file_vae_matches_diffusers() {
     // The LDM file stores the mid-block attention projections as 1×1 convs.
     let store = WeightStore::open(ldm_single_file()).unwrap();
     let config = VaeConfig::from_file(pipeline("tiny-sd").join("vae/config.json")).unwrap();
-    let vae = AutoencoderKL::from_store(&CpuBackend, config, &store).unwrap();
+    let vae = AutoencoderKL::from_store(&CpuBackend::new(), config, &store).unwrap();
     check_decode_and_encode(
         "tiny-sd (LDM single file)",
         &vae,

@@ -20,7 +20,7 @@ fn vae(model: &str) -> AutoencoderKL<CpuBackend> {
     let dir = pipeline(model);
     let store = WeightStore::open(&dir).unwrap();
     let config = VaeConfig::from_file(dir.join("vae/config.json")).unwrap();
-    AutoencoderKL::from_store(&CpuBackend, config, &store).unwrap()
+    AutoencoderKL::from_store(&CpuBackend::new(), config, &store).unwrap()
 }
 
 /// The VAE tiling as the goldens were made (diffusers' `enable_tiling()`, small tiles).
@@ -40,7 +40,7 @@ fn tiled_decode_matches_diffusers_enable_tiling() {
         let goldens = Goldens::open(model, "vae_tiling.safetensors");
         let vae = tiled_as_goldens(model, &goldens);
         let image = vae
-            .decode(&CpuBackend, &goldens.tensor("tiled_decode/latents"))
+            .decode(&CpuBackend::new(), &goldens.tensor("tiled_decode/latents"))
             .unwrap();
         assert_matches_golden(
             &format!("{model} tiled decode"),
@@ -56,7 +56,7 @@ fn tiled_encode_matches_diffusers_enable_tiling() {
         let goldens = Goldens::open(model, "vae_tiling.safetensors");
         let vae = tiled_as_goldens(model, &goldens);
         let dist = vae
-            .encode(&CpuBackend, &goldens.tensor("tiled_encode/image"))
+            .encode(&CpuBackend::new(), &goldens.tensor("tiled_encode/image"))
             .unwrap();
         let label = format!("{model} tiled encode");
         assert_matches_golden(
@@ -84,17 +84,17 @@ fn tiled_decode_approximates_untiled() {
         let goldens = Goldens::open(model, "vae_tiling.safetensors");
         let latents = goldens.tensor("tiled_decode/latents");
         let tiled = tiled_as_goldens(model, &goldens)
-            .decode(&CpuBackend, &latents)
+            .decode(&CpuBackend::new(), &latents)
             .unwrap();
         let mut untiled_vae = vae(model);
         untiled_vae.set_tiling(Tiling {
             mode: TileMode::Off,
             ..untiled_vae.tiling()
         });
-        let untiled = untiled_vae.decode(&CpuBackend, &latents).unwrap();
+        let untiled = untiled_vae.decode(&CpuBackend::new(), &latents).unwrap();
         let (tiled, untiled) = (
-            CpuBackend.download(&tiled).unwrap(),
-            CpuBackend.download(&untiled).unwrap(),
+            CpuBackend::new().download(&tiled).unwrap(),
+            CpuBackend::new().download(&untiled).unwrap(),
         );
         assert_eq!(tiled.shape(), untiled.shape());
         let mean_abs = (&tiled - &untiled).mapv(f32::abs).mean().unwrap();
@@ -116,10 +116,10 @@ fn auto_tiling_switches_on_above_the_pixel_limit() {
         ..goldens_tiling
     };
     vae.set_tiling(auto(80 * 56 - 1));
-    let image = vae.decode(&CpuBackend, &latents).unwrap();
+    let image = vae.decode(&CpuBackend::new(), &latents).unwrap();
     assert_matches_golden("auto, above the limit", &image, &expected_tiled);
     vae.set_tiling(auto(80 * 56));
-    let image = vae.decode(&CpuBackend, &latents).unwrap();
+    let image = vae.decode(&CpuBackend::new(), &latents).unwrap();
     let diff = support::max_abs_diff(&image, &expected_tiled);
     assert!(
         diff > 1e-2,
@@ -132,11 +132,11 @@ fn sample_matches_diffusers_latent_dist_sample() {
     for model in MODELS {
         let goldens = Goldens::open(model, "vae_tiling.safetensors");
         let dist = vae(model)
-            .encode(&CpuBackend, &goldens.tensor("sample/image"))
+            .encode(&CpuBackend::new(), &goldens.tensor("sample/image"))
             .unwrap();
         let seed: u64 = goldens.metadata("sample_seed").parse().unwrap();
         let mut generator = TorchGenerator::new(seed);
-        let latents = sd_vae::sample(&CpuBackend, &dist, &mut generator).unwrap();
+        let latents = sd_vae::sample(&CpuBackend::new(), &dist, &mut generator).unwrap();
         assert_matches_golden(
             &format!("{model} latent_dist.sample(seed {seed})"),
             &latents,

@@ -2,17 +2,24 @@
 //! Without a usable GPU, `--backend cuda` fails with sd-cuda's typed error (no CUDA device, or
 //! no NVRTC), naming the reason.
 
-/// Run `$body` with `$b` bound to the backend `$kind` names (GPU 0 for CUDA, f16 storage).
+/// Run `$body` with `$b` bound to the backend `$kind` names (GPU 0 for CUDA, f16 storage) at
+/// CPU precision `$precision` (bf16 is refused for CUDA, which has its own f16 storage).
 macro_rules! with_backend {
-    ($kind:expr, |$b:ident| $body:expr) => {
-        match $kind {
-            $crate::cli::BackendKind::Cpu => {
-                let $b = sd_core::cpu::CpuBackend::new();
+    ($kind:expr, $precision:expr, |$b:ident| $body:expr) => {
+        match ($kind, $precision) {
+            ($crate::cli::BackendKind::Cpu, precision) => {
+                let $b = sd_core::cpu::CpuBackend::with_precision(precision.into());
                 $body
             }
-            $crate::cli::BackendKind::Cuda => {
+            ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
                 let $b = sd_cuda::CudaBackend::new(0)?;
                 $body
+            }
+            ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::Bf16) => {
+                return Err(sd_core::Error::invalid_argument(
+                    "--precision",
+                    "bf16 is a CPU precision; the CUDA backend stores f16 and computes in f32",
+                ));
             }
         }
     };

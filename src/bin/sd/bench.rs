@@ -1,128 +1,292 @@
 //! `sd bench`: full-size SD 1.5 (UNet 860M, VAE 84M, CLIP 123M parameters) with seeded random
-//! weights — no download — timed component by component: CLIP on `[negative, prompt]`, one UNet
-//! step at batch 2 (classifier-free guidance at 512×512) and one 512×512 VAE decode. Reports the
-//! median and the fastest of `--runs` runs and the process's peak resident memory.
+//! weights — no download — timed component by component (`--component`): CLIP on
+//! `[negative, prompt]`, one UNet step at batch 2 (classifier-free guidance at 512×512) or 1,
+//! a 512×512 VAE decode or encode, or a whole txt2img generation. Reports the median and the
+//! fastest of `--runs` runs (after one untimed warm-up) and the process's peak resident memory;
+//! `--profile` adds where the time went, op kind by op kind. tools/bench_torch.py times the
+//! same work in PyTorch and tools/bench_compare.py runs both side by side.
 
 use std::time::{Duration, Instant};
 
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer};
-use sd_core::weights::WeightStore;
-use sd_core::{Backend, Denoiser, Error, LatentCodec, Result, TextEncoder, TorchGenerator};
+use sd_core::profile::{OpTimes, Profiled};
+use sd_core::weights::{Variant, WeightStore};
+use sd_core::{
+    Backend, Denoiser, Error, GenerationRequest, LatentCodec, Result, TextEncoder, TorchGenerator,
+};
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 use sd_vae::{AutoencoderKL, VaeConfig};
+use stable_diffusion::StableDiffusion;
+use stable_diffusion::configs::ModelConfigs;
 
 use crate::backend::with_backend;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchComponent};
+
+const PROMPTS: [&str; 2] = ["", "a photograph of an astronaut riding a horse"];
 
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         return Err(Error::invalid_argument("--runs", "must be at least 1"));
     }
-    with_backend!(args.backend, |backend| bench(backend, &args))
+    if args.steps == 0 {
+        return Err(Error::invalid_argument("--steps", "must be at least 1"));
+    }
+    with_backend!(args.backend, args.precision, |backend| {
+        if args.profile {
+            let profiled = Profiled::new(backend);
+            let times = profiled.times();
+            bench(profiled, &args, Some(&times))
+        } else {
+            bench(backend, &args, None)
+        }
+    })
 }
 
-/// One timed row of the table.
+/// One component's measurements.
 struct Row {
-    what: &'static str,
-    input: String,
+    component: BenchComponent,
+    input: &'static str,
     times: Vec<Duration>,
+    /// Per-op times of the timed runs (with --profile).
+    profile: Option<Vec<sd_core::profile::OpTime>>,
 }
 
-fn bench<B: Backend>(b: B, args: &BenchArgs) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "sd bench: SD 1.5 architecture, random weights (seed {}), backend {} ({threads} threads), median of {} runs",
-        args.seed,
-        b.name(),
-        args.runs
-    );
-    let store = WeightStore::synthetic(args.seed);
-    let (text, clip_load) = timed(|| {
-        let model = ClipTextTransformer::load(&b, &store.text_encoder()?, ClipTextConfig::sd15())?;
-        Ok(ClipTextEncoder::new(model, ClipTokenizer::sd15()?))
-    })?;
-    let (unet, unet_load) =
-        timed(|| UNet2DConditionModel::from_store(&b, UNetConfig::sd15(4)?, &store))?;
-    let (vae, vae_load) = timed(|| AutoencoderKL::from_store(&b, VaeConfig::sd15()?, &store))?;
-    println!(
-        "built in {:.1} s (CLIP {:.1} s, UNet {:.1} s, VAE {:.1} s); resident: {}",
-        (clip_load + unet_load + vae_load).as_secs_f64(),
-        clip_load.as_secs_f64(),
-        unet_load.as_secs_f64(),
-        vae_load.as_secs_f64(),
-        memory("VmRSS")
-    );
-
-    let prompts = ["", "a photograph of an astronaut riding a horse"];
-    let mut generator = TorchGenerator::new(args.seed);
-    let latents = b.upload(&generator.randn(&[2, 4, 64, 64]))?;
-    let single = b.upload(&generator.randn(&[1, 4, 64, 64]))?;
-    let context = text.encode(&b, &prompts)?;
-
-    let rows = [
-        Row {
-            what: "CLIP text encoder",
-            input: "2 prompts × 77 tokens".into(),
-            times: repeat(args.runs, || text.encode(&b, &prompts).map(drop))?,
-        },
-        Row {
-            what: "UNet step",
-            input: "batch 2, 4×64×64 latents".into(),
-            times: repeat(args.runs, || {
-                unet.predict_noise(&b, &latents, 500.0, &context).map(drop)
-            })?,
-        },
-        Row {
-            what: "VAE decode",
-            input: "4×64×64 → 3×512×512".into(),
-            times: repeat(args.runs, || vae.decode(&b, &single).map(drop))?,
-        },
-    ];
-    println!();
-    println!("| component | input | median | fastest |");
-    println!("|---|---|---|---|");
-    for row in &rows {
-        let mut sorted = row.times.clone();
-        sorted.sort();
+fn bench<B: Backend>(b: B, args: &BenchArgs, profile: Option<&OpTimes>) -> Result<()> {
+    let threads = rayon_threads();
+    if !args.json {
         println!(
-            "| {} | {} | {:.3} s | {:.3} s |",
-            row.what,
-            row.input,
-            sorted[sorted.len() / 2].as_secs_f64(),
-            sorted[0].as_secs_f64()
+            "sd bench: SD 1.5 architecture, random weights (seed {}), backend {} ({threads} threads), median of {} runs",
+            args.seed,
+            b.name(),
+            args.runs
         );
     }
-    println!();
-    println!("peak memory (VmHWM): {}", memory("VmHWM"));
+    let store = WeightStore::synthetic(args.seed);
+    let mut rows = Vec::new();
+    let mut backend = Some(b);
+    for &component in &args.component {
+        let row = if component == BenchComponent::Txt2img {
+            // The pipeline owns its backend, so txt2img takes it (and must come last).
+            let b = backend.take().ok_or_else(|| {
+                Error::invalid_argument("--component", "txt2img must be the last component")
+            })?;
+            measure_txt2img(b, &store, args, profile)?
+        } else {
+            let b = backend.as_ref().ok_or_else(|| {
+                Error::invalid_argument("--component", "txt2img must be the last component")
+            })?;
+            measure(b, component, &store, args, profile)?
+        };
+        if args.json {
+            println!("{}", json_line(&row, args, threads));
+        }
+        rows.push(row);
+    }
+    if !args.json {
+        print_table(&rows);
+    }
     Ok(())
 }
 
-fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
-    let start = Instant::now();
-    let value = f()?;
-    Ok((value, start.elapsed()))
-}
-
-fn repeat(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
-    (0..runs).map(|_| timed(&mut f).map(|(_, t)| t)).collect()
-}
-
-/// A memory line of /proc/self/status (Linux), as GiB; "n/a" elsewhere.
-fn memory(field: &str) -> String {
-    let kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-        });
-    match kib {
-        Some(kib) => format!("{:.2} GiB", kib as f64 / (1024.0 * 1024.0)),
-        None => "n/a".to_string(),
+/// Build `component`'s model, run it once untimed and `args.runs` times timed, drop it.
+fn measure<B: Backend>(
+    b: &B,
+    component: BenchComponent,
+    store: &WeightStore,
+    args: &BenchArgs,
+    profile: Option<&OpTimes>,
+) -> Result<Row> {
+    let mut generator = TorchGenerator::new(args.seed);
+    let (input, work): (&'static str, Box<dyn Fn() -> Result<()> + '_>) = match component {
+        BenchComponent::Clip => {
+            let model =
+                ClipTextTransformer::load(b, &store.text_encoder()?, ClipTextConfig::sd15())?;
+            let text = ClipTextEncoder::new(model, ClipTokenizer::sd15()?);
+            (
+                "2 prompts × 77 tokens",
+                Box::new(move || text.encode(b, &PROMPTS).map(drop)),
+            )
+        }
+        BenchComponent::Unet | BenchComponent::UnetB1 => {
+            let unet = UNet2DConditionModel::from_store(b, UNetConfig::sd15(4)?, store)?;
+            let batch = if component == BenchComponent::Unet {
+                2
+            } else {
+                1
+            };
+            let latents = b.upload(&generator.randn(&[batch, 4, 64, 64]))?;
+            let context = b.upload(&generator.randn(&[batch, 77, 768]))?;
+            let input = if batch == 2 {
+                "batch 2, 4×64×64 latents"
+            } else {
+                "batch 1, 4×64×64 latents"
+            };
+            (
+                input,
+                Box::new(move || unet.predict_noise(b, &latents, 500.0, &context).map(drop)),
+            )
+        }
+        BenchComponent::VaeDecode | BenchComponent::VaeEncode => {
+            let vae = AutoencoderKL::from_store(b, VaeConfig::sd15()?, store)?;
+            if component == BenchComponent::VaeDecode {
+                let latents = b.upload(&generator.randn(&[1, 4, 64, 64]))?;
+                (
+                    "4×64×64 → 3×512×512",
+                    Box::new(move || vae.decode(b, &latents).map(drop)),
+                )
+            } else {
+                let image = b.upload(&generator.randn(&[1, 3, 512, 512]).mapv(f32::tanh))?;
+                (
+                    "3×512×512 → 4×64×64",
+                    Box::new(move || vae.encode(b, &image).map(drop)),
+                )
+            }
+        }
+        BenchComponent::Txt2img => {
+            return Err(Error::invalid_argument(
+                "--component",
+                "txt2img is measured whole",
+            ));
+        }
+    };
+    work()?;
+    if let Some(times) = profile {
+        times.reset();
     }
+    let times = repeat(args.runs, &*work)?;
+    Ok(Row {
+        component,
+        input,
+        times,
+        profile: profile.map(OpTimes::report),
+    })
+}
+
+/// A whole generation at 512×512 on the full-size random model: load, encode, denoise, decode.
+fn measure_txt2img<B: Backend>(
+    b: B,
+    store: &WeightStore,
+    args: &BenchArgs,
+    profile: Option<&OpTimes>,
+) -> Result<Row> {
+    let mut sd = StableDiffusion::from_store(b, store, ModelConfigs::sd15(Variant::Standard)?)?;
+    sd.set_scheduler("PNDM")?;
+    let request = GenerationRequest::new(PROMPTS[1])
+        .steps(args.steps)
+        .seed(args.seed);
+    if let Some(times) = profile {
+        times.reset();
+    }
+    let times = repeat(args.runs, || sd.generate(&request).map(drop))?;
+    Ok(Row {
+        component: BenchComponent::Txt2img,
+        input: "512×512, PNDM, guidance 7.5",
+        times,
+        profile: profile.map(OpTimes::report),
+    })
+}
+
+fn repeat(runs: usize, f: impl Fn() -> Result<()>) -> Result<Vec<Duration>> {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f().map(|()| start.elapsed())
+        })
+        .collect()
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| component | input | median | fastest |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.3} s | {:.3} s |",
+            name(row.component),
+            row.input,
+            median(&row.times).as_secs_f64(),
+            row.times.iter().min().map_or(0.0, Duration::as_secs_f64),
+        );
+    }
+    println!();
+    println!("peak memory (VmHWM): {}", gib_text(peak_rss_gib()));
+    for row in rows {
+        let Some(ops) = &row.profile else { continue };
+        let total: f64 = ops.iter().map(|op| op.total.as_secs_f64()).sum();
+        println!();
+        println!(
+            "{} — time per op kind over {} runs (total {total:.2} s in ops):",
+            name(row.component),
+            row.times.len()
+        );
+        println!("| op | calls/run | s/run | share |");
+        println!("|---|---|---|---|");
+        let runs = row.times.len() as f64;
+        for op in ops {
+            let secs = op.total.as_secs_f64();
+            println!(
+                "| {} | {} | {:.3} | {:.1} % |",
+                op.op,
+                op.calls as f64 / runs,
+                secs / runs,
+                100.0 * secs / total.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+}
+
+fn json_line(row: &Row, args: &BenchArgs, threads: usize) -> String {
+    let times: Vec<f64> = row.times.iter().map(Duration::as_secs_f64).collect();
+    let mut value = serde_json::json!({
+        "component": name(row.component),
+        "precision": format!("{:?}", args.precision).to_lowercase(),
+        "times": times,
+        "median": median(&row.times).as_secs_f64(),
+        "peak_rss_gib": peak_rss_gib(),
+        "threads": threads,
+    });
+    if let Some(ops) = &row.profile {
+        value["profile"] = ops
+            .iter()
+            .map(|op| serde_json::json!({"op": op.op, "calls": op.calls, "seconds": op.total.as_secs_f64()}))
+            .collect();
+    }
+    value.to_string()
+}
+
+/// The component's command-line name.
+fn name(component: BenchComponent) -> String {
+    use clap::ValueEnum;
+    component
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(0)
+}
+
+/// The process's peak resident memory (VmHWM in /proc/self/status, Linux), in GiB.
+fn peak_rss_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix("VmHWM:")?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib as f64 / (1024.0 * 1024.0))
+    })
+}
+
+fn gib_text(gib: Option<f64>) -> String {
+    gib.map_or_else(|| "n/a".to_string(), |g| format!("{g:.2} GiB"))
 }

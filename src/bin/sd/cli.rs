@@ -23,7 +23,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Show how a prompt is tokenized: tokens, ids and count (how long is my prompt?).
     Tokenize(TokenizeArgs),
-    /// Time CLIP, a UNet step and a VAE decode of full-size SD 1.5 with random weights.
+    /// Time CLIP, a UNet step and a VAE decode (or any of --component) of full-size SD 1.5
+    /// with random weights.
     Bench(BenchArgs),
 }
 
@@ -34,6 +35,24 @@ pub enum BackendKind {
     Cpu,
     /// The first NVIDIA GPU through CUDA (f16 storage, f32 arithmetic).
     Cuda,
+}
+
+/// What the CPU backend's linear and conv layers compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 everywhere (the reference).
+    F32,
+    /// bf16 weights (half the memory) and products with f32 accumulation; the rest in f32.
+    Bf16,
+}
+
+impl From<PrecisionArg> for sd_core::cpu::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => sd_core::cpu::Precision::F32,
+            PrecisionArg::Bf16 => sd_core::cpu::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +106,9 @@ pub struct GenerateArgs {
     pub plain_prompt: bool,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
+    /// CPU precision of the linear and conv layers.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
     /// Output PNG; a batch writes NAME-1.png, NAME-2.png, …
     #[arg(long, short, default_value = "sd-output.png")]
     pub output: PathBuf,
@@ -116,14 +138,47 @@ pub struct TokenizeArgs {
     pub model: Option<PathBuf>,
 }
 
+/// A piece of work `sd bench` times (tools/bench_torch.py times the same in PyTorch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchComponent {
+    /// CLIP text encoder on [negative, prompt], 77 tokens each.
+    Clip,
+    /// One UNet step at batch 2 (classifier-free guidance), 64×64 latents (512²).
+    Unet,
+    /// One UNet step at batch 1.
+    UnetB1,
+    /// VAE decode of 64×64 latents to 512×512.
+    VaeDecode,
+    /// VAE encode of a 512×512 image.
+    VaeEncode,
+    /// A whole 512×512 txt2img generation (`--steps` PNDM steps, guidance 7.5).
+    Txt2img,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
-    /// Timed runs per component (the median is reported).
+    /// CPU precision of the linear and conv layers.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+    /// What to time (comma-separated). Each component's model is built, timed and dropped in
+    /// turn; run one per process to read its peak memory alone.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["clip", "unet", "vae-decode"])]
+    pub component: Vec<BenchComponent>,
+    /// Timed runs per component, after one untimed warm-up (txt2img: no warm-up).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Inference steps of the txt2img component.
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also time every backend op and print where the time went (per op kind).
+    #[arg(long)]
+    pub profile: bool,
+    /// Print one JSON object per component instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }

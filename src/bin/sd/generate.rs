@@ -21,7 +21,9 @@ fn bundled_model() -> PathBuf {
 }
 
 pub fn run(args: Box<GenerateArgs>) -> Result<()> {
-    with_backend!(args.backend, |backend| generate(backend, &args))
+    with_backend!(args.backend, args.precision, |backend| generate(
+        backend, &args
+    ))
 }
 
 fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {

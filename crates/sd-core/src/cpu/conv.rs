@@ -12,6 +12,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::bf16::{self, PairPanels};
 use super::gemm::{Parallelism, sgemm};
 use super::linalg::matrix;
 use crate::backend::{Conv2dParams, TensorInfo};
@@ -56,7 +57,10 @@ pub(crate) fn conv2d(
         .ok_or_else(|| too_large("output too large"))?;
     let mut out = vec![0.0f32; out_len];
 
-    let weights = matrix(w.data(), o, geometry.patch_len())?;
+    let weights = match w.packed() {
+        Some(panels) => Weights::Bf16(panels),
+        None => Weights::F32(matrix(w.data(), o, geometry.patch_len())?),
+    };
     let bias = bias.map(|b| b.data());
     let mut out3 =
         ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
@@ -138,9 +142,17 @@ fn output_panels<'a>(out: &'a mut ArrayViewMut3<'_, f32>, panel_cols: usize) -> 
     panels
 }
 
+/// A conv weight as the product's left operand `[o, c·kh·kw]`.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    F32(ArrayView2<'a, f32>),
+    /// Packed for [`Precision::Bf16`](super::Precision::Bf16) in MR-row panels.
+    Bf16(&'a PairPanels),
+}
+
 /// `out ← weights · cols (+ bias per output channel)`.
 fn multiply_panel(
-    weights: ArrayView2<'_, f32>,
+    weights: Weights<'_>,
     cols: ArrayView2<'_, f32>,
     bias: Option<&[f32]>,
     mut out: ArrayViewMut2<'_, f32>,
@@ -156,7 +168,52 @@ fn multiply_panel(
         }
         None => 0.0,
     };
-    sgemm(1.0, weights, cols, beta, out, parallelism)
+    match weights {
+        Weights::F32(weights) => sgemm(1.0, weights, cols, beta, out, parallelism),
+        Weights::Bf16(panels) => {
+            if beta == 0.0 {
+                out.fill(0.0);
+            }
+            bf16_panel_product(panels, cols, out, parallelism)
+        }
+    }
+}
+
+/// `out += weights · cols` with bf16 operands: the columns are packed here, and with
+/// [`Parallelism::Parallel`] the output channels are shared between the threads.
+fn bf16_panel_product(
+    weights: &PairPanels,
+    cols: ArrayView2<'_, f32>,
+    mut out: ArrayViewMut2<'_, f32>,
+    parallelism: Parallelism,
+) -> Result<()> {
+    let (k, width) = cols.dim();
+    let cols = cols.as_standard_layout();
+    let packed_cols = PairPanels::from_columns(cols.as_slice().unwrap_or(&[]), k, width, bf16::NR);
+    let threads = match parallelism {
+        Parallelism::Serial => 1,
+        Parallelism::Parallel => rayon::current_num_threads(),
+    };
+    // Whole MR-row panels per task, a few tasks per thread.
+    let block = out
+        .nrows()
+        .div_ceil(4 * threads)
+        .next_multiple_of(bf16::MR)
+        .max(bf16::MR);
+    let tasks: Vec<_> = out
+        .axis_chunks_iter_mut(Axis(0), block)
+        .enumerate()
+        .collect();
+    let product = |(i, rows): (usize, ArrayViewMut2<'_, f32>)| {
+        let weights = weights.view().rows(i * block, rows.nrows());
+        bf16::product(weights, packed_cols.view(), rows);
+    };
+    if threads > 1 {
+        tasks.into_par_iter().for_each(product);
+    } else {
+        tasks.into_iter().for_each(product);
+    }
+    Ok(())
 }
 
 /// Fill `col [patch_len, width]` (row-major) with the input patches under output positions

@@ -28,9 +28,17 @@ pub(super) const PAR_CHUNK: usize = 16 * 1024;
 pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f")]
+        fn with_avx512<R>(kernel: impl FnOnce() -> R) -> R {
+            kernel()
+        }
         #[target_feature(enable = "avx2")]
         fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
             kernel()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement.
+            return unsafe { with_avx512(kernel) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a

@@ -6,8 +6,8 @@
 use ndarray::IxDyn;
 use rayon::prelude::*;
 
-use super::CpuTensor;
 use super::elementwise::PAR_CHUNK;
+use super::{CpuTensor, Repr};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
 use crate::shapes::{self, ConcatDims, EmbeddingDims, NarrowDims};
@@ -25,11 +25,15 @@ pub(crate) fn reshape(x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
         ));
     }
     // Standard layout in, standard layout out: this only rewrites the header and shares storage.
-    let array =
-        x.0.clone()
-            .into_shape_with_order(IxDyn(shape))
-            .map_err(|e| Error::shape("reshape", format!("{:?} to {shape:?}: {e}", x.shape())))?;
-    Ok(CpuTensor(array))
+    let dense = x.dense();
+    let array = match &dense.0 {
+        Repr::Dense(a) => a.clone(),
+        Repr::Packed(_) => unreachable!("dense() unpacks"),
+    };
+    let array = array
+        .into_shape_with_order(IxDyn(shape))
+        .map_err(|e| Error::shape("reshape", format!("{:?} to {shape:?}: {e}", x.shape())))?;
+    Ok(CpuTensor(Repr::Dense(array)))
 }
 
 pub(crate) fn permute(x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor> {

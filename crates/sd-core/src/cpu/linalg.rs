@@ -67,7 +67,8 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
     CpuTensor::from_vec(&out_shape, out)
 }
 
-/// `x · wᵀ + bias` over the last dim: `x [..., in]`, `w [out, in]`, `bias [out]`.
+/// `x · wᵀ + bias` over the last dim: `x [..., in]`, `w [out, in]` (dense f32, or packed
+/// bf16: then the product runs in bf16), `bias [out]`.
 pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
     let LinearDims {
         rows,
@@ -80,6 +81,11 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
     // it (β = 1), which costs the engine one read of c instead of a separate pass. The rows are
     // filled in parallel: this first touch of a fresh allocation is where the OS maps its pages,
     // which done on one thread took a third of the time of SD's largest linears.
+    if let Some(panels) = w.packed() {
+        let mut out = vec![0.0f32; rows * out_features];
+        super::bf16::linear(x.data(), rows, panels, bias.map(|b| b.data()), &mut out);
+        return CpuTensor::from_vec(&out_shape, out);
+    }
     let mut out = vec![0.0f32; rows * out_features];
     let beta = match bias {
         Some(bias) if out_features > 0 => {

@@ -1,12 +1,15 @@
-//! The CPU reference backend: f32 on ndarray, parallel with rayon.
+//! The CPU reference backend: f32 on ndarray, parallel with rayon, with an optional bf16
+//! weight path for linear and conv layers ([`Precision::Bf16`]).
 //!
 //! Each concern has its own file: `gemm` (the matrix-product engine), `linalg` (matmul, linear),
 //! `conv` (conv2d), `attention` (blockwise online-softmax attention), `norm` (group/layer norm,
-//! softmax), `elementwise` (activations, broadcasting binary ops), `layout` (reshape, permute,
+//! softmax), `bf16` (the packed bf16 product engine), `elementwise` (activations, broadcasting binary ops), `layout` (reshape, permute,
 //! narrow, concat, upsample, embedding). Naive reference loops for the property tests live in
 //! `tests/cpu_ops.rs`.
 
+mod allocator;
 mod attention;
+mod bf16;
 mod conv;
 mod elementwise;
 pub mod gemm;
@@ -14,15 +17,35 @@ mod layout;
 mod linalg;
 mod norm;
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
-use crate::backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp};
+use crate::backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp, WeightRole};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
 
-/// A CPU tensor: shared, immutable, always in standard (row-major contiguous) layout.
+use bf16::PairPanels;
+
+/// A CPU tensor: shared and immutable. Either dense f32 in standard (row-major contiguous)
+/// layout, or a linear/conv weight packed in bf16 for [`Precision::Bf16`]'s products.
 #[derive(Debug, Clone)]
-pub struct CpuTensor(ArcArray<f32, IxDyn>);
+pub struct CpuTensor(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Dense(ArcArray<f32, IxDyn>),
+    Packed(Arc<PackedWeight>),
+}
+
+/// A weight in bf16 pair panels (see `bf16.rs`), in the form its product reads: a linear
+/// weight `[out, in]` as the right operand, a conv weight `[o, c, kh, kw]` as the left one.
+#[derive(Debug)]
+struct PackedWeight {
+    shape: Vec<usize>,
+    panels: PairPanels,
+}
 
 impl CpuTensor {
     /// Wrap an array, making it standard-layout if it is not.
@@ -32,45 +55,138 @@ impl CpuTensor {
         } else {
             a.as_standard_layout().into_owned()
         };
-        CpuTensor(a.into_shared())
+        CpuTensor(Repr::Dense(a.into_shared()))
     }
 
     /// Build from a shape and row-major data.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         let a = ArrayD::from_shape_vec(IxDyn(shape), data)
             .map_err(|e| Error::shape("CpuTensor::from_vec", e.to_string()))?;
-        Ok(CpuTensor(a.into_shared()))
+        Ok(CpuTensor(Repr::Dense(a.into_shared())))
     }
 
-    /// The row-major elements.
+    /// The row-major f32 elements of a dense tensor. A packed bf16 weight has none here (the
+    /// slice is empty): read it with [`Backend::download`] or [`dense`](Self::dense).
     pub fn data(&self) -> &[f32] {
-        // Invariant: every CpuTensor is standard layout, so the slice exists.
-        self.0.as_slice().unwrap_or(&[])
+        match &self.0 {
+            // Invariant: every dense CpuTensor is standard layout, so the slice exists.
+            Repr::Dense(a) => a.as_slice().unwrap_or(&[]),
+            Repr::Packed(_) => &[],
+        }
     }
 
-    /// An ndarray view of the tensor.
+    /// The tensor as dense f32: itself, or a packed weight unpacked (its bf16 values).
+    pub fn dense(&self) -> Cow<'_, CpuTensor> {
+        match &self.0 {
+            Repr::Dense(_) => Cow::Borrowed(self),
+            Repr::Packed(p) => {
+                let a = ArrayD::from_shape_vec(IxDyn(&p.shape), p.panels.to_rows())
+                    .expect("packed weights keep their element count");
+                Cow::Owned(CpuTensor(Repr::Dense(a.into_shared())))
+            }
+        }
+    }
+
+    /// An ndarray view of a dense tensor (see [`data`](Self::data) for packed weights).
     pub fn view(&self) -> ndarray::ArrayViewD<'_, f32> {
-        self.0.view()
+        let shape = match &self.0 {
+            Repr::Dense(a) => return a.view(),
+            Repr::Packed(p) => p.shape.iter().map(|_| 0).collect::<Vec<_>>(),
+        };
+        ndarray::ArrayViewD::from_shape(IxDyn(&shape), &[]).expect("an empty view")
+    }
+
+    /// The bf16 panels of a packed weight.
+    fn packed(&self) -> Option<&PairPanels> {
+        match &self.0 {
+            Repr::Dense(_) => None,
+            Repr::Packed(p) => Some(&p.panels),
+        }
+    }
+
+    /// Bytes of storage (for memory accounting in benchmarks).
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Dense(a) => a.len() * std::mem::size_of::<f32>(),
+            Repr::Packed(p) => p.panels.size_in_bytes(),
+        }
     }
 }
 
 impl TensorInfo for CpuTensor {
     fn shape(&self) -> &[usize] {
-        self.0.shape()
+        match &self.0 {
+            Repr::Dense(a) => a.shape(),
+            Repr::Packed(p) => &p.shape,
+        }
     }
     fn dtype(&self) -> DType {
-        DType::F32
+        match self.0 {
+            Repr::Dense(_) => DType::F32,
+            Repr::Packed(_) => DType::BF16,
+        }
+    }
+}
+
+/// What the CPU backend's linear and conv layers compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Everything in f32 (the reference).
+    #[default]
+    F32,
+    /// Linear and conv weights stored in bf16 (half the memory) and multiplied with bf16
+    /// activations, accumulating in f32 (`VDPBF16PS` where the CPU has avx512_bf16, a portable
+    /// kernel elsewhere). Everything else (norms, attention, activations) stays f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(Error::invalid_argument(
+                "precision",
+                format!("unknown precision {other:?}; expected f32 or bf16"),
+            )),
+        }
     }
 }
 
 /// The ndarray CPU backend. Uses rayon's global pool (all cores by default; set
 /// `RAYON_NUM_THREADS` to limit it).
-#[derive(Debug, Clone, Default)]
-pub struct CpuBackend;
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    precision: Precision,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl CpuBackend {
+    /// The f32 reference backend.
     pub fn new() -> Self {
-        CpuBackend
+        Self::with_precision(Precision::F32)
+    }
+
+    /// A backend computing linear and conv layers in `precision`.
+    pub fn with_precision(precision: Precision) -> Self {
+        allocator::keep_freed_buffers();
+        CpuBackend { precision }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether bf16 products run on `VDPBF16PS` here (otherwise on the portable kernel).
+    pub fn has_bf16_instructions() -> bool {
+        bf16::Kernel::detect() == bf16::Kernel::Avx512Bf16
     }
 }
 
@@ -78,39 +194,63 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
 
     fn name(&self) -> String {
-        "cpu".to_string()
+        match self.precision {
+            Precision::F32 => "cpu".to_string(),
+            Precision::Bf16 => "cpu bf16".to_string(),
+        }
     }
 
     fn upload(&self, host: &HostTensor) -> Result<CpuTensor> {
         Ok(CpuTensor::from_array(host.clone()))
     }
 
+    fn upload_weight(&self, host: &HostTensor, role: WeightRole) -> Result<CpuTensor> {
+        let shape = host.shape().to_vec();
+        // The product's operand: a linear weight's rows are the right operand's columns (NR
+        // panels), a conv weight's rows the left operand's rows (MR panels).
+        let width = match (self.precision, role, shape.len()) {
+            (Precision::Bf16, WeightRole::Linear, 2) => bf16::NR,
+            (Precision::Bf16, WeightRole::Conv, 4) => bf16::MR,
+            _ => return self.upload(host),
+        };
+        let host = host.as_standard_layout();
+        let data = host.as_slice().unwrap_or(&[]);
+        let (rows, k) = (shape[0], shape[1..].iter().product());
+        let panels = PairPanels::from_rows(data, rows, k, width);
+        Ok(CpuTensor(Repr::Packed(Arc::new(PackedWeight {
+            shape,
+            panels,
+        }))))
+    }
+
     fn download(&self, t: &CpuTensor) -> Result<HostTensor> {
-        Ok(t.0.to_owned())
+        Ok(t.dense().view().to_owned())
     }
 
     fn reshape(&self, x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
-        layout::reshape(x, shape)
+        layout::reshape(&x.dense(), shape)
     }
 
     fn permute(&self, x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor> {
-        layout::permute(x, axes)
+        layout::permute(&x.dense(), axes)
     }
 
     fn narrow(&self, x: &CpuTensor, axis: usize, start: usize, len: usize) -> Result<CpuTensor> {
-        layout::narrow(x, axis, start, len)
+        layout::narrow(&x.dense(), axis, start, len)
     }
 
     fn concat(&self, xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor> {
-        layout::concat(xs, axis)
+        let xs: Vec<_> = xs.iter().map(|x| x.dense()).collect();
+        layout::concat(&xs.iter().map(|x| x.as_ref()).collect::<Vec<_>>(), axis)
     }
 
     fn matmul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        linalg::matmul(a, b)
+        linalg::matmul(&a.dense(), &b.dense())
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
-        linalg::linear(x, w, bias)
+        let bias = bias.map(CpuTensor::dense);
+        linalg::linear(&x.dense(), w, bias.as_deref())
     }
 
     fn conv2d(
@@ -120,7 +260,8 @@ impl Backend for CpuBackend {
         bias: Option<&CpuTensor>,
         params: Conv2dParams,
     ) -> Result<CpuTensor> {
-        conv::conv2d(x, w, bias, params)
+        let bias = bias.map(CpuTensor::dense);
+        conv::conv2d(&x.dense(), w, bias.as_deref(), params)
     }
 
     fn attention(
@@ -132,7 +273,7 @@ impl Backend for CpuBackend {
         scale: f32,
         causal: bool,
     ) -> Result<CpuTensor> {
-        attention::attention(q, k, v, heads, scale, causal)
+        attention::attention(&q.dense(), &k.dense(), &v.dense(), heads, scale, causal)
     }
 
     fn group_norm(
@@ -144,7 +285,7 @@ impl Backend for CpuBackend {
         eps: f32,
         silu: bool,
     ) -> Result<CpuTensor> {
-        norm::group_norm(x, groups, gamma, beta, eps, silu)
+        norm::group_norm(&x.dense(), groups, &gamma.dense(), &beta.dense(), eps, silu)
     }
 
     fn layer_norm(
@@ -154,34 +295,34 @@ impl Backend for CpuBackend {
         beta: &CpuTensor,
         eps: f32,
     ) -> Result<CpuTensor> {
-        norm::layer_norm(x, gamma, beta, eps)
+        norm::layer_norm(&x.dense(), &gamma.dense(), &beta.dense(), eps)
     }
 
     fn softmax(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        norm::softmax(x)
+        norm::softmax(&x.dense())
     }
 
     fn unary(&self, x: &CpuTensor, op: UnaryOp) -> Result<CpuTensor> {
-        elementwise::unary(x, op)
+        elementwise::unary(&x.dense(), op)
     }
 
     fn geglu(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        elementwise::geglu(x)
+        elementwise::geglu(&x.dense())
     }
 
     fn binary(&self, a: &CpuTensor, b: &CpuTensor, op: BinaryOp) -> Result<CpuTensor> {
-        elementwise::binary(a, b, op)
+        elementwise::binary(&a.dense(), &b.dense(), op)
     }
 
     fn affine(&self, x: &CpuTensor, mul: f32, add: f32) -> Result<CpuTensor> {
-        elementwise::affine(x, mul, add)
+        elementwise::affine(&x.dense(), mul, add)
     }
 
     fn upsample_nearest2x(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        layout::upsample_nearest2x(x)
+        layout::upsample_nearest2x(&x.dense())
     }
 
     fn embedding(&self, table: &CpuTensor, ids: &[u32], ids_shape: &[usize]) -> Result<CpuTensor> {
-        layout::embedding(table, ids, ids_shape)
+        layout::embedding(&table.dense(), ids, ids_shape)
     }
 }

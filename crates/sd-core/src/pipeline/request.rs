@@ -234,7 +234,7 @@ impl Geometry {
             ));
         }
         let multiple = self.vae_factor * self.latent_multiple;
-        if pixels == 0 || pixels % multiple != 0 {
+        if pixels == 0 || !pixels.is_multiple_of(multiple) {
             return Err(Error::invalid_argument(
                 name,
                 format!(

@@ -272,7 +272,7 @@ fn masked_image(image: &HostTensor, mask: &HostTensor) -> HostTensor {
 fn mask_factor(mask: &HostTensor, at: &StartPoint) -> Result<usize> {
     let latent_height = at.latent_shape[1];
     let height = mask.shape()[2];
-    if latent_height == 0 || height % latent_height != 0 {
+    if latent_height == 0 || !height.is_multiple_of(latent_height) {
         return Err(Error::shape(
             "inpainting mask",
             format!("height {height} is not a multiple of the latent height {latent_height}"),

@@ -1,9 +1,9 @@
 //! `torch.nn.Conv2d` with a square kernel and a bias (every SD 1.5 convolution has both).
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Conv2dParams, Result};
+use sd_core::{Backend, Conv2dParams, Result, WeightRole};
 
-use super::parameter;
+use super::{parameter, weight_parameter};
 
 /// A 2-D convolution with weight `[out, in, k, k]` and bias `[out]`.
 #[derive(Debug)]
@@ -25,11 +25,12 @@ impl<B: Backend> Conv2d<B> {
         params: Conv2dParams,
     ) -> Result<Self> {
         Ok(Conv2d {
-            weight: parameter(
+            weight: weight_parameter(
                 backend,
                 weights,
                 "weight",
                 &[out_channels, in_channels, kernel, kernel],
+                WeightRole::Conv,
             )?,
             bias: parameter(backend, weights, "bias", &[out_channels])?,
             params,

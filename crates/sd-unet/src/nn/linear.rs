@@ -1,9 +1,9 @@
 //! `torch.nn.Linear`: `x · weightᵀ + bias` over the last dim.
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Result};
+use sd_core::{Backend, Result, WeightRole};
 
-use super::parameter;
+use super::{parameter, weight_parameter};
 
 /// A linear layer with weight `[out, in]` and an optional bias `[out]`.
 #[derive(Debug)]
@@ -22,7 +22,13 @@ impl<B: Backend> Linear<B> {
         out_features: usize,
         with_bias: bool,
     ) -> Result<Self> {
-        let weight = parameter(backend, weights, "weight", &[out_features, in_features])?;
+        let weight = weight_parameter(
+            backend,
+            weights,
+            "weight",
+            &[out_features, in_features],
+            WeightRole::Linear,
+        )?;
         let bias = if with_bias {
             Some(parameter(backend, weights, "bias", &[out_features])?)
         } else {

@@ -19,7 +19,7 @@ pub use resnet::{ResnetBlock2D, ResnetShape};
 pub use sampling::{Downsample2D, Upsample2D};
 
 use sd_core::weights::Weights;
-use sd_core::{Backend, Result};
+use sd_core::{Backend, Result, WeightRole};
 
 /// Read the parameter `name` of `weights` in `shape` and upload it to the backend.
 pub(crate) fn parameter<B: Backend>(
@@ -28,5 +28,16 @@ pub(crate) fn parameter<B: Backend>(
     name: &str,
     shape: &[usize],
 ) -> Result<B::Tensor> {
-    backend.upload(&weights.get_shaped(name, shape)?)
+    weight_parameter(backend, weights, name, shape, WeightRole::Other)
+}
+
+/// [`parameter`] for a weight the backend may store in a form made for its product (`role`).
+pub(crate) fn weight_parameter<B: Backend>(
+    backend: &B,
+    weights: &Weights<'_>,
+    name: &str,
+    shape: &[usize],
+    role: WeightRole,
+) -> Result<B::Tensor> {
+    backend.upload_weight(&weights.get_shaped(name, shape)?, role)
 }

@@ -47,7 +47,7 @@ impl Goldens {
     }
 
     pub fn tensor(&self, key: &str) -> CpuTensor {
-        CpuBackend.upload(&self.host(key)).unwrap()
+        CpuBackend::new().upload(&self.host(key)).unwrap()
     }
 
     pub fn scalar(&self, key: &str) -> f32 {
@@ -80,7 +80,7 @@ impl Goldens {
 
 /// Largest absolute difference, after checking the shapes agree.
 pub fn max_abs_diff(ours: &CpuTensor, expected: &HostTensor) -> f32 {
-    let ours = CpuBackend.download(ours).unwrap();
+    let ours = CpuBackend::new().download(ours).unwrap();
     assert_eq!(ours.shape(), expected.shape(), "shape");
     ours.iter()
         .zip(expected.iter())

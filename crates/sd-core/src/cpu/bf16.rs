@@ -1,0 +1,567 @@
+//! The bf16 product engine: 16-bit operands, f32 accumulation, for linear and conv layers in
+//! [`Precision::Bf16`](super::Precision::Bf16).
+//!
+//! Operands are stored as *pair panels*: the rows of a matrix (the m rows of a product's left
+//! operand, or the n columns of its right one) in groups of `width`, and within a group, for
+//! each pair of consecutive k, one `u32` per row holding both bf16 values (even k in the low
+//! half). That is the operand form of AVX-512's `VDPBF16PS`, which multiplies 16 such pairs
+//! by 16 others and adds both products to 16 f32 lanes: the kernel broadcasts one pair of the
+//! left operand and multiplies it with 16 columns' pairs of the right one. Weights are packed
+//! once, when they are uploaded; activations are packed per product (their packing costs about
+//! 1/n of the product's arithmetic).
+//!
+//! The `VDPBF16PS` kernel runs where the CPU has `avx512_bf16` (checked at run time); elsewhere
+//! a portable kernel computes the same sums with f32 multiplies, slower but equal up to the
+//! order of f32 additions.
+
+use ndarray::{ArrayViewMut2, s};
+use rayon::prelude::*;
+
+/// Rows of the left operand per kernel tile.
+pub(crate) const MR: usize = 12;
+/// Columns of the right operand per kernel tile (two 16-lane vectors).
+pub(crate) const NR: usize = 32;
+/// Pairs of k per cache block: a 32-column panel of the right operand is then 16 KiB and
+/// stays in L1 while the tiles of a block of left rows pass over it.
+const K_BLOCK_PAIRS: usize = 128;
+/// Left panels per cache block (96 rows × 256 k of bf16 = 48 KiB, well inside L2).
+const M_BLOCK_PANELS: usize = 8;
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits.
+#[inline]
+pub(crate) fn bf16_bits(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Keep NaN a NaN (the rounding below could carry a signalling NaN into infinity).
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
+}
+
+/// The f32 value of bf16 `bits` (the low 16 bits of the argument).
+#[inline]
+fn bf16_value(bits: u32) -> f32 {
+    f32::from_bits(bits << 16)
+}
+
+/// A matrix of `rows × k` bf16 values packed in pair panels of `width` rows (see the module
+/// docs). Rows past `rows` and the odd k past `k` are zero, so every panel is full.
+#[derive(Debug, Clone)]
+pub(crate) struct PairPanels {
+    rows: usize,
+    k: usize,
+    width: usize,
+    data: Vec<u32>,
+}
+
+impl PairPanels {
+    fn zeroed(rows: usize, k: usize, width: usize) -> Self {
+        let len = rows.div_ceil(width) * k.div_ceil(2) * width;
+        PairPanels {
+            rows,
+            k,
+            width,
+            data: vec![0; len],
+        }
+    }
+
+    /// Pack the row-major `[rows, k]` matrix `src` (k contiguous): the left operand of
+    /// `x · wᵀ` (with `width` [`MR`]), a conv weight (likewise) or a linear weight as the
+    /// right operand (with `width` [`NR`]: the rows of `w` are the columns of `wᵀ`).
+    pub(crate) fn from_rows(src: &[f32], rows: usize, k: usize, width: usize) -> Self {
+        debug_assert_eq!(src.len(), rows * k);
+        let mut packed = Self::zeroed(rows, k, width);
+        let pairs = packed.pairs();
+        if k == 0 {
+            return packed;
+        }
+        let vector = Kernel::detect() == Kernel::Avx512Bf16;
+        for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
+            for (r, row) in src[panel * width * k..]
+                .chunks_exact(k)
+                .take(width)
+                .enumerate()
+            {
+                let mut p = 0;
+                #[cfg(target_arch = "x86_64")]
+                if vector {
+                    for chunk in row.chunks_exact(32) {
+                        // SAFETY: the CPU has avx512bf16 (vector); chunk holds 32 floats.
+                        let converted = unsafe { x86::pairs_of_32(chunk) };
+                        for (q, &pair) in converted.iter().enumerate() {
+                            dst[(p + q) * width + r] = pair;
+                        }
+                        p += 16;
+                    }
+                }
+                for pair in row[2 * p..].chunks(2) {
+                    let hi = pair.get(1).map_or(0, |&v| bf16_bits(v));
+                    dst[p * width + r] = bf16_bits(pair[0]) | (hi << 16);
+                    p += 1;
+                }
+            }
+        }
+        let _ = vector;
+        packed
+    }
+
+    /// Pack the columns of the row-major `[k, cols]` matrix `src` (an im2col panel, whose
+    /// columns are the right operand's): the packed rows are `src`'s columns.
+    pub(crate) fn from_columns(src: &[f32], k: usize, cols: usize, width: usize) -> Self {
+        debug_assert_eq!(src.len(), k * cols);
+        let mut packed = Self::zeroed(cols, k, width);
+        let pairs = packed.pairs();
+        let vector = Kernel::detect() == Kernel::Avx512Bf16;
+        for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
+            let first = panel * width;
+            let n = width.min(cols - first);
+            for (p, out) in dst.chunks_exact_mut(width).enumerate() {
+                let even = &src[2 * p * cols + first..][..n];
+                if 2 * p + 1 < k {
+                    let odd = &src[(2 * p + 1) * cols + first..][..n];
+                    let mut j = 0;
+                    #[cfg(target_arch = "x86_64")]
+                    if vector {
+                        while j + 16 <= n {
+                            // SAFETY: the CPU has avx512bf16 and avx512bw (vector); both
+                            // slices hold 16 floats from j.
+                            let pairs = unsafe { x86::interleave_16(&even[j..], &odd[j..]) };
+                            out[j..j + 16].copy_from_slice(&pairs);
+                            j += 16;
+                        }
+                    }
+                    let (out, even, odd) = (&mut out[j..], &even[j..], &odd[j..]);
+                    for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
+                        *o = bf16_bits(e) | (bf16_bits(d) << 16);
+                    }
+                } else {
+                    for (o, &e) in out.iter_mut().zip(even) {
+                        *o = bf16_bits(e);
+                    }
+                }
+            }
+        }
+        let _ = vector;
+        packed
+    }
+
+    /// The row-major `[rows, k]` f32 values (the inverse of [`from_rows`](Self::from_rows)
+    /// up to the rounding to bf16).
+    pub(crate) fn to_rows(&self) -> Vec<f32> {
+        let (pairs, width) = (self.pairs(), self.width);
+        let mut out = vec![0.0f32; self.rows * self.k];
+        if self.k == 0 {
+            return out;
+        }
+        for (r, row) in out.chunks_exact_mut(self.k).enumerate() {
+            let panel = &self.data[(r / width) * pairs * width..];
+            for (p, pair) in row.chunks_mut(2).enumerate() {
+                let packed = panel[p * width + r % width];
+                pair[0] = bf16_value(packed & 0xffff);
+                if let Some(odd) = pair.get_mut(1) {
+                    *odd = bf16_value(packed >> 16);
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes of packed storage.
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+
+    fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    /// All the panels, as a product operand.
+    pub(crate) fn view(&self) -> Panels<'_> {
+        Panels {
+            data: &self.data,
+            rows: self.rows,
+            pairs: self.pairs(),
+            width: self.width,
+        }
+    }
+}
+
+/// Consecutive panels of a [`PairPanels`]: a product operand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Panels<'a> {
+    data: &'a [u32],
+    rows: usize,
+    pairs: usize,
+    width: usize,
+}
+
+impl<'a> Panels<'a> {
+    /// Rows `first..first + len`; `first` must start a panel.
+    pub(crate) fn rows(self, first: usize, len: usize) -> Panels<'a> {
+        assert!(first.is_multiple_of(self.width) && first + len <= self.rows);
+        let panel_len = self.pairs * self.width;
+        let (start, end) = (first / self.width, (first + len).div_ceil(self.width));
+        Panels {
+            data: &self.data[start * panel_len..end * panel_len],
+            rows: len,
+            ..self
+        }
+    }
+
+    fn panels(&self) -> usize {
+        self.rows.div_ceil(self.width)
+    }
+
+    /// Panel `i`, from pair `p0` on.
+    fn panel(&self, i: usize, p0: usize) -> &'a [u32] {
+        let len = self.pairs * self.width;
+        &self.data[i * len + p0 * self.width..(i + 1) * len]
+    }
+}
+
+/// `c += a · bᵀ` where `a` packs the `[m, k]` left operand in [`MR`]-row panels, `b` the
+/// `[n, k]` transposed right operand in [`NR`]-row panels, and `c` is `[m, n]` with
+/// contiguous rows. On one thread; callers split the work (by rows of `a`, or of `c`'s columns).
+pub(crate) fn product(a: Panels<'_>, b: Panels<'_>, c: ArrayViewMut2<'_, f32>) {
+    product_with(Kernel::detect(), a, b, c);
+}
+
+/// [`product`] on a chosen kernel (the tests run both where the CPU has both).
+fn product_with(kernel: Kernel, a: Panels<'_>, b: Panels<'_>, mut c: ArrayViewMut2<'_, f32>) {
+    assert!(
+        a.width == MR && b.width == NR && a.pairs == b.pairs && c.dim() == (a.rows, b.rows),
+        "bf16 product: operand shapes checked by the caller"
+    );
+    assert!(
+        c.strides()[1] == 1 && c.strides()[0] >= 0,
+        "rows of c are contiguous"
+    );
+    let ld = c.strides()[0] as usize;
+    let c_base = c.as_mut_ptr();
+    let mut tile = [0.0f32; MR * NR];
+    for p0 in (0..a.pairs).step_by(K_BLOCK_PAIRS) {
+        let block_pairs = K_BLOCK_PAIRS.min(a.pairs - p0);
+        for i0 in (0..a.panels()).step_by(M_BLOCK_PANELS) {
+            for j in 0..b.panels() {
+                let b_panel = b.panel(j, p0);
+                for i in i0..(i0 + M_BLOCK_PANELS).min(a.panels()) {
+                    let (r0, c0) = (i * MR, j * NR);
+                    let (rows, cols) = (MR.min(a.rows - r0), NR.min(b.rows - c0));
+                    let a_panel = a.panel(i, p0);
+                    if rows == MR && cols == NR {
+                        // SAFETY: rows r0..r0 + MR and columns c0..c0 + NR lie inside c (its
+                        // shape is a.rows × b.rows), and each row's NR values are contiguous.
+                        unsafe {
+                            kernel.add_tile(
+                                block_pairs,
+                                a_panel,
+                                b_panel,
+                                c_base.add(r0 * ld + c0),
+                                ld,
+                            );
+                        }
+                        continue;
+                    }
+                    tile.fill(0.0);
+                    // SAFETY: tile is MR rows of NR.
+                    unsafe {
+                        kernel.add_tile(block_pairs, a_panel, b_panel, tile.as_mut_ptr(), NR)
+                    };
+                    for (r, sums) in tile.chunks_exact(NR).take(rows).enumerate() {
+                        let mut row = c.slice_mut(s![r0 + r, c0..c0 + cols]);
+                        for (c, &v) in row.iter_mut().zip(sums) {
+                            *c += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out [rows, n] = x [rows, k] · wᵀ + bias` for a packed linear weight `w` (`[n, k]` in
+/// [`NR`]-row panels), threaded over blocks of rows.
+pub(crate) fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &PairPanels,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (k, n) = (w.k, w.rows);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    // Enough row blocks for every thread to get several, each a whole number of panels.
+    let tasks = 4 * rayon::current_num_threads();
+    let block_rows = rows
+        .div_ceil(tasks)
+        .next_multiple_of(MR)
+        .clamp(MR, M_BLOCK_PANELS * MR);
+    out.par_chunks_mut(block_rows * n)
+        .zip(x.par_chunks(block_rows * k.max(1)))
+        .for_each(|(out, x)| {
+            let block = out.len() / n;
+            for row in out.chunks_exact_mut(n) {
+                match bias {
+                    Some(bias) => row.copy_from_slice(bias),
+                    None => row.fill(0.0),
+                }
+            }
+            let a = PairPanels::from_rows(&x[..block * k], block, k, MR);
+            let c = ArrayViewMut2::from_shape((block, n), out).expect("block × n elements");
+            product(a.view(), w.view(), c);
+        });
+}
+
+/// Which tile kernel this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `VDPBF16PS` (AVX-512 BF16; AVX-512 BW for packing).
+    Avx512Bf16,
+    /// Plain f32 multiplies of the unpacked values.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            return Kernel::Avx512Bf16;
+        }
+        Kernel::Portable
+    }
+
+    /// `c[r·ld + j] += (a_panel · b_panelᵀ)[r, j]` for the MR × NR tile, over `pairs` pairs
+    /// of k.
+    ///
+    /// # Safety
+    /// `c` must point to MR rows of NR writable floats, `ld` apart.
+    unsafe fn add_tile(self, pairs: usize, a: &[u32], b: &[u32], c: *mut f32, ld: usize) {
+        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() found avx512bf16 and avx512f; the slices hold `pairs` pairs of
+            // both panels (asserted above); c is the caller's.
+            Kernel::Avx512Bf16 => unsafe { x86::add_tile_avx512bf16(pairs, a, b, c, ld) },
+            _ => {
+                let mut acc = [0.0f32; MR * NR];
+                portable_tile(pairs, a, b, &mut acc);
+                for (r, sums) in acc.chunks_exact(NR).enumerate() {
+                    // SAFETY: row r of the tile is NR writable floats at c + r·ld (caller).
+                    let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ld), NR) };
+                    for (c, &v) in row.iter_mut().zip(sums) {
+                        *c += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc [MR, NR] = a_panel · b_panelᵀ` with f32 multiplies.
+fn portable_tile(pairs: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
+    acc.fill(0.0);
+    for p in 0..pairs {
+        let (a, b) = (&a[p * MR..(p + 1) * MR], &b[p * NR..(p + 1) * NR]);
+        for (acc_row, &ap) in acc.chunks_exact_mut(NR).zip(a) {
+            let (a0, a1) = (bf16_value(ap & 0xffff), bf16_value(ap >> 16));
+            for (acc, &bp) in acc_row.iter_mut().zip(b) {
+                *acc += a0 * bf16_value(bp & 0xffff) + a1 * bf16_value(bp >> 16);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// `c [MR, NR] (row stride ld) += a_panel · b_panelᵀ` with `VDPBF16PS`: per pair of k,
+    /// two 16-column vectors of `b` and one broadcast pair per row of `a`; the 24 sums stay in
+    /// registers until they are added to `c`.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f and avx512bf16; `a` must hold `pairs · MR` values and `b`
+    /// `pairs · NR`; `c` must point to MR rows of NR writable floats, `ld` apart.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn add_tile_avx512bf16(
+        pairs: usize,
+        a: &[u32],
+        b: &[u32],
+        c: *mut f32,
+        ld: usize,
+    ) {
+        let mut sums = [[_mm512_setzero_ps(); 2]; MR];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for p in 0..pairs {
+            // SAFETY: p < pairs, so these reads stay inside the panels (caller's contract).
+            let (b0, b1, a_row) = unsafe {
+                let b_row = b.add(p * NR);
+                (
+                    _mm512_loadu_si512(b_row.cast()),
+                    _mm512_loadu_si512(b_row.add(16).cast()),
+                    a.add(p * MR),
+                )
+            };
+            // SAFETY (transmutes): both types are 64 bytes of plain lanes.
+            let (b0, b1): (__m512bh, __m512bh) = unsafe {
+                (
+                    std::mem::transmute::<__m512i, __m512bh>(b0),
+                    std::mem::transmute::<__m512i, __m512bh>(b1),
+                )
+            };
+            for (r, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: r < MR, inside the pair's MR values.
+                let pair = unsafe { *a_row.add(r) };
+                let a_pair: __m512bh =
+                    unsafe { std::mem::transmute(_mm512_set1_epi32(pair as i32)) };
+                sum[0] = _mm512_dpbf16_ps(sum[0], a_pair, b0);
+                sum[1] = _mm512_dpbf16_ps(sum[1], a_pair, b1);
+            }
+        }
+        for (r, sum) in sums.iter().enumerate() {
+            // SAFETY: row r of c holds NR = 32 writable floats (caller's contract).
+            unsafe {
+                let row = c.add(r * ld);
+                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[0]));
+                let row = row.add(16);
+                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[1]));
+            }
+        }
+    }
+
+    /// The 16 pairs `(src[2q], src[2q + 1])` of the first 32 floats, rounded to bf16.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f and avx512bf16; `src` must hold 32 floats.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pairs_of_32(src: &[f32]) -> [u32; 16] {
+        assert!(src.len() >= 32);
+        // SAFETY: 32 floats readable (asserted); the result is 64 bytes of bf16 lanes.
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr());
+            let hi = _mm512_loadu_ps(src.as_ptr().add(16));
+            std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+        }
+    }
+
+    /// Lane order taking `[e0..e15, o0..o15]` to `[e0, o0, e1, o1, …]`.
+    const INTERLEAVE: [u16; 32] = {
+        let mut idx = [0u16; 32];
+        let mut j = 0;
+        while j < 16 {
+            idx[2 * j] = j as u16;
+            idx[2 * j + 1] = 16 + j as u16;
+            j += 1;
+        }
+        idx
+    };
+
+    /// The pairs `(even[j], odd[j])` of the first 16 floats of each, rounded to bf16.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f, avx512bw and avx512bf16; both slices must hold 16 floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn interleave_16(even: &[f32], odd: &[f32]) -> [u32; 16] {
+        assert!(even.len() >= 16 && odd.len() >= 16);
+        // SAFETY: 16 floats readable in each (asserted); 64-byte lane reinterpretations.
+        unsafe {
+            let both = _mm512_cvtne2ps_pbh(
+                _mm512_loadu_ps(odd.as_ptr()),
+                _mm512_loadu_ps(even.as_ptr()),
+            );
+            let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+            let both = std::mem::transmute::<__m512bh, __m512i>(both);
+            std::mem::transmute::<__m512i, [u32; 16]>(_mm512_permutexvar_epi16(idx, both))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TorchGenerator;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        TorchGenerator::new(seed)
+            .randn(&[len])
+            .into_raw_vec_and_offset()
+            .0
+    }
+
+    fn rounded(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| bf16_value(bf16_bits(x))).collect()
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_keeps_specials() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties go to the even (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert!(bf16_value(bf16_bits(f32::from_bits(0x7f80_0001))).is_nan());
+    }
+
+    #[test]
+    fn packing_round_trips_through_rows_and_columns() {
+        // Long enough for the vector packers (32 k per row, 16 columns) and their remainders.
+        let (rows, k) = (37, 71);
+        let src = random(rows * k, 1);
+        let packed = PairPanels::from_rows(&src, rows, k, MR);
+        assert_eq!(packed.to_rows(), rounded(&src));
+        // The same matrix given as its transpose [k, rows] packs identically.
+        let mut transposed = vec![0.0; rows * k];
+        for r in 0..rows {
+            for j in 0..k {
+                transposed[j * rows + r] = src[r * k + j];
+            }
+        }
+        let by_columns = PairPanels::from_columns(&transposed, k, rows, MR);
+        assert_eq!(by_columns.data, packed.data);
+    }
+
+    /// Both kernels against an f64 product of the bf16-rounded operands, on shapes with
+    /// partial tiles, odd k and several k blocks.
+    #[test]
+    fn kernels_match_f64_products_of_the_rounded_operands() {
+        for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (25, 300, 70), (12, 256, 32)] {
+            let (a, b) = (random(m * k, 2), random(n * k, 3));
+            let (ar, br) = (rounded(&a), rounded(&b));
+            let (pa, pb) = (
+                PairPanels::from_rows(&a, m, k, MR),
+                PairPanels::from_rows(&b, n, k, NR),
+            );
+            let mut kernels = vec![Kernel::Portable];
+            if Kernel::detect() == Kernel::Avx512Bf16 {
+                kernels.push(Kernel::Avx512Bf16);
+            }
+            for kernel in kernels {
+                let mut c = vec![0.5f32; m * n];
+                let view = ArrayViewMut2::from_shape((m, n), &mut c[..]).expect("fits");
+                product_with(kernel, pa.view(), pb.view(), view);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = 0.5
+                            + (0..k)
+                                .map(|t| ar[i * k + t] as f64 * br[j * k + t] as f64)
+                                .sum::<f64>();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * (k as f64 + 1.0),
+                            "{kernel:?} ({m},{k},{n}) [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""sd-rs against PyTorch on this machine, side by side: time and peak memory per component.
+
+    /work/venv/bin/python tools/bench_compare.py [--runs 3] [--precision f32,bf16]
+        [--components clip,unet,vae-decode] [--steps 2] [--sd target/release/sd]
+
+For each component, in turn, and alternating the sides so both see the same machine state:
+PyTorch (`tools/bench_torch.py COMPONENT`, f32) and `sd bench --component COMPONENT --json` at
+each precision, every one in a fresh process (so each peak RSS belongs to that component
+alone). Prints a Markdown table of our median time / PyTorch's and our peak RSS / PyTorch's.
+Build first: `cargo build --release`. Medians of `--runs` timed runs after one warm-up each
+(txt2img: `--runs` whole generations of `--steps` steps, no warm-up).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TOOLS_DIR)
+COMPONENTS = ["clip", "unet", "unet-b1", "vae-decode", "vae-encode", "txt2img"]
+
+
+def run_json(cmd):
+    """Run `cmd`, return the JSON object its stdout's last line holds."""
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="txt2img's inference steps")
+    parser.add_argument("--precision", default="f32,bf16", help="our precisions, comma-separated")
+    parser.add_argument("--components", default="clip,unet,vae-decode", help=f"from {','.join(COMPONENTS)}")
+    parser.add_argument("--sd", default=os.path.join(REPO, "target", "release", "sd"))
+    args = parser.parse_args()
+    components = args.components.split(",")
+    precisions = args.precision.split(",")
+    for c in components:
+        if c not in COMPONENTS:
+            sys.exit(f"unknown component {c!r}; expected one of {COMPONENTS}")
+
+    rows = []
+    for component in components:
+        torch = run_json([sys.executable, os.path.join(TOOLS_DIR, "bench_torch.py"), component,
+                          "--runs", str(args.runs), "--steps", str(args.steps)])
+        print(f"pytorch f32 {component}: {torch['median']:.3f} s, {torch['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+        for precision in precisions:
+            ours = run_json([args.sd, "bench", "--component", component, "--json", "--runs", str(args.runs),
+                             "--steps", str(args.steps), "--precision", precision])
+            print(f"sd-rs {precision} {component}: {ours['median']:.3f} s, {ours['peak_rss_gib']:.2f} GiB",
+                  file=sys.stderr)
+            rows.append((component, precision, ours, torch))
+
+    print(f"\nsd-rs vs PyTorch {rows[0][3]['threads'] if rows else '?'} threads, medians of {args.runs} runs "
+          f"(PyTorch f32 in every row)\n")
+    print("| component | sd-rs precision | sd-rs time | PyTorch time | time ratio | sd-rs peak RSS | PyTorch peak RSS | RSS ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for component, precision, ours, torch in rows:
+        print(f"| {component} | {precision} | {ours['median']:.3f} s | {torch['median']:.3f} s | "
+              f"{ours['median'] / torch['median']:.2f}× | {ours['peak_rss_gib']:.2f} GiB | "
+              f"{torch['peak_rss_gib']:.2f} GiB | {ours['peak_rss_gib'] / torch['peak_rss_gib']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
