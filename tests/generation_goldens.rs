@@ -204,3 +204,65 @@ fn single_file_gives_the_same_image_as_the_folder() {
     check_run(&mut sd, "tiny-sd", "txt2img/euler_ancestral/seed42");
     check_run(&mut sd, "tiny-sd", "img2img/pndm");
 }
+
+/// bf16 precision against the f32 path on the golden runs. Measured: 5–8 levels at most and
+/// PSNR 44–49 dB over these eight runs (the rounding of activations to bf16, 2⁻⁹ relative,
+/// compounds over 10–20 steps of a random model whose latents reach 40–110; bf16 in the linear
+/// layers alone gives 2–4 levels, in the convs alone 4–8). Issue 8 asked for 2 levels; not met.
+const BF16_MAX_LEVELS: u8 = 12;
+const BF16_MIN_PSNR_DB: f64 = 40.0;
+
+/// The bf16 path (packed bf16 weights, bf16 products with f32 accumulation) stays close to the
+/// f32 path's images on both tiny pipelines; a wrong or dropped term would give noise.
+#[test]
+fn bf16_images_stay_close_to_f32() {
+    use sd_core::cpu::{CpuBackend, Precision};
+    let keys = [
+        "txt2img/pndm/seed0",
+        "txt2img/euler_ancestral/seed42",
+        "txt2img/dpmpp_2m_karras/seed0",
+        "img2img/pndm",
+    ];
+    for model in ["tiny-sd", "tiny-sd-alt"] {
+        let path = support::fixtures().join(model);
+        let mut f32_sd = load_plain(&path, LoadOptions::default());
+        let mut bf16_sd = StableDiffusion::load_on(
+            CpuBackend::with_precision(Precision::Bf16),
+            &path,
+            LoadOptions::default(),
+        )
+        .unwrap();
+        bf16_sd.set_prompt_mode(stable_diffusion::PromptMode::Plain);
+        for key in keys {
+            let spec = run_spec(model, key);
+            let request = request_of(&spec);
+            let mut images = Vec::new();
+            for sd in [&mut f32_sd, &mut bf16_sd] {
+                sd.set_scheduler(spec["sampler"].as_str().unwrap()).unwrap();
+                images.push(sd.generate(&request).unwrap().images);
+            }
+            for (a, b) in images[0].iter().zip(&images[1]) {
+                let worst = a
+                    .pixels()
+                    .iter()
+                    .zip(b.pixels())
+                    .map(|(x, y)| x.abs_diff(*y))
+                    .max()
+                    .unwrap_or(0);
+                let mse = a
+                    .pixels()
+                    .iter()
+                    .zip(b.pixels())
+                    .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                    .sum::<f64>()
+                    / a.pixels().len() as f64;
+                let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10();
+                println!("{model} {key}: bf16 vs f32: max {worst} levels, PSNR {psnr:.1} dB");
+                assert!(
+                    worst <= BF16_MAX_LEVELS && psnr >= BF16_MIN_PSNR_DB,
+                    "{model} {key}: bf16 differs from f32 by {worst} levels, PSNR {psnr:.1} dB"
+                );
+            }
+        }
+    }
+}

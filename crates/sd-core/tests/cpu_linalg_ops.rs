@@ -4,8 +4,8 @@
 //! Run with `cargo test --release -p sd-core --test cpu_linalg_ops`.
 
 use proptest::prelude::*;
-use sd_core::cpu::{CpuBackend, CpuTensor};
-use sd_core::{Backend, Conv2dParams, Error, HostTensor, TensorInfo};
+use sd_core::cpu::{CpuBackend, CpuTensor, Precision};
+use sd_core::{Backend, Conv2dParams, Error, HostTensor, TensorInfo, WeightRole};
 
 /// Allowed error of each output element, relative to the sum of the magnitudes of the terms it
 /// adds up (`Σ|aᵢ·bᵢ| + |bias|`). The references below sum in f64; an f32 dot product of length
@@ -34,6 +34,28 @@ fn tensor(shape: &[usize], seed: u64) -> CpuTensor {
     let len = shape.iter().product();
     let host = HostTensor::from_shape_vec(shape, random_values(len, seed)).expect("shape fits");
     CpuBackend::new().upload(&host).expect("upload")
+}
+
+/// `t` as the products of `precision` see it: itself in f32; in bf16 (where activations and
+/// weights are rounded to bf16 before they are multiplied), its values rounded to the nearest
+/// bf16. A product of two bf16 values is exact in f32, so the bf16 path must then match the
+/// f64 reference on the rounded operands as closely as the f32 path matches on the originals.
+fn as_seen(t: &CpuTensor, precision: Precision) -> CpuTensor {
+    let host = CpuBackend::new().download(t).expect("download");
+    let host = match precision {
+        Precision::F32 => host,
+        Precision::Bf16 => host.mapv(|v| half::bf16::from_f32(v).to_f32()),
+    };
+    CpuBackend::new().upload(&host).expect("upload")
+}
+
+/// A random weight uploaded for `role` at `precision` (packed bf16 panels in bf16).
+fn weight(shape: &[usize], seed: u64, precision: Precision, role: WeightRole) -> CpuTensor {
+    let dense = tensor(shape, seed);
+    let host = CpuBackend::new().download(&dense).expect("download");
+    CpuBackend::with_precision(precision)
+        .upload_weight(&host, role)
+        .expect("upload_weight")
 }
 
 /// An expected element: the exact (f64) value and the magnitude its error is measured against.
@@ -222,14 +244,42 @@ proptest! {
         with_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let rows: usize = lead_dims.iter().product();
-        let x = tensor(&[lead_dims.clone(), vec![inp]].concat(), seed);
-        let w = tensor(&[outp, inp], seed ^ 1);
-        let bias = with_bias.then(|| tensor(&[outp], seed ^ 2));
-        let got = CpuBackend::new().linear(&x, &w, bias.as_ref()).expect("linear");
-        let want = naive_linear(x.data(), w.data(), bias.as_ref().map(|b| b.data()), rows, inp, outp);
-        assert_close("linear", &got, &[lead_dims, vec![outp]].concat(), &want);
+        check_linear(&lead_dims, inp, outp, with_bias, seed, Precision::F32);
     }
+
+    /// The bf16 path: packed weights, partial kernel tiles (12 × 32) in both directions,
+    /// odd depths, more rows than one block of a thread.
+    #[test]
+    fn bf16_linear_matches_naive_loop_on_rounded_operands(
+        lead_dims in prop::collection::vec(1usize..12, 1..3),
+        inp in 1usize..300,
+        outp in 1usize..70,
+        with_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_linear(&lead_dims, inp, outp, with_bias, seed, Precision::Bf16);
+    }
+}
+
+fn check_linear(
+    lead_dims: &[usize],
+    inp: usize,
+    outp: usize,
+    with_bias: bool,
+    seed: u64,
+    precision: Precision,
+) {
+    let rows: usize = lead_dims.iter().product();
+    let x = tensor(&[lead_dims.to_vec(), vec![inp]].concat(), seed);
+    let w = weight(&[outp, inp], seed ^ 1, precision, WeightRole::Linear);
+    let bias = with_bias.then(|| tensor(&[outp], seed ^ 2));
+    let got = CpuBackend::with_precision(precision)
+        .linear(&x, &w, bias.as_ref())
+        .expect("linear");
+    let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
+    let want = naive_linear(x.data(), w.data(), bias.as_ref().map(|b| b.data()), rows, inp, outp);
+    let op = format!("linear {precision:?}");
+    assert_close(&op, &got, &[lead_dims.to_vec(), vec![outp]].concat(), &want);
 }
 
 // ---- conv2d ------------------------------------------------------------------------------------
@@ -300,6 +350,10 @@ fn conv_cases(
 }
 
 fn check_conv(case: ConvCase, seed: u64) {
+    check_conv_at(case, seed, Precision::F32);
+}
+
+fn check_conv_at(case: ConvCase, seed: u64, precision: Precision) {
     let ConvCase {
         x: x_shape,
         out_channels: o,
@@ -309,14 +363,15 @@ fn check_conv(case: ConvCase, seed: u64) {
         bias,
     } = case;
     let x = tensor(&x_shape, seed);
-    let w = tensor(&[o, x_shape[1], kh, kw], seed ^ 1);
+    let w = weight(&[o, x_shape[1], kh, kw], seed ^ 1, precision, WeightRole::Conv);
     let bias = bias.then(|| tensor(&[o], seed ^ 2));
     let params = Conv2dParams { stride, padding };
-    let got = CpuBackend::new()
+    let got = CpuBackend::with_precision(precision)
         .conv2d(&x, &w, bias.as_ref(), params)
         .expect("conv2d");
+    let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
-    assert_close(&format!("conv2d {case:?}"), &got, &want_shape, &want);
+    assert_close(&format!("conv2d {precision:?} {case:?}"), &got, &want_shape, &want);
 }
 
 proptest! {
@@ -336,6 +391,63 @@ proptest! {
         seed in any::<u64>(),
     ) {
         check_conv(case, seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The bf16 path: packed weights (partial 12-channel tiles), packed im2col columns.
+    #[test]
+    fn bf16_conv2d_matches_naive_loop_on_rounded_operands(
+        case in conv_cases(2, 1..40, 1..=20),
+        seed in any::<u64>(),
+    ) {
+        check_conv_at(case, seed, Precision::Bf16);
+    }
+}
+
+#[test]
+fn bf16_conv2d_sd_shapes_match_naive_loop_on_rounded_operands() {
+    // Panels that end mid-row, several panels per image (the parallel-task path) and one
+    // panel per image (threads over output channels instead).
+    check_conv_at(ConvCase::new([2, 256, 39, 39], 30, [3, 3], 1, 1), 21, Precision::Bf16);
+    check_conv_at(ConvCase::new([1, 64, 8, 8], 40, [3, 3], 1, 1), 22, Precision::Bf16);
+    check_conv_at(ConvCase::new([1, 32, 17, 17], 8, [3, 3], 2, 0), 23, Precision::Bf16);
+    check_conv_at(ConvCase::new([1, 512, 40, 40], 5, [1, 1], 1, 0), 24, Precision::Bf16);
+}
+
+#[test]
+fn packed_weights_still_work_in_every_op() {
+    // A packed bf16 weight given where a dense tensor is expected is unpacked (its bf16 values).
+    let bf16 = CpuBackend::with_precision(Precision::Bf16);
+    let w = weight(&[3, 5], 31, Precision::Bf16, WeightRole::Linear);
+    assert_eq!(w.dtype(), sd_core::DType::BF16);
+    let doubled = bf16.add(&w, &w).expect("add");
+    let want = as_seen(&tensor(&[3, 5], 31), Precision::Bf16);
+    let want: Vec<f32> = want.data().iter().map(|v| 2.0 * v).collect();
+    assert_eq!(doubled.data(), want.as_slice());
+    let host = bf16.download(&w).expect("download");
+    assert_eq!(host.shape(), &[3, 5]);
+    // In f32, or for a bias, upload_weight keeps the tensor dense.
+    let dense = CpuBackend::new()
+        .upload_weight(&host, WeightRole::Linear)
+        .expect("upload");
+    assert_eq!(dense.dtype(), sd_core::DType::F32);
+    let bias = bf16.upload_weight(&host, WeightRole::Other).expect("upload");
+    assert_eq!(bias.dtype(), sd_core::DType::F32);
+}
+
+#[test]
+fn precision_names_parse_and_unknown_ones_are_typed_errors() {
+    assert_eq!("bf16".parse::<Precision>().expect("bf16"), Precision::Bf16);
+    assert_eq!(" F32 ".parse::<Precision>().expect("f32"), Precision::F32);
+    match "fp8".parse::<Precision>() {
+        Err(Error::InvalidArgument { name, reason }) => {
+            assert_eq!(name, "precision");
+            assert!(reason.contains("fp8"), "{reason}");
+        }
+        other => panic!("expected an invalid-argument error, got {other:?}"),
     }
 }
 
