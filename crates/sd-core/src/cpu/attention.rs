@@ -16,7 +16,10 @@
 //! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
 //! place through strides, never split into per-head copies.
 
+use ndarray::ShapeBuilder;
 use rayon::prelude::*;
+
+use super::gemm::{Parallelism, sgemm};
 
 use super::CpuTensor;
 use super::elementwise::{exp, vectorized};
@@ -25,7 +28,7 @@ use crate::backend::TensorInfo;
 use crate::error::Result;
 use crate::shapes::AttentionShape;
 
-/// Bounds on the queries per task. Each task re-packs every K/V block for matrixmultiply, so
+/// Bounds on the queries per task. Each task re-packs every K/V block for the GEMM engine, so
 /// larger blocks pack less (packing took 40% of SD self-attention's time with 64-row blocks,
 /// 25% with 256, which ran 22% faster overall) but leave fewer tasks to share out;
 /// 256 × (256 + 512) floats of scratch still fit in L2.
@@ -37,8 +40,11 @@ fn query_block(batch_rows: usize) -> usize {
     (batch_rows / (4 * rayon::current_num_threads())).clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
 }
 
-/// Keys per step of the online softmax (also the largest score tile held at once).
-const KEY_BLOCK: usize = 256;
+/// Keys per step of the online softmax (also the largest score tile held at once). 128 ran SD's
+/// self-attention 2 % faster than 256 and VAE attention 10 % faster; 512 was 10 % slower
+/// (`cargo run --release --example cpu_ops`, after moving these products from matrixmultiply's
+/// AVX2 kernels to the gemm crate's AVX-512 ones, which alone took 382 → 330 ms).
+const KEY_BLOCK: usize = 128;
 
 pub(crate) fn attention(
     q: &CpuTensor,
@@ -270,7 +276,17 @@ struct Strided<'a> {
     col_stride: usize,
 }
 
-impl Strided<'_> {
+impl<'a> Strided<'a> {
+    /// The matrix as an ndarray view (it must be in bounds).
+    fn view(self) -> ndarray::ArrayView2<'a, f32> {
+        let len = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1;
+        ndarray::ArrayView2::from_shape(
+            (self.rows, self.cols).strides((self.row_stride, self.col_stride)),
+            &self.data[..len],
+        )
+        .expect("in bounds (asserted by the caller)")
+    }
+
     /// Whether every element lies inside `data`.
     fn in_bounds(&self) -> bool {
         self.rows == 0
@@ -280,13 +296,8 @@ impl Strided<'_> {
     }
 }
 
-/// `k·(m + n)` below which matrixmultiply runs a product on the calling thread. With the
-/// `threading` feature (enabled in the workspace for the large GEMMs) it hands bigger products
-/// to its own pool; attention already keeps every core busy with one task each, so each
-/// product is split along k to stay under this (matrixmultiply 0.3: `k·(m+n) / 2^14` threads).
-const SINGLE_THREAD_WORK: usize = 2 * (1 << 14) - 1;
-
-/// `c = alpha · a · b + beta · c`, `c` row-major `a.rows × b.cols` with row stride `ldc`.
+/// `c = alpha · a · b + beta · c`, `c` row-major `a.rows × b.cols` with row stride `ldc`, on the
+/// calling thread (each attention task owns a core).
 fn gemm(alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32], ldc: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     // Internal invariants (the callers build these views from checked shapes); a failure here
@@ -296,32 +307,8 @@ fn gemm(alpha: f32, a: Strided<'_>, b: Strided<'_>, beta: f32, c: &mut [f32], ld
     if m == 0 || n == 0 {
         return;
     }
-    // Equal slices, so that no call is left with a sliver of k.
-    let slices = k.div_ceil((SINGLE_THREAD_WORK / (m + n)).max(1));
-    let k_step = k.div_ceil(slices);
-    for k0 in (0..k).step_by(k_step) {
-        let kc = k_step.min(k - k0);
-        let beta = if k0 == 0 { beta } else { 1.0 };
-        // SAFETY: `a`, `b` and `c` are in bounds for the full m×k, k×n and m×n extents
-        // (asserted above); the k-slice starting at `k0` stays inside them; `c` is exclusively
-        // borrowed, and strides fit in isize because the slices are real allocations.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                kc,
-                n,
-                alpha,
-                a.data.as_ptr().add(k0 * a.col_stride),
-                a.row_stride as isize,
-                a.col_stride as isize,
-                b.data.as_ptr().add(k0 * b.row_stride),
-                b.row_stride as isize,
-                b.col_stride as isize,
-                beta,
-                c.as_mut_ptr(),
-                ldc as isize,
-                1,
-            );
-        }
-    }
+    let c_len = (m - 1) * ldc + n;
+    let c = ndarray::ArrayViewMut2::from_shape((m, n).strides((ldc, 1)), &mut c[..c_len])
+        .expect("in bounds (asserted)");
+    sgemm(alpha, a.view(), b.view(), beta, c, Parallelism::Serial).expect("shapes fit (asserted)");
 }
