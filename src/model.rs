@@ -1,9 +1,11 @@
 //! [`StableDiffusion`]: a loaded SD 1.x model, ready to generate.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
 use sd_core::cpu::CpuBackend;
+use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
 use sd_core::weights::{Variant, WeightStore};
 use sd_core::{Backend, Result, Scheduler};
@@ -13,8 +15,14 @@ use sd_vae::AutoencoderKL;
 
 use crate::configs::ModelConfigs;
 
-/// The concrete pipeline: CLIP, the UNet and the VAE on backend `B`.
-pub type SdPipeline<B> = Pipeline<B, ClipTextEncoder<B>, UNet2DConditionModel<B>, AutoencoderKL<B>>;
+/// The concrete pipeline: CLIP, the UNet and the VAE on backend `B` (the UNet and the VAE
+/// held resident, or only while used: [`LoadOptions::low_memory`]).
+pub type SdPipeline<B> = Pipeline<
+    B,
+    ClipTextEncoder<B>,
+    OnDemand<B, UNet2DConditionModel<B>>,
+    OnDemand<B, AutoencoderKL<B>>,
+>;
 
 /// The sampler of SD 1.5's own scheduler config (diffusers' default for it).
 pub const DEFAULT_SCHEDULER: &str = "PNDMScheduler";
@@ -26,11 +34,21 @@ pub struct LoadOptions {
     /// built-in ones when loading a single file (diffusers' `from_single_file(config=...)`):
     /// for single files of other shapes than SD 1.5, such as the tiny test models.
     pub config_dir: Option<PathBuf>,
+    /// Hold the UNet's and the VAE's weights only while a generation uses them (the UNet
+    /// during the steps, the VAE to encode and decode), rebuilding them from the checkpoint for
+    /// the next generation: the peak memory is then one model's weights, not their sum, at the
+    /// cost of a rebuild per generation. For one-shot runs (`sd generate` uses it).
+    pub low_memory: bool,
 }
 
 impl LoadOptions {
     pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config_dir = Some(dir.into());
+        self
+    }
+
+    pub fn low_memory(mut self, low_memory: bool) -> Self {
+        self.low_memory = low_memory;
         self
     }
 }
@@ -74,16 +92,35 @@ impl<B: Backend> StableDiffusion<B> {
         } else {
             ModelConfigs::sd15(store.variant().unwrap_or(Variant::Standard))?
         };
-        Self::from_store(backend, &store, configs)
+        Self::from_store(backend, Arc::new(store), configs, &options)
     }
 
-    /// Build from a weight store and the configs of its components.
-    pub fn from_store(backend: B, store: &WeightStore, configs: ModelConfigs) -> Result<Self> {
+    /// Build from a weight store and the configs of its components (`options.low_memory`
+    /// decides whether the UNet and VAE stay resident; the store is kept to rebuild them).
+    pub fn from_store(
+        backend: B,
+        store: Arc<WeightStore>,
+        configs: ModelConfigs,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let side = configs.default_image_side();
+        let resident = !options.low_memory;
         let text_model =
             ClipTextTransformer::load(&backend, &store.text_encoder()?, configs.text_encoder)?;
-        let unet = UNet2DConditionModel::from_store(&backend, configs.unet, store)?;
-        let vae = AutoencoderKL::from_store(&backend, configs.vae, store)?;
+        let (unet_store, unet_config) = (Arc::clone(&store), configs.unet);
+        let unet = OnDemand::denoiser(
+            &backend,
+            Box::new(move |b: &B| {
+                UNet2DConditionModel::from_store(b, unet_config.clone(), &unet_store)
+            }),
+            resident,
+        )?;
+        let (vae_store, vae_config) = (Arc::clone(&store), configs.vae);
+        let vae = OnDemand::codec(
+            &backend,
+            Box::new(move |b: &B| AutoencoderKL::from_store(b, vae_config.clone(), &vae_store)),
+            resident,
+        )?;
         let text = ClipTextEncoder::new(text_model, configs.tokenizer);
         let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
         let mut model =

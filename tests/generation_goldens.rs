@@ -266,3 +266,21 @@ fn bf16_images_stay_close_to_f32() {
         }
     }
 }
+
+/// Low-memory loading drops the UNet and the VAE after each generation and rebuilds them for
+/// the next: the goldens still match, twice in a row, and nothing stays built in between.
+#[test]
+fn low_memory_generations_match_the_goldens_and_release_the_models() {
+    let path = support::fixtures().join("tiny-sd");
+    let mut sd = load_plain(&path, LoadOptions::default().low_memory(true));
+    for key in ["txt2img/pndm/seed0", "img2img/pndm"] {
+        check_run(&mut sd, "tiny-sd", key);
+        let pipeline = sd.pipeline();
+        assert!(!pipeline.denoiser().is_built(), "{key}: UNet still held");
+        assert!(!pipeline.codec().is_built(), "{key}: VAE still held");
+    }
+    // Resident loading keeps both.
+    let mut resident = load_plain(&path, LoadOptions::default());
+    check_run(&mut resident, "tiny-sd", "txt2img/pndm/seed0");
+    assert!(resident.pipeline().denoiser().is_built() && resident.pipeline().codec().is_built());
+}

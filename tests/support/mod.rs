@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use sd_core::cpu::CpuBackend;
+use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::Pipeline;
 use sd_core::weights::{Component, WeightStore};
 use stable_diffusion::clip::{ClipTextEncoder, ClipTextTransformer};
@@ -44,8 +45,21 @@ pub fn load_tiny_inpainting() -> StableDiffusion<CpuBackend> {
     let unet_config = UNetConfig::from_file(unet_dir.join("config.json")).unwrap();
     let text = ClipTextTransformer::load(&b, &store.text_encoder().unwrap(), configs.text_encoder)
         .unwrap();
-    let unet = UNet2DConditionModel::from_store(&b, unet_config, &unet_store).unwrap();
-    let vae = AutoencoderKL::from_store(&b, configs.vae, &store).unwrap();
+    let unet = OnDemand::denoiser(
+        &b,
+        Box::new(move |b: &CpuBackend| {
+            UNet2DConditionModel::from_store(b, unet_config.clone(), &unet_store)
+        }),
+        true,
+    )
+    .unwrap();
+    let vae_config = configs.vae;
+    let vae = OnDemand::codec(
+        &b,
+        Box::new(move |b: &CpuBackend| AutoencoderKL::from_store(b, vae_config.clone(), &store)),
+        true,
+    )
+    .unwrap();
     let pipeline = Pipeline::new(b, ClipTextEncoder::new(text, configs.tokenizer), unet, vae)
         .with_default_size(64, 64);
     let mut sd = StableDiffusion::from_pipeline(pipeline, configs.scheduler, dir);

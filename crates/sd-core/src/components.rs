@@ -51,6 +51,10 @@ pub trait Denoiser<B: Backend> {
     /// The divisor latent sides must respect (1 for sd-unet, which crops its up path to each
     /// skip as diffusers does; a denoiser without that would say 2^(levels−1)).
     fn spatial_multiple(&self) -> usize;
+
+    /// The pipeline is done with the denoiser for this generation: drop what can be rebuilt
+    /// (see [`OnDemand`](crate::on_demand::OnDemand)). A no-op for a resident model.
+    fn release(&self) {}
 }
 
 /// A latent distribution: the VAE encoder's diagonal Gaussian.
@@ -77,6 +81,10 @@ pub trait LatentCodec<B: Backend> {
 
     /// Latent channels (4).
     fn latent_channels(&self) -> usize;
+
+    /// The pipeline is done with the codec for now (after encoding an init image, after
+    /// decoding): drop what can be rebuilt. A no-op for a resident model.
+    fn release(&self) {}
 }
 
 /// A sampler: turns model outputs into the next latents. Runs on the host over small latents.

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod components;
 pub mod cpu;
 pub mod error;
+pub mod on_demand;
 pub mod pipeline;
 pub mod profile;
 pub mod rng;

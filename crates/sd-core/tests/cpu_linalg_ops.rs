@@ -277,7 +277,14 @@ fn check_linear(
         .linear(&x, &w, bias.as_ref())
         .expect("linear");
     let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
-    let want = naive_linear(x.data(), w.data(), bias.as_ref().map(|b| b.data()), rows, inp, outp);
+    let want = naive_linear(
+        x.data(),
+        w.data(),
+        bias.as_ref().map(|b| b.data()),
+        rows,
+        inp,
+        outp,
+    );
     let op = format!("linear {precision:?}");
     assert_close(&op, &got, &[lead_dims.to_vec(), vec![outp]].concat(), &want);
 }
@@ -363,7 +370,12 @@ fn check_conv_at(case: ConvCase, seed: u64, precision: Precision) {
         bias,
     } = case;
     let x = tensor(&x_shape, seed);
-    let w = weight(&[o, x_shape[1], kh, kw], seed ^ 1, precision, WeightRole::Conv);
+    let w = weight(
+        &[o, x_shape[1], kh, kw],
+        seed ^ 1,
+        precision,
+        WeightRole::Conv,
+    );
     let bias = bias.then(|| tensor(&[o], seed ^ 2));
     let params = Conv2dParams { stride, padding };
     let got = CpuBackend::with_precision(precision)
@@ -371,7 +383,12 @@ fn check_conv_at(case: ConvCase, seed: u64, precision: Precision) {
         .expect("conv2d");
     let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
-    assert_close(&format!("conv2d {precision:?} {case:?}"), &got, &want_shape, &want);
+    assert_close(
+        &format!("conv2d {precision:?} {case:?}"),
+        &got,
+        &want_shape,
+        &want,
+    );
 }
 
 proptest! {
@@ -411,10 +428,26 @@ proptest! {
 fn bf16_conv2d_sd_shapes_match_naive_loop_on_rounded_operands() {
     // Panels that end mid-row, several panels per image (the parallel-task path) and one
     // panel per image (threads over output channels instead).
-    check_conv_at(ConvCase::new([2, 256, 39, 39], 30, [3, 3], 1, 1), 21, Precision::Bf16);
-    check_conv_at(ConvCase::new([1, 64, 8, 8], 40, [3, 3], 1, 1), 22, Precision::Bf16);
-    check_conv_at(ConvCase::new([1, 32, 17, 17], 8, [3, 3], 2, 0), 23, Precision::Bf16);
-    check_conv_at(ConvCase::new([1, 512, 40, 40], 5, [1, 1], 1, 0), 24, Precision::Bf16);
+    check_conv_at(
+        ConvCase::new([2, 256, 39, 39], 30, [3, 3], 1, 1),
+        21,
+        Precision::Bf16,
+    );
+    check_conv_at(
+        ConvCase::new([1, 64, 8, 8], 40, [3, 3], 1, 1),
+        22,
+        Precision::Bf16,
+    );
+    check_conv_at(
+        ConvCase::new([1, 32, 17, 17], 8, [3, 3], 2, 0),
+        23,
+        Precision::Bf16,
+    );
+    check_conv_at(
+        ConvCase::new([1, 512, 40, 40], 5, [1, 1], 1, 0),
+        24,
+        Precision::Bf16,
+    );
 }
 
 #[test]
@@ -434,7 +467,9 @@ fn packed_weights_still_work_in_every_op() {
         .upload_weight(&host, WeightRole::Linear)
         .expect("upload");
     assert_eq!(dense.dtype(), sd_core::DType::F32);
-    let bias = bf16.upload_weight(&host, WeightRole::Other).expect("upload");
+    let bias = bf16
+        .upload_weight(&host, WeightRole::Other)
+        .expect("upload");
     assert_eq!(bias.dtype(), sd_core::DType::F32);
 }
 

@@ -6,6 +6,7 @@
 //! `--profile` adds where the time went, op kind by op kind. tools/bench_torch.py times the
 //! same work in PyTorch and tools/bench_compare.py runs both side by side.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer};
@@ -16,8 +17,8 @@ use sd_core::{
 };
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 use sd_vae::{AutoencoderKL, VaeConfig};
-use stable_diffusion::StableDiffusion;
 use stable_diffusion::configs::ModelConfigs;
+use stable_diffusion::{LoadOptions, StableDiffusion};
 
 use crate::backend::with_backend;
 use crate::cli::{BenchArgs, BenchComponent};
@@ -61,7 +62,7 @@ fn bench<B: Backend>(b: B, args: &BenchArgs, profile: Option<&OpTimes>) -> Resul
             args.runs
         );
     }
-    let store = WeightStore::synthetic(args.seed);
+    let store = Arc::new(WeightStore::synthetic(args.seed));
     let mut rows = Vec::new();
     let mut backend = Some(b);
     for &component in &args.component {
@@ -70,7 +71,7 @@ fn bench<B: Backend>(b: B, args: &BenchArgs, profile: Option<&OpTimes>) -> Resul
             let b = backend.take().ok_or_else(|| {
                 Error::invalid_argument("--component", "txt2img must be the last component")
             })?;
-            measure_txt2img(b, &store, args, profile)?
+            measure_txt2img(b, Arc::clone(&store), args, profile)?
         } else {
             let b = backend.as_ref().ok_or_else(|| {
                 Error::invalid_argument("--component", "txt2img must be the last component")
@@ -165,11 +166,13 @@ fn measure<B: Backend>(
 /// A whole generation at 512×512 on the full-size random model: load, encode, denoise, decode.
 fn measure_txt2img<B: Backend>(
     b: B,
-    store: &WeightStore,
+    store: Arc<WeightStore>,
     args: &BenchArgs,
     profile: Option<&OpTimes>,
 ) -> Result<Row> {
-    let mut sd = StableDiffusion::from_store(b, store, ModelConfigs::sd15(Variant::Standard)?)?;
+    let configs = ModelConfigs::sd15(Variant::Standard)?;
+    let options = LoadOptions::default().low_memory(args.low_memory);
+    let mut sd = StableDiffusion::from_store(b, store, configs, &options)?;
     sd.set_scheduler("PNDM")?;
     let request = GenerationRequest::new(PROMPTS[1])
         .steps(args.steps)
@@ -180,7 +183,11 @@ fn measure_txt2img<B: Backend>(
     let times = repeat(args.runs, || sd.generate(&request).map(drop))?;
     Ok(Row {
         component: BenchComponent::Txt2img,
-        input: "512×512, PNDM, guidance 7.5",
+        input: if args.low_memory {
+            "512×512, PNDM, guidance 7.5, low memory"
+        } else {
+            "512×512, PNDM, guidance 7.5"
+        },
         times,
         profile: profile.map(OpTimes::report),
     })
@@ -250,6 +257,7 @@ fn json_line(row: &Row, args: &BenchArgs, threads: usize) -> String {
         "median": median(&row.times).as_secs_f64(),
         "peak_rss_gib": peak_rss_gib(),
         "threads": threads,
+        "low_memory": args.low_memory,
     });
     if let Some(ops) = &row.profile {
         value["profile"] = ops

@@ -172,6 +172,10 @@ pub struct BenchArgs {
     /// Inference steps of the txt2img component.
     #[arg(long, default_value_t = 2)]
     pub steps: usize,
+    /// txt2img: hold the UNet and VAE only while they run, as `sd generate` does (each run
+    /// after the first rebuilds them).
+    #[arg(long)]
+    pub low_memory: bool,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

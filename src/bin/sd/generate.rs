@@ -51,8 +51,10 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
 
+    // One generation per process: each model needs to be held only while it runs.
     let options = LoadOptions {
         config_dir: args.config_dir.clone(),
+        low_memory: true,
     };
     say(format!(
         "Loading {} on {} …",

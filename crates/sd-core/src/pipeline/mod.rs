@@ -190,6 +190,7 @@ where
             strength: checked.strength,
         };
         let start = start::prepare(&self.backend, &self.codec, &task, &mut lanes, &at)?;
+        self.codec.release(); // until the decode
         let mut latents = start.latents;
 
         let total = timesteps.len() - start_index;
@@ -224,9 +225,11 @@ where
             }
         }
 
+        self.denoiser.release();
         let images = (0..request.batch_size)
             .map(|row| self.decode_row(&latents, row))
             .collect::<Result<Vec<_>>>()?;
+        self.codec.release();
         Ok(Generation {
             images,
             latents,

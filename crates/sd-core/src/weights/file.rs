@@ -133,12 +133,44 @@ impl SafetensorsFile {
                 });
             }
         };
+        self.unmap_pages(info.bytes.clone());
         HostTensor::from_shape_vec(info.shape.clone(), values).map_err(|e| {
             Error::InvalidSafetensors {
                 path: self.path.clone(),
                 reason: format!("tensor {shown_name}: {e}"),
             }
         })
+    }
+}
+
+impl SafetensorsFile {
+    /// Drop this process's mapping of the whole pages inside `range` once their tensor has been
+    /// converted: mapped file pages count in the resident size, so without this a converted
+    /// checkpoint would be counted twice (its bytes and the converted copy). The pages stay in
+    /// the OS page cache; reading them again costs a page fault, not a disk read.
+    fn unmap_pages(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        {
+            // 4 KiB is the smallest page size; with larger pages madvise rejects the unaligned
+            // range and nothing happens (the result is only an optimisation).
+            const PAGE: usize = 4096;
+            let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
+            if end > start {
+                // SAFETY: the range lies inside the read-only map (checked by parse_header) and
+                // no reference into it outlives `read_f32`'s conversion, which has finished;
+                // DontNeed on a file mapping only makes the next access re-read the page from
+                // the file, whose contents the map already assumes do not change.
+                let _ = unsafe {
+                    self.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
     }
 }
 
