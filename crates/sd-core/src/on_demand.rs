@@ -67,8 +67,10 @@ impl<B: Backend, T> OnDemand<B, T> {
     }
 
     fn release_now(&self) {
-        if !self.resident {
-            self.slot().take();
+        if !self.resident && self.slot().take().is_some() {
+            // Freed weights would otherwise stay in the CPU allocator's heap (see
+            // cpu::allocator), out of reach of the next phase's peak accounting.
+            crate::cpu::allocator::return_free_memory();
         }
     }
 

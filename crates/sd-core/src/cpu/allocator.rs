@@ -30,3 +30,15 @@ pub(crate) fn keep_freed_buffers() {
         });
     }
 }
+
+/// Hand the heap's free pages back to the OS (glibc's `malloc_trim`), after a large release
+/// such as dropping a model's weights: with the thresholds above, freed blocks otherwise stay
+/// resident, so a low-memory pipeline's next phase would not see the memory its last one gave
+/// up. A no-op without glibc.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -7,7 +7,7 @@
 //! narrow, concat, upsample, embedding). Naive reference loops for the property tests live in
 //! `tests/cpu_ops.rs`.
 
-mod allocator;
+pub mod allocator;
 mod attention;
 mod bf16;
 mod conv;
