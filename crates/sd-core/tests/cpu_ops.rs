@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use sd_core::cpu::{CpuBackend, CpuTensor};
+use sd_core::cpu::{CpuBackend, CpuTensor, Precision};
 use sd_core::{Backend, BinaryOp, Error, Result, TensorInfo, UnaryOp};
 
 /// Largest accepted error, relative to `max(|reference|, 1)`. The fast ops differ from the f64
@@ -21,7 +21,7 @@ const REL_TOL: f64 = 1e-4;
 
 /// Attention's key block size in `src/cpu/attention.rs`; cases longer than this exercise the
 /// online-softmax rescaling across blocks.
-const KEY_BLOCK: usize = 256;
+const KEY_BLOCK: usize = 128;
 
 // ---- helpers ------------------------------------------------------------------------------
 
@@ -77,12 +77,21 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 }
 
 fn close_enough(got: &CpuTensor, shape: &[usize], want: &[f64]) -> Result<(), TestCaseError> {
+    close_within(got, shape, want, REL_TOL)
+}
+
+fn close_within(
+    got: &CpuTensor,
+    shape: &[usize],
+    want: &[f64],
+    tolerance: f64,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), shape);
     prop_assert_eq!(got.data().len(), want.len());
     for (i, (&g, &w)) in got.data().iter().zip(want).enumerate() {
         let err = (f64::from(g) - w).abs();
         prop_assert!(
-            err <= REL_TOL * w.abs().max(1.0),
+            err <= tolerance * w.abs().max(1.0),
             "element {i} of {shape:?}: got {g}, want {w}"
         );
     }
@@ -189,14 +198,39 @@ fn naive_attention(c: &AttentionCase) -> Vec<f64> {
 }
 
 fn check_attention(c: &AttentionCase) -> Result<(), TestCaseError> {
+    check_attention_at(c, Precision::F32)
+}
+
+/// Error allowed of bf16 attention against the f64 reference on bf16-rounded q, k, v: the
+/// probabilities are rounded to bf16 too (2⁻⁹ relative each) before they weight V.
+const BF16_ATTENTION_TOL: f64 = 5e-3;
+
+fn check_attention_at(c: &AttentionCase, precision: Precision) -> Result<(), TestCaseError> {
     let features = c.heads * c.head_dim;
     let q = tensor(&[c.batch, c.queries, features], c.q.clone());
     let k = tensor(&[c.batch, c.keys, features], c.k.clone());
     let v = tensor(&[c.batch, c.keys, features], c.v.clone());
-    let got = cpu()
+    let got = CpuBackend::with_precision(precision)
         .attention(&q, &k, &v, c.heads, c.scale, c.causal)
         .expect("valid shapes");
-    close_enough(&got, &[c.batch, c.queries, features], &naive_attention(c))
+    let shape = [c.batch, c.queries, features];
+    match precision {
+        Precision::F32 => close_enough(&got, &shape, &naive_attention(c)),
+        Precision::Bf16 => {
+            let round = |x: &[f32]| {
+                x.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            let rounded = AttentionCase {
+                q: round(&c.q),
+                k: round(&c.k),
+                v: round(&c.v),
+                ..*c
+            };
+            close_within(&got, &shape, &naive_attention(&rounded), BF16_ATTENTION_TOL)
+        }
+    }
 }
 
 proptest! {
@@ -214,6 +248,14 @@ proptest! {
         check_attention(&c)?;
     }
 
+    /// The bf16 path (packed keys and values, bf16 products), over several key blocks.
+    #[test]
+    fn bf16_attention_matches_full_softmax_on_rounded_inputs(
+        c in attention_case(70, 1..=2 * KEY_BLOCK + 7)
+    ) {
+        check_attention_at(&c, Precision::Bf16)?;
+    }
+
     #[test]
     fn attention_with_large_scores_rescales_across_key_blocks(
         mut c in attention_case(20, KEY_BLOCK + 1..=2 * KEY_BLOCK + 50),
@@ -223,6 +265,7 @@ proptest! {
         // outputs must be rescaled, and exp(score − max) underflows for most keys.
         c.scale *= boost;
         check_attention(&c)?;
+        check_attention_at(&c, Precision::Bf16)?;
     }
 }
 

@@ -16,14 +16,15 @@
 //! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
 //! place through strides, never split into per-head copies.
 
-use ndarray::ShapeBuilder;
+use ndarray::{ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::gemm::{Parallelism, sgemm};
 
-use super::CpuTensor;
+use super::bf16::{self, PairPanels};
 use super::elementwise::{exp, vectorized};
 use super::norm::{exp_shifted_in_place, row_max};
+use super::{CpuTensor, Precision};
 use crate::backend::TensorInfo;
 use crate::error::Result;
 use crate::shapes::AttentionShape;
@@ -53,6 +54,7 @@ pub(crate) fn attention(
     heads: usize,
     scale: f32,
     causal: bool,
+    precision: Precision,
 ) -> Result<CpuTensor> {
     let shape = AttentionShape::check(q.shape(), k.shape(), v.shape(), heads)?;
     let features = shape.features();
@@ -72,6 +74,14 @@ pub(crate) fn attention(
         .for_each(|(b, (out, q))| {
             let keys = &k[b * batch_kv..(b + 1) * batch_kv];
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
+            // In bf16, each head's keys and values are packed once for all query blocks.
+            let packed: Vec<PackedHead> = match precision {
+                Precision::F32 => Vec::new(),
+                Precision::Bf16 => (0..heads)
+                    .into_par_iter()
+                    .map(|head| PackedHead::new(&shape, head, keys, values))
+                    .collect(),
+            };
             let task_len = query_rows * features;
             out.par_chunks_mut(task_len)
                 .zip(q.par_chunks(task_len))
@@ -86,7 +96,36 @@ pub(crate) fn attention(
                             values,
                         };
                         for head in 0..heads {
-                            task.attend(&shape, head, scale, causal, scratch, out);
+                            let d = shape.head_dim;
+                            let queries = task.queries.len() / features;
+                            match packed.get(head) {
+                                None => {
+                                    let mut products = F32Products {
+                                        task: &task,
+                                        features,
+                                        col: head * d,
+                                        d,
+                                        scale,
+                                    };
+                                    task.attend(&shape, causal, &mut products, scratch, out);
+                                }
+                                Some(packed) => {
+                                    let q = PairPanels::from_strided_rows(
+                                        &task.queries[head * d..],
+                                        queries,
+                                        d,
+                                        features,
+                                        bf16::MR,
+                                    );
+                                    let mut products = Bf16Products {
+                                        q,
+                                        packed,
+                                        scale,
+                                        col: head * d,
+                                    };
+                                    task.attend(&shape, causal, &mut products, scratch, out);
+                                }
+                            }
                         }
                     },
                 );
@@ -105,6 +144,8 @@ struct Scratch {
     row_max: Vec<f32>,
     /// Running sum of each query row's `exp(score − row_max)`.
     row_sum: Vec<f32>,
+    /// The factor each row's accumulated output is rescaled by in the current step.
+    rescale: Vec<f32>,
 }
 
 impl Scratch {
@@ -114,6 +155,7 @@ impl Scratch {
             acc: vec![0.0; query_rows * head_dim],
             row_max: vec![0.0; query_rows],
             row_sum: vec![0.0; query_rows],
+            rescale: vec![1.0; query_rows],
         }
     }
 }
@@ -131,30 +173,21 @@ struct QueryBlock<'a> {
 }
 
 impl QueryBlock<'_> {
-    /// Attention of this block's queries for one head, written into that head's columns of
-    /// `out` (`rows × features`).
+    /// Attention of this block's queries for one head (the one `products` computes), written
+    /// into that head's columns of `out` (`rows × features`).
     fn attend(
         &self,
         shape: &AttentionShape,
-        head: usize,
-        scale: f32,
         causal: bool,
+        products: &mut impl HeadProducts,
         scratch: &mut Scratch,
         out: &mut [f32],
     ) {
-        let (features, d) = (shape.features(), shape.head_dim);
-        let rows = self.queries.len() / features;
-        let col = head * d;
-        let q = Strided {
-            data: &self.queries[col..],
-            rows,
-            cols: d,
-            row_stride: features,
-            col_stride: 1,
-        };
-        let acc = &mut scratch.acc[..rows * d];
+        let rows = self.queries.len() / shape.features();
+        let acc = &mut scratch.acc[..rows * shape.head_dim];
         let running_max = &mut scratch.row_max[..rows];
         let running_sum = &mut scratch.row_sum[..rows];
+        let rescale = &mut scratch.rescale[..rows];
         acc.fill(0.0);
         running_max.fill(f32::NEG_INFINITY);
         running_sum.fill(0.0);
@@ -167,17 +200,8 @@ impl QueryBlock<'_> {
         };
         for first_key in (0..key_end).step_by(KEY_BLOCK) {
             let key_count = KEY_BLOCK.min(key_end - first_key);
-            let offset = first_key * features + col;
-            let k_transposed = Strided {
-                data: &self.keys[offset..],
-                rows: d,
-                cols: key_count,
-                row_stride: 1,
-                col_stride: features,
-            };
             let scores = &mut scratch.scores[..rows * key_count];
-            gemm(scale, q, k_transposed, 0.0, scores, key_count);
-
+            products.scores(first_key, key_count, scores);
             let tile = ScoreTile {
                 first_query: self.first_query,
                 first_key,
@@ -185,31 +209,202 @@ impl QueryBlock<'_> {
             };
             vectorized(
                 #[inline(always)]
-                || tile.softmax_step(scores, acc, running_max, running_sum),
+                || tile.softmax_step(scores, running_max, running_sum, rescale),
             );
-
-            let probabilities = Strided {
-                data: scores,
-                rows,
-                cols: key_count,
-                row_stride: key_count,
-                col_stride: 1,
-            };
-            let v = Strided {
-                data: &self.values[offset..],
-                rows: key_count,
-                cols: d,
-                row_stride: features,
-                col_stride: 1,
-            };
-            gemm(1.0, probabilities, v, 1.0, acc, d);
+            if rescale.iter().any(|&r| r != 1.0) {
+                vectorized(
+                    #[inline(always)]
+                    || products.rescale(acc, rescale),
+                );
+            }
+            products.accumulate(first_key, key_count, scores, acc);
         }
+        products.finish(acc, running_sum, out);
+    }
+}
 
-        let out_rows = out.chunks_exact_mut(features);
-        for ((out_row, acc_row), &l) in out_rows.zip(acc.chunks_exact(d)).zip(running_sum.iter()) {
+/// The products of one head's attention and the layout of its accumulator.
+trait HeadProducts {
+    /// `scores [rows, key_count] = scale · Q Kᵀ` for keys `first_key..first_key + key_count`.
+    fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]);
+    /// `acc += P V` for those keys (`probabilities [rows, key_count]`).
+    fn accumulate(
+        &mut self,
+        first_key: usize,
+        key_count: usize,
+        probabilities: &[f32],
+        acc: &mut [f32],
+    );
+    /// Multiply each query row's accumulated output by its factor.
+    fn rescale(&self, acc: &mut [f32], factors: &[f32]);
+    /// Write `acc / sum` per query row into the head's columns of `out`.
+    fn finish(&self, acc: &[f32], sums: &[f32], out: &mut [f32]);
+}
+
+/// f32 products on the GEMM engine, strided over the interleaved heads; `acc` is `[rows, d]`.
+struct F32Products<'a, 'b> {
+    task: &'b QueryBlock<'a>,
+    features: usize,
+    /// The head's first feature.
+    col: usize,
+    /// The head's features.
+    d: usize,
+    scale: f32,
+}
+
+impl F32Products<'_, '_> {
+    fn rows(&self) -> usize {
+        self.task.queries.len() / self.features
+    }
+}
+
+impl HeadProducts for F32Products<'_, '_> {
+    fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
+        let (rows, d) = (self.rows(), self.d);
+        let q = Strided {
+            data: &self.task.queries[self.col..],
+            rows,
+            cols: d,
+            row_stride: self.features,
+            col_stride: 1,
+        };
+        let k_transposed = Strided {
+            data: &self.task.keys[first_key * self.features + self.col..],
+            rows: d,
+            cols: key_count,
+            row_stride: 1,
+            col_stride: self.features,
+        };
+        gemm(self.scale, q, k_transposed, 0.0, scores, key_count);
+    }
+
+    fn accumulate(
+        &mut self,
+        first_key: usize,
+        key_count: usize,
+        probabilities: &[f32],
+        acc: &mut [f32],
+    ) {
+        let d = self.d;
+        let probabilities = Strided {
+            data: probabilities,
+            rows: self.rows(),
+            cols: key_count,
+            row_stride: key_count,
+            col_stride: 1,
+        };
+        let v = Strided {
+            data: &self.task.values[first_key * self.features + self.col..],
+            rows: key_count,
+            cols: d,
+            row_stride: self.features,
+            col_stride: 1,
+        };
+        gemm(1.0, probabilities, v, 1.0, acc, d);
+    }
+
+    #[inline(always)]
+    fn rescale(&self, acc: &mut [f32], factors: &[f32]) {
+        for (acc_row, &f) in acc.chunks_exact_mut(self.d).zip(factors) {
+            acc_row.iter_mut().for_each(|a| *a *= f);
+        }
+    }
+
+    fn finish(&self, acc: &[f32], sums: &[f32], out: &mut [f32]) {
+        let (d, col) = (self.d, self.col);
+        let out_rows = out.chunks_exact_mut(self.features);
+        for ((out_row, acc_row), &l) in out_rows.zip(acc.chunks_exact(d)).zip(sums) {
             let inv = 1.0 / l;
             for (o, &a) in out_row[col..col + d].iter_mut().zip(acc_row) {
                 *o = a * inv;
+            }
+        }
+    }
+}
+
+/// One head's keys and values in bf16 pair panels, packed once per attention call: keys as the
+/// right operand of `Q Kᵀ` (NR panels over keys, pairs over the head's features), values as the
+/// left operand of `Vᵀ Pᵀ` (MR panels over features, pairs over keys).
+struct PackedHead {
+    keys: PairPanels,
+    values_t: PairPanels,
+}
+
+impl PackedHead {
+    fn new(shape: &AttentionShape, head: usize, keys: &[f32], values: &[f32]) -> Self {
+        let (d, features, n) = (shape.head_dim, shape.features(), shape.keys);
+        PackedHead {
+            keys: PairPanels::from_strided_rows(&keys[head * d..], n, d, features, bf16::NR),
+            values_t: PairPanels::from_strided_columns(
+                &values[head * d..],
+                n,
+                d,
+                features,
+                bf16::MR,
+            ),
+        }
+    }
+}
+
+/// bf16 products with f32 accumulation. The accumulator is transposed, `[d, rows]`, because
+/// `Vᵀ Pᵀ` tiles the head's features by 12 (SD's 40 features waste 8 of 48) where `P V` would
+/// tile them by 32 (24 of 64).
+struct Bf16Products<'a> {
+    /// This task's queries of the head, MR panels over queries.
+    q: PairPanels,
+    packed: &'a PackedHead,
+    scale: f32,
+    col: usize,
+}
+
+impl HeadProducts for Bf16Products<'_> {
+    fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
+        let rows = self.q.rows();
+        scores.fill(0.0);
+        let keys = self.packed.keys.view().rows(first_key, key_count);
+        let c = ArrayViewMut2::from_shape((rows, key_count), &mut scores[..])
+            .expect("scores hold rows × key_count");
+        bf16::product(self.q.view(), keys, c);
+        let scale = self.scale;
+        vectorized(
+            #[inline(always)]
+            || scores.iter_mut().for_each(|s| *s *= scale),
+        );
+    }
+
+    fn accumulate(
+        &mut self,
+        first_key: usize,
+        key_count: usize,
+        probabilities: &[f32],
+        acc: &mut [f32],
+    ) {
+        let rows = self.q.rows();
+        let p_t = PairPanels::from_rows(probabilities, rows, key_count, bf16::NR);
+        let values_t = self
+            .packed
+            .values_t
+            .view()
+            .pair_range(first_key / 2, key_count.div_ceil(2));
+        let d = self.packed.values_t.rows();
+        let c = ArrayViewMut2::from_shape((d, rows), acc).expect("acc holds d × rows");
+        bf16::product(values_t, p_t.view(), c);
+    }
+
+    #[inline(always)]
+    fn rescale(&self, acc: &mut [f32], factors: &[f32]) {
+        for acc_row in acc.chunks_exact_mut(factors.len()) {
+            acc_row.iter_mut().zip(factors).for_each(|(a, &f)| *a *= f);
+        }
+    }
+
+    fn finish(&self, acc: &[f32], sums: &[f32], out: &mut [f32]) {
+        let rows = sums.len();
+        let features = out.len() / rows.max(1);
+        let inv: Vec<f32> = sums.iter().map(|l| 1.0 / l).collect();
+        for (dd, acc_row) in acc.chunks_exact(rows).enumerate() {
+            for (r, (&a, &inv)) in acc_row.iter().zip(&inv).enumerate() {
+                out[r * features + self.col + dd] = a * inv;
             }
         }
     }
@@ -226,23 +421,23 @@ struct ScoreTile {
 impl ScoreTile {
     /// One online-softmax step over a tile of scores (`rows × keys`, keys = `scores.len() /
     /// rows`): mask, update each row's running max and sum, turn the scores into
-    /// `exp(score − max)` in place, and rescale the rows of `acc` already accumulated under
-    /// an older max.
+    /// `exp(score − max)` in place, and set the factor by which each row's output accumulated
+    /// under an older max must be rescaled.
     #[inline(always)]
     fn softmax_step(
         self,
         scores: &mut [f32],
-        acc: &mut [f32],
         running_max: &mut [f32],
         running_sum: &mut [f32],
+        rescale: &mut [f32],
     ) {
         let rows = running_max.len();
         let key_count = scores.len() / rows;
-        let d = acc.len() / rows;
         let score_rows = scores.chunks_exact_mut(key_count);
-        let acc_rows = acc.chunks_exact_mut(d);
         let stats = running_max.iter_mut().zip(running_sum.iter_mut());
-        for (r, ((s, acc_row), (m, l))) in score_rows.zip(acc_rows).zip(stats).enumerate() {
+        for (r, ((s, factor), (m, l))) in score_rows.zip(rescale.iter_mut()).zip(stats).enumerate()
+        {
+            *factor = 1.0;
             if self.causal {
                 let visible = (self.first_query + r + 1).saturating_sub(self.first_key);
                 if visible < key_count {
@@ -255,13 +450,10 @@ impl ScoreTile {
                 s.fill(0.0);
                 continue;
             }
-            let rescale = exp(*m - new_max);
+            *factor = exp(*m - new_max);
             let block_sum = exp_shifted_in_place(s, new_max);
-            *l = *l * rescale + block_sum;
+            *l = *l * *factor + block_sum;
             *m = new_max;
-            if rescale != 1.0 {
-                acc_row.iter_mut().for_each(|a| *a *= rescale);
-            }
         }
     }
 }

@@ -69,7 +69,19 @@ impl PairPanels {
     /// `x · wᵀ` (with `width` [`MR`]), a conv weight (likewise) or a linear weight as the
     /// right operand (with `width` [`NR`]: the rows of `w` are the columns of `wᵀ`).
     pub(crate) fn from_rows(src: &[f32], rows: usize, k: usize, width: usize) -> Self {
-        debug_assert_eq!(src.len(), rows * k);
+        Self::from_strided_rows(src, rows, k, k, width)
+    }
+
+    /// [`from_rows`](Self::from_rows) with row `r` at `src[r · row_stride..][..k]` (one head's
+    /// slice of interleaved attention features).
+    pub(crate) fn from_strided_rows(
+        src: &[f32],
+        rows: usize,
+        k: usize,
+        row_stride: usize,
+        width: usize,
+    ) -> Self {
+        assert!(rows == 0 || k == 0 || (rows - 1) * row_stride + k <= src.len());
         let mut packed = Self::zeroed(rows, k, width);
         let pairs = packed.pairs();
         if k == 0 {
@@ -77,11 +89,9 @@ impl PairPanels {
         }
         let vector = Kernel::detect() == Kernel::Avx512Bf16;
         for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
-            for (r, row) in src[panel * width * k..]
-                .chunks_exact(k)
-                .take(width)
-                .enumerate()
-            {
+            let first = panel * width;
+            for r in 0..width.min(rows - first) {
+                let row = &src[(first + r) * row_stride..][..k];
                 let mut p = 0;
                 #[cfg(target_arch = "x86_64")]
                 if vector {
@@ -108,7 +118,18 @@ impl PairPanels {
     /// Pack the columns of the row-major `[k, cols]` matrix `src` (an im2col panel, whose
     /// columns are the right operand's): the packed rows are `src`'s columns.
     pub(crate) fn from_columns(src: &[f32], k: usize, cols: usize, width: usize) -> Self {
-        debug_assert_eq!(src.len(), k * cols);
+        Self::from_strided_columns(src, k, cols, cols, width)
+    }
+
+    /// [`from_columns`](Self::from_columns) with row `t` of `src` at `src[t · row_stride..][..cols]`.
+    pub(crate) fn from_strided_columns(
+        src: &[f32],
+        k: usize,
+        cols: usize,
+        row_stride: usize,
+        width: usize,
+    ) -> Self {
+        assert!(k == 0 || cols == 0 || (k - 1) * row_stride + cols <= src.len());
         let mut packed = Self::zeroed(cols, k, width);
         let pairs = packed.pairs();
         let vector = Kernel::detect() == Kernel::Avx512Bf16;
@@ -116,9 +137,9 @@ impl PairPanels {
             let first = panel * width;
             let n = width.min(cols - first);
             for (p, out) in dst.chunks_exact_mut(width).enumerate() {
-                let even = &src[2 * p * cols + first..][..n];
+                let even = &src[2 * p * row_stride + first..][..n];
                 if 2 * p + 1 < k {
-                    let odd = &src[(2 * p + 1) * cols + first..][..n];
+                    let odd = &src[(2 * p + 1) * row_stride + first..][..n];
                     let mut j = 0;
                     #[cfg(target_arch = "x86_64")]
                     if vector {
@@ -166,6 +187,11 @@ impl PairPanels {
         out
     }
 
+    /// Packed rows (m for a left operand, n for a right one).
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Bytes of packed storage.
     pub(crate) fn size_in_bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<u32>()
@@ -181,6 +207,8 @@ impl PairPanels {
             data: &self.data,
             rows: self.rows,
             pairs: self.pairs(),
+            first_pair: 0,
+            panel_len: self.pairs() * self.width,
             width: self.width,
         }
     }
@@ -191,7 +219,10 @@ impl PairPanels {
 pub(crate) struct Panels<'a> {
     data: &'a [u32],
     rows: usize,
+    /// Pairs of k in this view, from `first_pair` of each stored panel of `panel_len` values.
     pairs: usize,
+    first_pair: usize,
+    panel_len: usize,
     width: usize,
 }
 
@@ -199,11 +230,20 @@ impl<'a> Panels<'a> {
     /// Rows `first..first + len`; `first` must start a panel.
     pub(crate) fn rows(self, first: usize, len: usize) -> Panels<'a> {
         assert!(first.is_multiple_of(self.width) && first + len <= self.rows);
-        let panel_len = self.pairs * self.width;
         let (start, end) = (first / self.width, (first + len).div_ceil(self.width));
         Panels {
-            data: &self.data[start * panel_len..end * panel_len],
+            data: &self.data[start * self.panel_len..end * self.panel_len],
             rows: len,
+            ..self
+        }
+    }
+
+    /// Pairs `first..first + len` of k (k values `2·first..2·(first + len)`).
+    pub(crate) fn pair_range(self, first: usize, len: usize) -> Panels<'a> {
+        assert!(first + len <= self.pairs);
+        Panels {
+            pairs: len,
+            first_pair: self.first_pair + first,
             ..self
         }
     }
@@ -212,10 +252,10 @@ impl<'a> Panels<'a> {
         self.rows.div_ceil(self.width)
     }
 
-    /// Panel `i`, from pair `p0` on.
+    /// Panel `i`, from pair `p0` of this view on.
     fn panel(&self, i: usize, p0: usize) -> &'a [u32] {
-        let len = self.pairs * self.width;
-        &self.data[i * len + p0 * self.width..(i + 1) * len]
+        let start = i * self.panel_len + (self.first_pair + p0) * self.width;
+        &self.data[start..i * self.panel_len + (self.first_pair + self.pairs) * self.width]
     }
 }
 

@@ -273,7 +273,15 @@ impl Backend for CpuBackend {
         scale: f32,
         causal: bool,
     ) -> Result<CpuTensor> {
-        attention::attention(&q.dense(), &k.dense(), &v.dense(), heads, scale, causal)
+        attention::attention(
+            &q.dense(),
+            &k.dense(),
+            &v.dense(),
+            heads,
+            scale,
+            causal,
+            self.precision,
+        )
     }
 
     fn group_norm(
