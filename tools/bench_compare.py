@@ -9,7 +9,8 @@ PyTorch (`tools/bench_torch.py COMPONENT`, f32) and `sd bench --component COMPON
 each precision, every one in a fresh process (so each peak RSS belongs to that component
 alone). Prints a Markdown table of our median time / PyTorch's and our peak RSS / PyTorch's.
 Build first: `cargo build --release`. Medians of `--runs` timed runs after one warm-up each
-(txt2img: `--runs` whole generations of `--steps` steps, no warm-up).
+(txt2img: `--runs` whole generations of `--steps` steps, no warm-up; ours both with resident
+models, as PyTorch's pipeline, and in low-memory mode, as `sd generate` runs).
 """
 
 import argparse
@@ -50,12 +51,17 @@ def main():
         torch = run_json([sys.executable, os.path.join(TOOLS_DIR, "bench_torch.py"), component,
                           "--runs", str(args.runs), "--steps", str(args.steps)])
         print(f"pytorch f32 {component}: {torch['median']:.3f} s, {torch['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+        # txt2img runs both ways: resident models (as PyTorch's pipeline) and low-memory (as
+        # `sd generate`, which holds the UNet and the VAE only while they run).
+        modes = [[], ["--low-memory"]] if component == "txt2img" else [[]]
         for precision in precisions:
-            ours = run_json([args.sd, "bench", "--component", component, "--json", "--runs", str(args.runs),
-                             "--steps", str(args.steps), "--precision", precision])
-            print(f"sd-rs {precision} {component}: {ours['median']:.3f} s, {ours['peak_rss_gib']:.2f} GiB",
-                  file=sys.stderr)
-            rows.append((component, precision, ours, torch))
+            for mode in modes:
+                ours = run_json([args.sd, "bench", "--component", component, "--json", "--runs", str(args.runs),
+                                 "--steps", str(args.steps), "--precision", precision, *mode])
+                label = precision + (" low-memory" if mode else "")
+                print(f"sd-rs {label} {component}: {ours['median']:.3f} s, {ours['peak_rss_gib']:.2f} GiB",
+                      file=sys.stderr)
+                rows.append((component, label, ours, torch))
 
     print(f"\nsd-rs vs PyTorch {rows[0][3]['threads'] if rows else '?'} threads, medians of {args.runs} runs "
           f"(PyTorch f32 in every row)\n")
