@@ -360,11 +360,10 @@ struct Bf16Products<'a> {
 impl HeadProducts for Bf16Products<'_> {
     fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
         let rows = self.q.rows();
-        scores.fill(0.0);
         let keys = self.packed.keys.view().rows(first_key, key_count);
         let c = ArrayViewMut2::from_shape((rows, key_count), &mut scores[..])
             .expect("scores hold rows × key_count");
-        bf16::product(self.q.view(), keys, c);
+        bf16::product_set(self.q.view(), keys, c);
         let scale = self.scale;
         vectorized(
             #[inline(always)]

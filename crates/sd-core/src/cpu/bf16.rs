@@ -263,11 +263,24 @@ impl<'a> Panels<'a> {
 /// `[n, k]` transposed right operand in [`NR`]-row panels, and `c` is `[m, n]` with
 /// contiguous rows. On one thread; callers split the work (by rows of `a`, or of `c`'s columns).
 pub(crate) fn product(a: Panels<'_>, b: Panels<'_>, c: ArrayViewMut2<'_, f32>) {
-    product_with(Kernel::detect(), a, b, c);
+    product_with(Kernel::detect(), a, b, c, false);
 }
 
-/// [`product`] on a chosen kernel (the tests run both where the CPU has both).
-fn product_with(kernel: Kernel, a: Panels<'_>, b: Panels<'_>, mut c: ArrayViewMut2<'_, f32>) {
+/// `c = a · bᵀ`: [`product`] overwriting `c` (whose old values, NaN or garbage, are ignored)
+/// instead of adding to it, which saves zeroing it first.
+pub(crate) fn product_set(a: Panels<'_>, b: Panels<'_>, c: ArrayViewMut2<'_, f32>) {
+    product_with(Kernel::detect(), a, b, c, true);
+}
+
+/// [`product`] (or with `set`, [`product_set`]) on a chosen kernel (the tests run both where
+/// the CPU has both).
+fn product_with(
+    kernel: Kernel,
+    a: Panels<'_>,
+    b: Panels<'_>,
+    mut c: ArrayViewMut2<'_, f32>,
+    set: bool,
+) {
     assert!(
         a.width == MR && b.width == NR && a.pairs == b.pairs && c.dim() == (a.rows, b.rows),
         "bf16 product: operand shapes checked by the caller"
@@ -284,8 +297,13 @@ fn product_with(kernel: Kernel, a: Panels<'_>, b: Panels<'_>, mut c: ArrayViewMu
         .pairs
         .div_ceil(a.pairs.div_ceil(K_BLOCK_PAIRS).max(1))
         .max(1);
+    if set && a.pairs == 0 {
+        c.fill(0.0);
+    }
     for p0 in (0..a.pairs).step_by(k_block) {
         let block_pairs = k_block.min(a.pairs - p0);
+        // The first k block sets c when asked to; the others add to it.
+        let mode = if set && p0 == 0 { Mode::Set } else { Mode::Add };
         for i0 in (0..a.panels()).step_by(M_BLOCK_PANELS) {
             for j in 0..b.panels() {
                 let b_panel = b.panel(j, p0);
@@ -297,25 +315,33 @@ fn product_with(kernel: Kernel, a: Panels<'_>, b: Panels<'_>, mut c: ArrayViewMu
                         // SAFETY: rows r0..r0 + MR and columns c0..c0 + NR lie inside c (its
                         // shape is a.rows × b.rows), and each row's NR values are contiguous.
                         unsafe {
-                            kernel.add_tile(
+                            kernel.tile(
                                 block_pairs,
                                 a_panel,
                                 b_panel,
                                 c_base.add(r0 * ld + c0),
                                 ld,
+                                mode,
                             );
                         }
                         continue;
                     }
-                    tile.fill(0.0);
                     // SAFETY: tile is MR rows of NR.
                     unsafe {
-                        kernel.add_tile(block_pairs, a_panel, b_panel, tile.as_mut_ptr(), NR)
+                        kernel.tile(
+                            block_pairs,
+                            a_panel,
+                            b_panel,
+                            tile.as_mut_ptr(),
+                            NR,
+                            Mode::Set,
+                        )
                     };
                     for (r, sums) in tile.chunks_exact(NR).take(rows).enumerate() {
                         let mut row = c.slice_mut(s![r0 + r, c0..c0 + cols]);
-                        for (c, &v) in row.iter_mut().zip(sums) {
-                            *c += v;
+                        match mode {
+                            Mode::Set => row.assign(&ndarray::aview1(&sums[..cols])),
+                            Mode::Add => row.iter_mut().zip(sums).for_each(|(c, &v)| *c += v),
                         }
                     }
                 }
@@ -381,31 +407,42 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// `c[r·ld + j] += (a_panel · b_panelᵀ)[r, j]` for the MR × NR tile, over `pairs` pairs
-    /// of k.
+    /// `c[r·ld + j] (+)= (a_panel · b_panelᵀ)[r, j]` for the MR × NR tile, over `pairs`
+    /// pairs of k: added to `c`, or with [`Mode::Set`] stored over it.
     ///
     /// # Safety
     /// `c` must point to MR rows of NR writable floats, `ld` apart.
-    unsafe fn add_tile(self, pairs: usize, a: &[u32], b: &[u32], c: *mut f32, ld: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(self, pairs: usize, a: &[u32], b: &[u32], c: *mut f32, ld: usize, mode: Mode) {
         assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detect() found avx512bf16 and avx512f; the slices hold `pairs` pairs of
             // both panels (asserted above); c is the caller's.
-            Kernel::Avx512Bf16 => unsafe { x86::add_tile_avx512bf16(pairs, a, b, c, ld) },
+            Kernel::Avx512Bf16 => unsafe {
+                x86::tile_avx512bf16(pairs, a, b, c, ld, mode == Mode::Set)
+            },
             _ => {
                 let mut acc = [0.0f32; MR * NR];
                 portable_tile(pairs, a, b, &mut acc);
                 for (r, sums) in acc.chunks_exact(NR).enumerate() {
                     // SAFETY: row r of the tile is NR writable floats at c + r·ld (caller).
                     let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ld), NR) };
-                    for (c, &v) in row.iter_mut().zip(sums) {
-                        *c += v;
+                    match mode {
+                        Mode::Set => row.copy_from_slice(sums),
+                        Mode::Add => row.iter_mut().zip(sums).for_each(|(c, &v)| *c += v),
                     }
                 }
             }
         }
     }
+}
+
+/// Whether a tile's sums are stored over the output or added to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Set,
+    Add,
 }
 
 /// `acc [MR, NR] = a_panel · b_panelᵀ` with f32 multiplies.
@@ -428,20 +465,21 @@ mod x86 {
 
     use super::{MR, NR};
 
-    /// `c [MR, NR] (row stride ld) += a_panel · b_panelᵀ` with `VDPBF16PS`: per pair of k,
-    /// two 16-column vectors of `b` and one broadcast pair per row of `a`; the 24 sums stay in
-    /// registers until they are added to `c`.
+    /// `c [MR, NR] (row stride ld) += a_panel · b_panelᵀ` (with `set`, `=`) with `VDPBF16PS`:
+    /// per pair of k, two 16-column vectors of `b` and one broadcast pair per row of `a`; the
+    /// 24 sums stay in registers until they are written to `c`.
     ///
     /// # Safety
     /// The CPU must support avx512f and avx512bf16; `a` must hold `pairs · MR` values and `b`
     /// `pairs · NR`; `c` must point to MR rows of NR writable floats, `ld` apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn add_tile_avx512bf16(
+    pub(super) unsafe fn tile_avx512bf16(
         pairs: usize,
         a: &[u32],
         b: &[u32],
         c: *mut f32,
         ld: usize,
+        set: bool,
     ) {
         let mut sums = [[_mm512_setzero_ps(); 2]; MR];
         let (a, b) = (a.as_ptr(), b.as_ptr());
@@ -475,9 +513,14 @@ mod x86 {
             // SAFETY: row r of c holds NR = 32 writable floats (caller's contract).
             unsafe {
                 let row = c.add(r * ld);
-                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[0]));
-                let row = row.add(16);
-                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[1]));
+                if set {
+                    _mm512_storeu_ps(row, sum[0]);
+                    _mm512_storeu_ps(row.add(16), sum[1]);
+                } else {
+                    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[0]));
+                    let row = row.add(16);
+                    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), sum[1]));
+                }
             }
         }
     }
@@ -578,7 +621,13 @@ mod tests {
     /// partial tiles, odd k and several k blocks.
     #[test]
     fn kernels_match_f64_products_of_the_rounded_operands() {
-        for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (25, 300, 70), (12, 256, 32)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 7, 33),
+            (25, 300, 70),
+            (12, 256, 32),
+            (13, 1100, 33),
+        ] {
             let (a, b) = (random(m * k, 2), random(n * k, 3));
             let (ar, br) = (rounded(&a), rounded(&b));
             let (pa, pb) = (
@@ -589,20 +638,22 @@ mod tests {
             if Kernel::detect() == Kernel::Avx512Bf16 {
                 kernels.push(Kernel::Avx512Bf16);
             }
-            for kernel in kernels {
-                let mut c = vec![0.5f32; m * n];
+            for (kernel, set) in kernels.iter().flat_map(|&k| [(k, false), (k, true)]) {
+                // Accumulating onto 0.5, or setting over NaN (which must not leak through).
+                let (start, base) = if set { (f32::NAN, 0.0) } else { (0.5, 0.5) };
+                let mut c = vec![start; m * n];
                 let view = ArrayViewMut2::from_shape((m, n), &mut c[..]).expect("fits");
-                product_with(kernel, pa.view(), pb.view(), view);
+                product_with(kernel, pa.view(), pb.view(), view, set);
                 for i in 0..m {
                     for j in 0..n {
-                        let want: f64 = 0.5
+                        let want: f64 = base
                             + (0..k)
                                 .map(|t| ar[i * k + t] as f64 * br[j * k + t] as f64)
                                 .sum::<f64>();
                         let got = c[i * n + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-6 * (k as f64 + 1.0),
-                            "{kernel:?} ({m},{k},{n}) [{i},{j}]: {got} vs {want}"
+                            "{kernel:?} set {set} ({m},{k},{n}) [{i},{j}]: {got} vs {want}"
                         );
                     }
                 }
