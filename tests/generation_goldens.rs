@@ -205,11 +205,11 @@ fn single_file_gives_the_same_image_as_the_folder() {
     check_run(&mut sd, "tiny-sd", "img2img/pndm");
 }
 
-/// bf16 precision against the f32 path on the golden runs. Measured: 5–13 levels at most and
+/// bf16 precision against the f32 path on the golden runs. Measured: 5–8 levels at most and
 /// PSNR 44–48 dB over these eight runs (the rounding of activations and attention
 /// probabilities to bf16, 2⁻⁹ relative, compounds over 10–20 steps of a random model whose
-/// latents reach 40–110; with f32 attention it was 5–8 levels, with bf16 in the linear layers
-/// alone 2–4, in the convs alone 4–8). Issue 8 asked for 2 levels; not met.
+/// latents reach 40–110; bf16 in the linear layers alone gives 2–4 levels, in the convs alone
+/// 4–8; one earlier attention layout gave 13). Issue 8 asked for 2 levels; not met.
 const BF16_MAX_LEVELS: u8 = 16;
 const BF16_MIN_PSNR_DB: f64 = 40.0;
 

@@ -15,14 +15,19 @@
 //! held per task, whatever the sequence lengths. Heads are interleaved in the feature dim
 //! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
 //! place through strides, never split into per-head copies.
+//!
+//! Two implementations of the products ([`HeadProducts`]): f32 on the GEMM engine, and for
+//! [`Precision::Bf16`] the bf16 engine with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`),
+//! keys and values packed once per call. Self-attention [2, 4096, 320] × 8 heads
+//! (`cargo run --release --example cpu_ops`): f32 330 ms, bf16 234 ms (270 ms with row-major
+//! scores, whose packing of P cost as much as its product).
 
 use ndarray::{ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::gemm::{Parallelism, sgemm};
-
 use super::bf16::{self, PairPanels};
 use super::elementwise::{exp, vectorized};
+use super::gemm::{Parallelism, sgemm};
 use super::norm::{exp_shifted_in_place, row_max};
 use super::{CpuTensor, Precision};
 use crate::backend::TensorInfo;
@@ -46,6 +51,9 @@ fn query_block(batch_rows: usize) -> usize {
 /// (`cargo run --release --example cpu_ops`, after moving these products from matrixmultiply's
 /// AVX2 kernels to the gemm crate's AVX-512 ones, which alone took 382 → 330 ms).
 const KEY_BLOCK: usize = 128;
+/// The bf16 path's key block: a whole number of 12-key panels of packed keys, and even (whole
+/// pairs of values).
+const BF16_KEY_BLOCK: usize = 120;
 
 pub(crate) fn attention(
     q: &CpuTensor,
@@ -115,7 +123,7 @@ pub(crate) fn attention(
                                         queries,
                                         d,
                                         features,
-                                        bf16::MR,
+                                        bf16::NR,
                                     );
                                     let mut products = Bf16Products {
                                         q,
@@ -198,8 +206,9 @@ impl QueryBlock<'_> {
         } else {
             shape.keys
         };
-        for first_key in (0..key_end).step_by(KEY_BLOCK) {
-            let key_count = KEY_BLOCK.min(key_end - first_key);
+        let key_block = products.key_block();
+        for first_key in (0..key_end).step_by(key_block) {
+            let key_count = key_block.min(key_end - first_key);
             let scores = &mut scratch.scores[..rows * key_count];
             products.scores(first_key, key_count, scores);
             let tile = ScoreTile {
@@ -207,10 +216,7 @@ impl QueryBlock<'_> {
                 first_key,
                 causal,
             };
-            vectorized(
-                #[inline(always)]
-                || tile.softmax_step(scores, running_max, running_sum, rescale),
-            );
+            products.softmax_step(tile, scores, running_max, running_sum, rescale);
             if rescale.iter().any(|&r| r != 1.0) {
                 vectorized(
                     #[inline(always)]
@@ -223,9 +229,28 @@ impl QueryBlock<'_> {
     }
 }
 
-/// The products of one head's attention and the layout of its accumulator.
+/// The products of one head's attention and the layouts of its scores and accumulator.
 trait HeadProducts {
-    /// `scores [rows, key_count] = scale · Q Kᵀ` for keys `first_key..first_key + key_count`.
+    /// Keys per step of the online softmax (at most [`KEY_BLOCK`]).
+    fn key_block(&self) -> usize {
+        KEY_BLOCK
+    }
+    /// [`ScoreTile::softmax_step`] on this layout's scores.
+    fn softmax_step(
+        &self,
+        tile: ScoreTile,
+        scores: &mut [f32],
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+        rescale: &mut [f32],
+    ) {
+        vectorized(
+            #[inline(always)]
+            || tile.softmax_step(scores, running_max, running_sum, rescale),
+        );
+    }
+    /// `scores = scale · Q Kᵀ` for keys `first_key..first_key + key_count` (`[rows, key_count]`
+    /// unless the layout says otherwise).
     fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]);
     /// `acc += P V` for those keys (`probabilities [rows, key_count]`).
     fn accumulate(
@@ -323,7 +348,7 @@ impl HeadProducts for F32Products<'_, '_> {
 }
 
 /// One head's keys and values in bf16 pair panels, packed once per attention call: keys as the
-/// right operand of `Q Kᵀ` (NR panels over keys, pairs over the head's features), values as the
+/// left operand of `K Qᵀ` (MR panels over keys, pairs over the head's features), values as the
 /// left operand of `Vᵀ Pᵀ` (MR panels over features, pairs over keys).
 struct PackedHead {
     keys: PairPanels,
@@ -334,7 +359,7 @@ impl PackedHead {
     fn new(shape: &AttentionShape, head: usize, keys: &[f32], values: &[f32]) -> Self {
         let (d, features, n) = (shape.head_dim, shape.features(), shape.keys);
         PackedHead {
-            keys: PairPanels::from_strided_rows(&keys[head * d..], n, d, features, bf16::NR),
+            keys: PairPanels::from_strided_rows(&keys[head * d..], n, d, features, bf16::MR),
             values_t: PairPanels::from_strided_columns(
                 &values[head * d..],
                 n,
@@ -346,11 +371,13 @@ impl PackedHead {
     }
 }
 
-/// bf16 products with f32 accumulation. The accumulator is transposed, `[d, rows]`, because
-/// `Vᵀ Pᵀ` tiles the head's features by 12 (SD's 40 features waste 8 of 48) where `P V` would
-/// tile them by 32 (24 of 64).
+/// bf16 products with f32 accumulation, everything transposed: the scores are `Sᵀ = K Qᵀ`,
+/// `[key_count, rows]`, so that the softmax runs down columns with whole rows of queries per
+/// vector and `Pᵀ` packs as the right operand of `Vᵀ Pᵀ` from contiguous pairs of key rows
+/// (packing `P` row-major took as long as the product); the accumulator is `[d, rows]`, which
+/// also tiles the head's features by 12 (SD's 40 features waste 8 of 48) instead of by 32.
 struct Bf16Products<'a> {
-    /// This task's queries of the head, MR panels over queries.
+    /// This task's queries of the head, NR panels over queries.
     q: PairPanels,
     packed: &'a PackedHead,
     scale: f32,
@@ -358,19 +385,35 @@ struct Bf16Products<'a> {
 }
 
 impl HeadProducts for Bf16Products<'_> {
-    fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
-        let rows = self.q.rows();
-        let keys = self.packed.keys.view().rows(first_key, key_count);
-        let c = ArrayViewMut2::from_shape((rows, key_count), &mut scores[..])
-            .expect("scores hold rows × key_count");
-        bf16::product_set(self.q.view(), keys, c);
+    fn key_block(&self) -> usize {
+        BF16_KEY_BLOCK
+    }
+
+    fn softmax_step(
+        &self,
+        tile: ScoreTile,
+        scores: &mut [f32],
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+        rescale: &mut [f32],
+    ) {
         let scale = self.scale;
         vectorized(
             #[inline(always)]
-            || scores.iter_mut().for_each(|s| *s *= scale),
+            || tile.softmax_step_transposed(scores, scale, running_max, running_sum, rescale),
         );
     }
 
+    /// `scores [key_count, rows] = K Qᵀ`; the scale is applied in the softmax step.
+    fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
+        let rows = self.q.rows();
+        let keys = self.packed.keys.view().rows(first_key, key_count);
+        let c = ArrayViewMut2::from_shape((key_count, rows), &mut scores[..])
+            .expect("scores hold key_count × rows");
+        bf16::product_set(keys, self.q.view(), c);
+    }
+
+    /// `acc [d, rows] += Vᵀ Pᵀ` from the transposed probabilities `[key_count, rows]`.
     fn accumulate(
         &mut self,
         first_key: usize,
@@ -379,7 +422,7 @@ impl HeadProducts for Bf16Products<'_> {
         acc: &mut [f32],
     ) {
         let rows = self.q.rows();
-        let p_t = PairPanels::from_rows(probabilities, rows, key_count, bf16::NR);
+        let p_t = PairPanels::from_columns(probabilities, key_count, rows, bf16::NR);
         let values_t = self
             .packed
             .values_t
@@ -453,6 +496,72 @@ impl ScoreTile {
             let block_sum = exp_shifted_in_place(s, new_max);
             *l = *l * *factor + block_sum;
             *m = new_max;
+        }
+    }
+}
+
+impl ScoreTile {
+    /// [`softmax_step`](Self::softmax_step) on transposed, unscaled scores
+    /// (`scores [keys, rows]`, one row per key, one column per query): the same online update
+    /// per query, computed down the columns so that every loop runs along a row of queries.
+    #[inline(always)]
+    fn softmax_step_transposed(
+        self,
+        scores: &mut [f32],
+        scale: f32,
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+        rescale: &mut [f32],
+    ) {
+        let rows = running_max.len();
+        // 1. Scale, mask (query first_query + r sees keys up to itself) and take each query's
+        //    new maximum, kept in `rescale` for now.
+        rescale.copy_from_slice(running_max);
+        for (t, key_row) in scores.chunks_exact_mut(rows).enumerate() {
+            let hidden = if self.causal {
+                (self.first_key + t)
+                    .saturating_sub(self.first_query)
+                    .min(rows)
+            } else {
+                0
+            };
+            key_row[..hidden].fill(f32::NEG_INFINITY);
+            for (s, m) in key_row[hidden..].iter_mut().zip(&mut rescale[hidden..]) {
+                *s *= scale;
+                *m = if *s > *m { *s } else { *m };
+            }
+        }
+        // 2. The factor exp(old max − new max) for the sums and outputs so far (1 while a query
+        //    has seen no key: its sum and output are still 0).
+        for ((m, l), f) in running_max
+            .iter_mut()
+            .zip(running_sum.iter_mut())
+            .zip(rescale.iter_mut())
+        {
+            let new_max = *f;
+            *f = if *m == f32::NEG_INFINITY {
+                1.0
+            } else {
+                exp(*m - new_max)
+            };
+            *l *= *f;
+            *m = new_max;
+        }
+        // 3. exp(score − max) in place, summed per query.
+        for key_row in scores.chunks_exact_mut(rows) {
+            for ((s, &m), l) in key_row
+                .iter_mut()
+                .zip(running_max.iter())
+                .zip(running_sum.iter_mut())
+            {
+                let p = if m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp(*s - m)
+                };
+                *s = p;
+                *l += p;
+            }
         }
     }
 }
