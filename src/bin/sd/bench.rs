@@ -180,7 +180,16 @@ fn measure_txt2img<B: Backend>(
     if let Some(times) = profile {
         times.reset();
     }
-    let times = repeat(args.runs, || sd.generate(&request).map(drop))?;
+    let last_image = std::sync::Mutex::new(None);
+    let times = repeat(args.runs, || {
+        let generation = sd.generate(&request)?;
+        *last_image.lock().unwrap_or_else(|e| e.into_inner()) =
+            generation.images.into_iter().next();
+        Ok(())
+    })?;
+    if let (Some(path), Some(image)) = (&args.save_image, last_image.into_inner().ok().flatten()) {
+        stable_diffusion::png::write_png(path, &image, None)?;
+    }
     Ok(Row {
         component: BenchComponent::Txt2img,
         input: if args.low_memory {

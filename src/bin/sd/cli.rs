@@ -176,6 +176,9 @@ pub struct BenchArgs {
     /// after the first rebuilds them).
     #[arg(long)]
     pub low_memory: bool,
+    /// txt2img: write the generated image here (to compare precisions: tools/psnr.py).
+    #[arg(long, value_name = "PNG")]
+    pub save_image: Option<std::path::PathBuf>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
