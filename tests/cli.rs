@@ -316,6 +316,53 @@ fn other_bad_inputs_fail_on_one_line() {
     );
 }
 
+/// `--precision` names its values; bf16 is refused for CUDA (which has its own f16 storage)
+/// before any device is touched.
+#[test]
+fn precision_arguments_are_checked() {
+    // clap's own usage error, which lists the values.
+    let run = sd(&["generate", "--prompt", "x", "--precision", "fp8", "-q"]);
+    let err = stderr(&run);
+    assert!(!run.status.success());
+    assert!(err.contains("fp8") && err.contains("f32, bf16"), "{err}");
+    assert_fails_naming(
+        &sd(&[
+            "generate",
+            "--prompt",
+            "x",
+            "--backend",
+            "cuda",
+            "--precision",
+            "bf16",
+            "-q",
+        ]),
+        &["--precision", "bf16", "CUDA"],
+    );
+}
+
+/// The bf16 path runs end to end from the command line on the bundled model.
+#[test]
+fn bf16_generation_writes_a_png() {
+    let out = scratch("bf16").join("bf16.png");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "a lighthouse",
+        "--precision",
+        "bf16",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "-q",
+        "-o",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let image = stable_diffusion::png::read_rgb(&out).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+}
+
 /// On a machine without a GPU, `--backend cuda` is one line naming what is missing.
 #[test]
 fn cuda_without_a_device_fails_on_one_line() {
