@@ -130,6 +130,7 @@ pub(crate) fn attention(
                                         packed,
                                         scale,
                                         col: head * d,
+                                        p_t: PairPanels::from_columns(&[], 0, 0, bf16::NR),
                                     };
                                     task.attend(&shape, causal, &mut products, scratch, out);
                                 }
@@ -382,6 +383,8 @@ struct Bf16Products<'a> {
     packed: &'a PackedHead,
     scale: f32,
     col: usize,
+    /// The probabilities of the current key block, packed (storage reused across blocks).
+    p_t: PairPanels,
 }
 
 impl HeadProducts for Bf16Products<'_> {
@@ -422,7 +425,8 @@ impl HeadProducts for Bf16Products<'_> {
         acc: &mut [f32],
     ) {
         let rows = self.q.rows();
-        let p_t = PairPanels::from_columns(probabilities, key_count, rows, bf16::NR);
+        self.p_t
+            .repack_strided_columns(probabilities, key_count, rows, rows);
         let values_t = self
             .packed
             .values_t
@@ -430,7 +434,7 @@ impl HeadProducts for Bf16Products<'_> {
             .pair_range(first_key / 2, key_count.div_ceil(2));
         let d = self.packed.values_t.rows();
         let c = ArrayViewMut2::from_shape((d, rows), acc).expect("acc holds d × rows");
-        bf16::product(values_t, p_t.view(), c);
+        bf16::product(values_t, self.p_t.view(), c);
     }
 
     #[inline(always)]

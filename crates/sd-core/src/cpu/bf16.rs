@@ -129,14 +129,35 @@ impl PairPanels {
         row_stride: usize,
         width: usize,
     ) -> Self {
+        let mut packed = Self::zeroed(0, 0, width);
+        packed.repack_strided_columns(src, k, cols, row_stride);
+        packed
+    }
+
+    /// [`from_strided_columns`](Self::from_strided_columns) into this packing's storage (same
+    /// panel width), reusing its allocation: for operands packed over and over in a loop.
+    pub(crate) fn repack_strided_columns(
+        &mut self,
+        src: &[f32],
+        k: usize,
+        cols: usize,
+        row_stride: usize,
+    ) {
         assert!(k == 0 || cols == 0 || (k - 1) * row_stride + cols <= src.len());
-        let mut packed = Self::zeroed(cols, k, width);
-        let pairs = packed.pairs();
+        let width = self.width;
+        (self.rows, self.k) = (cols, k);
+        let pairs = self.pairs();
+        // Every value is written below (padding columns as zeros), so old contents may stay.
+        self.data.resize(cols.div_ceil(width) * pairs * width, 0);
+        if self.data.is_empty() {
+            return;
+        }
         let vector = Kernel::detect() == Kernel::Avx512Bf16;
-        for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
+        for (panel, dst) in self.data.chunks_exact_mut(pairs * width).enumerate() {
             let first = panel * width;
             let n = width.min(cols - first);
             for (p, out) in dst.chunks_exact_mut(width).enumerate() {
+                out[n..].fill(0);
                 let even = &src[2 * p * row_stride + first..][..n];
                 if 2 * p + 1 < k {
                     let odd = &src[(2 * p + 1) * row_stride + first..][..n];
@@ -163,7 +184,6 @@ impl PairPanels {
             }
         }
         let _ = vector;
-        packed
     }
 
     /// The row-major `[rows, k]` f32 values (the inverse of [`from_rows`](Self::from_rows)
@@ -615,6 +635,10 @@ mod tests {
         }
         let by_columns = PairPanels::from_columns(&transposed, k, rows, MR);
         assert_eq!(by_columns.data, packed.data);
+        // Repacking into storage that held a larger, different matrix gives the same panels.
+        let mut reused = PairPanels::from_columns(&random(80 * 90, 4), 80, 90, MR);
+        reused.repack_strided_columns(&transposed, k, rows, rows);
+        assert_eq!(reused.data, packed.data);
     }
 
     /// Both kernels against an f64 product of the bf16-rounded operands, on shapes with
