@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch NVIDIA's runtime compiler (NVRTC) from PyPI so that CI, which has no GPU and no CUDA
-# toolkit, can compile sd-cuda's kernels (crates/sd-cuda/tests/kernels_compile.rs).
+# toolkit, can compile sd-cuda's kernels (sd-cuda/tests/kernels_compile.rs).
 #
 # Usage (from the repository root):   eval "$(.ci/nvrtc.sh)"
 #

@@ -31,7 +31,7 @@ enum Call {
 }
 
 fn goldens_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/goldens/randn.safetensors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/goldens/randn.safetensors")
 }
 
 fn read_goldens(bytes: &[u8]) -> (Goldens, SafeTensors<'_>) {

@@ -15,7 +15,7 @@ use sd_core::{Backend, HostTensor, TextEncoder};
 const MAX_ABS_ERROR: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 /// The tensors of a golden file: f32 ones as host tensors, i64 ones (token ids) as u32.

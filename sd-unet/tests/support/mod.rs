@@ -15,7 +15,7 @@ pub const GOLDEN_MAX_ABS: f32 = 1e-4;
 
 /// The workspace's `fixtures/` folder.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 /// A tiny diffusers pipeline folder (`tiny-sd`, `tiny-sd-alt`, `tiny-sd-inpaint`).

@@ -14,7 +14,7 @@ use sd_core::{Backend, Error, HostTensor, TextEncoder};
 const SAME_CHUNK_TOLERANCE: f32 = 1e-5;
 
 fn encoder(b: &CpuBackend) -> ClipTextEncoder<CpuBackend> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-sd");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-sd");
     ClipTextEncoder::load(b, dir).unwrap()
 }
 

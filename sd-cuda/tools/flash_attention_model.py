@@ -9,7 +9,7 @@ m16n8k16 f16 layouts, so a lane putting the wrong element in a fragment shows up
 result against naive attention. P is rounded to f16 as on the device; inputs are f16 values.
 
 Keep it in step with the kernel when the kernel changes. Run: /work/venv/bin/python
-crates/sd-cuda/tools/flash_attention_model.py (numpy, about a second).
+sd-cuda/tools/flash_attention_model.py (numpy, about a second).
 Exits non-zero when any case is off by more than 1e-3 relative or leaves an output unwritten.
 """
 import numpy as np

@@ -507,7 +507,7 @@ fn irregular_unet_blocks_are_refused_when_inferring() {
 // ---- fixtures: tiny pipelines and the LDM twin tools/ldm_convert.py wrote ----
 
 fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 #[test]

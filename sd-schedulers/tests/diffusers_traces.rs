@@ -75,7 +75,7 @@ struct Goldens {
 
 impl Goldens {
     fn load() -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/goldens");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/goldens");
         let json = std::fs::read_to_string(dir.join("schedulers.json")).expect("schedulers.json");
         let bytes =
             std::fs::read(dir.join("schedulers.safetensors")).expect("schedulers.safetensors");

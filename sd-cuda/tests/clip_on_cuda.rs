@@ -15,7 +15,7 @@ use sd_core::{Backend, DType, HostTensor, TextEncoder};
 use sd_cuda::CudaBackend;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 /// A whole transformer stacks many ops, each within its op tolerance: the end result is held
