@@ -43,15 +43,9 @@ impl ModelConfigs {
         } else {
             SchedulerConfig::sd15()
         };
-        let tokenizer_dir = dir.join("tokenizer");
-        let tokenizer = if tokenizer_dir.is_dir() {
-            ClipTokenizer::from_folder(&tokenizer_dir)?
-        } else {
-            ClipTokenizer::sd15()?
-        };
         Ok(Self {
             text_encoder: ClipTextConfig::from_file(component_config(dir, "text_encoder"))?,
-            tokenizer,
+            tokenizer: ClipTokenizer::for_pipeline(dir)?,
             unet: UNetConfig::from_file(component_config(dir, "unet"))?,
             vae: VaeConfig::from_file(component_config(dir, "vae"))?,
             scheduler,

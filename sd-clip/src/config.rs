@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use sd_core::config_file::read_config;
 use sd_core::{Error, Result, UnaryOp};
 use serde::Deserialize;
 
@@ -53,15 +54,7 @@ impl ClipTextConfig {
     /// Read and check a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: ClipTextConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            field: "(file)".into(),
-            reason: format!("not a CLIP text config: {e}"),
-        })?;
+        let config: ClipTextConfig = read_config(path)?;
         config.validate(path)?;
         Ok(config)
     }

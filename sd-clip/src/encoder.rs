@@ -69,13 +69,7 @@ impl<B: Backend> ClipTextEncoder<B> {
             );
         }
         let config = ClipTextConfig::from_file(path.join("text_encoder/config.json"))?;
-        let tokenizer_dir = path.join("tokenizer");
-        let tokenizer = if tokenizer_dir.is_dir() {
-            ClipTokenizer::from_folder(&tokenizer_dir)?
-        } else {
-            ClipTokenizer::sd15()?
-        };
-        Self::from_store(backend, &store, config, tokenizer)
+        Self::from_store(backend, &store, config, ClipTokenizer::for_pipeline(path)?)
     }
 
     /// Read prompts with A1111 syntax (the default) or literally, as diffusers does.

@@ -9,57 +9,11 @@
 //! the end; the final layer norm is applied either way. diffusers' `clip_skip = k` is this
 //! `clip_skip = k + 1` (its `clip_skip=1` uses `hidden_states[-2]`, the penultimate layer).
 
+use sd_core::nn::{Embedding, LayerNorm, Linear};
 use sd_core::weights::Weights;
-use sd_core::{Backend, Error, Result, TensorInfo, UnaryOp, WeightRole};
+use sd_core::{Backend, Error, Result, UnaryOp};
 
 use crate::config::ClipTextConfig;
-
-/// `x · wᵀ + b`.
-#[derive(Debug)]
-struct Linear<B: Backend> {
-    weight: B::Tensor,
-    bias: B::Tensor,
-}
-
-impl<B: Backend> Linear<B> {
-    fn load(b: &B, w: &Weights<'_>, out_features: usize, in_features: usize) -> Result<Self> {
-        Ok(Linear {
-            weight: weight_param(
-                b,
-                w,
-                "weight",
-                &[out_features, in_features],
-                WeightRole::Linear,
-            )?,
-            bias: param(b, w, "bias", &[out_features])?,
-        })
-    }
-
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        b.linear(x, &self.weight, Some(&self.bias))
-    }
-}
-
-#[derive(Debug)]
-struct LayerNorm<B: Backend> {
-    weight: B::Tensor,
-    bias: B::Tensor,
-    eps: f32,
-}
-
-impl<B: Backend> LayerNorm<B> {
-    fn load(b: &B, w: &Weights<'_>, dim: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: param(b, w, "weight", &[dim])?,
-            bias: param(b, w, "bias", &[dim])?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        b.layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
 
 /// Causal multi-head self-attention.
 #[derive(Debug)]
@@ -76,10 +30,10 @@ impl<B: Backend> SelfAttention<B> {
     fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig) -> Result<Self> {
         let dim = config.hidden_size;
         Ok(SelfAttention {
-            q_proj: Linear::load(b, &w.at("q_proj"), dim, dim)?,
-            k_proj: Linear::load(b, &w.at("k_proj"), dim, dim)?,
-            v_proj: Linear::load(b, &w.at("v_proj"), dim, dim)?,
-            out_proj: Linear::load(b, &w.at("out_proj"), dim, dim)?,
+            q_proj: Linear::load(b, &w.at("q_proj"), dim, dim, true)?,
+            k_proj: Linear::load(b, &w.at("k_proj"), dim, dim, true)?,
+            v_proj: Linear::load(b, &w.at("v_proj"), dim, dim, true)?,
+            out_proj: Linear::load(b, &w.at("out_proj"), dim, dim, true)?,
             heads: config.num_attention_heads,
             scale: (config.head_dim() as f32).powf(-0.5),
         })
@@ -109,14 +63,16 @@ impl<B: Backend> Mlp<B> {
             fc1: Linear::load(
                 b,
                 &w.at("fc1"),
-                config.intermediate_size,
                 config.hidden_size,
+                config.intermediate_size,
+                true,
             )?,
             fc2: Linear::load(
                 b,
                 &w.at("fc2"),
-                config.hidden_size,
                 config.intermediate_size,
+                config.hidden_size,
+                true,
             )?,
             activation,
         })
@@ -140,7 +96,7 @@ struct EncoderLayer<B: Backend> {
 impl<B: Backend> EncoderLayer<B> {
     fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig, activation: UnaryOp) -> Result<Self> {
         let dim = config.hidden_size;
-        let eps = config.layer_norm_eps;
+        let eps = config.layer_norm_eps as f32;
         Ok(EncoderLayer {
             layer_norm1: LayerNorm::load(b, &w.at("layer_norm1"), dim, eps)?,
             self_attn: SelfAttention::load(b, &w.at("self_attn"), config)?,
@@ -161,8 +117,8 @@ impl<B: Backend> EncoderLayer<B> {
 
 #[derive(Debug)]
 struct Embeddings<B: Backend> {
-    token_embedding: B::Tensor,
-    position_embedding: B::Tensor,
+    token_embedding: Embedding<B>,
+    position_embedding: Embedding<B>,
 }
 
 /// transformers' `CLIPTextModel`: token ids to hidden states.
@@ -187,17 +143,17 @@ impl<B: Backend> ClipTextTransformer<B> {
         let w = weights.at("text_model");
         let dim = config.hidden_size;
         let embeddings = Embeddings {
-            token_embedding: param(
+            token_embedding: Embedding::load(
                 backend,
                 &w.at("embeddings.token_embedding"),
-                "weight",
-                &[config.vocab_size, dim],
+                config.vocab_size,
+                dim,
             )?,
-            position_embedding: param(
+            position_embedding: Embedding::load(
                 backend,
                 &w.at("embeddings.position_embedding"),
-                "weight",
-                &[config.max_position_embeddings, dim],
+                config.max_position_embeddings,
+                dim,
             )?,
         };
         let layers = (0..config.num_hidden_layers)
@@ -209,7 +165,7 @@ impl<B: Backend> ClipTextTransformer<B> {
             backend,
             &w.at("final_layer_norm"),
             dim,
-            config.layer_norm_eps,
+            config.layer_norm_eps as f32,
         )?;
         Ok(ClipTextTransformer {
             config,
@@ -258,10 +214,15 @@ impl<B: Backend> ClipTextTransformer<B> {
             ));
         }
 
-        let tokens = backend.embedding(&self.embeddings.token_embedding, ids, &[batch, seq])?;
+        let tokens = self
+            .embeddings
+            .token_embedding
+            .forward(backend, ids, &[batch, seq])?;
         let positions: Vec<u32> = (0..seq as u32).collect();
         let positions =
-            backend.embedding(&self.embeddings.position_embedding, &positions, &[1, seq])?;
+            self.embeddings
+                .position_embedding
+                .forward(backend, &positions, &[1, seq])?;
         let mut x = backend.add(&tokens, &positions)?;
         for layer in &self.layers[..layers + 1 - clip_skip] {
             x = layer.forward(backend, &x)?;
@@ -278,22 +239,4 @@ impl<B: Backend> ClipTextTransformer<B> {
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
-}
-
-/// One parameter of `w`, checked against `shape`, on the backend.
-fn param<B: Backend>(b: &B, w: &Weights<'_>, name: &str, shape: &[usize]) -> Result<B::Tensor> {
-    weight_param(b, w, name, shape, WeightRole::Other)
-}
-
-/// [`param`] for a weight the backend may store in a form made for its product (`role`).
-fn weight_param<B: Backend>(
-    b: &B,
-    w: &Weights<'_>,
-    name: &str,
-    shape: &[usize],
-    role: WeightRole,
-) -> Result<B::Tensor> {
-    let tensor = b.upload_weight(&w.get_shaped(name, shape)?, role)?;
-    debug_assert_eq!(tensor.shape(), shape);
-    Ok(tensor)
 }

@@ -57,6 +57,17 @@ impl ClipTokenizer {
         )
     }
 
+    /// The tokenizer of the diffusers pipeline folder `pipeline_dir`: its `tokenizer/` folder
+    /// when it has one, else the embedded SD 1.5 tokenizer (what every SD 1.x pipeline ships).
+    pub fn for_pipeline(pipeline_dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = pipeline_dir.as_ref().join("tokenizer");
+        if dir.is_dir() {
+            Self::from_folder(&dir)
+        } else {
+            Self::sd15()
+        }
+    }
+
     /// A diffusers `tokenizer/` folder: its `tokenizer.json` when it has one (as transformers
     /// prefers), else `vocab.json` + `merges.txt`.
     pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self> {

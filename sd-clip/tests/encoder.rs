@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-use std::path::Path;
-
 use ndarray::{Axis, s};
 use sd_clip::{ClipTextEncoder, PromptMode};
 use sd_core::cpu::CpuBackend;
@@ -14,7 +12,7 @@ use sd_core::{Backend, Error, HostTensor, TextEncoder};
 const SAME_CHUNK_TOLERANCE: f32 = 1e-5;
 
 fn encoder(b: &CpuBackend) -> ClipTextEncoder<CpuBackend> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-sd");
+    let dir = sd_testkit::pipeline("tiny-sd");
     ClipTextEncoder::load(b, dir).unwrap()
 }
 

@@ -10,7 +10,7 @@ use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 
 fn tiny_sd() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-sd")
+    sd_testkit::pipeline("tiny-sd")
 }
 
 fn scratch_config(name: &str, json: &str) -> PathBuf {

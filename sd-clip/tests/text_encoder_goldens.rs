@@ -14,9 +14,7 @@ use sd_core::{Backend, HostTensor, TextEncoder};
 /// only from summation order (the bound).
 const MAX_ABS_ERROR: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
+use sd_testkit::fixtures;
 
 /// The tensors of a golden file: f32 ones as host tensors, i64 ones (token ids) as u32.
 struct Goldens {

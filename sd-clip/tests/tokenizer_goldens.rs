@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-use std::path::{Path, PathBuf};
-
 use sd_clip::ClipTokenizer;
 use serde::Deserialize;
 
@@ -25,9 +23,7 @@ struct Case {
     untruncated_ids: Vec<u32>,
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
+use sd_testkit::fixtures;
 
 fn goldens() -> Goldens {
     let path = fixtures().join("goldens/tokenizer.json");

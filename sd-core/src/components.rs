@@ -19,6 +19,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+pub use crate::latent_dist::LatentDist;
 use crate::rng::TorchGenerator;
 use crate::tensor::HostTensor;
 
@@ -57,16 +58,10 @@ pub trait Denoiser<B: Backend> {
     fn release(&self) {}
 }
 
-/// A latent distribution: the VAE encoder's diagonal Gaussian.
-#[derive(Debug, Clone)]
-pub struct LatentDist<T> {
-    pub mean: T,
-    pub logvar: T,
-}
-
 /// Moves between pixels and latents: the VAE.
 pub trait LatentCodec<B: Backend> {
-    /// `image [n, 3, h, w]` in `[-1, 1]` → the latent distribution (unscaled).
+    /// `image [n, 3, h, w]` in `[-1, 1]` → the latent distribution (unscaled, log-variance
+    /// clamped: [`LatentDist::from_moments`]).
     fn encode(&self, backend: &B, image: &B::Tensor) -> Result<LatentDist<B::Tensor>>;
 
     /// Unscaled latents `[n, c, h/f, w/f]` → image `[n, 3, h, w]` in roughly `[-1, 1]`.

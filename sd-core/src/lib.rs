@@ -5,12 +5,16 @@
 //! - [`weights::WeightStore`]: safetensors checkpoints (diffusers folders and LDM single files).
 //! - [`TorchGenerator`]: `torch.randn` with a CPU generator, bit for bit.
 //! - [`components`]: the traits a pipeline is assembled from.
+//! - [`nn`]: the layer library every model is built from; [`config_file`]: JSON config reading.
 //! - [`pipeline`]: the generic [`Pipeline`] over those traits (txt2img, img2img, inpainting).
 
 pub mod backend;
 pub mod components;
+pub mod config_file;
 pub mod cpu;
 pub mod error;
+pub mod latent_dist;
+pub mod nn;
 pub mod on_demand;
 pub mod pipeline;
 pub mod profile;

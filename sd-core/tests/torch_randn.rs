@@ -2,7 +2,7 @@
 //!
 //! The goldens come from tools/randn_goldens.py (torch 2.15, see its docstring for the layout).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
 use sd_core::TorchGenerator;
@@ -31,7 +31,7 @@ enum Call {
 }
 
 fn goldens_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/goldens/randn.safetensors")
+    sd_testkit::fixtures().join("goldens/randn.safetensors")
 }
 
 fn read_goldens(bytes: &[u8]) -> (Goldens, SafeTensors<'_>) {

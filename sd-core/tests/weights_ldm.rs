@@ -506,9 +506,7 @@ fn irregular_unet_blocks_are_refused_when_inferring() {
 
 // ---- fixtures: tiny pipelines and the LDM twin tools/ldm_convert.py wrote ----
 
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
+use sd_testkit::fixtures;
 
 #[test]
 fn ldm_single_file_loads_same_tensors_as_diffusers_folder() {

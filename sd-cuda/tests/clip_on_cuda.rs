@@ -6,17 +6,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer};
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, DType, HostTensor, TextEncoder};
 use sd_cuda::CudaBackend;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
+use sd_testkit::fixtures;
 
 /// A whole transformer stacks many ops, each within its op tolerance: the end result is held
 /// to 10× the per-op bound (f32: 1e-4, the CPU golden test's bound; f16: 2e-2, weights and

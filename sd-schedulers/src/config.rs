@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sd_core::config_file::{config_from_value, parse_config, read_config_text};
 use sd_core::{Error, Result};
 use serde::Deserialize;
 
@@ -78,11 +79,7 @@ impl SchedulerConfig {
     /// Read a `scheduler_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&read_config_text(path)?, path)
     }
 
     /// Parse config JSON; `origin` names it in errors.
@@ -91,12 +88,7 @@ impl SchedulerConfig {
     /// the writing class's defaults) count as missing, as they do for `from_config`.
     pub fn from_json(text: &str, origin: impl Into<PathBuf>) -> Result<Self> {
         let origin = origin.into();
-        let json_error = |e: serde_json::Error| Error::Config {
-            path: origin.clone(),
-            field: "(json)".to_string(),
-            reason: e.to_string(),
-        };
-        let mut value: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
+        let mut value: serde_json::Value = parse_config(text, &origin)?;
         if let Some(object) = value.as_object_mut() {
             let defaulted: Vec<String> = object
                 .get("_use_default_values")
@@ -111,7 +103,7 @@ impl SchedulerConfig {
                 object.remove(&key);
             }
         }
-        let mut config: SchedulerConfig = serde_json::from_value(value).map_err(json_error)?;
+        let mut config: SchedulerConfig = config_from_value(value, &origin)?;
         config.origin = origin;
         Ok(config)
     }

@@ -7,8 +7,6 @@
 // A failed unwrap in a test is a test failure with its message; no user input here.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use safetensors::{Dtype, SafeTensors};
 use sd_core::{HostTensor, Scheduler, TorchGenerator};
 use sd_schedulers::{
@@ -75,7 +73,7 @@ struct Goldens {
 
 impl Goldens {
     fn load() -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/goldens");
+        let dir = sd_testkit::fixtures().join("goldens");
         let json = std::fs::read_to_string(dir.join("schedulers.json")).expect("schedulers.json");
         let bytes =
             std::fs::read(dir.join("schedulers.safetensors")).expect("schedulers.safetensors");

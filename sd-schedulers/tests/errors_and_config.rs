@@ -181,8 +181,7 @@ fn pndm_without_skip_prk_steps_is_refused_rather_than_run_as_plms() {
 
 #[test]
 fn the_builtin_sd15_config_is_the_fixture_file_key_for_key() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/tiny-sd/scheduler/scheduler_config.json");
+    let file = sd_testkit::pipeline("tiny-sd").join("scheduler/scheduler_config.json");
     let from_file = SchedulerConfig::from_file(&file).unwrap();
     for name in known_names() {
         let mut a = scheduler_from_name(name, &sd15()).unwrap();

@@ -8,15 +8,13 @@
 //! during the forward passes (`VmHWM` reset once the model is built and the weight files are
 //! unmapped, so it counts the f32 weights plus activations).
 
-#[path = "support/process_stats.rs"]
-mod process_stats;
-
 use std::path::PathBuf;
 use std::time::Instant;
 
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, Denoiser, TorchGenerator};
+use sd_testkit::process;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 
 fn main() -> sd_core::Result<()> {
@@ -42,18 +40,18 @@ fn main() -> sd_core::Result<()> {
     println!("load: {:.1} s", start.elapsed().as_secs_f64());
     println!(
         "resident after load: {}",
-        process_stats::gib(process_stats::current_bytes())
+        process::gib(process::current_bytes())
     );
 
     let mut generator = TorchGenerator::new(0);
     let latents = backend.upload(&generator.randn(&[2, 4, 64, 64]))?;
     let context = backend.upload(&generator.randn(&[2, 77, 768]))?;
-    process_stats::reset();
+    process::reset();
     for run in 0..runs {
-        let (start, cpu_start) = (Instant::now(), process_stats::cpu_seconds());
+        let (start, cpu_start) = (Instant::now(), process::cpu_seconds());
         let out = unet.predict_noise(&backend, &latents, 500.0, &context)?;
         drop(out);
-        let cpu = process_stats::cpu_seconds()
+        let cpu = process::cpu_seconds()
             .zip(cpu_start)
             .map(|(end, start)| end - start);
         println!(
@@ -65,7 +63,7 @@ fn main() -> sd_core::Result<()> {
     }
     println!(
         "peak RSS during forward: {}",
-        process_stats::gib(process_stats::peak_bytes())
+        process::gib(process::peak_bytes())
     );
     Ok(())
 }

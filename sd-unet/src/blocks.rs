@@ -6,8 +6,8 @@ use sd_core::weights::Weights;
 use sd_core::{Backend, Error, Result, TensorInfo};
 
 use crate::config::UNetConfig;
-use crate::nn::{Downsample2D, ResnetBlock2D, ResnetShape, Upsample2D};
 use crate::transformer::{Transformer2DModel, TransformerShape};
+use sd_core::nn::{Downsample2D, ResnetBlock2D, ResnetShape, Upsample2D};
 
 /// What every block's forward pass needs besides its input.
 #[derive(Debug)]

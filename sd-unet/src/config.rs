@@ -7,11 +7,7 @@ use serde_json::{Map, Value};
 
 use sd_core::Result;
 
-use crate::config_file::{config_error, parse_config, read_config_text};
-
-/// More resolution levels than any SD-family model has (each halves the latents); bounds
-/// the side multiple `2^(levels − 1)`.
-pub const MAX_LEVELS: usize = 16;
+use sd_core::config_file::{MAX_LEVELS, config_error, parse_config, read_config_text};
 
 /// The down blocks this crate builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

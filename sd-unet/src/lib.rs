@@ -14,13 +14,10 @@
 //! - [`config`]: the serde config and its checks; [`UNetConfig::sd15`] for single files.
 //! - [`unet`]: the model and its [`Denoiser`](sd_core::Denoiser) implementation.
 //! - [`blocks`]: down, middle and up blocks; [`transformer`]: Transformer2D; [`time_embedding`].
-//! - [`nn`]: layers shared with sd-vae (resnet, up/downsampler, attention, conv, norms).
-//! - [`config_file`]: config.json parsing with errors naming the field, shared with sd-vae.
+//! - The layers (resnet, up/downsampler, attention, conv, norms) are sd-core's [`sd_core::nn`].
 
 pub mod blocks;
 pub mod config;
-pub mod config_file;
-pub mod nn;
 pub mod time_embedding;
 pub mod transformer;
 pub mod unet;

@@ -4,7 +4,7 @@
 use sd_core::weights::Weights;
 use sd_core::{Backend, HostTensor, Result};
 
-use crate::nn::Linear;
+use sd_core::nn::Linear;
 
 /// DDPM's sinusoidal features of `timestep`, `dim` wide (even): with half = dim/2 and
 /// `fᵢ = exp(−ln(10000) · i / (half − freq_shift))`, the features are `[sin(t·fᵢ)…, cos(t·fᵢ)…]`,

@@ -3,7 +3,7 @@
 use sd_core::weights::Weights;
 use sd_core::{Backend, Error, Result, TensorInfo};
 
-use crate::nn::{Attention, AttentionShape, GroupNorm, LayerNorm, Linear};
+use sd_core::nn::{Attention, AttentionShape, GroupNorm, LayerNorm, Linear};
 
 /// diffusers fixes the Transformer2D's group-norm epsilon, whatever the UNet's `norm_eps`.
 const GROUP_NORM_EPS: f32 = 1e-6;

@@ -5,8 +5,8 @@ use sd_core::{Backend, Denoiser, Error, HostTensor, Result, TensorInfo};
 
 use crate::blocks::{BlockInputs, DownBlock, MidBlock, UpBlock};
 use crate::config::UNetConfig;
-use crate::nn::{Conv2d, GroupNorm};
 use crate::time_embedding::{TimestepEmbedding, timestep_features};
+use sd_core::nn::{Conv2d, GroupNorm};
 
 /// The UNet: `conv_in`, down blocks (keeping skips), middle block, up blocks (consuming skips),
 /// then `conv_out(SiLU(conv_norm_out(x)))`. Every block adds the time embedding in its resnets

@@ -2,15 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-mod support;
-
 use serde_json::{Value, json};
 
 use sd_core::cpu::{CpuBackend, CpuTensor};
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, Denoiser, Error, HostTensor};
+use sd_testkit::pipeline;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
-use support::pipeline;
 
 fn tiny_config_json(model: &str) -> Value {
     let text = std::fs::read_to_string(pipeline(model).join("unet/config.json")).unwrap();

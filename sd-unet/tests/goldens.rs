@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-mod support;
-
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::{Component, WeightStore};
+use sd_testkit::{Goldens, assert_matches_golden, ldm_single_file, pipeline};
 use sd_unet::{UNet2DConditionModel, UNetConfig};
-use support::{Goldens, assert_matches_golden, ldm_single_file, pipeline};
 
 fn check_all_cases(label: &str, unet: &UNet2DConditionModel<CpuBackend>, goldens: &Goldens) {
     let cases = goldens.cases();

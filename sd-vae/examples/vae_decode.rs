@@ -7,15 +7,13 @@
 //! Prints the decode's wall and CPU time, the resident set after loading and the peak during the decode
 //! (`VmHWM` reset once the model is built and the weight files unmapped).
 
-#[path = "../../sd-unet/examples/support/process_stats.rs"]
-mod process_stats;
-
 use std::path::PathBuf;
 use std::time::Instant;
 
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, Error, LatentCodec, TensorInfo, TorchGenerator};
+use sd_testkit::process;
 use sd_vae::{AutoencoderKL, TileMode, VaeConfig};
 
 fn main() -> sd_core::Result<()> {
@@ -60,15 +58,15 @@ fn main() -> sd_core::Result<()> {
     });
     println!(
         "resident after load: {}",
-        process_stats::gib(process_stats::current_bytes())
+        process::gib(process::current_bytes())
     );
 
     let f = vae.downscale_factor();
     let latents = backend.upload(&TorchGenerator::new(0).randn(&[1, 4, size / f, size / f]))?;
-    process_stats::reset();
-    let (start, cpu_start) = (Instant::now(), process_stats::cpu_seconds());
+    process::reset();
+    let (start, cpu_start) = (Instant::now(), process::cpu_seconds());
     let image = vae.decode(&backend, &latents)?;
-    let cpu = process_stats::cpu_seconds()
+    let cpu = process::cpu_seconds()
         .zip(cpu_start)
         .map(|(end, start)| end - start);
     println!(
@@ -80,7 +78,7 @@ fn main() -> sd_core::Result<()> {
     );
     println!(
         "peak RSS during decode: {}",
-        process_stats::gib(process_stats::peak_bytes())
+        process::gib(process::peak_bytes())
     );
     Ok(())
 }

@@ -1,12 +1,11 @@
 //! `AutoencoderKL`: the SD 1.x VAE, implementing [`LatentCodec`].
 
+use sd_core::nn::Conv2d;
 use sd_core::weights::{WeightStore, Weights};
 use sd_core::{Backend, Error, LatentCodec, LatentDist, Result, TensorInfo};
-use sd_unet::nn::Conv2d;
 
 use crate::coder::{Decoder, Encoder};
 use crate::config::VaeConfig;
-use crate::latent_dist::split_moments;
 use crate::tiling::{Tiling, run_tiled};
 
 /// Encoder + `quant_conv` (1×1 over the moments) and `post_quant_conv` (1×1 over the latents)
@@ -157,11 +156,11 @@ impl<B: Backend> AutoencoderKL<B> {
 }
 
 impl<B: Backend> LatentCodec<B> for AutoencoderKL<B> {
-    /// The mean and the log-variance (clamped to [`LOGVAR_RANGE`](crate::LOGVAR_RANGE) as
-    /// diffusers does); draw with [`sample`](crate::sample).
+    /// The mean and the log-variance (clamped to [`LOGVAR_RANGE`](sd_core::latent_dist::LOGVAR_RANGE)
+    /// as diffusers does); draw with [`LatentDist::sample`].
     fn encode(&self, backend: &B, image: &B::Tensor) -> Result<LatentDist<B::Tensor>> {
         let moments = self.encode_moments(backend, image)?;
-        split_moments(backend, &moments, self.config.latent_channels)
+        LatentDist::from_moments(backend, &moments, self.config.latent_channels)
     }
 
     fn decode(&self, backend: &B, latents: &B::Tensor) -> Result<B::Tensor> {

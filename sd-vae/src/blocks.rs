@@ -1,11 +1,11 @@
 //! The VAE's blocks: `DownEncoderBlock2D`, `UpDecoderBlock2D` and the attention middle block
 //! `UNetMidBlock2D`, built from the layers sd-unet shares.
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Error, Result, TensorInfo};
-use sd_unet::nn::{
+use sd_core::nn::{
     Attention, AttentionShape, Downsample2D, GroupNorm, ResnetBlock2D, ResnetShape, Upsample2D,
 };
+use sd_core::weights::Weights;
+use sd_core::{Backend, Error, Result, TensorInfo};
 
 use crate::config::VaeConfig;
 

@@ -1,8 +1,8 @@
 //! The VAE's `Encoder` (image → latent moments) and `Decoder` (latents → image).
 
+use sd_core::nn::{Conv2d, GroupNorm};
 use sd_core::weights::Weights;
 use sd_core::{Backend, Result};
-use sd_unet::nn::{Conv2d, GroupNorm};
 
 use crate::blocks::{DownEncoderBlock2D, NORM_EPS, UNetMidBlock2D, UpDecoderBlock2D};
 use crate::config::VaeConfig;

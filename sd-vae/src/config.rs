@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use sd_core::Result;
-use sd_unet::config::MAX_LEVELS;
-use sd_unet::config_file::{config_error, parse_config, read_config_text};
+use sd_core::config_file::{MAX_LEVELS, config_error, parse_config, read_config_text};
 
 /// The encoder's down blocks (resnets, then a stride-2 downsampler but on the last level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -10,23 +10,22 @@
 //! let vae = AutoencoderKL::from_store(&CpuBackend::new(), config, &store)?;
 //! let dist = vae.encode(&CpuBackend::new(), image)?;                 // img2img: encode,
 //! let mut generator = TorchGenerator::new(7);
-//! let latents = sd_vae::sample(&CpuBackend::new(), &dist, &mut generator)?; // then draw
+//! let latents = dist.download(&CpuBackend::new())?.sample(&mut generator); // then draw
 //! # Ok(()) }
 //! ```
 //!
 //! - [`config`]: the serde config and its checks; [`VaeConfig::sd15`] for single files.
 //! - [`autoencoder`]: the model and its [`LatentCodec`](sd_core::LatentCodec) implementation.
 //! - [`coder`]: encoder and decoder; [`blocks`]: their blocks and the mid-block attention.
-//! - [`latent_dist`]: the diagonal Gaussian's sampling; [`tiling`]: tiled encode/decode.
+//! - [`tiling`]: tiled encode/decode. Latents are drawn with sd-core's
+//!   [`LatentDist::sample`](sd_core::LatentDist::sample).
 
 pub mod autoencoder;
 pub mod blocks;
 pub mod coder;
 pub mod config;
-pub mod latent_dist;
 pub mod tiling;
 
 pub use autoencoder::AutoencoderKL;
 pub use config::VaeConfig;
-pub use latent_dist::{LOGVAR_RANGE, sample};
 pub use tiling::{TileMode, Tiling};

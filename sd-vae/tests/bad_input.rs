@@ -2,16 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-#[path = "../../sd-unet/tests/support/mod.rs"]
-mod support;
-
 use serde_json::{Value, json};
 
 use sd_core::cpu::{CpuBackend, CpuTensor};
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, Error, HostTensor, LatentCodec};
+use sd_testkit::pipeline;
 use sd_vae::{AutoencoderKL, VaeConfig};
-use support::pipeline;
 
 /// tiny-sd's VAE config with `edit` applied, parsed.
 fn parse_edited(

@@ -6,14 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-#[path = "../../sd-unet/tests/support/mod.rs"]
-mod support;
-
 use sd_core::LatentCodec;
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
+use sd_testkit::{assert_matches_golden, full_size_dir, full_size_goldens};
 use sd_vae::{AutoencoderKL, VaeConfig};
-use support::{assert_matches_golden, full_size_dir, full_size_goldens};
 
 #[test]
 #[ignore = "needs tools/full_size_goldens.py output (1.9 GB)"]

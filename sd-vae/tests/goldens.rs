@@ -5,14 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-#[path = "../../sd-unet/tests/support/mod.rs"]
-mod support;
-
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 use sd_core::{LatentCodec, TensorInfo};
+use sd_testkit::{Goldens, assert_matches_golden, ldm_single_file, pipeline};
 use sd_vae::{AutoencoderKL, VaeConfig};
-use support::{Goldens, assert_matches_golden, ldm_single_file, pipeline};
 
 fn folder_vae(model: &str) -> AutoencoderKL<CpuBackend> {
     let dir = pipeline(model);

@@ -5,14 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
-#[path = "../../sd-unet/tests/support/mod.rs"]
-mod support;
-
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, LatentCodec, TorchGenerator};
+use sd_testkit::{Goldens, assert_matches_golden, pipeline};
 use sd_vae::{AutoencoderKL, TileMode, Tiling, VaeConfig};
-use support::{Goldens, assert_matches_golden, pipeline};
 
 const MODELS: [&str; 2] = ["tiny-sd", "tiny-sd-alt"];
 
@@ -120,7 +117,7 @@ fn auto_tiling_switches_on_above_the_pixel_limit() {
     assert_matches_golden("auto, above the limit", &image, &expected_tiled);
     vae.set_tiling(auto(80 * 56));
     let image = vae.decode(&CpuBackend::new(), &latents).unwrap();
-    let diff = support::max_abs_diff(&image, &expected_tiled);
+    let diff = sd_testkit::max_abs_diff(&image, &expected_tiled);
     assert!(
         diff > 1e-2,
         "at the limit the decode must not tile (diff {diff})"
@@ -136,7 +133,11 @@ fn sample_matches_diffusers_latent_dist_sample() {
             .unwrap();
         let seed: u64 = goldens.metadata("sample_seed").parse().unwrap();
         let mut generator = TorchGenerator::new(seed);
-        let latents = sd_vae::sample(&CpuBackend::new(), &dist, &mut generator).unwrap();
+        let latents = dist
+            .download(&CpuBackend::new())
+            .unwrap()
+            .sample(&mut generator);
+        let latents = CpuBackend::new().upload(&latents).unwrap();
         assert_matches_golden(
             &format!("{model} latent_dist.sample(seed {seed})"),
             &latents,

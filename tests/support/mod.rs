@@ -14,9 +14,7 @@ use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::AutoencoderKL;
 use stable_diffusion::{LoadOptions, PromptMode, StableDiffusion};
 
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
+pub use sd_testkit::fixtures;
 
 pub fn goldens() -> PathBuf {
     fixtures().join("goldens")

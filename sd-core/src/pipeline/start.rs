@@ -21,6 +21,7 @@ use super::lane::Lane;
 use crate::backend::Backend;
 use crate::components::LatentCodec;
 use crate::error::{Error, Result};
+use crate::latent_dist::LatentDist;
 use crate::rng::TorchGenerator;
 use crate::tensor::HostTensor;
 
@@ -90,8 +91,7 @@ impl StartPoint {
 
 /// The VAE's latent distribution of one image, on the host.
 struct Posterior {
-    mean: HostTensor,
-    std: HostTensor,
+    dist: LatentDist<HostTensor>,
     scaling_factor: f32,
 }
 
@@ -102,29 +102,15 @@ impl Posterior {
         image: &HostTensor,
     ) -> Result<Self> {
         let dist = codec.encode(backend, &backend.upload(image)?)?;
-        let mean = backend.download(&dist.mean)?;
-        // diffusers clamps the log-variance before taking σ = exp(logvar / 2).
-        let std = backend
-            .download(&dist.logvar)?
-            .mapv(|logvar| (0.5 * logvar.clamp(-30.0, 20.0)).exp());
-        if mean.shape() != std.shape() {
-            return Err(Error::shape(
-                "vae encode",
-                format!("mean {:?} but logvar {:?}", mean.shape(), std.shape()),
-            ));
-        }
         Ok(Self {
-            mean,
-            std,
+            dist: dist.download(backend)?,
             scaling_factor: codec.scaling_factor(),
         })
     }
 
     /// `scaling_factor · (mean + σ·ε)`, one `randn(mean.shape)` from `generator`.
     fn sample(&self, generator: &mut TorchGenerator) -> HostTensor {
-        let eps = generator.randn(self.mean.shape());
-        let mut x = &self.std * &eps;
-        x += &self.mean;
+        let mut x = self.dist.sample(generator);
         x.mapv_inplace(|v| self.scaling_factor * v);
         x
     }

@@ -117,13 +117,5 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        field: "(file)".to_string(),
-        reason: format!("not valid JSON: {e}"),
-    })
+    crate::config_file::read_config(path)
 }

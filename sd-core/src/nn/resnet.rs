@@ -1,7 +1,7 @@
 //! diffusers' `ResnetBlock2D` (pre-norm, "default" time-embedding mode).
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Result, TensorInfo};
+use crate::weights::Weights;
+use crate::{Backend, Result, TensorInfo};
 
 use super::{Conv2d, GroupNorm, Linear};
 
@@ -85,11 +85,11 @@ impl<B: Backend> ResnetBlock2D<B> {
         h = self.conv1.forward(backend, &h)?;
         if let Some(proj) = &self.time_emb_proj {
             let temb = temb_act.ok_or_else(|| {
-                sd_core::Error::invalid_argument("temb", "this resnet block needs a time embedding")
+                crate::Error::invalid_argument("temb", "this resnet block needs a time embedding")
             })?;
             let t = proj.forward(backend, temb)?;
             let [n, c] = t.shape()[..] else {
-                return Err(sd_core::Error::shape(
+                return Err(crate::Error::shape(
                     "resnet time embedding",
                     format!("expected [n, c], found {:?}", t.shape()),
                 ));

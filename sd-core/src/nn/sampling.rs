@@ -1,7 +1,7 @@
 //! diffusers' `Downsample2D` and `Upsample2D` (both with a convolution).
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Conv2dParams, Error, HostTensor, Result, TensorInfo};
+use crate::weights::Weights;
+use crate::{Backend, Conv2dParams, Error, HostTensor, Result, TensorInfo};
 
 use super::Conv2d;
 
@@ -54,7 +54,7 @@ impl<B: Backend> Downsample2D<B> {
 /// composed from `concat` so the backend needs no padding op.
 fn pad_bottom_right<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
     let &[n, c, h, w] = x.shape() else {
-        return Err(sd_core::Error::shape(
+        return Err(crate::Error::shape(
             "pad_bottom_right",
             format!("expected [n, c, h, w], found {:?}", x.shape()),
         ));

@@ -1,7 +1,7 @@
 //! `torch.nn.GroupNorm` (optionally followed by SiLU, fused) and `torch.nn.LayerNorm`.
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Result};
+use crate::weights::Weights;
+use crate::{Backend, Result};
 
 use super::parameter;
 

@@ -1,7 +1,7 @@
 //! diffusers' `Attention` module: multi-head attention over token sequences.
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Result};
+use crate::weights::Weights;
+use crate::{Backend, Result};
 
 use super::Linear;
 

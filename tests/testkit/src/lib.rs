@@ -1,8 +1,10 @@
-//! Fixture access shared by the sd-unet and sd-vae tests (sd-vae includes this file by path):
-//! the committed tiny pipelines under `fixtures/` and their diffusers goldens.
+//! Test helpers shared by the workspace's crates (a dev-dependency, never published): the
+//! committed tiny pipelines under `fixtures/`, their diffusers goldens, the tolerance golden
+//! comparisons use, and the process statistics the examples print ([`process`]).
 
-#![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+
+pub mod process;
 
 use std::path::{Path, PathBuf};
 
@@ -13,9 +15,9 @@ use sd_core::{Backend, HostTensor};
 /// diffusers f32 vs our f32 on one model call (the acceptance bound).
 pub const GOLDEN_MAX_ABS: f32 = 1e-4;
 
-/// The workspace's `fixtures/` folder.
+/// The workspace's `fixtures/` folder (committed tiny models and goldens).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 /// A tiny diffusers pipeline folder (`tiny-sd`, `tiny-sd-alt`, `tiny-sd-inpaint`).
@@ -29,6 +31,7 @@ pub fn ldm_single_file() -> PathBuf {
 }
 
 /// A golden file, `fixtures/goldens/<model>/<file>`.
+#[derive(Debug)]
 pub struct Goldens {
     file: SafetensorsFile,
 }

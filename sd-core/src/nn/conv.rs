@@ -1,7 +1,7 @@
 //! `torch.nn.Conv2d` with a square kernel and a bias (every SD 1.5 convolution has both).
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Conv2dParams, Result, WeightRole};
+use crate::weights::Weights;
+use crate::{Backend, Conv2dParams, Result, WeightRole};
 
 use super::{parameter, weight_parameter};
 

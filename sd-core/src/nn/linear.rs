@@ -1,7 +1,7 @@
 //! `torch.nn.Linear`: `x · weightᵀ + bias` over the last dim.
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Result, WeightRole};
+use crate::weights::Weights;
+use crate::{Backend, Result, WeightRole};
 
 use super::{parameter, weight_parameter};
 

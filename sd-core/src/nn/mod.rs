@@ -1,11 +1,14 @@
-//! Layers shared by the UNet and the VAE, each loading its own weights from a scoped
-//! [`Weights`] view whose prefix is the module's name in the checkpoint.
+//! The layer library every model is built from (CLIP, the UNet, the VAE): each layer loads its
+//! own weights from a scoped [`Weights`] view whose prefix is the module's name in the
+//! checkpoint, and runs on any [`Backend`].
 //!
 //! These are the pieces diffusers keeps in `resnet.py`, `downsampling.py`, `upsampling.py`,
-//! `attention_processor.py` and `torch.nn`: sd-vae builds its encoder and decoder from them too.
+//! `attention_processor.py` and `torch.nn`. One argument order everywhere: inputs before
+//! outputs (`Linear::load(b, w, in_features, out_features, bias)`).
 
 mod attention;
 mod conv;
+mod embedding;
 mod linear;
 mod norm;
 mod resnet;
@@ -13,13 +16,14 @@ mod sampling;
 
 pub use attention::{Attention, AttentionShape};
 pub use conv::Conv2d;
+pub use embedding::Embedding;
 pub use linear::Linear;
 pub use norm::{GroupNorm, LayerNorm};
 pub use resnet::{ResnetBlock2D, ResnetShape};
 pub use sampling::{Downsample2D, Upsample2D};
 
-use sd_core::weights::Weights;
-use sd_core::{Backend, Result, WeightRole};
+use crate::weights::Weights;
+use crate::{Backend, Result, WeightRole};
 
 /// Read the parameter `name` of `weights` in `shape` and upload it to the backend.
 pub(crate) fn parameter<B: Backend>(

@@ -1,0 +1,71 @@
+//! Reading a model's JSON configs (`config.json`, `scheduler_config.json`, `model_index.json`)
+//! into their serde structs, with errors that name the file and the field (through
+//! `serde_path_to_error`). Every crate's config reading goes through here.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// More resolution levels than any SD-family UNet or VAE has (each halves the latents); bounds
+/// the side multiple `2^(levels − 1)` their configs imply.
+pub const MAX_LEVELS: usize = 16;
+
+/// Read and parse the JSON config at `path` (see [`parse_config`]).
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    parse_config(&read_config_text(path)?, path)
+}
+
+/// The text of the config file at `path` (an I/O error names the file).
+pub fn read_config_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parse config JSON; `origin` names it in errors. A missing field, a value of the wrong type
+/// or an unknown enum name (a block type) is an [`Error::Config`] naming the field's path
+/// (`down_block_types[1]`).
+pub fn parse_config<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
+    let mut json = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| path_error(e, origin))
+}
+
+/// [`parse_config`] for JSON already parsed (and perhaps edited) as a [`serde_json::Value`].
+pub fn config_from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    origin: &Path,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| path_error(e, origin))
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>, origin: &Path) -> Error {
+    let path = e.path().to_string();
+    let reason = e.into_inner().to_string();
+    let field = if path != "." {
+        path
+    } else if let Some(name) = missing_field_name(&reason) {
+        name.to_string()
+    } else {
+        "(file)".to_string()
+    };
+    config_error(origin, field, reason)
+}
+
+/// An [`Error::Config`] about `field` of the config file at `origin`.
+pub fn config_error(origin: &Path, field: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        path: origin.to_path_buf(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// serde reports a missing field at its parent's path; the name is only in the message
+/// ("missing field `block_out_channels` at line 1 column 2").
+fn missing_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
