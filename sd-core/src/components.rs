@@ -82,6 +82,33 @@ pub trait LatentCodec<B: Backend> {
     fn release(&self) {}
 }
 
+/// The read-only state a sampler's step reads: its timesteps, the number of inference steps, the
+/// initial noise σ, and how it scales the model input and noises clean latents. A [`Scheduler`]
+/// answers those five methods from it through [`Scheduler::schedule`]; the methods here mean what
+/// the [`Scheduler`] methods of the same names document.
+pub trait ScheduleState: Send + Sync + std::fmt::Debug {
+    /// The model-call timesteps, in order ([`Scheduler::timesteps`]).
+    fn timesteps(&self) -> &[f64];
+
+    /// The number of inference steps of the current run, 0 before one is set
+    /// ([`Scheduler::inference_steps`]).
+    fn steps(&self) -> usize;
+
+    /// The standard deviation of the initial noise ([`Scheduler::init_noise_sigma`]).
+    fn init_noise_sigma(&self) -> f32;
+
+    /// The denoiser's input at `timesteps()[index]` ([`Scheduler::scale_model_input`]).
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor>;
+
+    /// Clean latents noised to the level of `timesteps()[index]` ([`Scheduler::add_noise`]).
+    fn add_noise(
+        &self,
+        original: &HostTensor,
+        noise: &HostTensor,
+        index: usize,
+    ) -> Result<HostTensor>;
+}
+
 /// A sampler: turns model outputs into the next latents. Runs on the host over small latents.
 ///
 /// Every per-step call names its position `index` in [`timesteps`](Self::timesteps), not the
@@ -93,12 +120,22 @@ pub trait Scheduler: Send {
     /// Clears any history of an earlier run.
     fn set_timesteps(&mut self, steps: usize) -> Result<()>;
 
+    /// The schedule state the read-only methods below ([`timesteps`](Self::timesteps),
+    /// [`inference_steps`](Self::inference_steps), [`init_noise_sigma`](Self::init_noise_sigma),
+    /// [`scale_model_input`](Self::scale_model_input), [`add_noise`](Self::add_noise)) delegate
+    /// to by default.
+    fn schedule(&self) -> &dyn ScheduleState;
+
     /// The model-call timesteps, in order: one model evaluation per entry. Heun lists each
     /// step's second evaluation as its own entry; PNDM (PLMS) repeats its second timestep.
-    fn timesteps(&self) -> &[f64];
+    fn timesteps(&self) -> &[f64] {
+        self.schedule().timesteps()
+    }
 
     /// The `steps` given to [`set_timesteps`](Self::set_timesteps) (0 before it is called).
-    fn inference_steps(&self) -> usize;
+    fn inference_steps(&self) -> usize {
+        self.schedule().steps()
+    }
 
     /// Model evaluations per inference step, diffusers' `order` (2 for Heun, 1 otherwise).
     fn order(&self) -> usize {
@@ -106,11 +143,15 @@ pub trait Scheduler: Send {
     }
 
     /// The standard deviation of the initial noise (1 for DDIM/PNDM, σ_max for Euler).
-    fn init_noise_sigma(&self) -> f32;
+    fn init_noise_sigma(&self) -> f32 {
+        self.schedule().init_noise_sigma()
+    }
 
     /// Scale the denoiser's input at `timesteps()[index]` (identity for DDIM; `x/√(σ²+1)` for
     /// Euler).
-    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor>;
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
+        self.schedule().scale_model_input(sample, index)
+    }
 
     /// One model evaluation: from the model output at `timesteps()[index]` and the current
     /// sample, the next sample. Stochastic samplers draw from `generator` exactly as diffusers
@@ -130,7 +171,9 @@ pub trait Scheduler: Send {
         original: &HostTensor,
         noise: &HostTensor,
         index: usize,
-    ) -> Result<HostTensor>;
+    ) -> Result<HostTensor> {
+        self.schedule().add_noise(original, noise, index)
+    }
 
     /// img2img: the index into [`timesteps`](Self::timesteps) where denoising starts for
     /// `strength` in [0, 1], diffusers' rule: skip `steps − ⌊steps·strength⌋` inference steps,

@@ -1,11 +1,11 @@
 //! A backend wrapper that times every op: where does a UNet step's time go?
 //!
 //! `Profiled::new(backend)` is itself a [`Backend`] with the same tensors, so any model runs on
-//! it unchanged; [`Profiled::report`] then lists wall time and call count per op kind. Convs are
-//! told apart by kernel size and attention by self/cross, the distinctions that matter when
-//! optimising SD. The times are wall time around each call, so they are exact for a backend
-//! whose ops finish before returning (the CPU backend) and only launch times for an
-//! asynchronous one (CUDA).
+//! it unchanged; the [`OpTimes::report`] of [`Profiled::times`] then lists wall time and call
+//! count per op kind. Convs are told apart by kernel size and attention by self/cross, the
+//! distinctions that matter when optimising SD. The times are wall time around each call, so
+//! they are exact for a backend whose ops finish before returning (the CPU backend) and only
+//! launch times for an asynchronous one (CUDA).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use sd_core::cpu::{CpuBackend, CpuTensor};
 use sd_core::pipeline::{Control, GenerationRequest, GrayImage, Pipeline, RgbImage};
 use sd_core::{
-    Backend, Denoiser, Error, HostTensor, LatentCodec, LatentDist, Result, Scheduler, TensorInfo,
-    TextEncoder, TorchGenerator,
+    Backend, Denoiser, Error, HostTensor, LatentCodec, LatentDist, Result, ScheduleState,
+    Scheduler, TensorInfo, TextEncoder, TorchGenerator,
 };
 
 /// Encodes each prompt as a row filled with its length.
@@ -112,34 +112,22 @@ impl LatentCodec<CpuBackend> for Vae {
 }
 
 /// Four timesteps; a step returns the sample unchanged.
+#[derive(Debug)]
 struct Steps {
     timesteps: Vec<f64>,
 }
 
-impl Scheduler for Steps {
-    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        self.timesteps = (0..steps).rev().map(|i| i as f64 * 100.0).collect();
-        Ok(())
-    }
+impl ScheduleState for Steps {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
-    fn inference_steps(&self) -> usize {
+    fn steps(&self) -> usize {
         self.timesteps.len()
     }
     fn init_noise_sigma(&self) -> f32 {
         1.0
     }
     fn scale_model_input(&self, sample: &HostTensor, _index: usize) -> Result<HostTensor> {
-        Ok(sample.clone())
-    }
-    fn step(
-        &mut self,
-        _model_output: &HostTensor,
-        _index: usize,
-        sample: &HostTensor,
-        _generator: &mut TorchGenerator,
-    ) -> Result<HostTensor> {
         Ok(sample.clone())
     }
     fn add_noise(
@@ -149,6 +137,25 @@ impl Scheduler for Steps {
         _index: usize,
     ) -> Result<HostTensor> {
         Ok(original.clone())
+    }
+}
+
+impl Scheduler for Steps {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        self.timesteps = (0..steps).rev().map(|i| i as f64 * 100.0).collect();
+        Ok(())
+    }
+    fn schedule(&self) -> &dyn ScheduleState {
+        self
+    }
+    fn step(
+        &mut self,
+        _model_output: &HostTensor,
+        _index: usize,
+        sample: &HostTensor,
+        _generator: &mut TorchGenerator,
+    ) -> Result<HostTensor> {
+        Ok(sample.clone())
     }
 }
 

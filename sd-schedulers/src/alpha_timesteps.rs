@@ -1,8 +1,9 @@
 //! The state and bookkeeping the ᾱ-parameterised samplers (DDIM, DDPM, PNDM, LCM) share: the
-//! training noise schedule, the inference timesteps, and the `Scheduler` methods that only
-//! read them (unscaled model input, forward noising to a timestep's ᾱ).
+//! training noise schedule, the inference timesteps, and, as their [`ScheduleState`], the
+//! `Scheduler` methods that only read them (unscaled model input, forward noising to a
+//! timestep's ᾱ).
 
-use sd_core::{HostTensor, Result};
+use sd_core::{HostTensor, Result, ScheduleState};
 
 use crate::alpha_family;
 use crate::config::NoiseScheduleConfig;
@@ -55,14 +56,6 @@ impl AlphaTimesteps {
         self.timesteps = timesteps.iter().map(|&t| t as f64).collect();
     }
 
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-
     /// The nominal distance between consecutive inference timesteps, T / steps.
     pub fn stride(&self) -> i64 {
         (self.config.num_train_timesteps / self.steps) as i64
@@ -94,20 +87,30 @@ impl AlphaTimesteps {
     ) -> Result<()> {
         check_step(index, self.timesteps.len(), model_output, sample)
     }
+}
+
+impl ScheduleState for AlphaTimesteps {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
 
     /// The initial noise is standard normal.
-    pub fn init_noise_sigma(&self) -> f32 {
+    fn init_noise_sigma(&self) -> f32 {
         1.0
     }
 
     /// These samplers feed the model the sample as it is.
-    pub fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
         check_index(index, self.timesteps.len())?;
         Ok(sample.clone())
     }
 
     /// Forward diffusion to the ᾱ of evaluation `index`.
-    pub fn add_noise(
+    fn add_noise(
         &self,
         original: &HostTensor,
         noise: &HostTensor,

@@ -3,7 +3,7 @@
 //! Each step predicts x̂₀, then moves to the previous timestep along the predicted noise
 //! direction; `eta` > 0 adds fresh noise (eta = 1 is DDPM-like ancestral sampling).
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -45,7 +45,9 @@ impl DdimScheduler {
 }
 
 impl Scheduler for DdimScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let timesteps = self.schedule.spaced(steps)?;

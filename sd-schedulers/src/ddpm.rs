@@ -1,7 +1,7 @@
 //! DDPM (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"), diffusers'
 //! `DDPMScheduler`: ancestral sampling from the posterior q(x_{t−1} | x_t, x̂₀).
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -61,7 +61,9 @@ impl DdpmScheduler {
 }
 
 impl Scheduler for DdpmScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let timesteps = self.schedule.spaced(steps)?;

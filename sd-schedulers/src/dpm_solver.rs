@@ -6,7 +6,7 @@
 //! exactly in λ, with a linear (order 2) or quadratic (order 3) fit through past x̂₀. The SDE
 //! variant adds fresh noise every step.
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{map2, map3};
@@ -205,7 +205,9 @@ impl DpmSolverScheduler {
 }
 
 impl Scheduler for DpmSolverScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());

@@ -1,7 +1,7 @@
 //! Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 2 without
 //! churn), diffusers' `EulerDiscreteScheduler`; A1111's "Euler".
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
@@ -53,7 +53,9 @@ impl EulerScheduler {
 }
 
 impl Scheduler for EulerScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_k_diffusion(steps, self.karras)

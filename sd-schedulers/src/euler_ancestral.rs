@@ -4,7 +4,7 @@
 //! Each step splits the move to the next σ into a deterministic Euler step down to σ_down and
 //! fresh noise of size σ_up, with σ_down² + σ_up² = σ_next².
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map3;
@@ -37,7 +37,9 @@ impl EulerAncestralScheduler {
 }
 
 impl Scheduler for EulerAncestralScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_k_diffusion(steps, None)

@@ -5,7 +5,7 @@
 //! mean of both slopes. [`timesteps`](Scheduler::timesteps) lists every timestep but the first
 //! twice, one entry per evaluation.
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::{clip, map2, map3};
@@ -74,7 +74,9 @@ fn repeat_after_first<T: Copy>(values: &[T]) -> Vec<T> {
 }
 
 impl Scheduler for HeunScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());

@@ -2,7 +2,7 @@
 //! UNets (or an LCM-LoRA), a few steps each jump to the consistency model's x̂₀ and re-noise it
 //! to the next timestep with fresh noise.
 
-use sd_core::{Error, HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{Error, HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -57,7 +57,9 @@ impl LcmScheduler {
 }
 
 impl Scheduler for LcmScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, self.schedule.config.num_train_timesteps)?;

@@ -28,13 +28,16 @@
 //! | `unipc.rs` | `UniPCMultistepScheduler` | UniPC |
 //! | `lcm.rs` | `LCMScheduler` | LCM |
 //!
+//! Each scheduler keeps its run's schedule in an `AlphaTimesteps` (`alpha_timesteps.rs`: DDIM,
+//! DDPM, PNDM, LCM) or a `SigmaTimesteps` (`sigma_timesteps.rs`: the σ-samplers), the
+//! [`sd_core::ScheduleState`] its [`Scheduler::schedule`] returns; the read-only `Scheduler`
+//! methods (timesteps, initial noise σ, model input scaling, `add_noise`) are the trait's
+//! default methods over it, and each file adds `set_timesteps` and `step`.
+//!
 //! Shared math lives once: `noise_schedule.rs` (β → ᾱ → σ tables), `spacing.rs` (timestep
 //! spacing), `sigmas.rs` (interpolation, Karras spacing, σ → t, λ), `alpha_family.rs` and
 //! `k_diffusion.rs` (the per-family tensor formulas), `elementwise.rs` (f32 element-wise maps and
 //! argument checks).
-
-#[macro_use]
-mod schedule_state_methods;
 
 mod alpha_family;
 mod alpha_timesteps;

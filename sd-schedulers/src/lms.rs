@@ -4,7 +4,7 @@
 //! The ODE derivative of up to four past steps is extrapolated with a Lagrange polynomial in σ,
 //! integrated over the step.
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
@@ -60,7 +60,9 @@ impl LmsScheduler {
 }
 
 impl Scheduler for LmsScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         // LMS's Karras spacing ignores sigma_min/sigma_max in the config, as diffusers' does.

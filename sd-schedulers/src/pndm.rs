@@ -5,7 +5,7 @@
 //! Adams–Bashforth weights. The warm-up uses a second evaluation at the second timestep, which is
 //! why that timestep appears twice in [`timesteps`](Scheduler::timesteps).
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::alpha_timesteps::AlphaTimesteps;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
@@ -80,7 +80,9 @@ impl PndmScheduler {
 }
 
 impl Scheduler for PndmScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let mut timesteps = self.schedule.spaced(steps)?;

@@ -1,10 +1,10 @@
 //! The state and bookkeeping the σ-scheduled samplers (Euler, Euler a, LMS, Heun, DPM-Solver,
-//! UniPC) share: the training noise schedule, the inference timesteps with their σ, and the
-//! `Scheduler` methods that only read them, in the k-diffusion parameterisation x = x₀ + σ·ε
-//! (Euler, Euler a, LMS, Heun) or the variance-preserving one x = α_t·x₀ + σ_t·ε (the multistep
-//! solvers).
+//! UniPC) share: the training noise schedule, the inference timesteps with their σ, and, as their
+//! [`ScheduleState`], the `Scheduler` methods that only read them, in the k-diffusion
+//! parameterisation x = x₀ + σ·ε (Euler, Euler a, LMS, Heun) or the variance-preserving one
+//! x = α_t·x₀ + σ_t·ε (the multistep solvers).
 
-use sd_core::{HostTensor, Result};
+use sd_core::{HostTensor, Result, ScheduleState};
 
 use crate::config::NoiseScheduleConfig;
 use crate::elementwise::{check_index, check_step, check_steps, map2};
@@ -95,14 +95,6 @@ impl SigmaTimesteps {
         self.sigmas = sigmas;
     }
 
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-
     /// σ of each evaluation, then the final σ (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
@@ -128,10 +120,20 @@ impl SigmaTimesteps {
     ) -> Result<()> {
         check_step(index, self.timesteps.len(), model_output, sample)
     }
+}
+
+impl ScheduleState for SigmaTimesteps {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
 
     /// The standard deviation of the initial noise: k-diffusion starts at the largest σ
     /// ([`sigmas::k_diffusion_init_noise_sigma`]), variance-preserving at 1.
-    pub fn init_noise_sigma(&self) -> f32 {
+    fn init_noise_sigma(&self) -> f32 {
         match self.parameterisation {
             Parameterisation::KDiffusion => {
                 sigmas::k_diffusion_init_noise_sigma(&self.sigmas, self.config.timestep_spacing)
@@ -141,7 +143,7 @@ impl SigmaTimesteps {
     }
 
     /// The model input at evaluation `index`.
-    pub fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
+    fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
         check_index(index, self.timesteps.len())?;
         Ok(match self.parameterisation {
             Parameterisation::KDiffusion => {
@@ -152,7 +154,7 @@ impl SigmaTimesteps {
     }
 
     /// Forward diffusion to the σ of evaluation `index`.
-    pub fn add_noise(
+    fn add_noise(
         &self,
         original: &HostTensor,
         noise: &HostTensor,

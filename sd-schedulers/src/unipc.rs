@@ -8,7 +8,7 @@
 //! The other variants (`bh1`, `predict_x0 = false`, `lower_order_final = false`) are refused:
 //! with the final σ = 0 diffusers 0.42 computes 0·∞ in their last step and returns NaN or ∞.
 
-use sd_core::{HostTensor, Result, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::map2;
@@ -242,7 +242,9 @@ fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
 }
 
 impl Scheduler for UniPcScheduler {
-    schedule_state_methods!();
+    fn schedule(&self) -> &dyn ScheduleState {
+        &self.schedule
+    }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.schedule.set_multistep(steps, self.karras, true)?;

@@ -1,7 +1,7 @@
 //! The generic Stable Diffusion pipeline over the four component traits.
 //!
 //! [`Pipeline`] holds a text encoder, a denoiser and a latent codec on one backend and runs
-//! txt2img, img2img and inpainting with any [`Scheduler`], reproducing diffusers'
+//! txt2img, img2img and inpainting with any [`Scheduler`](crate::Scheduler), reproducing diffusers'
 //! `StableDiffusionPipeline`, `StableDiffusionImg2ImgPipeline` and
 //! `StableDiffusionInpaintPipeline` step for step, random draws included:
 //!
@@ -22,9 +22,9 @@
 //! inpainting, with an all-white mask when none is given and a blank image for txt2img —
 //! what diffusers' inpainting pipeline computes for those inputs.
 //!
-//! - [`request`]: [`GenerationRequest`], [`Seeds`], and the checks against the model.
-//! - [`image`]: [`RgbImage`], [`GrayImage`] and the pixel conversions.
-//! - [`progress`]: [`StepProgress`], [`Control`] and the cheap latent preview.
+//! - `request.rs`: [`GenerationRequest`], [`Seeds`], and the checks against the model.
+//! - `image.rs`: [`RgbImage`], [`GrayImage`] and the pixel conversions.
+//! - `progress.rs`: [`StepProgress`], [`Control`] and the cheap latent preview.
 
 mod image;
 mod lane;
