@@ -15,10 +15,10 @@ use sd_core::{Backend, Conv2dParams, TorchGenerator, UnaryOp, WeightRole};
 struct Case<'a> {
     name: &'static str,
     flop: f64,
-    run: Box<dyn Fn() -> sd_core::Result<()> + 'a>,
+    run: Box<dyn Fn() -> stable_diffusion::Result<()> + 'a>,
 }
 
-fn main() -> sd_core::Result<()> {
+fn main() -> stable_diffusion::Result<()> {
     let (runs, precision) = parse_args()?;
     let b = CpuBackend::with_precision(precision);
     let mut rng = TorchGenerator::new(0);
@@ -158,7 +158,7 @@ fn main() -> sd_core::Result<()> {
     Ok(())
 }
 
-fn parse_args() -> sd_core::Result<(usize, Precision)> {
+fn parse_args() -> stable_diffusion::Result<(usize, Precision)> {
     let usage = || {
         sd_core::Error::invalid_argument("args", "usage: cpu_ops [--runs N] [--precision f32|bf16]")
     };

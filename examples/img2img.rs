@@ -7,7 +7,7 @@
 use stable_diffusion::png::{read_rgb, write_png};
 use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
 
-fn main() -> sd_core::Result<()> {
+fn main() -> stable_diffusion::Result<()> {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut args = std::env::args().skip(1);
     let model = args

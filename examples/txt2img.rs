@@ -8,7 +8,7 @@
 use stable_diffusion::png::write_png;
 use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
 
-fn main() -> sd_core::Result<()> {
+fn main() -> stable_diffusion::Result<()> {
     let mut args = std::env::args().skip(1);
     let model = args
         .next()
@@ -17,10 +17,10 @@ fn main() -> sd_core::Result<()> {
         .next()
         .unwrap_or_else(|| "a lighthouse on a cliff at dusk, oil painting".to_string());
 
-    let mut sd = StableDiffusion::load(&model, LoadOptions::default())?;
-    sd.set_scheduler("DPM++ 2M Karras")?;
+    let sd = StableDiffusion::load(&model, LoadOptions::default())?;
     let request = GenerationRequest::new(prompt)
         .negative_prompt("blurry, low quality")
+        .scheduler("DPM++ 2M Karras")
         .steps(20)
         .guidance_scale(7.5)
         .seed(42);

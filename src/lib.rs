@@ -2,12 +2,13 @@
 //!
 //! ```no_run
 //! use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
-//! # fn main() -> sd_core::Result<()> {
+//! # fn main() -> stable_diffusion::Result<()> {
 //! // An LDM single file (`v1-5-pruned-emaonly.safetensors`) or a diffusers folder.
-//! let mut sd = StableDiffusion::load("v1-5-pruned-emaonly.safetensors", LoadOptions::default())?;
-//! sd.set_scheduler("Euler a")?;
+//! let sd = StableDiffusion::load("v1-5-pruned-emaonly.safetensors", LoadOptions::default())?;
 //! let request = GenerationRequest::new("a lighthouse at dusk, oil painting")
 //!     .negative_prompt("blurry")
+//!     .scheduler("Euler a")
+//!     .clip_skip(2)
 //!     .steps(25)
 //!     .seed(1234);
 //! let generation = sd.generate(&request)?;
@@ -15,8 +16,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`StableDiffusion`] (`model.rs`): loading (with [`LoadOptions`]), sampler and prompt
-//!   settings, generation; generic over the backend (CPU today).
+//! - [`StableDiffusion`] (`model.rs`): loading (with [`LoadOptions`]) and generation, generic
+//!   over the backend; one model serves many requests (sampler, clip skip, prompt mode and seeds
+//!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
@@ -30,13 +32,15 @@ pub mod parameters;
 pub mod png;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
-pub use sd_clip::PromptMode;
 pub use sd_core::pipeline::{
-    Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, Seeds, StepProgress,
+    Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, SamplerSettings, Seeds,
+    StepProgress,
 };
+pub use sd_core::{Error, PromptMode, Result, TextOptions};
 
 pub use sd_clip as clip;
 pub use sd_core as core;
+#[cfg(feature = "cuda")]
 pub use sd_cuda as cuda;
 pub use sd_schedulers as schedulers;
 pub use sd_unet as unet;

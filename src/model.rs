@@ -1,7 +1,7 @@
 //! [`StableDiffusion`]: a loaded SD 1.x model, ready to generate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
 use sd_core::cpu::CpuBackend;
@@ -9,7 +9,9 @@ use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
 use sd_core::weights::{Variant, WeightStore};
 use sd_core::{Backend, Result, Scheduler};
-use sd_schedulers::{SchedulerConfig, scheduler_from_name};
+use sd_schedulers::{
+    SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
+};
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 
@@ -53,23 +55,29 @@ impl LoadOptions {
     }
 }
 
-/// An SD 1.x model on a backend, with its current sampler and prompt settings.
+/// An SD 1.x model on a backend. Everything that varies per image (sampler, clip skip, prompt
+/// mode, seeds) travels on the [`GenerationRequest`], so one loaded model serves many requests:
+/// `StableDiffusion<CpuBackend>` is `Send + Sync`, and `generate` takes `&self`.
 ///
 /// ```no_run
+/// use std::sync::Arc;
 /// use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
-/// # fn main() -> sd_core::Result<()> {
-/// let mut sd = StableDiffusion::load("v1-5-pruned-emaonly.safetensors", LoadOptions::default())?;
-/// sd.set_scheduler("DPM++ 2M Karras")?;
-/// let out = sd.generate(&GenerationRequest::new("a red fox in the snow").steps(25).seed(42))?;
+/// # fn main() -> stable_diffusion::Result<()> {
+/// let sd = Arc::new(StableDiffusion::load("v1-5-pruned-emaonly.safetensors", LoadOptions::default())?);
+/// let request = GenerationRequest::new("a red fox in the snow").scheduler("DPM++ 2M Karras");
+/// let out = sd.generate(&request.steps(25).seed(42))?;
 /// # let _ = out; Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct StableDiffusion<B: Backend> {
     pipeline: SdPipeline<B>,
     scheduler_config: SchedulerConfig,
-    scheduler_name: String,
+    /// The sampler of requests that name none.
+    default_scheduler: String,
     source: PathBuf,
     weight_files: Vec<PathBuf>,
+    /// Held by the generation that is running (see `generate_with_progress`).
+    turn: Mutex<()>,
 }
 
 impl StableDiffusion<CpuBackend> {
@@ -136,7 +144,7 @@ impl<B: Backend> StableDiffusion<B> {
         scheduler_config: SchedulerConfig,
         source: PathBuf,
     ) -> Self {
-        let scheduler_name = scheduler_config
+        let default_scheduler = scheduler_config
             .class_name
             .clone()
             .filter(|name| scheduler_from_name(name, &scheduler_config).is_ok())
@@ -144,42 +152,42 @@ impl<B: Backend> StableDiffusion<B> {
         Self {
             pipeline,
             scheduler_config,
-            scheduler_name,
+            default_scheduler,
             source,
             weight_files: Vec::new(),
+            turn: Mutex::new(()),
         }
     }
 
-    /// Choose the sampler by diffusers class name or A1111 name (`"Euler a"`, `"DPM++ 2M
-    /// Karras"`, `"DDIM"`, …; see [`sd_schedulers::known_names`]), built from the model's
-    /// scheduler config. An unknown name is an error listing the known ones.
-    pub fn set_scheduler(&mut self, name: &str) -> Result<()> {
-        scheduler_from_name(name, &self.scheduler_config)?;
-        self.scheduler_name = name.trim().to_string();
-        Ok(())
+    /// The sampler of requests that name none: the scheduler config's own class (as in
+    /// diffusers), or PNDM when the config names a class we do not implement.
+    pub fn default_scheduler(&self) -> &str {
+        &self.default_scheduler
     }
 
-    /// The current sampler's name.
-    pub fn scheduler_name(&self) -> &str {
-        &self.scheduler_name
+    /// The sampler `request` runs with: its own, else [`default_scheduler`](Self::default_scheduler).
+    pub fn scheduler_for<'a>(&'a self, request: &'a GenerationRequest) -> &'a str {
+        request
+            .sampler
+            .name
+            .as_deref()
+            .map_or(self.default_scheduler.as_str(), str::trim)
     }
 
-    /// A1111's "Clip skip" (1 = the last layer).
-    pub fn set_clip_skip(&mut self, clip_skip: usize) -> Result<()> {
-        self.pipeline.text_encoder_mut().set_clip_skip(clip_skip)
+    /// The clip skip `request` runs with (its own, else the text encoder's default, 1).
+    pub fn clip_skip_for(&self, request: &GenerationRequest) -> usize {
+        request
+            .text
+            .clip_skip
+            .unwrap_or_else(|| self.pipeline.text_encoder().clip_skip())
     }
 
-    pub fn clip_skip(&self) -> usize {
-        self.pipeline.text_encoder().clip_skip()
-    }
-
-    /// A1111 prompt syntax (the default) or the plain, diffusers-identical reading.
-    pub fn set_prompt_mode(&mut self, mode: PromptMode) {
-        self.pipeline.text_encoder_mut().set_mode(mode);
-    }
-
-    pub fn prompt_mode(&self) -> PromptMode {
-        self.pipeline.text_encoder().mode()
+    /// The prompt mode `request` runs with (its own, else the text encoder's default, A1111).
+    pub fn prompt_mode_for(&self, request: &GenerationRequest) -> PromptMode {
+        request
+            .text
+            .prompt_mode
+            .unwrap_or_else(|| self.pipeline.text_encoder().mode())
     }
 
     /// The folder or file the weights came from.
@@ -206,15 +214,26 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// Generate, calling `on_step` after every model evaluation (return
-    /// [`Control::Cancel`] to stop with [`Error::Cancelled`]).
+    /// [`Control::Cancel`] to stop with [`Error::Cancelled`](crate::Error::Cancelled)).
+    /// Concurrent calls from several threads run one after the other; `on_step` must not start
+    /// another generation on the same model (it would wait for itself).
     pub fn generate_with_progress(
         &self,
         request: &GenerationRequest,
         mut on_step: impl FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
-        let new_scheduler = || -> Result<Box<dyn Scheduler>> {
-            scheduler_from_name(&self.scheduler_name, &self.scheduler_config)
+        let name = self.scheduler_for(request);
+        let options = SamplerOptions {
+            eta: request.sampler.eta.unwrap_or(0.0),
+            karras_sigmas: request.sampler.karras_sigmas,
         };
+        let new_scheduler = || -> Result<Box<dyn Scheduler>> {
+            scheduler_from_name_with(name, &self.scheduler_config, options)
+        };
+        // One generation at a time: each already uses every core, and two at once would hold
+        // two sets of activations (and fight over low-memory rebuilds) for no gain in speed.
+        // A panic in another generation leaves nothing half-done behind the lock.
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         self.pipeline
             .generate_with_progress(request, &new_scheduler, &mut on_step)
     }

@@ -12,8 +12,8 @@ use sd_core::HostTensor;
 use sd_core::weights::SafetensorsFile;
 use serde_json::Value;
 use stable_diffusion::png::{read_gray, read_rgb};
-use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
-use support::{goldens, load_plain, load_tiny_inpainting};
+use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
+use support::{goldens, load_tiny, load_tiny_inpainting};
 
 /// Final latents may differ from diffusers' by this much, relative to their largest magnitude.
 /// Single UNet calls agree to ~3e-6 absolute (f32, other summation orders); ten steps of a random
@@ -41,7 +41,10 @@ fn request_of(spec: &Value) -> GenerationRequest {
     let mut request = GenerationRequest::new(spec["prompt"].as_str().unwrap())
         .negative_prompt(spec["negative_prompt"].as_str().unwrap_or(""))
         .steps(spec["num_inference_steps"].as_u64().unwrap() as usize)
-        .guidance_scale(spec["guidance_scale"].as_f64().unwrap() as f32);
+        .guidance_scale(spec["guidance_scale"].as_f64().unwrap() as f32)
+        .scheduler(spec["sampler"].as_str().unwrap())
+        // The goldens are diffusers runs: prompts read literally.
+        .prompt_mode(PromptMode::Plain);
     request = match &spec["seed"] {
         Value::Array(seeds) => request.seeds(seeds.iter().map(|s| s.as_u64().unwrap()).collect()),
         seed => request.seed(seed.as_u64().unwrap()),
@@ -80,9 +83,8 @@ fn golden_latents(model: &str, key: &str) -> HostTensor {
 }
 
 /// Run `key` of `model`'s goldens on `sd` and compare latents and pixels.
-fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, key: &str) {
+fn check_run(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, key: &str) {
     let spec = run_spec(model, key);
-    sd.set_scheduler(spec["sampler"].as_str().unwrap()).unwrap();
     let generation = sd.generate(&request_of(&spec)).unwrap();
 
     let expected = golden_latents(model, key);
@@ -135,8 +137,8 @@ fn check_run(sd: &mut StableDiffusion<sd_core::cpu::CpuBackend>, model: &str, ke
 }
 
 fn check(model: &str, key: &str) {
-    let mut sd = load_plain(&support::fixtures().join(model), LoadOptions::default());
-    check_run(&mut sd, model, key);
+    let sd = load_tiny(&support::fixtures().join(model), LoadOptions::default());
+    check_run(&sd, model, key);
 }
 
 macro_rules! golden_cases {
@@ -179,17 +181,17 @@ golden_cases! {
 
 #[test]
 fn tiny_sd_inpaint_with_the_inpainting_unet() {
-    let mut sd = load_tiny_inpainting();
+    let sd = load_tiny_inpainting();
     assert!(sd.is_inpainting());
-    check_run(&mut sd, "tiny-sd", "inpaint/pndm");
+    check_run(&sd, "tiny-sd", "inpaint/pndm");
 }
 
 /// Strength 0.8 and a list of generators: the image latents and the masked image's latents are
 /// drawn from the first generator only, as diffusers does.
 #[test]
 fn tiny_sd_inpaint_with_the_inpainting_unet_and_a_generator_list() {
-    let mut sd = load_tiny_inpainting();
-    check_run(&mut sd, "tiny-sd", "inpaint/pndm/generators11_12");
+    let sd = load_tiny_inpainting();
+    check_run(&sd, "tiny-sd", "inpaint/pndm/generators11_12");
 }
 
 /// The LDM single-file copy of tiny-sd (configs from the folder, as diffusers'
@@ -197,12 +199,12 @@ fn tiny_sd_inpaint_with_the_inpainting_unet_and_a_generator_list() {
 #[test]
 fn single_file_gives_the_same_image_as_the_folder() {
     let options = LoadOptions::default().config_dir(support::fixtures().join("tiny-sd"));
-    let mut sd = load_plain(
+    let sd = load_tiny(
         &support::fixtures().join("ldm").join("tiny-sd.safetensors"),
         options,
     );
-    check_run(&mut sd, "tiny-sd", "txt2img/euler_ancestral/seed42");
-    check_run(&mut sd, "tiny-sd", "img2img/pndm");
+    check_run(&sd, "tiny-sd", "txt2img/euler_ancestral/seed42");
+    check_run(&sd, "tiny-sd", "img2img/pndm");
 }
 
 /// bf16 precision against the f32 path on the golden runs. Measured: 5–8 levels at most and
@@ -226,20 +228,18 @@ fn bf16_images_stay_close_to_f32() {
     ];
     for model in ["tiny-sd", "tiny-sd-alt"] {
         let path = support::fixtures().join(model);
-        let mut f32_sd = load_plain(&path, LoadOptions::default());
-        let mut bf16_sd = StableDiffusion::load_on(
+        let f32_sd = load_tiny(&path, LoadOptions::default());
+        let bf16_sd = StableDiffusion::load_on(
             CpuBackend::with_precision(Precision::Bf16),
             &path,
             LoadOptions::default(),
         )
         .unwrap();
-        bf16_sd.set_prompt_mode(stable_diffusion::PromptMode::Plain);
         for key in keys {
             let spec = run_spec(model, key);
             let request = request_of(&spec);
             let mut images = Vec::new();
-            for sd in [&mut f32_sd, &mut bf16_sd] {
-                sd.set_scheduler(spec["sampler"].as_str().unwrap()).unwrap();
+            for sd in [&f32_sd, &bf16_sd] {
                 images.push(sd.generate(&request).unwrap().images);
             }
             for (a, b) in images[0].iter().zip(&images[1]) {
@@ -273,15 +273,15 @@ fn bf16_images_stay_close_to_f32() {
 #[test]
 fn low_memory_generations_match_the_goldens_and_release_the_models() {
     let path = support::fixtures().join("tiny-sd");
-    let mut sd = load_plain(&path, LoadOptions::default().low_memory(true));
+    let sd = load_tiny(&path, LoadOptions::default().low_memory(true));
     for key in ["txt2img/pndm/seed0", "img2img/pndm"] {
-        check_run(&mut sd, "tiny-sd", key);
+        check_run(&sd, "tiny-sd", key);
         let pipeline = sd.pipeline();
         assert!(!pipeline.denoiser().is_built(), "{key}: UNet still held");
         assert!(!pipeline.codec().is_built(), "{key}: VAE still held");
     }
     // Resident loading keeps both.
-    let mut resident = load_plain(&path, LoadOptions::default());
-    check_run(&mut resident, "tiny-sd", "txt2img/pndm/seed0");
+    let resident = load_tiny(&path, LoadOptions::default());
+    check_run(&resident, "tiny-sd", "txt2img/pndm/seed0");
     assert!(resident.pipeline().denoiser().is_built() && resident.pipeline().codec().is_built());
 }

@@ -11,20 +11,11 @@
 //!
 //! Chunks are padded with the end token, which SD 1.x also uses as its pad token.
 
+pub use sd_core::PromptMode;
 use sd_core::Result;
 
 use crate::prompt::{PromptPiece, parse_prompt};
 use crate::tokenizer::ClipTokenizer;
-
-/// How prompt text is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PromptMode {
-    /// AUTOMATIC1111's emphasis syntax, `BREAK`, and prompts of any length in 77-token chunks.
-    #[default]
-    A1111,
-    /// The text literally, truncated to one chunk as diffusers does.
-    Plain,
-}
 
 /// One window of the text encoder: `ids` start with the start token and end with the end
 /// token; `weights` holds the emphasis of each position (1.0 for the special tokens).

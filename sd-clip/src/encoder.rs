@@ -15,18 +15,27 @@
 use std::path::Path;
 
 use sd_core::weights::WeightStore;
-use sd_core::{Backend, Result, TextEncoder};
+use sd_core::{Backend, Result, TextEncoder, TextOptions};
 
 use crate::chunks::{PromptChunk, PromptChunker, PromptMode};
 use crate::config::ClipTextConfig;
 use crate::model::ClipTextTransformer;
 use crate::tokenizer::ClipTokenizer;
 
-/// CLIP's text encoder with its tokenizer and prompt handling.
+/// CLIP's text encoder with its tokenizer and prompt handling. Its mode and clip skip are
+/// defaults: each call may override them ([`TextOptions`]), so one encoder serves requests with
+/// different settings side by side.
 #[derive(Debug)]
 pub struct ClipTextEncoder<B: Backend> {
     model: ClipTextTransformer<B>,
     chunker: PromptChunker,
+    mode: PromptMode,
+    clip_skip: usize,
+}
+
+/// The settings one encode runs with, defaults filled in and checked.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
     mode: PromptMode,
     clip_skip: usize,
 }
@@ -92,6 +101,11 @@ impl<B: Backend> ClipTextEncoder<B> {
 
     /// [`with_clip_skip`](Self::with_clip_skip) in place; on error the setting is unchanged.
     pub fn set_clip_skip(&mut self, clip_skip: usize) -> Result<()> {
+        self.clip_skip = self.checked_clip_skip(clip_skip)?;
+        Ok(())
+    }
+
+    fn checked_clip_skip(&self, clip_skip: usize) -> Result<usize> {
         let layers = self.model.num_layers();
         if clip_skip == 0 || clip_skip > layers {
             return Err(sd_core::Error::invalid_argument(
@@ -99,8 +113,15 @@ impl<B: Backend> ClipTextEncoder<B> {
                 format!("{clip_skip} is outside 1..={layers} (1 uses the last layer)"),
             ));
         }
-        self.clip_skip = clip_skip;
-        Ok(())
+        Ok(clip_skip)
+    }
+
+    /// `options` over this encoder's defaults.
+    fn resolve(&self, options: &TextOptions) -> Result<Resolved> {
+        Ok(Resolved {
+            mode: options.prompt_mode.unwrap_or(self.mode),
+            clip_skip: self.checked_clip_skip(options.clip_skip.unwrap_or(self.clip_skip))?,
+        })
     }
 
     /// The current clip skip (1 = last layer).
@@ -134,8 +155,19 @@ impl<B: Backend> ClipTextEncoder<B> {
         self.chunker.chunks(prompt, self.mode)
     }
 
-    /// Encode prompts to `[prompts.len(), 77 · chunks, hidden]`.
+    /// Encode prompts to `[prompts.len(), 77 · chunks, hidden]` with this encoder's defaults.
     pub fn encode_prompts(&self, backend: &B, prompts: &[&str]) -> Result<B::Tensor> {
+        self.encode_with(backend, prompts, &TextOptions::default())
+    }
+
+    /// [`encode_prompts`](Self::encode_prompts) with `options` overriding the defaults.
+    pub fn encode_with(
+        &self,
+        backend: &B,
+        prompts: &[&str],
+        options: &TextOptions,
+    ) -> Result<B::Tensor> {
+        let settings = self.resolve(options)?;
         if prompts.is_empty() {
             return Err(sd_core::Error::invalid_argument(
                 "prompts",
@@ -144,7 +176,7 @@ impl<B: Backend> ClipTextEncoder<B> {
         }
         let per_prompt = prompts
             .iter()
-            .map(|prompt| self.chunks(prompt))
+            .map(|prompt| self.chunker.chunks(prompt, settings.mode))
             .collect::<Result<Vec<_>>>()?;
         let chunk_count = per_prompt.iter().map(Vec::len).max().unwrap_or(1);
         let empty = self.chunker.empty_chunk();
@@ -154,7 +186,7 @@ impl<B: Backend> ClipTextEncoder<B> {
                 .iter()
                 .map(|chunks| chunks.get(index).unwrap_or(&empty))
                 .collect();
-            outputs.push(self.encode_chunk_column(backend, &column)?);
+            outputs.push(self.encode_chunk_column(backend, &column, settings.clip_skip)?);
         }
         if outputs.len() == 1 {
             return Ok(outputs.swap_remove(0));
@@ -164,11 +196,14 @@ impl<B: Backend> ClipTextEncoder<B> {
     }
 
     /// One chunk per prompt through the transformer, with emphasis applied.
-    fn encode_chunk_column(&self, backend: &B, chunks: &[&PromptChunk]) -> Result<B::Tensor> {
+    fn encode_chunk_column(
+        &self,
+        backend: &B,
+        chunks: &[&PromptChunk],
+        clip_skip: usize,
+    ) -> Result<B::Tensor> {
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-        let hidden = self
-            .model
-            .forward(backend, &ids, chunks.len(), self.clip_skip)?;
+        let hidden = self.model.forward(backend, &ids, chunks.len(), clip_skip)?;
         if chunks.iter().all(|c| c.is_unweighted()) {
             return Ok(hidden);
         }
@@ -204,8 +239,8 @@ fn mean(states: &ndarray::ArrayViewMutD<'_, f32>) -> f32 {
 }
 
 impl<B: Backend> TextEncoder<B> for ClipTextEncoder<B> {
-    fn encode(&self, backend: &B, prompts: &[&str]) -> Result<B::Tensor> {
-        self.encode_prompts(backend, prompts)
+    fn encode(&self, backend: &B, prompts: &[&str], options: &TextOptions) -> Result<B::Tensor> {
+        self.encode_with(backend, prompts, options)
     }
 
     fn hidden_size(&self) -> usize {

@@ -4,13 +4,13 @@
 //!
 //! ```no_run
 //! use sd_clip::{ClipTextEncoder, PromptMode};
-//! use sd_core::{TextEncoder, cpu::CpuBackend};
+//! use sd_core::cpu::CpuBackend;
 //!
 //! # fn main() -> sd_core::Result<()> {
 //! let b = CpuBackend::new();
 //! // A diffusers folder, or an SD 1.x single-file checkpoint (`.safetensors`).
 //! let encoder = ClipTextEncoder::load(&b, "stable-diffusion-v1-5")?.with_clip_skip(1)?;
-//! let cond = encoder.encode(&b, &["lowres, blurry", "a (red:1.3) fox in the snow, ((detailed))"])?;
+//! let cond = encoder.encode_prompts(&b, &["lowres, blurry", "a (red:1.3) fox in the snow, ((detailed))"])?;
 //! // cond: [2, 77, 768] (77 · chunks for long prompts); split into negative and positive.
 //! let _diffusers_like = encoder.with_mode(PromptMode::Plain);
 //! # Ok(()) }

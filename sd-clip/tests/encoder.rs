@@ -17,7 +17,8 @@ fn encoder(b: &CpuBackend) -> ClipTextEncoder<CpuBackend> {
 }
 
 fn encode(b: &CpuBackend, encoder: &ClipTextEncoder<CpuBackend>, prompts: &[&str]) -> HostTensor {
-    b.download(&encoder.encode(b, prompts).unwrap()).unwrap()
+    b.download(&encoder.encode_prompts(b, prompts).unwrap())
+        .unwrap()
 }
 
 fn assert_close(a: &HostTensor, b: &HostTensor, tolerance: f32, what: &str) {
@@ -175,11 +176,11 @@ fn no_prompts_and_bad_weights_are_invalid_arguments() {
     let b = CpuBackend::new();
     let encoder = encoder(&b);
     assert!(matches!(
-        encoder.encode(&b, &[]),
+        encoder.encode_prompts(&b, &[]),
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        encoder.encode(&b, &["(cat:1.2.3)"]),
+        encoder.encode_prompts(&b, &["(cat:1.2.3)"]),
         Err(Error::InvalidArgument { .. })
     ));
     assert_eq!(encoder.hidden_size(), 32);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer, PromptMode};
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::{Component, LdmLayout, WeightStore};
-use sd_core::{Backend, HostTensor, TextEncoder};
+use sd_core::{Backend, HostTensor};
 
 /// f32 reimplementation vs the f32 reference on the same f16-stored weights: differences come
 /// only from summation order (the bound).
@@ -137,7 +137,9 @@ fn plain_mode_encoder_gives_the_pipeline_embeddings_from_prompt_text() {
         let encoder = ClipTextEncoder::load(&b, fixtures().join(model))
             .unwrap()
             .with_mode(PromptMode::Plain);
-        let cond = b.download(&encoder.encode(&b, &prompts).unwrap()).unwrap();
+        let cond = b
+            .download(&encoder.encode_prompts(&b, &prompts).unwrap())
+            .unwrap();
         let err = max_abs_diff(&cond, &Goldens::open(model).f32("last_hidden_state"));
         assert!(
             err < MAX_ABS_ERROR,
@@ -160,8 +162,12 @@ fn ldm_single_file_text_encoder_equals_the_diffusers_folder_one() {
         ClipTextEncoder::from_store(&b, &store, config, ClipTokenizer::sd15().unwrap()).unwrap();
     let folder = ClipTextEncoder::load(&b, fixtures().join("tiny-sd")).unwrap();
     let prompts = ["a (red:1.3) fox in the snow", ""];
-    let a = b.download(&single.encode(&b, &prompts).unwrap()).unwrap();
-    let c = b.download(&folder.encode(&b, &prompts).unwrap()).unwrap();
+    let a = b
+        .download(&single.encode_prompts(&b, &prompts).unwrap())
+        .unwrap();
+    let c = b
+        .download(&folder.encode_prompts(&b, &prompts).unwrap())
+        .unwrap();
     assert_eq!(a, c);
 }
 
@@ -213,7 +219,9 @@ fn a1111_mode_gives_the_pipeline_embeddings_for_short_prompts_without_syntax() {
         let prompts: Vec<&str> = prompts[..3].iter().map(String::as_str).collect();
         let encoder = ClipTextEncoder::load(&b, fixtures().join(model)).unwrap();
         assert_eq!(encoder.mode(), PromptMode::A1111);
-        let cond = b.download(&encoder.encode(&b, &prompts).unwrap()).unwrap();
+        let cond = b
+            .download(&encoder.encode_prompts(&b, &prompts).unwrap())
+            .unwrap();
         let golden = Goldens::open(model).f32("last_hidden_state");
         let golden = golden.slice(ndarray::s![..3, .., ..]).to_owned().into_dyn();
         let err = max_abs_diff(&cond, &golden);

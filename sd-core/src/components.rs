@@ -23,12 +23,31 @@ pub use crate::latent_dist::LatentDist;
 use crate::rng::TorchGenerator;
 use crate::tensor::HostTensor;
 
+/// How prompt text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptMode {
+    /// AUTOMATIC1111's emphasis syntax, `BREAK`, and prompts of any length in 77-token chunks.
+    #[default]
+    A1111,
+    /// The text literally, truncated to one chunk as diffusers does.
+    Plain,
+}
+
+/// How one request wants its prompts encoded; `None` leaves a setting at the encoder's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TextOptions {
+    /// A1111's "Clip skip": 1 uses the last layer, N stops N − 1 layers before the end.
+    pub clip_skip: Option<usize>,
+    pub prompt_mode: Option<PromptMode>,
+}
+
 /// Turns prompts into the conditioning the denoiser attends to (CLIP's last hidden state).
+/// Shared by concurrent requests: per-request settings arrive as [`TextOptions`].
 pub trait TextEncoder<B: Backend> {
     /// Encode a batch of prompts to `[prompts.len(), seq, dim]`. All rows share one `seq`
     /// (77 per chunk; long prompts padded to the same number of chunks) so a pipeline can pass
     /// `[negative, positive]` in one call and split the result.
-    fn encode(&self, backend: &B, prompts: &[&str]) -> Result<B::Tensor>;
+    fn encode(&self, backend: &B, prompts: &[&str], options: &TextOptions) -> Result<B::Tensor>;
 
     /// The width of the hidden states (768 for SD 1.5).
     fn hidden_size(&self) -> usize;

@@ -24,7 +24,10 @@ pub mod tensor;
 pub mod weights;
 
 pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp, WeightRole};
-pub use components::{Denoiser, LatentCodec, LatentDist, ScheduleState, Scheduler, TextEncoder};
+pub use components::{
+    Denoiser, LatentCodec, LatentDist, PromptMode, ScheduleState, Scheduler, TextEncoder,
+    TextOptions,
+};
 pub use error::{Error, Result};
 pub use pipeline::{Generation, GenerationRequest, Pipeline};
 pub use rng::{NormalMode, TorchGenerator};

@@ -9,7 +9,7 @@ use sd_core::cpu::{CpuBackend, CpuTensor};
 use sd_core::pipeline::{Control, GenerationRequest, GrayImage, Pipeline, RgbImage};
 use sd_core::{
     Backend, Denoiser, Error, HostTensor, LatentCodec, LatentDist, Result, ScheduleState,
-    Scheduler, TensorInfo, TextEncoder, TorchGenerator,
+    Scheduler, TensorInfo, TextEncoder, TextOptions, TorchGenerator,
 };
 
 /// Encodes each prompt as a row filled with its length.
@@ -19,7 +19,7 @@ struct Text {
 }
 
 impl TextEncoder<CpuBackend> for Text {
-    fn encode(&self, b: &CpuBackend, prompts: &[&str]) -> Result<CpuTensor> {
+    fn encode(&self, b: &CpuBackend, prompts: &[&str], _: &TextOptions) -> Result<CpuTensor> {
         self.calls
             .borrow_mut()
             .push(prompts.iter().map(|p| p.to_string()).collect());

@@ -9,7 +9,7 @@ mod support;
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer};
 use sd_core::cpu::CpuBackend;
 use sd_core::weights::WeightStore;
-use sd_core::{Backend, DType, HostTensor, TextEncoder};
+use sd_core::{Backend, DType, HostTensor};
 use sd_cuda::CudaBackend;
 
 use sd_testkit::fixtures;
@@ -38,10 +38,10 @@ fn tiny_clip_encoder_on_cuda_matches_the_cpu_backend() {
         let on_cpu = ClipTextEncoder::load(&cpu, &model).unwrap();
         let on_gpu = ClipTextEncoder::load(gpu, &model).unwrap();
         let want = cpu
-            .download(&on_cpu.encode(&cpu, &PROMPTS).unwrap())
+            .download(&on_cpu.encode_prompts(&cpu, &PROMPTS).unwrap())
             .unwrap();
         let got = gpu
-            .download(&on_gpu.encode(gpu, &PROMPTS).unwrap())
+            .download(&on_gpu.encode_prompts(gpu, &PROMPTS).unwrap())
             .unwrap();
         let err = support::relative_error(&got, &want);
         println!("tiny-sd CLIP encoder, CUDA {dtype:?} vs CPU: relative error {err:.3e}");

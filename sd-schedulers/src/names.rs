@@ -118,11 +118,23 @@ fn lookup(name: &str) -> Result<(SchedulerKind, Implied)> {
         })
 }
 
-/// Options a pipeline passes to `step` in diffusers rather than through the config.
+/// Options a request may set on top of the config and the name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SamplerOptions {
-    /// DDIM's η (0 = deterministic DDIM); other schedulers ignore it, as diffusers does.
+    /// DDIM's η (0 = deterministic DDIM); other schedulers ignore it, as diffusers does (a
+    /// pipeline passes it to `step` rather than through the config).
     pub eta: f32,
+    /// Karras σ spacing on or off; `None`: what the name implies, else the config. Turning it
+    /// on for a class without the option ([`SchedulerKind::takes_karras_sigmas`]) is an error.
+    pub karras_sigmas: Option<bool>,
+}
+
+impl SchedulerKind {
+    /// Whether the class can space its σ schedule as Karras et al. (diffusers'
+    /// `use_karras_sigmas`; its Euler-ancestral class has no such option).
+    pub fn takes_karras_sigmas(self) -> bool {
+        matches!(self, Lms | Euler | Heun | DpmSolverMultistep | UniPc)
+    }
 }
 
 /// Build the scheduler `name` from `config` (see the module docs for the names).
@@ -138,7 +150,13 @@ pub fn scheduler_from_name_with(
 ) -> Result<Box<dyn Scheduler>> {
     let (kind, implied) = lookup(name)?;
     let mut config = config.clone();
-    if let Some(on) = implied.karras {
+    if let Some(on) = options.karras_sigmas.or(implied.karras) {
+        if on && !kind.takes_karras_sigmas() {
+            return Err(Error::invalid_argument(
+                "karras_sigmas",
+                format!("the {} sampler has no Karras σ option", name.trim()),
+            ));
+        }
         config.use_karras_sigmas = Some(on);
     }
     if let Some(algorithm) = implied.algorithm {

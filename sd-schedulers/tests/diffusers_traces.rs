@@ -112,8 +112,15 @@ impl Goldens {
             .get("eta")
             .and_then(|v| v.as_f64())
             .unwrap_or(0.0) as f32;
-        scheduler_from_name_with(&setup.class, &self.config(setup), SamplerOptions { eta })
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
+        scheduler_from_name_with(
+            &setup.class,
+            &self.config(setup),
+            SamplerOptions {
+                eta,
+                ..SamplerOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 }
 

@@ -12,7 +12,7 @@ use stable_diffusion::clip::{ClipTextEncoder, ClipTextTransformer};
 use stable_diffusion::configs::ModelConfigs;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::AutoencoderKL;
-use stable_diffusion::{LoadOptions, PromptMode, StableDiffusion};
+use stable_diffusion::{LoadOptions, StableDiffusion};
 
 pub use sd_testkit::fixtures;
 
@@ -20,12 +20,10 @@ pub fn goldens() -> PathBuf {
     fixtures().join("goldens")
 }
 
-/// A tiny pipeline folder in plain prompt mode (the goldens are diffusers runs).
-pub fn load_plain(path: &Path, options: LoadOptions) -> StableDiffusion<CpuBackend> {
-    let mut sd = StableDiffusion::load(path, options)
-        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    sd.set_prompt_mode(PromptMode::Plain);
-    sd
+/// A tiny pipeline (folder or single file).
+pub fn load_tiny(path: &Path, options: LoadOptions) -> StableDiffusion<CpuBackend> {
+    StableDiffusion::load(path, options)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
 /// tiny-sd with the 9-channel UNet of tiny-sd-inpaint, as the inpainting golden was made.
@@ -60,7 +58,5 @@ pub fn load_tiny_inpainting() -> StableDiffusion<CpuBackend> {
     .unwrap();
     let pipeline = Pipeline::new(b, ClipTextEncoder::new(text, configs.tokenizer), unet, vae)
         .with_default_size(64, 64);
-    let mut sd = StableDiffusion::from_pipeline(pipeline, configs.scheduler, dir);
-    sd.set_prompt_mode(PromptMode::Plain);
-    sd
+    StableDiffusion::from_pipeline(pipeline, configs.scheduler, dir)
 }

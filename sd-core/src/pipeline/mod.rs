@@ -37,7 +37,7 @@ use ndarray::{Axis, Slice, concatenate};
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
 pub use progress::{Control, StepProgress, preview};
-pub use request::{GenerationRequest, InitImage, MAX_SIDE, Seeds};
+pub use request::{GenerationRequest, InitImage, MAX_SIDE, SamplerSettings, Seeds};
 
 use crate::backend::Backend;
 use crate::components::{Denoiser, LatentCodec, TextEncoder};
@@ -106,10 +106,6 @@ where
 
     pub fn text_encoder(&self) -> &T {
         &self.text_encoder
-    }
-
-    pub fn text_encoder_mut(&mut self) -> &mut T {
-        &mut self.text_encoder
     }
 
     pub fn denoiser(&self) -> &D {
@@ -278,7 +274,7 @@ where
         } else {
             vec![&request.prompt]
         };
-        let encoded = self.text_encoder.encode(b, &prompts)?;
+        let encoded = self.text_encoder.encode(b, &prompts, &request.text)?;
         if batch == 1 {
             return Ok(encoded);
         }

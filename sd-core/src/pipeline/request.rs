@@ -1,6 +1,7 @@
 //! What to generate: [`GenerationRequest`], and its checks against a model's geometry.
 
 use super::image::{GrayImage, RgbImage};
+use crate::components::{PromptMode, TextOptions};
 use crate::error::{Error, Result};
 
 /// The largest image side accepted: far past SD 1.5's useful range, small enough that sizes
@@ -16,6 +17,20 @@ pub enum Seeds {
     /// One generator per image: diffusers' `generator=[manual_seed(s) for s in seeds]`. In
     /// txt2img and img2img each image is then the image its seed gives alone.
     PerImage(Vec<u64>),
+}
+
+/// The sampler a request asks for. Every part left `None` takes the model's default, so one
+/// loaded model serves requests with different samplers side by side.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SamplerSettings {
+    /// A diffusers class name (`"EulerDiscreteScheduler"`) or an A1111 sampler name (`"Euler a"`,
+    /// `"DPM++ 2M Karras"`); `None`: the model's default sampler.
+    pub name: Option<String>,
+    /// η of the samplers that take one (DDIM: 0 is deterministic); `None`: 0.
+    pub eta: Option<f32>,
+    /// Karras σ spacing on or off, for samplers that step in σ; `None`: what the name implies,
+    /// else the model's scheduler config.
+    pub karras_sigmas: Option<bool>,
 }
 
 /// An img2img or inpainting start image.
@@ -48,6 +63,10 @@ pub struct GenerationRequest {
     pub init: Option<InitImage>,
     /// White (≥ 50 % grey) repaints, black keeps. Needs [`init`](Self::init).
     pub mask: Option<GrayImage>,
+    /// The sampler and its options (unset: the model's defaults).
+    pub sampler: SamplerSettings,
+    /// Clip skip and prompt mode (unset: the model's defaults).
+    pub text: TextOptions,
 }
 
 impl GenerationRequest {
@@ -64,7 +83,39 @@ impl GenerationRequest {
             batch_size: 1,
             init: None,
             mask: None,
+            sampler: SamplerSettings::default(),
+            text: TextOptions::default(),
         }
+    }
+
+    /// The sampler, by diffusers class name or A1111 name (`"Euler a"`, `"DPM++ 2M Karras"`).
+    pub fn scheduler(mut self, name: impl Into<String>) -> Self {
+        self.sampler.name = Some(name.into());
+        self
+    }
+
+    /// η for the samplers that take one (DDIM).
+    pub fn eta(mut self, eta: f32) -> Self {
+        self.sampler.eta = Some(eta);
+        self
+    }
+
+    /// Karras σ spacing on or off (samplers that step in σ).
+    pub fn karras_sigmas(mut self, on: bool) -> Self {
+        self.sampler.karras_sigmas = Some(on);
+        self
+    }
+
+    /// A1111's "Clip skip" (1 = the last layer).
+    pub fn clip_skip(mut self, clip_skip: usize) -> Self {
+        self.text.clip_skip = Some(clip_skip);
+        self
+    }
+
+    /// A1111 prompt syntax or the plain, diffusers-identical reading.
+    pub fn prompt_mode(mut self, mode: PromptMode) -> Self {
+        self.text.prompt_mode = Some(mode);
+        self
     }
 
     pub fn negative_prompt(mut self, negative: impl Into<String>) -> Self {
@@ -166,6 +217,14 @@ impl Geometry {
                     seeds.len(),
                     request.batch_size
                 ),
+            ));
+        }
+        if let Some(eta) = request.sampler.eta
+            && !(eta.is_finite() && eta >= 0.0)
+        {
+            return Err(Error::invalid_argument(
+                "eta",
+                format!("must be a finite number ≥ 0, got {eta}"),
             ));
         }
         if !request.guidance_scale.is_finite() {

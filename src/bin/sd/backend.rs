@@ -1,6 +1,6 @@
 //! Choosing a backend: each command is written once over `B: Backend` and instantiated here.
 //! Without a usable GPU, `--backend cuda` fails with sd-cuda's typed error (no CUDA device, or
-//! no NVRTC), naming the reason.
+//! no NVRTC), naming the reason; a build without the `cuda` feature refuses it.
 
 /// Run `$body` with `$b` bound to the backend `$kind` names (GPU 0 for CUDA, f16 storage) at
 /// CPU precision `$precision` (bf16 is refused for CUDA, which has its own f16 storage).
@@ -11,9 +11,17 @@ macro_rules! with_backend {
                 let $b = sd_core::cpu::CpuBackend::with_precision(precision.into());
                 $body
             }
+            #[cfg(feature = "cuda")]
             ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
                 let $b = sd_cuda::CudaBackend::new(0)?;
                 $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
+                return Err(sd_core::Error::invalid_argument(
+                    "--backend",
+                    "this sd was built without the `cuda` feature (cargo build --features cuda)",
+                ));
             }
             ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::Bf16) => {
                 return Err(sd_core::Error::invalid_argument(

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer};
 use sd_core::profile::{OpTimes, Profiled};
 use sd_core::weights::{Variant, WeightStore};
-use sd_core::{
-    Backend, Denoiser, Error, GenerationRequest, LatentCodec, Result, TextEncoder, TorchGenerator,
-};
+use sd_core::{Backend, Denoiser, Error, GenerationRequest, LatentCodec, Result, TorchGenerator};
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 use sd_vae::{AutoencoderKL, VaeConfig};
 use stable_diffusion::configs::ModelConfigs;
@@ -105,7 +103,7 @@ fn measure<B: Backend>(
             let text = ClipTextEncoder::new(model, ClipTokenizer::sd15()?);
             (
                 "2 prompts × 77 tokens",
-                Box::new(move || text.encode(b, &PROMPTS).map(drop)),
+                Box::new(move || text.encode_prompts(b, &PROMPTS).map(drop)),
             )
         }
         BenchComponent::Unet | BenchComponent::UnetB1 => {
@@ -172,9 +170,9 @@ fn measure_txt2img<B: Backend>(
 ) -> Result<Row> {
     let configs = ModelConfigs::sd15(Variant::Standard)?;
     let options = LoadOptions::default().low_memory(args.low_memory);
-    let mut sd = StableDiffusion::from_store(b, store, configs, &options)?;
-    sd.set_scheduler("PNDM")?;
+    let sd = StableDiffusion::from_store(b, store, configs, &options)?;
     let request = GenerationRequest::new(PROMPTS[1])
+        .scheduler("PNDM")
         .steps(args.steps)
         .seed(args.seed);
     if let Some(times) = profile {

@@ -61,16 +61,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         model_path.display(),
         backend.name()
     ));
-    let mut sd = StableDiffusion::load_on(backend, &model_path, options)?;
-    if let Some(name) = &args.scheduler {
-        sd.set_scheduler(name)?;
-    }
-    sd.set_clip_skip(args.clip_skip)?;
-    sd.set_prompt_mode(if args.plain_prompt {
-        PromptMode::Plain
-    } else {
-        PromptMode::A1111
-    });
+    let sd = StableDiffusion::load_on(backend, &model_path, options)?;
 
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let seeds: Vec<u64> = (0..args.batch as u64)
@@ -80,7 +71,16 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         .negative_prompt(&args.negative_prompt)
         .steps(args.steps)
         .guidance_scale(args.cfg)
+        .clip_skip(args.clip_skip)
+        .prompt_mode(if args.plain_prompt {
+            PromptMode::Plain
+        } else {
+            PromptMode::A1111
+        })
         .seeds(seeds);
+    if let Some(name) = &args.scheduler {
+        request = request.scheduler(name);
+    }
     request.width = args.width;
     request.height = args.height;
     let strength = init.as_ref().map(|_| args.strength);
@@ -104,14 +104,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
             steps: args.steps,
-            sampler: sd.scheduler_name().to_string(),
+            sampler: sd.scheduler_for(&request).to_string(),
             cfg_scale: args.cfg,
             seed: *seed,
             width: image.width(),
             height: image.height(),
             model_hash: Some(model_hash.clone()),
             model: model_name.clone(),
-            clip_skip: sd.clip_skip(),
+            clip_skip: sd.clip_skip_for(&request),
             denoising_strength: strength,
         };
         let path = output_path(&args.output, index, generation.images.len());
