@@ -18,12 +18,14 @@
 //! - [`ldm`]: LDM single-file names → diffusers names, generated from the architecture.
 //! - [`variant`]: standard vs inpainting, and refusing SD 2.x / SDXL.
 //! - [`store`]: [`WeightStore`] and the scoped [`Weights`] view model code uses.
+//! - [`overlay`]: [`Overlay`], a change to named tensors (LoRA deltas) merged when they are read.
 //! - [`synthetic`]: seeded random weights of any shape asked, for benchmarks ([`WeightStore::synthetic`]).
 
 pub mod diffusers;
 pub mod file;
 pub mod ldm;
 pub mod names;
+pub mod overlay;
 pub mod store;
 pub mod synthetic;
 pub mod variant;
@@ -31,6 +33,7 @@ pub mod variant;
 pub use file::{SafetensorsFile, TensorInfo};
 pub use ldm::{LdmLayout, UnetLayout, VaeLayout};
 pub use names::Component;
+pub use overlay::Overlay;
 pub use safetensors::Dtype as StoredDtype;
 pub use store::{WeightStore, Weights};
 pub use variant::Variant;

@@ -1,16 +1,22 @@
 //! `WeightStore`: the weights of a pipeline, found by diffusers name whatever the file layout.
 //!
-//! Opening builds, per component, a table from the canonical diffusers name to the file and key
-//! that hold the tensor; nothing is read until model code asks. A diffusers folder maps names
-//! one to one; an LDM single file goes through the [`ldm`] rules.
+//! A store is a layered view: a base that holds the tensors (a checkpoint's files, or seeded
+//! random values for benchmarks) and, on top, [`Overlay`]s that change or add named tensors when
+//! model code reads them.
+//!
+//! Opening a checkpoint builds, per component, a table from the canonical diffusers name to the
+//! file and key that hold the tensor; nothing is read until model code asks. A diffusers folder
+//! maps names one to one; an LDM single file goes through the [`ldm`] rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::diffusers::read_pipeline_folder;
 use super::file::{SafetensorsFile, TensorInfo};
 use super::ldm::{self, LdmLayout};
 use super::names::{Component, canonical};
+use super::overlay::Overlay;
 use super::synthetic::Synthetic;
 use super::variant::{self, Variant};
 use crate::error::{Error, Result};
@@ -30,16 +36,41 @@ struct NameTable {
     entries: HashMap<String, Source>,
 }
 
-/// The weights of an SD 1.x pipeline (or of single components), memory-mapped.
+/// Where a store's tensors come from, below its overlays.
 #[derive(Debug)]
-pub struct WeightStore {
-    origin: PathBuf,
+enum Base {
+    /// Memory-mapped safetensors files, their tensors by diffusers name.
+    Checkpoint(Checkpoint),
+    /// Seeded random values of whatever shape model code asks ([`WeightStore::synthetic`]).
+    Synthetic(Synthetic),
+}
+
+/// The files of a checkpoint and where each diffusers name lives in them.
+#[derive(Debug, Default)]
+struct Checkpoint {
     files: Vec<SafetensorsFile>,
     tables: BTreeMap<Component, NameTable>,
     unmapped: Vec<String>,
+}
+
+/// The weights of an SD 1.x pipeline (or of single components): a base (memory-mapped files or
+/// synthetic values) under any number of [`Overlay`]s.
+///
+/// Cloning a store, or [`with_overlay`](Self::with_overlay), shares the base (the mapped files
+/// are not reopened), so a store per set of overlays costs next to nothing.
+#[derive(Debug, Clone)]
+pub struct WeightStore {
+    origin: PathBuf,
+    base: Arc<Base>,
     variant: Option<Variant>,
-    /// Set for [`WeightStore::synthetic`]: parameters are made on request, not read.
-    synthetic: Option<Synthetic>,
+    /// Applied in order, bottom to top, to each tensor model code reads.
+    overlays: Vec<Arc<dyn Overlay>>,
+}
+
+/// A checkpoint store while it is being opened.
+struct Opening {
+    origin: PathBuf,
+    checkpoint: Checkpoint,
 }
 
 impl WeightStore {
@@ -60,12 +91,11 @@ impl WeightStore {
         let dir = dir.as_ref();
         let folder = read_pipeline_folder(dir)?;
         variant::reject_foreign_pipeline(&folder.model_index_path, &folder.model_index)?;
-        let mut store = Self::empty(dir);
+        let mut store = Opening::new(dir);
         for (component, paths) in &folder.components {
             store.add_component_files(*component, paths)?;
         }
-        store.detect_variant()?;
-        Ok(store)
+        store.finish()
     }
 
     /// Open the files holding one component's weights under their own (diffusers or
@@ -75,10 +105,9 @@ impl WeightStore {
         let origin = paths
             .first()
             .ok_or_else(|| Error::invalid_argument("paths", "no files given"))?;
-        let mut store = Self::empty(origin);
+        let mut store = Opening::new(origin);
         store.add_component_files(component, &paths)?;
-        store.detect_variant()?;
-        Ok(store)
+        store.finish()
     }
 
     /// Open an LDM single file (`model.diffusion_model.*`, `first_stage_model.*`,
@@ -103,49 +132,131 @@ impl WeightStore {
             Some(layout) => layout.clone(),
             None => LdmLayout::infer(&path, &file.names().collect::<Vec<_>>())?,
         };
-        let mut store = Self::empty(&path);
-        store.files.push(file);
+        let mut store = Opening::new(&path);
+        store.checkpoint.files.push(file);
         store.map_single_file(0, &layout)?;
-        if !store.tables.contains_key(&Component::Unet) {
+        if !store.checkpoint.tables.contains_key(&Component::Unet) {
             return Err(refuse(format!(
                 "none of its {}* keys fit the UNet layout {layout:?}",
                 ldm::UNET_PREFIX
             )));
         }
-        store.detect_variant()?;
-        Ok(store)
+        store.finish()
     }
 
     /// A store with no files whose every component answers [`Weights::get_shaped`] with
     /// seeded random values of the asked shape (see [`super::synthetic`]): full-size models
     /// for benchmarks, without a download. [`Weights::get`] and [`Weights::info`] find nothing.
     pub fn synthetic(seed: u64) -> Self {
-        let mut store = Self::empty(Path::new("<synthetic weights>"));
-        for component in Component::ALL {
-            store.tables.insert(component, NameTable::default());
+        Self {
+            origin: PathBuf::from("<synthetic weights>"),
+            base: Arc::new(Base::Synthetic(Synthetic { seed })),
+            variant: Some(Variant::Standard),
+            overlays: Vec::new(),
         }
-        store.variant = Some(Variant::Standard);
-        store.synthetic = Some(Synthetic { seed });
-        store
     }
 
-    fn empty(origin: &Path) -> Self {
+    /// This store with `overlay` on top of its overlays: reading a tensor the overlay
+    /// [touches](Overlay::touches) gives what it makes of the tensor below. The base is shared.
+    pub fn with_overlay(&self, overlay: Arc<dyn Overlay>) -> Self {
+        let mut layered = self.clone();
+        layered.overlays.push(overlay);
+        layered
+    }
+
+    /// The overlays, bottom to top.
+    pub fn overlays(&self) -> &[Arc<dyn Overlay>] {
+        &self.overlays
+    }
+
+    /// A component's weights, at the root of its names.
+    pub fn component(&self, component: Component) -> Result<Weights<'_>> {
+        let held = match &*self.base {
+            Base::Checkpoint(checkpoint) => Held::Files {
+                checkpoint,
+                table: checkpoint.tables.get(&component).ok_or_else(|| {
+                    Error::UnsupportedModel {
+                        path: self.origin.clone(),
+                        reason: format!("it has no {component} weights"),
+                    }
+                })?,
+            },
+            Base::Synthetic(synthetic) => Held::Synthetic(synthetic),
+        };
+        Ok(Weights {
+            held,
+            overlays: &self.overlays,
+            component,
+            prefix: String::new(),
+        })
+    }
+
+    /// The CLIP text encoder's weights (`text_model.…`).
+    pub fn text_encoder(&self) -> Result<Weights<'_>> {
+        self.component(Component::TextEncoder)
+    }
+
+    /// The UNet's weights (`down_blocks.0.…`).
+    pub fn unet(&self) -> Result<Weights<'_>> {
+        self.component(Component::Unet)
+    }
+
+    /// The VAE's weights (`encoder.…`, `decoder.…`).
+    pub fn vae(&self) -> Result<Weights<'_>> {
+        self.component(Component::Vae)
+    }
+
+    /// Whether the store has weights for `component`.
+    pub fn has_component(&self, component: Component) -> bool {
+        match &*self.base {
+            Base::Checkpoint(checkpoint) => checkpoint.tables.contains_key(&component),
+            Base::Synthetic(_) => true,
+        }
+    }
+
+    /// Standard or inpainting, known when the store has a UNet with a `conv_in`.
+    pub fn variant(&self) -> Option<Variant> {
+        self.variant
+    }
+
+    /// The folder or file the store was opened from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The safetensors files the store reads.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        let files: &[SafetensorsFile] = match &*self.base {
+            Base::Checkpoint(checkpoint) => &checkpoint.files,
+            Base::Synthetic(_) => &[],
+        };
+        files.iter().map(SafetensorsFile::path)
+    }
+
+    /// Keys of an LDM single file under a UNet/VAE prefix that no rule maps (sorted): a
+    /// checkpoint of another architecture or layout than the one given. Empty for folders.
+    pub fn unmapped_keys(&self) -> &[String] {
+        match &*self.base {
+            Base::Checkpoint(checkpoint) => &checkpoint.unmapped,
+            Base::Synthetic(_) => &[],
+        }
+    }
+}
+
+impl Opening {
+    fn new(origin: &Path) -> Self {
         Self {
             origin: origin.to_path_buf(),
-            files: Vec::new(),
-            tables: BTreeMap::new(),
-            unmapped: Vec::new(),
-            variant: None,
-            synthetic: None,
+            checkpoint: Checkpoint::default(),
         }
     }
 
     fn add_component_files(&mut self, component: Component, paths: &[PathBuf]) -> Result<()> {
         for path in paths {
             let file = SafetensorsFile::open(path)?;
-            let index = self.files.len();
+            let index = self.checkpoint.files.len();
             let keys: Vec<String> = file.names().map(str::to_string).collect();
-            self.files.push(file);
+            self.checkpoint.files.push(file);
             for key in keys {
                 let name = canonical(component, &key).into_owned();
                 self.insert(component, name, index, key)?;
@@ -158,7 +269,7 @@ impl WeightStore {
     fn map_single_file(&mut self, index: usize, layout: &LdmLayout) -> Result<()> {
         let unet_rules = ldm::unet_rules(&layout.unet);
         let vae_rules = ldm::vae_rules(&layout.vae);
-        let file = &self.files[index];
+        let file = &self.checkpoint.files[index];
         let mut mapped = Vec::new();
         let mut unmapped = Vec::new();
         for key in file.names() {
@@ -188,7 +299,7 @@ impl WeightStore {
             mapped.push((component, name, source_key));
         }
         unmapped.sort();
-        self.unmapped = unmapped;
+        self.checkpoint.unmapped = unmapped;
         for (component, name, key) in mapped {
             self.insert(component, name, index, key)?;
         }
@@ -202,17 +313,17 @@ impl WeightStore {
         file: usize,
         key: String,
     ) -> Result<()> {
-        let table = self.tables.entry(component).or_default();
+        let table = self.checkpoint.tables.entry(component).or_default();
         if !table.files.contains(&file) {
             table.files.push(file);
         }
         if let Some(first) = table.entries.get(&name) {
             return Err(Error::InvalidSafetensors {
-                path: self.files[file].path().to_path_buf(),
+                path: self.checkpoint.files[file].path().to_path_buf(),
                 reason: format!(
                     "{component} tensor {name} (key {key}) is also stored as {} in {}",
                     first.key,
-                    self.files[first.file].path().display()
+                    self.checkpoint.files[first.file].path().display()
                 ),
             });
         }
@@ -220,69 +331,19 @@ impl WeightStore {
         Ok(())
     }
 
-    fn detect_variant(&mut self) -> Result<()> {
-        if self.tables.contains_key(&Component::Unet) {
-            self.variant = variant::detect(&self.origin, &self.component(Component::Unet)?)?;
+    /// The store, with its variant read off the UNet's `conv_in` when it has a UNet.
+    fn finish(self) -> Result<WeightStore> {
+        let has_unet = self.checkpoint.tables.contains_key(&Component::Unet);
+        let mut store = WeightStore {
+            origin: self.origin,
+            base: Arc::new(Base::Checkpoint(self.checkpoint)),
+            variant: None,
+            overlays: Vec::new(),
+        };
+        if has_unet {
+            store.variant = variant::detect(&store.origin, &store.component(Component::Unet)?)?;
         }
-        Ok(())
-    }
-
-    /// A component's weights, at the root of its names.
-    pub fn component(&self, component: Component) -> Result<Weights<'_>> {
-        let table = self
-            .tables
-            .get(&component)
-            .ok_or_else(|| Error::UnsupportedModel {
-                path: self.origin.clone(),
-                reason: format!("it has no {component} weights"),
-            })?;
-        Ok(Weights {
-            store: self,
-            component,
-            table,
-            prefix: String::new(),
-        })
-    }
-
-    /// The CLIP text encoder's weights (`text_model.…`).
-    pub fn text_encoder(&self) -> Result<Weights<'_>> {
-        self.component(Component::TextEncoder)
-    }
-
-    /// The UNet's weights (`down_blocks.0.…`).
-    pub fn unet(&self) -> Result<Weights<'_>> {
-        self.component(Component::Unet)
-    }
-
-    /// The VAE's weights (`encoder.…`, `decoder.…`).
-    pub fn vae(&self) -> Result<Weights<'_>> {
-        self.component(Component::Vae)
-    }
-
-    /// Whether the store has weights for `component`.
-    pub fn has_component(&self, component: Component) -> bool {
-        self.tables.contains_key(&component)
-    }
-
-    /// Standard or inpainting, known when the store has a UNet with a `conv_in`.
-    pub fn variant(&self) -> Option<Variant> {
-        self.variant
-    }
-
-    /// The folder or file the store was opened from.
-    pub fn origin(&self) -> &Path {
-        &self.origin
-    }
-
-    /// The safetensors files the store reads.
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(SafetensorsFile::path)
-    }
-
-    /// Keys of an LDM single file under a UNet/VAE prefix that no rule maps (sorted): a
-    /// checkpoint of another architecture or layout than the one given. Empty for folders.
-    pub fn unmapped_keys(&self) -> &[String] {
-        &self.unmapped
+        Ok(store)
     }
 }
 
@@ -297,10 +358,20 @@ impl WeightStore {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Weights<'a> {
-    store: &'a WeightStore,
+    held: Held<'a>,
+    overlays: &'a [Arc<dyn Overlay>],
     component: Component,
-    table: &'a NameTable,
     prefix: String,
+}
+
+/// What the base of a store holds for one component.
+#[derive(Debug, Clone, Copy)]
+enum Held<'a> {
+    Files {
+        checkpoint: &'a Checkpoint,
+        table: &'a NameTable,
+    },
+    Synthetic(&'a Synthetic),
 }
 
 impl<'a> Weights<'a> {
@@ -331,32 +402,49 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// Whether the tensor exists (always, in a synthetic store).
+    /// Whether the tensor exists: in the base (always, in a synthetic store) or added by an
+    /// overlay.
     pub fn contains(&self, name: &str) -> bool {
-        self.store.synthetic.is_some() || self.source(name).is_ok()
+        let in_base = match self.held {
+            Held::Files { .. } => self.source(name).is_ok(),
+            Held::Synthetic(_) => true,
+        };
+        in_base || !self.overlays_on(name).is_empty()
     }
 
-    /// Dtype and shape of a tensor, without reading it.
+    /// Dtype and shape of a tensor as the base file stores it, without reading it.
     pub fn info(&self, name: &str) -> Result<&'a TensorInfo> {
         let (file, key, _) = self.source(name)?;
         file.info(key).ok_or_else(|| self.missing(name))
     }
 
-    /// The tensor as f32 (converted from F16/BF16), in whatever shape the file has.
+    /// The tensor as f32 (converted from F16/BF16), in whatever shape the file has, with the
+    /// overlays applied.
     pub fn get(&self, name: &str) -> Result<HostTensor> {
-        let (file, key, shown) = self.source(name)?;
-        file.read_f32(key, &shown)
+        let base = self
+            .source(name)
+            .and_then(|(file, key, shown)| file.read_f32(key, &shown));
+        self.overlaid(name, base, None)
     }
 
-    /// The tensor as f32, which must have `expected` shape. A linear weight `[out, in]` and a
-    /// 1×1 conv weight `[out, in, 1, 1]` hold the same matrix and are given in the shape asked:
-    /// LDM files store the VAE attention projections (and SD 1.x UNet `proj_in/proj_out`) as
-    /// convs where diffusers may use linears.
+    /// The tensor as f32, which must have `expected` shape, with the overlays applied (in f32,
+    /// before any backend packs or uploads it). A linear weight `[out, in]` and a 1×1 conv
+    /// weight `[out, in, 1, 1]` hold the same matrix and are given in the shape asked: LDM files
+    /// store the VAE attention projections (and SD 1.x UNet `proj_in/proj_out`) as convs where
+    /// diffusers may use linears.
     pub fn get_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        if let Some(synthetic) = &self.store.synthetic {
-            let full = self.full_name(name);
-            return Ok(synthetic.tensor(&canonical(self.component, &full), expected));
-        }
+        let base = match self.held {
+            Held::Synthetic(synthetic) => {
+                let full = self.full_name(name);
+                Ok(synthetic.tensor(&canonical(self.component, &full), expected))
+            }
+            Held::Files { .. } => self.read_shaped(name, expected),
+        };
+        self.overlaid(name, base, Some(expected))
+    }
+
+    /// The base file's tensor in `expected` shape.
+    fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         let (file, key, shown) = self.source(name)?;
         let found = file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
         if found != expected && !same_matrix(&found, expected) {
@@ -376,10 +464,61 @@ impl<'a> Weights<'a> {
             })
     }
 
-    /// Names under this view, relative to it, sorted.
+    /// The overlays that touch `name`, bottom to top.
+    fn overlays_on(&self, name: &str) -> Vec<&'a Arc<dyn Overlay>> {
+        if self.overlays.is_empty() {
+            return Vec::new();
+        }
+        let full = self.full_name(name);
+        let canonical_name = canonical(self.component, &full);
+        self.overlays
+            .iter()
+            .filter(|o| o.touches(self.component, &canonical_name))
+            .collect()
+    }
+
+    /// `base` (the base's answer for `name`) through the overlays that touch it. A tensor the
+    /// base lacks may be added by an overlay; with `expected`, the result must have that shape.
+    fn overlaid(
+        &self,
+        name: &str,
+        base: Result<HostTensor>,
+        expected: Option<&[usize]>,
+    ) -> Result<HostTensor> {
+        let overlays = self.overlays_on(name);
+        if overlays.is_empty() {
+            return base;
+        }
+        let mut tensor = match base {
+            Ok(tensor) => Some(tensor),
+            Err(Error::MissingTensor { .. }) => None,
+            Err(other) => return Err(other),
+        };
+        let full = self.full_name(name);
+        let canonical_name = canonical(self.component, &full);
+        for overlay in overlays {
+            let changed = overlay.apply(self.component, &canonical_name, tensor)?;
+            if let Some(expected) = expected
+                && changed.shape() != expected
+            {
+                return Err(Error::TensorShape {
+                    name: full,
+                    path: PathBuf::from(format!("overlay {}", overlay.describe())),
+                    expected: expected.to_vec(),
+                    found: changed.shape().to_vec(),
+                });
+            }
+            tensor = Some(changed);
+        }
+        tensor.ok_or_else(|| self.missing(name))
+    }
+
+    /// Names the base holds under this view, relative to it, sorted (none for synthetic weights).
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .table
+        let Held::Files { table, .. } = self.held else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = table
             .entries
             .keys()
             .filter_map(|name| {
@@ -397,14 +536,16 @@ impl<'a> Weights<'a> {
 
     /// The file, the key in it, and how errors should call the tensor.
     fn source(&self, name: &str) -> Result<(&'a SafetensorsFile, &'a str, String)> {
+        let Held::Files { checkpoint, table } = self.held else {
+            return Err(self.missing(name));
+        };
         let full = self.full_name(name);
         let canonical_name = canonical(self.component, &full);
-        let source = self
-            .table
+        let source = table
             .entries
             .get(canonical_name.as_ref())
             .ok_or_else(|| self.missing(name))?;
-        let file = &self.store.files[source.file];
+        let file = &checkpoint.files[source.file];
         let shown = if source.key == full {
             full
         } else {
@@ -414,14 +555,17 @@ impl<'a> Weights<'a> {
     }
 
     fn missing(&self, name: &str) -> Error {
-        Error::MissingTensor {
-            name: self.full_name(name),
-            files: self
-                .table
+        let files = match self.held {
+            Held::Files { checkpoint, table } => table
                 .files
                 .iter()
-                .map(|&i| self.store.files[i].path().to_path_buf())
+                .map(|&i| checkpoint.files[i].path().to_path_buf())
                 .collect(),
+            Held::Synthetic(_) => Vec::new(),
+        };
+        Error::MissingTensor {
+            name: self.full_name(name),
+            files,
         }
     }
 }
