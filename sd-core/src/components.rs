@@ -5,7 +5,7 @@
 //! to these traits. One txt2img call goes like this:
 //!
 //! ```text
-//! let cond = text.encode(b, &[negative, prompt])?;            // [2, seq, dim]
+//! let cond = text.encode(b, &[negative, prompt], &request.text)?; // [2, seq, dim]
 //! let mut x = gen.randn(&[1, 4, h/f, w/f]) * sched.init_noise_sigma();
 //! sched.set_timesteps(steps)?;
 //! for (i, &t) in sched.timesteps().to_vec().iter().enumerate() {
