@@ -110,7 +110,10 @@ fn request_settings_apply_to_that_request_only() {
         ("scheduler", base.clone().scheduler("Euler a")),
         ("clip skip", base.clone().clip_skip(2)),
         ("eta", base.clone().scheduler("DDIM").eta(1.0)),
-        ("karras", base.clone().scheduler("Euler").karras_sigmas(true)),
+        (
+            "karras",
+            base.clone().scheduler("Euler").karras_sigmas(true),
+        ),
     ] {
         let other = sd.generate(&changed).unwrap();
         assert!(other.latents != plain.latents, "{what} changed nothing");
@@ -133,7 +136,10 @@ fn bad_request_settings_are_refused_by_name() {
         ("clip_skip", base.clone().clip_skip(99)),
         ("eta", base.clone().scheduler("DDIM").eta(f32::NAN)),
         ("eta", base.clone().scheduler("DDIM").eta(-1.0)),
-        ("karras_sigmas", base.clone().scheduler("DDIM").karras_sigmas(true)),
+        (
+            "karras_sigmas",
+            base.clone().scheduler("DDIM").karras_sigmas(true),
+        ),
     ] {
         let err = sd.generate(&request).unwrap_err().to_string();
         assert!(err.contains(field), "{field}: {err}");
