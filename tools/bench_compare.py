@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sd-rs against PyTorch on this machine, side by side: time and peak memory per component.
 
-    /work/venv/bin/python tools/bench_compare.py [--runs 3] [--precision f32,bf16]
+    python tools/bench_compare.py [--runs 3] [--precision f32,bf16]
         [--components clip,unet,vae-decode] [--steps 2] [--sd target/release/sd]
 
 For each component, in turn, and alternating the sides so both see the same machine state:

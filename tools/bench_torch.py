@@ -3,7 +3,7 @@
 diffusers/transformers on freshly initialised random f32 weights (torch's default init), on
 torch's default thread count, in this process alone.
 
-    /work/venv/bin/python tools/bench_torch.py unet [--runs 3] [--steps 2]
+    python tools/bench_torch.py unet [--runs 3] [--steps 2]
 
 Components (one per process, so each peak RSS is that component's):
 
@@ -47,7 +47,8 @@ SD15_CLIP = dict(
     layer_norm_eps=1e-5, projection_dim=768,
 )
 PROMPTS = ["", "a photograph of an astronaut riding a horse"]
-TOKENIZER_DIR = os.path.join(TOOLS_DIR, "..", "..", "shared", "data", "clip-tokenizer")
+# The CLIP BPE files sd-clip embeds (the same vocab.json and merges.txt as openai/clip-vit-large-patch14).
+TOKENIZER_DIR = os.path.join(TOOLS_DIR, "..", "sd-clip", "data")
 
 
 def vm_hwm_gib():

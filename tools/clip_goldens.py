@@ -6,7 +6,7 @@ A transformers CLIPTextModel with SD 1.5's text_encoder/config.json (CLIP ViT-L/
 are (fixturegen.pipelines.randomise_parameters), stored in f16; the goldens are computed in f32 from
 the f16 values. Run from the repository root with the pinned reference environment:
 
-    /work/venv/bin/python tools/clip_goldens.py               # -> target/clip-goldens/sd15/
+    python tools/clip_goldens.py               # -> target/clip-goldens/sd15/
     cargo test --release -p sd-clip --test text_encoder_goldens -- --ignored
 
 Writes `<out>/text_encoder/{config.json,model.safetensors}` (transformers 5 layout, keys without

@@ -2,8 +2,8 @@
 """Full-size SD 1.5 UNet and VAE with random weights, their diffusers outputs, and PyTorch's
 time and memory for the same work. Nothing here is committed: the files are large (1.9 GB).
 
-    /work/venv/bin/python tools/full_size_goldens.py write [--out /tmp/sd-full-size]
-    /work/venv/bin/python tools/full_size_goldens.py measure unet|vae-decode [--size 512]
+    python tools/full_size_goldens.py write [--out /tmp/sd-full-size]
+    python tools/full_size_goldens.py measure unet|vae-decode [--size 512]
 
 `write` builds diffusers' UNet2DConditionModel and AutoencoderKL from SD 1.5's configs (the same
 JSON as sd-unet's SD15_UNET_CONFIG and sd-vae's SD15_VAE_CONFIG), gives every parameter seeded

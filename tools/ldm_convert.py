@@ -389,7 +389,7 @@ def make_tiny_pipeline(out_dir, *, levels: int = 2, layers_per_block: int = 2, i
         for model in (unet, vae, text_encoder):
             for p in model.parameters():
                 p.copy_(torch.randn_like(p) * 0.1)
-    tok_dir = Path("/work/shared/data/clip-tokenizer")
+    tok_dir = Path(__file__).resolve().parent.parent / "sd-clip" / "data"  # the CLIP BPE files sd-clip embeds
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     pipe = StableDiffusionPipeline(
         unet=unet,

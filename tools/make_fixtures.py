@@ -3,8 +3,8 @@
 
 Run from the repository root with the pinned reference environment (tools/requirements.txt):
 
-    /work/venv/bin/python tools/make_fixtures.py            # everything
-    /work/venv/bin/python tools/make_fixtures.py --only pipelines
+    python tools/make_fixtures.py            # everything
+    python tools/make_fixtures.py --only pipelines
 
 Everything is seeded; running it twice gives byte-identical files. See tools/README.md.
 """

@@ -2,7 +2,7 @@
 """PSNR and largest per-byte difference between two 8-bit RGB PNGs of the same size, plus each
 image's mean and standard deviation (a saturated or flat image makes a high PSNR meaningless).
 
-    /work/venv/bin/python tools/psnr.py a.png b.png
+    python tools/psnr.py a.png b.png
 
 Used to state the bf16 path's image error against the f32 path on a full-size random run:
 

@@ -14,7 +14,7 @@ other than 4x channels, center_input_sample, conv_in/conv_out kernels 5 and 1, t
 pad of downsample_padding 0, mid_block_scale_factor 2, resnet_out_scale_factor 3 (which diffusers
 ignores for these block types), linear projections, 3 output channels and norm_eps 1e-6.
 
-Run from the repository root: /work/venv/bin/python tools/unet_variant_goldens.py
+Run from the repository root: python tools/unet_variant_goldens.py
 Deterministic (one thread, fixed seeds): a rerun gives byte-identical files.
 """
 

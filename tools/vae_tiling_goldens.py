@@ -13,7 +13,7 @@ committed f16 VAEs computed in f32 (as tools/fixturegen/models.py does):
   vae.encode(image).latent_dist.sample(torch.Generator("cpu").manual_seed(seed)).
 - metadata: tile_sample_size, tile_overlap_factor, sample_seed.
 
-Run from the repository root: /work/venv/bin/python tools/vae_tiling_goldens.py
+Run from the repository root: python tools/vae_tiling_goldens.py
 Deterministic (one thread, fixed seeds): a rerun gives byte-identical files.
 """
 

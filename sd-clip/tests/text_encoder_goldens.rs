@@ -172,7 +172,7 @@ fn ldm_single_file_text_encoder_equals_the_diffusers_folder_one() {
 }
 
 /// The full-size SD 1.5 text encoder (random weights) against a golden made on demand:
-/// `/work/venv/bin/python tools/clip_goldens.py` writes target/clip-goldens/sd15/ (~250 MB),
+/// `python tools/clip_goldens.py` writes target/clip-goldens/sd15/ (~250 MB),
 /// or set `SD_CLIP_GOLDENS` to the folder it wrote. Then
 /// `cargo test --release -p sd-clip --test text_encoder_goldens -- --ignored`.
 #[test]

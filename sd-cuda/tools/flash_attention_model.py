@@ -8,7 +8,7 @@ fragments, P repacked as the A operand, and which output element each lane store
 m16n8k16 f16 layouts, so a lane putting the wrong element in a fragment shows up as a wrong
 result against naive attention. P is rounded to f16 as on the device; inputs are f16 values.
 
-Keep it in step with the kernel when the kernel changes. Run: /work/venv/bin/python
+Keep it in step with the kernel when the kernel changes. Run: python
 sd-cuda/tools/flash_attention_model.py (numpy, about a second).
 Exits non-zero when any case is off by more than 1e-3 relative or leaves an output unwritten.
 """

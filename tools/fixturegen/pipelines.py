@@ -22,14 +22,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .common import fresh_dir
 
-# ../shared/data/clip-tokenizer beside the repository (override with SD_RS_SHARED=/path/to/shared).
-TOKENIZER_SOURCE = os.path.join(
-    os.environ.get(
-        "SD_RS_SHARED",
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared"),
-    ),
-    "data",
-    "clip-tokenizer",
+# The CLIP BPE files sd-clip embeds, in the repository (override with SD_RS_SHARED=/path/to/shared
+# to read $SD_RS_SHARED/data/clip-tokenizer instead; the files are the same).
+TOKENIZER_SOURCE = (
+    os.path.join(os.environ["SD_RS_SHARED"], "data", "clip-tokenizer")
+    if "SD_RS_SHARED" in os.environ
+    else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sd-clip", "data")
 )
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "SOURCE.md")
 

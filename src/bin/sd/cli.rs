@@ -58,7 +58,8 @@ impl From<PrecisionArg> for sd_core::cpu::Precision {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// A diffusers folder (with model_index.json) or an SD 1.x single-file .safetensors.
-    /// Without it, the tiny random test model in fixtures/tiny-sd runs (its images are noise).
+    /// Without it, a source checkout runs the tiny random test model in fixtures/tiny-sd (its
+    /// images are noise); an installed `sd` has no such model and asks for --model.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Read the component configs of a single-file model from this diffusers folder instead of

@@ -3,7 +3,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
-use sd_core::{Backend, Result};
+use sd_core::{Backend, Error, Result};
 use stable_diffusion::model_hash::short_hash;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
@@ -13,11 +13,32 @@ use crate::backend::with_backend;
 use crate::cli::GenerateArgs;
 use crate::progress::StepBar;
 
-/// The committed tiny pipeline, run when no --model is given (so a fresh clone works).
+/// The committed tiny pipeline, run when no --model is given (so a fresh clone works). Only a
+/// source checkout has it: the published crate leaves fixtures/ out, so an `sd` installed with
+/// `cargo install` finds nothing here.
 fn bundled_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join("tiny-sd")
+}
+
+/// The model to load: `--model` when given, else the bundled tiny model if it is there, else an
+/// [`Error::InvalidArgument`] for `--model` that says what to pass (rather than the I/O error
+/// loading a missing folder would give).
+fn resolve_model(model: Option<&Path>, bundled: &Path) -> Result<PathBuf> {
+    match model {
+        Some(path) => Ok(path.to_path_buf()),
+        None if bundled.is_dir() => Ok(bundled.to_path_buf()),
+        None => Err(Error::invalid_argument(
+            "--model",
+            format!(
+                "no model given, and the bundled tiny test model ({}) is not there: it comes \
+                 only with a source checkout of sd-rs. Pass --model PATH: an SD 1.5 \
+                 .safetensors file or a diffusers folder",
+                bundled.display()
+            ),
+        )),
+    }
 }
 
 pub fn run(args: Box<GenerateArgs>) -> Result<()> {
@@ -32,18 +53,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             eprintln!("{message}");
         }
     };
-    let model_path = match &args.model {
-        Some(path) => path.clone(),
-        None => {
-            let path = bundled_model();
-            say(format!(
-                "No --model given: running the bundled tiny test model {} (random weights, so \
-                 the image is noise). Pass --model PATH for a real checkpoint.",
-                path.display()
-            ));
-            path
-        }
-    };
+    let model_path = resolve_model(args.model.as_deref(), &bundled_model())?;
+    if args.model.is_none() {
+        say(format!(
+            "No --model given: running the bundled tiny test model {} (random weights, so the \
+             image is noise). Pass --model PATH for a real checkpoint.",
+            model_path.display()
+        ));
+    }
     // Check names and read the inputs before the (slow) model load so mistakes fail at once.
     if let Some(name) = &args.scheduler {
         stable_diffusion::schedulers::kind_of(name)?;
@@ -141,4 +158,38 @@ fn output_path(output: &Path, index: usize, count: usize) -> PathBuf {
 fn random_seed() -> u64 {
     let hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.finish() & 0xFFFF_FFFF
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_model_is_there_in_a_source_checkout() {
+        let bundled = bundled_model();
+        assert_eq!(resolve_model(None, &bundled).ok(), Some(bundled));
+    }
+
+    #[test]
+    fn a_given_model_wins_over_the_bundled_one() {
+        let given = Path::new("v1-5-pruned-emaonly.safetensors");
+        let resolved = resolve_model(Some(given), &bundled_model()).ok();
+        assert_eq!(resolved.as_deref(), Some(given));
+    }
+
+    /// What an installed binary (no fixtures/ next to its sources) says without --model.
+    #[test]
+    fn without_the_bundled_model_the_error_says_to_pass_one() {
+        let absent = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-fixtures/tiny-sd");
+        match resolve_model(None, &absent) {
+            Err(Error::InvalidArgument { name, reason }) => {
+                assert_eq!(name, "--model");
+                for needle in ["--model PATH", ".safetensors", "diffusers folder"] {
+                    assert!(reason.contains(needle), "`{needle}` missing from: {reason}");
+                }
+                assert!(reason.contains(&absent.display().to_string()), "{reason}");
+            }
+            other => panic!("expected an invalid --model argument, got {other:?}"),
+        }
+    }
 }
