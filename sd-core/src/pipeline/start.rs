@@ -1,6 +1,6 @@
 //! The four tasks and the latents each starts from, drawing from the generators in exactly the
-//! order diffusers does (see `../shared/notes/torch-randn.md`, "How diffusers consumes the
-//! generator").
+//! order diffusers' pipelines do (`prepare_latents`, then the VAE's `latent_dist.sample` calls in
+//! `prepare_mask_latents` / `retrieve_latents`).
 //!
 //! Per generator, diffusers draws:
 //! - txt2img: the noise.

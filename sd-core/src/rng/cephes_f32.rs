@@ -3,7 +3,8 @@
 //! torch (`aten/src/ATen/native/cpu/avx_mathfun.h`) evaluates Cephes' `logf`/`sinf`/`cosf`
 //! polynomials eight lanes at a time in f32. Bit-exactness depends on the order of every rounding,
 //! including which multiply-adds GCC contracted into FMAs when it compiled torch: those, and only
-//! those, are written here as `mul_add` (see ../../../../shared/notes/torch-randn.md). The domain
+//! those, are written here as `mul_add` (found against torch's own draws, which
+//! `fixtures/goldens/randn.safetensors` pins bit for bit). The domain
 //! handling of the original (NaN for x <= 0, huge arguments) is not needed: Box–Muller only calls
 //! `ln` on (0, 1] and `sincos` on [0, 2π).
 
