@@ -20,12 +20,14 @@
 //!   over the backend; one model serves many requests (sampler, clip skip, prompt mode and seeds
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
+//! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
+pub mod lora;
 mod model;
 pub mod model_hash;
 pub mod parameters;

@@ -7,7 +7,7 @@ use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
-use sd_core::weights::{Variant, WeightStore};
+use sd_core::weights::{LdmLayout, UnetLayout, Variant, WeightStore};
 use sd_core::{Backend, Result, Scheduler};
 use sd_schedulers::{
     SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
@@ -16,6 +16,7 @@ use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
 
 use crate::configs::ModelConfigs;
+use crate::lora::{LoraOverlay, LoraReport, LoraSpec};
 
 /// The concrete pipeline: CLIP, the UNet and the VAE on backend `B` (the UNet and the VAE
 /// held resident, or only while used: [`LoadOptions::low_memory`]).
@@ -41,6 +42,9 @@ pub struct LoadOptions {
     /// the next generation: the peak memory is then one model's weights, not their sum, at the
     /// cost of a rebuild per generation. For one-shot runs (`sd generate` uses it).
     pub low_memory: bool,
+    /// LoRA files merged into the weights (in f32, before any packing or upload); the
+    /// low-memory rebuild applies them again by itself.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl LoadOptions {
@@ -51,6 +55,12 @@ impl LoadOptions {
 
     pub fn low_memory(mut self, low_memory: bool) -> Self {
         self.low_memory = low_memory;
+        self
+    }
+
+    /// Add a LoRA file (see [`crate::lora`]).
+    pub fn lora(mut self, spec: LoraSpec) -> Self {
+        self.loras.push(spec);
         self
     }
 }
@@ -78,6 +88,8 @@ pub struct StableDiffusion<B: Backend> {
     weight_files: Vec<PathBuf>,
     /// Held by the generation that is running (see `generate_with_progress`).
     turn: Mutex<()>,
+    /// What the LoRA files of [`LoadOptions::loras`] matched.
+    lora_report: LoraReport,
 }
 
 impl StableDiffusion<CpuBackend> {
@@ -92,15 +104,29 @@ impl<B: Backend> StableDiffusion<B> {
     /// [`load`](StableDiffusion::load) onto `backend`.
     pub fn load_on(backend: B, path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let store = WeightStore::open(path)?;
-        let configs = if path.is_dir() {
-            ModelConfigs::from_folder(path)?
-        } else if let Some(dir) = &options.config_dir {
-            ModelConfigs::from_folder(dir)?
+        let mut store = WeightStore::open(path)?;
+        let config_dir = if path.is_dir() {
+            Some(path)
         } else {
-            ModelConfigs::sd15(store.variant().unwrap_or(Variant::Standard))?
+            options.config_dir.as_deref()
         };
-        Self::from_store(backend, Arc::new(store), configs, &options)
+        let configs = match config_dir {
+            Some(dir) => ModelConfigs::from_folder(dir)?,
+            None => ModelConfigs::sd15(store.variant().unwrap_or(Variant::Standard))?,
+        };
+        let mut lora_report = LoraReport::default();
+        if !options.loras.is_empty() {
+            let unet_layout = match config_dir {
+                Some(dir) => UnetLayout::from_config_file(dir.join("unet").join("config.json"))?,
+                None => LdmLayout::sd15().unet,
+            };
+            let (overlay, report) = LoraOverlay::load(&store, &unet_layout, &options.loras)?;
+            store = overlay.apply_to(&store);
+            lora_report = report;
+        }
+        let mut model = Self::from_store(backend, Arc::new(store), configs, &options)?;
+        model.lora_report = lora_report;
+        Ok(model)
     }
 
     /// Build from a weight store and the configs of its components (`options.low_memory`
@@ -156,6 +182,7 @@ impl<B: Backend> StableDiffusion<B> {
             source,
             weight_files: Vec::new(),
             turn: Mutex::new(()),
+            lora_report: LoraReport::default(),
         }
     }
 
@@ -188,6 +215,11 @@ impl<B: Backend> StableDiffusion<B> {
             .text
             .prompt_mode
             .unwrap_or_else(|| self.pipeline.text_encoder().mode())
+    }
+
+    /// What the LoRA files given at load matched: modules applied and keys skipped, per file.
+    pub fn lora_report(&self) -> &LoraReport {
+        &self.lora_report
     }
 
     /// The folder or file the weights came from.

@@ -561,12 +561,54 @@ pub fn to_diffusers(rules: &[ModuleRule], key: &str) -> Option<String> {
     Some(format!("{}.{inner}", rule.diffusers))
 }
 
+/// The inverse of [`to_diffusers`]: the LDM name of the diffusers name `key` (component prefix
+/// removed), with the rule whose diffusers prefix is the longest match. `None` if no rule covers
+/// it. LoRA files written by LDM-side tools name their modules this way.
+pub fn to_ldm(rules: &[ModuleRule], key: &str) -> Option<String> {
+    let (rule, rest) = rules
+        .iter()
+        .filter_map(|rule| {
+            let rest = key
+                .strip_prefix(rule.diffusers.as_str())?
+                .strip_prefix('.')?;
+            Some((rule, rest))
+        })
+        .max_by_key(|(rule, _)| rule.diffusers.len())?;
+    let inner = match rule.kind.renames() {
+        None => rest.to_string(),
+        Some(renames) => renames.iter().find_map(|(ldm, diffusers)| {
+            let param = rest.strip_prefix(diffusers)?.strip_prefix('.')?;
+            Some(format!("{ldm}.{param}"))
+        })?,
+    };
+    Some(format!("{}.{inner}", rule.ldm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sd15_unet(key: &str) -> Option<String> {
         to_diffusers(&unet_rules(&LdmLayout::sd15().unet), key)
+    }
+
+    #[test]
+    fn to_ldm_inverts_to_diffusers() {
+        let rules = unet_rules(&LdmLayout::sd15().unet);
+        for ldm in [
+            "input_blocks.1.0.in_layers.2.weight",
+            "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight",
+            "middle_block.2.skip_connection.weight",
+            "output_blocks.5.2.conv.bias",
+            "out.2.weight",
+        ] {
+            let diffusers = to_diffusers(&rules, ldm).expect("an SD 1.5 LDM name");
+            assert_eq!(
+                to_ldm(&rules, &diffusers).as_deref(),
+                Some(ldm),
+                "{diffusers}"
+            );
+        }
     }
 
     #[test]

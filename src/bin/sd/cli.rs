@@ -105,6 +105,10 @@ pub struct GenerateArgs {
     /// Read the prompt literally, as diffusers does (no (emphasis:1.2), no BREAK, 75 tokens).
     #[arg(long)]
     pub plain_prompt: bool,
+    /// A LoRA file (kohya, LoCon, PEFT, LoHa, LoKr .safetensors) and its weight: FILE, FILE:W
+    /// (text encoder and UNet) or FILE:TE:UNET. Repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    pub lora: Vec<String>,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

@@ -4,6 +4,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
+use stable_diffusion::lora::LoraSpec;
 use stable_diffusion::model_hash::short_hash;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
@@ -67,11 +68,17 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
+    let loras = args
+        .lora
+        .iter()
+        .map(|text| LoraSpec::parse(text))
+        .collect::<Result<Vec<_>>>()?;
 
     // One generation per process: each model needs to be held only while it runs.
     let options = LoadOptions {
         config_dir: args.config_dir.clone(),
         low_memory: true,
+        loras,
     };
     say(format!(
         "Loading {} on {} …",
@@ -79,6 +86,19 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         backend.name()
     ));
     let sd = StableDiffusion::load_on(backend, &model_path, options)?;
+    for (path, applied, skipped) in &sd.lora_report().files {
+        let skipped = match skipped.len() {
+            0 => String::new(),
+            n => format!(
+                "; skipped {n} keys that fit no module of this model (first: {})",
+                skipped[0]
+            ),
+        };
+        say(format!(
+            "LoRA {}: {applied} modules{skipped}",
+            path.display()
+        ));
+    }
 
     let first_seed = args.seed.unwrap_or_else(random_seed);
     let seeds: Vec<u64> = (0..args.batch as u64)

@@ -1,0 +1,307 @@
+//! LoRA file formats: from a safetensors file's keys to one [`ModuleDelta`] per adapted module.
+//!
+//! The format is read off the keys (no flag): per module, the tensors under its key prefix say
+//! what kind of delta it is.
+//!
+//! | keys of one module | kind | ΔW |
+//! |---|---|---|
+//! | `M.lora_down.weight`, `M.lora_up.weight` (kohya, A1111, LoCon) | low rank | `up · down` |
+//! | `M.lora_A.weight`, `M.lora_B.weight` (PEFT / diffusers) | low rank | `B · A` |
+//! | `M.processor.to_q_lora.down.weight`, `….up.weight` (old diffusers) | low rank | `up · down` |
+//! | `M.hada_w1_a`, `M.hada_w1_b`, `M.hada_w2_a`, `M.hada_w2_b` (LyCORIS LoHa) | Hadamard | `(w1a·w1b) ⊙ (w2a·w2b)` |
+//! | `M.lokr_w1` or `M.lokr_w1_a/_b`, `M.lokr_w2` or `M.lokr_w2_a/_b` (LyCORIS LoKr) | Kronecker | `w1 ⊗ w2` |
+//!
+//! Scale, as kohya and A1111 compute it: the module's `scale` tensor if present, else
+//! `alpha / rank` with `rank` the low-rank dimension (`lora_down`'s rows, `hada_w1_b`'s rows,
+//! `lokr_w2_b`'s rows, else `lokr_w1_b`'s) and `alpha` the module's `alpha` tensor; a missing or
+//! zero alpha, or a LoKr with both factors full (whose `alpha` LyCORIS and A1111 ignore), gives
+//! scale 1. PEFT files carry no alpha tensors: their `lora_alpha / r` comes from the file's
+//! metadata (see [`crate::lora`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::Array2;
+use sd_core::weights::SafetensorsFile;
+use sd_core::{Error, HostTensor, Result};
+
+/// How one module's ΔW is made from the file's tensors.
+#[derive(Debug, Clone)]
+pub enum DeltaKind {
+    /// `up [out, r(, 1, 1)] · down [r, in(, kh, kw)]`.
+    LowRank { up: HostTensor, down: HostTensor },
+    /// `(w1a · w1b) ⊙ (w2a · w2b)`, the factors in that order `[w1a, w1b, w2a, w2b]`.
+    Hadamard(Box<[HostTensor; 4]>),
+    /// `w1 ⊗ w2` (Kronecker product), each factor full or a product of two.
+    Kronecker { w1: HostTensor, w2: HostTensor },
+}
+
+/// One adapted module: where it is (the module key as the file writes it, without the
+/// tensor suffix) and its delta.
+#[derive(Debug, Clone)]
+pub struct ModuleDelta {
+    /// The module's key prefix in the file (`lora_unet_down_blocks_0_…_to_q`,
+    /// `unet.down_blocks.0.….to_q`).
+    pub key: String,
+    pub kind: DeltaKind,
+    /// What ΔW is multiplied by before the user's multiplier.
+    pub scale: f32,
+}
+
+impl ModuleDelta {
+    /// ΔW as a matrix `[out, in · kh · kw]` (before the scale), and the conv kernel's trailing
+    /// dims when the delta has them (`[kh, kw]`).
+    pub fn delta(&self) -> Result<(Array2<f32>, Vec<usize>)> {
+        match &self.kind {
+            DeltaKind::LowRank { up, down } => {
+                let kernel = down
+                    .shape()
+                    .get(2..)
+                    .map(<[usize]>::to_vec)
+                    .unwrap_or_default();
+                Ok((
+                    matmul(
+                        &self.key,
+                        &matrix(&self.key, up)?,
+                        &matrix(&self.key, down)?,
+                    )?,
+                    kernel,
+                ))
+            }
+            DeltaKind::Hadamard(factors) => {
+                let [w1a, w1b, w2a, w2b] = &**factors;
+                let m = |a, b| matmul(&self.key, &matrix(&self.key, a)?, &matrix(&self.key, b)?);
+                let (one, two) = (m(w1a, w1b)?, m(w2a, w2b)?);
+                if one.dim() != two.dim() {
+                    return Err(bad_module(
+                        &self.key,
+                        format!(
+                            "LoHa halves differ in shape: {:?} and {:?}",
+                            one.dim(),
+                            two.dim()
+                        ),
+                    ));
+                }
+                Ok((one * two, Vec::new()))
+            }
+            DeltaKind::Kronecker { w1, w2 } => {
+                let (w1, w2) = (matrix(&self.key, w1)?, matrix(&self.key, w2)?);
+                Ok((kronecker(&w1, &w2), Vec::new()))
+            }
+        }
+    }
+}
+
+/// The module deltas of a LoRA file, sorted by key. Keys that belong to no known tensor kind are
+/// returned as `unknown` (the caller reports them).
+pub fn read_modules(file: &SafetensorsFile) -> Result<(Vec<ModuleDelta>, Vec<String>)> {
+    let path = file.path();
+    let mut groups: BTreeMap<String, BTreeMap<&'static str, String>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for key in file.names() {
+        match split_key(key) {
+            Some((module, role)) => {
+                groups
+                    .entry(module.to_string())
+                    .or_default()
+                    .insert(role, key.to_string());
+            }
+            None => unknown.push(key.to_string()),
+        }
+    }
+    let peft_scales = peft_scales(file)?;
+    let mut modules = Vec::new();
+    for (module, roles) in groups {
+        let peft_scale = peft_scales
+            .iter()
+            .find(|(component, _)| module.starts_with(&format!("{component}.")))
+            .map(|&(_, scale)| scale);
+        modules.push(module_delta(file, path, &module, &roles, peft_scale)?);
+    }
+    unknown.sort();
+    Ok((modules, unknown))
+}
+
+/// The tensor suffixes each format uses, and the role each plays.
+const ROLES: &[(&str, &str)] = &[
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".down.weight", "down"),
+    (".up.weight", "up"),
+    (".hada_w1_a", "w1a"),
+    (".hada_w1_b", "w1b"),
+    (".hada_w2_a", "w2a"),
+    (".hada_w2_b", "w2b"),
+    (".hada_t1", "t1"),
+    (".hada_t2", "t2"),
+    (".lokr_w1", "lokr_w1"),
+    (".lokr_w1_a", "lokr_w1a"),
+    (".lokr_w1_b", "lokr_w1b"),
+    (".lokr_w2", "lokr_w2"),
+    (".lokr_w2_a", "lokr_w2a"),
+    (".lokr_w2_b", "lokr_w2b"),
+    (".lokr_t2", "t2"),
+    (".alpha", "alpha"),
+    (".scale", "scale"),
+];
+
+/// `key` as (module, role): the longest known suffix wins (`.lora_down.weight` before
+/// `.down.weight`).
+fn split_key(key: &str) -> Option<(&str, &'static str)> {
+    ROLES
+        .iter()
+        .filter(|(suffix, _)| key.ends_with(suffix))
+        .max_by_key(|(suffix, _)| suffix.len())
+        .map(|(suffix, role)| (&key[..key.len() - suffix.len()], *role))
+}
+
+/// PEFT files made by diffusers' `save_lora_weights` keep each component's adapter config in the
+/// `lora_adapter_metadata` JSON (`"unet.r"`, `"unet.lora_alpha"`, …): their scale is
+/// `lora_alpha / r` per component (1 without the entry, as diffusers).
+fn peft_scales(file: &SafetensorsFile) -> Result<Vec<(&'static str, f32)>> {
+    let Some(text) = file.metadata().get("lora_adapter_metadata") else {
+        return Ok(Vec::new());
+    };
+    let config: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        bad_file(
+            file.path(),
+            format!("metadata lora_adapter_metadata is not JSON: {e}"),
+        )
+    })?;
+    let number = |key: String| config.get(&key).and_then(serde_json::Value::as_f64);
+    Ok(["unet", "text_encoder"]
+        .into_iter()
+        .filter_map(|component| {
+            let r = number(format!("{component}.r"))?;
+            let alpha = number(format!("{component}.lora_alpha"))?;
+            (r > 0.0).then_some((component, (alpha / r) as f32))
+        })
+        .collect())
+}
+
+fn module_delta(
+    file: &SafetensorsFile,
+    path: &Path,
+    module: &str,
+    roles: &BTreeMap<&'static str, String>,
+    peft_scale: Option<f32>,
+) -> Result<ModuleDelta> {
+    let get = |role: &str| -> Result<Option<HostTensor>> {
+        roles.get(role).map(|key| file.get(key)).transpose()
+    };
+    let need = |role: &str| -> Result<HostTensor> {
+        get(role)?.ok_or_else(|| {
+            bad_file(
+                path,
+                format!(
+                    "module {module} has no {role} tensor (it has {:?})",
+                    roles.values()
+                ),
+            )
+        })
+    };
+    if roles.contains_key("t1") || roles.contains_key("t2") {
+        return Err(bad_file(
+            path,
+            format!(
+                "module {module}: Tucker-decomposed LyCORIS factors (hada_t/lokr_t) are not supported"
+            ),
+        ));
+    }
+    let (kind, rank) = if roles.contains_key("down") || roles.contains_key("up") {
+        let (down, up) = (need("down")?, need("up")?);
+        let rank = down.shape().first().copied();
+        (DeltaKind::LowRank { up, down }, rank)
+    } else if roles.contains_key("w1a") {
+        let w1b = need("w1b")?;
+        let rank = w1b.shape().first().copied();
+        let kind = DeltaKind::Hadamard(Box::new([need("w1a")?, w1b, need("w2a")?, need("w2b")?]));
+        (kind, rank)
+    } else if roles.keys().any(|role| role.starts_with("lokr")) {
+        let factor = |full: &str, a: &str, b: &str| -> Result<(HostTensor, Option<usize>)> {
+            if let Some(w) = get(full)? {
+                return Ok((w, None));
+            }
+            let (wa, wb) = (need(a)?, need(b)?);
+            let rank = wb.shape().first().copied();
+            let product = matmul(module, &matrix(module, &wa)?, &matrix(module, &wb)?)?;
+            Ok((product.into_dyn(), rank))
+        };
+        let (w1, rank1) = factor("lokr_w1", "lokr_w1a", "lokr_w1b")?;
+        let (w2, rank2) = factor("lokr_w2", "lokr_w2a", "lokr_w2b")?;
+        // A1111 takes the rank from w2_b when w2 is decomposed, else from w1_b.
+        (DeltaKind::Kronecker { w1, w2 }, rank2.or(rank1))
+    } else {
+        return Err(bad_file(
+            path,
+            format!(
+                "module {module} has only {:?}: no LoRA, LoHa or LoKr factors",
+                roles.values()
+            ),
+        ));
+    };
+    let scalar = |role: &str| -> Result<Option<f32>> {
+        Ok(get(role)?.and_then(|t| t.iter().next().copied()))
+    };
+    let scale = match (scalar("scale")?, scalar("alpha")?, rank) {
+        (Some(scale), _, _) => scale,
+        (None, Some(alpha), Some(rank)) if alpha != 0.0 && rank > 0 => alpha / rank as f32,
+        _ => peft_scale.unwrap_or(1.0),
+    };
+    if !scale.is_finite() {
+        return Err(bad_file(
+            path,
+            format!("module {module}: scale {scale} is not finite"),
+        ));
+    }
+    Ok(ModuleDelta {
+        key: module.to_string(),
+        kind,
+        scale,
+    })
+}
+
+/// A factor as a matrix: `[rows, everything else]` (conv kernels flattened as torch's
+/// `reshape(out, -1)`).
+fn matrix(module: &str, t: &HostTensor) -> Result<Array2<f32>> {
+    let rows = t.shape().first().copied().unwrap_or(1);
+    let cols = t.len().checked_div(rows).unwrap_or(0);
+    t.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows, cols))
+        .map_err(|e| bad_module(module, e.to_string()))
+}
+
+fn matmul(module: &str, a: &Array2<f32>, b: &Array2<f32>) -> Result<Array2<f32>> {
+    if a.ncols() != b.nrows() {
+        return Err(bad_module(
+            module,
+            format!(
+                "factors do not multiply: {:?} · {:?} (up/down ranks differ)",
+                a.dim(),
+                b.dim()
+            ),
+        ));
+    }
+    Ok(a.dot(b))
+}
+
+fn kronecker(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+    let ((ar, ac), (br, bc)) = (a.dim(), b.dim());
+    Array2::from_shape_fn((ar * br, ac * bc), |(i, j)| {
+        a[(i / br, j / bc)] * b[(i % br, j % bc)]
+    })
+}
+
+fn bad_file(path: &Path, reason: String) -> Error {
+    Error::InvalidSafetensors {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn bad_module(module: &str, reason: String) -> Error {
+    Error::invalid_argument(format!("LoRA module {module}"), reason)
+}

@@ -1,0 +1,300 @@
+//! LoRA files: read any common format, resolve its modules against the loaded model, and merge
+//! the deltas into the weights as a [`WeightStore`] overlay (in f32, before a backend packs or
+//! uploads them, so it works the same for f32, bf16 and the GPU).
+//!
+//! ```no_run
+//! use stable_diffusion::lora::LoraSpec;
+//! use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
+//! # fn main() -> stable_diffusion::Result<()> {
+//! let options = LoadOptions::default()
+//!     .lora(LoraSpec::new("add_detail.safetensors", 0.8))
+//!     .lora(LoraSpec::new("style.safetensors", 1.0).text_encoder_multiplier(0.5));
+//! let sd = StableDiffusion::load("v1-5-pruned-emaonly.safetensors", options)?;
+//! let image = sd.generate(&GenerationRequest::new("a castle"))?;
+//! # let _ = image; Ok(()) }
+//! ```
+//!
+//! - [`format`]: the file formats (kohya, LoCon, PEFT, old diffusers, LoHa, LoKr) and their scale.
+//! - [`names`]: which model module each key adapts (diffusers, LDM or PEFT names).
+//!
+//! What each module becomes: `W + multiplier · scale · ΔW`, with the text-encoder multiplier for
+//! CLIP's modules and the UNet multiplier for the UNet's (A1111's `<lora:name:te:unet>`).
+
+pub mod format;
+pub mod names;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sd_core::weights::{Component, Overlay, SafetensorsFile, UnetLayout, WeightStore};
+use sd_core::{Error, HostTensor, Result};
+
+use format::{ModuleDelta, read_modules};
+use names::ModuleNames;
+
+/// A LoRA file and how strongly to apply it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    /// Multiplier of its text-encoder deltas.
+    pub text_encoder: f32,
+    /// Multiplier of its UNet deltas.
+    pub unet: f32,
+}
+
+impl LoraSpec {
+    /// `path` at `multiplier` for both the text encoder and the UNet.
+    pub fn new(path: impl Into<PathBuf>, multiplier: f32) -> Self {
+        Self {
+            path: path.into(),
+            text_encoder: multiplier,
+            unet: multiplier,
+        }
+    }
+
+    /// A separate text-encoder multiplier (A1111's `<lora:name:te:unet>`).
+    pub fn text_encoder_multiplier(mut self, multiplier: f32) -> Self {
+        self.text_encoder = multiplier;
+        self
+    }
+
+    /// Parse the CLI's `FILE[:WEIGHT[:UNET_WEIGHT]]` (one weight: both; two: text encoder, UNet).
+    pub fn parse(text: &str) -> Result<Self> {
+        let (path, weights) = split_weights(text);
+        let bad = |reason: String| Error::invalid_argument("--lora", reason);
+        let parse = |w: &str| -> Result<f32> {
+            w.parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| bad(format!("`{w}` in `{text}` is not a finite number")))
+        };
+        let (te, unet) = match weights.as_slice() {
+            [] => (1.0, 1.0),
+            [both] => {
+                let w = parse(both)?;
+                (w, w)
+            }
+            [te, unet] => (parse(te)?, parse(unet)?),
+            _ => return Err(bad(format!("`{text}`: at most two weights"))),
+        };
+        if path.is_empty() {
+            return Err(bad(format!("`{text}` names no file")));
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            text_encoder: te,
+            unet,
+        })
+    }
+}
+
+/// `FILE:W1:W2` → (`FILE`, [W1, W2]): up to two trailing fields that read as numbers.
+fn split_weights(text: &str) -> (&str, Vec<&str>) {
+    let mut path = text;
+    let mut weights = Vec::new();
+    while weights.len() < 2 {
+        match path.rsplit_once(':') {
+            // Anything that reads as a number (nan and inf included, refused later by name).
+            Some((rest, last)) if last.parse::<f32>().is_ok() => {
+                weights.push(last);
+                path = rest;
+            }
+            _ => break,
+        }
+    }
+    weights.reverse();
+    (path, weights)
+}
+
+/// One delta applied to one module weight.
+#[derive(Debug)]
+struct Term {
+    delta: Arc<ModuleDelta>,
+    /// `multiplier · scale`.
+    factor: f32,
+    /// The file it came from (for errors).
+    file: PathBuf,
+}
+
+/// What loading a set of LoRA files against a model found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoraReport {
+    /// Per file: modules applied, keys skipped (no module of this model has that name).
+    pub files: Vec<(PathBuf, usize, Vec<String>)>,
+}
+
+/// The deltas of several LoRA files, by the model weight they change.
+#[derive(Debug)]
+pub struct LoraOverlay {
+    terms: HashMap<(Component, String), Vec<Term>>,
+    description: String,
+}
+
+impl LoraOverlay {
+    /// Read `specs` and resolve their modules against the model in `store` (`unet_layout`: the
+    /// UNet's LDM numbering, for files that use LDM names). Keys that fit no module of the model
+    /// are skipped and reported; a file none of whose keys fit is an error, as is a delta whose
+    /// shape does not fit its module.
+    pub fn load(
+        store: &WeightStore,
+        unet_layout: &UnetLayout,
+        specs: &[LoraSpec],
+    ) -> Result<(Self, LoraReport)> {
+        let names = ModuleNames::of(store, unet_layout)?;
+        let mut terms: HashMap<(Component, String), Vec<Term>> = HashMap::new();
+        let mut report = LoraReport::default();
+        for spec in specs {
+            let file = SafetensorsFile::open(&spec.path)?;
+            reject_foreign(&file)?;
+            let (modules, unknown) = read_modules(&file)?;
+            let mut skipped = unknown;
+            let mut applied = 0;
+            for module in modules {
+                let Some((component, path)) = names.resolve(&module.key) else {
+                    skipped.push(module.key.clone());
+                    continue;
+                };
+                let multiplier = match component {
+                    Component::TextEncoder => spec.text_encoder,
+                    _ => spec.unet,
+                };
+                let weight = format!("{path}.weight");
+                check_fits(store, component, &weight, &module, &spec.path)?;
+                applied += 1;
+                terms.entry((component, weight)).or_default().push(Term {
+                    factor: multiplier * module.scale,
+                    delta: Arc::new(module),
+                    file: spec.path.clone(),
+                });
+            }
+            if applied == 0 {
+                return Err(Error::InvalidSafetensors {
+                    path: spec.path.clone(),
+                    reason: format!(
+                        "none of its keys fit a module of this SD 1.x model (first: {})",
+                        skipped.first().map_or("<no keys>", String::as_str)
+                    ),
+                });
+            }
+            report.files.push((spec.path.clone(), applied, skipped));
+        }
+        let description = specs
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok((
+            Self {
+                terms,
+                description: format!("LoRA {description}"),
+            },
+            report,
+        ))
+    }
+
+    /// `store` with these deltas on top.
+    pub fn apply_to(self, store: &WeightStore) -> WeightStore {
+        store.with_overlay(Arc::new(self))
+    }
+}
+
+impl Overlay for LoraOverlay {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn touches(&self, component: Component, name: &str) -> bool {
+        self.terms.contains_key(&(component, name.to_string()))
+    }
+
+    fn apply(
+        &self,
+        component: Component,
+        name: &str,
+        below: Option<HostTensor>,
+    ) -> Result<HostTensor> {
+        let mut weight = below.ok_or_else(|| {
+            Error::invalid_argument(
+                name,
+                format!("{} adapts a weight the model lacks", self.description),
+            )
+        })?;
+        for term in self
+            .terms
+            .get(&(component, name.to_string()))
+            .into_iter()
+            .flatten()
+        {
+            let (delta, _) = term.delta.delta()?;
+            if delta.len() != weight.len() || delta.nrows() != weight.shape()[0] {
+                return Err(shape_error(
+                    &term.file,
+                    &term.delta.key,
+                    weight.shape(),
+                    delta.shape(),
+                ));
+            }
+            // W + multiplier · scale · ΔW, in the model's layout (a linear delta fits a 1×1
+            // conv weight and the reverse: same matrix).
+            let mut flat = weight
+                .into_shape_with_order((delta.nrows(), delta.ncols()))
+                .map_err(|e| Error::invalid_argument(name, e.to_string()))?;
+            flat.zip_mut_with(&delta, |w, d| *w += term.factor * d);
+            weight = flat.into_dyn();
+        }
+        Ok(weight)
+    }
+}
+
+/// The module's weight must have as many rows and elements as ΔW.
+fn check_fits(
+    store: &WeightStore,
+    component: Component,
+    weight: &str,
+    module: &ModuleDelta,
+    file: &Path,
+) -> Result<()> {
+    let weights = store.component(component)?;
+    let Ok(info) = weights.info(weight) else {
+        return Ok(()); // synthetic weights: checked when applied
+    };
+    let (delta, kernel) = module.delta()?;
+    let elements: usize = info.shape.iter().product();
+    let kernel_fits = kernel.is_empty() || info.shape.get(2..) == Some(kernel.as_slice());
+    if info.shape.first() != Some(&delta.nrows()) || elements != delta.len() || !kernel_fits {
+        let mut found = delta.shape().to_vec();
+        if !kernel.is_empty() {
+            found = vec![
+                delta.nrows(),
+                delta.ncols() / kernel.iter().product::<usize>(),
+            ];
+            found.extend(&kernel);
+        }
+        return Err(shape_error(file, &module.key, &info.shape, &found));
+    }
+    Ok(())
+}
+
+fn shape_error(file: &Path, key: &str, expected: &[usize], found: &[usize]) -> Error {
+    Error::TensorShape {
+        name: format!("{key} (LoRA delta)"),
+        path: file.to_path_buf(),
+        expected: expected.to_vec(),
+        found: found.to_vec(),
+    }
+}
+
+/// SDXL and SD 2.x LoRAs: refuse by their keys before matching names.
+fn reject_foreign(file: &SafetensorsFile) -> Result<()> {
+    let sdxl = file.names().find(|k| {
+        k.starts_with("lora_te1_") || k.starts_with("lora_te2_") || k.starts_with("text_encoder_2.")
+    });
+    if let Some(key) = sdxl {
+        return Err(Error::UnsupportedModel {
+            path: file.path().to_path_buf(),
+            reason: format!("an SDXL LoRA (key {key}): this is an SD 1.x pipeline"),
+        });
+    }
+    Ok(())
+}
