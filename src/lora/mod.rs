@@ -237,11 +237,14 @@ impl Overlay for LoraOverlay {
             }
             // W + multiplier · scale · ΔW, in the model's layout (a linear delta fits a 1×1
             // conv weight and the reverse: same matrix).
+            let shape = weight.shape().to_vec();
+            let reshape_error =
+                |e: ndarray::ShapeError| Error::invalid_argument(name, e.to_string());
             let mut flat = weight
                 .into_shape_with_order((delta.nrows(), delta.ncols()))
-                .map_err(|e| Error::invalid_argument(name, e.to_string()))?;
+                .map_err(reshape_error)?;
             flat.zip_mut_with(&delta, |w, d| *w += term.factor * d);
-            weight = flat.into_dyn();
+            weight = flat.into_shape_with_order(shape).map_err(reshape_error)?;
         }
         Ok(weight)
     }
@@ -297,4 +300,97 @@ fn reject_foreign(file: &SafetensorsFile) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A `<lora:NAME:TE[:UNET]>` tag of an A1111 prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLora {
+    pub name: String,
+    pub text_encoder: f32,
+    pub unet: f32,
+}
+
+/// The prompt without its `<lora:…>` tags (A1111 removes them before encoding), and the tags.
+/// The weight defaults to 1 and the UNet weight to the text-encoder one, as in A1111.
+pub fn take_prompt_loras(prompt: &str) -> Result<(String, Vec<PromptLora>)> {
+    let mut text = String::with_capacity(prompt.len());
+    let mut loras = Vec::new();
+    let mut rest = prompt;
+    while let Some(start) = rest.find("<lora:") {
+        let Some(length) = rest[start..].find('>') else {
+            break; // an unclosed tag is text, as A1111's regex leaves it
+        };
+        let tag = &rest[start + "<lora:".len()..start + length];
+        let mut fields = tag.split(':');
+        let name = fields.next().unwrap_or_default().trim();
+        let bad = |reason: String| Error::invalid_argument("prompt", reason);
+        if name.is_empty() {
+            return Err(bad(format!("<lora:{tag}> names no LoRA")));
+        }
+        let weight = |field: Option<&str>, default: f32| -> Result<f32> {
+            match field.map(str::trim) {
+                None => Ok(default),
+                Some(w) => w
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| bad(format!("<lora:{tag}>: `{w}` is not a finite number"))),
+            }
+        };
+        let text_encoder = weight(fields.next(), 1.0)?;
+        let unet = weight(fields.next(), text_encoder)?;
+        if fields.next().is_some() {
+            return Err(bad(format!("<lora:{tag}>: at most NAME:TE:UNET")));
+        }
+        loras.push(PromptLora {
+            name: name.to_string(),
+            text_encoder,
+            unet,
+        });
+        text.push_str(&rest[..start]);
+        rest = &rest[start + length + 1..];
+    }
+    text.push_str(rest);
+    Ok((text, loras))
+}
+
+/// The LoRA file `name` stands for in `dir` (`NAME.safetensors`); an unknown name is an error
+/// listing what the folder holds.
+pub fn find_in_dir(dir: &Path, name: &str) -> Result<PathBuf> {
+    let candidate = dir.join(format!("{name}.safetensors"));
+    if name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(Error::invalid_argument(
+            "prompt",
+            format!("<lora:{name}>: a LoRA name is a file stem in the LoRA folder, not a path"),
+        ));
+    }
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut known: Vec<String> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "safetensors" {
+                return None;
+            }
+            Some(path.file_stem()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    known.sort();
+    Err(Error::invalid_argument(
+        "prompt",
+        format!(
+            "<lora:{name}>: no {name}.safetensors in {}; it holds: {}",
+            dir.display(),
+            if known.is_empty() {
+                "no LoRA files".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    ))
 }

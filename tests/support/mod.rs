@@ -4,15 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use sd_core::HostTensor;
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::Pipeline;
 use sd_core::weights::{Component, WeightStore};
 use stable_diffusion::clip::{ClipTextEncoder, ClipTextTransformer};
 use stable_diffusion::configs::ModelConfigs;
+use stable_diffusion::png::read_rgb;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::AutoencoderKL;
-use stable_diffusion::{LoadOptions, StableDiffusion};
+use stable_diffusion::{Generation, LoadOptions, StableDiffusion};
 
 pub use sd_testkit::fixtures;
 
@@ -59,4 +61,60 @@ pub fn load_tiny_inpainting() -> StableDiffusion<CpuBackend> {
     let pipeline = Pipeline::new(b, ClipTextEncoder::new(text, configs.tokenizer), unet, vae)
         .with_default_size(64, 64);
     StableDiffusion::from_pipeline(pipeline, configs.scheduler, dir)
+}
+
+/// Final latents may differ from diffusers' by this much, relative to their largest magnitude.
+/// Single UNet calls agree to ~3e-6 absolute (f32, other summation orders); ten steps of a random
+/// model (latents up to ~110 with Euler a) compound that to at most 3.8e-4 absolute, 3.7e-6
+/// relative (measured on both tiny pipelines, every run).
+pub const LATENT_TOLERANCE: f32 = 2e-5;
+
+/// Decoded pixels may differ by one level where a value sits on a rounding boundary.
+pub const PIXEL_TOLERANCE: u8 = 1;
+
+/// A generation against a reference run: final latents within [`LATENT_TOLERANCE`] of
+/// `expected`, each image within [`PIXEL_TOLERANCE`] of its golden PNG (`pngs`, in batch order).
+pub fn assert_matches_goldens(
+    what: &str,
+    generation: &Generation,
+    expected: &HostTensor,
+    pngs: &[PathBuf],
+) {
+    assert_eq!(
+        generation.latents.shape(),
+        expected.shape(),
+        "{what}: latent shape"
+    );
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = generation
+        .latents
+        .iter()
+        .zip(expected.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("{what}: latents max abs diff {max_diff:.3e} (max |latent| {scale:.1})");
+    assert!(
+        max_diff <= LATENT_TOLERANCE * scale.max(1.0),
+        "{what}: latents differ by {max_diff} (max |latent| {scale})"
+    );
+    assert_eq!(generation.images.len(), pngs.len(), "{what}: image count");
+    for (image, png) in generation.images.iter().zip(pngs) {
+        let golden = read_rgb(png).unwrap();
+        let name = png.display();
+        assert_eq!(
+            (image.width(), image.height()),
+            (golden.width(), golden.height()),
+            "{name}"
+        );
+        let diffs = || image.pixels().iter().zip(golden.pixels());
+        let worst = diffs().map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        let off = diffs().filter(|(a, b)| a != b).count();
+        println!(
+            "{what}: {name}: {off} of {} bytes differ, by at most {worst}",
+            golden.pixels().len()
+        );
+        assert!(
+            worst <= PIXEL_TOLERANCE,
+            "{what}: {name} differs by {worst} levels"
+        );
+    }
 }

@@ -109,6 +109,10 @@ pub struct GenerateArgs {
     /// (text encoder and UNet) or FILE:TE:UNET. Repeatable.
     #[arg(long, value_name = "FILE[:WEIGHT]")]
     pub lora: Vec<String>,
+    /// The folder of A1111's `<lora:NAME:WEIGHT>` / `<lora:NAME:TE:UNET>` prompt tags (NAME is a
+    /// file stem there); the tags are removed from the prompt before encoding.
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

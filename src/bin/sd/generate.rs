@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
-use stable_diffusion::lora::LoraSpec;
+use stable_diffusion::lora::{LoraSpec, find_in_dir, take_prompt_loras};
 use stable_diffusion::model_hash::short_hash;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
@@ -68,11 +68,33 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
-    let loras = args
+    let mut loras = args
         .lora
         .iter()
         .map(|text| LoraSpec::parse(text))
         .collect::<Result<Vec<_>>>()?;
+    let (prompt, tags) = take_prompt_loras(&args.prompt)?;
+    match (&args.lora_dir, tags.is_empty()) {
+        (_, true) => {}
+        (None, false) => {
+            return Err(Error::invalid_argument(
+                "--lora-dir",
+                format!(
+                    "the prompt has <lora:{}:…> tags: pass --lora-dir DIR, the folder of the LoRA files",
+                    tags[0].name
+                ),
+            ));
+        }
+        (Some(dir), false) => {
+            for tag in tags {
+                loras.push(LoraSpec {
+                    path: find_in_dir(dir, &tag.name)?,
+                    text_encoder: tag.text_encoder,
+                    unet: tag.unet,
+                });
+            }
+        }
+    }
 
     // One generation per process: each model needs to be held only while it runs.
     let options = LoadOptions {
@@ -104,7 +126,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let seeds: Vec<u64> = (0..args.batch as u64)
         .map(|i| first_seed.wrapping_add(i))
         .collect();
-    let mut request = GenerationRequest::new(&args.prompt)
+    let mut request = GenerationRequest::new(prompt)
         .negative_prompt(&args.negative_prompt)
         .steps(args.steps)
         .guidance_scale(args.cfg)
