@@ -1,5 +1,6 @@
-//! AUTOMATIC1111's short model hash ("AutoV2"): the first 10 hex digits of the SHA-256 of the
-//! checkpoint file, what image sites and A1111 match models by.
+//! AUTOMATIC1111's short hashes: the first 10 hex digits of the SHA-256 of a checkpoint file
+//! ("AutoV2", its `Model hash`) and the first 12 of a LoRA file's (its `Lora hashes`), what
+//! image sites and A1111 match files by.
 
 use std::fs::File;
 use std::io::Read;
@@ -8,11 +9,24 @@ use std::path::Path;
 use sd_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
-/// Hex digits A1111 keeps.
+/// Hex digits A1111 keeps of a checkpoint's hash.
 const SHORT_HASH_DIGITS: usize = 10;
+
+/// Hex digits A1111 keeps of a LoRA file's hash (`NetworkOnDisk.shorthash`).
+const LORA_HASH_DIGITS: usize = 12;
 
 /// The short hash of the concatenated `files` (for a single-file checkpoint, exactly A1111's).
 pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
+    Ok(sha256_hex(files)?[..SHORT_HASH_DIGITS].to_string())
+}
+
+/// A1111's short hash of a LoRA file.
+pub fn lora_hash(file: &Path) -> Result<String> {
+    Ok(sha256_hex(&[file])?[..LORA_HASH_DIGITS].to_string())
+}
+
+/// SHA-256 of the concatenated `files`, in lower-case hex.
+fn sha256_hex<P: AsRef<Path>>(files: &[P]) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     for path in files {
@@ -31,8 +45,7 @@ pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
         }
     }
     let digest = hasher.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(hex[..SHORT_HASH_DIGITS].to_string())
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -46,6 +59,7 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad (FIPS 180-2).
         assert_eq!(super::short_hash(&[&path]).unwrap(), "ba7816bf8f");
+        assert_eq!(super::lora_hash(&path).unwrap(), "ba7816bf8f01");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

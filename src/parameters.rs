@@ -30,6 +30,8 @@ pub struct Parameters {
     pub clip_skip: usize,
     /// img2img and inpainting only.
     pub denoising_strength: Option<f64>,
+    /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
+    pub lora_hashes: Vec<(String, String)>,
 }
 
 impl Parameters {
@@ -49,6 +51,14 @@ impl Parameters {
             fields.push(("Model", model.clone()));
         }
         fields.push(("Clip skip", self.clip_skip.to_string()));
+        if !self.lora_hashes.is_empty() {
+            let hashes: Vec<String> = self
+                .lora_hashes
+                .iter()
+                .map(|(name, hash)| format!("{name}: {hash}"))
+                .collect();
+            fields.push(("Lora hashes", hashes.join(", ")));
+        }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
         }
@@ -94,7 +104,24 @@ mod tests {
             model: Some("v1-5-pruned-emaonly".into()),
             clip_skip: 2,
             denoising_strength: None,
+            lora_hashes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn lora_hashes_are_one_quoted_field_as_a1111_writes_it() {
+        let mut parameters = example();
+        parameters.lora_hashes = vec![
+            ("add_detail".into(), "7c6bad76eb54".into()),
+            ("style".into(), "0123456789ab".into()),
+        ];
+        let text = parameters.to_text();
+        assert!(
+            text.contains(
+                r#"Clip skip: 2, Lora hashes: "add_detail: 7c6bad76eb54, style: 0123456789ab", "#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -418,3 +418,72 @@ fn tokenize_counts_a1111_chunks_without_their_syntax() {
     assert_eq!(printed["count"], 100);
     assert_eq!(printed["ids"].as_array().unwrap().len(), 104);
 }
+
+/// LoRAs from the command line give the reference image: two files, one by `--lora` with split
+/// weights and one by a prompt tag found in `--lora-dir` (the `two_loras` run of lora.json), and
+/// the PNG names both with A1111's short hashes.
+#[test]
+fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
+    let dir = scratch("lora");
+    let out = dir.join("lora.png");
+    let loras = support::fixtures().join("lora").join("tiny-sd");
+    let kohya = format!(
+        "{}:0.8",
+        path_arg(&loras.join("kohya_diffusers.safetensors"))
+    );
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "a photograph of an astronaut riding a horse<lora:locon:1.0:0.5>",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "0",
+        "--scheduler",
+        "Euler a",
+        "--plain-prompt",
+        "--lora",
+        &kohya,
+        "--lora-dir",
+        path_arg(&loras),
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("locon.safetensors: "),
+        "{}",
+        stderr(&run)
+    );
+    let ours = read_rgb(&out).unwrap();
+    let golden = read_rgb(goldens().join("tiny-sd").join("lora_two_loras.png")).unwrap();
+    let worst = ours
+        .pixels()
+        .iter()
+        .zip(golden.pixels())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "pixels differ by {worst}");
+    let info = stdout(&sd(&["info", path_arg(&out)]));
+    assert!(info.contains("<lora:locon:1.0:0.5>"), "{info}");
+    assert!(info.contains("Lora hashes: \"kohya_diffusers: "), "{info}");
+
+    // A tag without --lora-dir, and a name the folder does not hold, are refused by name.
+    let tag_only = sd(&["generate", "--prompt", "x <lora:locon:1>", "--steps", "1"]);
+    assert_fails_naming(&tag_only, &["--lora-dir", "locon"]);
+    let unknown = sd(&[
+        "generate",
+        "--prompt",
+        "x <lora:nope:1>",
+        "--lora-dir",
+        path_arg(&loras),
+        "--steps",
+        "1",
+    ]);
+    assert_fails_naming(&unknown, &["nope", "kohya_diffusers", "locon"]);
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
 use stable_diffusion::lora::{LoraSpec, find_in_dir, take_prompt_loras};
-use stable_diffusion::model_hash::short_hash;
+use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
@@ -97,6 +97,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
 
     // One generation per process: each model needs to be held only while it runs.
+    // A1111's infotext names each LoRA by its file stem and short hash.
+    let lora_hashes = loras
+        .iter()
+        .map(|spec| {
+            let name = spec.path.file_stem().unwrap_or_default();
+            Ok((name.to_string_lossy().into_owned(), lora_hash(&spec.path)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let options = LoadOptions {
         config_dir: args.config_dir.clone(),
         low_memory: true,
@@ -172,6 +180,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             model: model_name.clone(),
             clip_skip: sd.clip_skip_for(&request),
             denoising_strength: strength,
+            lora_hashes: lora_hashes.clone(),
         };
         let path = output_path(&args.output, index, generation.images.len());
         write_png(&path, image, Some(&parameters.to_text()))?;
