@@ -8,7 +8,7 @@ use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
 use sd_core::weights::{LdmLayout, UnetLayout, Variant, WeightStore};
-use sd_core::{Backend, Result, Scheduler};
+use sd_core::{Backend, Error, Result, Scheduler};
 use sd_schedulers::{
     SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
 };
@@ -90,6 +90,36 @@ pub struct StableDiffusion<B: Backend> {
     turn: Mutex<()>,
     /// What the LoRA files of [`LoadOptions::loras`] matched.
     lora_report: LoraReport,
+    /// What the model was built from, to build it again with other LoRAs.
+    origin: Option<Origin>,
+}
+
+/// A loaded checkpoint before any LoRA, with what building a model from it takes.
+#[derive(Debug, Clone)]
+struct Origin {
+    store: Arc<WeightStore>,
+    configs: ModelConfigs,
+    /// The UNet's LDM numbering, for LoRA files that use LDM names.
+    unet_layout: UnetLayout,
+    low_memory: bool,
+}
+
+impl Origin {
+    fn build<B: Backend>(&self, backend: B, loras: &[LoraSpec]) -> Result<StableDiffusion<B>> {
+        let mut store = Arc::clone(&self.store);
+        let mut lora_report = LoraReport::default();
+        if !loras.is_empty() {
+            let (overlay, report) = LoraOverlay::load(&store, &self.unet_layout, loras)?;
+            store = Arc::new(overlay.apply_to(&store));
+            lora_report = report;
+        }
+        let options = LoadOptions::default().low_memory(self.low_memory);
+        let mut model =
+            StableDiffusion::from_store(backend, store, self.configs.clone(), &options)?;
+        model.lora_report = lora_report;
+        model.origin = Some(self.clone());
+        Ok(model)
+    }
 }
 
 impl StableDiffusion<CpuBackend> {
@@ -104,7 +134,7 @@ impl<B: Backend> StableDiffusion<B> {
     /// [`load`](StableDiffusion::load) onto `backend`.
     pub fn load_on(backend: B, path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let mut store = WeightStore::open(path)?;
+        let store = WeightStore::open(path)?;
         let config_dir = if path.is_dir() {
             Some(path)
         } else {
@@ -114,19 +144,31 @@ impl<B: Backend> StableDiffusion<B> {
             Some(dir) => ModelConfigs::from_folder(dir)?,
             None => ModelConfigs::sd15(store.variant().unwrap_or(Variant::Standard))?,
         };
-        let mut lora_report = LoraReport::default();
-        if !options.loras.is_empty() {
-            let unet_layout = match config_dir {
-                Some(dir) => UnetLayout::from_config_file(dir.join("unet").join("config.json"))?,
-                None => LdmLayout::sd15().unet,
-            };
-            let (overlay, report) = LoraOverlay::load(&store, &unet_layout, &options.loras)?;
-            store = overlay.apply_to(&store);
-            lora_report = report;
-        }
-        let mut model = Self::from_store(backend, Arc::new(store), configs, &options)?;
-        model.lora_report = lora_report;
-        Ok(model)
+        let unet_layout = match config_dir {
+            Some(dir) => UnetLayout::from_config_file(dir.join("unet").join("config.json"))?,
+            None => LdmLayout::sd15().unet,
+        };
+        let origin = Origin {
+            store: Arc::new(store),
+            configs,
+            unet_layout,
+            low_memory: options.low_memory,
+        };
+        origin.build(backend, &options.loras)
+    }
+
+    /// The same checkpoint with another set of LoRA files (none: the bare model), on `backend`.
+    /// The checkpoint is not opened again (its mapped files are shared); the models are rebuilt
+    /// from it with the new deltas merged. For a model made with
+    /// [`from_pipeline`](Self::from_pipeline), which has no checkpoint to rebuild from, an error.
+    pub fn with_loras(&self, backend: B, loras: &[LoraSpec]) -> Result<Self> {
+        let origin = self.origin.as_ref().ok_or_else(|| {
+            Error::invalid_argument(
+                "loras",
+                "this model was assembled from parts (from_pipeline); load it from a checkpoint",
+            )
+        })?;
+        origin.build(backend, loras)
     }
 
     /// Build from a weight store and the configs of its components (`options.low_memory`
@@ -183,6 +225,7 @@ impl<B: Backend> StableDiffusion<B> {
             weight_files: Vec::new(),
             turn: Mutex::new(()),
             lora_report: LoraReport::default(),
+            origin: None,
         }
     }
 

@@ -193,3 +193,26 @@ fn bad_lora_files_are_typed_errors_naming_what_is_wrong() {
         "{missing}"
     );
 }
+
+/// Another LoRA set on the same checkpoint, without opening it again: the same images as
+/// loading with that set, and back to the bare model with none.
+#[test]
+fn with_loras_swaps_the_set_on_the_loaded_checkpoint() {
+    let lora = fixtures().join("lora/tiny-sd/kohya_diffusers.safetensors");
+    let request = GenerationRequest::new("a fox").steps(3).seed(4);
+    let bare = StableDiffusion::load(fixtures().join("tiny-sd"), LoadOptions::default()).unwrap();
+    let loaded_with = load(&lora, 0.7).unwrap();
+    let swapped = bare
+        .with_loras(
+            sd_core::cpu::CpuBackend::new(),
+            &[LoraSpec::new(&lora, 0.7)],
+        )
+        .unwrap();
+    assert_eq!(swapped.lora_report(), loaded_with.lora_report());
+    let expected = loaded_with.generate(&request).unwrap();
+    assert!(swapped.generate(&request).unwrap().latents == expected.latents);
+    let back = swapped
+        .with_loras(sd_core::cpu::CpuBackend::new(), &[])
+        .unwrap();
+    assert!(back.generate(&request).unwrap().latents == bare.generate(&request).unwrap().latents);
+}
