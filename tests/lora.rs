@@ -216,3 +216,56 @@ fn with_loras_swaps_the_set_on_the_loaded_checkpoint() {
         .unwrap();
     assert!(back.generate(&request).unwrap().latents == bare.generate(&request).unwrap().latents);
 }
+
+/// A LoRA trained on a 4-channel UNet adapts the 9-channel inpainting UNet's `conv_in` on its
+/// first 4 input channels (the latents), as A1111 pads it, and leaves the mask and masked-image
+/// channels alone.
+#[test]
+fn a_conv_in_delta_covers_the_first_channels_of_an_inpainting_unet() {
+    use sd_core::weights::{Component, UnetLayout};
+    use stable_diffusion::lora::LoraOverlay;
+
+    let unet_dir = fixtures().join("tiny-sd-inpaint").join("unet");
+    let store = WeightStore::open_component_files(
+        Component::Unet,
+        &[unet_dir.join("diffusion_pytorch_model.safetensors")],
+    )
+    .unwrap();
+    let layout = UnetLayout::from_config_file(unet_dir.join("config.json")).unwrap();
+    let shape = store
+        .unet()
+        .unwrap()
+        .info("conv_in.weight")
+        .unwrap()
+        .shape
+        .clone();
+    assert_eq!(shape[1], 9);
+    let path = write_lora(
+        "conv-in",
+        &[
+            ("lora_unet_conv_in.lora_down.weight", vec![2, 4, 3, 3], 0.1),
+            (
+                "lora_unet_conv_in.lora_up.weight",
+                vec![shape[0], 2, 1, 1],
+                0.2,
+            ),
+        ],
+    );
+    let (overlay, _) = LoraOverlay::load(&store, &layout, &[LoraSpec::new(&path, 1.0)]).unwrap();
+    let layered = overlay.apply_to(&store);
+    let before = store
+        .unet()
+        .unwrap()
+        .get_shaped("conv_in.weight", &shape)
+        .unwrap();
+    let after = layered
+        .unet()
+        .unwrap()
+        .get_shaped("conv_in.weight", &shape)
+        .unwrap();
+    // ΔW = up · down = 2 · 0.2 · 0.1 per element, scale 1 (no alpha).
+    for ((index, b), a) in before.indexed_iter().zip(after.iter()) {
+        let expected = if index[1] < 4 { b + 0.04 } else { *b };
+        assert!((a - expected).abs() < 1e-6, "{index:?}: {a} vs {expected}");
+    }
+}

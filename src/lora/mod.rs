@@ -14,7 +14,7 @@
 //! # let _ = image; Ok(()) }
 //! ```
 //!
-//! - [`format`]: the file formats (kohya, LoCon, PEFT, old diffusers, LoHa, LoKr) and their scale.
+//! - [`format`](mod@format): the file formats (kohya, LoCon, PEFT, old diffusers, LoHa, LoKr) and their scale.
 //! - [`names`]: which model module each key adapts (diffusers, LDM or PEFT names).
 //!
 //! What each module becomes: `W + multiplier · scale · ΔW`, with the text-encoder multiplier for
@@ -227,23 +227,26 @@ impl Overlay for LoraOverlay {
             .flatten()
         {
             let (delta, _) = term.delta.delta()?;
-            if delta.len() != weight.len() || delta.nrows() != weight.shape()[0] {
+            let shape = weight.shape().to_vec();
+            if !fits(&shape, delta.nrows(), delta.ncols()) {
                 return Err(shape_error(
                     &term.file,
                     &term.delta.key,
-                    weight.shape(),
+                    &shape,
                     delta.shape(),
                 ));
             }
-            // W + multiplier · scale · ΔW, in the model's layout (a linear delta fits a 1×1
-            // conv weight and the reverse: same matrix).
-            let shape = weight.shape().to_vec();
+            // W + multiplier · scale · ΔW on the weight as a matrix [out, in · kh · kw] (a linear
+            // delta fits a 1×1 conv weight and the reverse); a delta with fewer input channels
+            // than a conv covers its first ones.
             let reshape_error =
                 |e: ndarray::ShapeError| Error::invalid_argument(name, e.to_string());
+            let columns = weight.len() / shape[0];
             let mut flat = weight
-                .into_shape_with_order((delta.nrows(), delta.ncols()))
+                .into_shape_with_order((shape[0], columns))
                 .map_err(reshape_error)?;
-            flat.zip_mut_with(&delta, |w, d| *w += term.factor * d);
+            flat.slice_mut(ndarray::s![.., ..delta.ncols()])
+                .zip_mut_with(&delta, |w, d| *w += term.factor * d);
             weight = flat.into_shape_with_order(shape).map_err(reshape_error)?;
         }
         Ok(weight)
@@ -263,9 +266,8 @@ fn check_fits(
         return Ok(()); // synthetic weights: checked when applied
     };
     let (delta, kernel) = module.delta()?;
-    let elements: usize = info.shape.iter().product();
     let kernel_fits = kernel.is_empty() || info.shape.get(2..) == Some(kernel.as_slice());
-    if info.shape.first() != Some(&delta.nrows()) || elements != delta.len() || !kernel_fits {
+    if !fits(&info.shape, delta.nrows(), delta.ncols()) || !kernel_fits {
         let mut found = delta.shape().to_vec();
         if !kernel.is_empty() {
             found = vec![
@@ -277,6 +279,21 @@ fn check_fits(
         return Err(shape_error(file, &module.key, &info.shape, &found));
     }
     Ok(())
+}
+
+/// Whether ΔW `[rows, cols]` fits a weight of `shape`: the same matrix (a linear and a 1×1 conv
+/// alike), or, for a conv with more input channels than the delta — the 9-channel inpainting
+/// UNet's `conv_in` under a LoRA trained on a 4-channel one — its first input channels (A1111
+/// pads such a delta with zeros).
+fn fits(shape: &[usize], rows: usize, cols: usize) -> bool {
+    let Some((&out, rest)) = shape.split_first() else {
+        return false;
+    };
+    let weight_cols: usize = rest.iter().product();
+    let kernel: usize = rest.iter().skip(1).product();
+    out == rows
+        && (cols == weight_cols
+            || (shape.len() == 4 && cols < weight_cols && cols > 0 && cols.is_multiple_of(kernel)))
 }
 
 fn shape_error(file: &Path, key: &str, expected: &[usize], found: &[usize]) -> Error {
