@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
-use support::goldens;
+use support::{goldens, max_level_difference};
 
 fn sd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
@@ -134,13 +134,7 @@ fn generate_reproduces_the_diffusers_golden() {
     assert!(stderr(&run).is_empty(), "--quiet printed: {}", stderr(&run));
     let ours = read_rgb(&out).unwrap();
     let golden = read_rgb(goldens().join("tiny-sd").join("txt2img_pndm_seed0.png")).unwrap();
-    let worst = ours
-        .pixels()
-        .iter()
-        .zip(golden.pixels())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = max_level_difference(&ours, &golden);
     assert!(worst <= 1, "pixels differ by {worst}");
 }
 
@@ -461,13 +455,7 @@ fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
     );
     let ours = read_rgb(&out).unwrap();
     let golden = read_rgb(goldens().join("tiny-sd").join("lora_two_loras.png")).unwrap();
-    let worst = ours
-        .pixels()
-        .iter()
-        .zip(golden.pixels())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = max_level_difference(&ours, &golden);
     assert!(worst <= 1, "pixels differ by {worst}");
     let info = stdout(&sd(&["info", path_arg(&out)]));
     assert!(info.contains("<lora:locon:1.0:0.5>"), "{info}");

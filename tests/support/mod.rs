@@ -14,7 +14,7 @@ use stable_diffusion::configs::ModelConfigs;
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::AutoencoderKL;
-use stable_diffusion::{Generation, LoadOptions, StableDiffusion};
+use stable_diffusion::{Generation, LoadOptions, RgbImage, StableDiffusion};
 
 pub use sd_testkit::fixtures;
 
@@ -72,6 +72,21 @@ pub const LATENT_TOLERANCE: f32 = 2e-5;
 /// Decoded pixels may differ by one level where a value sits on a rounding boundary.
 pub const PIXEL_TOLERANCE: u8 = 1;
 
+/// The largest difference, in levels, between two images' bytes (same size asserted).
+pub fn max_level_difference(ours: &RgbImage, golden: &RgbImage) -> u8 {
+    assert_eq!(
+        (ours.width(), ours.height()),
+        (golden.width(), golden.height()),
+        "image sizes differ"
+    );
+    ours.pixels()
+        .iter()
+        .zip(golden.pixels())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0)
+}
+
 /// A generation against a reference run: final latents within [`LATENT_TOLERANCE`] of
 /// `expected`, each image within [`PIXEL_TOLERANCE`] of its golden PNG (`pngs`, in batch order).
 pub fn assert_matches_goldens(
@@ -100,14 +115,13 @@ pub fn assert_matches_goldens(
     for (image, png) in generation.images.iter().zip(pngs) {
         let golden = read_rgb(png).unwrap();
         let name = png.display();
-        assert_eq!(
-            (image.width(), image.height()),
-            (golden.width(), golden.height()),
-            "{name}"
-        );
-        let diffs = || image.pixels().iter().zip(golden.pixels());
-        let worst = diffs().map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
-        let off = diffs().filter(|(a, b)| a != b).count();
+        let worst = max_level_difference(image, &golden);
+        let off = image
+            .pixels()
+            .iter()
+            .zip(golden.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
         println!(
             "{what}: {name}: {off} of {} bytes differ, by at most {worst}",
             golden.pixels().len()

@@ -544,44 +544,53 @@ pub fn vae_rules(layout: &VaeLayout) -> Vec<ModuleRule> {
 /// Translate `key` (component prefix removed) with the module rule whose LDM prefix is the
 /// longest match at a `.` boundary. `None` if no rule covers the key.
 pub fn to_diffusers(rules: &[ModuleRule], key: &str) -> Option<String> {
-    let (rule, rest) = rules
-        .iter()
-        .filter_map(|rule| {
-            let rest = key.strip_prefix(rule.ldm.as_str())?.strip_prefix('.')?;
-            Some((rule, rest))
-        })
-        .max_by_key(|(rule, _)| rule.ldm.len())?;
-    let inner = match rule.kind.renames() {
-        None => rest.to_string(),
-        Some(renames) => renames.iter().find_map(|(ldm, diffusers)| {
-            let param = rest.strip_prefix(ldm)?.strip_prefix('.')?;
-            Some(format!("{diffusers}.{param}"))
-        })?,
-    };
-    Some(format!("{}.{inner}", rule.diffusers))
+    translate(rules, key, Side::Ldm)
 }
 
 /// The inverse of [`to_diffusers`]: the LDM name of the diffusers name `key` (component prefix
 /// removed), with the rule whose diffusers prefix is the longest match. `None` if no rule covers
 /// it. LoRA files written by LDM-side tools name their modules this way.
 pub fn to_ldm(rules: &[ModuleRule], key: &str) -> Option<String> {
-    let (rule, rest) = rules
+    translate(rules, key, Side::Diffusers)
+}
+
+/// Which naming a key to translate is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ldm,
+    Diffusers,
+}
+
+impl Side {
+    /// A pair of names as (the name on this side, the name on the other side).
+    fn orient<'a>(self, ldm: &'a str, diffusers: &'a str) -> (&'a str, &'a str) {
+        match self {
+            Side::Ldm => (ldm, diffusers),
+            Side::Diffusers => (diffusers, ldm),
+        }
+    }
+}
+
+/// `key`, named on side `from`, in the other naming: the rule with the longest matching module
+/// prefix on that side, then the parameter renames of its module kind.
+fn translate(rules: &[ModuleRule], key: &str, from: Side) -> Option<String> {
+    let (_, target_prefix, kind, rest) = rules
         .iter()
         .filter_map(|rule| {
-            let rest = key
-                .strip_prefix(rule.diffusers.as_str())?
-                .strip_prefix('.')?;
-            Some((rule, rest))
+            let (source, target) = from.orient(&rule.ldm, &rule.diffusers);
+            let rest = key.strip_prefix(source)?.strip_prefix('.')?;
+            Some((source.len(), target, rule.kind, rest))
         })
-        .max_by_key(|(rule, _)| rule.diffusers.len())?;
-    let inner = match rule.kind.renames() {
+        .max_by_key(|&(matched, ..)| matched)?;
+    let inner = match kind.renames() {
         None => rest.to_string(),
-        Some(renames) => renames.iter().find_map(|(ldm, diffusers)| {
-            let param = rest.strip_prefix(diffusers)?.strip_prefix('.')?;
-            Some(format!("{ldm}.{param}"))
+        Some(renames) => renames.iter().find_map(|&(ldm, diffusers)| {
+            let (source, target) = from.orient(ldm, diffusers);
+            let param = rest.strip_prefix(source)?.strip_prefix('.')?;
+            Some(format!("{target}.{param}"))
         })?,
     };
-    Some(format!("{}.{inner}", rule.ldm))
+    Some(format!("{target_prefix}.{inner}"))
 }
 
 #[cfg(test)]
