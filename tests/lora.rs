@@ -113,9 +113,9 @@ fn a_partly_matching_file_applies_what_fits_and_reports_the_rest() {
         ],
     );
     let sd = load(&path, 1.0).unwrap();
-    let (_, applied, skipped) = &sd.lora_report().files[0];
-    assert_eq!(*applied, 1);
-    assert_eq!(skipped, &["lora_unet_no_such_block_to_q".to_string()]);
+    let file = &sd.lora_report().files[0];
+    assert_eq!(file.applied, 1);
+    assert_eq!(file.skipped, ["lora_unet_no_such_block_to_q".to_string()]);
     // And it changes the image; multiplier 0 does not.
     let request = GenerationRequest::new("a fox").steps(2).seed(1);
     let plain = StableDiffusion::load(fixtures().join("tiny-sd"), LoadOptions::default())

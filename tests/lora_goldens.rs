@@ -29,13 +29,14 @@ fn check(model: &str, case: &str) {
             options.lora(LoraSpec::new(path, weight("unet")).text_encoder_multiplier(weight("te")));
     }
     let sd = StableDiffusion::load(fixtures().join(model), options).unwrap();
-    for (path, applied, skipped) in &sd.lora_report().files {
+    for file in &sd.lora_report().files {
         assert!(
-            skipped.is_empty(),
-            "{}: skipped {skipped:?}",
-            path.display()
+            file.skipped.is_empty(),
+            "{}: skipped {:?}",
+            file.path.display(),
+            file.skipped
         );
-        assert!(*applied > 0);
+        assert!(file.applied > 0);
     }
     let request = GenerationRequest::new(spec["prompt"].as_str().unwrap())
         .negative_prompt(spec["negative_prompt"].as_str().unwrap_or(""))

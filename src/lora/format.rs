@@ -48,46 +48,69 @@ pub struct ModuleDelta {
     pub scale: f32,
 }
 
+/// The shape of a module's ΔW, known from its factors without multiplying them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaShape {
+    /// `out`.
+    pub rows: usize,
+    /// `in · kh · kw`.
+    pub cols: usize,
+    /// The conv kernel's trailing dims (`[kh, kw]`) when the factors carry them, else empty.
+    pub kernel: Vec<usize>,
+}
+
+impl DeltaShape {
+    /// The shape as the file implies it: `[out, in, kh, kw]` for a conv, `[out, in]` otherwise.
+    pub fn dims(&self) -> Vec<usize> {
+        let kernel_size: usize = self.kernel.iter().product();
+        let mut dims = vec![self.rows, self.cols / kernel_size.max(1)];
+        dims.extend(&self.kernel);
+        dims
+    }
+}
+
 impl ModuleDelta {
-    /// ΔW as a matrix `[out, in · kh · kw]` (before the scale), and the conv kernel's trailing
-    /// dims when the delta has them (`[kh, kw]`).
-    pub fn delta(&self) -> Result<(Array2<f32>, Vec<usize>)> {
-        match &self.kind {
+    /// The shape of ΔW, checking that the factors multiply (cheap: no products are formed).
+    pub fn shape(&self) -> Result<DeltaShape> {
+        let key = &self.key;
+        let (rows, cols, kernel) = match &self.kind {
             DeltaKind::LowRank { up, down } => {
-                let kernel = down
-                    .shape()
-                    .get(2..)
-                    .map(<[usize]>::to_vec)
-                    .unwrap_or_default();
-                Ok((
-                    matmul(
-                        &self.key,
-                        &matrix(&self.key, up)?,
-                        &matrix(&self.key, down)?,
-                    )?,
-                    kernel,
-                ))
+                let (rows, cols) = product_dims(key, dims(up), dims(down))?;
+                let kernel = down.shape().get(2..).map(<[usize]>::to_vec);
+                (rows, cols, kernel.unwrap_or_default())
             }
             DeltaKind::Hadamard(factors) => {
                 let [w1a, w1b, w2a, w2b] = &**factors;
-                let m = |a, b| matmul(&self.key, &matrix(&self.key, a)?, &matrix(&self.key, b)?);
-                let (one, two) = (m(w1a, w1b)?, m(w2a, w2b)?);
-                if one.dim() != two.dim() {
+                let one = product_dims(key, dims(w1a), dims(w1b))?;
+                let two = product_dims(key, dims(w2a), dims(w2b))?;
+                if one != two {
                     return Err(bad_module(
-                        &self.key,
-                        format!(
-                            "LoHa halves differ in shape: {:?} and {:?}",
-                            one.dim(),
-                            two.dim()
-                        ),
+                        key,
+                        format!("LoHa halves differ in shape: {one:?} and {two:?}"),
                     ));
                 }
-                Ok((one * two, Vec::new()))
+                (one.0, one.1, Vec::new())
             }
             DeltaKind::Kronecker { w1, w2 } => {
-                let (w1, w2) = (matrix(&self.key, w1)?, matrix(&self.key, w2)?);
-                Ok((kronecker(&w1, &w2), Vec::new()))
+                let ((r1, c1), (r2, c2)) = (dims(w1), dims(w2));
+                (r1 * r2, c1 * c2, Vec::new())
             }
+        };
+        Ok(DeltaShape { rows, cols, kernel })
+    }
+
+    /// ΔW as a matrix `[out, in · kh · kw]`, before the scale.
+    pub fn delta(&self) -> Result<Array2<f32>> {
+        self.shape()?; // the factors fit together, so the products below are defined
+        let key = &self.key;
+        let product = |a, b| matmul(key, &matrix(key, a)?, &matrix(key, b)?);
+        match &self.kind {
+            DeltaKind::LowRank { up, down } => product(up, down),
+            DeltaKind::Hadamard(factors) => {
+                let [w1a, w1b, w2a, w2b] = &**factors;
+                Ok(product(w1a, w1b)? * product(w2a, w2b)?)
+            }
+            DeltaKind::Kronecker { w1, w2 } => Ok(kronecker(&matrix(key, w1)?, &matrix(key, w2)?)),
         }
     }
 }
@@ -265,9 +288,25 @@ fn module_delta(
 
 /// A factor as a matrix: `[rows, everything else]` (conv kernels flattened as torch's
 /// `reshape(out, -1)`).
-fn matrix(module: &str, t: &HostTensor) -> Result<Array2<f32>> {
+/// A factor's `[rows, everything else]`.
+fn dims(t: &HostTensor) -> (usize, usize) {
     let rows = t.shape().first().copied().unwrap_or(1);
-    let cols = t.len().checked_div(rows).unwrap_or(0);
+    (rows, t.len().checked_div(rows).unwrap_or(0))
+}
+
+/// The dims of `a · b`, or an error when the inner dims (the ranks) differ.
+fn product_dims(module: &str, a: (usize, usize), b: (usize, usize)) -> Result<(usize, usize)> {
+    if a.1 != b.0 {
+        return Err(bad_module(
+            module,
+            format!("factors do not multiply: {a:?} · {b:?} (up/down ranks differ)"),
+        ));
+    }
+    Ok((a.0, b.1))
+}
+
+fn matrix(module: &str, t: &HostTensor) -> Result<Array2<f32>> {
+    let (rows, cols) = dims(t);
     t.as_standard_layout()
         .into_owned()
         .into_shape_with_order((rows, cols))
@@ -275,16 +314,7 @@ fn matrix(module: &str, t: &HostTensor) -> Result<Array2<f32>> {
 }
 
 fn matmul(module: &str, a: &Array2<f32>, b: &Array2<f32>) -> Result<Array2<f32>> {
-    if a.ncols() != b.nrows() {
-        return Err(bad_module(
-            module,
-            format!(
-                "factors do not multiply: {:?} · {:?} (up/down ranks differ)",
-                a.dim(),
-                b.dim()
-            ),
-        ));
-    }
+    product_dims(module, a.dim(), b.dim())?;
     Ok(a.dot(b))
 }
 

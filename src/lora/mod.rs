@@ -117,11 +117,20 @@ struct Term {
     file: PathBuf,
 }
 
-/// What loading a set of LoRA files against a model found.
+/// What loading a set of LoRA files against a model found, per file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoraReport {
-    /// Per file: modules applied, keys skipped (no module of this model has that name).
-    pub files: Vec<(PathBuf, usize, Vec<String>)>,
+    pub files: Vec<LoraFileReport>,
+}
+
+/// What one LoRA file matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraFileReport {
+    pub path: PathBuf,
+    /// Modules of the model it adapts.
+    pub applied: usize,
+    /// Its keys that fit no module of this model (module keys without the tensor suffix).
+    pub skipped: Vec<String>,
 }
 
 /// The deltas of several LoRA files, by the model weight they change.
@@ -177,7 +186,11 @@ impl LoraOverlay {
                     ),
                 });
             }
-            report.files.push((spec.path.clone(), applied, skipped));
+            report.files.push(LoraFileReport {
+                path: spec.path.clone(),
+                applied,
+                skipped,
+            });
         }
         let description = specs
             .iter()
@@ -226,7 +239,7 @@ impl Overlay for LoraOverlay {
             .into_iter()
             .flatten()
         {
-            let (delta, _) = term.delta.delta()?;
+            let delta = term.delta.delta()?;
             let shape = weight.shape().to_vec();
             if !fits(&shape, delta.nrows(), delta.ncols()) {
                 return Err(shape_error(
@@ -253,7 +266,7 @@ impl Overlay for LoraOverlay {
     }
 }
 
-/// The module's weight must have as many rows and elements as ΔW.
+/// The module's factors fit together, and its ΔW fits the weight it adapts (see [`fits`]).
 fn check_fits(
     store: &WeightStore,
     component: Component,
@@ -261,22 +274,15 @@ fn check_fits(
     module: &ModuleDelta,
     file: &Path,
 ) -> Result<()> {
+    let delta = module.shape()?;
     let weights = store.component(component)?;
     let Ok(info) = weights.info(weight) else {
         return Ok(()); // synthetic weights: checked when applied
     };
-    let (delta, kernel) = module.delta()?;
-    let kernel_fits = kernel.is_empty() || info.shape.get(2..) == Some(kernel.as_slice());
-    if !fits(&info.shape, delta.nrows(), delta.ncols()) || !kernel_fits {
-        let mut found = delta.shape().to_vec();
-        if !kernel.is_empty() {
-            found = vec![
-                delta.nrows(),
-                delta.ncols() / kernel.iter().product::<usize>(),
-            ];
-            found.extend(&kernel);
-        }
-        return Err(shape_error(file, &module.key, &info.shape, &found));
+    let kernel_fits =
+        delta.kernel.is_empty() || info.shape.get(2..) == Some(delta.kernel.as_slice());
+    if !fits(&info.shape, delta.rows, delta.cols) || !kernel_fits {
+        return Err(shape_error(file, &module.key, &info.shape, &delta.dims()));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
-use stable_diffusion::lora::{LoraSpec, find_in_dir, take_prompt_loras};
+use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
 use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
@@ -116,7 +116,12 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         backend.name()
     ));
     let sd = StableDiffusion::load_on(backend, &model_path, options)?;
-    for (path, applied, skipped) in &sd.lora_report().files {
+    for LoraFileReport {
+        path,
+        applied,
+        skipped,
+    } in &sd.lora_report().files
+    {
         let skipped = match skipped.len() {
             0 => String::new(),
             n => format!(
