@@ -10,7 +10,7 @@
 //! - PEFT / diffusers: `unet.down_blocks.0.….to_q`, `text_encoder.text_model.….q_proj`;
 //! - older diffusers attention processors: `unet.….attn1.processor.to_q_lora`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sd_core::Result;
 use sd_core::weights::{Component, UnetLayout, WeightStore, ldm};
@@ -22,7 +22,10 @@ pub type Target = (Component, String);
 /// Every module of a model that has a `weight`, by each name a LoRA file may give it.
 #[derive(Debug, Default)]
 pub struct ModuleNames {
-    /// kohya names (`lora_unet_…`, `lora_te_…`) without the tensor suffix.
+    /// The model's modules by diffusers path (what PEFT / diffusers files name).
+    modules: HashSet<Target>,
+    /// The same by kohya name (`lora_unet_…`, `lora_te_…`; for the UNet, with diffusers and with
+    /// LDM block names), without the tensor suffix.
     kohya: HashMap<String, Target>,
 }
 
@@ -32,24 +35,22 @@ impl ModuleNames {
     pub fn of(store: &WeightStore, unet_layout: &UnetLayout) -> Result<Self> {
         let mut names = Self::default();
         let rules = ldm::unet_rules(unet_layout);
-        for module in modules(store, Component::Unet)? {
-            let target = (Component::Unet, module.clone());
-            names.kohya.insert(
-                format!("lora_unet_{}", underscored(&module)),
-                target.clone(),
-            );
-            if let Some(ldm_name) = ldm::to_ldm(&rules, &format!("{module}.weight")) {
-                let ldm_module = ldm_name.trim_end_matches(".weight");
+        for component in [Component::Unet, Component::TextEncoder] {
+            for module in modules(store, component)? {
+                let target = (component, module.clone());
                 names
                     .kohya
-                    .insert(format!("lora_unet_{}", underscored(ldm_module)), target);
+                    .insert(kohya_name(component, &module), target.clone());
+                if component == Component::Unet
+                    && let Some(ldm_name) = ldm::to_ldm(&rules, &format!("{module}.weight"))
+                {
+                    let ldm_module = ldm_name.trim_end_matches(".weight");
+                    names
+                        .kohya
+                        .insert(kohya_name(component, ldm_module), target.clone());
+                }
+                names.modules.insert(target);
             }
-        }
-        for module in modules(store, Component::TextEncoder)? {
-            let target = (Component::TextEncoder, module.clone());
-            names
-                .kohya
-                .insert(format!("lora_te_{}", underscored(&module)), target);
         }
         Ok(names)
     }
@@ -67,21 +68,23 @@ impl ModuleNames {
             return None;
         };
         let path = old_processor_path(path).unwrap_or_else(|| path.to_string());
-        // Resolve through the kohya table too: it holds exactly the model's modules.
-        let prefix = match component {
-            Component::Unet => "lora_unet_",
-            _ => "lora_te_",
-        };
-        let canonical = if component == Component::TextEncoder && !path.starts_with("text_model.") {
+        // transformers 5 names CLIP's modules without the `text_model.` level the store keeps.
+        let path = if component == Component::TextEncoder && !path.starts_with("text_model.") {
             format!("text_model.{path}")
         } else {
             path
         };
-        self.kohya
-            .get(&format!("{prefix}{}", underscored(&canonical)))
-            .filter(|(c, p)| *c == component && *p == canonical)
-            .cloned()
+        self.modules.get(&(component, path)).cloned()
     }
+}
+
+/// kohya's name of a module: its path with `.` → `_` after `lora_unet_` or `lora_te_`.
+fn kohya_name(component: Component, module: &str) -> String {
+    let prefix = match component {
+        Component::TextEncoder => "lora_te_",
+        _ => "lora_unet_",
+    };
+    format!("{prefix}{}", module.replace('.', "_"))
 }
 
 /// `….attn1.processor.to_q_lora` → `….attn1.to_q` (`to_out_lora` → `to_out.0`).
@@ -107,8 +110,4 @@ fn modules(store: &WeightStore, component: Component) -> Result<Vec<String>> {
         .into_iter()
         .filter_map(|name| name.strip_suffix(".weight").map(str::to_string))
         .collect())
-}
-
-fn underscored(path: &str) -> String {
-    path.replace('.', "_")
 }
