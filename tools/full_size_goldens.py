@@ -2,7 +2,7 @@
 """Full-size SD 1.5 UNet and VAE with random weights, their diffusers outputs, and PyTorch's
 time and memory for the same work. Nothing here is committed: the files are large (1.9 GB).
 
-    python tools/full_size_goldens.py write [--out /tmp/sd-full-size]
+    python tools/full_size_goldens.py write [--out DIR]
     python tools/full_size_goldens.py measure unet|vae-decode [--size 512]
 
 `write` builds diffusers' UNet2DConditionModel and AutoencoderKL from SD 1.5's configs (the same
@@ -17,7 +17,7 @@ computes in f32 on the f16 values and writes goldens.safetensors next to them:
 - vae/encode_image [1, 3, 256, 256], vae/encode_mean, vae/encode_logvar (clamped)
 
 sd-unet's and sd-vae's #[ignore]d full_size tests read them (SD_FULL_SIZE_DIR, default
-/tmp/sd-full-size).
+sd-full-size in the system temp folder).
 
 `measure` runs the same work once in PyTorch with freshly initialised random f32 weights and
 prints the wall and CPU seconds of the forward call and the peak RSS of the forward phase (VmHWM after
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -180,7 +181,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write")
-    w.add_argument("--out", default=os.environ.get("SD_FULL_SIZE_DIR", "/tmp/sd-full-size"))
+    w.add_argument("--out", default=os.environ.get("SD_FULL_SIZE_DIR", os.path.join(tempfile.gettempdir(), "sd-full-size")))
     m = sub.add_parser("measure")
     m.add_argument("what", choices=["unet", "vae-decode"])
     m.add_argument("--size", type=int, default=512, help="image side for vae-decode")

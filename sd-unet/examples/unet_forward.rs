@@ -18,7 +18,7 @@ use sd_testkit::process;
 use sd_unet::{UNet2DConditionModel, UNetConfig};
 
 fn main() -> sd_core::Result<()> {
-    let mut dir = PathBuf::from("/tmp/sd-full-size");
+    let mut dir = sd_testkit::full_size_dir();
     let mut runs = 1;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

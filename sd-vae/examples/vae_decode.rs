@@ -17,7 +17,7 @@ use sd_testkit::process;
 use sd_vae::{AutoencoderKL, TileMode, VaeConfig};
 
 fn main() -> sd_core::Result<()> {
-    let mut dir = PathBuf::from("/tmp/sd-full-size");
+    let mut dir = sd_testkit::full_size_dir();
     let mut size = 512;
     let mut tiling = "auto".to_string();
     let mut args = std::env::args().skip(1);

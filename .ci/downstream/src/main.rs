@@ -18,15 +18,12 @@ use stable_diffusion::{
 };
 
 fn main() -> ExitCode {
-    let generations = match run() {
+    let (a, b) = match run() {
         Ok(generations) => generations,
         Err(error) => {
             eprintln!("sd-downstream: error: {error}");
             return ExitCode::FAILURE;
         }
-    };
-    let [a, b] = &generations[..] else {
-        unreachable!("two workers, two generations")
     };
     if a.seeds != [1] || b.seeds != [2] || a.images.len() != 1 || b.images.len() != 1 {
         eprintln!(
@@ -43,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 /// Loads the model, runs the two requests on two threads, writes their PNGs.
-fn run() -> Result<Vec<Generation>> {
+fn run() -> Result<(Generation, Generation)> {
     let mut args = std::env::args_os().skip(1);
     let model = args
         .next()
@@ -70,32 +67,27 @@ fn run() -> Result<Vec<Generation>> {
         (out_dir.join(format!("{file}.png")), request)
     });
 
-    let workers: Vec<_> = requests
-        .into_iter()
-        .map(|(path, request)| {
-            let sd = Arc::clone(&sd);
-            thread::spawn(move || -> Result<Generation> {
-                let generation = sd.generate(&request)?;
-                stable_diffusion::png::write_png(&path, &generation.images[0], None)?;
-                println!(
-                    "{}: {} with seed {:?}, {}x{}",
-                    path.display(),
-                    sd.scheduler_for(&request),
-                    generation.seeds,
-                    generation.images[0].width(),
-                    generation.images[0].height(),
-                );
-                Ok(generation)
-            })
+    let workers = requests.map(|(path, request)| {
+        let sd = Arc::clone(&sd);
+        thread::spawn(move || -> Result<Generation> {
+            let generation = sd.generate(&request)?;
+            stable_diffusion::png::write_png(&path, &generation.images[0], None)?;
+            println!(
+                "{}: {} with seed {:?}, {}x{}",
+                path.display(),
+                sd.scheduler_for(&request),
+                generation.seeds,
+                generation.images[0].width(),
+                generation.images[0].height(),
+            );
+            Ok(generation)
         })
-        .collect();
-    workers
-        .into_iter()
-        // A panic in a worker goes on here: the process exits with 101.
-        .map(|worker| {
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-        .collect()
+    });
+    // A panic in a worker goes on here: the process exits with 101.
+    let [a, b] = workers.map(|worker| {
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    Ok((a?, b?))
 }

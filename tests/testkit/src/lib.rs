@@ -103,11 +103,11 @@ pub fn assert_matches_golden(what: &str, ours: &CpuTensor, expected: &HostTensor
 }
 
 /// The folder `tools/full_size_goldens.py write` fills (`SD_FULL_SIZE_DIR`, default
-/// `/tmp/sd-full-size`): full-size SD 1.5 UNet and VAE with random weights and their goldens.
+/// `sd-full-size` in the system temp folder): full-size SD 1.5 UNet and VAE with random weights and their goldens.
 pub fn full_size_dir() -> PathBuf {
     std::env::var_os("SD_FULL_SIZE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/sd-full-size"))
+        .unwrap_or_else(|| std::env::temp_dir().join("sd-full-size"))
 }
 
 /// The full-size goldens, or a panic saying how to make them.
