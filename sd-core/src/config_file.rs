@@ -54,6 +54,34 @@ fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>, origin: &P
     config_error(origin, field, reason)
 }
 
+/// `2^(levels − 1)`: each resolution level of a UNet or VAE but the last halves the sides, so
+/// sides must be multiples of this (levels clamped to 1..=[`MAX_LEVELS`]).
+pub fn level_scale(levels: usize) -> usize {
+    1 << levels.clamp(1, MAX_LEVELS).saturating_sub(1)
+}
+
+/// `block_out_channels` gives 1 to [`MAX_LEVELS`] levels, and each per-level list
+/// (`(field, length)`, such as `down_block_types`) has one entry per level.
+pub fn check_levels(origin: &Path, levels: usize, per_level: &[(&str, usize)]) -> Result<()> {
+    if levels == 0 || levels > MAX_LEVELS {
+        return Err(config_error(
+            origin,
+            "block_out_channels",
+            format!("has {levels} levels; expected 1 to {MAX_LEVELS}"),
+        ));
+    }
+    for &(field, len) in per_level {
+        if len != levels {
+            return Err(config_error(
+                origin,
+                field,
+                format!("has {len} entries but block_out_channels has {levels}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An [`Error::Config`] about `field` of the config file at `origin`.
 pub fn config_error(origin: &Path, field: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::Config {

@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 
 use sd_core::Result;
 
-use sd_core::config_file::{MAX_LEVELS, config_error, parse_config, read_config_text};
+use sd_core::config_file::{
+    check_levels, config_error, level_scale, parse_config, read_config_text,
+};
 
 /// The down blocks this crate builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -285,7 +287,7 @@ impl UNetConfig {
 
     /// Latent sides must be multiples of this: each level but the last halves them.
     pub fn spatial_multiple(&self) -> usize {
-        1 << self.levels().clamp(1, MAX_LEVELS).saturating_sub(1)
+        level_scale(self.levels())
     }
 
     /// Width of the sinusoidal timestep features (`block_out_channels[0]`).
@@ -308,23 +310,14 @@ impl UNetConfig {
     pub fn check(&self) -> Result<()> {
         self.check_supported()?;
         let levels = self.levels();
-        if levels == 0 || levels > MAX_LEVELS {
-            return Err(self.error(
-                "block_out_channels",
-                format!("has {levels} levels; expected 1 to {MAX_LEVELS}"),
-            ));
-        }
-        for (field, len) in [
-            ("down_block_types", self.down_block_types.len()),
-            ("up_block_types", self.up_block_types.len()),
-        ] {
-            if len != levels {
-                return Err(self.error(
-                    field,
-                    format!("has {len} entries but block_out_channels has {levels}"),
-                ));
-            }
-        }
+        check_levels(
+            &self.origin,
+            levels,
+            &[
+                ("down_block_types", self.down_block_types.len()),
+                ("up_block_types", self.up_block_types.len()),
+            ],
+        )?;
         for (field, len) in [
             ("layers_per_block", self.layers_per_block.len()),
             (

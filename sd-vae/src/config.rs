@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use sd_core::Result;
-use sd_core::config_file::{MAX_LEVELS, config_error, parse_config, read_config_text};
+use sd_core::config_file::{
+    check_levels, config_error, level_scale, parse_config, read_config_text,
+};
 
 /// The encoder's down blocks (resnets, then a stride-2 downsampler but on the last level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,7 +129,7 @@ impl VaeConfig {
 
     /// Pixels per latent along each side: `2^(levels − 1)` (8 for SD 1.5).
     pub fn downscale_factor(&self) -> usize {
-        1 << self.levels().clamp(1, MAX_LEVELS).saturating_sub(1)
+        level_scale(self.levels())
     }
 
     /// An error about `field` of this config.
@@ -138,23 +140,14 @@ impl VaeConfig {
     /// Check that the fields describe a VAE this crate can build and fit together.
     pub fn check(&self) -> Result<()> {
         let levels = self.levels();
-        if levels == 0 || levels > MAX_LEVELS {
-            return Err(self.error(
-                "block_out_channels",
-                format!("has {levels} levels; expected 1 to {MAX_LEVELS}"),
-            ));
-        }
-        for (field, len) in [
-            ("down_block_types", self.down_block_types.len()),
-            ("up_block_types", self.up_block_types.len()),
-        ] {
-            if len != levels {
-                return Err(self.error(
-                    field,
-                    format!("has {len} entries but block_out_channels has {levels}"),
-                ));
-            }
-        }
+        check_levels(
+            &self.origin,
+            levels,
+            &[
+                ("down_block_types", self.down_block_types.len()),
+                ("up_block_types", self.up_block_types.len()),
+            ],
+        )?;
         for (field, value) in [
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
