@@ -409,7 +409,11 @@ impl<'a> Weights<'a> {
             Held::Files { .. } => self.source(name).is_ok(),
             Held::Synthetic(_) => true,
         };
-        in_base || !self.overlays_on(name).is_empty()
+        in_base
+            || self
+                .overlays_on(&canonical(self.component, &self.full_name(name)))
+                .next()
+                .is_some()
     }
 
     /// Dtype and shape of a tensor as the base file stores it, without reading it.
@@ -464,17 +468,15 @@ impl<'a> Weights<'a> {
             })
     }
 
-    /// The overlays that touch `name`, bottom to top.
-    fn overlays_on(&self, name: &str) -> Vec<&'a Arc<dyn Overlay>> {
-        if self.overlays.is_empty() {
-            return Vec::new();
-        }
-        let full = self.full_name(name);
-        let canonical_name = canonical(self.component, &full);
+    /// The overlays that touch the tensor `canonical_name`, bottom to top.
+    fn overlays_on<'n>(
+        &self,
+        canonical_name: &'n str,
+    ) -> impl Iterator<Item = &'a Arc<dyn Overlay>> + use<'a, 'n> {
+        let component = self.component;
         self.overlays
             .iter()
-            .filter(|o| o.touches(self.component, &canonical_name))
-            .collect()
+            .filter(move |o| o.touches(component, canonical_name))
     }
 
     /// `base` (the base's answer for `name`) through the overlays that touch it. A tensor the
@@ -485,8 +487,13 @@ impl<'a> Weights<'a> {
         base: Result<HostTensor>,
         expected: Option<&[usize]>,
     ) -> Result<HostTensor> {
-        let overlays = self.overlays_on(name);
-        if overlays.is_empty() {
+        if self.overlays.is_empty() {
+            return base;
+        }
+        let full = self.full_name(name);
+        let canonical_name = canonical(self.component, &full);
+        let mut overlays = self.overlays_on(&canonical_name).peekable();
+        if overlays.peek().is_none() {
             return base;
         }
         let mut tensor = match base {
@@ -494,15 +501,13 @@ impl<'a> Weights<'a> {
             Err(Error::MissingTensor { .. }) => None,
             Err(other) => return Err(other),
         };
-        let full = self.full_name(name);
-        let canonical_name = canonical(self.component, &full);
         for overlay in overlays {
             let changed = overlay.apply(self.component, &canonical_name, tensor)?;
             if let Some(expected) = expected
                 && changed.shape() != expected
             {
                 return Err(Error::TensorShape {
-                    name: full,
+                    name: full.clone(),
                     path: PathBuf::from(format!("overlay {}", overlay.describe())),
                     expected: expected.to_vec(),
                     found: changed.shape().to_vec(),
