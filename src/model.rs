@@ -173,12 +173,25 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Build from a weight store and the configs of its components (`options.low_memory`
     /// decides whether the UNet and VAE stay resident; the store is kept to rebuild them).
+    /// LoRA files are applied by [`load_on`](Self::load_on) and [`with_loras`](Self::with_loras),
+    /// which know the UNet's LDM numbering; here they are refused rather than ignored (a
+    /// `LoraOverlay` put on the store itself works).
     pub fn from_store(
         backend: B,
         store: Arc<WeightStore>,
         configs: ModelConfigs,
         options: &LoadOptions,
     ) -> Result<Self> {
+        if let Some(lora) = options.loras.first() {
+            return Err(Error::invalid_argument(
+                "loras",
+                format!(
+                    "{}: from_store does not apply LoRA files; load with load_on, or use \
+                     with_loras",
+                    lora.path.display()
+                ),
+            ));
+        }
         let side = configs.default_image_side();
         let resident = !options.low_memory;
         let text_model =

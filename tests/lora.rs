@@ -269,3 +269,24 @@ fn a_conv_in_delta_covers_the_first_channels_of_an_inpainting_unet() {
         assert!((a - expected).abs() < 1e-6, "{index:?}: {a} vs {expected}");
     }
 }
+
+/// `from_store` cannot resolve LDM names, so it refuses LoRA options instead of ignoring them.
+#[test]
+fn from_store_refuses_lora_options_rather_than_ignoring_them() {
+    use stable_diffusion::configs::ModelConfigs;
+    use std::sync::Arc;
+
+    let dir = fixtures().join("tiny-sd");
+    let store = Arc::new(WeightStore::open(&dir).unwrap());
+    let configs = ModelConfigs::from_folder(&dir).unwrap();
+    let lora = fixtures().join("lora/tiny-sd/kohya_diffusers.safetensors");
+    let options = LoadOptions::default().lora(LoraSpec::new(&lora, 1.0));
+    let err =
+        StableDiffusion::from_store(sd_core::cpu::CpuBackend::new(), store, configs, &options)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("kohya_diffusers") && err.contains("with_loras"),
+        "{err}"
+    );
+}
