@@ -68,35 +68,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
-    let mut loras = args
-        .lora
-        .iter()
-        .map(|text| LoraSpec::parse(text))
-        .collect::<Result<Vec<_>>>()?;
-    let (prompt, tags) = take_prompt_loras(&args.prompt)?;
-    match (&args.lora_dir, tags.is_empty()) {
-        (_, true) => {}
-        (None, false) => {
-            return Err(Error::invalid_argument(
-                "--lora-dir",
-                format!(
-                    "the prompt has <lora:{}:…> tags: pass --lora-dir DIR, the folder of the LoRA files",
-                    tags[0].name
-                ),
-            ));
-        }
-        (Some(dir), false) => {
-            for tag in tags {
-                loras.push(LoraSpec {
-                    path: find_in_dir(dir, &tag.name)?,
-                    text_encoder: tag.text_encoder,
-                    unet: tag.unet,
-                });
-            }
-        }
-    }
+    let (prompt, loras) = loras_of(args)?;
 
-    // One generation per process: each model needs to be held only while it runs.
     // A1111's infotext names each LoRA by its file stem and short hash.
     let lora_hashes = loras
         .iter()
@@ -105,6 +78,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             Ok((name.to_string_lossy().into_owned(), lora_hash(&spec.path)?))
         })
         .collect::<Result<Vec<_>>>()?;
+    // One generation per process: each model needs to be held only while it runs.
     let options = LoadOptions {
         config_dir: args.config_dir.clone(),
         low_memory: true,
@@ -192,6 +166,39 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         say(format!("Wrote {} (seed {seed})", path.display()));
     }
     Ok(())
+}
+
+/// The prompt without its `<lora:…>` tags, and the LoRA files to apply: those of `--lora`, then
+/// those the tags name in `--lora-dir`.
+fn loras_of(args: &GenerateArgs) -> Result<(String, Vec<LoraSpec>)> {
+    let mut loras = args
+        .lora
+        .iter()
+        .map(|text| LoraSpec::parse(text))
+        .collect::<Result<Vec<_>>>()?;
+    let (prompt, tags) = take_prompt_loras(&args.prompt)?;
+    match (&args.lora_dir, tags.is_empty()) {
+        (_, true) => {}
+        (None, false) => {
+            return Err(Error::invalid_argument(
+                "--lora-dir",
+                format!(
+                    "the prompt has <lora:{}:…> tags: pass --lora-dir DIR, the folder of the LoRA files",
+                    tags[0].name
+                ),
+            ));
+        }
+        (Some(dir), false) => {
+            for tag in tags {
+                loras.push(LoraSpec {
+                    path: find_in_dir(dir, &tag.name)?,
+                    text_encoder: tag.text_encoder,
+                    unet: tag.unet,
+                });
+            }
+        }
+    }
+    Ok((prompt, loras))
 }
 
 /// `NAME.png` for one image, `NAME-1.png`, `NAME-2.png`, … for a batch.
