@@ -32,6 +32,7 @@ mod model;
 pub mod model_hash;
 pub mod parameters;
 pub mod png;
+pub mod torch_file;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
 pub use sd_core::pipeline::{

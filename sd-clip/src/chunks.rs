@@ -10,19 +10,30 @@
 //!   `StableDiffusionPipeline` tokenizes (`padding="max_length", truncation=True`).
 //!
 //! Chunks are padded with the end token, which SD 1.x also uses as its pad token.
+//!
+//! Textual-inversion embeddings ([`crate::embeddings`]) take positions of a chunk as vectors:
+//! in A1111 mode a multi-vector embedding is never split between two chunks.
+
+use std::sync::Arc;
 
 pub use sd_core::PromptMode;
 use sd_core::Result;
 
+use crate::embeddings::{EmbeddingVector, PromptEmbeddings, TextualInversion};
 use crate::prompt::{PromptPiece, parse_prompt};
 use crate::tokenizer::ClipTokenizer;
 
+/// The id A1111 puts where an embedding's vectors go (its vectors replace the token's).
+pub const EMBEDDING_PLACEHOLDER_ID: u32 = 0;
+
 /// One window of the text encoder: `ids` start with the start token and end with the end
-/// token; `weights` holds the emphasis of each position (1.0 for the special tokens).
+/// token; `weights` holds the emphasis of each position (1.0 for the special tokens);
+/// `vectors` the positions an embedding's vector fills instead of its id's token embedding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptChunk {
     pub ids: Vec<u32>,
     pub weights: Vec<f32>,
+    pub vectors: Vec<EmbeddingVector>,
 }
 
 impl PromptChunk {
@@ -83,11 +94,27 @@ impl PromptChunker {
 
     /// The chunks of one prompt: one or more in A1111 mode, exactly one in plain mode.
     pub fn chunks(&self, prompt: &str, mode: PromptMode) -> Result<Vec<PromptChunk>> {
+        self.chunks_with(prompt, mode, &PromptEmbeddings::default())
+    }
+
+    /// [`chunks`](Self::chunks) with textual-inversion `embeddings` (prepared for this
+    /// chunker's tokenizer) in the prompt.
+    pub fn chunks_with(
+        &self,
+        prompt: &str,
+        mode: PromptMode,
+        embeddings: &PromptEmbeddings,
+    ) -> Result<Vec<PromptChunk>> {
         match mode {
             PromptMode::Plain => {
-                let ids = self.tokenizer.encode_padded(prompt, self.chunk_len())?;
+                let (ids, vectors) =
+                    embeddings.encode_plain(&self.tokenizer, prompt, self.chunk_len())?;
                 let weights = vec![1.0; ids.len()];
-                Ok(vec![PromptChunk { ids, weights }])
+                Ok(vec![PromptChunk {
+                    ids,
+                    weights,
+                    vectors,
+                }])
             }
             PromptMode::A1111 => {
                 let pieces = parse_prompt(prompt)?
@@ -100,7 +127,7 @@ impl PromptChunker {
                         }),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok(self.chunk_tokens(&pieces))
+                Ok(self.chunk_tokens_with(&pieces, embeddings))
             }
         }
     }
@@ -108,18 +135,38 @@ impl PromptChunker {
     /// A chunk of nothing: start, then end tokens (what the empty prompt gives). Prompts with
     /// fewer chunks than others in a batch are padded with it.
     pub fn empty_chunk(&self) -> PromptChunk {
-        ChunkBuilder::new(self).finish_chunk(Vec::new(), Vec::new())
+        ChunkBuilder::new(self).finish_chunk(Vec::new(), Vec::new(), Vec::new())
     }
 
     /// Lay weighted tokens into chunks, A1111's way.
     pub fn chunk_tokens(&self, pieces: &[TokenPiece]) -> Vec<PromptChunk> {
+        self.chunk_tokens_with(pieces, &PromptEmbeddings::default())
+    }
+
+    /// [`chunk_tokens`](Self::chunk_tokens), replacing each embedding name found in a piece's
+    /// tokens by the embedding's vectors (A1111's `find_embedding_at_position`).
+    pub fn chunk_tokens_with(
+        &self,
+        pieces: &[TokenPiece],
+        embeddings: &PromptEmbeddings,
+    ) -> Vec<PromptChunk> {
         let mut builder = ChunkBuilder::new(self);
         for piece in pieces {
             match piece {
                 TokenPiece::Break => builder.next_chunk(),
                 TokenPiece::Tokens { ids, weight } => {
-                    for &id in ids {
-                        builder.push(id, *weight);
+                    let mut at = 0;
+                    while at < ids.len() {
+                        match embeddings.find_at(ids, at) {
+                            Some((embedding, covered)) => {
+                                builder.push_embedding(ids[at], embedding, *weight);
+                                at += covered;
+                            }
+                            None => {
+                                builder.push(ids[at], *weight);
+                                at += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -128,12 +175,16 @@ impl PromptChunker {
     }
 }
 
+/// Which embedding vector a position holds, while a chunk is being filled.
+type Slot = Option<(Arc<TextualInversion>, usize)>;
+
 /// The chunk being filled and those already done.
 struct ChunkBuilder<'a> {
     chunker: &'a PromptChunker,
     done: Vec<PromptChunk>,
     ids: Vec<u32>,
     weights: Vec<f64>,
+    slots: Vec<Slot>,
     /// Index in `ids` of the last comma of the current chunk.
     last_comma: Option<usize>,
 }
@@ -145,11 +196,35 @@ impl<'a> ChunkBuilder<'a> {
             done: Vec::new(),
             ids: Vec::new(),
             weights: Vec::new(),
+            slots: Vec::new(),
             last_comma: None,
         }
     }
 
     fn push(&mut self, id: u32, weight: f64) {
+        self.make_room(id);
+        self.ids.push(id);
+        self.weights.push(weight);
+        self.slots.push(None);
+    }
+
+    /// An embedding whose name starts with token `first_id`: its vectors, all with `weight`,
+    /// in the current chunk if they fit, else at the start of the next (as A1111 does).
+    fn push_embedding(&mut self, first_id: u32, embedding: &Arc<TextualInversion>, weight: f64) {
+        self.make_room(first_id);
+        if self.ids.len() + embedding.len() > self.chunker.tokens_per_chunk {
+            self.next_chunk();
+        }
+        for index in 0..embedding.len() {
+            self.ids.push(EMBEDDING_PLACEHOLDER_ID);
+            self.weights.push(weight);
+            self.slots.push(Some((Arc::clone(embedding), index)));
+        }
+    }
+
+    /// Before token `id` goes in: note a comma, and when the chunk is full close it (moving the
+    /// words after a recent comma to the next chunk).
+    fn make_room(&mut self, id: u32) {
         let full = self.ids.len() == self.chunker.tokens_per_chunk;
         if Some(id) == self.chunker.comma_id {
             self.last_comma = Some(self.ids.len());
@@ -161,28 +236,34 @@ impl<'a> ChunkBuilder<'a> {
             {
                 let moved_ids = self.ids.split_off(comma + 1);
                 let moved_weights = self.weights.split_off(comma + 1);
+                let moved_slots = self.slots.split_off(comma + 1);
                 self.next_chunk();
                 self.ids = moved_ids;
                 self.weights = moved_weights;
+                self.slots = moved_slots;
             }
         }
         if self.ids.len() == self.chunker.tokens_per_chunk {
             self.next_chunk();
         }
-        self.ids.push(id);
-        self.weights.push(weight);
     }
 
     /// Close the current chunk (padding it) and start an empty one.
     fn next_chunk(&mut self) {
         let ids = std::mem::take(&mut self.ids);
         let weights = std::mem::take(&mut self.weights);
-        let chunk = self.finish_chunk(ids, weights);
+        let slots = std::mem::take(&mut self.slots);
+        let chunk = self.finish_chunk(ids, weights, slots);
         self.done.push(chunk);
         self.last_comma = None;
     }
 
-    fn finish_chunk(&self, tokens: Vec<u32>, token_weights: Vec<f64>) -> PromptChunk {
+    fn finish_chunk(
+        &self,
+        tokens: Vec<u32>,
+        token_weights: Vec<f64>,
+        slots: Vec<Slot>,
+    ) -> PromptChunk {
         let tokenizer = &self.chunker.tokenizer;
         let len = self.chunker.chunk_len();
         let mut ids = Vec::with_capacity(len);
@@ -194,7 +275,23 @@ impl<'a> ChunkBuilder<'a> {
         weights.push(1.0);
         weights.extend(token_weights.iter().map(|&w| w as f32));
         weights.resize(len, 1.0);
-        PromptChunk { ids, weights }
+        // Position 0 is the start token.
+        let vectors = slots
+            .into_iter()
+            .enumerate()
+            .filter_map(|(at, slot)| {
+                slot.map(|(embedding, index)| EmbeddingVector {
+                    position: at + 1,
+                    embedding,
+                    index,
+                })
+            })
+            .collect();
+        PromptChunk {
+            ids,
+            weights,
+            vectors,
+        }
     }
 
     fn finish(mut self) -> Vec<PromptChunk> {

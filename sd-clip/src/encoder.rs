@@ -11,14 +11,20 @@
 //! over all prompts it encodes together; here it is taken per prompt (what A1111 does for a
 //! batch of one, its usual case), so a prompt's conditioning never depends on its neighbours.
 //! Chunks whose weights are all 1 are left untouched (and never leave the backend).
+//!
+//! Textual-inversion embeddings ([`crate::embeddings`]) belong to the encoder: set them with
+//! [`ClipTextEncoder::set_embeddings`] (also between generations, from any thread); every prompt
+//! encoded afterwards may use them, in both prompt modes.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use sd_core::weights::WeightStore;
 use sd_core::{Backend, Result, TextEncoder, TextOptions};
 
-use crate::chunks::{PromptChunk, PromptChunker, PromptMode};
+use crate::chunks::{EMBEDDING_PLACEHOLDER_ID, PromptChunk, PromptChunker, PromptMode};
 use crate::config::ClipTextConfig;
+use crate::embeddings::{PromptEmbeddings, TextualInversion};
 use crate::model::ClipTextTransformer;
 use crate::tokenizer::ClipTokenizer;
 
@@ -31,6 +37,8 @@ pub struct ClipTextEncoder<B: Backend> {
     chunker: PromptChunker,
     mode: PromptMode,
     clip_skip: usize,
+    /// Replaced whole by `set_embeddings`; an encode holds the set it started with.
+    embeddings: RwLock<Arc<PromptEmbeddings>>,
 }
 
 /// The settings one encode runs with, defaults filled in and checked.
@@ -49,6 +57,7 @@ impl<B: Backend> ClipTextEncoder<B> {
             chunker: PromptChunker::new(tokenizer, tokens_per_chunk),
             mode: PromptMode::default(),
             clip_skip: 1,
+            embeddings: RwLock::default(),
         }
     }
 
@@ -150,9 +159,56 @@ impl<B: Backend> ClipTextEncoder<B> {
         self.chunker.tokenizer()
     }
 
-    /// The chunks a prompt is encoded as, in the current mode.
+    /// The chunks a prompt is encoded as, in the current mode, with the current embeddings.
     pub fn chunks(&self, prompt: &str) -> Result<Vec<PromptChunk>> {
-        self.chunker.chunks(prompt, self.mode)
+        self.chunks_in(prompt, self.mode)
+    }
+
+    /// The chunks a prompt is encoded as in `mode`, with the current embeddings.
+    pub fn chunks_in(&self, prompt: &str, mode: PromptMode) -> Result<Vec<PromptChunk>> {
+        self.chunker
+            .chunks_with(prompt, mode, &self.embeddings())
+    }
+
+    /// Use these textual-inversion embeddings from now on (replacing those set before; an empty
+    /// list removes them). Checked first: each must be as wide as the model's token embeddings
+    /// ([`PromptEmbeddings::new`] lists the errors); on error nothing changes.
+    pub fn set_embeddings(&self, embeddings: Vec<TextualInversion>) -> Result<()> {
+        let prepared =
+            PromptEmbeddings::new(self.tokenizer(), self.model.hidden_size(), embeddings)?;
+        self.set_prepared_embeddings(Arc::new(prepared));
+        Ok(())
+    }
+
+    /// Use a set already prepared (by [`set_embeddings`](Self::set_embeddings) of an encoder
+    /// with the same tokenizer and width, from [`embeddings`](Self::embeddings)).
+    pub fn set_prepared_embeddings(&self, embeddings: Arc<PromptEmbeddings>) {
+        *self.embeddings.write().unwrap_or_else(|e| e.into_inner()) = embeddings;
+    }
+
+    /// The embeddings prompts may use now.
+    pub fn embeddings(&self) -> Arc<PromptEmbeddings> {
+        Arc::clone(&self.embeddings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The embeddings `prompts` use (in `options`' mode), each once, in order of first use.
+    pub fn embeddings_used(
+        &self,
+        prompts: &[&str],
+        options: &TextOptions,
+    ) -> Result<Vec<Arc<TextualInversion>>> {
+        let mode = self.resolve(options)?.mode;
+        let mut used: Vec<Arc<TextualInversion>> = Vec::new();
+        for prompt in prompts {
+            for chunk in self.chunks_in(prompt, mode)? {
+                for vector in chunk.vectors {
+                    if !used.iter().any(|e| Arc::ptr_eq(e, &vector.embedding)) {
+                        used.push(vector.embedding);
+                    }
+                }
+            }
+        }
+        Ok(used)
     }
 
     /// Encode prompts to `[prompts.len(), 77 · chunks, hidden]` with this encoder's defaults.
@@ -174,9 +230,10 @@ impl<B: Backend> ClipTextEncoder<B> {
                 "no prompts to encode",
             ));
         }
+        let embeddings = self.embeddings();
         let per_prompt = prompts
             .iter()
-            .map(|prompt| self.chunker.chunks(prompt, settings.mode))
+            .map(|prompt| self.chunker.chunks_with(prompt, settings.mode, &embeddings))
             .collect::<Result<Vec<_>>>()?;
         let chunk_count = per_prompt.iter().map(Vec::len).max().unwrap_or(1);
         let empty = self.chunker.empty_chunk();
@@ -202,8 +259,20 @@ impl<B: Backend> ClipTextEncoder<B> {
         chunks: &[&PromptChunk],
         clip_skip: usize,
     ) -> Result<B::Tensor> {
-        let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-        let hidden = self.model.forward(backend, &ids, chunks.len(), clip_skip)?;
+        let mut ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
+        // Embedding positions: the vector replaces the token embedding, so the id only has to
+        // be a valid one (diffusers' added ids lie past the model's vocabulary).
+        let mut vectors = Vec::new();
+        for (row, chunk) in chunks.iter().enumerate() {
+            for vector in &chunk.vectors {
+                let at = row * chunk.ids.len() + vector.position;
+                ids[at] = EMBEDDING_PLACEHOLDER_ID;
+                vectors.push((at, vector.values()));
+            }
+        }
+        let hidden =
+            self.model
+                .forward_with_vectors(backend, &ids, chunks.len(), clip_skip, &vectors)?;
         if chunks.iter().all(|c| c.is_unweighted()) {
             return Ok(hidden);
         }

@@ -86,6 +86,7 @@
 
 pub mod chunks;
 pub mod config;
+pub mod embeddings;
 pub mod encoder;
 pub mod model;
 pub mod prompt;
@@ -93,6 +94,7 @@ pub mod tokenizer;
 
 pub use chunks::{PromptChunk, PromptChunker, PromptMode};
 pub use config::ClipTextConfig;
+pub use embeddings::{EmbeddingVector, PromptEmbeddings, TextualInversion};
 pub use encoder::ClipTextEncoder;
 pub use model::ClipTextTransformer;
 pub use tokenizer::ClipTokenizer;

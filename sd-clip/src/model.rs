@@ -190,6 +190,20 @@ impl<B: Backend> ClipTextTransformer<B> {
         batch: usize,
         clip_skip: usize,
     ) -> Result<B::Tensor> {
+        self.forward_with_vectors(backend, ids, batch, clip_skip, &[])
+    }
+
+    /// [`forward`](Self::forward) where some positions take a given vector instead of their
+    /// id's token embedding (textual inversion): `vectors` holds (index into `ids`, vector of
+    /// `hidden_size` values). The position embedding is added to them as to any token.
+    pub fn forward_with_vectors(
+        &self,
+        backend: &B,
+        ids: &[u32],
+        batch: usize,
+        clip_skip: usize,
+        vectors: &[(usize, ndarray::ArrayView1<'_, f32>)],
+    ) -> Result<B::Tensor> {
         let layers = self.layers.len();
         if clip_skip == 0 || clip_skip > layers {
             return Err(Error::invalid_argument(
@@ -214,10 +228,35 @@ impl<B: Backend> ClipTextTransformer<B> {
             ));
         }
 
-        let tokens = self
+        let mut tokens = self
             .embeddings
             .token_embedding
             .forward(backend, ids, &[batch, seq])?;
+        if !vectors.is_empty() {
+            let mut host = backend.download(&tokens)?;
+            let dim = self.config.hidden_size;
+            let mut rows = host
+                .to_shape((ids.len(), dim))
+                .map_err(|e| Error::shape("text embeddings", e.to_string()))?
+                .into_owned();
+            for (at, vector) in vectors {
+                if *at >= ids.len() || vector.len() != dim {
+                    return Err(Error::shape(
+                        "text embeddings",
+                        format!(
+                            "a vector of {} values for position {at} of {} positions {dim} wide",
+                            vector.len(),
+                            ids.len()
+                        ),
+                    ));
+                }
+                rows.row_mut(*at).assign(vector);
+            }
+            host = rows
+                .into_shape_with_order(vec![batch, seq, dim])
+                .map_err(|e| Error::shape("text embeddings", e.to_string()))?;
+            tokens = backend.upload(&host)?;
+        }
         let positions: Vec<u32> = (0..seq as u32).collect();
         let positions =
             self.embeddings

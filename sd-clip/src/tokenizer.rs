@@ -206,6 +206,28 @@ impl ClipTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The tokens of `text` as strings (`"photo</w>"`; an added token as itself), as
+    /// transformers' `tokenizer.tokenize` gives them.
+    pub fn token_strings(&self, text: &str) -> Result<Vec<String>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::invalid_argument("prompt", format!("tokenizing failed: {e}")))?;
+        Ok(encoding.get_tokens().to_vec())
+    }
+
+    /// A copy with `tokens` added as transformers' `tokenizer.add_tokens` adds them (not special,
+    /// matched in the normalised text, anywhere): each gets the next id after the vocabulary.
+    pub fn with_added_tokens(&self, tokens: &[String]) -> Self {
+        let mut extended = self.clone();
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .map(|t| AddedToken::from(t.clone(), false))
+            .collect();
+        extended.inner.add_tokens(&added);
+        extended
+    }
+
     /// The ids StableDiffusionPipeline feeds the text encoder: start token, the text's tokens
     /// truncated to `length − 2`, end token, then end tokens up to `length` (77 for SD 1.5).
     pub fn encode_padded(&self, text: &str, length: usize) -> Result<Vec<u32>> {

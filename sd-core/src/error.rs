@@ -63,6 +63,25 @@ pub enum Error {
     #[error("{}: not a valid tokenizer file: {reason}", path.display())]
     InvalidTokenizer { path: PathBuf, reason: String },
 
+    /// A textual-inversion embedding file holds no embedding we can read, or one that does not
+    /// fit the text encoder (another width: SD 2.x embeddings are 1024 wide).
+    #[error("{}: not a usable textual-inversion embedding: {reason}", path.display())]
+    InvalidEmbedding { path: PathBuf, reason: String },
+
+    /// A PyTorch file (`torch.save`: a zip holding a pickle and raw storages) is truncated,
+    /// compressed, or holds something other than tensors in dicts, lists and tuples.
+    #[error("{}: not a readable PyTorch tensor file: {reason}", path.display())]
+    InvalidTorchFile { path: PathBuf, reason: String },
+
+    /// A PyTorch file's pickle asks for a Python global that storing tensors never needs (such
+    /// as `os.system`): the file is refused, nothing in it is run.
+    #[error(
+        "{}: refused: its pickle asks for the Python global `{global}`, which a file of tensors \
+         never needs (nothing was run; only torch's tensor and dict globals are read)",
+        path.display()
+    )]
+    ForbiddenPickleGlobal { path: PathBuf, global: String },
+
     /// A user-supplied argument is out of range or malformed.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument { name: String, reason: String },
