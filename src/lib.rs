@@ -21,12 +21,15 @@
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
+//! - [`embeddings`]: textual-inversion files (A1111 / kohya / diffusers, `.safetensors`, `.pt`,
+//!   `.bin`) for the prompts; [`torch_file`] reads `.pt` files without running their pickle.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
+pub mod embeddings;
 pub mod lora;
 mod model;
 pub mod model_hash;

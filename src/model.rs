@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
+use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptEmbeddings, PromptMode, TextualInversion};
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
@@ -45,6 +45,12 @@ pub struct LoadOptions {
     /// LoRA files merged into the weights (in f32, before any packing or upload); the
     /// low-memory rebuild applies them again by itself.
     pub loras: Vec<LoraSpec>,
+    /// Textual-inversion embedding files ([`crate::embeddings`]); a file that cannot be read or
+    /// does not fit the model fails the load.
+    pub embeddings: Vec<PathBuf>,
+    /// Folders of embedding files ([`crate::embeddings::load_dir`]); their unreadable or
+    /// ill-fitting files are skipped and listed in [`StableDiffusion::skipped_embeddings`].
+    pub embedding_dirs: Vec<PathBuf>,
 }
 
 impl LoadOptions {
@@ -61,6 +67,18 @@ impl LoadOptions {
     /// Add a LoRA file (see [`crate::lora`]).
     pub fn lora(mut self, spec: LoraSpec) -> Self {
         self.loras.push(spec);
+        self
+    }
+
+    /// Add a textual-inversion embedding file (see [`crate::embeddings`]).
+    pub fn embedding(mut self, path: impl Into<PathBuf>) -> Self {
+        self.embeddings.push(path.into());
+        self
+    }
+
+    /// Add a folder of embedding files (see [`crate::embeddings::load_dir`]).
+    pub fn embedding_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.embedding_dirs.push(dir.into());
         self
     }
 }
@@ -92,6 +110,8 @@ pub struct StableDiffusion<B: Backend> {
     lora_report: LoraReport,
     /// What the model was built from, to build it again with other LoRAs.
     origin: Option<Origin>,
+    /// Embedding files of [`LoadOptions::embedding_dirs`] that were not loaded, with why.
+    skipped_embeddings: Vec<(PathBuf, Error)>,
 }
 
 /// A loaded checkpoint before any LoRA, with what building a model from it takes.
@@ -154,13 +174,23 @@ impl<B: Backend> StableDiffusion<B> {
             unet_layout,
             low_memory: options.low_memory,
         };
-        origin.build(backend, &options.loras)
+        let mut model = origin.build(backend, &options.loras)?;
+        let text = model.pipeline.text_encoder();
+        let (embeddings, skipped) = crate::embeddings::gather(
+            &options.embeddings,
+            &options.embedding_dirs,
+            text.model().hidden_size(),
+        )?;
+        text.set_embeddings(embeddings)?;
+        model.skipped_embeddings = skipped;
+        Ok(model)
     }
 
     /// The same checkpoint with another set of LoRA files (none: the bare model), on `backend`.
     /// The checkpoint is not opened again (its mapped files are shared); the models are rebuilt
     /// from it with the new deltas merged. For a model made with
     /// [`from_pipeline`](Self::from_pipeline), which has no checkpoint to rebuild from, an error.
+    /// The embeddings carry over.
     pub fn with_loras(&self, backend: B, loras: &[LoraSpec]) -> Result<Self> {
         let origin = self.origin.as_ref().ok_or_else(|| {
             Error::invalid_argument(
@@ -168,7 +198,12 @@ impl<B: Backend> StableDiffusion<B> {
                 "this model was assembled from parts (from_pipeline); load it from a checkpoint",
             )
         })?;
-        origin.build(backend, loras)
+        let model = origin.build(backend, loras)?;
+        model
+            .pipeline
+            .text_encoder()
+            .set_prepared_embeddings(self.embeddings());
+        Ok(model)
     }
 
     /// Build from a weight store and the configs of its components (`options.low_memory`
@@ -182,6 +217,16 @@ impl<B: Backend> StableDiffusion<B> {
         configs: ModelConfigs,
         options: &LoadOptions,
     ) -> Result<Self> {
+        if let Some(path) = options.embeddings.first().or(options.embedding_dirs.first()) {
+            return Err(Error::invalid_argument(
+                "embeddings",
+                format!(
+                    "{}: from_store does not read embedding files; load with load_on, or use \
+                     set_embeddings",
+                    path.display()
+                ),
+            ));
+        }
         if let Some(lora) = options.loras.first() {
             return Err(Error::invalid_argument(
                 "loras",
@@ -239,6 +284,7 @@ impl<B: Backend> StableDiffusion<B> {
             turn: Mutex::new(()),
             lora_report: LoraReport::default(),
             origin: None,
+            skipped_embeddings: Vec::new(),
         }
     }
 
@@ -271,6 +317,31 @@ impl<B: Backend> StableDiffusion<B> {
             .text
             .prompt_mode
             .unwrap_or_else(|| self.pipeline.text_encoder().mode())
+    }
+
+    /// The textual-inversion embeddings prompts may use (names, vector counts, files).
+    pub fn embeddings(&self) -> Arc<PromptEmbeddings> {
+        self.pipeline.text_encoder().embeddings()
+    }
+
+    /// Replace the embeddings prompts may use (for generations that start afterwards; one
+    /// running keeps its set). Each must fit the text encoder; on error nothing changes.
+    pub fn set_embeddings(&self, embeddings: Vec<TextualInversion>) -> Result<()> {
+        self.pipeline.text_encoder().set_embeddings(embeddings)
+    }
+
+    /// Files of [`LoadOptions::embedding_dirs`] that were not loaded, each with its error.
+    pub fn skipped_embeddings(&self) -> &[(PathBuf, Error)] {
+        &self.skipped_embeddings
+    }
+
+    /// The embeddings `request`'s prompt and negative prompt use (each once, prompt first): what
+    /// A1111 lists as `TI hashes`.
+    pub fn embeddings_used(&self, request: &GenerationRequest) -> Result<Vec<Arc<TextualInversion>>> {
+        let prompts = [request.prompt.as_str(), request.negative_prompt.as_str()];
+        self.pipeline
+            .text_encoder()
+            .embeddings_used(&prompts, &request.text)
     }
 
     /// What the LoRA files given at load matched: modules applied and keys skipped, per file.

@@ -1,6 +1,6 @@
 //! AUTOMATIC1111's short hashes: the first 10 hex digits of the SHA-256 of a checkpoint file
-//! ("AutoV2", its `Model hash`) and the first 12 of a LoRA file's (its `Lora hashes`), what
-//! image sites and A1111 match files by.
+//! ("AutoV2", its `Model hash`) and the first 12 of a LoRA or embedding file's (its `Lora
+//! hashes` and `TI hashes`), what image sites and A1111 match files by.
 
 use std::fs::File;
 use std::io::Read;
@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 /// Hex digits A1111 keeps of a checkpoint's hash.
 const SHORT_HASH_DIGITS: usize = 10;
 
-/// Hex digits A1111 keeps of a LoRA file's hash (`NetworkOnDisk.shorthash`).
-const LORA_HASH_DIGITS: usize = 12;
+/// Hex digits A1111 keeps of a LoRA or embedding file's hash (`NetworkOnDisk.shorthash`,
+/// `Embedding.shorthash`).
+const FILE_HASH_DIGITS: usize = 12;
 
 /// The short hash of the concatenated `files` (for a single-file checkpoint, exactly A1111's).
 pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
@@ -22,7 +23,12 @@ pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
 
 /// A1111's short hash of a LoRA file.
 pub fn lora_hash(file: &Path) -> Result<String> {
-    Ok(sha256_hex(&[file])?[..LORA_HASH_DIGITS].to_string())
+    Ok(sha256_hex(&[file])?[..FILE_HASH_DIGITS].to_string())
+}
+
+/// A1111's short hash of a textual-inversion embedding file (the same rule as a LoRA's).
+pub fn embedding_hash(file: &Path) -> Result<String> {
+    lora_hash(file)
 }
 
 /// SHA-256 of the concatenated `files`, in lower-case hex.

@@ -32,6 +32,9 @@ pub struct Parameters {
     pub denoising_strength: Option<f64>,
     /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
     pub lora_hashes: Vec<(String, String)>,
+    /// (name, A1111 short hash) of each textual-inversion embedding the prompts used
+    /// ([`crate::model_hash::embedding_hash`]).
+    pub ti_hashes: Vec<(String, String)>,
 }
 
 impl Parameters {
@@ -51,13 +54,13 @@ impl Parameters {
             fields.push(("Model", model.clone()));
         }
         fields.push(("Clip skip", self.clip_skip.to_string()));
-        if !self.lora_hashes.is_empty() {
-            let hashes: Vec<String> = self
-                .lora_hashes
-                .iter()
-                .map(|(name, hash)| format!("{name}: {hash}"))
-                .collect();
-            fields.push(("Lora hashes", hashes.join(", ")));
+        for (key, hashes) in [
+            ("Lora hashes", &self.lora_hashes),
+            ("TI hashes", &self.ti_hashes),
+        ] {
+            if !hashes.is_empty() {
+                fields.push((key, hash_list(hashes)));
+            }
         }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
@@ -85,6 +88,16 @@ fn quote(value: &str) -> String {
     }
 }
 
+/// `name: hash, name: hash`, A1111's hash lists; as A1111 does, `:` and `,` are dropped from
+/// the names so the list reads back.
+fn hash_list(hashes: &[(String, String)]) -> String {
+    let entries: Vec<String> = hashes
+        .iter()
+        .map(|(name, hash)| format!("{}: {hash}", name.replace([':', ','], "")))
+        .collect();
+    entries.join(", ")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
@@ -105,7 +118,25 @@ mod tests {
             clip_skip: 2,
             denoising_strength: None,
             lora_hashes: Vec::new(),
+            ti_hashes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn ti_hashes_follow_the_lora_hashes_with_separators_dropped_from_names() {
+        let mut parameters = example();
+        parameters.lora_hashes = vec![("add_detail".into(), "7c6bad76eb54".into())];
+        parameters.ti_hashes = vec![
+            ("easy:negative, v2".into(), "abcdef012345".into()),
+            ("style".into(), "0123456789ab".into()),
+        ];
+        let text = parameters.to_text();
+        assert!(
+            text.contains(
+                r#"Lora hashes: "add_detail: 7c6bad76eb54", TI hashes: "easynegative v2: abcdef012345, style: 0123456789ab", "#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct GenerateArgs {
     /// file stem there); the tags are removed from the prompt before encoding.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub embeddings: EmbeddingArgs,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.
@@ -135,8 +137,9 @@ pub struct InfoArgs {
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
     pub prompt: String,
-    /// Print one JSON object: {"ids": [...], "count": N} (ids unpadded, with start and end
-    /// tokens, chunks concatenated; count without them).
+    /// Print one JSON object: {"ids": [...], "count": N, "vectors": [...]} (ids unpadded, with
+    /// start and end tokens, chunks concatenated; count without them; vectors: the embedding
+    /// positions as {chunk, position, embedding, vector}).
     #[arg(long)]
     pub json: bool,
     /// Read the prompt literally, as diffusers does (one chunk, truncated).
@@ -145,6 +148,21 @@ pub struct TokenizeArgs {
     /// Use this diffusers folder's tokenizer instead of SD 1.5's.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub embeddings: EmbeddingArgs,
+}
+
+/// Textual-inversion embeddings the prompt may name (A1111: the file stem, anywhere in the
+/// prompt or negative prompt; plain mode: as diffusers' `load_textual_inversion(file, token=stem)`).
+#[derive(Debug, Args)]
+pub struct EmbeddingArgs {
+    /// A textual-inversion embedding file (.safetensors, .pt, .bin). Repeatable.
+    #[arg(long = "embedding", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// A folder of embedding files: each is named by its file stem (unreadable files are skipped
+    /// with a message).
+    #[arg(long = "embedding-dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// A piece of work `sd bench` times (tools/bench_torch.py times the same in PyTorch).

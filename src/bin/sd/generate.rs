@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
 use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
-use stable_diffusion::model_hash::{lora_hash, short_hash};
+use stable_diffusion::model_hash::{embedding_hash, lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
@@ -83,6 +83,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         config_dir: args.config_dir.clone(),
         low_memory: true,
         loras,
+        embeddings: args.embeddings.files.clone(),
+        embedding_dirs: args.embeddings.dir.iter().cloned().collect(),
     };
     say(format!(
         "Loading {} on {} …",
@@ -107,6 +109,10 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             "LoRA {}: {applied} modules{skipped}",
             path.display()
         ));
+    }
+
+    for (path, error) in sd.skipped_embeddings() {
+        say(format!("Embedding {} skipped: {error}", path.display()));
     }
 
     let first_seed = args.seed.unwrap_or_else(random_seed);
@@ -137,6 +143,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         request = request.mask(mask);
     }
 
+    // A1111's infotext names each embedding the prompts use by its name and short hash.
+    let ti_hashes = sd
+        .embeddings_used(&request)?
+        .iter()
+        .filter_map(|e| Some((e.name().to_string(), e.source()?.to_path_buf())))
+        .map(|(name, path)| Ok((name, embedding_hash(&path)?)))
+        .collect::<Result<Vec<_>>>()?;
+
     let bar = StepBar::new(args.quiet);
     let generation = sd.generate_with_progress(&request, |progress| bar.update(progress))?;
     bar.finish();
@@ -160,6 +174,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             clip_skip: sd.clip_skip_for(&request),
             denoising_strength: strength,
             lora_hashes: lora_hashes.clone(),
+            ti_hashes: ti_hashes.clone(),
         };
         let path = output_path(&args.output, index, generation.images.len());
         write_png(&path, image, Some(&parameters.to_text()))?;

@@ -1,23 +1,35 @@
 //! `sd tokenize "prompt"`: the tokens a prompt becomes, and how many (the 75-per-chunk budget).
 
-use sd_clip::{ClipTextConfig, ClipTokenizer, PromptChunk, PromptChunker, PromptMode};
+use sd_clip::{
+    ClipTextConfig, ClipTokenizer, PromptChunk, PromptChunker, PromptEmbeddings, PromptMode,
+};
 use sd_core::Result;
+use stable_diffusion::embeddings;
 
 use crate::cli::TokenizeArgs;
 
 /// SD 1.5's CLIP positions minus the start and end tokens.
 const SD15_TOKENS_PER_CHUNK: usize = 75;
+/// SD 1.5's CLIP width (what embeddings must have without --model).
+const SD15_WIDTH: usize = 768;
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
-    let (tokenizer, tokens_per_chunk) = match &args.model {
+    let (tokenizer, tokens_per_chunk, width) = match &args.model {
         Some(dir) if dir.is_dir() => {
             let tokenizer = ClipTokenizer::from_folder(dir.join("tokenizer"))?;
             let config = ClipTextConfig::from_file(dir.join("text_encoder").join("config.json"))?;
-            (tokenizer, config.max_position_embeddings.saturating_sub(2))
+            let tokens = config.max_position_embeddings.saturating_sub(2);
+            (tokenizer, tokens, config.hidden_size)
         }
         // Single files carry no tokenizer: they use SD 1.5's.
-        _ => (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK),
+        _ => (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK, SD15_WIDTH),
     };
+    let dirs: Vec<_> = args.embeddings.dir.iter().cloned().collect();
+    let (found, skipped) = embeddings::gather(&args.embeddings.files, &dirs, width)?;
+    for (path, error) in skipped {
+        eprintln!("Embedding {} skipped: {error}", path.display());
+    }
+    let embeddings = PromptEmbeddings::new(&tokenizer, width, found)?;
     let mode = if args.plain_prompt {
         PromptMode::Plain
     } else {
@@ -25,7 +37,7 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     };
     let chunker = PromptChunker::new(tokenizer.clone(), tokens_per_chunk);
     let chunks: Vec<PromptChunk> = chunker
-        .chunks(&args.prompt, mode)?
+        .chunks_with(&args.prompt, mode, &embeddings)?
         .into_iter()
         .map(|chunk| unpadded(chunk, tokenizer.end_id()))
         .collect();
@@ -33,15 +45,41 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
 
     if args.json {
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-        println!("{}", serde_json::json!({ "ids": ids, "count": count }));
+        // Embedding positions: which vector of which embedding (their ids are placeholders).
+        let vectors: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(chunk, c)| {
+                c.vectors.iter().map(move |v| {
+                    serde_json::json!({
+                        "chunk": chunk,
+                        "position": v.position,
+                        "embedding": v.embedding.name(),
+                        "vector": v.index,
+                    })
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "ids": ids, "count": count, "vectors": vectors })
+        );
         return Ok(());
     }
     for (index, chunk) in chunks.iter().enumerate() {
         if chunks.len() > 1 {
             println!("chunk {}:", index + 1);
         }
-        for (&id, &weight) in chunk.ids.iter().zip(&chunk.weights) {
-            let token = tokenizer.token(id).unwrap_or_else(|| "?".to_string());
+        for (position, (&id, &weight)) in chunk.ids.iter().zip(&chunk.weights).enumerate() {
+            let token = match chunk.vectors.iter().find(|v| v.position == position) {
+                Some(v) => format!(
+                    "<{} vector {}/{}>",
+                    v.embedding.name(),
+                    v.index + 1,
+                    v.embedding.len()
+                ),
+                None => tokenizer.token(id).unwrap_or_else(|| "?".to_string()),
+            };
             if weight == 1.0 {
                 println!("  {token:<24} {id:>6}");
             } else {
