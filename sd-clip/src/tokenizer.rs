@@ -209,11 +209,9 @@ impl ClipTokenizer {
     /// The tokens of `text` as strings (`"photo</w>"`; an added token as itself), as
     /// transformers' `tokenizer.tokenize` gives them.
     pub fn token_strings(&self, text: &str) -> Result<Vec<String>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::invalid_argument("prompt", format!("tokenizing failed: {e}")))?;
-        Ok(encoding.get_tokens().to_vec())
+        // `encode_fast` leaves the encoding's token strings empty: look each id up.
+        let ids = self.tokenize(text)?;
+        Ok(ids.iter().filter_map(|&id| self.inner.id_to_token(id)).collect())
     }
 
     /// A copy with `tokens` added as transformers' `tokenizer.add_tokens` adds them (not special,
