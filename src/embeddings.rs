@@ -118,7 +118,10 @@ pub fn gather(
                 loaded.push(embedding);
                 continue;
             }
-            let path = embedding.source().map(Path::to_path_buf).unwrap_or_default();
+            let path = embedding
+                .source()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             let reason = format!(
                 "vectors {} wide, the text encoder's are {width}",
                 embedding.width()

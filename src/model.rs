@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptEmbeddings, PromptMode, TextualInversion};
+use sd_clip::{
+    ClipTextEncoder, ClipTextTransformer, PromptEmbeddings, PromptMode, TextualInversion,
+};
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
@@ -217,7 +219,11 @@ impl<B: Backend> StableDiffusion<B> {
         configs: ModelConfigs,
         options: &LoadOptions,
     ) -> Result<Self> {
-        if let Some(path) = options.embeddings.first().or(options.embedding_dirs.first()) {
+        if let Some(path) = options
+            .embeddings
+            .first()
+            .or(options.embedding_dirs.first())
+        {
             return Err(Error::invalid_argument(
                 "embeddings",
                 format!(
@@ -337,7 +343,10 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// The embeddings `request`'s prompt and negative prompt use (each once, prompt first): what
     /// A1111 lists as `TI hashes`.
-    pub fn embeddings_used(&self, request: &GenerationRequest) -> Result<Vec<Arc<TextualInversion>>> {
+    pub fn embeddings_used(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<Vec<Arc<TextualInversion>>> {
         let prompts = [request.prompt.as_str(), request.negative_prompt.as_str()];
         self.pipeline
             .text_encoder()

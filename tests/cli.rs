@@ -475,3 +475,93 @@ fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
     ]);
     assert_fails_naming(&unknown, &["nope", "kohya_diffusers", "locon"]);
 }
+
+/// Embeddings from a folder give diffusers' image (the `both` run of embeddings.json: a
+/// multi-vector and a single-vector embedding in the prompt, one in the negative prompt), and the
+/// PNG lists them with A1111's short hashes.
+#[test]
+fn embeddings_from_a_folder_reproduce_the_reference_and_are_hashed() {
+    let dir = scratch("embeddings");
+    let out = dir.join("embeddings.png");
+    let files = support::fixtures().join("embeddings").join("tiny-sd");
+    let run = sd(&[
+        "generate",
+        "--prompt",
+        "trio astronaut, singlet",
+        "--negative-prompt",
+        "duo",
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "0",
+        "--scheduler",
+        "PNDM",
+        "--plain-prompt",
+        "--embedding-dir",
+        path_arg(&files),
+        "--output",
+        path_arg(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let ours = read_rgb(&out).unwrap();
+    let golden = read_rgb(goldens().join("tiny-sd").join("embeddings_both.png")).unwrap();
+    let worst = max_level_difference(&ours, &golden);
+    assert!(worst <= 1, "pixels differ by {worst}");
+    let hash =
+        |file: &str| stable_diffusion::model_hash::embedding_hash(&files.join(file)).unwrap();
+    let info = stdout(&sd(&["info", path_arg(&out)]));
+    let expected = format!(
+        "TI hashes: \"trio: {}, singlet: {}, duo: {}\"",
+        hash("trio.pt"),
+        hash("singlet.safetensors"),
+        hash("duo.safetensors")
+    );
+    assert!(info.contains(&expected), "{expected} missing from: {info}");
+
+    // A file that is not an embedding is refused by name.
+    let refused = sd(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--embedding",
+        path_arg(&support::fixtures().join("embeddings/bad/os_system.pt")),
+    ]);
+    assert_fails_naming(&refused, &["os_system.pt", "os.system"]);
+}
+
+#[test]
+fn tokenize_shows_embedding_vectors_as_such() {
+    let trio = support::fixtures().join("embeddings/tiny-sd/trio.pt");
+    let model = support::fixtures().join("tiny-sd");
+    let args = [
+        "tokenize",
+        "--model",
+        path_arg(&model),
+        "--embedding",
+        path_arg(&trio),
+    ];
+    let run = sd(&[&args[..], &["a (trio:1.2) photo"]].concat());
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    for vector in 1..=3 {
+        let line = format!("<trio vector {vector}/3>");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&line) && l.contains("weight 1.2")),
+            "{line} missing from:\n{text}"
+        );
+    }
+    assert!(text.contains("5 tokens"), "{text}");
+    let run = sd(&[&args[..], &["--json", "a trio photo"]].concat());
+    let printed: Value = serde_json::from_str(stdout(&run).trim()).unwrap();
+    assert_eq!(printed["count"], 5);
+    let vectors = printed["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors[2]["position"], 4);
+    assert_eq!(vectors[2]["embedding"], "trio");
+    assert_eq!(vectors[2]["vector"], 2);
+}

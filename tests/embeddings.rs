@@ -51,10 +51,10 @@ fn load_with_embeddings(model: &str) -> StableDiffusion<sd_core::cpu::CpuBackend
 fn every_file_format_loads_the_vectors_torch_reads() {
     for model in MODELS {
         for (file, vectors) in [
-            ("duo.safetensors", 2),      // emb_params, f16
-            ("singlet.safetensors", 1),  // {"<singlet>": [width]}
-            ("trio.pt", 3),              // A1111 string_to_param, torch.save
-            ("quartet.bin", 4),          // ParameterDict (textual_inversion), f16
+            ("duo.safetensors", 2),     // emb_params, f16
+            ("singlet.safetensors", 1), // {"<singlet>": [width]}
+            ("trio.pt", 3),             // A1111 string_to_param, torch.save
+            ("quartet.bin", 4),         // ParameterDict (textual_inversion), f16
         ] {
             let path = files(model).join(file);
             let embedding = embeddings::load(&path).unwrap();
@@ -62,10 +62,18 @@ fn every_file_format_loads_the_vectors_torch_reads() {
             assert_eq!(embedding.name(), stem);
             assert_eq!(embedding.len(), vectors, "{model} {file}");
             let expected = golden(model, &format!("{stem}/vectors"));
-            assert_eq!(embedding.vectors().shape(), expected.shape(), "{model} {file}");
+            assert_eq!(
+                embedding.vectors().shape(),
+                expected.shape(),
+                "{model} {file}"
+            );
             // Bit for bit: both convert the stored f16/f32 values to f32.
             assert!(
-                embedding.vectors().iter().zip(expected.iter()).all(|(a, b)| a == b),
+                embedding
+                    .vectors()
+                    .iter()
+                    .zip(expected.iter())
+                    .all(|(a, b)| a == b),
                 "{model} {file}: vectors differ from torch's"
             );
             assert_eq!(embedding.source(), Some(path.as_path()));
@@ -85,7 +93,12 @@ fn run(model: &str, key: &str, mode: PromptMode, sd: &StableDiffusion<sd_core::c
     let generation = sd.generate(&request).unwrap();
     let latents = golden(model, spec["latents_key"].as_str().unwrap());
     let png = goldens().join(model).join(spec["png"].as_str().unwrap());
-    assert_matches_goldens(&format!("{model} {key} {mode:?}"), &generation, &latents, &[png]);
+    assert_matches_goldens(
+        &format!("{model} {key} {mode:?}"),
+        &generation,
+        &latents,
+        &[png],
+    );
 }
 
 /// Plain mode is diffusers' `load_textual_inversion(file, token=stem)`: single- and
@@ -154,14 +167,20 @@ fn a_folder_loads_its_embeddings_and_reports_the_files_it_skips() {
         .map(|(path, _)| path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     skipped.sort();
-    assert_eq!(skipped, ["os_system.pt", "sdxl.safetensors", "wide.safetensors"]);
+    assert_eq!(
+        skipped,
+        ["os_system.pt", "sdxl.safetensors", "wide.safetensors"]
+    );
 }
 
 /// Asserts `error`'s message names every needle.
 fn assert_names(error: &Error, needles: &[&str]) {
     let message = error.to_string();
     for needle in needles {
-        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from: {message}"
+        );
     }
 }
 
@@ -224,10 +243,7 @@ fn a_pt_file_whose_storage_is_cut_short_is_refused_naming_the_tensor() {
     // Shrink the storage entry's recorded size: the zip stays valid, the data does not fit.
     let mut bytes = std::fs::read(files("tiny-sd").join("trio.pt")).unwrap();
     let name = b"trio/data/0";
-    let at = bytes
-        .windows(name.len())
-        .rposition(|w| w == name)
-        .unwrap(); // the central directory's copy of the name
+    let at = bytes.windows(name.len()).rposition(|w| w == name).unwrap(); // the central directory's copy of the name
     let header = at - 46;
     bytes[header + 24..header + 28].copy_from_slice(&8u32.to_le_bytes());
     bytes[header + 20..header + 24].copy_from_slice(&8u32.to_le_bytes());
@@ -245,7 +261,10 @@ fn files_that_are_no_embedding_are_refused_naming_them() {
     assert_names(&error, &["garbage.pt", "neither"]);
 
     let empty = write(&scratch("empty.safetensors"), b"");
-    assert_names(&embeddings::load(&empty).unwrap_err(), &["empty.safetensors"]);
+    assert_names(
+        &embeddings::load(&empty).unwrap_err(),
+        &["empty.safetensors"],
+    );
 
     let missing = scratch("missing.pt");
     let error = embeddings::load(&missing).unwrap_err();
@@ -260,18 +279,31 @@ fn files_that_are_no_embedding_are_refused_naming_them() {
     };
     let (a, b) = (tensor(&[1.0, 2.0]), tensor(&[3.0, 4.0]));
     let views = [
-        ("first", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &a).unwrap()),
-        ("second", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &b).unwrap()),
+        (
+            "first",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &a).unwrap(),
+        ),
+        (
+            "second",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &b).unwrap(),
+        ),
     ];
     safetensors::serialize_to_file(views, None, &two).unwrap();
-    assert_names(&embeddings::load(&two).unwrap_err(), &["two.safetensors", "first, second"]);
+    assert_names(
+        &embeddings::load(&two).unwrap_err(),
+        &["two.safetensors", "first, second"],
+    );
 
     // A 3-D tensor is no list of vectors.
     let cube = scratch("cube.safetensors");
     let data = tensor(&[0.0; 8]);
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2, 2], &data).unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2, 2], &data)
+        .unwrap();
     safetensors::serialize_to_file([("emb_params", view)], None, &cube).unwrap();
-    assert_names(&embeddings::load(&cube).unwrap_err(), &["cube.safetensors", "emb_params", "[2, 2, 2]"]);
+    assert_names(
+        &embeddings::load(&cube).unwrap_err(),
+        &["cube.safetensors", "emb_params", "[2, 2, 2]"],
+    );
 }
 
 #[test]
@@ -288,9 +320,7 @@ fn two_embeddings_of_one_name_are_refused() {
 #[test]
 fn embeddings_survive_a_change_of_loras_and_can_be_replaced() {
     let sd = load_with_embeddings("tiny-sd");
-    let rebuilt = sd
-        .with_loras(sd_core::cpu::CpuBackend::new(), &[])
-        .unwrap();
+    let rebuilt = sd.with_loras(sd_core::cpu::CpuBackend::new(), &[]).unwrap();
     assert_eq!(rebuilt.embeddings().len(), 3);
     rebuilt.set_embeddings(Vec::new()).unwrap();
     assert!(rebuilt.embeddings().is_empty());

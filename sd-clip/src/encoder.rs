@@ -166,8 +166,7 @@ impl<B: Backend> ClipTextEncoder<B> {
 
     /// The chunks a prompt is encoded as in `mode`, with the current embeddings.
     pub fn chunks_in(&self, prompt: &str, mode: PromptMode) -> Result<Vec<PromptChunk>> {
-        self.chunker
-            .chunks_with(prompt, mode, &self.embeddings())
+        self.chunker.chunks_with(prompt, mode, &self.embeddings())
     }
 
     /// Use these textual-inversion embeddings from now on (replacing those set before; an empty

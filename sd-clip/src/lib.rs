@@ -23,6 +23,7 @@
 //!   folder (`vocab.json` + `merges.txt`, or `tokenizer.json`) loads too.
 //! - [`prompt`]: the A1111 emphasis grammar (below).
 //! - [`chunks`]: prompts to 77-token chunks with a weight per token; [`PromptMode`].
+//! - [`embeddings`]: textual-inversion embeddings in prompts.
 //! - [`config`], [`model`]: [`ClipTextConfig`] from `config.json`, [`ClipTextTransformer`].
 //! - [`encoder`]: [`ClipTextEncoder`], sd-core's [`TextEncoder`](sd_core::TextEncoder).
 //!
@@ -81,8 +82,17 @@
 //!   `CLIPTokenizer`, which fixes text with ftfy and unescapes HTML when ftfy is installed; its
 //!   ids then differ for curly apostrophes, ligatures, full-width letters and HTML entities
 //!   (see [`tokenizer`]).
-//! - Textual-inversion embeddings are not supported; a weight written with non-ASCII digits is
-//!   text here.
+//! - A weight written with non-ASCII digits is text here.
+//! - When a full chunk moves the words after its last comma to the next chunk, an embedding
+//!   among them moves with its vectors; A1111 leaves the vectors behind (its `fixes` stay with
+//!   the old chunk while the placeholder tokens move).
+//!
+//! # Textual inversion
+//!
+//! [`embeddings`]: [`TextualInversion`] vectors named as prompts write them, prepared for a
+//! tokenizer as [`PromptEmbeddings`] (A1111 mode: the name anywhere in the text, its vectors kept
+//! in one chunk; plain mode: diffusers' `load_textual_inversion`); an encoder uses those given
+//! to [`ClipTextEncoder::set_embeddings`].
 
 pub mod chunks;
 pub mod config;

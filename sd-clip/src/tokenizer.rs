@@ -211,7 +211,10 @@ impl ClipTokenizer {
     pub fn token_strings(&self, text: &str) -> Result<Vec<String>> {
         // `encode_fast` leaves the encoding's token strings empty: look each id up.
         let ids = self.tokenize(text)?;
-        Ok(ids.iter().filter_map(|&id| self.inner.id_to_token(id)).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|&id| self.inner.id_to_token(id))
+            .collect())
     }
 
     /// A copy with `tokens` added as transformers' `tokenizer.add_tokens` adds them (not special,

@@ -7,7 +7,9 @@
 
 use ndarray::Array2;
 use sd_clip::chunks::EMBEDDING_PLACEHOLDER_ID;
-use sd_clip::{ClipTokenizer, PromptChunk, PromptChunker, PromptEmbeddings, PromptMode, TextualInversion};
+use sd_clip::{
+    ClipTokenizer, PromptChunk, PromptChunker, PromptEmbeddings, PromptMode, TextualInversion,
+};
 use sd_core::Error;
 
 const WIDTH: usize = 4;
@@ -52,7 +54,11 @@ fn a1111_replaces_the_name_by_its_vectors_in_place() {
     assert_eq!(chunks[0].ids[..7], [START, a, p, p, p, photo, END]);
     assert_eq!(
         vectors(&chunks[0]),
-        [(2, "mystyle".into(), 0), (3, "mystyle".into(), 1), (4, "mystyle".into(), 2)]
+        [
+            (2, "mystyle".into(), 0),
+            (3, "mystyle".into(), 1),
+            (4, "mystyle".into(), 2)
+        ]
     );
     assert_eq!(chunks[0].vectors[1].values().to_vec(), [4.0, 5.0, 6.0, 7.0]);
     // The name's tokens are matched after lower-casing, like any text.
@@ -87,7 +93,11 @@ fn a1111_moves_an_embedding_that_does_not_fit_to_the_next_chunk() {
     assert!(chunks[0].vectors.is_empty());
     assert_eq!(
         vectors(&chunks[1]),
-        [(1, "mystyle".into(), 0), (2, "mystyle".into(), 1), (3, "mystyle".into(), 2)]
+        [
+            (1, "mystyle".into(), 0),
+            (2, "mystyle".into(), 1),
+            (3, "mystyle".into(), 2)
+        ]
     );
     assert_eq!(chunks[1].ids[4], END);
 
@@ -110,7 +120,11 @@ fn a1111_prefers_the_longest_name_and_ignores_near_misses() {
         .unwrap();
     assert_eq!(
         vectors(&chunks[0]),
-        [(1, "foo bar".into(), 0), (2, "foo bar".into(), 1), (3, "foo".into(), 0)]
+        [
+            (1, "foo bar".into(), 0),
+            (2, "foo bar".into(), 1),
+            (3, "foo".into(), 0)
+        ]
     );
     assert_eq!(chunks[0].ids[4], id(&chunker, "baz"));
     // A word that only starts like the name is another token sequence.
@@ -127,7 +141,10 @@ fn plain_mode_adds_diffusers_tokens_and_rewrites_the_name_case_sensitively() {
     let chunks = chunker
         .chunks_with("a mystyle photo", PromptMode::Plain, &embeddings)
         .unwrap();
-    assert_eq!(chunks[0].ids[..7], [START, a, 49408, 49409, 49410, photo, END]);
+    assert_eq!(
+        chunks[0].ids[..7],
+        [START, a, 49408, 49409, 49410, photo, END]
+    );
     assert_eq!(vectors(&chunks[0]).len(), 3);
     // "MyStyle": the tokenizer still finds the added token, diffusers' text rewrite does not.
     let upper = chunker
@@ -161,9 +178,11 @@ fn an_embedding_of_another_width_is_refused_naming_both_widths() {
     assert!(matches!(error, Error::InvalidEmbedding { .. }), "{error:?}");
     let message = error.to_string();
     for needle in ["wide.safetensors", "1024", "768"] {
-        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from: {message}"
+        );
     }
     let too_many = TextualInversion::new("long", Array2::zeros((76, WIDTH))).unwrap();
     assert!(PromptEmbeddings::new(&tokenizer, WIDTH, vec![too_many]).is_err());
 }
-

@@ -77,7 +77,9 @@ impl TorchFile {
             .find(|e| e.name.ends_with("/data.pkl") && e.name.matches('/').count() == 1)
             .ok_or_else(|| invalid(&path, "no <folder>/data.pkl entry"))?;
         let folder = pickle_entry.name.trim_end_matches("/data.pkl").to_string();
-        if let Some(order) = entries.iter().find(|e| e.name == format!("{folder}/byteorder"))
+        if let Some(order) = entries
+            .iter()
+            .find(|e| e.name == format!("{folder}/byteorder"))
             && &bytes[order.data.clone()] != b"little"
         {
             return Err(invalid(&path, "tensors stored big-endian"));

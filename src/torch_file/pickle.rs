@@ -5,7 +5,8 @@
 //! of any module: a `.pt` file can run `os.system` on load. This reader understands only the
 //! opcodes protocols 2–4 use for dicts, lists, tuples, strings and numbers, and only the globals
 //! torch uses to describe tensors (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`, the
-//! `torch.*Storage` types, `collections.OrderedDict`, `torch.nn.ParameterDict`). Each of those is
+//! `torch.*Storage` types, `collections.OrderedDict`, `torch.nn.ParameterDict` and the `set` a
+//! pickled module's state holds). Each of those is
 //! interpreted here by what it means, never called. Any other global is refused by name the
 //! moment it appears ([`PickleError::ForbiddenGlobal`]); any other opcode is an error.
 //!
@@ -38,7 +39,10 @@ pub enum Value {
     /// One of the allowed globals, not yet applied.
     Global(Global),
     /// An object made by `NEWOBJ` from an allowed class, with the state `BUILD` gave it.
-    Object { class: Global, state: Option<ValueId> },
+    Object {
+        class: Global,
+        state: Option<ValueId>,
+    },
 }
 
 /// The element types of torch's typed storages.
@@ -88,6 +92,8 @@ pub enum Global {
     OrderedDict,
     Storage(StorageDtype),
     ParameterDict,
+    /// Python's `set` (a module's `_non_persistent_buffers_set`), read as a list.
+    Set,
 }
 
 impl Global {
@@ -102,6 +108,7 @@ impl Global {
             ("torch", "BFloat16Storage") => Global::Storage(StorageDtype::BF16),
             ("torch", "DoubleStorage") => Global::Storage(StorageDtype::F64),
             ("torch.nn.modules.container", "ParameterDict") => Global::ParameterDict,
+            ("__builtin__" | "builtins", "set") => Global::Set,
             _ => return None,
         })
     }
@@ -221,7 +228,10 @@ impl<'a> Machine<'a> {
     }
 
     fn take(&mut self, n: usize) -> Parse<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
         match end {
             Some(end) => {
                 let slice = &self.bytes[self.at..end];
@@ -388,6 +398,11 @@ impl<'a> Machine<'a> {
         let args = self.tuple(args, "REDUCE arguments")?;
         match global {
             Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Vec::new())),
+            Global::Set if args.is_empty() => Ok(Value::List(Vec::new())),
+            Global::Set if args.len() == 1 => match &self.values[args[0]] {
+                Value::List(items) => Ok(Value::List(items.clone())),
+                _ => invalid("set() of something that is not a list"),
+            },
             Global::RebuildTensorV2 if (6..=7).contains(&args.len()) => {
                 let Value::Storage(storage) = self.values[args[0]].clone() else {
                     return invalid("_rebuild_tensor_v2: the first argument is not a storage");
