@@ -5,7 +5,7 @@
 #   tools/gpu_check.sh prepare   # here: builds the binaries into target/gpu-check (git-ignored)
 #   tools/gpu_check.sh run       # there, from the repository root, with target/gpu-check carried
 #
-# prepare builds, in release mode and stripped, the `sd` binary and sd-cuda's and the root's GPU
+# prepare builds, in release mode, stripped and packed with xz, the `sd` binary and sd-cuda's and the root's GPU
 # test binaries for CUDA ${GPU_CHECK_CUDA:-13} (the `cuda-13` feature: the lent machines have CUDA
 # 13; GPU_CHECK_CUDA=12 builds for CUDA 12), plus the pure-Python diffusers wheel for the PyTorch
 # baseline (the machine has PyTorch, transformers and the rest, not diffusers). It prints the
@@ -61,6 +61,9 @@ for line in open(listing):
 EOF
     rm -f "$listing"
     strip "$bundle"/bin/*
+    # xz: the binaries shrink from ~36 MiB to ~8.
+    tar -C "$bundle" -cJf "$bundle/bin.tar.xz" bin
+    rm -rf "$bundle/bin"
     echo "cuda-$major" >"$bundle/cuda-major"
 
     echo "== diffusers $diffusers_version wheel (pure Python) for the PyTorch baseline"
@@ -70,7 +73,7 @@ EOF
     local size_kib
     size_kib=$(du -sk "$bundle" | cut -f1)
     echo "== $bundle: $((size_kib / 1024)) MiB"
-    ls -l "$bundle/bin" "$bundle/wheels"
+    ls -l "$bundle" "$bundle/wheels"
     if [ "$size_kib" -gt $((30 * 1024)) ]; then
         echo "gpu_check: $bundle is over 30 MiB; with the repository it would not fit a call's 64 MiB" >&2
         exit 1
@@ -94,16 +97,19 @@ run() {
     local out=${OUT:-target/gpu-check-out}
     mkdir -p "$out"
     local summary="$out/summary.md"
-    if [ ! -x "$bundle/bin/sd" ]; then
-        echo "gpu_check: $bundle/bin/sd missing: run 'tools/gpu_check.sh prepare' first and carry $bundle" >&2
-        exit 2
-    fi
     if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
         echo "gpu_check: no NVIDIA GPU here (nvidia-smi finds none). On a GPU machine this would run:" >&2
         steps >&2
         exit 1
     fi
+    if [ ! -e "$bundle/bin.tar.xz" ]; then
+        echo "gpu_check: $bundle/bin.tar.xz missing: run 'tools/gpu_check.sh prepare' first and carry $bundle" >&2
+        exit 2
+    fi
     local started=$SECONDS
+    local bin=/tmp/gpu-check/bin
+    rm -rf /tmp/gpu-check && mkdir -p /tmp/gpu-check
+    tar -C /tmp/gpu-check -xJf "$bundle/bin.tar.xz"
     export REQUIRE_CUDA=1 REQUIRE_NVRTC=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
     # The test binaries were built elsewhere: point them at this checkout's fixtures.
     export SD_FIXTURES="$PWD/fixtures"
@@ -143,7 +149,7 @@ EOF
     for test in libraries kernels_compile ops_vs_cpu clip_on_cuda full_models_on_cuda cuda_generation; do
         local log="$out/test-$test.log"
         echo "== test-$test"
-        if timeout 240 "$bundle/bin/test-$test" --nocapture >"$log" 2>&1; then
+        if timeout 240 "$bin/test-$test" --nocapture >"$log" 2>&1; then
             echo "- test-$test: passed ($(grep -E '^test result' "$log" | tail -1))" >>"$summary"
         else
             failed=1
@@ -161,7 +167,7 @@ EOF
         runs=5
         [ "$component" = txt2img ] && runs=1
         echo "== sd bench --backend cuda --component $component"
-        timeout 180 "$bundle/bin/sd" bench --backend cuda --component "$component" --runs "$runs" \
+        timeout 180 "$bin/sd" bench --backend cuda --component "$component" --runs "$runs" \
             --steps 50 --json 2>&1 | tee -a "$out/sd-bench.log" | tail -2 >>"$summary" || failed=1
     done
     if ! python3 -c "import diffusers" 2>/dev/null; then
