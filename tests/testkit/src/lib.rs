@@ -15,9 +15,14 @@ use sd_core::{Backend, HostTensor};
 /// diffusers f32 vs our f32 on one model call (the acceptance bound).
 pub const GOLDEN_MAX_ABS: f32 = 1e-4;
 
-/// The workspace's `fixtures/` folder (committed tiny models and goldens).
+/// The workspace's `fixtures/` folder (committed tiny models and goldens): `$SD_FIXTURES` when
+/// set (test binaries run away from their build tree, as tools/gpu_check.sh runs them on a GPU
+/// machine), else the folder next to these sources.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    match std::env::var_os("SD_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }
 
 /// A tiny diffusers pipeline folder (`tiny-sd`, `tiny-sd-alt`, `tiny-sd-inpaint`).
