@@ -91,12 +91,18 @@ fn adapted(name: &str, shape: &[usize], locon: bool) -> bool {
     }
     let attention = module.contains(".attentions.")
         && [
-            "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "proj_in",
+            "proj_out",
         ]
         .iter()
         .any(|k| module.ends_with(k));
-    let conv = shape.len() == 4
-        && (module.contains(".resnets.") || module.contains("samplers."))
+    let conv = shape.len() == 4 && (module.contains(".resnets.") || module.contains("samplers."))
         || module.ends_with("time_emb_proj");
     attention || (locon && conv)
 }
@@ -136,7 +142,11 @@ fn main() -> Result<()> {
             .iter()
             .map(|(name, shape)| {
                 let values = source.tensor(name, shape);
-                (name.clone(), shape.clone(), f16_bytes(values.iter().copied()))
+                (
+                    name.clone(),
+                    shape.clone(),
+                    f16_bytes(values.iter().copied()),
+                )
             })
             .collect();
         write_safetensors(&unet_file, &tensors);
@@ -157,12 +167,28 @@ fn main() -> Result<()> {
         };
         let down = source.tensor(&format!("{key}.down"), &down_shape);
         let up = source.tensor(&format!("{key}.up"), &up_shape);
-        lora.push((format!("{key}.lora_down.weight"), down_shape, f16_bytes(down.iter().copied())));
-        lora.push((format!("{key}.lora_up.weight"), up_shape, f16_bytes(up.iter().copied())));
-        lora.push((format!("{key}.alpha"), vec![], f16_bytes(std::iter::once(ALPHA))));
+        lora.push((
+            format!("{key}.lora_down.weight"),
+            down_shape,
+            f16_bytes(down.iter().copied()),
+        ));
+        lora.push((
+            format!("{key}.lora_up.weight"),
+            up_shape,
+            f16_bytes(up.iter().copied()),
+        ));
+        lora.push((
+            format!("{key}.alpha"),
+            vec![],
+            f16_bytes(std::iter::once(ALPHA)),
+        ));
         adapted_params += out * fan_in;
     }
-    let lora_file = dir.join(if locon { "locon-r32.safetensors" } else { "lora-r32.safetensors" });
+    let lora_file = dir.join(if locon {
+        "locon-r32.safetensors"
+    } else {
+        "lora-r32.safetensors"
+    });
     write_safetensors(&lora_file, &lora);
     let modules = lora.len() / 3;
 
@@ -173,11 +199,19 @@ fn main() -> Result<()> {
     build(&store)?; // page the file in
     let (_, plain_wall, plain_cpu) = timed(|| build(&store))?;
     let (_, lora_wall, lora_cpu) = timed(|| {
-        let (overlay, report) = LoraOverlay::load(&store, &layout, &[LoraSpec::new(&lora_file, 1.0)])?;
-        assert!(report.files[0].skipped.is_empty(), "{:?}", report.files[0].skipped);
+        let (overlay, report) =
+            LoraOverlay::load(&store, &layout, &[LoraSpec::new(&lora_file, 1.0)])?;
+        assert!(
+            report.files[0].skipped.is_empty(),
+            "{:?}",
+            report.files[0].skipped
+        );
         build(&overlay.apply_to(&store))
     })?;
-    let (apply_wall, apply_cpu) = (lora_wall.saturating_sub(plain_wall), lora_cpu.saturating_sub(plain_cpu));
+    let (apply_wall, apply_cpu) = (
+        lora_wall.saturating_sub(plain_wall),
+        lora_cpu.saturating_sub(plain_cpu),
+    );
 
     let s = |d: Duration| d.as_secs_f64();
     println!(
@@ -186,9 +220,21 @@ fn main() -> Result<()> {
         adapted_params as f64 / 1e6,
         rayon::current_num_threads()
     );
-    println!("UNet step, batch 2, f32 (best of {STEPS_TIMED}): wall {:.2} s, cpu {:.2} s", s(step.0), s(step.1));
-    println!("UNet build without LoRA: wall {:.2} s, cpu {:.2} s", s(plain_wall), s(plain_cpu));
-    println!("UNet build with LoRA:    wall {:.2} s, cpu {:.2} s", s(lora_wall), s(lora_cpu));
+    println!(
+        "UNet step, batch 2, f32 (best of {STEPS_TIMED}): wall {:.2} s, cpu {:.2} s",
+        s(step.0),
+        s(step.1)
+    );
+    println!(
+        "UNet build without LoRA: wall {:.2} s, cpu {:.2} s",
+        s(plain_wall),
+        s(plain_cpu)
+    );
+    println!(
+        "UNet build with LoRA:    wall {:.2} s, cpu {:.2} s",
+        s(lora_wall),
+        s(lora_cpu)
+    );
     println!(
         "applying the LoRA: wall {:.2} s = {:.1} % of a step, cpu {:.2} s = {:.1} % of a step",
         s(apply_wall),

@@ -79,7 +79,7 @@ pub fn load_named(path: impl AsRef<Path>, name: impl Into<String>) -> Result<Tex
         .map_err(|e| invalid(path, e.to_string()))
 }
 
-/// What [`load_dir`] found: the embeddings read, and the files it could not read with why.
+/// What [`load_dir`] / [`gather`] found: the embeddings read, and the files skipped with why.
 #[derive(Debug, Default)]
 pub struct EmbeddingDir {
     pub loaded: Vec<TextualInversion>,
@@ -103,19 +103,17 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<EmbeddingDir> {
 /// The embeddings of `files` and of the folders `dirs` for a text encoder `width` wide, and
 /// the folder files skipped (unreadable, or of another width) with why. An explicit file fails
 /// on any error, its width checked where it meets the encoder.
-pub fn gather(
-    files: &[PathBuf],
-    dirs: &[PathBuf],
-    width: usize,
-) -> Result<(Vec<TextualInversion>, Vec<(PathBuf, Error)>)> {
-    let mut loaded = files.iter().map(load).collect::<Result<Vec<_>>>()?;
-    let mut skipped = Vec::new();
+pub fn gather(files: &[PathBuf], dirs: &[PathBuf], width: usize) -> Result<EmbeddingDir> {
+    let mut out = EmbeddingDir {
+        loaded: files.iter().map(load).collect::<Result<Vec<_>>>()?,
+        skipped: Vec::new(),
+    };
     for dir in dirs {
         let found = load_dir(dir)?;
-        skipped.extend(found.skipped);
+        out.skipped.extend(found.skipped);
         for embedding in found.loaded {
             if embedding.width() == width {
-                loaded.push(embedding);
+                out.loaded.push(embedding);
                 continue;
             }
             let path = embedding
@@ -126,10 +124,10 @@ pub fn gather(
                 "vectors {} wide, the text encoder's are {width}",
                 embedding.width()
             );
-            skipped.push((path.clone(), invalid(&path, reason)));
+            out.skipped.push((path.clone(), invalid(&path, reason)));
         }
     }
-    Ok((loaded, skipped))
+    Ok(out)
 }
 
 /// The embedding files directly in `dir`, sorted by name.

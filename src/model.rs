@@ -178,13 +178,13 @@ impl<B: Backend> StableDiffusion<B> {
         };
         let mut model = origin.build(backend, &options.loras)?;
         let text = model.pipeline.text_encoder();
-        let (embeddings, skipped) = crate::embeddings::gather(
+        let found = crate::embeddings::gather(
             &options.embeddings,
             &options.embedding_dirs,
             text.model().hidden_size(),
         )?;
-        text.set_embeddings(embeddings)?;
-        model.skipped_embeddings = skipped;
+        text.set_embeddings(found.loaded)?;
+        model.skipped_embeddings = found.skipped;
         Ok(model)
     }
 

@@ -25,6 +25,27 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `sd generate` with the goldens' settings (10 steps, guidance 7.5, seed 0, plain prompt),
+/// before the arguments a test adds.
+fn golden_run<'a>(prompt: &'a str, negative: &'a str, scheduler: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--prompt",
+        prompt,
+        "--negative-prompt",
+        negative,
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "0",
+        "--scheduler",
+        scheduler,
+        "--plain-prompt",
+    ]
+}
+
 /// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sd-cli-{name}-{}", std::process::id()));
@@ -112,24 +133,14 @@ fn generate_reproduces_the_diffusers_golden() {
     let dir = scratch("golden");
     let out = dir.join("golden.png");
     let run = sd(&[
-        "generate",
-        "--prompt",
-        "a photograph of an astronaut riding a horse",
-        "--negative-prompt",
-        "blurry, low quality",
-        "--steps",
-        "10",
-        "--cfg",
-        "7.5",
-        "--seed",
-        "0",
-        "--scheduler",
-        "PNDM",
-        "--plain-prompt",
-        "--quiet",
-        "--output",
-        path_arg(&out),
-    ]);
+        &golden_run(
+            "a photograph of an astronaut riding a horse",
+            "blurry, low quality",
+            "PNDM",
+        )[..],
+        &["--quiet", "--output", path_arg(&out)][..],
+    ]
+    .concat());
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).is_empty(), "--quiet printed: {}", stderr(&run));
     let ours = read_rgb(&out).unwrap();
@@ -426,27 +437,21 @@ fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
         path_arg(&loras.join("kohya_diffusers.safetensors"))
     );
     let run = sd(&[
-        "generate",
-        "--prompt",
-        "a photograph of an astronaut riding a horse<lora:locon:1.0:0.5>",
-        "--negative-prompt",
-        "blurry, low quality",
-        "--steps",
-        "10",
-        "--cfg",
-        "7.5",
-        "--seed",
-        "0",
-        "--scheduler",
-        "Euler a",
-        "--plain-prompt",
-        "--lora",
-        &kohya,
-        "--lora-dir",
-        path_arg(&loras),
-        "--output",
-        path_arg(&out),
-    ]);
+        &golden_run(
+            "a photograph of an astronaut riding a horse<lora:locon:1.0:0.5>",
+            "blurry, low quality",
+            "Euler a",
+        )[..],
+        &[
+            "--lora",
+            &kohya,
+            "--lora-dir",
+            path_arg(&loras),
+            "--output",
+            path_arg(&out),
+        ][..],
+    ]
+    .concat());
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("locon.safetensors: "),
@@ -485,25 +490,15 @@ fn embeddings_from_a_folder_reproduce_the_reference_and_are_hashed() {
     let out = dir.join("embeddings.png");
     let files = support::fixtures().join("embeddings").join("tiny-sd");
     let run = sd(&[
-        "generate",
-        "--prompt",
-        "trio astronaut, singlet",
-        "--negative-prompt",
-        "duo",
-        "--steps",
-        "10",
-        "--cfg",
-        "7.5",
-        "--seed",
-        "0",
-        "--scheduler",
-        "PNDM",
-        "--plain-prompt",
-        "--embedding-dir",
-        path_arg(&files),
-        "--output",
-        path_arg(&out),
-    ]);
+        &golden_run("trio astronaut, singlet", "duo", "PNDM")[..],
+        &[
+            "--embedding-dir",
+            path_arg(&files),
+            "--output",
+            path_arg(&out),
+        ][..],
+    ]
+    .concat());
     assert!(run.status.success(), "{}", stderr(&run));
     let ours = read_rgb(&out).unwrap();
     let golden = read_rgb(goldens().join("tiny-sd").join("embeddings_both.png")).unwrap();

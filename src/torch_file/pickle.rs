@@ -343,7 +343,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, dict: ValueId, items: Vec<ValueId>) -> Parse<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return invalid("SETITEMS with an odd number of items");
         }
         let Value::Dict(entries) = &mut self.values[dict] else {

@@ -25,11 +25,11 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         _ => (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK, SD15_WIDTH),
     };
     let dirs: Vec<_> = args.embeddings.dir.iter().cloned().collect();
-    let (found, skipped) = embeddings::gather(&args.embeddings.files, &dirs, width)?;
-    for (path, error) in skipped {
+    let found = embeddings::gather(&args.embeddings.files, &dirs, width)?;
+    for (path, error) in &found.skipped {
         eprintln!("Embedding {} skipped: {error}", path.display());
     }
-    let embeddings = PromptEmbeddings::new(&tokenizer, width, found)?;
+    let embeddings = PromptEmbeddings::new(&tokenizer, width, found.loaded)?;
     let mode = if args.plain_prompt {
         PromptMode::Plain
     } else {
