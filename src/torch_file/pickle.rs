@@ -36,6 +36,8 @@ pub enum Value {
     Storage(StorageRef),
     /// A tensor view of a storage (`_rebuild_tensor_v2`).
     Tensor(TensorRef),
+    /// `set(list)`: the list it was made from (its items are never needed).
+    Set(ValueId),
     /// One of the allowed globals, not yet applied.
     Global(Global),
     /// An object made by `NEWOBJ` from an allowed class, with the state `BUILD` gave it.
@@ -204,6 +206,9 @@ impl Pickle {
 
 /// Deepest nesting of `MARK`s (torch's pickles nest a few levels).
 const MAX_MARKS: usize = 1024;
+
+/// Most dimensions a tensor may have.
+const MAX_DIMS: usize = 64;
 
 /// The pickle machine's state.
 struct Machine<'a> {
@@ -377,21 +382,24 @@ impl<'a> Machine<'a> {
     }
 
     fn counts(&self, id: ValueId, what: &str) -> Parse<Vec<u64>> {
-        match &self.values[id] {
-            Value::Tuple(items) => items.iter().map(|&i| self.count(i, what)).collect(),
-            _ => invalid(format!("{what}: expected a tuple")),
+        let items = self.tuple(id, what)?;
+        if items.len() > MAX_DIMS {
+            return invalid(format!("{what}: {} dimensions", items.len()));
         }
+        items.iter().map(|&i| self.count(i, what)).collect()
     }
 
-    fn tuple(&self, id: ValueId, what: &str) -> Parse<Vec<ValueId>> {
+    /// The items of a tuple, borrowed: a memoised tuple may be used many times, and copying it
+    /// each time would let a small file ask for quadratic memory.
+    fn tuple(&self, id: ValueId, what: &str) -> Parse<&[ValueId]> {
         match &self.values[id] {
-            Value::Tuple(items) => Ok(items.clone()),
+            Value::Tuple(items) => Ok(items),
             _ => invalid(format!("{what}: expected a tuple")),
         }
     }
 
     /// `callable(*args)` for an allowed global, by its meaning.
-    fn reduce(&mut self, callable: ValueId, args: ValueId) -> Parse<Value> {
+    fn reduce(&self, callable: ValueId, args: ValueId) -> Parse<Value> {
         let Value::Global(global) = self.values[callable] else {
             return invalid("REDUCE on something that is not an allowed global");
         };
@@ -400,7 +408,7 @@ impl<'a> Machine<'a> {
             Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Vec::new())),
             Global::Set if args.is_empty() => Ok(Value::List(Vec::new())),
             Global::Set if args.len() == 1 => match &self.values[args[0]] {
-                Value::List(items) => Ok(Value::List(items.clone())),
+                Value::List(_) => Ok(Value::Set(args[0])),
                 _ => invalid("set() of something that is not a list"),
             },
             Global::RebuildTensorV2 if (6..=7).contains(&args.len()) => {
@@ -435,7 +443,7 @@ impl<'a> Machine<'a> {
     /// `BINPERSID`: torch's `('storage', StorageType, key, location, numel)`.
     fn persistent(&self, pid: ValueId) -> Parse<Value> {
         let items = self.tuple(pid, "persistent id")?;
-        let [kind, class, key, _location, numel] = items[..] else {
+        let &[kind, class, key, _location, numel] = items else {
             return invalid("a persistent id that is not torch's 5-tuple for a storage");
         };
         if self.values[kind] != Value::Str("storage".into()) {
