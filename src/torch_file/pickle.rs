@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-/// Where a value lives in [`Pickle::values`].
+/// Where a value lives in a [`Pickle`] (see [`Pickle::value`]).
 pub type ValueId = usize;
 
 /// What a restricted pickle can hold.
