@@ -4,8 +4,8 @@
 //! - [`image_paths`]: the file of each image of a batch (`NAME-1.png`, `NAME-2.png`, … in the
 //!   named folder; a folder given as the output holds `sd-output.png` / `sd-output-N.png`).
 //! - [`check_outputs`]: before the model loads (minutes of work hang on a typo otherwise): the
-//!   folder exists and takes a new file, no output is a folder, and no output is a file the run
-//!   reads (the checkpoint, a file of its folder, the init image, the mask, a LoRA file).
+//!   folder exists and takes a new file, no output is a folder or a device, and no output is a
+//!   file the run reads (the checkpoint, a file of its folder, the init image, the mask, a LoRA file).
 //! - [`write_atomically`]: the bytes go to a temporary file beside the target, renamed over it
 //!   only once complete: a full disk or a crash leaves the previous file whole.
 
@@ -74,14 +74,17 @@ pub fn check_outputs(outputs: &[PathBuf], inputs: &[PathBuf]) -> Result<()> {
         if !folder.is_dir() {
             return Err(refuse(output, "its folder does not exist"));
         }
-        if output.is_dir() {
-            return Err(refuse(output, "is a folder"));
+        if let Ok(metadata) = std::fs::metadata(output) {
+            // Renaming over a device (`/dev/full`) or a pipe would replace it, not write to it.
+            if !metadata.is_file() {
+                return Err(refuse(output, "exists and is not a regular file"));
+            }
         }
         if let Some(input) = clashing_input(output, &folder, inputs, &input_files) {
             return Err(refuse(
                 output,
                 format!(
-                    "is {}, an input of this run: refusing to write over it",
+                    "is an input of this run ({}): refusing to write over it",
                     input.display()
                 ),
             ));
@@ -224,6 +227,69 @@ mod tests {
         let here = std::env::temp_dir();
         let listed = image_paths(&here, 2);
         assert_eq!(listed[0], here.join("sd-output-1.png"));
+    }
+
+    /// A fresh folder for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sd-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_no_temporary() {
+        let dir = scratch("atomic");
+        let target = dir.join("a.png");
+        std::fs::write(&target, b"old").unwrap();
+        write_atomically(&target, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(leftovers(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_keeps_what_was_there_and_cleans_up() {
+        let dir = scratch("atomic-fail");
+        // A non-empty folder cannot be renamed over: the write fails at its last step.
+        let target = dir.join("taken");
+        std::fs::create_dir_all(target.join("inside")).unwrap();
+        let error = write_atomically(&target, b"new").unwrap_err().to_string();
+        assert!(error.contains("taken"), "{error}");
+        assert!(target.join("inside").is_dir());
+        assert!(leftovers(&dir).is_empty());
+    }
+
+    #[test]
+    fn outputs_that_are_inputs_devices_or_in_missing_folders_are_refused() {
+        let dir = scratch("check");
+        let model = dir.join("model");
+        std::fs::create_dir_all(model.join("unet")).unwrap();
+        std::fs::write(model.join("unet/config.json"), b"{}").unwrap();
+        let image = dir.join("init.png");
+        std::fs::write(&image, b"png").unwrap();
+        let inputs = [model.clone(), image.clone()];
+        let refused = |output: PathBuf, needle: &str| {
+            let error = check_outputs(&[output], &inputs).unwrap_err().to_string();
+            assert!(error.contains(needle), "`{needle}` missing from: {error}");
+        };
+        refused(image.clone(), "input of this run");
+        refused(dir.join(".").join("init.png"), "input of this run");
+        refused(model.join("unet/config.json"), "input of this run");
+        std::fs::hard_link(&image, dir.join("link.png")).unwrap();
+        refused(dir.join("link.png"), "input of this run");
+        refused(model.join("new.png"), "input of this run");
+        refused(dir.join("no/such/folder/x.png"), "folder does not exist");
+        refused(PathBuf::from("/dev/null"), "not a regular file");
+        assert!(check_outputs(&[dir.join("fine.png")], &inputs).is_ok());
     }
 
     #[test]

@@ -176,11 +176,17 @@ impl WeightStore {
     /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. A full checkpoint
     /// gives its non-EMA UNet weights (see [`UnetWeights`]). Refuses SD 2.x and SDXL checkpoints.
     pub fn open_single_file(path: impl AsRef<Path>, layout: &LdmLayout) -> Result<Self> {
-        Self::single_file(
-            SafetensorsFile::open(path)?,
-            Some(layout),
-            UnetWeights::default(),
-        )
+        Self::open_single_file_with(path, layout, UnetWeights::default())
+    }
+
+    /// [`open_single_file`](Self::open_single_file), reading the `unet_weights` set of a full
+    /// checkpoint (the EMA set must be complete: a UNet tensor without its EMA copy is an error).
+    pub fn open_single_file_with(
+        path: impl AsRef<Path>,
+        layout: &LdmLayout,
+        unet_weights: UnetWeights,
+    ) -> Result<Self> {
+        Self::single_file(SafetensorsFile::open(path)?, Some(layout), unet_weights)
     }
 
     /// The single-file store of `file`, with `layout` or the one its keys imply.
