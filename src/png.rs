@@ -172,36 +172,56 @@ pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>>
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
     // Compressed chunks are inflated with a cap: a few KB of zTXt can inflate to gigabytes.
-    let too_long = |keyword: &str, e: png::DecodingError| {
-        not_png(
-            path,
-            format!(
-                "text chunk `{keyword}` does not inflate to valid text within \
-                 {MAX_TEXT_CHUNK_BYTES} bytes: {e}"
-            ),
-        )
-    };
-    for chunk in &info.compressed_latin1_text {
-        let mut chunk = chunk.clone();
-        let text = chunk
-            .decompress_text_with_limit(MAX_TEXT_CHUNK_BYTES)
-            .and_then(|()| chunk.get_text());
-        chunks.push((
-            chunk.keyword.clone(),
-            text.map_err(|e| too_long(&chunk.keyword, e))?,
-        ));
-    }
-    for chunk in &info.utf8_text {
-        let mut chunk = chunk.clone();
-        let text = chunk
-            .decompress_text_with_limit(MAX_TEXT_CHUNK_BYTES)
-            .and_then(|()| chunk.get_text());
-        chunks.push((
-            chunk.keyword.clone(),
-            text.map_err(|e| too_long(&chunk.keyword, e))?,
-        ));
-    }
+    chunks.extend(inflate_all(&info.compressed_latin1_text, path)?);
+    chunks.extend(inflate_all(&info.utf8_text, path)?);
     Ok(chunks)
+}
+
+/// A zTXt or iTXt chunk (either may be compressed), for [`inflate_all`].
+trait TextChunk: Clone {
+    fn keyword(&self) -> &str;
+    /// The text, inflated to at most `limit` bytes.
+    fn text_within(self, limit: usize) -> std::result::Result<String, png::DecodingError>;
+}
+
+impl TextChunk for png::text_metadata::ZTXtChunk {
+    fn keyword(&self) -> &str {
+        &self.keyword
+    }
+    fn text_within(mut self, limit: usize) -> std::result::Result<String, png::DecodingError> {
+        self.decompress_text_with_limit(limit)?;
+        self.get_text()
+    }
+}
+
+impl TextChunk for png::text_metadata::ITXtChunk {
+    fn keyword(&self) -> &str {
+        &self.keyword
+    }
+    fn text_within(mut self, limit: usize) -> std::result::Result<String, png::DecodingError> {
+        self.decompress_text_with_limit(limit)?;
+        self.get_text()
+    }
+}
+
+/// (keyword, text) of each chunk, each inflated to at most [`MAX_TEXT_CHUNK_BYTES`].
+fn inflate_all<C: TextChunk>(chunks: &[C], path: &Path) -> Result<Vec<(String, String)>> {
+    chunks
+        .iter()
+        .map(|chunk| {
+            let keyword = chunk.keyword().to_string();
+            match chunk.clone().text_within(MAX_TEXT_CHUNK_BYTES) {
+                Ok(text) => Ok((keyword, text)),
+                Err(e) => Err(not_png(
+                    path,
+                    format!(
+                        "text chunk `{keyword}` does not inflate to valid text within \
+                         {MAX_TEXT_CHUNK_BYTES} bytes: {e}"
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The `parameters` text of a PNG, or `None` when it has none.

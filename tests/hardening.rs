@@ -17,54 +17,8 @@ use sd_testkit::{Goldens, assert_matches_golden};
 use serde_json::{Value, json};
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::{LoadOptions, RgbImage, StableDiffusion};
+use support::cli::{assert_fails_naming, path_arg, scratch, sd, sd_with, stderr, stdout};
 use support::fixtures;
-
-fn sd_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("the sd binary runs")
-}
-
-fn sd(args: &[&str]) -> Output {
-    sd_with(args, &[])
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-hardening-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn arg(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A failed run: exit code 1, one `sd: error:` line naming every needle, no panic.
-fn assert_fails_naming(output: &Output, needles: &[&str]) {
-    let err = stderr(output);
-    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("sd: error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("internal error"),
-        "{err}"
-    );
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "`{needle}` missing from: {}",
-            lines[0]
-        );
-    }
-}
 
 /// A copy of fixtures/tiny-sd to edit.
 fn tiny_copy(dir: &Path) -> PathBuf {
@@ -92,13 +46,26 @@ fn set_field(path: &Path, field: &str, value: Value) {
     std::fs::write(path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
 }
 
+/// Each `(file, field, value)` set alone in a copy of tiny-sd makes `sd generate` fail naming
+/// the field and the file.
+fn assert_each_value_refused(dir: &Path, cases: &[(&str, &str, Value)]) {
+    let model = tiny_copy(dir);
+    for (file, field, value) in cases {
+        let path = model.join(file);
+        let original = std::fs::read(&path).unwrap();
+        set_field(&path, field, value.clone());
+        assert_fails_naming(&generate(&model, dir, &[]), &[field, file]);
+        std::fs::write(&path, original).unwrap();
+    }
+}
+
 /// `sd generate` of the model at `model` (tiny, 1 step) writing into `dir`, with `extra` args.
 fn generate(model: &Path, dir: &Path, extra: &[&str]) -> Output {
     let out = dir.join("out.png");
     let mut args = vec![
         "generate",
         "--model",
-        arg(model),
+        path_arg(model),
         "-p",
         "a fox",
         "--steps",
@@ -106,7 +73,7 @@ fn generate(model: &Path, dir: &Path, extra: &[&str]) -> Output {
         "--seed",
         "1",
         "-o",
-        arg(&out),
+        path_arg(&out),
     ];
     args.extend_from_slice(extra);
     sd(&args)
@@ -174,9 +141,9 @@ fn an_output_naming_any_input_is_refused_and_the_input_stays_byte_identical() {
     std::fs::copy(support::goldens().join("init_image.png"), &init).unwrap();
     std::fs::copy(support::goldens().join("mask.png"), &mask).unwrap();
     let inside = model.join("unet").join("config.json");
-    let with_images = ["--init-image", arg(&init), "--mask", arg(&mask)];
+    let with_images = ["--init-image", path_arg(&init), "--mask", path_arg(&mask)];
     let cases: [(&Path, &Path, Vec<&str>); 4] = [
-        (&single, &single, vec!["--config-dir", arg(&model)]),
+        (&single, &single, vec!["--config-dir", path_arg(&model)]),
         (&model, &inside, vec![]),
         (&model, &init, with_images.to_vec()),
         (&model, &mask, with_images.to_vec()),
@@ -186,16 +153,16 @@ fn an_output_naming_any_input_is_refused_and_the_input_stays_byte_identical() {
         let mut args = vec![
             "generate",
             "--model",
-            arg(model_arg),
+            path_arg(model_arg),
             "-p",
             "x",
             "--steps",
             "1",
         ];
         args.extend(extra);
-        args.extend(["-o", arg(target)]);
+        args.extend(["-o", path_arg(target)]);
         let run = sd(&args);
-        assert_fails_naming(&run, &["input of this run", arg(target)]);
+        assert_fails_naming(&run, &["input of this run", path_arg(target)]);
         assert!(
             !stderr(&run).contains("Loading"),
             "checked after loading: {}",
@@ -213,7 +180,13 @@ fn an_output_naming_any_input_is_refused_and_the_input_stays_byte_identical() {
 #[test]
 fn the_output_folder_is_checked_before_the_model_loads() {
     let dir = scratch("folder");
-    let run = sd(&["generate", "-p", "x", "-o", arg(&dir.join("typo/out.png"))]);
+    let run = sd(&[
+        "generate",
+        "-p",
+        "x",
+        "-o",
+        path_arg(&dir.join("typo/out.png")),
+    ]);
     assert_fails_naming(&run, &["folder does not exist", "typo"]);
     assert!(!stderr(&run).contains("Loading"), "{}", stderr(&run));
     let device = sd(&["generate", "-p", "x", "-o", "/dev/null"]);
@@ -228,7 +201,7 @@ fn batch_names_keep_folder_and_extension_and_a_folder_output_is_a_folder() {
         let output = sd(&[&base[..], extra].concat());
         assert!(output.status.success(), "{}", stderr(&output));
     };
-    run(&["--batch", "2", "-o", arg(&dir.join("fox.png"))]);
+    run(&["--batch", "2", "-o", path_arg(&dir.join("fox.png"))]);
     std::fs::create_dir(dir.join("sub")).unwrap();
     run(&[
         "--batch",
@@ -236,7 +209,7 @@ fn batch_names_keep_folder_and_extension_and_a_folder_output_is_a_folder() {
         "-o",
         &format!("{}/", dir.join("sub").display()),
     ]);
-    run(&["-o", arg(&dir)]);
+    run(&["-o", path_arg(&dir)]);
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
@@ -252,7 +225,6 @@ fn batch_names_keep_folder_and_extension_and_a_folder_output_is_a_folder() {
 #[test]
 fn absurd_config_sizes_fail_before_allocating() {
     let dir = scratch("sizes");
-    let model = tiny_copy(&dir);
     let cases = [
         (
             "unet/config.json",
@@ -275,13 +247,7 @@ fn absurd_config_sizes_fail_before_allocating() {
             json!(1_000_000_000_000u64),
         ),
     ];
-    for (file, field, value) in cases {
-        let path = model.join(file);
-        let original = std::fs::read(&path).unwrap();
-        set_field(&path, field, value);
-        assert_fails_naming(&generate(&model, &dir, &[]), &[field, file]);
-        std::fs::write(&path, original).unwrap();
-    }
+    assert_each_value_refused(&dir, &cases);
 }
 
 #[test]
@@ -373,7 +339,6 @@ fn nan_weights_stop_the_generation_at_the_step_they_poison() {
 #[test]
 fn bad_config_values_and_prompt_weights_are_named_errors() {
     let dir = scratch("values");
-    let model = tiny_copy(&dir);
     let cases = [
         (
             "scheduler/scheduler_config.json",
@@ -384,15 +349,15 @@ fn bad_config_values_and_prompt_weights_are_named_errors() {
         ("unet/config.json", "norm_eps", json!(-1e-5)),
         ("text_encoder/config.json", "layer_norm_eps", json!(0.0)),
     ];
-    for (file, field, value) in cases {
-        let path = model.join(file);
-        let original = std::fs::read(&path).unwrap();
-        set_field(&path, field, value);
-        assert_fails_naming(&generate(&model, &dir, &[]), &[field, file]);
-        std::fs::write(&path, original).unwrap();
-    }
+    assert_each_value_refused(&dir, &cases);
     let huge_weight = "(fox:100000000000000000000000000000000000000000)";
-    let run = sd(&["generate", "-p", huge_weight, "-o", arg(&dir.join("w.png"))]);
+    let run = sd(&[
+        "generate",
+        "-p",
+        huge_weight,
+        "-o",
+        path_arg(&dir.join("w.png")),
+    ]);
     assert_fails_naming(&run, &["prompt", "weights must be within"]);
 }
 
@@ -475,7 +440,7 @@ fn generate_says_which_unet_weights_it_loaded_and_writes_them_in_the_png() {
         let run = generate(
             &full,
             &dir,
-            &[&["--config-dir", arg(&config)], extra].concat(),
+            &[&["--config-dir", path_arg(&config)], extra].concat(),
         );
         assert!(run.status.success(), "{}", stderr(&run));
         assert!(
@@ -483,8 +448,8 @@ fn generate_says_which_unet_weights_it_loaded_and_writes_them_in_the_png() {
             "{}",
             stderr(&run)
         );
-        let info = sd(&["info", arg(&dir.join("out.png"))]);
-        let text = String::from_utf8_lossy(&info.stdout).into_owned();
+        let info = sd(&["info", path_arg(&dir.join("out.png"))]);
+        let text = stdout(&info);
         assert!(text.contains(&format!("UNet weights: {set},")), "{text}");
     }
 }
@@ -507,7 +472,7 @@ fn options_that_cannot_apply_fail_instead_of_being_ignored() {
         "--component",
         "clip",
         "--save-image",
-        arg(&dir.join("b.png")),
+        path_arg(&dir.join("b.png")),
     ]);
     assert_fails_naming(&bench, &["--save-image", "txt2img"]);
 }
@@ -534,7 +499,7 @@ fn errors_blame_what_the_user_gave_and_point_at_the_fix() {
     let pixel = dir.join("pixel.png");
     stable_diffusion::png::write_png(&pixel, &tiny, None).unwrap();
     let folder = fixtures().join("tiny-sd");
-    let init = generate(&folder, &dir, &["--init-image", arg(&pixel)]);
+    let init = generate(&folder, &dir, &["--init-image", path_arg(&pixel)]);
     assert_fails_naming(&init, &["init_image (its width)"]);
 
     let spaced = generate(&folder, &dir, &["--scheduler", "Euler  b"]);
@@ -564,6 +529,6 @@ fn info_refuses_a_text_chunk_that_inflates_past_the_cap() {
     writer.write_image_data(&[0, 0, 0]).unwrap();
     writer.finish().unwrap();
     assert!(std::fs::metadata(&bomb).unwrap().len() < 100_000);
-    let run = sd(&["info", arg(&bomb)]);
+    let run = sd(&["info", path_arg(&bomb)]);
     assert_fails_naming(&run, &["parameters", "1048576 bytes"]);
 }

@@ -126,8 +126,12 @@ fn random_config_values_give_a_typed_error_or_a_finite_step() {
     // The unchanged configs run: a failure below is the value's doing.
     load_and_step(&store, &dir, "PNDM").unwrap();
 
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(96);
     let config = ProptestConfig {
-        cases: 96,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
