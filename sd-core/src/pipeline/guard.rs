@@ -95,6 +95,7 @@ pub fn ensure_finite(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
     use super::*;
 

@@ -37,7 +37,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "only the txt2img component makes an image: add --component txt2img",
             ));
         }
-        stable_diffusion::output::check_outputs(&[path.clone()], &[])?;
+        stable_diffusion::output::check_outputs(std::slice::from_ref(path), &[])?;
     }
     with_backend!(args.backend, args.precision, |backend| {
         if args.profile {
