@@ -23,6 +23,7 @@
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
 //! - [`embeddings`]: textual-inversion files (A1111 / kohya / diffusers, `.safetensors`, `.pt`,
 //!   `.bin`) for the prompts; [`torch_file`] reads `.pt` files without running their pickle.
+//! - [`output`]: where images go: batch names, checks before the run, atomic writes.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
@@ -33,6 +34,7 @@ pub mod embeddings;
 pub mod lora;
 mod model;
 pub mod model_hash;
+pub mod output;
 pub mod parameters;
 pub mod png;
 pub mod torch_file;

@@ -12,6 +12,8 @@
 
 use std::fmt::Write;
 
+use sd_core::weights::UnetWeights;
+
 /// What one image was generated with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parameters {
@@ -35,6 +37,9 @@ pub struct Parameters {
     /// (name, A1111 short hash) of each textual-inversion embedding the prompts used
     /// ([`crate::model_hash::embedding_hash`]).
     pub ti_hashes: Vec<(String, String)>,
+    /// The UNet weights of a full checkpoint (one with EMA copies) the image was made with;
+    /// `None` for a checkpoint with one set (written as `UNet weights: EMA` / `non-EMA`).
+    pub unet_weights: Option<UnetWeights>,
 }
 
 impl Parameters {
@@ -61,6 +66,9 @@ impl Parameters {
             if !hashes.is_empty() {
                 fields.push((key, hash_list(hashes)));
             }
+        }
+        if let Some(weights) = self.unet_weights {
+            fields.push(("UNet weights", weights.to_string()));
         }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
@@ -119,6 +127,7 @@ mod tests {
             denoising_strength: None,
             lora_hashes: Vec::new(),
             ti_hashes: Vec::new(),
+            unet_weights: None,
         }
     }
 
@@ -137,6 +146,16 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_unet_weight_set_of_a_full_checkpoint_is_named() {
+        let mut parameters = example();
+        assert!(!parameters.to_text().contains("UNet weights"));
+        parameters.unet_weights = Some(UnetWeights::NonEma);
+        assert!(parameters.to_text().contains(", UNet weights: non-EMA,"));
+        parameters.unet_weights = Some(UnetWeights::Ema);
+        assert!(parameters.to_text().contains(", UNet weights: EMA,"));
     }
 
     #[test]

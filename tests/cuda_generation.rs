@@ -10,7 +10,6 @@
 
 mod support;
 
-use sd_core::Error;
 use stable_diffusion::cuda::CudaBackend;
 use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
 use support::{fixtures, max_level_difference};
@@ -18,25 +17,10 @@ use support::{fixtures, max_level_difference};
 /// f16 storage on the GPU against f32 on the CPU, through CLIP, ten UNet steps and the VAE.
 const CUDA_PIXEL_TOLERANCE: u8 = 2;
 
-fn gpu_or_skip() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(gpu) => {
-            eprintln!("running on {}", gpu.device_name());
-            Some(gpu)
-        }
-        Err(Error::NoCudaDevice { reason } | Error::NoNvrtc { reason }) => {
-            let required = std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
-            assert!(!required, "REQUIRE_CUDA=1 but: {reason}");
-            eprintln!("skipped: no CUDA device ({reason}); not a GPU verification");
-            None
-        }
-        Err(other) => panic!("opening the CUDA backend failed: {other}"),
-    }
-}
-
 #[test]
 fn tiny_txt2img_on_cuda_matches_the_cpu_image() {
-    let Some(gpu) = gpu_or_skip() else {
+    let Some(gpu) = sd_testkit::gpu_or_skip(CudaBackend::new(0), |b| b.device_name().to_string())
+    else {
         return;
     };
     let model = fixtures().join("tiny-sd");

@@ -1,12 +1,15 @@
 //! `sd tokenize "prompt"`: the tokens a prompt becomes, and how many (the 75-per-chunk budget).
 
+use std::fmt::Write;
+
 use sd_clip::{
     ClipTextConfig, ClipTokenizer, PromptChunk, PromptChunker, PromptEmbeddings, PromptMode,
 };
-use sd_core::Result;
+use sd_core::{Error, Result};
 use stable_diffusion::embeddings;
 
 use crate::cli::TokenizeArgs;
+use crate::stdout::print;
 
 /// SD 1.5's CLIP positions minus the start and end tokens.
 const SD15_TOKENS_PER_CHUNK: usize = 75;
@@ -21,8 +24,20 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
             let tokens = config.max_position_embeddings.saturating_sub(2);
             (tokenizer, tokens, config.hidden_size)
         }
-        // Single files carry no tokenizer: they use SD 1.5's.
-        _ => (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK, SD15_WIDTH),
+        Some(path) if !path.exists() => {
+            return Err(Error::invalid_argument(
+                "--model",
+                format!("{} does not exist", path.display()),
+            ));
+        }
+        Some(file) => {
+            eprintln!(
+                "sd: {} is a single file, which carries no tokenizer: using SD 1.5's",
+                file.display()
+            );
+            (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK, SD15_WIDTH)
+        }
+        None => (ClipTokenizer::sd15()?, SD15_TOKENS_PER_CHUNK, SD15_WIDTH),
     };
     let dirs: Vec<_> = args.embeddings.dir.iter().cloned().collect();
     let found = embeddings::gather(&args.embeddings.files, &dirs, width)?;
@@ -43,6 +58,8 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         .collect();
     let count: usize = chunks.iter().map(|c| c.ids.len().saturating_sub(2)).sum();
 
+    // Written as one text: a closed pipe or a full device is then one error, not a panic.
+    let mut out = String::new();
     if args.json {
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
         // Embedding positions: which vector of which embedding (their ids are placeholders).
@@ -60,15 +77,13 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "ids": ids, "count": count, "vectors": vectors })
-        );
-        return Ok(());
+        let json = serde_json::json!({ "ids": ids, "count": count, "vectors": vectors });
+        let _ = writeln!(out, "{json}");
+        return print(&out);
     }
     for (index, chunk) in chunks.iter().enumerate() {
         if chunks.len() > 1 {
-            println!("chunk {}:", index + 1);
+            let _ = writeln!(out, "chunk {}:", index + 1);
         }
         for (position, (&id, &weight)) in chunk.ids.iter().zip(&chunk.weights).enumerate() {
             let token = match chunk.vectors.iter().find(|v| v.position == position) {
@@ -81,27 +96,29 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
                 None => tokenizer.token(id).unwrap_or_else(|| "?".to_string()),
             };
             if weight == 1.0 {
-                println!("  {token:<24} {id:>6}");
+                let _ = writeln!(out, "  {token:<24} {id:>6}");
             } else {
-                println!("  {token:<24} {id:>6}  weight {weight}");
+                let _ = writeln!(out, "  {token:<24} {id:>6}  weight {weight}");
             }
         }
     }
     let chunk_word = if chunks.len() == 1 { "chunk" } else { "chunks" };
-    println!(
+    let _ = writeln!(
+        out,
         "{count} tokens ({} {chunk_word} of up to {tokens_per_chunk})",
         chunks.len()
     );
     if mode == PromptMode::Plain {
         let full = tokenizer.tokenize(&args.prompt)?.len();
         if full > count {
-            println!(
+            let _ = writeln!(
+                out,
                 "{} tokens past the first {tokens_per_chunk} are dropped in plain mode",
                 full - count
             );
         }
     }
-    Ok(())
+    print(&out)
 }
 
 /// A chunk without its padding: the start token, the prompt's tokens and one end token.

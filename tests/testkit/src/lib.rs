@@ -127,3 +127,23 @@ pub fn full_size_goldens() -> Goldens {
         file: SafetensorsFile::open(&path).unwrap(),
     }
 }
+
+/// The GPU backend a test opened, or `None` (after printing why) where this machine has no
+/// usable device — a skip that verifies nothing about the GPU. With `REQUIRE_CUDA=1` (set by
+/// tools/gpu_check.sh on a GPU machine) a missing device fails the test instead. Other errors
+/// are failures.
+pub fn gpu_or_skip<G>(opened: sd_core::Result<G>, describe: impl Fn(&G) -> String) -> Option<G> {
+    match opened {
+        Ok(gpu) => {
+            eprintln!("running on {}", describe(&gpu));
+            Some(gpu)
+        }
+        Err(sd_core::Error::NoCudaDevice { reason } | sd_core::Error::NoNvrtc { reason }) => {
+            let required = std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
+            assert!(!required, "REQUIRE_CUDA=1 but: {reason}");
+            eprintln!("skipped: no CUDA device ({reason}); not a GPU verification");
+            None
+        }
+        Err(other) => panic!("opening the CUDA backend failed: {other}"),
+    }
+}
