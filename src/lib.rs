@@ -23,15 +23,20 @@
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
+//! - [`image_file`]: init images and masks in PNG, JPEG or WebP, size-checked before decoding.
 //! - [`model_hash`]: A1111's short model hash.
+//! - `server` (feature `server`, on by default): `sd serve`, AUTOMATIC1111's HTTP API.
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
+pub mod image_file;
 pub mod lora;
 mod model;
 pub mod model_hash;
 pub mod parameters;
 pub mod png;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
 pub use sd_core::pipeline::{
