@@ -37,11 +37,18 @@ fn sniff(bytes: &[u8]) -> Option<Format> {
 
 /// An error naming `what` (a file or a request field) and why its bytes are not a picture.
 fn unreadable(what: &str, reason: impl std::fmt::Display) -> Error {
-    Error::invalid_argument(what, format!("not a readable PNG, JPEG or WebP image: {reason}"))
+    Error::invalid_argument(
+        what,
+        format!("not a readable PNG, JPEG or WebP image: {reason}"),
+    )
 }
 
 /// A JPEG or WebP picture, its size checked before decoding.
-fn decode_other(bytes: &[u8], format: Format, max_pixels: u64) -> std::result::Result<DynamicImage, String> {
+fn decode_other(
+    bytes: &[u8],
+    format: Format,
+    max_pixels: u64,
+) -> std::result::Result<DynamicImage, String> {
     let format = match format {
         Format::Jpeg => ImageFormat::Jpeg,
         Format::WebP => ImageFormat::WebP,
@@ -113,13 +120,21 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// An init image file (PNG, JPEG or WebP) as RGB, at most [`DEFAULT_MAX_PIXELS`].
 pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    decode_rgb(&read(path)?, &path.display().to_string(), DEFAULT_MAX_PIXELS)
+    decode_rgb(
+        &read(path)?,
+        &path.display().to_string(),
+        DEFAULT_MAX_PIXELS,
+    )
 }
 
 /// A mask file (PNG, JPEG or WebP) as greyscale, at most [`DEFAULT_MAX_PIXELS`].
 pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
     let path = path.as_ref();
-    decode_gray(&read(path)?, &path.display().to_string(), DEFAULT_MAX_PIXELS)
+    decode_gray(
+        &read(path)?,
+        &path.display().to_string(),
+        DEFAULT_MAX_PIXELS,
+    )
 }
 
 /// A1111's `resize_mode` 0: `image` stretched to `width`×`height` (Lanczos, as A1111 resizes
@@ -131,7 +146,12 @@ pub fn resize_rgb(image: RgbImage, width: usize, height: usize) -> Result<RgbIma
     let (w, h) = (side(image.width())?, side(image.height())?);
     let buffer = image::RgbImage::from_raw(w, h, image.into_pixels())
         .ok_or_else(|| Error::invalid_argument("image", "pixels do not fit the size"))?;
-    let resized = imageops::resize(&buffer, side(width)?, side(height)?, imageops::FilterType::Lanczos3);
+    let resized = imageops::resize(
+        &buffer,
+        side(width)?,
+        side(height)?,
+        imageops::FilterType::Lanczos3,
+    );
     RgbImage::new(width, height, resized.into_raw())
 }
 
@@ -143,7 +163,12 @@ pub fn resize_gray(mask: GrayImage, width: usize, height: usize) -> Result<GrayI
     let (w, h) = (side(mask.width())?, side(mask.height())?);
     let buffer = image::GrayImage::from_raw(w, h, mask.pixels().to_vec())
         .ok_or_else(|| Error::invalid_argument("mask", "pixels do not fit the size"))?;
-    let resized = imageops::resize(&buffer, side(width)?, side(height)?, imageops::FilterType::Lanczos3);
+    let resized = imageops::resize(
+        &buffer,
+        side(width)?,
+        side(height)?,
+        imageops::FilterType::Lanczos3,
+    );
     GrayImage::new(width, height, resized.into_raw())
 }
 
@@ -164,7 +189,8 @@ pub fn fit_init(
 }
 
 fn side(n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::invalid_argument("size", format!("{n} pixels is too large")))
+    u32::try_from(n)
+        .map_err(|_| Error::invalid_argument("size", format!("{n} pixels is too large")))
 }
 
 #[cfg(test)]
@@ -173,14 +199,19 @@ mod tests {
     use super::*;
 
     fn gradient(width: usize, height: usize) -> RgbImage {
-        let pixels = (0..width * height * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let pixels = (0..width * height * 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         RgbImage::new(width, height, pixels).unwrap()
     }
 
     fn encoded(image: &RgbImage, format: ImageFormat) -> Vec<u8> {
-        let buffer =
-            image::RgbImage::from_raw(image.width() as u32, image.height() as u32, image.pixels().to_vec())
-                .unwrap();
+        let buffer = image::RgbImage::from_raw(
+            image.width() as u32,
+            image.height() as u32,
+            image.pixels().to_vec(),
+        )
+        .unwrap();
         let mut bytes = Cursor::new(Vec::new());
         buffer.write_to(&mut bytes, format).unwrap();
         bytes.into_inner()
@@ -190,7 +221,10 @@ mod tests {
     fn png_round_trips_exactly() {
         let image = gradient(24, 16);
         let bytes = crate::png::png_bytes(&image, Some("x")).unwrap();
-        assert_eq!(decode_rgb(&bytes, "init", DEFAULT_MAX_PIXELS).unwrap(), image);
+        assert_eq!(
+            decode_rgb(&bytes, "init", DEFAULT_MAX_PIXELS).unwrap(),
+            image
+        );
         let gray = decode_gray(&bytes, "mask", DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(gray, GrayImage::from_rgb(&image));
     }
@@ -199,7 +233,10 @@ mod tests {
     fn lossless_webp_round_trips_exactly() {
         let image = gradient(24, 16);
         let bytes = encoded(&image, ImageFormat::WebP);
-        assert_eq!(decode_rgb(&bytes, "init", DEFAULT_MAX_PIXELS).unwrap(), image);
+        assert_eq!(
+            decode_rgb(&bytes, "init", DEFAULT_MAX_PIXELS).unwrap(),
+            image
+        );
     }
 
     #[test]
@@ -229,14 +266,21 @@ mod tests {
             encoded(&image, ImageFormat::Jpeg),
             encoded(&image, ImageFormat::WebP),
         ] {
-            let err = decode_rgb(&bytes, "init_images[0]", 64 * 63).unwrap_err().to_string();
-            assert!(err.contains("init_images[0]") && err.contains("64×64") && err.contains("4032"), "{err}");
+            let err = decode_rgb(&bytes, "init_images[0]", 64 * 63)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("init_images[0]") && err.contains("64×64") && err.contains("4032"),
+                "{err}"
+            );
             assert!(decode_gray(&bytes, "mask", 64 * 63).is_err());
         }
         // A 70-byte PNG whose header claims 100000×100000 pixels.
         let bomb = png_claiming(100_000, 100_000);
         assert!(bomb.len() < 100);
-        let err = decode_rgb(&bomb, "init", DEFAULT_MAX_PIXELS).unwrap_err().to_string();
+        let err = decode_rgb(&bomb, "init", DEFAULT_MAX_PIXELS)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("100000×100000"), "{err}");
     }
 
@@ -256,7 +300,11 @@ mod tests {
         ihdr.extend([8, 2, 0, 0, 0]);
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(
+            &mut out,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
         out
     }
 
@@ -266,7 +314,11 @@ mod tests {
         for &byte in bytes {
             crc ^= u32::from(byte);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -274,7 +326,12 @@ mod tests {
 
     #[test]
     fn bytes_that_are_no_picture_are_refused_by_name() {
-        for bytes in [&b""[..], b"hello world", b"\x89PNG\r\n\x1a\n broken", b"\xff\xd8\xff broken"] {
+        for bytes in [
+            &b""[..],
+            b"hello world",
+            b"\x89PNG\r\n\x1a\n broken",
+            b"\xff\xd8\xff broken",
+        ] {
             let err = decode_rgb(bytes, "init_images[0]", DEFAULT_MAX_PIXELS).unwrap_err();
             assert!(err.to_string().contains("init_images[0]"), "{err}");
             assert!(decode_gray(bytes, "mask", DEFAULT_MAX_PIXELS).is_err());

@@ -205,10 +205,16 @@ fn text_chunks(source: impl BufRead + Seek) -> std::result::Result<Vec<(String, 
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
     for chunk in &info.compressed_latin1_text {
-        chunks.push((chunk.keyword.clone(), chunk.get_text().map_err(|e| e.to_string())?));
+        chunks.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(|e| e.to_string())?,
+        ));
     }
     for chunk in &info.utf8_text {
-        chunks.push((chunk.keyword.clone(), chunk.get_text().map_err(|e| e.to_string())?));
+        chunks.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(|e| e.to_string())?,
+        ));
     }
     Ok(chunks)
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 use serve_support::{
-    Server, assert_same_pixels, basic_auth, fixtures, images_of, raw_request, scratch, sd_generate, terminate,
+    Server, assert_same_pixels, basic_auth, fixtures, images_of, raw_request, scratch, sd_generate,
+    terminate,
 };
 use stable_diffusion::image_file::read_rgb;
 use stable_diffusion::png::png_bytes;
@@ -59,15 +60,36 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
             &dir,
             &name,
             &[
-                "--model", &tiny(), "--prompt", "a red fox, snow", "--negative-prompt", "blurry",
-                "--seed", seed, "--steps", "3", "--cfg", "7.5", "-W", "64", "-H", "64",
-                "--batch", "2", "--scheduler", "Euler a",
+                "--model",
+                &tiny(),
+                "--prompt",
+                "a red fox, snow",
+                "--negative-prompt",
+                "blurry",
+                "--seed",
+                seed,
+                "--steps",
+                "3",
+                "--cfg",
+                "7.5",
+                "-W",
+                "64",
+                "-H",
+                "64",
+                "--batch",
+                "2",
+                "--scheduler",
+                "Euler a",
             ],
         );
         for index in 0..2 {
             let path = reference.with_file_name(format!("{name}-{}.png", index + 1));
             let what = format!("txt2img iteration {iteration} image {index}");
-            assert_same_pixels(&served[2 * iteration + index], &read_rgb(&path).unwrap(), &what);
+            assert_same_pixels(
+                &served[2 * iteration + index],
+                &read_rgb(&path).unwrap(),
+                &what,
+            );
         }
     }
     let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
@@ -77,7 +99,10 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
     assert_eq!(info["sd_model_name"], "tiny-sd");
     assert_eq!(info["batch_size"], 2);
     let infotexts = info["infotexts"].as_array().unwrap();
-    assert!(infotexts[3].as_str().unwrap().contains("Seed: 1237"), "{infotexts:?}");
+    assert!(
+        infotexts[3].as_str().unwrap().contains("Seed: 1237"),
+        "{infotexts:?}"
+    );
     assert_eq!(answer["parameters"]["prompt"], "a red fox, snow");
 
     // png-info reads the PNG's own parameters back.
@@ -85,7 +110,10 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
         .decode(answer["images"][0].as_str().unwrap())
         .unwrap();
     let png_info = server
-        .post("/sdapi/v1/png-info", &json!({"image": b64(&first_png)}).to_string())
+        .post(
+            "/sdapi/v1/png-info",
+            &json!({"image": b64(&first_png)}).to_string(),
+        )
         .ok();
     assert_eq!(png_info["info"], infotexts[0]);
     assert_eq!(png_info["parameters"]["Seed"], "1234");
@@ -94,8 +122,20 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
     // img2img from a 32×32 init image and mask sent with a data: prefix, served at 64×64
     // (resize mode 0), against the CLI given the same files and size.
     let init = gradient(32, 32);
-    let mask = GrayImage::new(32, 32, (0..32 * 32).map(|i| if i % 32 < 16 { 255 } else { 0 }).collect()).unwrap();
-    let mask_rgb = RgbImage::new(32, 32, mask.pixels().iter().flat_map(|&p| [p, p, p]).collect()).unwrap();
+    let mask = GrayImage::new(
+        32,
+        32,
+        (0..32 * 32)
+            .map(|i| if i % 32 < 16 { 255 } else { 0 })
+            .collect(),
+    )
+    .unwrap();
+    let mask_rgb = RgbImage::new(
+        32,
+        32,
+        mask.pixels().iter().flat_map(|&p| [p, p, p]).collect(),
+    )
+    .unwrap();
     let init_path = dir.join("init.png");
     let mask_path = dir.join("mask.png");
     stable_diffusion::png::write_png(&init_path, &init, None).unwrap();
@@ -108,23 +148,55 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
         "mask_blur": 4, "inpainting_fill": 1, "inpaint_full_res": false, "resize_mode": 0,
     });
     let answer = server.post("/sdapi/v1/img2img", &body.to_string()).ok();
-    assert_eq!(answer["parameters"]["init_images"], Value::Null, "init images echoed back");
+    assert_eq!(
+        answer["parameters"]["init_images"],
+        Value::Null,
+        "init images echoed back"
+    );
     let reference = sd_generate(
         &dir,
         "lighthouse",
         &[
-            "--model", &tiny(), "--prompt", "a lighthouse", "--seed", "77", "--steps", "4",
-            "-W", "64", "-H", "64", "--strength", "0.6", "--cfg", "7", "--scheduler", "Euler a",
-            "--init-image", init_path.to_str().unwrap(), "--mask", mask_path.to_str().unwrap(),
+            "--model",
+            &tiny(),
+            "--prompt",
+            "a lighthouse",
+            "--seed",
+            "77",
+            "--steps",
+            "4",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--strength",
+            "0.6",
+            "--cfg",
+            "7",
+            "--scheduler",
+            "Euler a",
+            "--init-image",
+            init_path.to_str().unwrap(),
+            "--mask",
+            mask_path.to_str().unwrap(),
         ],
     );
-    assert_same_pixels(&images_of(&answer)[0], &read_rgb(&reference).unwrap(), "img2img");
+    assert_same_pixels(
+        &images_of(&answer)[0],
+        &read_rgb(&reference).unwrap(),
+        "img2img",
+    );
     let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
     assert_eq!(info["denoising_strength"], 0.6);
 
     // The lists clients read.
     let samplers = server.get("/sdapi/v1/samplers").ok();
-    let names: Vec<&str> = samplers.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = samplers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     for name in ["Euler", "Euler a", "DPM++ 2M Karras", "DDIM"] {
         assert!(names.contains(&name), "{names:?}");
     }
@@ -136,32 +208,79 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
     let options = server.get("/sdapi/v1/options").ok();
     assert_eq!(options["sd_model_checkpoint"], "tiny-sd");
     assert_eq!(options["CLIP_stop_at_last_layers"], 1);
-    assert_eq!(server.get("/sdapi/v1/embeddings").ok(), json!({"loaded": {}, "skipped": {}}));
+    assert_eq!(
+        server.get("/sdapi/v1/embeddings").ok(),
+        json!({"loaded": {}, "skipped": {}})
+    );
     assert_eq!(server.get("/sdapi/v1/loras").ok(), json!([]));
     assert_eq!(server.get("/sdapi/v1/upscalers").ok()[0]["name"], "None");
     assert!(server.get("/sdapi/v1/latent-upscale-modes").ok().is_array());
-    assert_eq!(server.get("/sdapi/v1/scripts").ok(), json!({"txt2img": [], "img2img": []}));
+    assert_eq!(
+        server.get("/sdapi/v1/scripts").ok(),
+        json!({"txt2img": [], "img2img": []})
+    );
     assert_eq!(server.post("/sdapi/v1/refresh-checkpoints", "").status, 200);
     assert_eq!(server.get("/internal/ping").ok(), json!({}));
     let ready = server.get("/internal/ready").ok();
-    assert_eq!((ready["ready"].as_bool(), ready["busy"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (ready["ready"].as_bool(), ready["busy"].as_bool()),
+        (Some(true), Some(false))
+    );
     let metrics = server.get("/metrics");
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text().contains("sd_images_total 5\n"), "{}", metrics.text());
-    assert!(metrics.text().contains("sd_jobs_total{outcome=\"ok\"} 2\n"), "{}", metrics.text());
+    assert!(
+        metrics.text().contains("sd_images_total 5\n"),
+        "{}",
+        metrics.text()
+    );
+    assert!(
+        metrics.text().contains("sd_jobs_total{outcome=\"ok\"} 2\n"),
+        "{}",
+        metrics.text()
+    );
 
     // Clip skip through options, then back through override_settings: both as the CLI.
-    assert_eq!(server.post("/sdapi/v1/options", r#"{"CLIP_stop_at_last_layers": 2}"#).status, 200);
+    assert_eq!(
+        server
+            .post("/sdapi/v1/options", r#"{"CLIP_stop_at_last_layers": 2}"#)
+            .status,
+        200
+    );
     let skipped = server
-        .post("/sdapi/v1/txt2img", r#"{"prompt": "a fox", "seed": 5, "steps": 2, "width": 64, "height": 64}"#)
+        .post(
+            "/sdapi/v1/txt2img",
+            r#"{"prompt": "a fox", "seed": 5, "steps": 2, "width": 64, "height": 64}"#,
+        )
         .ok();
     let reference = sd_generate(
         &dir,
         "clip-skip",
-        &["--model", &tiny(), "--prompt", "a fox", "--seed", "5", "--steps", "2", "-W", "64", "-H", "64",
-          "--cfg", "7", "--scheduler", "Euler", "--clip-skip", "2"],
+        &[
+            "--model",
+            &tiny(),
+            "--prompt",
+            "a fox",
+            "--seed",
+            "5",
+            "--steps",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--cfg",
+            "7",
+            "--scheduler",
+            "Euler",
+            "--clip-skip",
+            "2",
+        ],
     );
-    assert_same_pixels(&images_of(&skipped)[0], &read_rgb(&reference).unwrap(), "clip skip 2");
+    assert_same_pixels(
+        &images_of(&skipped)[0],
+        &read_rgb(&reference).unwrap(),
+        "clip skip 2",
+    );
     let back = server
         .post(
             "/sdapi/v1/txt2img",
@@ -180,14 +299,23 @@ fn assert_error(response: &serve_support::Response, status: u16, needle: &str) {
     for key in ["error", "detail", "body", "errors"] {
         assert!(body.get(key).is_some(), "no {key}: {body}");
     }
-    assert!(body["detail"].as_str().unwrap().contains(needle), "`{needle}` not in {body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains(needle),
+        "`{needle}` not in {body}"
+    );
 }
 
 #[test]
 fn bad_requests_get_4xx_and_the_server_keeps_answering() {
     let server = Server::start(&[
-        "--model", &tiny(), "--api-auth", "user:secret", "--max-body-bytes", "200000",
-        "--max-image-pixels", "65536",
+        "--model",
+        &tiny(),
+        "--api-auth",
+        "user:secret",
+        "--max-body-bytes",
+        "200000",
+        "--max-image-pixels",
+        "65536",
     ]);
     let png = |w, h| b64(&png_bytes(&gradient(w, h), None).unwrap());
     let big_png = png(300, 300);
@@ -207,17 +335,38 @@ fn bad_requests_get_4xx_and_the_server_keeps_answering() {
         (r#"{"prompt": 42}"#.into(), 422),
         (r#"{"sampler_name": "Nope"}"#.into(), 404),
         (r#"{"scheduler": "exotic"}"#.into(), 404),
-        (r#"{"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}"#.into(), 404),
-        (r#"{"override_settings": {"sd_model_checkpoint": "/abs/model.safetensors"}}"#.into(), 404),
+        (
+            r#"{"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}"#.into(),
+            404,
+        ),
+        (
+            r#"{"override_settings": {"sd_model_checkpoint": "/abs/model.safetensors"}}"#.into(),
+            404,
+        ),
         (r#"{"prompt": "<lora:../../secret:1>"}"#.into(), 422),
         (r#"{"enable_hr": true}"#.into(), 422),
         (r#"{"script_name": "x/y/z plot"}"#.into(), 422),
-        (format!(r#"{{"init_images": ["{}"], "width": 64, "height": 64}}"#, "%%%%"), 422),
-        (r#"{"init_images": ["aGVsbG8="], "width": 64, "height": 64}"#.into(), 422),
+        (
+            format!(
+                r#"{{"init_images": ["{}"], "width": 64, "height": 64}}"#,
+                "%%%%"
+            ),
+            422,
+        ),
+        (
+            r#"{"init_images": ["aGVsbG8="], "width": 64, "height": 64}"#.into(),
+            422,
+        ),
         (r#"{"init_images": ["data:image/png;base64"]}"#.into(), 422),
-        (r#"{"init_images": ["http://127.0.0.1:1/a.png"]}"#.into(), 422),
+        (
+            r#"{"init_images": ["http://127.0.0.1:1/a.png"]}"#.into(),
+            422,
+        ),
         (format!(r#"{{"init_images": ["{big_png}"]}}"#), 422),
-        (format!(r#"{{"init_images": ["{}"], "mask": "!!"}}"#, png(8, 8)), 422),
+        (
+            format!(r#"{{"init_images": ["{}"], "mask": "!!"}}"#, png(8, 8)),
+            422,
+        ),
         (r#"{"init_images": []}"#.into(), 404),
         (r#"{"prompt": "x"}"#.into(), 404),
     ];
@@ -234,32 +383,113 @@ fn bad_requests_get_4xx_and_the_server_keeps_answering() {
             } else {
                 "/sdapi/v1/txt2img"
             };
-            send(server.request("POST", path, &[], body.as_bytes()), *status, body);
+            send(
+                server.request("POST", path, &[], body.as_bytes()),
+                *status,
+                body,
+            );
         }
         // Oversized body, no or wrong credentials, unknown route, wrong method.
         let huge = vec![b'x'; 300_000];
-        send(server.request("POST", "/sdapi/v1/txt2img", &[], &huge), 413, "oversized body");
-        send(raw_request(server.address, "GET", "/sdapi/v1/samplers", &[], b""), 401, "no auth");
-        send(raw_request(server.address, "POST", "/sdapi/v1/txt2img", &[&basic_auth("user:wrong")], b"{}"), 401, "wrong password");
-        send(raw_request(server.address, "GET", "/internal/ping", &["Authorization: Basic !!"], b""), 401, "bad auth header");
+        send(
+            server.request("POST", "/sdapi/v1/txt2img", &[], &huge),
+            413,
+            "oversized body",
+        );
+        send(
+            raw_request(server.address, "GET", "/sdapi/v1/samplers", &[], b""),
+            401,
+            "no auth",
+        );
+        send(
+            raw_request(
+                server.address,
+                "POST",
+                "/sdapi/v1/txt2img",
+                &[&basic_auth("user:wrong")],
+                b"{}",
+            ),
+            401,
+            "wrong password",
+        );
+        send(
+            raw_request(
+                server.address,
+                "GET",
+                "/internal/ping",
+                &["Authorization: Basic !!"],
+                b"",
+            ),
+            401,
+            "bad auth header",
+        );
         send(server.get("/sdapi/v1/no-such-route"), 404, "unknown route");
         send(server.get("/sdapi/v1/txt2img"), 405, "GET txt2img");
-        send(server.post("/sdapi/v1/options", r#"{"sd_model_checkpoint": "../tiny-sd"}"#), 404, "options traversal");
-        send(server.post("/sdapi/v1/options", r#"{"samples_format": "jpg"}"#), 422, "options jpg");
-        send(server.post("/sdapi/v1/options", r#"{"CLIP_stop_at_last_layers": -1}"#), 422, "options clip skip");
-        send(server.post("/sdapi/v1/png-info", r#"{"image": "%%%"}"#), 422, "png-info base64");
-        send(server.post("/sdapi/v1/png-info", r#"{"img": "x"}"#), 422, "png-info field");
+        send(
+            server.post(
+                "/sdapi/v1/options",
+                r#"{"sd_model_checkpoint": "../tiny-sd"}"#,
+            ),
+            404,
+            "options traversal",
+        );
+        send(
+            server.post("/sdapi/v1/options", r#"{"samples_format": "jpg"}"#),
+            422,
+            "options jpg",
+        );
+        send(
+            server.post("/sdapi/v1/options", r#"{"CLIP_stop_at_last_layers": -1}"#),
+            422,
+            "options clip skip",
+        );
+        send(
+            server.post("/sdapi/v1/png-info", r#"{"image": "%%%"}"#),
+            422,
+            "png-info base64",
+        );
+        send(
+            server.post("/sdapi/v1/png-info", r#"{"img": "x"}"#),
+            422,
+            "png-info field",
+        );
     }
     assert!(count >= 200, "{count} malformed requests");
-    assert_error(&server.post("/sdapi/v1/txt2img", r#"{"sampler_name": "Nope"}"#), 404, "Sampler not found");
-    assert_error(&server.post("/sdapi/v1/img2img", "{}"), 404, "Init image not found");
-    assert_error(&server.post("/sdapi/v1/txt2img", r#"{"steps": "many"}"#), 422, "steps");
-    assert_error(&raw_request(server.address, "GET", "/sdapi/v1/options", &[], b""), 401, "password");
+    assert_error(
+        &server.post("/sdapi/v1/txt2img", r#"{"sampler_name": "Nope"}"#),
+        404,
+        "Sampler not found",
+    );
+    assert_error(
+        &server.post("/sdapi/v1/img2img", "{}"),
+        404,
+        "Init image not found",
+    );
+    assert_error(
+        &server.post("/sdapi/v1/txt2img", r#"{"steps": "many"}"#),
+        422,
+        "steps",
+    );
+    assert_error(
+        &raw_request(server.address, "GET", "/sdapi/v1/options", &[], b""),
+        401,
+        "password",
+    );
     let challenge = raw_request(server.address, "GET", "/metrics", &[], b"");
-    assert!(challenge.head.to_ascii_lowercase().contains("www-authenticate: basic"), "{}", challenge.head);
+    assert!(
+        challenge
+            .head
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{}",
+        challenge.head
+    );
 
     // Still answering, and generating.
-    let good = server.post("/sdapi/v1/txt2img", r#"{"prompt": "ok", "steps": 1, "width": 64, "height": 64}"#);
+    let good = server.post(
+        "/sdapi/v1/txt2img",
+        r#"{"prompt": "ok", "steps": 1, "width": 64, "height": 64}"#,
+    );
     assert_eq!(images_of(&good.ok()).len(), 1);
     println!("{count} malformed requests answered 4xx; the next good one 200");
 }
@@ -268,7 +498,9 @@ fn bad_requests_get_4xx_and_the_server_keeps_answering() {
 fn concurrent_requests_succeed_or_get_busy_and_match_their_seeds() {
     let server = Server::start(&["--model", &tiny(), "--max-queue", "8"]);
     let body = |seed: u64| {
-        format!(r#"{{"prompt": "a fox", "seed": {seed}, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler a"}}"#)
+        format!(
+            r#"{{"prompt": "a fox", "seed": {seed}, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler a"}}"#
+        )
     };
     // The reference: each seed's image, from a request of its own before the load.
     let reference: Vec<_> = (0..8)
@@ -283,7 +515,10 @@ fn concurrent_requests_succeed_or_get_busy_and_match_their_seeds() {
             .map(|i| {
                 let body = body(100 + i % 8);
                 scope.spawn(move || {
-                    (i % 8, raw_request(address, "POST", "/sdapi/v1/txt2img", &[], body.as_bytes()))
+                    (
+                        i % 8,
+                        raw_request(address, "POST", "/sdapi/v1/txt2img", &[], body.as_bytes()),
+                    )
                 })
             })
             .collect();
@@ -295,11 +530,19 @@ fn concurrent_requests_succeed_or_get_busy_and_match_their_seeds() {
         match response.status {
             200 => {
                 let what = format!("seed {}", 100 + index);
-                assert_same_pixels(&images_of(&response.json())[0], &reference[*index as usize], &what);
+                assert_same_pixels(
+                    &images_of(&response.json())[0],
+                    &reference[*index as usize],
+                    &what,
+                );
                 ok += 1;
             }
             503 => {
-                assert!(response.json()["detail"].as_str().unwrap().contains("busy"), "{}", response.text());
+                assert!(
+                    response.json()["detail"].as_str().unwrap().contains("busy"),
+                    "{}",
+                    response.text()
+                );
                 busy += 1;
             }
             other => panic!("status {other}: {}", response.text()),
@@ -316,7 +559,10 @@ fn concurrent_requests_succeed_or_get_busy_and_match_their_seeds() {
     );
     assert!(growth <= 1.10, "RSS grew {growth:.3}× over 32 requests");
     let metrics = server.get("/metrics").text();
-    assert!(metrics.contains(&format!("sd_rejected_busy_total {busy}\n")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("sd_rejected_busy_total {busy}\n")),
+        "{metrics}"
+    );
 }
 
 /// A long job on the tiny model: 150 steps.
@@ -341,7 +587,9 @@ fn progress_interrupt_disconnect_and_a_graceful_stop() {
     let address = server.address;
 
     // Progress with a preview, then interrupt: the job answers at once with its image so far.
-    let long = std::thread::spawn(move || raw_request(address, "POST", "/sdapi/v1/txt2img", &[], LONG.as_bytes()));
+    let long = std::thread::spawn(move || {
+        raw_request(address, "POST", "/sdapi/v1/txt2img", &[], LONG.as_bytes())
+    });
     let progress = wait_for_step(&server, 2);
     assert_eq!(progress["state"]["job_count"], 1);
     assert_eq!(progress["state"]["sampling_steps"], 150);
@@ -352,31 +600,64 @@ fn progress_interrupt_disconnect_and_a_graceful_stop() {
         .unwrap();
     let preview = stable_diffusion::image_file::decode_rgb(&preview, "preview", u64::MAX).unwrap();
     // One pixel per latent: the image's size over the VAE's factor.
-    assert!(preview.width() < 64 && 64 % preview.width() == 0, "{}", preview.width());
+    assert!(
+        preview.width() < 64 && 64 % preview.width() == 0,
+        "{}",
+        preview.width()
+    );
     assert_eq!(preview.width(), preview.height());
     assert_eq!(server.post("/sdapi/v1/interrupt", "").ok(), json!({}));
     let answer = long.join().unwrap().ok();
     assert_eq!(images_of(&answer).len(), 1);
     let idle = server.get("/sdapi/v1/progress").ok();
-    assert_eq!((idle["progress"].as_f64(), idle["state"]["job_count"].as_u64()), (Some(0.0), Some(0)));
-    assert!(server.get("/metrics").text().contains("sd_jobs_total{outcome=\"interrupted\"} 1\n"));
+    assert_eq!(
+        (
+            idle["progress"].as_f64(),
+            idle["state"]["job_count"].as_u64()
+        ),
+        (Some(0.0), Some(0))
+    );
+    assert!(
+        server
+            .get("/metrics")
+            .text()
+            .contains("sd_jobs_total{outcome=\"interrupted\"} 1\n")
+    );
 
     // A client that leaves mid-generation: the job stops, the queue goes on.
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     std::io::Write::write_all(
         &mut stream,
-        format!("POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{LONG}", LONG.len()).as_bytes(),
+        format!(
+            "POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{LONG}",
+            LONG.len()
+        )
+        .as_bytes(),
     )
     .unwrap();
     wait_for_step(&server, 1);
     drop(stream);
-    let next = server.post("/sdapi/v1/txt2img", r#"{"prompt": "next", "steps": 1, "width": 64, "height": 64}"#);
+    let next = server.post(
+        "/sdapi/v1/txt2img",
+        r#"{"prompt": "next", "steps": 1, "width": 64, "height": 64}"#,
+    );
     assert_eq!(images_of(&next.ok()).len(), 1);
     let metrics = server.get("/metrics").text();
-    println!("after a disconnect: {}", metrics.lines().find(|l| l.contains("abandoned")).unwrap());
+    println!(
+        "after a disconnect: {}",
+        metrics.lines().find(|l| l.contains("abandoned")).unwrap()
+    );
 
     // SIGTERM during a job: the job still answers, then the process ends cleanly.
-    let long = std::thread::spawn(move || raw_request(address, "POST", "/sdapi/v1/txt2img", &[], LONG.replace("150", "30").as_bytes()));
+    let long = std::thread::spawn(move || {
+        raw_request(
+            address,
+            "POST",
+            "/sdapi/v1/txt2img",
+            &[],
+            LONG.replace("150", "30").as_bytes(),
+        )
+    });
     wait_for_step(&server, 1);
     terminate(server.pid());
     let answer = long.join().unwrap();
@@ -385,7 +666,10 @@ fn progress_interrupt_disconnect_and_a_graceful_stop() {
     let status = server.stop();
     assert!(status.success(), "{status:?}");
     let log = log.lock().unwrap().join("\n");
-    assert!(log.contains(r#""event":"stopping""#) && log.contains(r#""event":"stopped""#), "{log}");
+    assert!(
+        log.contains(r#""event":"stopping""#) && log.contains(r#""event":"stopped""#),
+        "{log}"
+    );
 }
 
 #[test]
@@ -393,29 +677,74 @@ fn models_switch_by_options_and_override_and_lora_tags_match_the_cli() {
     let dir = scratch("models");
     let lora_dir = fixtures().join("lora").join("tiny-sd");
     let server = Server::start(&[
-        "--models-dir", fixtures().to_str().unwrap(),
-        "--lora-dir", lora_dir.to_str().unwrap(),
+        "--models-dir",
+        fixtures().to_str().unwrap(),
+        "--lora-dir",
+        lora_dir.to_str().unwrap(),
     ]);
     let models = server.get("/sdapi/v1/sd-models").ok();
-    let titles: Vec<&str> = models.as_array().unwrap().iter().map(|m| m["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["tiny-sd", "tiny-sd-alt"]);
     let loras = server.get("/sdapi/v1/loras").ok();
-    assert!(loras.as_array().unwrap().iter().any(|l| l["name"] == "locon"), "{loras}");
+    assert!(
+        loras
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "locon"),
+        "{loras}"
+    );
 
     let request = r#"{"prompt": "a fox", "seed": 9, "steps": 2, "width": 64, "height": 64}"#;
     let on_first = images_of(&server.post("/sdapi/v1/txt2img", request).ok());
-    assert_eq!(server.post("/sdapi/v1/options", r#"{"sd_model_checkpoint": "tiny-sd-alt"}"#).status, 200);
-    assert_eq!(server.get("/sdapi/v1/options").ok()["sd_model_checkpoint"], "tiny-sd-alt");
+    assert_eq!(
+        server
+            .post(
+                "/sdapi/v1/options",
+                r#"{"sd_model_checkpoint": "tiny-sd-alt"}"#
+            )
+            .status,
+        200
+    );
+    assert_eq!(
+        server.get("/sdapi/v1/options").ok()["sd_model_checkpoint"],
+        "tiny-sd-alt"
+    );
     let on_alt = server.post("/sdapi/v1/txt2img", request).ok();
     let info: Value = serde_json::from_str(on_alt["info"].as_str().unwrap()).unwrap();
     assert_eq!(info["sd_model_name"], "tiny-sd-alt");
     let alt_reference = sd_generate(
         &dir,
         "alt",
-        &["--model", fixtures().join("tiny-sd-alt").to_str().unwrap(), "--prompt", "a fox", "--seed", "9",
-          "--steps", "2", "-W", "64", "-H", "64", "--cfg", "7", "--scheduler", "Euler"],
+        &[
+            "--model",
+            fixtures().join("tiny-sd-alt").to_str().unwrap(),
+            "--prompt",
+            "a fox",
+            "--seed",
+            "9",
+            "--steps",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--cfg",
+            "7",
+            "--scheduler",
+            "Euler",
+        ],
     );
-    assert_same_pixels(&images_of(&on_alt)[0], &read_rgb(&alt_reference).unwrap(), "tiny-sd-alt");
+    assert_same_pixels(
+        &images_of(&on_alt)[0],
+        &read_rgb(&alt_reference).unwrap(),
+        "tiny-sd-alt",
+    );
     // override_settings picks the model for one request.
     let back = server
         .post(
@@ -433,12 +762,40 @@ fn models_switch_by_options_and_override_and_lora_tags_match_the_cli() {
     let reference = sd_generate(
         &dir,
         "lora",
-        &["--model", &tiny(), "--prompt", "a fox <lora:locon:0.8>", "--lora-dir", lora_dir.to_str().unwrap(),
-          "--seed", "9", "--steps", "2", "-W", "64", "-H", "64", "--cfg", "7", "--scheduler", "Euler"],
+        &[
+            "--model",
+            &tiny(),
+            "--prompt",
+            "a fox <lora:locon:0.8>",
+            "--lora-dir",
+            lora_dir.to_str().unwrap(),
+            "--seed",
+            "9",
+            "--steps",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--cfg",
+            "7",
+            "--scheduler",
+            "Euler",
+        ],
     );
-    assert_same_pixels(&images_of(&with_lora)[0], &read_rgb(&reference).unwrap(), "LoRA tag");
+    assert_same_pixels(
+        &images_of(&with_lora)[0],
+        &read_rgb(&reference).unwrap(),
+        "LoRA tag",
+    );
     assert_ne!(images_of(&with_lora), on_first);
     let info: Value = serde_json::from_str(with_lora["info"].as_str().unwrap()).unwrap();
-    assert!(info["infotexts"][0].as_str().unwrap().contains("Lora hashes: \"locon: "), "{info}");
+    assert!(
+        info["infotexts"][0]
+            .as_str()
+            .unwrap()
+            .contains("Lora hashes: \"locon: "),
+        "{info}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

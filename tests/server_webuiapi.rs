@@ -25,14 +25,19 @@ fn python_with_webuiapi() -> Option<String> {
         .chain(["python3".to_string()]);
     for python in candidates {
         let probe = Command::new(&python)
-            .args(["-c", "import importlib.metadata as m; print(m.version('webuiapi'))"])
+            .args([
+                "-c",
+                "import importlib.metadata as m; print(m.version('webuiapi'))",
+            ])
             .output();
         if let Ok(out) = probe
             && out.status.success()
         {
             let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if version != WEBUIAPI_VERSION {
-                eprintln!("note: {python} has webuiapi {version}, the test was written against {WEBUIAPI_VERSION}");
+                eprintln!(
+                    "note: {python} has webuiapi {version}, the test was written against {WEBUIAPI_VERSION}"
+                );
             }
             return Some(python);
         }
@@ -55,7 +60,8 @@ fn the_webuiapi_client_gets_sd_generates_images() {
     let models = fixtures();
     let server = Server::start(&["--models-dir", models.to_str().unwrap()]);
     let dir = scratch("webuiapi");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webuiapi/client_test.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webuiapi/client_test.py");
     let run = Command::new(&python)
         .arg(&script)
         .env("SD_BIN", sd_bin())

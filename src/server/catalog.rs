@@ -72,11 +72,16 @@ impl ModelSource {
     /// The checkpoints there, sorted by title.
     pub fn scan(&self) -> Result<Vec<Checkpoint>> {
         match self {
-            ModelSource::Single(path) => Checkpoint::of(path.clone())
-                .map(|c| vec![c])
-                .ok_or_else(|| {
-                    Error::invalid_argument("--model", format!("{}: no file name", path.display()))
-                }),
+            ModelSource::Single(path) => {
+                Checkpoint::of(path.clone())
+                    .map(|c| vec![c])
+                    .ok_or_else(|| {
+                        Error::invalid_argument(
+                            "--model",
+                            format!("{}: no file name", path.display()),
+                        )
+                    })
+            }
             ModelSource::Folder(dir) => {
                 let mut found: Vec<Checkpoint> = contained_entries(dir)?
                     .into_iter()
@@ -205,11 +210,25 @@ mod tests {
             find_lora(Some(&dir), "style").unwrap(),
             dir.canonicalize().unwrap().join("style.safetensors")
         );
-        for name in ["escape", "../outside/secret", "/etc/passwd", "..", "style.safetensors"] {
+        for name in [
+            "escape",
+            "../outside/secret",
+            "/etc/passwd",
+            "..",
+            "style.safetensors",
+        ] {
             let err = find_lora(Some(&dir), name).unwrap_err().to_string();
-            assert!(err.contains("no such LoRA") && err.contains("style"), "{name}: {err}");
+            assert!(
+                err.contains("no such LoRA") && err.contains("style"),
+                "{name}: {err}"
+            );
         }
-        assert!(find_lora(None, "style").unwrap_err().to_string().contains("--lora-dir"));
+        assert!(
+            find_lora(None, "style")
+                .unwrap_err()
+                .to_string()
+                .contains("--lora-dir")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
     }

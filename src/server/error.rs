@@ -41,7 +41,11 @@ impl ApiError {
 
     /// 503: the queue is full or the server is stopping; the client may retry later.
     pub fn busy(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", detail)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            detail,
+        )
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
@@ -63,7 +67,9 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let detail = error.to_string();
         match error {
-            Error::UnknownScheduler { .. } => Self::not_found(format!("Sampler not found: {detail}")),
+            Error::UnknownScheduler { .. } => {
+                Self::not_found(format!("Sampler not found: {detail}"))
+            }
             Error::InvalidArgument { .. } | Error::Shape { .. } => Self::unprocessable(detail),
             _ => Self::internal(detail),
         }

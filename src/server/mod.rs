@@ -65,7 +65,10 @@ pub struct ServeConfig {
 
 /// Load the first model, listen, and answer until SIGINT or SIGTERM; then stop taking work,
 /// finish what was accepted, and return.
-pub fn serve<B: Backend + 'static>(config: ServeConfig, make_backend: BackendFactory<B>) -> Result<()> {
+pub fn serve<B: Backend + 'static>(
+    config: ServeConfig,
+    make_backend: BackendFactory<B>,
+) -> Result<()> {
     let catalog = config.models.scan()?;
     let Some(first) = catalog.first().cloned() else {
         return Err(Error::invalid_argument(
@@ -76,7 +79,10 @@ pub fn serve<B: Backend + 'static>(config: ServeConfig, make_backend: BackendFac
     if let Some(auth) = &config.api_auth
         && !auth.contains(':')
     {
-        return Err(Error::invalid_argument("--api-auth", "expected USER:PASSWORD"));
+        return Err(Error::invalid_argument(
+            "--api-auth",
+            "expected USER:PASSWORD",
+        ));
     }
     let progress = Arc::new(Progress::default());
     let metrics = Arc::new(Metrics::default());
@@ -87,8 +93,11 @@ pub fn serve<B: Backend + 'static>(config: ServeConfig, make_backend: BackendFac
     let (jobs, queue) = tokio::sync::mpsc::channel(config.limits.max_queue.max(1));
     let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
     let worker = {
-        let (progress, metrics, loaded_hash) =
-            (Arc::clone(&progress), Arc::clone(&metrics), Arc::clone(&loaded_hash));
+        let (progress, metrics, loaded_hash) = (
+            Arc::clone(&progress),
+            Arc::clone(&metrics),
+            Arc::clone(&loaded_hash),
+        );
         let config_dir = config.config_dir.clone();
         let first = first.clone();
         std::thread::Builder::new()
@@ -102,7 +111,9 @@ pub fn serve<B: Backend + 'static>(config: ServeConfig, make_backend: BackendFac
                     worker.run(queue, loaded_hash);
                 }
             })
-            .map_err(|e| Error::invalid_argument("sd serve", format!("cannot start the worker: {e}")))?
+            .map_err(|e| {
+                Error::invalid_argument("sd serve", format!("cannot start the worker: {e}"))
+            })?
     };
     loaded_rx
         .recv()
@@ -134,7 +145,9 @@ pub fn serve<B: Backend + 'static>(config: ServeConfig, make_backend: BackendFac
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| io_error(&config.listen, e))?;
-        let address = listener.local_addr().map_err(|e| io_error(&config.listen, e))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| io_error(&config.listen, e))?;
         log_event(&format!(
             r#""event":"listening","address":"http://{address}","model":{}"#,
             serde_json::Value::from(first.title.as_str())

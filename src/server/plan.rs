@@ -99,10 +99,30 @@ pub fn plan(
     lora_dir: Option<&Path>,
 ) -> Result<Plan, ApiError> {
     refuse_unsupported(&body, mode)?;
-    let steps = in_range("steps", body.steps.unwrap_or(DEFAULT_STEPS), 1, limits.max_steps)?;
-    let width = in_range("width", body.width.unwrap_or(DEFAULT_SIDE), 1, limits.max_side)?;
-    let height = in_range("height", body.height.unwrap_or(DEFAULT_SIDE), 1, limits.max_side)?;
-    let batch_size = in_range("batch_size", body.batch_size.unwrap_or(1), 1, limits.max_images)?;
+    let steps = in_range(
+        "steps",
+        body.steps.unwrap_or(DEFAULT_STEPS),
+        1,
+        limits.max_steps,
+    )?;
+    let width = in_range(
+        "width",
+        body.width.unwrap_or(DEFAULT_SIDE),
+        1,
+        limits.max_side,
+    )?;
+    let height = in_range(
+        "height",
+        body.height.unwrap_or(DEFAULT_SIDE),
+        1,
+        limits.max_side,
+    )?;
+    let batch_size = in_range(
+        "batch_size",
+        body.batch_size.unwrap_or(1),
+        1,
+        limits.max_images,
+    )?;
     let n_iter = in_range("n_iter", body.n_iter.unwrap_or(1), 1, limits.max_images)?;
     if batch_size * n_iter > limits.max_images {
         return Err(ApiError::unprocessable(format!(
@@ -165,7 +185,9 @@ pub fn plan(
     }
     let mut denoising_strength = None;
     if mode == Mode::Img2Img {
-        let strength = body.denoising_strength.unwrap_or(DEFAULT_DENOISING_STRENGTH);
+        let strength = body
+            .denoising_strength
+            .unwrap_or(DEFAULT_DENOISING_STRENGTH);
         if !(0.0..=1.0).contains(&strength) {
             return Err(ApiError::unprocessable(format!(
                 "denoising_strength: must be in [0, 1], got {strength}"
@@ -338,8 +360,9 @@ fn init_images(
         Some(text) => {
             let bytes = base64_image(text, "mask")?;
             let mut mask = decode_gray(&bytes, "mask", max_pixels)?;
-            let invert = truthy(body.inpainting_mask_invert.as_ref())
-                .map_err(|e| ApiError::unprocessable(format!("inpainting_mask_invert: {}", e.detail)))?;
+            let invert = truthy(body.inpainting_mask_invert.as_ref()).map_err(|e| {
+                ApiError::unprocessable(format!("inpainting_mask_invert: {}", e.detail))
+            })?;
             if invert {
                 let pixels = mask.pixels().iter().map(|p| 255 - p).collect();
                 mask = GrayImage::new(mask.width(), mask.height(), pixels)?;
@@ -368,7 +391,10 @@ pub fn base64_image(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
             "{field}: images are taken from the request body only, not fetched from URLs"
         )));
     }
-    let compact: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let compact: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     LENIENT
         .decode(compact.as_bytes())
         .map_err(|e| ApiError::unprocessable(format!("{field}: not valid base64: {e}")))
@@ -391,17 +417,30 @@ mod tests {
     use crate::server::a1111::parse_body;
 
     fn plan_of(json: &str, mode: Mode) -> Result<Plan, ApiError> {
-        plan(parse_body(json.as_bytes())?, mode, &Limits::default(), 1, None)
+        plan(
+            parse_body(json.as_bytes())?,
+            mode,
+            &Limits::default(),
+            1,
+            None,
+        )
     }
 
     #[test]
     fn a1111_defaults_and_seeds_numbered_across_iterations() {
-        let plan = plan_of(r#"{"prompt": "a fox", "seed": 10, "batch_size": 2, "n_iter": 3}"#, Mode::Txt2Img).unwrap();
+        let plan = plan_of(
+            r#"{"prompt": "a fox", "seed": 10, "batch_size": 2, "n_iter": 3}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
         assert_eq!(plan.iterations.len(), 3);
         assert_eq!(plan.seeds(), [10, 11, 12, 13, 14, 15]);
         assert_eq!(plan.iterations[1].seeds, Seeds::PerImage(vec![12, 13]));
         let first = &plan.iterations[0];
-        assert_eq!((first.steps, first.width, first.height), (50, Some(512), Some(512)));
+        assert_eq!(
+            (first.steps, first.width, first.height),
+            (50, Some(512), Some(512))
+        );
         assert_eq!(first.guidance_scale, 7.0);
         assert_eq!(first.sampler.name.as_deref(), Some("Euler"));
         assert_eq!(first.text.clip_skip, Some(1));
@@ -411,17 +450,39 @@ mod tests {
 
     #[test]
     fn samplers_and_schedules_in_a1111_names() {
-        let p = plan_of(r#"{"sampler_name": "DPM++ 2M", "scheduler": "Karras"}"#, Mode::Txt2Img).unwrap();
-        assert_eq!(p.iterations[0].sampler.name.as_deref(), Some("DPM++ 2M Karras"));
-        let p = plan_of(r#"{"sampler_index": "Euler a", "scheduler": "automatic"}"#, Mode::Txt2Img).unwrap();
+        let p = plan_of(
+            r#"{"sampler_name": "DPM++ 2M", "scheduler": "Karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(
+            p.iterations[0].sampler.name.as_deref(),
+            Some("DPM++ 2M Karras")
+        );
+        let p = plan_of(
+            r#"{"sampler_index": "Euler a", "scheduler": "automatic"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
         assert_eq!(p.iterations[0].sampler.name.as_deref(), Some("Euler a"));
-        let p = plan_of(r#"{"sampler_name": "Euler", "scheduler": "karras"}"#, Mode::Txt2Img).unwrap();
+        let p = plan_of(
+            r#"{"sampler_name": "Euler", "scheduler": "karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
         assert_eq!(p.iterations[0].sampler.karras_sigmas, Some(true));
         let err = plan_of(r#"{"sampler_name": "Nope"}"#, Mode::Txt2Img).unwrap_err();
-        assert_eq!((err.status.as_u16(), err.detail.as_str()), (404, "Sampler not found: Nope"));
+        assert_eq!(
+            (err.status.as_u16(), err.detail.as_str()),
+            (404, "Sampler not found: Nope")
+        );
         let err = plan_of(r#"{"scheduler": "exotic"}"#, Mode::Txt2Img).unwrap_err();
         assert_eq!(err.status.as_u16(), 404);
-        let err = plan_of(r#"{"sampler_name": "Euler a", "scheduler": "karras"}"#, Mode::Txt2Img).unwrap_err();
+        let err = plan_of(
+            r#"{"sampler_name": "Euler a", "scheduler": "karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap_err();
         assert_eq!(err.status.as_u16(), 422);
     }
 
@@ -436,21 +497,32 @@ mod tests {
             (r#"{"cfg_scale": 1e9}"#, "cfg_scale"),
             (r#"{"enable_hr": true}"#, "enable_hr"),
             (r#"{"subseed_strength": 0.5}"#, "subseed_strength"),
-            (r#"{"alwayson_scripts": {"ControlNet": {"args": []}}}"#, "ControlNet"),
-            (r#"{"override_settings": {"CLIP_stop_at_last_layers": 0}}"#, "CLIP_stop_at_last_layers"),
+            (
+                r#"{"alwayson_scripts": {"ControlNet": {"args": []}}}"#,
+                "ControlNet",
+            ),
+            (
+                r#"{"override_settings": {"CLIP_stop_at_last_layers": 0}}"#,
+                "CLIP_stop_at_last_layers",
+            ),
             (r#"{"prompt": "<lora:x:1>"}"#, "--lora-dir"),
         ] {
             let err = plan_of(body, Mode::Txt2Img).unwrap_err();
             assert_eq!(err.status.as_u16(), 422, "{body}: {}", err.detail);
             assert!(err.detail.contains(field), "{body}: {}", err.detail);
         }
-        let p = plan_of(r#"{"override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "m"}}"#, Mode::Txt2Img).unwrap();
+        let p = plan_of(
+            r#"{"override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "m"}}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
         assert_eq!(p.iterations[0].text.clip_skip, Some(2));
         assert_eq!(p.checkpoint.as_deref(), Some("m"));
     }
 
     fn png_base64(image: &RgbImage) -> String {
-        base64::engine::general_purpose::STANDARD.encode(crate::png::png_bytes(image, None).unwrap())
+        base64::engine::general_purpose::STANDARD
+            .encode(crate::png::png_bytes(image, None).unwrap())
     }
 
     #[test]
@@ -458,10 +530,15 @@ mod tests {
         let image = RgbImage::new(16, 8, vec![200; 16 * 8 * 3]).unwrap();
         let raw = png_base64(&image);
         for init in [raw.clone(), format!("data:image/png;base64,{raw}")] {
-            let body = format!(r#"{{"init_images": ["{init}"], "width": 32, "height": 16, "denoising_strength": 0.5}}"#);
+            let body = format!(
+                r#"{{"init_images": ["{init}"], "width": 32, "height": 16, "denoising_strength": 0.5}}"#
+            );
             let p = plan_of(&body, Mode::Img2Img).unwrap();
             let init = p.iterations[0].init.as_ref().unwrap();
-            assert_eq!((init.image.width(), init.image.height(), init.strength), (32, 16, 0.5));
+            assert_eq!(
+                (init.image.width(), init.image.height(), init.strength),
+                (32, 16, 0.5)
+            );
         }
         // The mask, inverted: white (repaint) becomes black (keep).
         let white = RgbImage::new(16, 8, vec![255; 16 * 8 * 3]).unwrap();
@@ -470,13 +547,24 @@ mod tests {
             png_base64(&white)
         );
         let p = plan_of(&body, Mode::Img2Img).unwrap();
-        assert!(p.iterations[0].mask.as_ref().unwrap().pixels().iter().all(|&v| v == 0));
+        assert!(
+            p.iterations[0]
+                .mask
+                .as_ref()
+                .unwrap()
+                .pixels()
+                .iter()
+                .all(|&v| v == 0)
+        );
     }
 
     #[test]
     fn bad_init_images_are_4xx_naming_the_field() {
         let err = plan_of(r#"{"prompt": "x"}"#, Mode::Img2Img).unwrap_err();
-        assert_eq!((err.status.as_u16(), err.detail.as_str()), (404, "Init image not found"));
+        assert_eq!(
+            (err.status.as_u16(), err.detail.as_str()),
+            (404, "Init image not found")
+        );
         for (init, needle) in [
             ("!!!not base64!!!", "not valid base64"),
             ("aGVsbG8gd29ybGQ=", "not a readable"),
@@ -486,7 +574,11 @@ mod tests {
             let body = format!(r#"{{"init_images": ["{init}"]}}"#);
             let err = plan_of(&body, Mode::Img2Img).unwrap_err();
             assert_eq!(err.status.as_u16(), 422, "{init}");
-            assert!(err.detail.contains("init_images[0]") && err.detail.contains(needle), "{}", err.detail);
+            assert!(
+                err.detail.contains("init_images[0]") && err.detail.contains(needle),
+                "{}",
+                err.detail
+            );
         }
     }
 }

@@ -53,7 +53,10 @@ fn base64_of(bytes: &[u8]) -> String {
 
 impl AppState {
     fn options(&self) -> Options {
-        self.options.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The catalog entry `name` means (404 "Model not found" as A1111 answers).
@@ -128,8 +131,11 @@ async fn generate(State(state): State<Arc<AppState>>, mode: Mode, body: Bytes) -
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let checkpoint =
-        state.checkpoint(plan.checkpoint.as_deref().unwrap_or(&options.sd_model_checkpoint))?;
+    let checkpoint = state.checkpoint(
+        plan.checkpoint
+            .as_deref()
+            .unwrap_or(&options.sd_model_checkpoint),
+    )?;
     let (width, height, batch_size) = (plan.width, plan.height, plan.batch_size);
     let (prompt, negative_prompt) = (plan.prompt.clone(), plan.negative_prompt.clone());
     let (cfg_scale, steps, strength) = (plan.cfg_scale, plan.steps, plan.denoising_strength);
@@ -179,7 +185,9 @@ async fn generate(State(state): State<Arc<AppState>>, mode: Mode, body: Bytes) -
     } else {
         Vec::new()
     };
-    Ok(Json(json!({"images": images, "parameters": echo, "info": info})))
+    Ok(Json(
+        json!({"images": images, "parameters": echo, "info": info}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,7 +206,9 @@ pub async fn progress(
     {
         view.current_image = tokio::task::spawn_blocking(move || {
             let preview = crate::core::pipeline::preview(&latents, 0)?;
-            png_bytes(&preview, None).ok().map(|bytes| base64_of(&bytes))
+            png_bytes(&preview, None)
+                .ok()
+                .map(|bytes| base64_of(&bytes))
         })
         .await
         .ok()
@@ -248,26 +258,27 @@ pub async fn set_options(State(state): State<Arc<AppState>>, body: Bytes) -> Ans
                 checkpoint = Some(state.checkpoint(name)?);
             }
             "CLIP_stop_at_last_layers" => {
-                clip_skip = Some(
-                    value
-                        .as_u64()
-                        .filter(|v| (1..=12).contains(v))
-                        .ok_or_else(|| {
-                            ApiError::unprocessable(format!(
-                                "CLIP_stop_at_last_layers: must be an integer in [1, 12], got {value}"
-                            ))
-                        })? as usize,
-                );
+                clip_skip = Some(value.as_u64().filter(|v| (1..=12).contains(v)).ok_or_else(
+                    || {
+                        ApiError::unprocessable(format!(
+                            "CLIP_stop_at_last_layers: must be an integer in [1, 12], got {value}"
+                        ))
+                    },
+                )? as usize);
             }
-            "samples_format" if !value.as_str().is_some_and(|f| f.eq_ignore_ascii_case("png")) => {
+            "samples_format"
+                if !value
+                    .as_str()
+                    .is_some_and(|f| f.eq_ignore_ascii_case("png")) =>
+            {
                 return Err(ApiError::unprocessable(format!(
                     "samples_format: this server writes png only, got {value}"
                 )));
             }
             "sd_vae"
-                if !value
-                    .as_str()
-                    .is_some_and(|v| v.eq_ignore_ascii_case("automatic") || v.eq_ignore_ascii_case("none")) =>
+                if !value.as_str().is_some_and(|v| {
+                    v.eq_ignore_ascii_case("automatic") || v.eq_ignore_ascii_case("none")
+                }) =>
             {
                 return Err(ApiError::unprocessable(format!(
                     "sd_vae: this server uses each checkpoint's own VAE (\"Automatic\"), got {value}"
@@ -279,10 +290,18 @@ pub async fn set_options(State(state): State<Arc<AppState>>, body: Bytes) -> Ans
     if let Some(checkpoint) = checkpoint {
         let title = checkpoint.title.clone();
         state.run(Work::Load(checkpoint)).await?;
-        state.options.lock().unwrap_or_else(|e| e.into_inner()).sd_model_checkpoint = title;
+        state
+            .options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sd_model_checkpoint = title;
     }
     if let Some(clip_skip) = clip_skip {
-        state.options.lock().unwrap_or_else(|e| e.into_inner()).clip_skip = clip_skip;
+        state
+            .options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clip_skip = clip_skip;
     }
     Ok(Json(Value::Null))
 }
@@ -387,7 +406,9 @@ pub async fn png_info(body: Bytes) -> Answer {
         }
     }
     let parameters = parse_infotext(&info);
-    Ok(Json(json!({"info": info, "items": items, "parameters": parameters})))
+    Ok(Json(
+        json!({"info": info, "items": items, "parameters": parameters}),
+    ))
 }
 
 pub async fn ping() -> Answer {

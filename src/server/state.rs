@@ -184,8 +184,14 @@ impl Metrics {
             &[
                 ("{outcome=\"ok\"}", get(&self.jobs_ok).to_string()),
                 ("{outcome=\"failed\"}", get(&self.jobs_failed).to_string()),
-                ("{outcome=\"interrupted\"}", get(&self.jobs_interrupted).to_string()),
-                ("{outcome=\"abandoned\"}", get(&self.jobs_abandoned).to_string()),
+                (
+                    "{outcome=\"interrupted\"}",
+                    get(&self.jobs_interrupted).to_string(),
+                ),
+                (
+                    "{outcome=\"abandoned\"}",
+                    get(&self.jobs_abandoned).to_string(),
+                ),
             ],
         );
         metric(
@@ -283,7 +289,11 @@ mod tests {
         progress.begin_iteration(1, 10);
         progress.step(5, 10, &HostTensor::zeros(vec![1, 4, 2, 2]));
         let (view, latents) = progress.view();
-        assert!((view.progress - (0.01 + 0.5 + 0.25)).abs() < 1e-9, "{}", view.progress);
+        assert!(
+            (view.progress - (0.01 + 0.5 + 0.25)).abs() < 1e-9,
+            "{}",
+            view.progress
+        );
         assert!(latents.is_some());
         progress.interrupt();
         assert!(progress.view().0.interrupted);
@@ -300,7 +310,13 @@ mod tests {
         metrics.images.fetch_add(3, Ordering::Relaxed);
         metrics.count_response(404);
         let text = metrics.render();
-        assert!(text.contains("# TYPE sd_images_total counter\nsd_images_total 3\n"), "{text}");
-        assert!(text.contains("sd_http_responses_total{class=\"4xx\"} 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE sd_images_total counter\nsd_images_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sd_http_responses_total{class=\"4xx\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -196,7 +196,11 @@ impl<B: Backend> Worker<B> {
         let model = if loras.is_empty() {
             &loaded.model
         } else {
-            if loaded.with_loras.as_ref().is_none_or(|(set, _)| set != &loras) {
+            if loaded
+                .with_loras
+                .as_ref()
+                .is_none_or(|(set, _)| set != &loras)
+            {
                 loaded.with_loras = None;
                 let variant = loaded.model.with_loras(make_backend()?, &loras)?;
                 loaded.with_loras = Some((loras.clone(), variant));
@@ -249,7 +253,9 @@ impl<B: Backend> Worker<B> {
                 Err(e) => return Err(e.into()),
             };
             let micros = started.elapsed().as_micros() as u64;
-            self.metrics.image_micros.fetch_add(micros, Ordering::Relaxed);
+            self.metrics
+                .image_micros
+                .fetch_add(micros, Ordering::Relaxed);
             finished.sampler_name = model.scheduler_for(request).to_string();
             finished.clip_skip = model.clip_skip_for(request);
             for (image, seed) in generation.images.into_iter().zip(generation.seeds) {
@@ -275,7 +281,9 @@ impl<B: Backend> Worker<B> {
             }
         }
         if self.progress.interrupted() {
-            self.metrics.jobs_interrupted.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .jobs_interrupted
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(finished)
     }

@@ -4,10 +4,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
+use stable_diffusion::image_file::{fit_init, read_gray, read_rgb};
 use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
 use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
-use stable_diffusion::image_file::{fit_init, read_gray, read_rgb};
 use stable_diffusion::png::write_png;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
 
