@@ -176,6 +176,7 @@ fn io_error(address: &SocketAddr, source: std::io::Error) -> Error {
 fn router(state: Arc<AppState>) -> Router {
     use routes::*;
     let api = Router::new()
+        .route("/", get(page))
         .route("/sdapi/v1/txt2img", post(txt2img))
         .route("/sdapi/v1/img2img", post(img2img))
         .route("/sdapi/v1/progress", get(progress))

@@ -445,6 +445,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The web page: prompt, settings, generate and interrupt, live preview, gallery with each
+/// image's parameters, img2img by dropping an image. One file, built into the binary.
+pub async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("Not Found")
 }

@@ -297,3 +297,46 @@ pub fn assert_same_pixels(ours: &RgbImage, reference: &RgbImage, what: &str) {
         differing.iter().max().unwrap_or(&0)
     );
 }
+
+/// The webuiapi release the client tests were written against (.ci/webuiapi.sh installs it).
+pub const WEBUIAPI_VERSION: &str = "0.9.17";
+
+/// A python that can import webuiapi: `SD_WEBUIAPI_PYTHON`, else `python3`. `None` (after saying
+/// so) when there is none outside CI; in CI (`CI=true`) a missing client fails the test.
+pub fn python_with_webuiapi() -> Option<String> {
+    let candidates = std::env::var("SD_WEBUIAPI_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(["python3".to_string()]);
+    for python in candidates {
+        let probe = Command::new(&python)
+            .args([
+                "-c",
+                "import importlib.metadata as m; print(m.version('webuiapi'))",
+            ])
+            .output();
+        if let Ok(out) = probe
+            && out.status.success()
+        {
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if version != WEBUIAPI_VERSION {
+                eprintln!(
+                    "note: {python} has webuiapi {version}, the tests were written against {WEBUIAPI_VERSION}"
+                );
+            }
+            return Some(python);
+        }
+    }
+    skip_outside_ci(&format!(
+        "webuiapi=={WEBUIAPI_VERSION} is not installed (set SD_WEBUIAPI_PYTHON to a python that has it; .ci/run does)"
+    ));
+    None
+}
+
+/// A test whose outside tool is missing: a note outside CI, a failure in CI (`CI=true`).
+pub fn skip_outside_ci(message: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+}
