@@ -89,12 +89,12 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
                 Arc::new(move || Ok(sd_core::cpu::CpuBackend::with_precision(precision.into())));
             serve(config, factory)
         }
-        #[cfg(feature = "cuda")]
+        #[cfg(any(feature = "cuda", feature = "cuda-13"))]
         (BackendKind::Cuda, PrecisionArg::F32) => {
             let factory: BackendFactory<_> = Arc::new(|| sd_cuda::CudaBackend::new(0));
             serve(config, factory)
         }
-        #[cfg(not(feature = "cuda"))]
+        #[cfg(not(any(feature = "cuda", feature = "cuda-13")))]
         (BackendKind::Cuda, PrecisionArg::F32) => Err(sd_core::Error::invalid_argument(
             "--backend",
             "this sd was built without the `cuda` feature (cargo build --features cuda)",
