@@ -26,6 +26,26 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// `sd generate` arguments for the small txt2img bodies below: PROMPT at SEED on MODEL, 2 steps,
+/// 64×64, and A1111's defaults for what those bodies leave out (CFG 7, the Euler sampler).
+fn small_txt2img<'a>(model: &'a str, prompt: &'a str, seed: &'a str) -> Vec<&'a str> {
+    let size = [
+        "--steps",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--cfg",
+        "7",
+        "--scheduler",
+        "Euler",
+    ];
+    let mut args = vec!["--model", model, "--prompt", prompt, "--seed", seed];
+    args.extend(size);
+    args
+}
+
 /// A small test picture: a colour gradient.
 fn gradient(width: usize, height: usize) -> RgbImage {
     let pixels = (0..height)
@@ -256,25 +276,10 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
         &dir,
         "clip-skip",
         &[
-            "--model",
-            &tiny(),
-            "--prompt",
-            "a fox",
-            "--seed",
-            "5",
-            "--steps",
-            "2",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "--cfg",
-            "7",
-            "--scheduler",
-            "Euler",
-            "--clip-skip",
-            "2",
-        ],
+            small_txt2img(&tiny(), "a fox", "5"),
+            vec!["--clip-skip", "2"],
+        ]
+        .concat(),
     );
     assert_same_pixels(
         &images_of(&skipped)[0],
@@ -721,24 +726,11 @@ fn models_switch_by_options_and_override_and_lora_tags_match_the_cli() {
     let alt_reference = sd_generate(
         &dir,
         "alt",
-        &[
-            "--model",
+        &small_txt2img(
             fixtures().join("tiny-sd-alt").to_str().unwrap(),
-            "--prompt",
             "a fox",
-            "--seed",
             "9",
-            "--steps",
-            "2",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "--cfg",
-            "7",
-            "--scheduler",
-            "Euler",
-        ],
+        ),
     );
     assert_same_pixels(
         &images_of(&on_alt)[0],
@@ -763,25 +755,10 @@ fn models_switch_by_options_and_override_and_lora_tags_match_the_cli() {
         &dir,
         "lora",
         &[
-            "--model",
-            &tiny(),
-            "--prompt",
-            "a fox <lora:locon:0.8>",
-            "--lora-dir",
-            lora_dir.to_str().unwrap(),
-            "--seed",
-            "9",
-            "--steps",
-            "2",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "--cfg",
-            "7",
-            "--scheduler",
-            "Euler",
-        ],
+            small_txt2img(&tiny(), "a fox <lora:locon:0.8>", "9"),
+            vec!["--lora-dir", lora_dir.to_str().unwrap()],
+        ]
+        .concat(),
     );
     assert_same_pixels(
         &images_of(&with_lora)[0],

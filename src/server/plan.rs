@@ -283,7 +283,8 @@ fn in_range(field: &str, value: i64, min: usize, max: usize) -> Result<usize, Ap
         })
 }
 
-fn clip_skip_of(value: &Value) -> Result<usize, ApiError> {
+/// A1111's `CLIP_stop_at_last_layers` (1 = the last layer), in range.
+pub fn clip_skip_of(value: &Value) -> Result<usize, ApiError> {
     value
         .as_u64()
         .filter(|v| (1..=12).contains(v))

@@ -21,7 +21,7 @@ use super::a1111::{
 use super::catalog::{Checkpoint, ModelSource, lora_files};
 use super::error::ApiError;
 use super::middleware::Credentials;
-use super::plan::{Limits, Mode, base64_image, plan};
+use super::plan::{Limits, Mode, base64_image, clip_skip_of, plan};
 use super::state::{Metrics, Options, Progress};
 use super::worker::{Finished, Job, LoadedHash, Work};
 use crate::png::{PARAMETERS_KEY, png_bytes, text_chunks_of};
@@ -257,15 +257,7 @@ pub async fn set_options(State(state): State<Arc<AppState>>, body: Bytes) -> Ans
                 })?;
                 checkpoint = Some(state.checkpoint(name)?);
             }
-            "CLIP_stop_at_last_layers" => {
-                clip_skip = Some(value.as_u64().filter(|v| (1..=12).contains(v)).ok_or_else(
-                    || {
-                        ApiError::unprocessable(format!(
-                            "CLIP_stop_at_last_layers: must be an integer in [1, 12], got {value}"
-                        ))
-                    },
-                )? as usize);
-            }
+            "CLIP_stop_at_last_layers" => clip_skip = Some(clip_skip_of(value)?),
             "samples_format"
                 if !value
                     .as_str()
