@@ -21,6 +21,7 @@
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
+//! - [`output`]: where images go: batch names, checks before the run, atomic writes.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`image_file`]: init images and masks in PNG, JPEG or WebP, size-checked before decoding.
@@ -33,6 +34,7 @@ pub mod image_file;
 pub mod lora;
 mod model;
 pub mod model_hash;
+pub mod output;
 pub mod parameters;
 pub mod png;
 #[cfg(feature = "server")]

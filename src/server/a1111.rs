@@ -338,6 +338,7 @@ mod tests {
             clip_skip: 2,
             denoising_strength: Some(0.5),
             lora_hashes: vec![("x".into(), "abcdef123456".into())],
+            unet_weights: None,
         }
         .to_text();
         let fields = parse_infotext(&text);

@@ -112,7 +112,7 @@ impl<B: Backend> Worker<B> {
         let options = LoadOptions {
             config_dir: self.config_dir.clone(),
             low_memory: false,
-            loras: Vec::new(),
+            ..LoadOptions::default()
         };
         let started = Instant::now();
         let model = StableDiffusion::load_on((self.make_backend)()?, &checkpoint.path, options)?;
@@ -273,6 +273,7 @@ impl<B: Backend> Worker<B> {
                     clip_skip: finished.clip_skip,
                     denoising_strength: plan.denoising_strength,
                     lora_hashes: lora_hashes.clone(),
+                    unet_weights: model.unet_weights(),
                 };
                 finished.infotexts.push(parameters.to_text());
                 finished.images.push(image);

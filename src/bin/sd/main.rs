@@ -18,6 +18,7 @@ mod info;
 mod progress;
 #[cfg(feature = "server")]
 mod serve;
+mod stdout;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
     }));
 
     let cli = Cli::parse();
+    if let Some(notice) = sd_core::cpu::threads::cap_global_pool() {
+        eprintln!("sd: {notice}");
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run(args),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if stdout::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sd: error: {}", one_line(&error.to_string()));
             ExitCode::FAILURE
@@ -60,7 +65,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Messages stay on one line (a config path or prompt may hold newlines).
+/// Messages stay on one line (a config path or prompt may hold newlines); other whitespace is
+/// kept as it is, since a quoted name (`Euler  a`) must read back as given.
 fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    message.replace("\r\n", " ").replace(['\n', '\r'], " ")
 }
