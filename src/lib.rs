@@ -26,17 +26,22 @@
 //! - [`output`]: where images go: batch names, checks before the run, atomic writes.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
+//! - [`image_file`]: init images and masks in PNG, JPEG or WebP, size-checked before decoding.
 //! - [`model_hash`]: A1111's short model hash.
+//! - `server` (feature `server`, on by default): `sd serve`, AUTOMATIC1111's HTTP API.
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
 pub mod embeddings;
+pub mod image_file;
 pub mod lora;
 mod model;
 pub mod model_hash;
 pub mod output;
 pub mod parameters;
 pub mod png;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod torch_file;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};

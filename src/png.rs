@@ -5,7 +5,7 @@
 //! 16-bit samples cut to 8, alpha dropped, grey replicated to RGB, RGB to grey by PIL's luma.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 
 use png::{BitDepth, ColorType, Decoder, Encoder, Transformations};
@@ -40,6 +40,11 @@ pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&s
     // disk or a crash leaves the previous file whole, never a truncated PNG.
     let bytes = encode_png(path, image, parameters)?;
     crate::output::write_atomically(path, &bytes)
+}
+
+/// [`write_png`] into memory: the bytes of the PNG file.
+pub fn png_bytes(image: &RgbImage, parameters: Option<&str>) -> Result<Vec<u8>> {
+    encode_png(Path::new("image"), image, parameters)
 }
 
 /// The PNG file of `image` (and its `parameters` chunk); `path` names it in errors.
@@ -89,18 +94,19 @@ struct Decoded {
     pixels: Vec<u8>,
 }
 
-fn decode(path: &Path) -> Result<Decoded> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let mut decoder = Decoder::new(BufReader::new(file));
+/// The pixels of a PNG, refusing before any pixel is decoded one whose header promises more
+/// than `max_pixels` (a small file can claim a huge picture).
+fn decode(source: impl BufRead + Seek, max_pixels: u64) -> std::result::Result<Decoded, String> {
+    let mut decoder = Decoder::new(source);
     decoder.set_transformations(Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(|e| not_png(path, e))?;
+    let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
+    let (width, height) = reader.info().size();
+    check_pixel_count(u64::from(width), u64::from(height), max_pixels)?;
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| not_png(path, "image too large"))?;
+        .ok_or_else(|| "image too large".to_string())?;
     let mut pixels = vec![0; size];
-    let frame = reader
-        .next_frame(&mut pixels)
-        .map_err(|e| not_png(path, e))?;
+    let frame = reader.next_frame(&mut pixels).map_err(|e| e.to_string())?;
     pixels.truncate(frame.buffer_size());
     Ok(Decoded {
         width: frame.width as usize,
@@ -110,10 +116,21 @@ fn decode(path: &Path) -> Result<Decoded> {
     })
 }
 
-/// An init image: any PNG, as RGB.
-pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
-    let path = path.as_ref();
-    let d = decode(path)?;
+/// Refuses a picture of more than `max_pixels` pixels, naming both sizes.
+pub(crate) fn check_pixel_count(
+    width: u64,
+    height: u64,
+    max_pixels: u64,
+) -> std::result::Result<(), String> {
+    if width.saturating_mul(height) > max_pixels {
+        return Err(format!(
+            "{width}×{height} pixels is more than the {max_pixels} allowed"
+        ));
+    }
+    Ok(())
+}
+
+fn to_rgb(d: Decoded) -> std::result::Result<RgbImage, String> {
     let pixels: Vec<u8> = match d.color {
         ColorType::Rgb => d.pixels,
         ColorType::Rgba => d
@@ -127,15 +144,12 @@ pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
             .chunks_exact(2)
             .flat_map(|p| [p[0], p[0], p[0]])
             .collect(),
-        ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
+        ColorType::Indexed => return Err("palette was not expanded".to_string()),
     };
-    RgbImage::new(d.width, d.height, pixels).map_err(|e| not_png(path, e))
+    RgbImage::new(d.width, d.height, pixels).map_err(|e| e.to_string())
 }
 
-/// A mask: any PNG, as greyscale (white repaints).
-pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
-    let path = path.as_ref();
-    let d = decode(path)?;
+fn to_gray(d: Decoded) -> std::result::Result<GrayImage, String> {
     match d.color {
         ColorType::Grayscale => GrayImage::new(d.width, d.height, d.pixels),
         ColorType::GrayscaleAlpha => GrayImage::new(
@@ -143,28 +157,60 @@ pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
             d.height,
             d.pixels.iter().step_by(2).copied().collect(),
         ),
-        ColorType::Rgb | ColorType::Rgba => return Ok(GrayImage::from_rgb(&read_rgb(path)?)),
-        ColorType::Indexed => return Err(not_png(path, "palette was not expanded")),
+        ColorType::Rgb | ColorType::Rgba => return Ok(GrayImage::from_rgb(&to_rgb(d)?)),
+        ColorType::Indexed => return Err("palette was not expanded".to_string()),
     }
-    .map_err(|e| not_png(path, e))
+    .map_err(|e| e.to_string())
+}
+
+/// The PNG in `bytes` as RGB, as PIL's `convert("RGB")` gives it; the error is the reason as
+/// text, for the caller to name where the bytes came from.
+pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, String> {
+    to_rgb(decode(Cursor::new(bytes), max_pixels)?)
+}
+
+/// The PNG in `bytes` as greyscale, as PIL's `convert("L")` gives it.
+pub(crate) fn decode_gray(bytes: &[u8], max_pixels: u64) -> std::result::Result<GrayImage, String> {
+    to_gray(decode(Cursor::new(bytes), max_pixels)?)
+}
+
+fn decode_file(path: &Path) -> Result<Decoded> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    decode(BufReader::new(file), u64::MAX).map_err(|e| not_png(path, e))
+}
+
+/// An init image: any PNG, as RGB (PNG only; [`crate::image_file`] also reads JPEG and WebP).
+pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    to_rgb(decode_file(path)?).map_err(|e| not_png(path, e))
+}
+
+/// A mask: any PNG, as greyscale (white repaints).
+pub fn read_gray(path: impl AsRef<Path>) -> Result<GrayImage> {
+    let path = path.as_ref();
+    to_gray(decode_file(path)?).map_err(|e| not_png(path, e))
 }
 
 /// All text chunks of a PNG (tEXt, zTXt and iTXt), keyword and text, in file order per kind.
 pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let mut reader = Decoder::new(BufReader::new(file))
+    text_chunks(BufReader::new(file)).map_err(|e| not_png(path, e))
+}
+
+/// [`read_text_chunks`] of a PNG in memory.
+pub fn text_chunks_of(bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    text_chunks(Cursor::new(bytes))
+        .map_err(|e| Error::invalid_argument("image", format!("not a readable PNG image: {e}")))
+}
+
+fn text_chunks(source: impl BufRead + Seek) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut reader = Decoder::new(source)
         .read_info()
-        .map_err(|e| not_png(path, e))?;
-    // Text chunks may follow the image data: read through to the end.
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| not_png(path, "image too large"))?;
-    let mut pixels = vec![0; size];
-    reader
-        .next_frame(&mut pixels)
-        .map_err(|e| not_png(path, e))?;
-    reader.finish().map_err(|e| not_png(path, e))?;
+        .map_err(|e| e.to_string())?;
+    // Text chunks may follow the image data: read through to the end, past the pixels, without
+    // decoding them (a huge picture costs no memory here).
+    reader.finish().map_err(|e| e.to_string())?;
     let info = reader.info();
     let mut chunks: Vec<(String, String)> = info
         .uncompressed_latin1_text
@@ -172,8 +218,8 @@ pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>>
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
     // Compressed chunks are inflated with a cap: a few KB of zTXt can inflate to gigabytes.
-    chunks.extend(inflate_all(&info.compressed_latin1_text, path)?);
-    chunks.extend(inflate_all(&info.utf8_text, path)?);
+    chunks.extend(inflate_all(&info.compressed_latin1_text)?);
+    chunks.extend(inflate_all(&info.utf8_text)?);
     Ok(chunks)
 }
 
@@ -205,19 +251,16 @@ impl TextChunk for png::text_metadata::ITXtChunk {
 }
 
 /// (keyword, text) of each chunk, each inflated to at most [`MAX_TEXT_CHUNK_BYTES`].
-fn inflate_all<C: TextChunk>(chunks: &[C], path: &Path) -> Result<Vec<(String, String)>> {
+fn inflate_all<C: TextChunk>(chunks: &[C]) -> std::result::Result<Vec<(String, String)>, String> {
     chunks
         .iter()
         .map(|chunk| {
             let keyword = chunk.keyword().to_string();
             match chunk.clone().text_within(MAX_TEXT_CHUNK_BYTES) {
                 Ok(text) => Ok((keyword, text)),
-                Err(e) => Err(not_png(
-                    path,
-                    format!(
-                        "text chunk `{keyword}` does not inflate to valid text within \
-                         {MAX_TEXT_CHUNK_BYTES} bytes: {e}"
-                    ),
+                Err(e) => Err(format!(
+                    "text chunk `{keyword}` does not inflate to valid text within \
+                     {MAX_TEXT_CHUNK_BYTES} bytes: {e}"
                 )),
             }
         })

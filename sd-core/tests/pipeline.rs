@@ -306,6 +306,30 @@ fn a_callback_sees_every_step_and_can_cancel() {
     assert_eq!(p.denoiser().calls.borrow().len(), 2);
 }
 
+/// Finish (A1111's interrupt): no further step, and the latents of that step are decoded.
+#[test]
+fn a_callback_can_finish_early_and_get_the_latents_so_far() {
+    let p = pipeline(4);
+    let mut latents_at_stop = None;
+    let out = p
+        .generate_with_progress(
+            &GenerationRequest::new("x").steps(5).size(8, 8),
+            &steps,
+            &mut |progress| {
+                if progress.step == 3 {
+                    latents_at_stop = Some(progress.latents.clone());
+                    Control::Finish
+                } else {
+                    Control::Continue
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(p.denoiser().calls.borrow().len(), 3);
+    assert_eq!(Some(out.latents), latents_at_stop);
+    assert_eq!(out.images.len(), 1);
+}
+
 #[test]
 fn a_denoiser_that_fits_neither_layout_is_refused() {
     let p = pipeline(5);

@@ -148,7 +148,8 @@ where
     }
 
     /// [`generate`](Self::generate), calling `on_step` after every model evaluation; returning
-    /// [`Control::Cancel`] stops with [`Error::Cancelled`].
+    /// [`Control::Cancel`] stops with [`Error::Cancelled`], [`Control::Finish`] decodes the
+    /// latents of that step.
     pub fn generate_with_progress(
         &self,
         request: &GenerationRequest,
@@ -225,11 +226,15 @@ where
                 timestep,
                 latents: &latents,
             };
-            if on_step(&progress) == Control::Cancel {
-                return Err(Error::Cancelled {
-                    step: done + 1,
-                    total,
-                });
+            match on_step(&progress) {
+                Control::Continue => {}
+                Control::Finish => break,
+                Control::Cancel => {
+                    return Err(Error::Cancelled {
+                        step: done + 1,
+                        total,
+                    });
+                }
             }
         }
 

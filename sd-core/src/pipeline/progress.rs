@@ -13,6 +13,9 @@ pub enum Control {
     Continue,
     /// Stop now; the generation returns [`Error::Cancelled`](crate::Error::Cancelled).
     Cancel,
+    /// Run no further step but decode the latents as they are (A1111's interrupt and skip:
+    /// the client gets the partly denoised image).
+    Finish,
 }
 
 /// One finished denoising step.

@@ -26,6 +26,9 @@ pub enum Command {
     /// Time CLIP, a UNet step and a VAE decode (or any of --component) of full-size SD 1.5
     /// with random weights.
     Bench(BenchArgs),
+    /// Answer AUTOMATIC1111's HTTP API (/sdapi/v1/txt2img, img2img, progress, options, …).
+    #[cfg(feature = "server")]
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 /// Where tensors live and compute.
@@ -95,13 +98,14 @@ pub struct GenerateArgs {
     /// A1111's Clip skip (1 = the last CLIP layer, 2 = the one before).
     #[arg(long, default_value_t = 1)]
     pub clip_skip: usize,
-    /// Start from this image (img2img; with --mask, inpainting).
+    /// Start from this image (img2img; with --mask, inpainting): PNG, JPEG or WebP, stretched
+    /// to --width/--height when those differ from its size (A1111's resize mode 0).
     #[arg(long, value_name = "IMG")]
     pub init_image: Option<PathBuf>,
     /// How far img2img departs from the init image, 0..=1.
     #[arg(long, default_value_t = 0.75)]
     pub strength: f64,
-    /// Inpainting mask: white repaints, black keeps (needs --init-image).
+    /// Inpainting mask (PNG, JPEG or WebP): white repaints, black keeps (needs --init-image).
     #[arg(long, value_name = "IMG")]
     pub mask: Option<PathBuf>,
     /// Read the prompt literally, as diffusers does (no (emphasis:1.2), no BREAK, 75 tokens).

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use sd_core::{Backend, Error, Result};
 use stable_diffusion::core::pipeline::check_batch_size;
 use stable_diffusion::core::weights::UnetWeights;
+use stable_diffusion::image_file::{fit_init, read_gray, read_rgb};
 use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
 use stable_diffusion::model_hash::{embedding_hash, lora_hash, short_hash};
 use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
-use stable_diffusion::png::{read_gray, read_rgb, write_png};
+use stable_diffusion::png::write_png;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
 
 use crate::backend::with_backend;
@@ -20,7 +21,7 @@ use crate::progress::StepBar;
 /// The committed tiny pipeline, run when no --model is given (so a fresh clone works). Only a
 /// source checkout has it: the published crate leaves fixtures/ out, so an `sd` installed with
 /// `cargo install` finds nothing here.
-fn bundled_model() -> PathBuf {
+pub(crate) fn bundled_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join("tiny-sd")
@@ -29,7 +30,7 @@ fn bundled_model() -> PathBuf {
 /// The model to load: `--model` when given, else the bundled tiny model if it is there, else an
 /// [`Error::InvalidArgument`] for `--model` that says what to pass (rather than the I/O error
 /// loading a missing folder would give).
-fn resolve_model(model: Option<&Path>, bundled: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_model(model: Option<&Path>, bundled: &Path) -> Result<PathBuf> {
     match model {
         Some(path) => Ok(path.to_path_buf()),
         None if bundled.is_dir() => Ok(bundled.to_path_buf()),
@@ -73,6 +74,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
+    // A1111's resize_mode 0: an init image of another size is stretched to --width/--height.
+    let (init, mask) = match init {
+        Some(image) => {
+            let (image, mask) = fit_init(image, mask, args.width, args.height)?;
+            (Some(image), mask)
+        }
+        None => (None, mask),
+    };
     let (prompt, loras) = loras_of(args)?;
     let outputs = output::image_paths(&args.output, args.batch);
     let inputs: Vec<PathBuf> = [Some(&model_path), args.config_dir.as_ref()]

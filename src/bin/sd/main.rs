@@ -5,6 +5,7 @@
 //! sd info image.png
 //! sd tokenize "a lighthouse at dusk" [--json] [--plain-prompt]
 //! sd bench [--backend cpu] [--runs 3]
+//! sd serve [--model PATH | --models-dir DIR] [--listen 127.0.0.1:7860] [--api-auth USER:PASS]
 //! ```
 //!
 //! Every failure is one line on stderr and a non-zero exit code; nothing panics with a trace.
@@ -15,6 +16,8 @@ mod cli;
 mod generate;
 mod info;
 mod progress;
+#[cfg(feature = "server")]
+mod serve;
 mod stdout;
 mod tokenize;
 
@@ -49,6 +52,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,585 @@
+//! An A1111 txt2img/img2img body checked against the server's limits and turned into the
+//! library's [`GenerationRequest`]s: one per `n_iter` iteration, each a batch of `batch_size`
+//! images with a seed each (`seed`, `seed + 1`, …, as A1111 numbers them), so image *i* is the
+//! image `sd generate --seed (seed + i)` makes.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use sd_core::pipeline::{GrayImage, RgbImage};
+use serde_json::Value;
+
+use super::a1111::{
+    DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS,
+    GenerateBody, SCHEDULES, truthy,
+};
+use super::catalog::find_lora;
+use super::error::ApiError;
+use crate::image_file::{decode_gray, decode_rgb, fit_init};
+use crate::lora::{LoraSpec, take_prompt_loras};
+use crate::{GenerationRequest, PromptMode};
+
+/// What one server accepts (flags of `sd serve`; defaults generous for one machine).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request bodies larger than this are refused (413) before they are read.
+    pub max_body_bytes: usize,
+    /// Largest image width or height.
+    pub max_side: usize,
+    pub max_steps: usize,
+    /// Largest `batch_size × n_iter`.
+    pub max_images: usize,
+    /// Requests waiting behind the running one; one more is answered 503 at once.
+    pub max_queue: usize,
+    /// Largest init image or mask, in pixels, checked from its header before decoding.
+    pub max_image_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 << 20,
+            max_side: 2048,
+            max_steps: 150,
+            max_images: 16,
+            max_queue: 16,
+            max_image_pixels: crate::image_file::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Which endpoint a body came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Txt2Img,
+    Img2Img,
+}
+
+/// A checked request, ready for the worker.
+#[derive(Debug)]
+pub struct Plan {
+    /// One request per iteration (`n_iter`), `batch_size` seeds each.
+    pub iterations: Vec<GenerationRequest>,
+    /// LoRA files from the prompt's `<lora:…>` tags, with their names for the infotext.
+    pub loras: Vec<(String, LoraSpec)>,
+    /// `override_settings.sd_model_checkpoint`: this request's model, else the current one.
+    pub checkpoint: Option<String>,
+    /// The prompt as sent (tags included, as A1111's infotext keeps them).
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f32,
+    pub width: usize,
+    pub height: usize,
+    pub batch_size: usize,
+    /// img2img only.
+    pub denoising_strength: Option<f64>,
+    pub send_images: bool,
+}
+
+#[cfg(test)]
+impl Plan {
+    /// Every image's seed, in order.
+    pub fn seeds(&self) -> Vec<u64> {
+        self.iterations
+            .iter()
+            .flat_map(GenerationRequest::image_seeds)
+            .collect()
+    }
+}
+
+/// Check `body` and build its plan. `clip_skip` is the server's current
+/// `CLIP_stop_at_last_layers` (a request's `override_settings` wins).
+pub fn plan(
+    body: GenerateBody,
+    mode: Mode,
+    limits: &Limits,
+    clip_skip: usize,
+    lora_dir: Option<&Path>,
+) -> Result<Plan, ApiError> {
+    refuse_unsupported(&body, mode)?;
+    let steps = in_range(
+        "steps",
+        body.steps.unwrap_or(DEFAULT_STEPS),
+        1,
+        limits.max_steps,
+    )?;
+    let width = in_range(
+        "width",
+        body.width.unwrap_or(DEFAULT_SIDE),
+        1,
+        limits.max_side,
+    )?;
+    let height = in_range(
+        "height",
+        body.height.unwrap_or(DEFAULT_SIDE),
+        1,
+        limits.max_side,
+    )?;
+    let batch_size = in_range(
+        "batch_size",
+        body.batch_size.unwrap_or(1),
+        1,
+        limits.max_images,
+    )?;
+    let n_iter = in_range("n_iter", body.n_iter.unwrap_or(1), 1, limits.max_images)?;
+    if batch_size * n_iter > limits.max_images {
+        return Err(ApiError::unprocessable(format!(
+            "batch_size × n_iter = {} is more than the {} images this server makes per request",
+            batch_size * n_iter,
+            limits.max_images
+        )));
+    }
+    let cfg_scale = body.cfg_scale.unwrap_or(DEFAULT_CFG_SCALE);
+    if !cfg_scale.is_finite() || cfg_scale.abs() > 100.0 {
+        return Err(ApiError::unprocessable(format!(
+            "cfg_scale: must be a number in [-100, 100], got {cfg_scale}"
+        )));
+    }
+    let override_settings = body.override_settings.clone().unwrap_or_default();
+    let clip_skip = match override_settings.get("CLIP_stop_at_last_layers") {
+        None | Some(Value::Null) => clip_skip,
+        Some(value) => clip_skip_of(value)?,
+    };
+    let checkpoint = match override_settings.get("sd_model_checkpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(other) => {
+            return Err(ApiError::unprocessable(format!(
+                "override_settings.sd_model_checkpoint: expected a model title, found {other}"
+            )));
+        }
+    };
+    let (sampler, karras) = sampler_of(&body)?;
+
+    let prompt = body.prompt.clone().unwrap_or_default();
+    let negative_prompt = body.negative_prompt.clone().unwrap_or_default();
+    let (stripped, tags) = take_prompt_loras(&prompt)?;
+    let loras = tags
+        .into_iter()
+        .map(|tag| {
+            let path = find_lora(lora_dir, &tag.name)?;
+            Ok((
+                tag.name,
+                LoraSpec {
+                    path,
+                    text_encoder: tag.text_encoder,
+                    unet: tag.unet,
+                },
+            ))
+        })
+        .collect::<sd_core::Result<Vec<_>>>()?;
+
+    let mut template = GenerationRequest::new(stripped)
+        .negative_prompt(negative_prompt.clone())
+        .steps(steps)
+        .guidance_scale(cfg_scale as f32)
+        .clip_skip(clip_skip)
+        .prompt_mode(PromptMode::A1111)
+        .scheduler(sampler)
+        .size(width, height);
+    template.sampler.karras_sigmas = karras;
+    if let Some(eta) = body.eta {
+        template = template.eta(eta as f32);
+    }
+    let mut denoising_strength = None;
+    if mode == Mode::Img2Img {
+        let strength = body
+            .denoising_strength
+            .unwrap_or(DEFAULT_DENOISING_STRENGTH);
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(ApiError::unprocessable(format!(
+                "denoising_strength: must be in [0, 1], got {strength}"
+            )));
+        }
+        let (image, mask) = init_images(&body, width, height, limits.max_image_pixels)?;
+        template = template.init_image(image, strength);
+        if let Some(mask) = mask {
+            template = template.mask(mask);
+        }
+        denoising_strength = Some(strength);
+    }
+
+    let first_seed = match body.seed {
+        Some(seed) if seed >= 0 => seed as u64,
+        _ => random_seed(),
+    };
+    let iterations = (0..n_iter)
+        .map(|iteration| {
+            let seeds = (0..batch_size)
+                .map(|i| first_seed.wrapping_add((iteration * batch_size + i) as u64))
+                .collect();
+            template.clone().seeds(seeds)
+        })
+        .collect();
+    Ok(Plan {
+        iterations,
+        loras,
+        checkpoint,
+        prompt,
+        negative_prompt,
+        steps,
+        cfg_scale: cfg_scale as f32,
+        width,
+        height,
+        batch_size,
+        denoising_strength,
+        send_images: body.send_images.unwrap_or(true),
+    })
+}
+
+/// A1111 features this server does not have: refused when asked for (a silently different
+/// image would be worse), accepted at their "off" values, which clients send by default.
+fn refuse_unsupported(body: &GenerateBody, mode: Mode) -> Result<(), ApiError> {
+    let refuse = |field: &str, why: &str| {
+        Err(ApiError::unprocessable(format!(
+            "{field}: {why} (not supported by this server)"
+        )))
+    };
+    if body.enable_hr == Some(true) && mode == Mode::Txt2Img {
+        return refuse("enable_hr", "hires fix");
+    }
+    if body.restore_faces == Some(true) {
+        return refuse("restore_faces", "face restoration");
+    }
+    if body.tiling == Some(true) {
+        return refuse("tiling", "tiling");
+    }
+    if body.subseed_strength.is_some_and(|s| s != 0.0) {
+        return refuse("subseed_strength", "variation seeds");
+    }
+    if body.script_name.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unprocessable(format!(
+            "Script '{}' not found",
+            body.script_name.as_deref().unwrap_or_default()
+        )));
+    }
+    if let Some(name) = body.alwayson_scripts.as_ref().and_then(|s| s.keys().next()) {
+        return Err(ApiError::unprocessable(format!(
+            "always on script {name} not found"
+        )));
+    }
+    if body.styles.as_ref().is_some_and(|s| !s.is_empty()) {
+        return refuse("styles", "prompt styles");
+    }
+    if body.resize_mode.is_some_and(|m| m != 0) {
+        return refuse("resize_mode", "only 0 (resize to the requested size)");
+    }
+    if body.initial_noise_multiplier.is_some_and(|m| m != 1.0) {
+        return refuse("initial_noise_multiplier", "only 1");
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, value: i64, min: usize, max: usize) -> Result<usize, ApiError> {
+    usize::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "{field}: must be in [{min}, {max}] on this server, got {value}"
+            ))
+        })
+}
+
+/// A1111's `CLIP_stop_at_last_layers` (1 = the last layer), in range.
+pub fn clip_skip_of(value: &Value) -> Result<usize, ApiError> {
+    value
+        .as_u64()
+        .filter(|v| (1..=12).contains(v))
+        .map(|v| v as usize)
+        .ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "CLIP_stop_at_last_layers: must be an integer in [1, 12], got {value}"
+            ))
+        })
+}
+
+/// The sampler to run and its Karras setting: A1111's `sampler_name` (or `sampler_index`,
+/// default "Euler") and `scheduler` ("automatic", "uniform", "karras"). An unknown sampler is
+/// A1111's 404 "Sampler not found".
+fn sampler_of(body: &GenerateBody) -> Result<(String, Option<bool>), ApiError> {
+    let name = [&body.sampler_name, &body.sampler_index]
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim())
+        .find(|name| !name.is_empty())
+        .unwrap_or(DEFAULT_SAMPLER);
+    let kind = crate::schedulers::kind_of(name)
+        .map_err(|_| ApiError::not_found(format!("Sampler not found: {name}")))?;
+    let schedule = body.scheduler.as_deref().map(str::trim).unwrap_or_default();
+    let karras = if schedule.is_empty() {
+        None
+    } else {
+        SCHEDULES
+            .iter()
+            .find(|(id, label, _)| {
+                id.eq_ignore_ascii_case(schedule) || label.eq_ignore_ascii_case(schedule)
+            })
+            .map(|(_, _, karras)| *karras)
+            .ok_or_else(|| ApiError::not_found(format!("Scheduler not found: {schedule}")))?
+    };
+    if karras == Some(true) {
+        // "DPM++ 2M" + Karras is the sampler A1111 also calls "DPM++ 2M Karras".
+        let joined = format!("{name} Karras");
+        if crate::schedulers::kind_of(&joined).is_ok() {
+            return Ok((joined, None));
+        }
+        if !kind.takes_karras_sigmas() {
+            return Err(ApiError::unprocessable(format!(
+                "scheduler: the {name} sampler has no Karras schedule here"
+            )));
+        }
+    }
+    Ok((name.to_string(), karras))
+}
+
+/// The init image and mask of an img2img body, decoded and resized to `width`×`height`
+/// (A1111's `resize_mode` 0).
+fn init_images(
+    body: &GenerateBody,
+    width: usize,
+    height: usize,
+    max_pixels: u64,
+) -> Result<(RgbImage, Option<GrayImage>), ApiError> {
+    let images = body.init_images.as_deref().unwrap_or_default();
+    let [first] = images else {
+        return Err(if images.is_empty() {
+            ApiError::not_found("Init image not found")
+        } else {
+            ApiError::unprocessable(format!(
+                "init_images: {} images given; this server takes one per request",
+                images.len()
+            ))
+        });
+    };
+    let bytes = base64_image(first, "init_images[0]")?;
+    let image = decode_rgb(&bytes, "init_images[0]", max_pixels)?;
+    let mask = match body.mask.as_deref().filter(|m| !m.is_empty()) {
+        None => None,
+        Some(text) => {
+            let bytes = base64_image(text, "mask")?;
+            let mut mask = decode_gray(&bytes, "mask", max_pixels)?;
+            let invert = truthy(body.inpainting_mask_invert.as_ref()).map_err(|e| {
+                ApiError::unprocessable(format!("inpainting_mask_invert: {}", e.detail))
+            })?;
+            if invert {
+                let pixels = mask.pixels().iter().map(|p| 255 - p).collect();
+                mask = GrayImage::new(mask.width(), mask.height(), pixels)?;
+            }
+            Some(mask)
+        }
+    };
+    Ok(fit_init(image, mask, Some(width), Some(height))?)
+}
+
+/// The bytes of a base64 image, with or without a `data:image/…;base64,` prefix (padding and
+/// line breaks tolerated, as Python's `b64decode` does).
+pub fn base64_image(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let payload = match text.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map(|(_, data)| data).ok_or_else(|| {
+            ApiError::unprocessable(format!("{field}: a data: URL without a comma"))
+        })?,
+        None => text,
+    };
+    if payload.starts_with("http://") || payload.starts_with("https://") {
+        return Err(ApiError::unprocessable(format!(
+            "{field}: images are taken from the request body only, not fetched from URLs"
+        )));
+    }
+    let compact: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    LENIENT
+        .decode(compact.as_bytes())
+        .map_err(|e| ApiError::unprocessable(format!("{field}: not valid base64: {e}")))
+}
+
+/// A seed in A1111's 32-bit range for `seed: -1`.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        & 0xFFFF_FFFF
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+mod tests {
+    use super::*;
+    use crate::Seeds;
+    use crate::server::a1111::parse_body;
+
+    fn plan_of(json: &str, mode: Mode) -> Result<Plan, ApiError> {
+        plan(
+            parse_body(json.as_bytes())?,
+            mode,
+            &Limits::default(),
+            1,
+            None,
+        )
+    }
+
+    #[test]
+    fn a1111_defaults_and_seeds_numbered_across_iterations() {
+        let plan = plan_of(
+            r#"{"prompt": "a fox", "seed": 10, "batch_size": 2, "n_iter": 3}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(plan.iterations.len(), 3);
+        assert_eq!(plan.seeds(), [10, 11, 12, 13, 14, 15]);
+        assert_eq!(plan.iterations[1].seeds, Seeds::PerImage(vec![12, 13]));
+        let first = &plan.iterations[0];
+        assert_eq!(
+            (first.steps, first.width, first.height),
+            (50, Some(512), Some(512))
+        );
+        assert_eq!(first.guidance_scale, 7.0);
+        assert_eq!(first.sampler.name.as_deref(), Some("Euler"));
+        assert_eq!(first.text.clip_skip, Some(1));
+        let random = plan_of(r#"{"seed": -1}"#, Mode::Txt2Img).unwrap();
+        assert!(random.seeds()[0] <= 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn samplers_and_schedules_in_a1111_names() {
+        let p = plan_of(
+            r#"{"sampler_name": "DPM++ 2M", "scheduler": "Karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(
+            p.iterations[0].sampler.name.as_deref(),
+            Some("DPM++ 2M Karras")
+        );
+        let p = plan_of(
+            r#"{"sampler_index": "Euler a", "scheduler": "automatic"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(p.iterations[0].sampler.name.as_deref(), Some("Euler a"));
+        let p = plan_of(
+            r#"{"sampler_name": "Euler", "scheduler": "karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(p.iterations[0].sampler.karras_sigmas, Some(true));
+        let err = plan_of(r#"{"sampler_name": "Nope"}"#, Mode::Txt2Img).unwrap_err();
+        assert_eq!(
+            (err.status.as_u16(), err.detail.as_str()),
+            (404, "Sampler not found: Nope")
+        );
+        let err = plan_of(r#"{"scheduler": "exotic"}"#, Mode::Txt2Img).unwrap_err();
+        assert_eq!(err.status.as_u16(), 404);
+        let err = plan_of(
+            r#"{"sampler_name": "Euler a", "scheduler": "karras"}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap_err();
+        assert_eq!(err.status.as_u16(), 422);
+    }
+
+    #[test]
+    fn limits_and_unsupported_features_are_422_naming_the_field() {
+        for (body, field) in [
+            (r#"{"steps": 0}"#, "steps"),
+            (r#"{"steps": 151}"#, "steps"),
+            (r#"{"width": -64}"#, "width"),
+            (r#"{"height": 100000}"#, "height"),
+            (r#"{"batch_size": 8, "n_iter": 3}"#, "batch_size × n_iter"),
+            (r#"{"cfg_scale": 1e9}"#, "cfg_scale"),
+            (r#"{"enable_hr": true}"#, "enable_hr"),
+            (r#"{"subseed_strength": 0.5}"#, "subseed_strength"),
+            (
+                r#"{"alwayson_scripts": {"ControlNet": {"args": []}}}"#,
+                "ControlNet",
+            ),
+            (
+                r#"{"override_settings": {"CLIP_stop_at_last_layers": 0}}"#,
+                "CLIP_stop_at_last_layers",
+            ),
+            (r#"{"prompt": "<lora:x:1>"}"#, "--lora-dir"),
+        ] {
+            let err = plan_of(body, Mode::Txt2Img).unwrap_err();
+            assert_eq!(err.status.as_u16(), 422, "{body}: {}", err.detail);
+            assert!(err.detail.contains(field), "{body}: {}", err.detail);
+        }
+        let p = plan_of(
+            r#"{"override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "m"}}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        assert_eq!(p.iterations[0].text.clip_skip, Some(2));
+        assert_eq!(p.checkpoint.as_deref(), Some("m"));
+    }
+
+    fn png_base64(image: &RgbImage) -> String {
+        base64::engine::general_purpose::STANDARD
+            .encode(crate::png::png_bytes(image, None).unwrap())
+    }
+
+    #[test]
+    fn img2img_takes_base64_with_or_without_a_data_prefix_and_resizes() {
+        let image = RgbImage::new(16, 8, vec![200; 16 * 8 * 3]).unwrap();
+        let raw = png_base64(&image);
+        for init in [raw.clone(), format!("data:image/png;base64,{raw}")] {
+            let body = format!(
+                r#"{{"init_images": ["{init}"], "width": 32, "height": 16, "denoising_strength": 0.5}}"#
+            );
+            let p = plan_of(&body, Mode::Img2Img).unwrap();
+            let init = p.iterations[0].init.as_ref().unwrap();
+            assert_eq!(
+                (init.image.width(), init.image.height(), init.strength),
+                (32, 16, 0.5)
+            );
+        }
+        // The mask, inverted: white (repaint) becomes black (keep).
+        let white = RgbImage::new(16, 8, vec![255; 16 * 8 * 3]).unwrap();
+        let body = format!(
+            r#"{{"init_images": ["{raw}"], "mask": "{}", "inpainting_mask_invert": 1, "width": 16, "height": 8}}"#,
+            png_base64(&white)
+        );
+        let p = plan_of(&body, Mode::Img2Img).unwrap();
+        assert!(
+            p.iterations[0]
+                .mask
+                .as_ref()
+                .unwrap()
+                .pixels()
+                .iter()
+                .all(|&v| v == 0)
+        );
+    }
+
+    #[test]
+    fn bad_init_images_are_4xx_naming_the_field() {
+        let err = plan_of(r#"{"prompt": "x"}"#, Mode::Img2Img).unwrap_err();
+        assert_eq!(
+            (err.status.as_u16(), err.detail.as_str()),
+            (404, "Init image not found")
+        );
+        for (init, needle) in [
+            ("!!!not base64!!!", "not valid base64"),
+            ("aGVsbG8gd29ybGQ=", "not a readable"),
+            ("https://example.com/a.png", "not fetched"),
+            ("data:image/png;base64", "comma"),
+        ] {
+            let body = format!(r#"{{"init_images": ["{init}"]}}"#);
+            let err = plan_of(&body, Mode::Img2Img).unwrap_err();
+            assert_eq!(err.status.as_u16(), 422, "{init}");
+            assert!(
+                err.detail.contains("init_images[0]") && err.detail.contains(needle),
+                "{}",
+                err.detail
+            );
+        }
+    }
+}
