@@ -438,7 +438,7 @@ fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
         "--seed",
         "0",
         "--scheduler",
-        "Euler a",
+        "EulerAncestralDiscreteScheduler",
         "--plain-prompt",
         "--lora",
         &kohya,

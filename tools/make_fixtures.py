@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "a1111")
 
 
 def main():
@@ -48,6 +48,10 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
+    if "a1111" in steps:
+        from fixturegen import a1111_samplers  # needs k-diffusion (tools/requirements.txt)
+
+        a1111_samplers.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):

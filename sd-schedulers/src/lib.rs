@@ -39,6 +39,7 @@
 //! `k_diffusion.rs` (the per-family tensor formulas), `elementwise.rs` (f32 element-wise maps and
 //! argument checks).
 
+pub mod a1111;
 mod alpha_family;
 mod alpha_timesteps;
 mod config;
@@ -50,6 +51,7 @@ mod euler;
 mod euler_ancestral;
 mod heun;
 mod k_diffusion;
+mod ksampler;
 mod lcm;
 mod lms;
 mod names;
@@ -71,8 +73,10 @@ pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;
+pub use a1111::{a1111_menu, resolve_a1111};
+pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 pub use names::{
-    SamplerOptions, SchedulerKind, kind_of, known_names, scheduler_from_name,
+    SamplerOptions, SchedulerKind, diffusers_names, kind_of, known_names, scheduler_from_name,
     scheduler_from_name_with,
 };
 pub use pndm::PndmScheduler;

@@ -26,7 +26,11 @@ pub struct SamplerSettings {
     /// A diffusers class name (`"EulerDiscreteScheduler"`) or an A1111 sampler name (`"Euler a"`,
     /// `"DPM++ 2M Karras"`); `None`: the model's default sampler.
     pub name: Option<String>,
-    /// η of the samplers that take one (DDIM: 0 is deterministic); `None`: 0.
+    /// A1111's schedule type for an A1111 sampler name (`"Karras"`, `"sgm_uniform"`, …);
+    /// `None` or `"Automatic"`: the sampler's own default.
+    pub schedule_type: Option<String>,
+    /// η of the samplers that take one; `None`: the sampler's default (DDIM 0, deterministic;
+    /// A1111's ancestral samplers 1).
     pub eta: Option<f32>,
     /// Karras σ spacing on or off, for samplers that step in σ; `None`: what the name implies,
     /// else the model's scheduler config.
@@ -94,7 +98,13 @@ impl GenerationRequest {
         self
     }
 
-    /// η for the samplers that take one (DDIM).
+    /// A1111's schedule type (`"Karras"`, `"Exponential"`, …) for an A1111 sampler name.
+    pub fn schedule_type(mut self, schedule_type: impl Into<String>) -> Self {
+        self.sampler.schedule_type = Some(schedule_type.into());
+        self
+    }
+
+    /// η for the samplers that take one (DDIM, A1111's ancestral samplers).
     pub fn eta(mut self, eta: f32) -> Self {
         self.sampler.eta = Some(eta);
         self

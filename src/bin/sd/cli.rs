@@ -81,9 +81,15 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f32,
-    /// Sampler: "Euler a", "DPM++ 2M Karras", "DDIM", "PNDM", … (default: the model's own).
+    /// Sampler: an A1111 name ("Euler a", "DPM++ 2M", "DPM2 a Karras", …: A1111's k-diffusion
+    /// samplers) or a diffusers class ("EulerAncestralDiscreteScheduler", "PNDM", "DDIM", …);
+    /// `--scheduler help` lists them all (default: the model's own).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// A1111's schedule type for an A1111 sampler: Automatic (the sampler's own), Uniform,
+    /// Karras, Exponential, Polyexponential, SGM Uniform.
+    #[arg(long, value_name = "TYPE")]
+    pub schedule_type: Option<String>,
     /// Seed of the first image (random when absent); image i of a batch gets seed + i.
     #[arg(long)]
     pub seed: Option<u64>,

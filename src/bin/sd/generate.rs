@@ -66,6 +66,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     if let Some(name) = &args.scheduler {
         stable_diffusion::schedulers::kind_of(name)?;
     }
+    if let Some(schedule_type) = &args.schedule_type {
+        stable_diffusion::schedulers::ScheduleType::parse(schedule_type)?;
+    }
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
     let (prompt, loras) = loras_of(args)?;
@@ -126,6 +129,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         .seeds(seeds);
     if let Some(name) = &args.scheduler {
         request = request.scheduler(name);
+    }
+    if let Some(schedule_type) = &args.schedule_type {
+        request = request.schedule_type(schedule_type);
     }
     request.width = args.width;
     request.height = args.height;
