@@ -85,6 +85,10 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("LCM", Lcm, NONE),
 ];
 
+/// The last entry of an unknown-name error's list: the names [`known_names`] leaves out.
+const COMBINED_NAMES_HINT: &str =
+    "an A1111 sampler name and a schedule type (DPM++ 2M Karras, Euler a Exponential, …)";
+
 /// All names [`scheduler_from_name`] accepts, but the combined ones (an A1111 sampler name, a
 /// space and a schedule type's label: `DPM++ 2M Karras`).
 pub fn known_names() -> Vec<&'static str> {
@@ -116,7 +120,11 @@ fn lookup(name: &str) -> Result<(SchedulerKind, Implied)> {
         .map(|&(_, kind, implied)| (kind, implied))
         .ok_or_else(|| Error::UnknownScheduler {
             name: name.to_string(),
-            known: known_names().into_iter().map(str::to_string).collect(),
+            known: known_names()
+                .into_iter()
+                .map(str::to_string)
+                .chain([COMBINED_NAMES_HINT.to_string()])
+                .collect(),
         })
 }
 
