@@ -38,7 +38,7 @@ pub use sd_core::pipeline::{
     Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, SamplerSettings, Seeds,
     StepProgress,
 };
-pub use sd_core::{Error, PromptMode, Result, TextOptions};
+pub use sd_core::{Error, PromptMode, Result, RngSource, TextOptions};
 
 pub use sd_clip as clip;
 pub use sd_core as core;

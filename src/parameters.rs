@@ -18,7 +18,10 @@ pub struct Parameters {
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
+    /// The sampler as A1111 names it ([`crate::schedulers::infotext_names`]).
     pub sampler: String,
+    /// A1111's `Schedule type` (its k-diffusion samplers only).
+    pub schedule_type: Option<String>,
     pub cfg_scale: f32,
     pub seed: u64,
     pub width: usize,
@@ -32,6 +35,8 @@ pub struct Parameters {
     pub denoising_strength: Option<f64>,
     /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
     pub lora_hashes: Vec<(String, String)>,
+    /// A1111's `RNG` (`CPU`, `NV`): the random source the seeds were drawn from.
+    pub rng: Option<String>,
 }
 
 impl Parameters {
@@ -40,10 +45,15 @@ impl Parameters {
         let mut fields: Vec<(&str, String)> = vec![
             ("Steps", self.steps.to_string()),
             ("Sampler", self.sampler.clone()),
+        ];
+        if let Some(schedule_type) = &self.schedule_type {
+            fields.push(("Schedule type", schedule_type.clone()));
+        }
+        fields.extend([
             ("CFG scale", self.cfg_scale.to_string()),
             ("Seed", self.seed.to_string()),
             ("Size", format!("{}x{}", self.width, self.height)),
-        ];
+        ]);
         if let Some(hash) = &self.model_hash {
             fields.push(("Model hash", hash.clone()));
         }
@@ -62,11 +72,17 @@ impl Parameters {
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
         }
+        if let Some(rng) = &self.rng {
+            fields.push(("RNG", rng.clone()));
+        }
         fields.push(("Version", format!("sd-rs {}", env!("CARGO_PKG_VERSION"))));
 
         let mut text = String::new();
         let _ = writeln!(text, "{}", self.prompt);
-        let _ = writeln!(text, "Negative prompt: {}", self.negative_prompt);
+        // A1111 leaves the line out when there is no negative prompt.
+        if !self.negative_prompt.is_empty() {
+            let _ = writeln!(text, "Negative prompt: {}", self.negative_prompt);
+        }
         let line: Vec<String> = fields
             .into_iter()
             .map(|(key, value)| format!("{key}: {}", quote(&value)))
@@ -96,6 +112,7 @@ mod tests {
             negative_prompt: "blurry".into(),
             steps: 25,
             sampler: "Euler a".into(),
+            schedule_type: None,
             cfg_scale: 7.5,
             seed: 42,
             width: 512,
@@ -105,6 +122,7 @@ mod tests {
             clip_skip: 2,
             denoising_strength: None,
             lora_hashes: Vec::new(),
+            rng: None,
         }
     }
 
@@ -138,6 +156,22 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn schedule_type_and_rng_are_written_as_a1111_writes_them() {
+        let mut p = example();
+        p.sampler = "DPM++ 2M".into();
+        p.schedule_type = Some("Karras".into());
+        p.rng = Some("NV".into());
+        p.negative_prompt.clear();
+        let text = p.to_text();
+        assert!(!text.contains("Negative prompt"), "{text}");
+        assert!(
+            text.contains("Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, "),
+            "{text}"
+        );
+        assert!(text.contains(", RNG: NV, Version: "), "{text}");
     }
 
     #[test]

@@ -154,3 +154,103 @@ fn cli_images_match_k_diffusion_within_one_level() {
         }
     }
 }
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `--rng nv`: the initial noise is A1111's NV stream of the seed, so the image is diffusers'
+/// image fed that noise as its latents (tools/fixturegen/philox.py); the PNG says `RNG: NV`.
+#[test]
+fn rng_nv_gives_diffusers_image_from_the_nv_noise() {
+    let out = scratch("rng").join("nv.png");
+    let run = sd_command(&[
+        "generate",
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "1",
+        "--rng",
+        "nv",
+        "--scheduler",
+        "PNDM",
+        "--plain-prompt",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let golden = read_rgb(goldens().join("tiny-sd").join("rng_nv_pndm_seed1.png")).unwrap();
+    let worst = max_level_difference(&read_rgb(&out).unwrap(), &golden);
+    assert!(worst <= PIXEL_TOLERANCE, "{worst} levels off");
+    let info = stdout(&sd_command(&["info", out.to_str().unwrap()]));
+    assert!(info.contains(", RNG: NV, "), "{info}");
+    assert!(info.contains("Sampler: PLMS, "), "PNDM is A1111's PLMS: {info}");
+}
+
+/// A combined old name is written as A1111 writes it: the sampler, then `Schedule type`; an
+/// empty negative prompt leaves its line out.
+#[test]
+fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
+    let dir = scratch("infotext");
+    for (scheduler, schedule_type, expected) in [
+        ("DPM2 a Karras", None, "Sampler: DPM2 a, Schedule type: Karras, "),
+        ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Karras, "),
+        ("Euler a", None, "Sampler: Euler a, Schedule type: Automatic, "),
+        ("k_euler", Some("sgm_uniform"), "Sampler: Euler, Schedule type: SGM Uniform, "),
+    ] {
+        let out = dir.join("out.png");
+        let mut args = vec![
+            "generate", "--prompt", "a fox", "--steps", "2", "--seed", "3", "--scheduler",
+            scheduler, "--quiet", "--output", out.to_str().unwrap(),
+        ];
+        if let Some(kind) = schedule_type {
+            args.extend(["--schedule-type", kind]);
+        }
+        let run = sd_command(&args);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let info = stdout(&sd_command(&["info", out.to_str().unwrap()]));
+        assert!(info.contains(expected), "{scheduler}: {info}");
+        assert!(info.contains("RNG: CPU"), "{info}");
+        assert!(!info.contains("Negative prompt"), "{info}");
+    }
+}
+
+#[test]
+fn scheduler_help_lists_both_vocabularies() {
+    let run = sd_command(&["generate", "--scheduler", "help"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = stdout(&run);
+    for needle in [
+        "A1111 samplers",
+        "DPM2 a [k_dpm_2_a, Automatic = karras]",
+        "SGM Uniform [sgm_uniform, SGMUniform]",
+        "diffusers schedulers",
+        "DPMSolverMultistepScheduler",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bad_schedule_type_and_rng_are_named() {
+    let run = sd_command(&["generate", "--prompt", "x", "--schedule-type", "sideways"]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("sideways") && err.contains("SGM Uniform"), "{err}");
+    let run = sd_command(&["generate", "--prompt", "x", "--rng", "gpu"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--rng"));
+    let run = sd_command(&[
+        "generate", "--prompt", "x", "--scheduler", "DDIM", "--schedule-type", "Karras", "--steps",
+        "1",
+    ]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("DDIM"));
+}

@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "a1111")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "a1111", "philox")
 
 
 def main():
@@ -52,6 +52,10 @@ def main():
         from fixturegen import a1111_samplers  # needs k-diffusion (tools/requirements.txt)
 
         a1111_samplers.write_goldens(out, goldens)
+    if "philox" in steps:
+        from fixturegen import philox
+
+        philox.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):

@@ -241,3 +241,31 @@ pub fn resolve_a1111(sampler_name: &str, scheduler: Option<&str>) -> Result<Samp
         ..SamplerSettings::default()
     })
 }
+
+/// How A1111 writes a sampler in its infotext: `Sampler: …` and, for its k-diffusion samplers,
+/// `Schedule type: …` (the label of the schedule that ran, "Automatic" for a sampler without a
+/// default of its own). A combined name is split ("DPM++ 2M Karras" → DPM++ 2M, Karras); PNDM
+/// (which runs with skipped PRK steps, SD 1.5's config) is A1111's `PLMS`, DDIM, UniPC and LCM
+/// keep A1111's spelling; other diffusers names are written as given.
+pub fn infotext_names(
+    name: &str,
+    schedule_type: Option<ScheduleType>,
+) -> Result<(String, Option<&'static str>)> {
+    if let Some((found, suffix)) = split_a1111_name(name) {
+        let chosen = suffix
+            .or(schedule_type)
+            .unwrap_or(ScheduleType::Automatic);
+        return Ok((found.name.to_string(), Some(found.schedule_label(chosen))));
+    }
+    let kind = crate::names::kind_of(name)?;
+    let a1111 = DIFFUSERS_STAND_INS
+        .iter()
+        .find(|(a1111, aliases, class)| {
+            let class_kind = crate::names::kind_of(class).ok();
+            class_kind == Some(kind)
+                || a1111.eq_ignore_ascii_case(name.trim())
+                || aliases.iter().any(|a| a.eq_ignore_ascii_case(name.trim()))
+        })
+        .map(|(a1111, _, _)| *a1111);
+    Ok((a1111.unwrap_or(name.trim()).to_string(), None))
+}

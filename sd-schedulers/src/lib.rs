@@ -73,7 +73,7 @@ pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;
-pub use a1111::{a1111_menu, resolve_a1111};
+pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
 pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 pub use names::{
     SamplerOptions, SchedulerKind, diffusers_names, kind_of, known_names, scheduler_from_name,

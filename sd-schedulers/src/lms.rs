@@ -4,7 +4,7 @@
 //! The ODE derivative of up to four past steps is extrapolated with a Lagrange polynomial in σ,
 //! integrated over the step.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
@@ -61,7 +61,7 @@ impl Scheduler for LmsScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let sigma = self.schedule.sigma(index);

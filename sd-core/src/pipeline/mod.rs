@@ -154,6 +154,7 @@ where
         let checked = self.geometry().check(request)?;
         let task = self.task(request, &checked)?;
         let mut lanes = Lane::for_batch(
+            request.rng,
             &request.seeds,
             request.batch_size,
             request.steps,
@@ -199,7 +200,7 @@ where
                     &lane.rows_of(&noise_pred),
                     index,
                     &lane.rows_of(&latents),
-                    &mut lane.generator,
+                    lane.generator.as_mut(),
                 )?;
                 let next = match &start.blend {
                     Some(blend) => keep_unmasked(lane, blend, next, index + 1, timesteps.len())?,

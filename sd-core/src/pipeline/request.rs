@@ -3,6 +3,7 @@
 use super::image::{GrayImage, RgbImage};
 use crate::components::{PromptMode, TextOptions};
 use crate::error::{Error, Result};
+use crate::rng::RngSource;
 
 /// The largest image side accepted: far past SD 1.5's useful range, small enough that sizes
 /// never overflow.
@@ -62,6 +63,8 @@ pub struct GenerationRequest {
     /// Classifier-free guidance scale; at most 1 runs only the conditional pass (as diffusers).
     pub guidance_scale: f32,
     pub seeds: Seeds,
+    /// Where the noise comes from: torch's CPU generator (default) or A1111's NV source.
+    pub rng: RngSource,
     /// Images per call.
     pub batch_size: usize,
     pub init: Option<InitImage>,
@@ -84,6 +87,7 @@ impl GenerationRequest {
             steps: 50,
             guidance_scale: 7.5,
             seeds: Seeds::Single(0),
+            rng: RngSource::Cpu,
             batch_size: 1,
             init: None,
             mask: None,
@@ -159,6 +163,13 @@ impl GenerationRequest {
     pub fn seeds(mut self, seeds: Vec<u64>) -> Self {
         self.batch_size = seeds.len();
         self.seeds = Seeds::PerImage(seeds);
+        self
+    }
+
+    /// The random source: [`RngSource::Cpu`] (torch's CPU generator, as diffusers) or
+    /// [`RngSource::Nv`] (A1111's "NV", its imitation of torch's CUDA generator).
+    pub fn rng(mut self, source: RngSource) -> Self {
+        self.rng = source;
         self
     }
 

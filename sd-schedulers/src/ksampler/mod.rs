@@ -25,7 +25,7 @@ mod schedule_type;
 
 pub use schedule_type::ScheduleType;
 
-use sd_core::{Error, HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{Error, HostTensor, Result, ScheduleState, Scheduler, NormalSource};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
@@ -260,7 +260,7 @@ impl KDiffusionSampler {
         &self,
         x: HostTensor,
         sigma_up: f32,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         let noise = generator.randn(x.shape());
         let s_noise = self.setup.s_noise;
@@ -282,7 +282,7 @@ impl KDiffusionSampler {
         x: &HostTensor,
         denoised: HostTensor,
         has_second: bool,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         let (sigma, next) = (self.plan.sigmas[i], self.plan.sigmas[i + 1]);
         let eta = self.setup.eta;
@@ -387,7 +387,7 @@ impl KDiffusionSampler {
         i: usize,
         x_2: &HostTensor,
         denoised: HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         let (sigma, next) = (self.plan.sigmas[i], self.plan.sigmas[i + 1]);
         let eta = self.setup.eta;
@@ -471,7 +471,7 @@ impl Scheduler for KDiffusionSampler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         check_step(index, self.plan.evaluations.len(), model_output, sample)?;
         let evaluation = self.plan.evaluations[index];

@@ -66,7 +66,8 @@ pub struct GenerateArgs {
     /// SD 1.5's built-in ones.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    #[arg(long, short)]
+    /// The prompt (required, but for `--scheduler help`).
+    #[arg(long, short, required_unless_present = "scheduler", default_value = "")]
     pub prompt: String,
     #[arg(long, short, default_value = "")]
     pub negative_prompt: String,
@@ -90,6 +91,10 @@ pub struct GenerateArgs {
     /// Karras, Exponential, Polyexponential, SGM Uniform.
     #[arg(long, value_name = "TYPE")]
     pub schedule_type: Option<String>,
+    /// Random source: cpu (torch's CPU generator, as diffusers) or nv (A1111's "NV", its
+    /// imitation of torch's CUDA generator: the seeds of images made on NVIDIA GPUs).
+    #[arg(long, value_enum, default_value_t = RngArg::Cpu)]
+    pub rng: RngArg,
     /// Seed of the first image (random when absent); image i of a batch gets seed + i.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -130,6 +135,22 @@ pub struct GenerateArgs {
     /// No progress bar or messages; errors still go to stderr.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--rng`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RngArg {
+    Cpu,
+    Nv,
+}
+
+impl From<RngArg> for stable_diffusion::RngSource {
+    fn from(arg: RngArg) -> Self {
+        match arg {
+            RngArg::Cpu => stable_diffusion::RngSource::Cpu,
+            RngArg::Nv => stable_diffusion::RngSource::Nv,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
