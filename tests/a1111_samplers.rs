@@ -12,7 +12,7 @@ use std::process::Command;
 use sd_core::weights::SafetensorsFile;
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
-use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
+use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, RngSource, StableDiffusion};
 use support::{
     PIXEL_TOLERANCE, assert_matches_goldens, fixtures, goldens, load_tiny, load_tiny_inpainting,
     max_level_difference,
@@ -40,8 +40,7 @@ fn seeds(spec: &Value) -> Vec<u64> {
         .collect()
 }
 
-fn request(manifest: &Value, spec: &Value) -> GenerationRequest {
-    let _ = manifest;
+fn request(spec: &Value) -> GenerationRequest {
     let mut request = GenerationRequest::new("a photograph of an astronaut riding a horse")
         .negative_prompt("blurry, low quality")
         .steps(10)
@@ -52,6 +51,9 @@ fn request(manifest: &Value, spec: &Value) -> GenerationRequest {
         .seeds(seeds(spec));
     if let Some(schedule) = spec["schedule_type"].as_str() {
         request = request.schedule_type(schedule);
+    }
+    if spec["rng"] == "nv" {
+        request = request.rng(RngSource::Nv);
     }
     request
 }
@@ -66,11 +68,10 @@ fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
 }
 
 fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str) {
-    let manifest = manifest();
     let latents =
         SafetensorsFile::open(goldens().join(model).join("a1111_samplers.safetensors")).unwrap();
     for (key, spec) in runs(model) {
-        let generation = sd.generate(&request(&manifest, &spec)).unwrap();
+        let generation = sd.generate(&request(&spec)).unwrap();
         let expected = latents.get(&format!("{key}/latents")).unwrap();
         assert_matches_goldens(&format!("{model} {key}"), &generation, &expected, &pngs(model, &spec));
     }
@@ -134,6 +135,7 @@ fn cli_images_match_k_diffusion_within_one_level() {
         if let Some(schedule) = spec["schedule_type"].as_str() {
             args.extend(["--schedule-type", schedule]);
         }
+        args.extend(["--rng", spec["rng"].as_str().unwrap()]);
         let run = sd_command(&args);
         assert!(
             run.status.success(),

@@ -10,7 +10,8 @@ rng.py, read for their rules):
   for DPM2 / DPM2 a;
 - x = noise * sigmas[0]; guidance on the denoised outputs (cond first, uncond last in the batch);
   A1111's to_d; eta = s_noise = 1;
-- randomness: one CPU generator per image seeded with that image's seed (randn_source "CPU"):
+- randomness: one generator per image seeded with that image's seed (randn_source "CPU", or
+  "NV" for the runs marked nv, fixturegen/philox.py):
   the initial noise is its first draw and k-diffusion's randn_like draws continue from it, as
   A1111's ImageRNG.next() does through its TorchHijack.
 
@@ -34,6 +35,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from .common import cpu_generator, load_pipeline, tensor_stats, write_json, write_tensors
 from .generations import GUIDANCE_SCALE, NEGATIVE_PROMPT, PROMPT, SIZE, STEPS, save_png
+from .philox import NvGenerator
 
 
 def import_k_diffusion():
@@ -88,6 +90,9 @@ TINY_SD_RUNS = [
     # One generator per image: each image's ancestral noise comes from its own seed.
     ("Euler a/automatic/seeds5_6", "Euler a", None, [5, 6]),
     ("DPM++ 2S a/automatic/seeds7_8", "DPM++ 2S a", None, [7, 8]),
+    # A1111's NV source: initial and ancestral noise from each image's Philox generator.
+    ("Euler a/automatic/nv", "Euler a", None, [9], "nv"),
+    ("DPM2 a/automatic/nv/seeds9_10", "DPM2 a", None, [9, 10], "nv"),
 ]
 # The 9-channel inpainting UNet, txt2img (through the library: it is not a whole folder).
 INPAINT_RUNS = [(f"{name}/automatic", name, None, [11]) for name in ("Euler a", "DPM++ 2M", "DPM2 a", "Heun", "LMS")]
@@ -139,13 +144,20 @@ class CFGDenoiser:
 
 
 class ImageRng:
-    """A1111's ImageRNG with randn_source "CPU": one generator per image."""
+    """A1111's ImageRNG with randn_source "CPU" or "NV": one generator per image."""
 
-    def __init__(self, shape, seeds):
+    def __init__(self, shape, seeds, source):
         self.shape = shape
-        self.generators = [cpu_generator(seed) for seed in seeds]
+        self.source = source
+        if source == "nv":
+            self.generators = [NvGenerator(seed) for seed in seeds]
+        else:
+            self.generators = [cpu_generator(seed) for seed in seeds]
 
     def next(self):
+        if self.source == "nv":
+            with np.errstate(over="ignore"):
+                return torch.stack([torch.from_numpy(g.randn(self.shape)) for g in self.generators])
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
 
 
@@ -183,7 +195,7 @@ def get_sigmas(model, sampler, schedule, steps):
     return sigmas
 
 
-def run(pipe, unet, model, sampler, schedule, seeds):
+def run(pipe, unet, model, sampler, schedule, seeds, source="cpu"):
     """One txt2img generation; returns (final latents, PIL images, sigmas)."""
     channels = 4
     side = SIZE // pipe.vae_scale_factor
@@ -191,7 +203,7 @@ def run(pipe, unet, model, sampler, schedule, seeds):
     cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE_PROMPT)
     batch = len(seeds)
     cond, uncond = cond.repeat(batch, 1, 1), uncond.repeat(batch, 1, 1)
-    rng = ImageRng(shape, seeds)
+    rng = ImageRng(shape, seeds, source)
     noise = rng.next()
     image_cond = None
     if unet.config.in_channels == 9:
@@ -222,8 +234,9 @@ def write_model_goldens(fixtures_dir, goldens_dir, model_name, pipe, unet, runs,
     tensors = {}
     entries = {}
     with torch.no_grad():
-        for key, sampler, schedule, seeds in runs:
-            latents, images, sigmas = run(pipe, unet, model, sampler, schedule, seeds)
+        for key, sampler, schedule, seeds, *source in runs:
+            source = source[0] if source else "cpu"
+            latents, images, sigmas = run(pipe, unet, model, sampler, schedule, seeds, source)
             stem = "a1111_" + key.replace("/", "_").replace(" ", "_").replace("+", "p")
             pngs = [f"{stem}.png"] if len(images) == 1 else [f"{stem}_{i}.png" for i in range(len(images))]
             for image, png in zip(images, pngs):
@@ -233,6 +246,7 @@ def write_model_goldens(fixtures_dir, goldens_dir, model_name, pipe, unet, runs,
                 "sampler": sampler,
                 "schedule_type": schedule,
                 "seeds": seeds,
+                "rng": source,
                 "sigmas": [float(s) for s in sigmas],
                 "latents": tensor_stats(latents),
                 "pngs": pngs,
