@@ -73,7 +73,12 @@ fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str) {
     for (key, spec) in runs(model) {
         let generation = sd.generate(&request(&spec)).unwrap();
         let expected = latents.get(&format!("{key}/latents")).unwrap();
-        assert_matches_goldens(&format!("{model} {key}"), &generation, &expected, &pngs(model, &spec));
+        assert_matches_goldens(
+            &format!("{model} {key}"),
+            &generation,
+            &expected,
+            &pngs(model, &spec),
+        );
     }
 }
 
@@ -97,7 +102,9 @@ fn sd_command(args: &[&str]) -> std::process::Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("a1111-samplers").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("a1111-samplers")
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -152,7 +159,10 @@ fn cli_images_match_k_diffusion_within_one_level() {
             let ours = read_rgb(&written).unwrap();
             let worst = max_level_difference(&ours, &read_rgb(golden).unwrap());
             println!("{key} image {i}: at most {worst} levels off");
-            assert!(worst <= PIXEL_TOLERANCE, "{key} image {i}: {worst} levels off");
+            assert!(
+                worst <= PIXEL_TOLERANCE,
+                "{key} image {i}: {worst} levels off"
+            );
         }
     }
 }
@@ -187,13 +197,20 @@ fn rng_nv_gives_diffusers_image_from_the_nv_noise() {
         "--output",
         out.to_str().unwrap(),
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let golden = read_rgb(goldens().join("tiny-sd").join("rng_nv_pndm_seed1.png")).unwrap();
     let worst = max_level_difference(&read_rgb(&out).unwrap(), &golden);
     assert!(worst <= PIXEL_TOLERANCE, "{worst} levels off");
     let info = stdout(&sd_command(&["info", out.to_str().unwrap()]));
     assert!(info.contains(", RNG: NV, "), "{info}");
-    assert!(info.contains("Sampler: PLMS, "), "PNDM is A1111's PLMS: {info}");
+    assert!(
+        info.contains("Sampler: PLMS, "),
+        "PNDM is A1111's PLMS: {info}"
+    );
 }
 
 /// A combined old name is written as A1111 writes it: the sampler, then `Schedule type`; an
@@ -202,21 +219,51 @@ fn rng_nv_gives_diffusers_image_from_the_nv_noise() {
 fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
     let dir = scratch("infotext");
     for (scheduler, schedule_type, expected) in [
-        ("DPM2 a Karras", None, "Sampler: DPM2 a, Schedule type: Karras, "),
-        ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Karras, "),
-        ("Euler a", None, "Sampler: Euler a, Schedule type: Automatic, "),
-        ("k_euler", Some("sgm_uniform"), "Sampler: Euler, Schedule type: SGM Uniform, "),
+        (
+            "DPM2 a Karras",
+            None,
+            "Sampler: DPM2 a, Schedule type: Karras, ",
+        ),
+        (
+            "DPM++ 2M",
+            None,
+            "Sampler: DPM++ 2M, Schedule type: Karras, ",
+        ),
+        (
+            "Euler a",
+            None,
+            "Sampler: Euler a, Schedule type: Automatic, ",
+        ),
+        (
+            "k_euler",
+            Some("sgm_uniform"),
+            "Sampler: Euler, Schedule type: SGM Uniform, ",
+        ),
     ] {
         let out = dir.join("out.png");
         let mut args = vec![
-            "generate", "--prompt", "a fox", "--steps", "2", "--seed", "3", "--scheduler",
-            scheduler, "--quiet", "--output", out.to_str().unwrap(),
+            "generate",
+            "--prompt",
+            "a fox",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--scheduler",
+            scheduler,
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
         ];
         if let Some(kind) = schedule_type {
             args.extend(["--schedule-type", kind]);
         }
         let run = sd_command(&args);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         let info = stdout(&sd_command(&["info", out.to_str().unwrap()]));
         assert!(info.contains(expected), "{scheduler}: {info}");
         assert!(info.contains("RNG: CPU"), "{info}");
@@ -227,7 +274,11 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
 #[test]
 fn scheduler_help_lists_both_vocabularies() {
     let run = sd_command(&["generate", "--scheduler", "help"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let text = stdout(&run);
     for needle in [
         "A1111 samplers",
@@ -245,12 +296,22 @@ fn bad_schedule_type_and_rng_are_named() {
     let run = sd_command(&["generate", "--prompt", "x", "--schedule-type", "sideways"]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("sideways") && err.contains("SGM Uniform"), "{err}");
+    assert!(
+        err.contains("sideways") && err.contains("SGM Uniform"),
+        "{err}"
+    );
     let run = sd_command(&["generate", "--prompt", "x", "--rng", "gpu"]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("--rng"));
     let run = sd_command(&[
-        "generate", "--prompt", "x", "--scheduler", "DDIM", "--schedule-type", "Karras", "--steps",
+        "generate",
+        "--prompt",
+        "x",
+        "--scheduler",
+        "DDIM",
+        "--schedule-type",
+        "Karras",
+        "--steps",
         "1",
     ]);
     assert!(!run.status.success());

@@ -21,7 +21,9 @@ fn nv_streams_equal_a1111s_bit_for_bit() {
             let shape_name = shape.as_str().unwrap();
             let dims: Vec<usize> = shape_name.split('x').map(|d| d.parse().unwrap()).collect();
             let ours = generator.randn(&dims);
-            let expected = file.get(&format!("seed{seed}/call{call}/{shape_name}")).unwrap();
+            let expected = file
+                .get(&format!("seed{seed}/call{call}/{shape_name}"))
+                .unwrap();
             assert_eq!(ours.shape(), expected.shape(), "seed {seed} call {call}");
             for (i, (a, b)) in ours.iter().zip(expected.iter()).enumerate() {
                 assert_eq!(

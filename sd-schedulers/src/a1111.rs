@@ -252,9 +252,7 @@ pub fn infotext_names(
     schedule_type: Option<ScheduleType>,
 ) -> Result<(String, Option<&'static str>)> {
     if let Some((found, suffix)) = split_a1111_name(name) {
-        let chosen = suffix
-            .or(schedule_type)
-            .unwrap_or(ScheduleType::Automatic);
+        let chosen = suffix.or(schedule_type).unwrap_or(ScheduleType::Automatic);
         return Ok((found.name.to_string(), Some(found.schedule_label(chosen))));
     }
     let kind = crate::names::kind_of(name)?;

@@ -3,7 +3,7 @@
 //! Each step predicts x̂₀, then moves to the previous timestep along the predicted noise
 //! direction; `eta` > 0 adds fresh noise (eta = 1 is DDPM-like ancestral sampling).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;

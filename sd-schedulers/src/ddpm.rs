@@ -1,7 +1,7 @@
 //! DDPM (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"), diffusers'
 //! `DDPMScheduler`: ancestral sampling from the posterior q(x_{t−1} | x_t, x̂₀).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;

@@ -6,7 +6,7 @@
 //! exactly in λ, with a linear (order 2) or quadratic (order 3) fit through past x̂₀. The SDE
 //! variant adds fresh noise every step.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{map2, map3};

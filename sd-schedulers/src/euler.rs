@@ -1,7 +1,7 @@
 //! Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 2 without
 //! churn), diffusers' `EulerDiscreteScheduler`; A1111's "Euler".
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;

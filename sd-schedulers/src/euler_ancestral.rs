@@ -4,7 +4,7 @@
 //! Each step splits the move to the next σ into a deterministic Euler step down to σ_down and
 //! fresh noise of size σ_up, with σ_down² + σ_up² = σ_next².
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map3;

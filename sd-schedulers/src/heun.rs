@@ -5,7 +5,7 @@
 //! mean of both slopes. [`timesteps`](Scheduler::timesteps) lists every timestep but the first
 //! twice, one entry per evaluation.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::{clip, map2, map3};

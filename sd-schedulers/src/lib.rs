@@ -62,6 +62,7 @@ mod sigmas;
 mod spacing;
 mod unipc;
 
+pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
 };
@@ -71,10 +72,9 @@ pub use dpm_solver::DpmSolverScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
+pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;
-pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
-pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 pub use names::{
     SamplerOptions, SchedulerKind, diffusers_names, kind_of, known_names, scheduler_from_name,
     scheduler_from_name_with,

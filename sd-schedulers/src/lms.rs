@@ -4,7 +4,7 @@
 //! The ODE derivative of up to four past steps is extrapolated with a Lagrange polynomial in σ,
 //! integrated over the step.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;

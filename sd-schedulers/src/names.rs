@@ -167,7 +167,9 @@ pub fn scheduler_from_name_with(
     options: SamplerOptions,
 ) -> Result<Box<dyn Scheduler>> {
     if let Some((sampler, suffix)) = split_a1111_name(name) {
-        let karras = options.karras_sigmas.and_then(|on| on.then_some(ScheduleType::Karras));
+        let karras = options
+            .karras_sigmas
+            .and_then(|on| on.then_some(ScheduleType::Karras));
         let chosen = suffix
             .or(options.schedule_type)
             .or(karras)
@@ -229,6 +231,9 @@ pub fn scheduler_from_name_with(
 fn unreachable_a1111(name: &str) -> Result<Box<dyn Scheduler>> {
     Err(Error::invalid_argument(
         "scheduler",
-        format!("`{}` is listed as a diffusers name but is an A1111 sampler", name.trim()),
+        format!(
+            "`{}` is listed as a diffusers name but is an A1111 sampler",
+            name.trim()
+        ),
     ))
 }

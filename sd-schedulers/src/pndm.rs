@@ -5,7 +5,7 @@
 //! Adams–Bashforth weights. The warm-up uses a second evaluation at the second timestep, which is
 //! why that timestep appears twice in [`timesteps`](Scheduler::timesteps).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_timesteps::AlphaTimesteps;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};

@@ -8,7 +8,7 @@
 //! The other variants (`bh1`, `predict_x0 = false`, `lower_order_final = false`) are refused:
 //! with the final σ = 0 diffusers 0.42 computes 0·∞ in their last step and returns NaN or ∞.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::map2;

@@ -96,12 +96,18 @@ fn second_order_samplers_list_both_evaluations_of_a_step() {
     assert_eq!(heun.order(), 2);
     let sigmas = heun.sigmas().to_vec();
     let evaluated = heun.evaluation_sigmas();
-    assert_eq!(evaluated[1], sigmas[1], "Heun's second evaluation is at σ_{{i+1}}");
+    assert_eq!(
+        evaluated[1], sigmas[1],
+        "Heun's second evaluation is at σ_{{i+1}}"
+    );
     let mut dpm2 = sampler_for("DPM2", ScheduleType::Automatic);
     dpm2.set_timesteps(10).unwrap();
     let (s0, s1) = (dpm2.sigmas()[0], dpm2.sigmas()[1]);
     let mid = dpm2.evaluation_sigmas()[1];
-    assert!((mid - (s0 * s1).sqrt()).abs() < 1e-4 * mid, "DPM2 midpoint {mid}");
+    assert!(
+        (mid - (s0 * s1).sqrt()).abs() < 1e-4 * mid,
+        "DPM2 midpoint {mid}"
+    );
     // img2img by A1111's rule: 10 steps at strength 0.5 run the last 6.
     assert_eq!(heun.start_index(0.5).unwrap(), 2 * 4);
     let mut euler = sampler_for("Euler", ScheduleType::Automatic);
@@ -118,7 +124,11 @@ fn combined_names_split_as_a1111_reads_them() {
         ("dpm2 a karras", "DPM2 a", Some(ScheduleType::Karras)),
         ("Euler a", "Euler a", None),
         ("k_euler_ancestral", "Euler a", None),
-        ("DPM++ 2M SGMUniform", "DPM++ 2M", Some(ScheduleType::SgmUniform)),
+        (
+            "DPM++ 2M SGMUniform",
+            "DPM++ 2M",
+            Some(ScheduleType::SgmUniform),
+        ),
         ("Heun Exponential", "Heun", Some(ScheduleType::Exponential)),
     ] {
         let (found, suffix) = split_a1111_name(name).unwrap_or_else(|| panic!("{name}"));
@@ -160,8 +170,18 @@ fn the_menu_lists_every_name_with_its_aliases() {
     let (samplers, schedule_types) = a1111_menu();
     let names: Vec<_> = samplers.iter().map(|s| s.name).collect();
     for name in [
-        "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DDIM",
-        "PLMS", "UniPC", "LCM",
+        "Euler a",
+        "Euler",
+        "LMS",
+        "Heun",
+        "DPM2",
+        "DPM2 a",
+        "DPM++ 2S a",
+        "DPM++ 2M",
+        "DDIM",
+        "PLMS",
+        "UniPC",
+        "LCM",
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
@@ -171,7 +191,14 @@ fn the_menu_lists_every_name_with_its_aliases() {
     let labels: Vec<_> = schedule_types.iter().map(|s| s.label).collect();
     assert_eq!(
         labels,
-        ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform"]
+        [
+            "Automatic",
+            "Uniform",
+            "Karras",
+            "Exponential",
+            "Polyexponential",
+            "SGM Uniform"
+        ]
     );
     let karras = &schedule_types[2];
     assert_eq!((karras.name, karras.default_rho), ("karras", Some(7.0)));

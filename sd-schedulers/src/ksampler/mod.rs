@@ -25,7 +25,7 @@ mod schedule_type;
 
 pub use schedule_type::ScheduleType;
 
-use sd_core::{Error, HostTensor, Result, ScheduleState, Scheduler, NormalSource};
+use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
@@ -65,7 +65,9 @@ impl KSamplerKind {
     pub fn is_ancestral(self) -> bool {
         matches!(
             self,
-            KSamplerKind::EulerAncestral | KSamplerKind::Dpm2Ancestral | KSamplerKind::DpmPp2sAncestral
+            KSamplerKind::EulerAncestral
+                | KSamplerKind::Dpm2Ancestral
+                | KSamplerKind::DpmPp2sAncestral
         )
     }
 
@@ -245,7 +247,9 @@ impl KDiffusionSampler {
                 let var = sigma * sigma + 1.0;
                 let c_skip = 1.0 / var;
                 let c_out = -sigma / var.sqrt();
-                map2("denoise", sample, model_output, |x, v| v * c_out + x * c_skip)
+                map2("denoise", sample, model_output, |x, v| {
+                    v * c_out + x * c_skip
+                })
             }
             // `require_noise_prediction` refused `sample` at construction.
             PredictionType::Epsilon | PredictionType::Sample => {
@@ -264,7 +268,9 @@ impl KDiffusionSampler {
     ) -> Result<HostTensor> {
         let noise = generator.randn(x.shape());
         let s_noise = self.setup.s_noise;
-        map2("ancestral noise", &x, &noise, |x, n| x + n * s_noise * sigma_up)
+        map2("ancestral noise", &x, &noise, |x, n| {
+            x + n * s_noise * sigma_up
+        })
     }
 
     fn take_start(&mut self) -> Result<HostTensor> {
@@ -304,7 +310,14 @@ impl KDiffusionSampler {
                 self.history.derivatives.push(to_d(x, &denoised, sigma)?);
                 let order = (i + 1).min(LMS_ORDER);
                 let mut update: Option<HostTensor> = None;
-                for (j, d) in self.history.derivatives.iter().rev().take(order).enumerate() {
+                for (j, d) in self
+                    .history
+                    .derivatives
+                    .iter()
+                    .rev()
+                    .take(order)
+                    .enumerate()
+                {
                     let coeff = lms_coefficient(&self.plan.sigmas, order, i, j) as f32;
                     update = Some(match update {
                         None => d.mapv(|d| coeff * d),

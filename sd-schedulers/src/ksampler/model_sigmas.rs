@@ -22,11 +22,11 @@ impl ModelSigmas {
     pub fn new(schedule: &BetaSchedule, num_train_timesteps: usize) -> Self {
         let alphas_cumprod: Vec<f32> = match schedule {
             // The LDM's own "linear" schedule is diffusers' scaled_linear: linear in √β.
-            BetaSchedule::ScaledLinear { start, end } => {
-                ldm_alphas_cumprod(torch_linspace_f64(start.sqrt(), end.sqrt(), num_train_timesteps)
+            BetaSchedule::ScaledLinear { start, end } => ldm_alphas_cumprod(
+                torch_linspace_f64(start.sqrt(), end.sqrt(), num_train_timesteps)
                     .into_iter()
-                    .map(|b| b * b))
-            }
+                    .map(|b| b * b),
+            ),
             BetaSchedule::Linear { start, end } => {
                 ldm_alphas_cumprod(torch_linspace_f64(*start, *end, num_train_timesteps))
             }

@@ -115,7 +115,14 @@ impl ScheduleType {
             })
     }
 
-    fn entry(self) -> &'static (ScheduleType, &'static str, &'static str, &'static [&'static str]) {
+    fn entry(
+        self,
+    ) -> &'static (
+        ScheduleType,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+    ) {
         SCHEDULE_TYPES
             .iter()
             .find(|(kind, ..)| *kind == self)

@@ -201,7 +201,11 @@ fn scheduler_help() -> String {
         let default = sampler
             .default_scheduler
             .map_or(String::new(), |d| format!(", Automatic = {d}"));
-        text += &format!("  {} [{}{default}]\n", sampler.name, sampler.aliases.join(", "));
+        text += &format!(
+            "  {} [{}{default}]\n",
+            sampler.name,
+            sampler.aliases.join(", ")
+        );
     }
     text += "A1111 schedule types (--schedule-type):\n";
     for kind in &schedule_types {
@@ -215,7 +219,8 @@ fn scheduler_help() -> String {
     for sampler in samplers.iter().filter(|s| !s.a1111_exact) {
         text += &format!("  {} [{}]\n", sampler.name, sampler.aliases.join(", "));
     }
-    text += "diffusers schedulers (class names and short names, from the model's scheduler config):\n";
+    text +=
+        "diffusers schedulers (class names and short names, from the model's scheduler config):\n";
     for name in diffusers_names() {
         text += &format!("  {name}\n");
     }
