@@ -109,6 +109,29 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `sd generate` as the goldens ran: their prompts, 10 steps, CFG 7.5, read literally.
+fn golden_run_args<'a>(seed: &'a str, scheduler: &'a str, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        seed,
+        "--scheduler",
+        scheduler,
+        "--plain-prompt",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]
+}
+
 /// Every tiny-sd run through `sd generate`: the sampler by name, `--schedule-type` when the run
 /// has one, seeds `--seed S --batch N` (image i gets S + i, its own generator).
 #[test]
@@ -118,27 +141,8 @@ fn cli_images_match_k_diffusion_within_one_level() {
         let seeds = seeds(&spec);
         let out = dir.join(format!("{}.png", key.replace(['/', ' ', '+'], "_")));
         let (first, batch) = (seeds[0].to_string(), seeds.len().to_string());
-        let mut args = vec![
-            "generate",
-            "--prompt",
-            "a photograph of an astronaut riding a horse",
-            "--negative-prompt",
-            "blurry, low quality",
-            "--steps",
-            "10",
-            "--cfg",
-            "7.5",
-            "--seed",
-            &first,
-            "--batch",
-            &batch,
-            "--scheduler",
-            spec["sampler"].as_str().unwrap(),
-            "--plain-prompt",
-            "--quiet",
-            "--output",
-            out.to_str().unwrap(),
-        ];
+        let mut args = golden_run_args(&first, spec["sampler"].as_str().unwrap(), &out);
+        args.extend(["--batch", &batch]);
         if let Some(schedule) = spec["schedule_type"].as_str() {
             args.extend(["--schedule-type", schedule]);
         }
@@ -176,27 +180,9 @@ fn stdout(output: &std::process::Output) -> String {
 #[test]
 fn rng_nv_gives_diffusers_image_from_the_nv_noise() {
     let out = scratch("rng").join("nv.png");
-    let run = sd_command(&[
-        "generate",
-        "--prompt",
-        "a photograph of an astronaut riding a horse",
-        "--negative-prompt",
-        "blurry, low quality",
-        "--steps",
-        "10",
-        "--cfg",
-        "7.5",
-        "--seed",
-        "1",
-        "--rng",
-        "nv",
-        "--scheduler",
-        "PNDM",
-        "--plain-prompt",
-        "--quiet",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = golden_run_args("1", "PNDM", &out);
+    args.extend(["--rng", "nv"]);
+    let run = sd_command(&args);
     assert!(
         run.status.success(),
         "{}",

@@ -61,6 +61,16 @@ impl RngSource {
     }
 }
 
+/// A new tensor of `shape` whose elements `fill` writes in standard (row-major) order.
+fn filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> HostTensor {
+    let mut tensor = HostTensor::zeros(ndarray::IxDyn(shape));
+    match tensor.as_slice_mut() {
+        Some(data) => fill(data),
+        None => unreachable!("a freshly allocated array is contiguous in standard order"),
+    }
+    tensor
+}
+
 /// A seeded stream of standard normal noise, drawn a tensor at a time as `torch.randn` draws it.
 /// Samplers and latent sampling take one per image (or per batch), whatever its source.
 pub trait NormalSource: Send + std::fmt::Debug {
@@ -151,12 +161,7 @@ impl TorchGenerator {
     ///
     /// Panics, like `ndarray`'s constructors, if the element count overflows `isize`.
     pub fn randn(&mut self, shape: &[usize]) -> HostTensor {
-        let mut noise = HostTensor::zeros(ndarray::IxDyn(shape));
-        match noise.as_slice_mut() {
-            Some(data) => self.randn_into(data),
-            None => unreachable!("a freshly allocated array is contiguous in standard order"),
-        }
-        noise
+        filled(shape, |data| self.randn_into(data))
     }
 
     /// Fills `out` as `torch.randn(out.len(), generator=self)` would. Only the element count

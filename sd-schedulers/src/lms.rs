@@ -15,7 +15,7 @@ use crate::sigmas::SigmaBounds;
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
 /// Derivatives the multistep formula combines (diffusers' default `order`).
-const MAX_ORDER: usize = 4;
+pub(crate) const MAX_ORDER: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct LmsScheduler {
@@ -79,19 +79,31 @@ impl Scheduler for LmsScheduler {
 
         // The order follows the step index, not the history: an img2img run that starts late
         // weights its first derivative with the full-order coefficient, as diffusers does.
-        let order = (index + 1).min(MAX_ORDER);
-        let mut update: Option<HostTensor> = None;
-        for (j, derivative) in self.derivatives.iter().rev().take(order).enumerate() {
-            let coeff = lms_coefficient(self.schedule.sigmas(), order, index, j) as f32;
-            update = Some(match update {
-                None => derivative.mapv(|d| coeff * d),
-                Some(acc) => map2("LMS step", &acc, derivative, |a, d| a + coeff * d)?,
-            });
-        }
-        match update {
-            Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
-            None => Ok(sample.clone()),
-        }
+        lms_update(self.schedule.sigmas(), index, &self.derivatives, sample)
+    }
+}
+
+/// One linear multistep step at step `index` of the σ schedule `sigmas`: `sample` plus the
+/// weighted sum of the last `min(index + 1, 4)` `derivatives` (oldest first), summed newest
+/// first as k-diffusion's `sample_lms` and diffusers' `LMSDiscreteScheduler` do.
+pub(crate) fn lms_update(
+    sigmas: &[f32],
+    index: usize,
+    derivatives: &[HostTensor],
+    sample: &HostTensor,
+) -> Result<HostTensor> {
+    let order = (index + 1).min(MAX_ORDER);
+    let mut update: Option<HostTensor> = None;
+    for (j, derivative) in derivatives.iter().rev().take(order).enumerate() {
+        let coeff = lms_coefficient(sigmas, order, index, j) as f32;
+        update = Some(match update {
+            None => derivative.mapv(|d| coeff * d),
+            Some(acc) => map2("LMS step", &acc, derivative, |a, d| a + coeff * d)?,
+        });
+    }
+    match update {
+        Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
+        None => Ok(sample.clone()),
     }
 }
 

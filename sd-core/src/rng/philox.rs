@@ -37,12 +37,7 @@ impl PhiloxGenerator {
 
     /// `generator.randn(shape)`: one normal per element, then the next call's counters.
     pub fn randn(&mut self, shape: &[usize]) -> HostTensor {
-        let mut noise = HostTensor::zeros(ndarray::IxDyn(shape));
-        match noise.as_slice_mut() {
-            Some(data) => self.randn_into(data),
-            None => unreachable!("a freshly allocated array is contiguous in standard order"),
-        }
-        noise
+        super::filled(shape, |data| self.randn_into(data))
     }
 
     /// Fills `out` as `randn((out.len(),))` would (only the element count matters).

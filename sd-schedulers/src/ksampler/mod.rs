@@ -29,15 +29,13 @@ use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler}
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
-use crate::lms::lms_coefficient;
+use crate::k_diffusion;
+use crate::lms::{MAX_ORDER as LMS_ORDER, lms_update};
 use model_sigmas::ModelSigmas;
 
 /// The noise schedule A1111's SD 1.x models are trained with (LDM's `linear_start` /
 /// `linear_end`), for configs that leave it out.
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
-
-/// Derivatives k-diffusion's `sample_lms` combines.
-const LMS_ORDER: usize = 4;
 
 /// The k-diffusion sampling function a sampler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -308,26 +306,7 @@ impl KDiffusionSampler {
                     self.history.derivatives.remove(0);
                 }
                 self.history.derivatives.push(to_d(x, &denoised, sigma)?);
-                let order = (i + 1).min(LMS_ORDER);
-                let mut update: Option<HostTensor> = None;
-                for (j, d) in self
-                    .history
-                    .derivatives
-                    .iter()
-                    .rev()
-                    .take(order)
-                    .enumerate()
-                {
-                    let coeff = lms_coefficient(&self.plan.sigmas, order, i, j) as f32;
-                    update = Some(match update {
-                        None => d.mapv(|d| coeff * d),
-                        Some(acc) => map2("LMS step", &acc, d, |a, d| a + coeff * d)?,
-                    });
-                }
-                match update {
-                    Some(update) => map2("LMS step", x, &update, |x, u| x + u),
-                    None => Ok(x.clone()),
-                }
+                lms_update(&self.plan.sigmas, i, &self.history.derivatives, x)
             }
             KSamplerKind::Heun | KSamplerKind::Dpm2 if !has_second => {
                 euler(x, &denoised, sigma, next)
@@ -551,8 +530,7 @@ impl ScheduleState for Plan {
         index: usize,
     ) -> Result<HostTensor> {
         check_index(index, self.evaluations.len())?;
-        let sigma = self.evaluations[index].sigma;
-        map2("add_noise", original, noise, |x, n| x + n * sigma)
+        k_diffusion::add_noise(self.evaluations[index].sigma, original, noise)
     }
 }
 
