@@ -27,6 +27,7 @@
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
+pub mod infotext;
 pub mod lora;
 mod model;
 pub mod model_hash;

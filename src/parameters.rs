@@ -93,7 +93,7 @@ impl Parameters {
 }
 
 /// A1111's `quote`: values that would break the `Key: value, …` line become JSON strings.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if value.contains([',', '\n', ':']) {
         serde_json::to_string(value).unwrap_or_else(|_| value.replace([',', '\n', ':'], " "))
     } else {

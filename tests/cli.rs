@@ -90,7 +90,7 @@ fn default_run_uses_the_bundled_model_and_writes_a_png_that_info_reads_back() {
     assert_eq!(lines[1], "Negative prompt: blurry");
     for field in [
         "Steps: 3",
-        "Sampler: PNDMScheduler",
+        "Sampler: PLMS", // the model's PNDM with skipped PRK steps, as A1111 names it
         "CFG scale: 7.5",
         "Seed: 1234",
         "Size: 64x64",
