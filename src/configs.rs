@@ -62,7 +62,7 @@ impl ModelConfigs {
             .and_then(serde_json::Value::as_u64)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(64);
-        latent_side * self.vae.downscale_factor()
+        latent_side.saturating_mul(self.vae.downscale_factor())
     }
 }
 

@@ -209,6 +209,7 @@ mod tests {
             denoising_strength: None,
             lora_hashes: vec![("x".into(), "1234".into()), ("y".into(), "5678".into())],
             rng: Some("NV".into()),
+            unet_weights: None,
         };
         let text = parameters.to_text();
         let parsed = Infotext::parse(&text);

@@ -21,6 +21,7 @@
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
+//! - [`output`]: where images go: batch names, checks before the run, atomic writes.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
@@ -31,6 +32,7 @@ pub mod infotext;
 pub mod lora;
 mod model;
 pub mod model_hash;
+pub mod output;
 pub mod parameters;
 pub mod png;
 

@@ -7,7 +7,7 @@ use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
-use sd_core::weights::{LdmLayout, UnetLayout, Variant, WeightStore};
+use sd_core::weights::{LdmLayout, UnetLayout, UnetWeights, Variant, WeightStore};
 use sd_core::{Backend, Error, Result, Scheduler};
 use sd_schedulers::{
     SamplerOptions, ScheduleType, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
@@ -45,6 +45,10 @@ pub struct LoadOptions {
     /// LoRA files merged into the weights (in f32, before any packing or upload); the
     /// low-memory rebuild applies them again by itself.
     pub loras: Vec<LoraSpec>,
+    /// Which UNet weights a full checkpoint (trained weights plus `model_ema.*` copies) gives:
+    /// the non-EMA ones by default, as diffusers' `from_single_file` and A1111 load it
+    /// (see [`UnetWeights`]).
+    pub unet_weights: UnetWeights,
 }
 
 impl LoadOptions {
@@ -55,6 +59,16 @@ impl LoadOptions {
 
     pub fn low_memory(mut self, low_memory: bool) -> Self {
         self.low_memory = low_memory;
+        self
+    }
+
+    /// Read the EMA copies of a full checkpoint's UNet (diffusers' `extract_ema=True`).
+    pub fn ema(mut self, ema: bool) -> Self {
+        self.unet_weights = if ema {
+            UnetWeights::Ema
+        } else {
+            UnetWeights::NonEma
+        };
         self
     }
 
@@ -86,6 +100,8 @@ pub struct StableDiffusion<B: Backend> {
     default_scheduler: String,
     source: PathBuf,
     weight_files: Vec<PathBuf>,
+    /// The UNet weight set read from a full checkpoint (`None`: the file had one set).
+    unet_weights: Option<UnetWeights>,
     /// Held by the generation that is running (see `generate_with_progress`).
     turn: Mutex<()>,
     /// What the LoRA files of [`LoadOptions::loras`] matched.
@@ -134,7 +150,18 @@ impl<B: Backend> StableDiffusion<B> {
     /// [`load`](StableDiffusion::load) onto `backend`.
     pub fn load_on(backend: B, path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        let store = WeightStore::open(path)?;
+        if let (true, Some(dir)) = (path.is_dir(), &options.config_dir) {
+            return Err(Error::invalid_argument(
+                "config_dir",
+                format!(
+                    "{}: configs are read from a diffusers folder's own files; config_dir is for \
+                     single files, and {} is a folder",
+                    dir.display(),
+                    path.display()
+                ),
+            ));
+        }
+        let store = WeightStore::open_with(path, options.unet_weights)?;
         let config_dir = if path.is_dir() {
             Some(path)
         } else {
@@ -154,7 +181,9 @@ impl<B: Backend> StableDiffusion<B> {
             unet_layout,
             low_memory: options.low_memory,
         };
-        origin.build(backend, &options.loras)
+        origin
+            .build(backend, &options.loras)
+            .map_err(|error| with_config_hint(error, path, config_dir.is_none()))
     }
 
     /// The same checkpoint with another set of LoRA files (none: the bare model), on `backend`.
@@ -215,6 +244,7 @@ impl<B: Backend> StableDiffusion<B> {
         let mut model =
             Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
         model.weight_files = store.files().map(Path::to_path_buf).collect();
+        model.unet_weights = store.unet_weights();
         Ok(model)
     }
 
@@ -236,6 +266,7 @@ impl<B: Backend> StableDiffusion<B> {
             default_scheduler,
             source,
             weight_files: Vec::new(),
+            unet_weights: None,
             turn: Mutex::new(()),
             lora_report: LoraReport::default(),
             origin: None,
@@ -276,6 +307,18 @@ impl<B: Backend> StableDiffusion<B> {
     /// What the LoRA files given at load matched: modules applied and keys skipped, per file.
     pub fn lora_report(&self) -> &LoraReport {
         &self.lora_report
+    }
+
+    /// Which UNet weights of a full checkpoint (one with EMA copies) were loaded; `None` when
+    /// the checkpoint has a single set.
+    pub fn unet_weights(&self) -> Option<UnetWeights> {
+        self.unet_weights
+    }
+
+    /// The scheduler config the model was loaded with (its `_class_name` may name a class
+    /// [`default_scheduler`](Self::default_scheduler) had to replace).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
     }
 
     /// The folder or file the weights came from.
@@ -329,5 +372,23 @@ impl<B: Backend> StableDiffusion<B> {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         self.pipeline
             .generate_with_progress(request, &new_scheduler, &mut on_step)
+    }
+}
+
+/// A single file loaded with SD 1.5's built-in configs whose tensors do not fit them is most
+/// likely another shape of model: say to give its configs, not only which tensor differs.
+fn with_config_hint(error: Error, path: &Path, built_in_configs: bool) -> Error {
+    match error {
+        Error::TensorShape { .. } | Error::MissingTensor { .. } if built_in_configs => {
+            Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its weights do not fit SD 1.5's built-in configs ({error}); if it is another \
+                     shape of SD 1.x model, give the diffusers folder with its configs \
+                     (LoadOptions::config_dir, sd generate --config-dir DIR)"
+                ),
+            }
+        }
+        error => error,
     }
 }

@@ -12,6 +12,8 @@
 
 use std::fmt::Write;
 
+use sd_core::weights::UnetWeights;
+
 /// What one image was generated with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parameters {
@@ -37,6 +39,9 @@ pub struct Parameters {
     pub lora_hashes: Vec<(String, String)>,
     /// A1111's `RNG` (`CPU`, `NV`): the random source the seeds were drawn from.
     pub rng: Option<String>,
+    /// The UNet weights of a full checkpoint (one with EMA copies) the image was made with;
+    /// `None` for a checkpoint with one set (written as `UNet weights: EMA` / `non-EMA`).
+    pub unet_weights: Option<UnetWeights>,
 }
 
 impl Parameters {
@@ -68,6 +73,9 @@ impl Parameters {
                 .map(|(name, hash)| format!("{name}: {hash}"))
                 .collect();
             fields.push(("Lora hashes", hashes.join(", ")));
+        }
+        if let Some(weights) = self.unet_weights {
+            fields.push(("UNet weights", weights.to_string()));
         }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
@@ -123,7 +131,18 @@ mod tests {
             denoising_strength: None,
             lora_hashes: Vec::new(),
             rng: None,
+            unet_weights: None,
         }
+    }
+
+    #[test]
+    fn the_unet_weight_set_of_a_full_checkpoint_is_named() {
+        let mut parameters = example();
+        assert!(!parameters.to_text().contains("UNet weights"));
+        parameters.unet_weights = Some(UnetWeights::NonEma);
+        assert!(parameters.to_text().contains(", UNet weights: non-EMA,"));
+        parameters.unet_weights = Some(UnetWeights::Ema);
+        assert!(parameters.to_text().contains(", UNet weights: EMA,"));
     }
 
     #[test]

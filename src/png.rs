@@ -5,7 +5,7 @@
 //! 16-bit samples cut to 8, alpha dropped, grey replicated to RGB, RGB to grey by PIL's luma.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::Path;
 
 use png::{BitDepth, ColorType, Decoder, Encoder, Transformations};
@@ -14,6 +14,9 @@ use sd_core::{Error, Result};
 
 /// The text chunk keyword A1111 (and tools that read its images) use for generation parameters.
 pub const PARAMETERS_KEY: &str = "parameters";
+
+/// The longest text a compressed chunk may inflate to (A1111's parameters are a few KB).
+pub const MAX_TEXT_CHUNK_BYTES: usize = 1 << 20;
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
@@ -33,13 +36,21 @@ fn not_png(path: &Path, reason: impl std::fmt::Display) -> Error {
 /// (tEXt when the text is Latin-1, else UTF-8 iTXt, as PIL chooses).
 pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&str>) -> Result<()> {
     let path = path.as_ref();
-    let file = File::create(path).map_err(|e| io_error(path, e))?;
+    // Encoded in memory, then written in one go beside the target and renamed over it: a full
+    // disk or a crash leaves the previous file whole, never a truncated PNG.
+    let bytes = encode_png(path, image, parameters)?;
+    crate::output::write_atomically(path, &bytes)
+}
+
+/// The PNG file of `image` (and its `parameters` chunk); `path` names it in errors.
+fn encode_png(path: &Path, image: &RgbImage, parameters: Option<&str>) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
     let side = |n: usize, what: &str| {
         u32::try_from(n)
             .map_err(|_| Error::invalid_argument(what, format!("{n} pixels is too large for PNG")))
     };
     let mut encoder = Encoder::new(
-        BufWriter::new(file),
+        &mut bytes,
         side(image.width(), "width")?,
         side(image.height(), "height")?,
     );
@@ -66,7 +77,8 @@ pub fn write_png(path: impl AsRef<Path>, image: &RgbImage, parameters: Option<&s
     }
     let mut writer = encoder.write_header().map_err(encoding)?;
     writer.write_image_data(image.pixels()).map_err(encoding)?;
-    writer.finish().map_err(encoding)
+    writer.finish().map_err(encoding)?;
+    Ok(bytes)
 }
 
 /// Decoded 8-bit pixels, their colour type and the size.
@@ -159,15 +171,57 @@ pub fn read_text_chunks(path: impl AsRef<Path>) -> Result<Vec<(String, String)>>
         .iter()
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
-    for chunk in &info.compressed_latin1_text {
-        let text = chunk.get_text().map_err(|e| not_png(path, e))?;
-        chunks.push((chunk.keyword.clone(), text));
-    }
-    for chunk in &info.utf8_text {
-        let text = chunk.get_text().map_err(|e| not_png(path, e))?;
-        chunks.push((chunk.keyword.clone(), text));
-    }
+    // Compressed chunks are inflated with a cap: a few KB of zTXt can inflate to gigabytes.
+    chunks.extend(inflate_all(&info.compressed_latin1_text, path)?);
+    chunks.extend(inflate_all(&info.utf8_text, path)?);
     Ok(chunks)
+}
+
+/// A zTXt or iTXt chunk (either may be compressed), for [`inflate_all`].
+trait TextChunk: Clone {
+    fn keyword(&self) -> &str;
+    /// The text, inflated to at most `limit` bytes.
+    fn text_within(self, limit: usize) -> std::result::Result<String, png::DecodingError>;
+}
+
+impl TextChunk for png::text_metadata::ZTXtChunk {
+    fn keyword(&self) -> &str {
+        &self.keyword
+    }
+    fn text_within(mut self, limit: usize) -> std::result::Result<String, png::DecodingError> {
+        self.decompress_text_with_limit(limit)?;
+        self.get_text()
+    }
+}
+
+impl TextChunk for png::text_metadata::ITXtChunk {
+    fn keyword(&self) -> &str {
+        &self.keyword
+    }
+    fn text_within(mut self, limit: usize) -> std::result::Result<String, png::DecodingError> {
+        self.decompress_text_with_limit(limit)?;
+        self.get_text()
+    }
+}
+
+/// (keyword, text) of each chunk, each inflated to at most [`MAX_TEXT_CHUNK_BYTES`].
+fn inflate_all<C: TextChunk>(chunks: &[C], path: &Path) -> Result<Vec<(String, String)>> {
+    chunks
+        .iter()
+        .map(|chunk| {
+            let keyword = chunk.keyword().to_string();
+            match chunk.clone().text_within(MAX_TEXT_CHUNK_BYTES) {
+                Ok(text) => Ok((keyword, text)),
+                Err(e) => Err(not_png(
+                    path,
+                    format!(
+                        "text chunk `{keyword}` does not inflate to valid text within \
+                         {MAX_TEXT_CHUNK_BYTES} bytes: {e}"
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The `parameters` text of a PNG, or `None` when it has none.

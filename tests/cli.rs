@@ -3,58 +3,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
+use support::cli::{assert_fails_naming, path_arg, scratch, sd, stderr, stdout};
 use support::{goldens, max_level_difference};
-
-fn sd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .output()
-        .expect("the sd binary runs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A failed run: non-zero exit, one line on stderr that mentions every `needles`, no panic.
-fn assert_fails_naming(output: &Output, needles: &[&str]) {
-    let err = stderr(output);
-    assert!(!output.status.success(), "expected failure, stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("sd: ")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err}"
-    );
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "`{needle}` missing from: {}",
-            lines[0]
-        );
-    }
-}
 
 #[test]
 fn default_run_uses_the_bundled_model_and_writes_a_png_that_info_reads_back() {

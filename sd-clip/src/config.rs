@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use sd_core::config_file::read_config;
+use sd_core::config_file::{MAX_REPEATS, MAX_WIDTH, check_counts, check_positive, read_config};
 use sd_core::{Error, Result, UnaryOp};
 use serde::Deserialize;
 
@@ -66,18 +66,21 @@ impl ClipTextConfig {
             field: field.into(),
             reason,
         };
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value == 0 {
-                return Err(field_error(field, "must be positive".into()));
-            }
-        }
+        check_counts(
+            path,
+            &[
+                ("vocab_size", self.vocab_size, MAX_WIDTH),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_REPEATS),
+                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+                (
+                    "max_position_embeddings",
+                    self.max_position_embeddings,
+                    MAX_WIDTH,
+                ),
+            ],
+        )?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(field_error(
                 "num_attention_heads",
@@ -96,12 +99,7 @@ impl ClipTextConfig {
                 ),
             ));
         }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(field_error(
-                "layer_norm_eps",
-                format!("{} is not a positive number", self.layer_norm_eps),
-            ));
-        }
+        check_positive(path, "layer_norm_eps", self.layer_norm_eps)?;
         self.activation().map(|_| ()).ok_or_else(|| {
             field_error(
                 "hidden_act",

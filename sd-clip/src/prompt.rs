@@ -43,8 +43,9 @@ pub enum PromptPiece {
     Break,
 }
 
-/// Parse A1111 emphasis syntax. The only error is a weight that is not a number (`(a:1.2.3)`),
-/// which A1111 also rejects.
+/// Parse A1111 emphasis syntax. Errors: a weight that is not a number (`(a:1.2.3)`), which A1111
+/// also rejects, and a weight past ±[`MAX_PROMPT_WEIGHT`] (`(a:1e40)`), which A1111 turns into a
+/// black image.
 pub fn parse_prompt(prompt: &str) -> Result<Vec<PromptPiece>> {
     let mut parser = Parser::default();
     let mut rest = prompt;
@@ -82,7 +83,31 @@ pub fn parse_prompt(prompt: &str) -> Result<Vec<PromptPiece>> {
         };
         rest = &rest[consumed..];
     }
-    Ok(parser.finish())
+    let pieces = parser.finish();
+    check_weights(&pieces)?;
+    Ok(pieces)
+}
+
+/// The largest emphasis weight accepted. A1111 sets no limit, but weights scale the text
+/// embeddings, and past this the encoder's outputs overflow f32 (an all-black image).
+pub const MAX_PROMPT_WEIGHT: f64 = 1000.0;
+
+/// Every weight, as given or as brackets multiplied it, is finite and within
+/// ±[`MAX_PROMPT_WEIGHT`].
+fn check_weights(pieces: &[PromptPiece]) -> Result<()> {
+    for piece in pieces {
+        if let PromptPiece::Text { text, weight } = piece
+            && !(weight.is_finite() && weight.abs() <= MAX_PROMPT_WEIGHT)
+        {
+            return Err(Error::invalid_argument(
+                "prompt",
+                format!(
+                    "`{text}` has weight {weight}; weights must be within ±{MAX_PROMPT_WEIGHT}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_syntax_char(c: char) -> bool {

@@ -49,6 +49,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A short name for messages and benchmarks ("cpu", "cuda:0").
     fn name(&self) -> String;
 
+    /// Bytes of working memory this backend can still allocate, where it knows (the pipeline
+    /// refuses generations that clearly need more, rather than abort on a failed allocation).
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
+
     // ---- data movement -------------------------------------------------------------------
 
     /// Copy a host tensor to the backend, stored in the backend's compute dtype.

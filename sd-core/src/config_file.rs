@@ -12,6 +12,60 @@ use crate::error::{Error, Result};
 /// the side multiple `2^(levels − 1)` their configs imply.
 pub const MAX_LEVELS: usize = 16;
 
+/// The largest width a config may give (channels, embedding sizes, vocabulary, positions):
+/// 16× SD-family values, and small enough that products of a few of them cannot overflow or
+/// ask the allocator for terabytes before a weight is read.
+pub const MAX_WIDTH: usize = 1 << 20;
+
+/// The most repeats a config may give (layers per block, transformer layers, hidden layers):
+/// each repeat builds modules, so an absurd count must fail before the building starts.
+pub const MAX_REPEATS: usize = 256;
+
+/// Each `(field, value, max)` is a count in `1..=max` (see [`MAX_WIDTH`], [`MAX_REPEATS`]).
+/// Every config's sizes are checked here before any model is built from them.
+pub fn check_counts(origin: &Path, fields: &[(&str, usize, usize)]) -> Result<()> {
+    for &(field, value, max) in fields {
+        if value == 0 {
+            return Err(config_error(origin, field, "must be positive"));
+        }
+        if value > max {
+            return Err(config_error(
+                origin,
+                field,
+                format!("{value} is larger than the {max} this crate accepts"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `value` is a finite number > 0 (an epsilon, a scale): zero, negative, NaN and infinite values
+/// make every output NaN, which would reach the user as a black image.
+pub fn check_positive(origin: &Path, field: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(config_error(
+            origin,
+            field,
+            format!("{value} is not a positive finite number"),
+        ))
+    }
+}
+
+/// `value` is a finite number (a shift, a factor).
+pub fn check_finite(origin: &Path, field: &str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(config_error(
+            origin,
+            field,
+            format!("{value} is not a finite number"),
+        ))
+    }
+}
+
 /// Read and parse the JSON config at `path` (see [`parse_config`]).
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
     parse_config(&read_config_text(path)?, path)

@@ -83,6 +83,32 @@ pub enum Error {
     #[error("cancelled after step {step} of {total}")]
     Cancelled { step: usize, total: usize },
 
+    /// The latents (or the text conditioning, or the decoded image) stopped being finite numbers:
+    /// writing them out would give an all-black or noise image. `stage` names where it was
+    /// caught, `step` the denoising step (0: before the first).
+    #[error(
+        "the {stage} became NaN or infinite at step {step} of {total}: the checkpoint may hold \
+         NaN/inf weights, or a prompt weight or config value is too extreme; stopped rather than \
+         write a black image"
+    )]
+    NonFinite {
+        stage: &'static str,
+        step: usize,
+        total: usize,
+    },
+
+    /// A generation would clearly not fit in the memory the machine has free.
+    #[error(
+        "{what} needs about {} but only {} is available; use a smaller size or batch",
+        gib(*needed),
+        gib(*available)
+    )]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+    },
+
     /// No usable CUDA device: the driver library (libcuda) is missing, it finds no device with
     /// the asked ordinal, or the device's context cannot be created. Callers may fall back to the
     /// CPU backend on this error.
@@ -118,6 +144,11 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Bytes as GiB with one decimal (`12.3 GiB`).
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 fn files_list(files: &[PathBuf]) -> String {

@@ -103,6 +103,10 @@ impl<B: Backend> Backend for Profiled<B> {
         format!("{} (profiled)", self.inner.name())
     }
 
+    fn available_memory(&self) -> Option<u64> {
+        self.inner.available_memory()
+    }
+
     fn upload(&self, host: &HostTensor) -> Result<Self::Tensor> {
         self.timed("upload", || self.inner.upload(host))
     }

@@ -12,7 +12,9 @@ mod weights_support;
 use std::path::Path;
 
 use sd_core::Error;
-use sd_core::weights::{Component, LdmLayout, UnetLayout, VaeLayout, Variant, WeightStore, ldm};
+use sd_core::weights::{
+    Component, LdmLayout, UnetLayout, UnetWeights, VaeLayout, Variant, WeightStore, ldm,
+};
 use weights_support::{RawTensor, Scratch, counting, safetensors_bytes};
 
 /// A tiny two-level layout: one resnet per level, attention at the top level only.
@@ -267,23 +269,37 @@ fn clip_keys_with_or_without_text_model_are_accepted() {
     }
 }
 
+/// A full checkpoint holds the trained weights and their EMA copies: the trained ones by
+/// default (diffusers' `extract_ema=False`, A1111's `use_ema: False`), the copies on request.
 #[test]
-fn ema_weights_are_preferred_when_present() {
+fn full_checkpoints_give_the_trained_weights_unless_the_ema_copies_are_asked_for() {
     let scratch = Scratch::new("ldm-ema");
     let conv_in = "model.diffusion_model.input_blocks.0.0.weight";
     let conv_out = "model.diffusion_model.out.2.bias";
-    let tensors = [
+    let trained = [
         counting(conv_in, &[8, 4, 3, 3], 0.0),
-        counting(&ldm::ema_key(conv_in).unwrap(), &[8, 4, 3, 3], 0.5),
-        // No EMA twin for this one: the plain weights are used.
         counting(conv_out, &[4], 10.0),
+    ];
+    let ema = [
+        counting(&ldm::ema_key(conv_in).unwrap(), &[8, 4, 3, 3], 0.5),
+        counting(&ldm::ema_key(conv_out).unwrap(), &[4], 20.0),
         counting("model_ema.num_updates", &[], 0.0),
     ];
-    let path = scratch.write("full.safetensors", &safetensors_bytes(&tensors));
-    let store = WeightStore::open_single_file(&path, &LdmLayout::sd15()).unwrap();
+    let full = [&trained[..], &ema[..]].concat();
+    let path = scratch.write("full.safetensors", &safetensors_bytes(&full));
+    let layout = LdmLayout::sd15();
+
+    let store = WeightStore::open_single_file(&path, &layout).unwrap();
+    assert_eq!(store.unet_weights(), Some(UnetWeights::NonEma));
+    let unet = store.unet().unwrap();
+    assert_eq!(unet.get("conv_in.weight").unwrap()[[0, 0, 0, 1]], 1.0);
+    assert_eq!(unet.get("conv_out.bias").unwrap()[[0]], 10.0);
+
+    let store = WeightStore::open_single_file_with(&path, &layout, UnetWeights::Ema).unwrap();
+    assert_eq!(store.unet_weights(), Some(UnetWeights::Ema));
     let unet = store.unet().unwrap();
     assert_eq!(unet.get("conv_in.weight").unwrap()[[0, 0, 0, 1]], 1.5);
-    assert_eq!(unet.get("conv_out.bias").unwrap()[[0]], 10.0);
+    assert_eq!(unet.get("conv_out.bias").unwrap()[[0]], 20.0);
     let err = unet
         .get_shaped("conv_in.weight", &[1])
         .unwrap_err()
@@ -292,6 +308,22 @@ fn ema_weights_are_preferred_when_present() {
         err.contains("model_ema.diffusion_modelinput_blocks00weight"),
         "{err}"
     );
+
+    // An EMA set missing a tensor is refused rather than mixed with the trained set.
+    let partial = [&trained[..], &ema[..1]].concat();
+    let path = scratch.write("partial.safetensors", &safetensors_bytes(&partial));
+    let err = WeightStore::open_single_file_with(&path, &layout, UnetWeights::Ema)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(conv_out) && err.contains("no EMA copy"),
+        "{err}"
+    );
+
+    // A file with one set reports none.
+    let pruned = scratch.write("pruned.safetensors", &safetensors_bytes(&trained));
+    let store = WeightStore::open_single_file(&pruned, &layout).unwrap();
+    assert_eq!(store.unet_weights(), None);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sd_core::config_file::{config_from_value, parse_config, read_config_text};
+use sd_core::config_file::{check_positive, config_from_value, parse_config, read_config_text};
 use sd_core::{Error, Result};
 use serde::Deserialize;
 
@@ -58,6 +58,10 @@ pub struct SchedulerConfig {
     pub use_flow_sigmas: Option<bool>,
     pub use_dynamic_shifting: Option<bool>,
 }
+
+/// The most training timesteps a config may give (SD uses 1000): the schedules are tables of
+/// this length, built for every generation.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 /// SD 1.5's `scheduler/scheduler_config.json` (runwayml/stable-diffusion-v1-5), for single-file
 /// checkpoints that carry no scheduler config.
@@ -124,12 +128,67 @@ impl SchedulerConfig {
         }
     }
 
+    /// Check every numeric value against its range before a scheduler uses any: a zero or
+    /// negative beta or range, a NaN, or a count that would allocate terabytes fails here with
+    /// the field named, instead of as a panic in a clamp, an abort, or a black image.
+    fn check_values(&self) -> Result<()> {
+        let num_train_timesteps = self.num_train_timesteps.unwrap_or(1000);
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
+            return Err(self.error(
+                "num_train_timesteps",
+                format!("{num_train_timesteps} is not in 2..={MAX_TRAIN_TIMESTEPS}"),
+            ));
+        }
+        let beta = |field: &str, value: f64| {
+            if value.is_finite() && value > 0.0 && value < 1.0 {
+                Ok(())
+            } else {
+                Err(self.error(field, format!("{value} is not in (0, 1)")))
+            }
+        };
+        for (field, value) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            value.map_or(Ok(()), |v| beta(field, v))?;
+        }
+        for &value in self.trained_betas.iter().flatten() {
+            beta("trained_betas", value)?;
+        }
+        for (field, value) in [
+            ("clip_sample_range", self.clip_sample_range),
+            ("sigma_min", self.sigma_min),
+            ("sigma_max", self.sigma_max),
+            ("timestep_scaling", self.timestep_scaling),
+        ] {
+            value.map_or(Ok(()), |v| check_positive(&self.origin, field, v))?;
+        }
+        if let (Some(min), Some(max)) = (self.sigma_min, self.sigma_max)
+            && min >= max
+        {
+            return Err(self.error("sigma_min", format!("{min} is not below sigma_max {max}")));
+        }
+        let timesteps = num_train_timesteps as i64;
+        if let Some(offset) = self.steps_offset
+            && !(0..timesteps).contains(&offset)
+        {
+            return Err(self.error(
+                "steps_offset",
+                format!("{offset} is not in 0..{num_train_timesteps}"),
+            ));
+        }
+        if let Some(steps) = self.original_inference_steps
+            && !(1..=num_train_timesteps).contains(&steps)
+        {
+            return Err(self.error(
+                "original_inference_steps",
+                format!("{steps} is not in 1..={num_train_timesteps}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The noise schedule settings, with `defaults` (the scheduler class's) for missing keys.
     pub(crate) fn noise_schedule(&self, defaults: &ClassDefaults) -> Result<NoiseScheduleConfig> {
+        self.check_values()?;
         let num_train_timesteps = self.num_train_timesteps.unwrap_or(1000);
-        if num_train_timesteps < 2 {
-            return Err(self.error("num_train_timesteps", "must be at least 2"));
-        }
         let beta_schedule = match &self.trained_betas {
             Some(betas) if betas.len() != num_train_timesteps => {
                 return Err(self.error(

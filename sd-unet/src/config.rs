@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use sd_core::Result;
 
 use sd_core::config_file::{
-    check_levels, config_error, level_scale, parse_config, read_config_text,
+    MAX_REPEATS, MAX_WIDTH, check_counts, check_finite, check_levels, check_positive, config_error,
+    level_scale, parse_config, read_config_text,
 };
 
 /// The down blocks this crate builds.
@@ -223,6 +224,9 @@ fn default_act_fn() -> String {
     "silu".to_string()
 }
 
+/// The widest convolution kernel a config may ask for (SD-family UNets use 1 to 7).
+const MAX_KERNEL: usize = 31;
+
 /// SD 1.5's `unet/config.json` (runwayml/stable-diffusion-v1-5), for single-file checkpoints.
 pub const SD15_UNET_CONFIG: &str = r#"{
   "_class_name": "UNet2DConditionModel",
@@ -335,15 +339,37 @@ impl UNetConfig {
                 ));
             }
         }
-        for (field, value) in [
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("norm_num_groups", self.norm_num_groups),
-        ] {
-            if value == 0 {
-                return Err(self.error(field, "must be positive"));
-            }
+        check_counts(
+            &self.origin,
+            &[
+                ("in_channels", self.in_channels, MAX_WIDTH),
+                ("out_channels", self.out_channels, MAX_WIDTH),
+                ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+                ("conv_in_kernel", self.conv_in_kernel, MAX_KERNEL),
+                ("conv_out_kernel", self.conv_out_kernel, MAX_KERNEL),
+                (
+                    "time_embedding_dim",
+                    self.time_embedding_dim.unwrap_or(1),
+                    MAX_WIDTH,
+                ),
+            ],
+        )?;
+        for &channels in &self.block_out_channels {
+            check_counts(&self.origin, &[("block_out_channels", channels, MAX_WIDTH)])?;
         }
+        if self.downsample_padding > MAX_KERNEL {
+            return Err(self.error(
+                "downsample_padding",
+                format!("{} is larger than {MAX_KERNEL}", self.downsample_padding),
+            ));
+        }
+        check_positive(&self.origin, "norm_eps", f64::from(self.norm_eps))?;
+        check_finite(&self.origin, "freq_shift", f64::from(self.freq_shift))?;
+        check_finite(
+            &self.origin,
+            "mid_block_scale_factor",
+            f64::from(self.mid_block_scale_factor),
+        )?;
         for (field, kernel) in [
             ("conv_in_kernel", self.conv_in_kernel),
             ("conv_out_kernel", self.conv_out_kernel),
@@ -373,18 +399,31 @@ impl UNetConfig {
             ));
         }
         for i in 0..levels {
-            for (field, value) in [
-                ("layers_per_block", self.layers_per_block.get(i)),
-                (
-                    "transformer_layers_per_block",
-                    self.transformer_layers_per_block.get(i),
-                ),
-                ("cross_attention_dim", self.cross_attention_dim.get(i)),
-            ] {
-                if value == 0 {
-                    return Err(self.error(field, "must be positive"));
-                }
-            }
+            check_counts(
+                &self.origin,
+                &[
+                    (
+                        "layers_per_block",
+                        self.layers_per_block.get(i),
+                        MAX_REPEATS,
+                    ),
+                    (
+                        "transformer_layers_per_block",
+                        self.transformer_layers_per_block.get(i),
+                        MAX_REPEATS,
+                    ),
+                    (
+                        "cross_attention_dim",
+                        self.cross_attention_dim.get(i),
+                        MAX_WIDTH,
+                    ),
+                    (
+                        "attention_head_dim",
+                        self.attention_head_dim.get(i),
+                        MAX_WIDTH,
+                    ),
+                ],
+            )?;
         }
         self.check_heads()
     }

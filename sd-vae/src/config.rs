@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use sd_core::Result;
 use sd_core::config_file::{
-    check_levels, config_error, level_scale, parse_config, read_config_text,
+    MAX_REPEATS, MAX_WIDTH, check_counts, check_levels, check_positive, config_error, level_scale,
+    parse_config, read_config_text,
 };
 
 /// The encoder's down blocks (resnets, then a stride-2 downsampler but on the last level).
@@ -148,17 +149,19 @@ impl VaeConfig {
                 ("up_block_types", self.up_block_types.len()),
             ],
         )?;
-        for (field, value) in [
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("layers_per_block", self.layers_per_block),
-            ("latent_channels", self.latent_channels),
-            ("norm_num_groups", self.norm_num_groups),
-            ("sample_size", self.sample_size),
-        ] {
-            if value == 0 {
-                return Err(self.error(field, "must be positive"));
-            }
+        check_counts(
+            &self.origin,
+            &[
+                ("in_channels", self.in_channels, MAX_WIDTH),
+                ("out_channels", self.out_channels, MAX_WIDTH),
+                ("layers_per_block", self.layers_per_block, MAX_REPEATS),
+                ("latent_channels", self.latent_channels, MAX_WIDTH),
+                ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+                ("sample_size", self.sample_size, MAX_WIDTH),
+            ],
+        )?;
+        for &channels in &self.block_out_channels {
+            check_counts(&self.origin, &[("block_out_channels", channels, MAX_WIDTH)])?;
         }
         let groups = self.norm_num_groups;
         if let Some(&c) = self
@@ -180,9 +183,10 @@ impl VaeConfig {
                 ),
             ));
         }
-        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(self.error("scaling_factor", "must be a positive number"));
-        }
-        Ok(())
+        check_positive(
+            &self.origin,
+            "scaling_factor",
+            f64::from(self.scaling_factor),
+        )
     }
 }

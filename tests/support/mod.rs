@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 
 use sd_core::HostTensor;

@@ -16,6 +16,7 @@ pub mod gemm;
 mod layout;
 mod linalg;
 mod norm;
+pub mod threads;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -177,6 +178,7 @@ impl CpuBackend {
     /// A backend computing linear and conv layers in `precision`.
     pub fn with_precision(precision: Precision) -> Self {
         allocator::keep_freed_buffers();
+        threads::cap_global_pool();
         CpuBackend { precision }
     }
 
@@ -192,6 +194,10 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
+
+    fn available_memory(&self) -> Option<u64> {
+        crate::pipeline::available_host_memory()
+    }
 
     fn name(&self) -> String {
         match self.precision {

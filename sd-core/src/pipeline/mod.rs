@@ -26,6 +26,7 @@
 //! - `image.rs`: [`RgbImage`], [`GrayImage`] and the pixel conversions.
 //! - `progress.rs`: [`StepProgress`], [`Control`] and the cheap latent preview.
 
+mod guard;
 mod image;
 mod lane;
 mod progress;
@@ -34,6 +35,9 @@ mod start;
 
 use ndarray::{Axis, Slice, concatenate};
 
+pub use guard::{
+    MAX_BATCH_SIZE, available_host_memory, check_batch_size, estimate_generation_bytes,
+};
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
 pub use progress::{Control, StepProgress, preview};
@@ -152,6 +156,7 @@ where
         on_step: &mut dyn FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
         let checked = self.geometry().check(request)?;
+        self.check_memory(request, &checked)?;
         let task = self.task(request, &checked)?;
         let mut lanes = Lane::for_batch(
             request.rng,
@@ -175,7 +180,14 @@ where
             ));
         }
 
+        let total = timesteps.len() - start_index;
         let context = self.context(request, checked.guided)?;
+        guard::ensure_finite(
+            &self.backend.download(&context)?,
+            "text conditioning",
+            0,
+            total,
+        )?;
         let factor = self.codec.downscale_factor();
         let at = StartPoint {
             latent_shape: [
@@ -190,7 +202,6 @@ where
         self.codec.release(); // until the decode
         let mut latents = start.latents;
 
-        let total = timesteps.len() - start_index;
         for (done, index) in (start_index..timesteps.len()).enumerate() {
             let timestep = timesteps[index];
             let model_input = self.model_input(&lanes, &latents, index, &start.extra_channels)?;
@@ -208,6 +219,7 @@ where
                 };
                 lane.store(&mut latents, &next)?;
             }
+            guard::ensure_finite(&latents, "latents", done + 1, total)?;
             let progress = StepProgress {
                 step: done + 1,
                 total,
@@ -224,7 +236,7 @@ where
 
         self.denoiser.release();
         let images = (0..request.batch_size)
-            .map(|row| self.decode_row(&latents, row))
+            .map(|row| self.decode_row(&latents, row, total))
             .collect::<Result<Vec<_>>>()?;
         self.codec.release();
         Ok(Generation {
@@ -232,6 +244,25 @@ where
             latents,
             seeds: request.image_seeds(),
         })
+    }
+
+    /// Refuse a generation whose activations clearly exceed the memory the backend has free
+    /// (before anything is allocated: a failed allocation aborts the process).
+    fn check_memory(&self, request: &GenerationRequest, checked: &Checked) -> Result<()> {
+        let factor = self.codec.downscale_factor();
+        let latent_pixels = (checked.width / factor) * (checked.height / factor);
+        let rows = request.batch_size * if checked.guided { 2 } else { 1 };
+        let needed = guard::estimate_generation_bytes(rows, latent_pixels);
+        let what = || {
+            format!(
+                "a {}×{} generation of batch {}{}",
+                checked.width,
+                checked.height,
+                request.batch_size,
+                if checked.guided { " with guidance" } else { "" }
+            )
+        };
+        guard::check_fits(what, needed, self.backend.available_memory())
     }
 
     /// Which task runs, with the image inputs it needs.
@@ -363,13 +394,14 @@ where
     }
 
     /// Decode batch row `row` of the final latents to bytes.
-    fn decode_row(&self, latents: &HostTensor, row: usize) -> Result<RgbImage> {
+    fn decode_row(&self, latents: &HostTensor, row: usize, steps: usize) -> Result<RgbImage> {
         let b = &self.backend;
         let scaling_factor = self.codec.scaling_factor();
         let scaled = latents
             .slice_axis(Axis(0), Slice::from(row..row + 1))
             .mapv(|v| v / scaling_factor);
         let image = b.download(&self.codec.decode(b, &b.upload(&scaled)?)?)?;
+        guard::ensure_finite(&image, "decoded image", steps, steps)?;
         let &[1, 3, _, _] = image.shape() else {
             return Err(Error::shape(
                 "vae decode",

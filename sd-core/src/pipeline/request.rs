@@ -225,9 +225,7 @@ impl Geometry {
         if request.steps == 0 {
             return Err(Error::invalid_argument("steps", "must be at least 1"));
         }
-        if request.batch_size == 0 {
-            return Err(Error::invalid_argument("batch_size", "must be at least 1"));
-        }
+        super::guard::check_batch_size(request.batch_size)?;
         if let Seeds::PerImage(seeds) = &request.seeds
             && seeds.len() != request.batch_size
         {
@@ -267,8 +265,22 @@ impl Geometry {
         let (default_width, default_height) = init_size.unwrap_or(self.default_size);
         let width = request.width.unwrap_or(default_width);
         let height = request.height.unwrap_or(default_height);
-        self.check_side("width", width)?;
-        self.check_side("height", height)?;
+        // A size the request leaves to the init image is the init image's fault, not `width`'s.
+        let name = |side: &'static str, given: Option<usize>, of_init: &'static str| {
+            if init_size.is_some() && given.is_none() {
+                of_init
+            } else {
+                side
+            }
+        };
+        self.check_side(
+            name("width", request.width, "init_image (its width)"),
+            width,
+        )?;
+        self.check_side(
+            name("height", request.height, "init_image (its height)"),
+            height,
+        )?;
         if let Some((w, h)) = init_size
             && (w, h) != (width, height)
         {

@@ -35,5 +35,5 @@ pub use ldm::{LdmLayout, UnetLayout, VaeLayout};
 pub use names::Component;
 pub use overlay::Overlay;
 pub use safetensors::Dtype as StoredDtype;
-pub use store::{WeightStore, Weights};
+pub use store::{UnetWeights, WeightStore, Weights};
 pub use variant::Variant;

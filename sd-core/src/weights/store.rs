@@ -51,6 +51,31 @@ struct Checkpoint {
     files: Vec<SafetensorsFile>,
     tables: BTreeMap<Component, NameTable>,
     unmapped: Vec<String>,
+    /// The UNet weights read from a full checkpoint (one with EMA copies); `None` otherwise.
+    unet_weights: Option<UnetWeights>,
+}
+
+/// Which UNet weights to read from a *full* LDM checkpoint, one that carries both the trained
+/// weights (`model.diffusion_model.*`) and their exponential-moving-average copies
+/// (`model_ema.*`), as `v1-5-pruned.safetensors` does. Pruned and EMA-only files hold one set,
+/// read whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnetWeights {
+    /// The trained weights: what diffusers' `from_single_file` (`extract_ema=False`, its
+    /// default) and AUTOMATIC1111 (`use_ema: False`) load, so the same seed gives their image.
+    #[default]
+    NonEma,
+    /// The EMA copies (diffusers' `extract_ema=True`); an error for a file without them.
+    Ema,
+}
+
+impl std::fmt::Display for UnetWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnetWeights::NonEma => "non-EMA",
+            UnetWeights::Ema => "EMA",
+        })
+    }
 }
 
 /// The weights of an SD 1.x pipeline (or of single components): a base (memory-mapped files or
@@ -76,13 +101,50 @@ struct Opening {
 impl WeightStore {
     /// Open a diffusers folder (a directory) or an LDM single file (anything else, its layout
     /// read off its own keys with [`LdmLayout::infer`]).
+    /// A full checkpoint (with EMA copies) gives its non-EMA UNet weights, as diffusers and
+    /// A1111 load it; [`open_with`](Self::open_with) chooses.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, UnetWeights::default())
+    }
+
+    /// [`open`](Self::open), reading the `unet_weights` set of a full checkpoint. Asking for
+    /// [`UnetWeights::Ema`] from a store without EMA copies (a pruned file, a diffusers folder)
+    /// is an error rather than silently the other set.
+    pub fn open_with(path: impl AsRef<Path>, unet_weights: UnetWeights) -> Result<Self> {
         let path = path.as_ref();
-        if path.is_dir() {
-            Self::open_diffusers_folder(path)
-        } else {
-            Self::single_file(SafetensorsFile::open(path)?, None)
+        if !path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|name| name == "model_index.json")
+        {
+            let folder = path.parent().unwrap_or(Path::new("."));
+            return Err(Error::invalid_argument(
+                "model",
+                format!(
+                    "{} is the index of a diffusers model: give its folder, {}",
+                    path.display(),
+                    folder.display()
+                ),
+            ));
         }
+        let store = if path.is_dir() {
+            Self::open_diffusers_folder(path)?
+        } else {
+            Self::single_file(SafetensorsFile::open(path)?, None, unet_weights)?
+        };
+        if unet_weights == UnetWeights::Ema && store.unet_weights() != Some(UnetWeights::Ema) {
+            return Err(Error::invalid_argument(
+                "ema",
+                format!(
+                    "{} has no EMA copies of its UNet ({}* keys): only full training \
+                     checkpoints carry both sets; this one has a single set, read without the \
+                     EMA option",
+                    path.display(),
+                    ldm::EMA_PREFIX
+                ),
+            ));
+        }
+        Ok(store)
     }
 
     /// Open a diffusers pipeline folder: the text encoder, UNet and VAE its `model_index.json`
@@ -111,14 +173,28 @@ impl WeightStore {
     }
 
     /// Open an LDM single file (`model.diffusion_model.*`, `first_stage_model.*`,
-    /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. The UNet's EMA weights
-    /// are used where the file has them. Refuses SD 2.x and SDXL checkpoints.
+    /// `cond_stage_model.transformer.*`) whose UNet and VAE have `layout`. A full checkpoint
+    /// gives its non-EMA UNet weights (see [`UnetWeights`]). Refuses SD 2.x and SDXL checkpoints.
     pub fn open_single_file(path: impl AsRef<Path>, layout: &LdmLayout) -> Result<Self> {
-        Self::single_file(SafetensorsFile::open(path)?, Some(layout))
+        Self::open_single_file_with(path, layout, UnetWeights::default())
+    }
+
+    /// [`open_single_file`](Self::open_single_file), reading the `unet_weights` set of a full
+    /// checkpoint (the EMA set must be complete: a UNet tensor without its EMA copy is an error).
+    pub fn open_single_file_with(
+        path: impl AsRef<Path>,
+        layout: &LdmLayout,
+        unet_weights: UnetWeights,
+    ) -> Result<Self> {
+        Self::single_file(SafetensorsFile::open(path)?, Some(layout), unet_weights)
     }
 
     /// The single-file store of `file`, with `layout` or the one its keys imply.
-    fn single_file(file: SafetensorsFile, layout: Option<&LdmLayout>) -> Result<Self> {
+    fn single_file(
+        file: SafetensorsFile,
+        layout: Option<&LdmLayout>,
+        unet_weights: UnetWeights,
+    ) -> Result<Self> {
         let path = file.path().to_path_buf();
         let refuse = |reason: String| Error::UnsupportedModel {
             path: path.clone(),
@@ -134,7 +210,7 @@ impl WeightStore {
         };
         let mut store = Opening::new(&path);
         store.checkpoint.files.push(file);
-        store.map_single_file(0, &layout)?;
+        store.map_single_file(0, &layout, unet_weights)?;
         if !store.checkpoint.tables.contains_key(&Component::Unet) {
             return Err(refuse(format!(
                 "none of its {}* keys fit the UNet layout {layout:?}",
@@ -241,6 +317,15 @@ impl WeightStore {
             Base::Synthetic(_) => &[],
         }
     }
+
+    /// Which UNet weights were read from a full checkpoint (one with EMA copies); `None` for a
+    /// store with a single set (pruned or EMA-only files, diffusers folders, synthetic weights).
+    pub fn unet_weights(&self) -> Option<UnetWeights> {
+        match &*self.base {
+            Base::Checkpoint(checkpoint) => checkpoint.unet_weights,
+            Base::Synthetic(_) => None,
+        }
+    }
 }
 
 impl Opening {
@@ -266,10 +351,20 @@ impl Opening {
     }
 
     /// Sort the keys of an LDM single file into components under their diffusers names.
-    fn map_single_file(&mut self, index: usize, layout: &LdmLayout) -> Result<()> {
+    fn map_single_file(
+        &mut self,
+        index: usize,
+        layout: &LdmLayout,
+        unet_weights: UnetWeights,
+    ) -> Result<()> {
         let unet_rules = ldm::unet_rules(&layout.unet);
         let vae_rules = ldm::vae_rules(&layout.vae);
         let file = &self.checkpoint.files[index];
+        let has_ema = file.names().any(|key| {
+            key.starts_with(ldm::UNET_PREFIX)
+                && ldm::ema_key(key).is_some_and(|ema| file.info(&ema).is_some())
+        });
+        let read_ema = has_ema && unet_weights == UnetWeights::Ema;
         let mut mapped = Vec::new();
         let mut unmapped = Vec::new();
         for key in file.names() {
@@ -289,17 +384,25 @@ impl Opening {
                 unmapped.push(key.to_string());
                 continue;
             };
-            // Inference wants the averaged weights when a full checkpoint carries both.
-            let source_key = match component {
-                Component::Unet => ldm::ema_key(key)
-                    .filter(|ema| file.info(ema).is_some())
-                    .unwrap_or_else(|| key.to_string()),
+            // The EMA set, when asked for, must be whole: a tensor silently taken from the other
+            // set would mix the two.
+            let source_key = match ldm::ema_key(key) {
+                Some(ema) if read_ema && component == Component::Unet => {
+                    if file.info(&ema).is_none() {
+                        return Err(Error::InvalidSafetensors {
+                            path: file.path().to_path_buf(),
+                            reason: format!("{key} has no EMA copy {ema}"),
+                        });
+                    }
+                    ema
+                }
                 _ => key.to_string(),
             };
             mapped.push((component, name, source_key));
         }
         unmapped.sort();
         self.checkpoint.unmapped = unmapped;
+        self.checkpoint.unet_weights = has_ema.then_some(unet_weights);
         for (component, name, key) in mapped {
             self.insert(component, name, index, key)?;
         }

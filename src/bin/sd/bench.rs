@@ -30,6 +30,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         return Err(Error::invalid_argument("--steps", "must be at least 1"));
     }
+    if let Some(path) = &args.save_image {
+        if !args.component.contains(&BenchComponent::Txt2img) {
+            return Err(Error::invalid_argument(
+                "--save-image",
+                "only the txt2img component makes an image: add --component txt2img",
+            ));
+        }
+        stable_diffusion::output::check_outputs(std::slice::from_ref(path), &[])?;
+    }
     with_backend!(args.backend, args.precision, |backend| {
         if args.profile {
             let profiled = Profiled::new(backend);

@@ -66,7 +66,9 @@ pub struct GenerateArgs {
     /// SD 1.5's built-in ones.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// The prompt (required, but for `--scheduler help`).
+    /// The prompt (required, but for `--scheduler help`). One that starts with `-` must be
+    /// joined to the option: --prompt="-a fox" or -p="-a fox" (otherwise it reads as another
+    /// option).
     #[arg(long, short, required_unless_present = "scheduler", default_value = "")]
     pub prompt: String,
     #[arg(long, short, default_value = "")]
@@ -98,7 +100,7 @@ pub struct GenerateArgs {
     /// Seed of the first image (random when absent); image i of a batch gets seed + i.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Images to generate in one batch.
+    /// Images to generate in one batch (at most 64: a batch is held in memory at once).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// A1111's Clip skip (1 = the last CLIP layer, 2 = the one before).
@@ -129,9 +131,15 @@ pub struct GenerateArgs {
     /// CPU precision of the linear and conv layers.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
-    /// Output PNG; a batch writes NAME-1.png, NAME-2.png, …
+    /// Output PNG; a batch writes NAME-1.png, NAME-2.png, … beside it. A folder (existing, or
+    /// ending in /) holds sd-output.png (a batch: sd-output-1.png, …). Never one of the run's
+    /// input files; written whole or not at all.
     #[arg(long, short, default_value = "sd-output.png")]
     pub output: PathBuf,
+    /// Use the EMA copies of a full checkpoint's UNet (one with model_ema.* weights, such as
+    /// v1-5-pruned.safetensors) instead of its trained weights, which diffusers and A1111 load.
+    #[arg(long)]
+    pub ema: bool,
     /// No progress bar or messages; errors still go to stderr.
     #[arg(long, short)]
     pub quiet: bool,

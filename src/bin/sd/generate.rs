@@ -4,8 +4,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 
 use sd_core::{Backend, Error, Result};
+use stable_diffusion::core::pipeline::check_batch_size;
+use stable_diffusion::core::weights::UnetWeights;
 use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
 use stable_diffusion::model_hash::{lora_hash, short_hash};
+use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
 use stable_diffusion::schedulers::{ScheduleType, infotext_names};
@@ -67,16 +70,27 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             model_path.display()
         ));
     }
-    // Check names and read the inputs before the (slow) model load so mistakes fail at once.
+    // Check names, the outputs and the inputs before the (slow) model load so mistakes fail at
+    // once.
     if let Some(name) = &args.scheduler {
         stable_diffusion::schedulers::kind_of(name)?;
     }
     if let Some(schedule_type) = &args.schedule_type {
         ScheduleType::parse(schedule_type)?;
     }
+    check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
     let (prompt, loras) = loras_of(args)?;
+    let outputs = output::image_paths(&args.output, args.batch);
+    let inputs: Vec<PathBuf> = [Some(&model_path), args.config_dir.as_ref()]
+        .into_iter()
+        .chain([args.init_image.as_ref(), args.mask.as_ref()])
+        .flatten()
+        .cloned()
+        .chain(loras.iter().map(|spec| spec.path.clone()))
+        .collect();
+    output::check_outputs(&outputs, &inputs)?;
 
     // A1111's infotext names each LoRA by its file stem and short hash.
     let lora_hashes = loras
@@ -91,13 +105,34 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         config_dir: args.config_dir.clone(),
         low_memory: true,
         loras,
-    };
+        ..LoadOptions::default()
+    }
+    .ema(args.ema);
     say(format!(
         "Loading {} on {} …",
         model_path.display(),
         backend.name()
     ));
     let sd = StableDiffusion::load_on(backend, &model_path, options)?;
+    if let Some(weights) = sd.unet_weights() {
+        say(format!(
+            "UNet weights: {weights} (the checkpoint has both sets; {})",
+            match weights {
+                UnetWeights::NonEma => "--ema uses the EMA copies",
+                UnetWeights::Ema => "without --ema, the trained weights diffusers and A1111 use",
+            }
+        ));
+    }
+    if args.scheduler.is_none()
+        && let Some(class) = &sd.scheduler_config().class_name
+        && class != sd.default_scheduler()
+    {
+        say(format!(
+            "The model's scheduler config names {class}, which sd-rs does not implement: using \
+             {} (choose one with --scheduler)",
+            sd.default_scheduler()
+        ));
+    }
     for LoraFileReport {
         path,
         applied,
@@ -164,7 +199,12 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let model_name = model_path
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned());
-    for (index, (image, seed)) in generation.images.iter().zip(&generation.seeds).enumerate() {
+    let written = generation
+        .images
+        .iter()
+        .zip(&generation.seeds)
+        .zip(&outputs);
+    for ((image, seed), path) in written {
         let parameters = Parameters {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
@@ -181,9 +221,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             denoising_strength: strength,
             lora_hashes: lora_hashes.clone(),
             rng: Some(request.rng.a1111_name().to_string()),
+            unet_weights: sd.unet_weights(),
         };
-        let path = output_path(&args.output, index, generation.images.len());
-        write_png(&path, image, Some(&parameters.to_text()))?;
+        write_png(path, image, Some(&parameters.to_text()))?;
         say(format!("Wrote {} (seed {seed})", path.display()));
     }
     Ok(())
@@ -258,22 +298,6 @@ fn loras_of(args: &GenerateArgs) -> Result<(String, Vec<LoraSpec>)> {
         }
     }
     Ok((prompt, loras))
-}
-
-/// `NAME.png` for one image, `NAME-1.png`, `NAME-2.png`, … for a batch.
-fn output_path(output: &Path, index: usize, count: usize) -> PathBuf {
-    if count == 1 {
-        return output.to_path_buf();
-    }
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sd-output".to_string());
-    let name = match output.extension() {
-        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
-        None => format!("{stem}-{}", index + 1),
-    };
-    output.with_file_name(name)
 }
 
 /// A seed in A1111's usual 32-bit range (torch seeds its generator with the low 32 bits).

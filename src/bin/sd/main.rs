@@ -15,6 +15,7 @@ mod cli;
 mod generate;
 mod info;
 mod progress;
+mod stdout;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ fn main() -> ExitCode {
     }));
 
     let cli = Cli::parse();
+    if let Some(notice) = sd_core::cpu::threads::cap_global_pool() {
+        eprintln!("sd: {notice}");
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run(args),
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if stdout::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sd: error: {}", one_line(&error.to_string()));
             ExitCode::FAILURE
@@ -55,7 +60,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Messages stay on one line (a config path or prompt may hold newlines).
+/// Messages stay on one line (a config path or prompt may hold newlines); other whitespace is
+/// kept as it is, since a quoted name (`Euler  a`) must read back as given.
 fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    message.replace("\r\n", " ").replace(['\n', '\r'], " ")
 }
