@@ -34,6 +34,7 @@
 pub mod configs;
 pub mod embeddings;
 pub mod image_file;
+pub mod infotext;
 pub mod lora;
 mod model;
 pub mod model_hash;
@@ -49,7 +50,7 @@ pub use sd_core::pipeline::{
     Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, SamplerSettings, Seeds,
     StepProgress,
 };
-pub use sd_core::{Error, PromptMode, Result, TextOptions};
+pub use sd_core::{Error, PromptMode, Result, RngSource, TextOptions};
 
 pub use sd_clip as clip;
 pub use sd_core as core;

@@ -12,7 +12,7 @@ use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepPr
 use sd_core::weights::{LdmLayout, UnetLayout, UnetWeights, Variant, WeightStore};
 use sd_core::{Backend, Error, Result, Scheduler};
 use sd_schedulers::{
-    SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
+    SamplerOptions, ScheduleType, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
 };
 use sd_unet::UNet2DConditionModel;
 use sd_vae::AutoencoderKL;
@@ -434,9 +434,14 @@ impl<B: Backend> StableDiffusion<B> {
         mut on_step: impl FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
         let name = self.scheduler_for(request);
+        let schedule_type = match request.sampler.schedule_type.as_deref() {
+            Some(text) => Some(ScheduleType::parse(text)?),
+            None => None,
+        };
         let options = SamplerOptions {
-            eta: request.sampler.eta.unwrap_or(0.0),
+            eta: request.sampler.eta,
             karras_sigmas: request.sampler.karras_sigmas,
+            schedule_type,
         };
         let new_scheduler = || -> Result<Box<dyn Scheduler>> {
             scheduler_from_name_with(name, &self.scheduler_config, options)

@@ -20,7 +20,10 @@ pub struct Parameters {
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
+    /// The sampler as A1111 names it ([`crate::schedulers::infotext_names`]).
     pub sampler: String,
+    /// A1111's `Schedule type` (its k-diffusion samplers only).
+    pub schedule_type: Option<String>,
     pub cfg_scale: f32,
     pub seed: u64,
     pub width: usize,
@@ -37,6 +40,8 @@ pub struct Parameters {
     /// (name, A1111 short hash) of each textual-inversion embedding the prompts used
     /// ([`crate::model_hash::embedding_hash`]).
     pub ti_hashes: Vec<(String, String)>,
+    /// A1111's `RNG` (`CPU`, `NV`): the random source the seeds were drawn from.
+    pub rng: Option<String>,
     /// The UNet weights of a full checkpoint (one with EMA copies) the image was made with;
     /// `None` for a checkpoint with one set (written as `UNet weights: EMA` / `non-EMA`).
     pub unet_weights: Option<UnetWeights>,
@@ -48,10 +53,15 @@ impl Parameters {
         let mut fields: Vec<(&str, String)> = vec![
             ("Steps", self.steps.to_string()),
             ("Sampler", self.sampler.clone()),
+        ];
+        if let Some(schedule_type) = &self.schedule_type {
+            fields.push(("Schedule type", schedule_type.clone()));
+        }
+        fields.extend([
             ("CFG scale", self.cfg_scale.to_string()),
             ("Seed", self.seed.to_string()),
             ("Size", format!("{}x{}", self.width, self.height)),
-        ];
+        ]);
         if let Some(hash) = &self.model_hash {
             fields.push(("Model hash", hash.clone()));
         }
@@ -73,11 +83,17 @@ impl Parameters {
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
         }
+        if let Some(rng) = &self.rng {
+            fields.push(("RNG", rng.clone()));
+        }
         fields.push(("Version", format!("sd-rs {}", env!("CARGO_PKG_VERSION"))));
 
         let mut text = String::new();
         let _ = writeln!(text, "{}", self.prompt);
-        let _ = writeln!(text, "Negative prompt: {}", self.negative_prompt);
+        // A1111 leaves the line out when there is no negative prompt.
+        if !self.negative_prompt.is_empty() {
+            let _ = writeln!(text, "Negative prompt: {}", self.negative_prompt);
+        }
         let line: Vec<String> = fields
             .into_iter()
             .map(|(key, value)| format!("{key}: {}", quote(&value)))
@@ -88,7 +104,7 @@ impl Parameters {
 }
 
 /// A1111's `quote`: values that would break the `Key: value, …` line become JSON strings.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if value.contains([',', '\n', ':']) {
         serde_json::to_string(value).unwrap_or_else(|_| value.replace([',', '\n', ':'], " "))
     } else {
@@ -117,6 +133,7 @@ mod tests {
             negative_prompt: "blurry".into(),
             steps: 25,
             sampler: "Euler a".into(),
+            schedule_type: None,
             cfg_scale: 7.5,
             seed: 42,
             width: 512,
@@ -127,6 +144,7 @@ mod tests {
             denoising_strength: None,
             lora_hashes: Vec::new(),
             ti_hashes: Vec::new(),
+            rng: None,
             unet_weights: None,
         }
     }
@@ -188,6 +206,22 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn schedule_type_and_rng_are_written_as_a1111_writes_them() {
+        let mut p = example();
+        p.sampler = "DPM++ 2M".into();
+        p.schedule_type = Some("Karras".into());
+        p.rng = Some("NV".into());
+        p.negative_prompt.clear();
+        let text = p.to_text();
+        assert!(!text.contains("Negative prompt"), "{text}");
+        assert!(
+            text.contains("Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, "),
+            "{text}"
+        );
+        assert!(text.contains(", RNG: NV, Version: "), "{text}");
     }
 
     #[test]

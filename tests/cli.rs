@@ -63,7 +63,7 @@ fn default_run_uses_the_bundled_model_and_writes_a_png_that_info_reads_back() {
     assert_eq!(lines[1], "Negative prompt: blurry");
     for field in [
         "Steps: 3",
-        "Sampler: PNDMScheduler",
+        "Sampler: PLMS", // the model's PNDM with skipped PRK steps, as A1111 names it
         "CFG scale: 7.5",
         "Seed: 1234",
         "Size: 64x64",
@@ -392,7 +392,7 @@ fn loras_from_flags_and_prompt_tags_reproduce_the_reference() {
         &golden_run(
             "a photograph of an astronaut riding a horse<lora:locon:1.0:0.5>",
             "blurry, low quality",
-            "Euler a",
+            "EulerAncestralDiscreteScheduler",
         )[..],
         &[
             "--lora",

@@ -40,6 +40,9 @@ fn request_of(spec: &Value) -> GenerationRequest {
         Value::Array(seeds) => request.seeds(seeds.iter().map(|s| s.as_u64().unwrap()).collect()),
         seed => request.seed(seed.as_u64().unwrap()),
     };
+    if let Some(on) = spec["scheduler_overrides"]["use_karras_sigmas"].as_bool() {
+        request = request.karras_sigmas(on);
+    }
     if let Some(n) = spec["num_images_per_prompt"].as_u64() {
         request.batch_size = n as usize;
     }

@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox")
 
 
 def main():
@@ -50,6 +50,14 @@ def main():
         lora.write_goldens(out, goldens)
     if "embeddings" in steps:
         embeddings.write_goldens(out, goldens)
+    if "a1111" in steps:
+        from fixturegen import a1111_samplers  # needs k-diffusion (tools/requirements.txt)
+
+        a1111_samplers.write_goldens(out, goldens)
+    if "philox" in steps:
+        from fixturegen import philox
+
+        philox.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):

@@ -20,7 +20,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 pub use crate::latent_dist::LatentDist;
-use crate::rng::TorchGenerator;
+use crate::rng::NormalSource;
 use crate::tensor::HostTensor;
 
 /// How prompt text is read.
@@ -180,7 +180,7 @@ pub trait Scheduler: Send {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor>;
 
     /// Noise clean latents to the level of `timesteps()[index]` (img2img: at

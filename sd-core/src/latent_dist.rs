@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, TensorInfo};
 use crate::error::{Error, Result};
-use crate::rng::TorchGenerator;
+use crate::rng::NormalSource;
 use crate::tensor::HostTensor;
 
 /// diffusers clamps the log-variance to this range before using it; so do we.
@@ -61,7 +61,7 @@ impl LatentDist<HostTensor> {
     /// as diffusers' `latent_dist.sample(generator)` (one `randn` call of the mean's shape, so
     /// img2img's noise stream stays in step with diffusers). Unscaled: a pipeline multiplies by
     /// the codec's `scaling_factor` before denoising.
-    pub fn sample(&self, generator: &mut TorchGenerator) -> HostTensor {
+    pub fn sample(&self, generator: &mut dyn NormalSource) -> HostTensor {
         let mut noise = generator.randn(self.mean.shape());
         // std = exp(0.5 · logvar), then mean + std · ε, in f32 step by step as torch.
         ndarray::Zip::from(&mut noise)

@@ -30,5 +30,5 @@ pub use components::{
 };
 pub use error::{Error, Result};
 pub use pipeline::{Generation, GenerationRequest, Pipeline};
-pub use rng::{NormalMode, TorchGenerator};
+pub use rng::{NormalMode, NormalSource, PhiloxGenerator, RngSource, TorchGenerator};
 pub use tensor::{DType, HostTensor};

@@ -14,12 +14,81 @@
 mod box_muller;
 mod cephes_f32;
 mod mt19937;
+mod philox;
+
+pub use philox::PhiloxGenerator;
 
 use std::convert::Infallible;
 
 use crate::tensor::HostTensor;
 use box_muller::BLOCK;
 use mt19937::Mt19937;
+
+/// Where a generation's random numbers come from (A1111's "Random number generator source").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RngSource {
+    /// torch's CPU generator ([`TorchGenerator`]): what diffusers users seed, A1111's "CPU".
+    #[default]
+    Cpu,
+    /// A1111's "NV" ([`PhiloxGenerator`]): A1111's imitation of torch's CUDA generator.
+    Nv,
+}
+
+impl RngSource {
+    /// A generator of this source seeded with `seed`.
+    pub fn generator(self, seed: u64) -> Box<dyn NormalSource> {
+        match self {
+            RngSource::Cpu => Box::new(TorchGenerator::new(seed)),
+            RngSource::Nv => Box::new(PhiloxGenerator::new(seed)),
+        }
+    }
+
+    /// How A1111 writes it in the `RNG:` infotext field (`CPU`, `NV`).
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            RngSource::Cpu => "CPU",
+            RngSource::Nv => "NV",
+        }
+    }
+
+    /// `cpu` or `nv` (any case; A1111's `CPU`/`NV` too).
+    pub fn parse(text: &str) -> Option<RngSource> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Some(RngSource::Cpu),
+            "nv" => Some(RngSource::Nv),
+            _ => None,
+        }
+    }
+}
+
+/// A new tensor of `shape` whose elements `fill` writes in standard (row-major) order.
+fn filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> HostTensor {
+    let mut tensor = HostTensor::zeros(ndarray::IxDyn(shape));
+    match tensor.as_slice_mut() {
+        Some(data) => fill(data),
+        None => unreachable!("a freshly allocated array is contiguous in standard order"),
+    }
+    tensor
+}
+
+/// A seeded stream of standard normal noise, drawn a tensor at a time as `torch.randn` draws it.
+/// Samplers and latent sampling take one per image (or per batch), whatever its source.
+pub trait NormalSource: Send + std::fmt::Debug {
+    /// The next `randn(shape)` of the stream (f32, contiguous).
+    fn randn(&mut self, shape: &[usize]) -> HostTensor;
+}
+
+impl NormalSource for TorchGenerator {
+    fn randn(&mut self, shape: &[usize]) -> HostTensor {
+        TorchGenerator::randn(self, shape)
+    }
+}
+
+impl NormalSource for PhiloxGenerator {
+    fn randn(&mut self, shape: &[usize]) -> HostTensor {
+        PhiloxGenerator::randn(self, shape)
+    }
+}
 
 /// Which of torch's CPU `randn` kernels to reproduce for tensors of 16 or more elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -92,12 +161,7 @@ impl TorchGenerator {
     ///
     /// Panics, like `ndarray`'s constructors, if the element count overflows `isize`.
     pub fn randn(&mut self, shape: &[usize]) -> HostTensor {
-        let mut noise = HostTensor::zeros(ndarray::IxDyn(shape));
-        match noise.as_slice_mut() {
-            Some(data) => self.randn_into(data),
-            None => unreachable!("a freshly allocated array is contiguous in standard order"),
-        }
-        noise
+        filled(shape, |data| self.randn_into(data))
     }
 
     /// Fills `out` as `torch.randn(out.len(), generator=self)` would. Only the element count

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use sd_core::cpu::{CpuBackend, CpuTensor};
 use sd_core::pipeline::{Control, GenerationRequest, GrayImage, Pipeline, RgbImage};
 use sd_core::{
-    Backend, Denoiser, Error, HostTensor, LatentCodec, LatentDist, Result, ScheduleState,
-    Scheduler, TensorInfo, TextEncoder, TextOptions, TorchGenerator,
+    Backend, Denoiser, Error, HostTensor, LatentCodec, LatentDist, NormalSource, Result,
+    ScheduleState, Scheduler, TensorInfo, TextEncoder, TextOptions,
 };
 
 /// Encodes each prompt as a row filled with its length.
@@ -153,7 +153,7 @@ impl Scheduler for Steps {
         _model_output: &HostTensor,
         _index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         Ok(sample.clone())
     }

@@ -3,7 +3,7 @@
 //! Each step predicts x̂₀, then moves to the previous timestep along the predicted noise
 //! direction; `eta` > 0 adds fresh noise (eta = 1 is DDPM-like ancestral sampling).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -60,7 +60,7 @@ impl Scheduler for DdimScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let timestep = self.schedule.timestep(index);

@@ -1,7 +1,7 @@
 //! DDPM (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"), diffusers'
 //! `DDPMScheduler`: ancestral sampling from the posterior q(x_{t−1} | x_t, x̂₀).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -76,7 +76,7 @@ impl Scheduler for DdpmScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let timestep = self.schedule.timestep(index);

@@ -1,7 +1,7 @@
 //! Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Algorithm 2 without
 //! churn), diffusers' `EulerDiscreteScheduler`; A1111's "Euler".
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
@@ -66,7 +66,7 @@ impl Scheduler for EulerScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let sigma = self.schedule.sigma(index);

@@ -4,7 +4,7 @@
 //! Each step splits the move to the next σ into a deterministic Euler step down to σ_down and
 //! fresh noise of size σ_up, with σ_down² + σ_up² = σ_next².
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map3;
@@ -50,7 +50,7 @@ impl Scheduler for EulerAncestralScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let sigma = self.schedule.sigma(index);

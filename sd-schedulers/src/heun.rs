@@ -5,7 +5,7 @@
 //! mean of both slopes. [`timesteps`](Scheduler::timesteps) lists every timestep but the first
 //! twice, one entry per evaluation.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::{clip, map2, map3};
@@ -104,7 +104,7 @@ impl Scheduler for HeunScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let prediction = self.schedule.config.prediction_type;

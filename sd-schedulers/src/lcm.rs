@@ -2,7 +2,7 @@
 //! UNets (or an LCM-LoRA), a few steps each jump to the consistency model's x̂₀ and re-noise it
 //! to the next timestep with fresh noise.
 
-use sd_core::{Error, HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
@@ -90,7 +90,7 @@ impl Scheduler for LcmScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        generator: &mut TorchGenerator,
+        generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let timestep = self.schedule.timestep(index);

@@ -4,7 +4,7 @@
 //! The ODE derivative of up to four past steps is extrapolated with a Lagrange polynomial in σ,
 //! integrated over the step.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
@@ -15,7 +15,7 @@ use crate::sigmas::SigmaBounds;
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
 /// Derivatives the multistep formula combines (diffusers' default `order`).
-const MAX_ORDER: usize = 4;
+pub(crate) const MAX_ORDER: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct LmsScheduler {
@@ -41,22 +41,6 @@ impl LmsScheduler {
             derivatives: Vec::new(),
         })
     }
-
-    /// ∫ over [σ_i, σ_{i+1}] of the Lagrange basis polynomial that is 1 at σ_{i−j} and 0 at the
-    /// other `order − 1` past σ. Its degree is below 4, so two-point Gauss–Legendre is exact.
-    fn coefficient(&self, order: usize, index: usize, j: usize) -> f64 {
-        let s = |k: usize| f64::from(self.schedule.sigma(index - k));
-        let basis = |tau: f64| {
-            (0..order)
-                .filter(|&k| k != j)
-                .map(|k| (tau - s(k)) / (s(j) - s(k)))
-                .product::<f64>()
-        };
-        let (a, b) = (s(0), f64::from(self.schedule.sigma(index + 1)));
-        let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
-        let offset = half / 3f64.sqrt();
-        half * (basis(mid - offset) + basis(mid + offset))
-    }
 }
 
 impl Scheduler for LmsScheduler {
@@ -77,7 +61,7 @@ impl Scheduler for LmsScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let sigma = self.schedule.sigma(index);
@@ -95,18 +79,49 @@ impl Scheduler for LmsScheduler {
 
         // The order follows the step index, not the history: an img2img run that starts late
         // weights its first derivative with the full-order coefficient, as diffusers does.
-        let order = (index + 1).min(MAX_ORDER);
-        let mut update: Option<HostTensor> = None;
-        for (j, derivative) in self.derivatives.iter().rev().take(order).enumerate() {
-            let coeff = self.coefficient(order, index, j) as f32;
-            update = Some(match update {
-                None => derivative.mapv(|d| coeff * d),
-                Some(acc) => map2("LMS step", &acc, derivative, |a, d| a + coeff * d)?,
-            });
-        }
-        match update {
-            Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
-            None => Ok(sample.clone()),
-        }
+        lms_update(self.schedule.sigmas(), index, &self.derivatives, sample)
     }
+}
+
+/// One linear multistep step at step `index` of the σ schedule `sigmas`: `sample` plus the
+/// weighted sum of the last `min(index + 1, 4)` `derivatives` (oldest first), summed newest
+/// first as k-diffusion's `sample_lms` and diffusers' `LMSDiscreteScheduler` do.
+pub(crate) fn lms_update(
+    sigmas: &[f32],
+    index: usize,
+    derivatives: &[HostTensor],
+    sample: &HostTensor,
+) -> Result<HostTensor> {
+    let order = (index + 1).min(MAX_ORDER);
+    let mut update: Option<HostTensor> = None;
+    for (j, derivative) in derivatives.iter().rev().take(order).enumerate() {
+        let coeff = lms_coefficient(sigmas, order, index, j) as f32;
+        update = Some(match update {
+            None => derivative.mapv(|d| coeff * d),
+            Some(acc) => map2("LMS step", &acc, derivative, |a, d| a + coeff * d)?,
+        });
+    }
+    match update {
+        Some(update) => map2("LMS step", sample, &update, |x, u| x + u),
+        None => Ok(sample.clone()),
+    }
+}
+
+/// The linear multistep weight of the derivative taken `j` steps back, at step `index` of the σ
+/// schedule `sigmas`, for an `order`-point method (k-diffusion's `linear_multistep_coeff`): ∫
+/// over [σ_index, σ_index+1] of the Lagrange basis polynomial that is 1 at σ_{index−j} and 0 at
+/// the other `order − 1` past σ. Its degree is below 4, so two-point Gauss–Legendre is exact
+/// (k-diffusion integrates numerically to a relative 1e-4; both land on the exact value).
+pub(crate) fn lms_coefficient(sigmas: &[f32], order: usize, index: usize, j: usize) -> f64 {
+    let s = |k: usize| f64::from(sigmas[index - k]);
+    let basis = |tau: f64| {
+        (0..order)
+            .filter(|&k| k != j)
+            .map(|k| (tau - s(k)) / (s(j) - s(k)))
+            .product::<f64>()
+    };
+    let (a, b) = (s(0), f64::from(sigmas[index + 1]));
+    let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
+    let offset = half / 3f64.sqrt();
+    half * (basis(mid - offset) + basis(mid + offset))
 }

@@ -1,12 +1,17 @@
-//! Scheduler names: diffusers class names (the config's `_class_name`) and the sampler names
-//! A1111 users type, case-insensitive.
+//! Scheduler names, case-insensitive, in two vocabularies:
 //!
-//! A class name builds that class from the config as it stands; an A1111 name also fixes the
-//! options that name implies ("DPM++ 2M Karras" turns Karras sigmas on, "DPM++ 2M" off).
+//! - A1111's k-diffusion sampler names (`Euler a`, `DPM++ 2M`, `DPM2 a Karras`, `k_euler`, …;
+//!   [`crate::a1111`]) build a [`KDiffusionSampler`]: A1111's algorithm on A1111's σ schedule,
+//!   the schedule type from a combined name or [`SamplerOptions::schedule_type`].
+//! - diffusers class names (the config's `_class_name`) build that class from the config as it
+//!   stands; the short names below (`PNDM`, `DDIM`, `UniPC`, `DPM++ 2M SDE`, …) build a class with
+//!   the options the name implies.
 
 use sd_core::{Error, Result, Scheduler};
 
+use crate::a1111::split_a1111_name;
 use crate::config::SchedulerConfig;
+use crate::ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 use crate::{
     DdimScheduler, DdpmScheduler, DpmSolverScheduler, EulerAncestralScheduler, EulerScheduler,
     HeunScheduler, LcmScheduler, LmsScheduler, PndmScheduler, UniPcScheduler,
@@ -14,9 +19,11 @@ use crate::{
 
 use SchedulerKind::*;
 
-/// The scheduler classes we implement.
+/// What a name builds: a diffusers scheduler class, or one of A1111's k-diffusion samplers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
+    /// A1111's k-diffusion sampler ([`KDiffusionSampler`]).
+    A1111(KSamplerKind),
     Pndm,
     Ddim,
     Ddpm,
@@ -41,13 +48,6 @@ const NONE: Implied = Implied {
     algorithm: None,
 };
 
-const fn karras(on: bool) -> Implied {
-    Implied {
-        karras: Some(on),
-        algorithm: None,
-    }
-}
-
 const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
     Implied {
         karras: Some(karras),
@@ -55,7 +55,7 @@ const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
     }
 }
 
-/// Every accepted name, with its class and what it implies.
+/// Every accepted diffusers name, with its class and what it implies.
 const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("PNDMScheduler", Pndm, NONE),
     ("PNDM", Pndm, NONE),
@@ -65,21 +65,10 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("DDPMScheduler", Ddpm, NONE),
     ("DDPM", Ddpm, NONE),
     ("LMSDiscreteScheduler", Lms, NONE),
-    ("LMS", Lms, karras(false)),
-    ("LMS Karras", Lms, karras(true)),
     ("EulerDiscreteScheduler", Euler, NONE),
-    ("Euler", Euler, karras(false)),
     ("EulerAncestralDiscreteScheduler", EulerAncestral, NONE),
-    ("Euler a", EulerAncestral, NONE),
     ("HeunDiscreteScheduler", Heun, NONE),
-    ("Heun", Heun, karras(false)),
     ("DPMSolverMultistepScheduler", DpmSolverMultistep, NONE),
-    ("DPM++ 2M", DpmSolverMultistep, dpm("dpmsolver++", false)),
-    (
-        "DPM++ 2M Karras",
-        DpmSolverMultistep,
-        dpm("dpmsolver++", true),
-    ),
     (
         "DPM++ 2M SDE",
         DpmSolverMultistep,
@@ -96,13 +85,30 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("LCM", Lcm, NONE),
 ];
 
-/// All names [`scheduler_from_name`] accepts.
+/// The last entry of an unknown-name error's list: the names [`known_names`] leaves out.
+const COMBINED_NAMES_HINT: &str =
+    "an A1111 sampler name and a schedule type (DPM++ 2M Karras, Euler a Exponential, …)";
+
+/// All names [`scheduler_from_name`] accepts, but the combined ones (an A1111 sampler name, a
+/// space and a schedule type's label: `DPM++ 2M Karras`).
 pub fn known_names() -> Vec<&'static str> {
+    crate::a1111::a1111_samplers()
+        .iter()
+        .flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied()))
+        .chain(NAMES.iter().map(|(name, _, _)| *name))
+        .collect()
+}
+
+/// The diffusers names only (class names and the short names that imply a class).
+pub fn diffusers_names() -> Vec<&'static str> {
     NAMES.iter().map(|(name, _, _)| *name).collect()
 }
 
 /// The scheduler class a name stands for.
 pub fn kind_of(name: &str) -> Result<SchedulerKind> {
+    if let Some((sampler, _)) = split_a1111_name(name) {
+        return Ok(SchedulerKind::A1111(sampler.kind));
+    }
     lookup(name).map(|(kind, _)| kind)
 }
 
@@ -114,26 +120,38 @@ fn lookup(name: &str) -> Result<(SchedulerKind, Implied)> {
         .map(|&(_, kind, implied)| (kind, implied))
         .ok_or_else(|| Error::UnknownScheduler {
             name: name.to_string(),
-            known: known_names().into_iter().map(str::to_string).collect(),
+            known: known_names()
+                .into_iter()
+                .map(str::to_string)
+                .chain([COMBINED_NAMES_HINT.to_string()])
+                .collect(),
         })
 }
 
 /// Options a request may set on top of the config and the name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SamplerOptions {
-    /// DDIM's η (0 = deterministic DDIM); other schedulers ignore it, as diffusers does (a
-    /// pipeline passes it to `step` rather than through the config).
-    pub eta: f32,
+    /// η: DDIM's (`None`: 0, deterministic DDIM) and A1111's ancestral samplers' (`None`: 1, as
+    /// A1111 defaults it); other schedulers ignore it, as diffusers does (a pipeline passes it
+    /// to `step` rather than through the config).
+    pub eta: Option<f32>,
     /// Karras σ spacing on or off; `None`: what the name implies, else the config. Turning it
     /// on for a class without the option ([`SchedulerKind::takes_karras_sigmas`]) is an error.
+    /// For an A1111 sampler, `Some(true)` without a schedule type means Karras.
     pub karras_sigmas: Option<bool>,
+    /// A1111's schedule type, for A1111 sampler names (a combined name's wins); `None` or
+    /// Automatic: the sampler's default. Setting one for a diffusers name is an error.
+    pub schedule_type: Option<ScheduleType>,
 }
 
 impl SchedulerKind {
     /// Whether the class can space its σ schedule as Karras et al. (diffusers'
     /// `use_karras_sigmas`; its Euler-ancestral class has no such option).
     pub fn takes_karras_sigmas(self) -> bool {
-        matches!(self, Lms | Euler | Heun | DpmSolverMultistep | UniPc)
+        matches!(
+            self,
+            A1111(_) | Lms | Euler | Heun | DpmSolverMultistep | UniPc
+        )
     }
 }
 
@@ -148,7 +166,38 @@ pub fn scheduler_from_name_with(
     config: &SchedulerConfig,
     options: SamplerOptions,
 ) -> Result<Box<dyn Scheduler>> {
+    if let Some((sampler, suffix)) = split_a1111_name(name) {
+        let karras = options
+            .karras_sigmas
+            .and_then(|on| on.then_some(ScheduleType::Karras));
+        let chosen = suffix
+            .or(options.schedule_type)
+            .or(karras)
+            .unwrap_or(ScheduleType::Automatic);
+        let setup = KSamplerSetup {
+            kind: sampler.kind,
+            schedule: sampler.effective_schedule(chosen),
+            discard_penultimate_sigma: sampler.discard_penultimate_sigma,
+            eta: options.eta.unwrap_or(1.0),
+            s_noise: 1.0,
+        };
+        return Ok(Box::new(KDiffusionSampler::new(config, setup)?));
+    }
     let (kind, implied) = lookup(name)?;
+    if let Some(schedule) = options
+        .schedule_type
+        .filter(|&s| s != ScheduleType::Automatic)
+    {
+        return Err(Error::invalid_argument(
+            "schedule type",
+            format!(
+                "{} is one of A1111's schedule types; the {} scheduler has none (use an A1111 \
+                 sampler name, or --scheduler-config for a diffusers class)",
+                schedule.label(),
+                name.trim()
+            ),
+        ));
+    }
     let mut config = config.clone();
     if let Some(on) = options.karras_sigmas.or(implied.karras) {
         if on && !kind.takes_karras_sigmas() {
@@ -164,7 +213,7 @@ pub fn scheduler_from_name_with(
     }
     Ok(match kind {
         Pndm => Box::new(PndmScheduler::new(&config)?),
-        Ddim => Box::new(DdimScheduler::new(&config)?.with_eta(options.eta)),
+        Ddim => Box::new(DdimScheduler::new(&config)?.with_eta(options.eta.unwrap_or(0.0))),
         Ddpm => Box::new(DdpmScheduler::new(&config)?),
         Lms => Box::new(LmsScheduler::new(&config)?),
         Euler => Box::new(EulerScheduler::new(&config)?),
@@ -173,5 +222,18 @@ pub fn scheduler_from_name_with(
         DpmSolverMultistep => Box::new(DpmSolverScheduler::new(&config)?),
         UniPc => Box::new(UniPcScheduler::new(&config)?),
         Lcm => Box::new(LcmScheduler::new(&config)?),
+        A1111(_) => unreachable_a1111(name)?,
     })
+}
+
+/// `lookup` never yields an A1111 kind (those names are split off first); say so instead of
+/// panicking if the tables ever disagree.
+fn unreachable_a1111(name: &str) -> Result<Box<dyn Scheduler>> {
+    Err(Error::invalid_argument(
+        "scheduler",
+        format!(
+            "`{}` is listed as a diffusers name but is an A1111 sampler",
+            name.trim()
+        ),
+    ))
 }

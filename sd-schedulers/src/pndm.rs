@@ -5,7 +5,7 @@
 //! Adams–Bashforth weights. The warm-up uses a second evaluation at the second timestep, which is
 //! why that timestep appears twice in [`timesteps`](Scheduler::timesteps).
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_timesteps::AlphaTimesteps;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
@@ -102,7 +102,7 @@ impl Scheduler for PndmScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let stride = self.schedule.stride();

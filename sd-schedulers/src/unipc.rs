@@ -8,7 +8,7 @@
 //! The other variants (`bh1`, `predict_x0 = false`, `lower_order_final = false`) are refused:
 //! with the final σ = 0 diffusers 0.42 computes 0·∞ in their last step and returns NaN or ∞.
 
-use sd_core::{HostTensor, Result, ScheduleState, Scheduler, TorchGenerator};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::map2;
@@ -259,7 +259,7 @@ impl Scheduler for UniPcScheduler {
         model_output: &HostTensor,
         index: usize,
         sample: &HostTensor,
-        _generator: &mut TorchGenerator,
+        _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
         let converted = self.convert(index, sample, model_output)?;

@@ -80,7 +80,8 @@ fn lcm_refuses_more_steps_than_its_distillation_schedule() {
 
 #[test]
 fn strength_outside_zero_to_one_is_refused() {
-    let mut scheduler = scheduler_from_name("Euler a", &sd15()).unwrap();
+    // diffusers' img2img rule (A1111's samplers follow A1111's, tests/a1111_schedules.rs).
+    let mut scheduler = scheduler_from_name("EulerAncestralDiscreteScheduler", &sd15()).unwrap();
     scheduler.set_timesteps(10).unwrap();
     for strength in [-0.1, 1.5, f64::NAN] {
         assert!(

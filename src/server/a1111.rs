@@ -339,6 +339,8 @@ mod tests {
             denoising_strength: Some(0.5),
             lora_hashes: vec![("x".into(), "abcdef123456".into())],
             ti_hashes: Vec::new(),
+            schedule_type: None,
+            rng: None,
             unet_weights: None,
         }
         .to_text();

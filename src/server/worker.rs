@@ -263,12 +263,22 @@ impl<B: Backend> Worker<B> {
             finished.sampler_name = model.scheduler_for(request).to_string();
             finished.clip_skip = model.clip_skip_for(request);
             let ti_hashes = embedding_hashes(model, request)?;
+            // A1111's infotext names: `Sampler: DPM++ 2M` + `Schedule type: Karras`, PLMS, ….
+            let schedule_type = request
+                .sampler
+                .schedule_type
+                .as_deref()
+                .map(crate::schedulers::ScheduleType::parse)
+                .transpose()?;
+            let (infotext_sampler, infotext_schedule) =
+                crate::schedulers::infotext_names(&finished.sampler_name, schedule_type)?;
             for (image, seed) in generation.images.into_iter().zip(generation.seeds) {
                 let parameters = Parameters {
                     prompt: plan.prompt.clone(),
                     negative_prompt: plan.negative_prompt.clone(),
                     steps: plan.steps,
-                    sampler: finished.sampler_name.clone(),
+                    sampler: infotext_sampler.clone(),
+                    schedule_type: infotext_schedule.map(str::to_string),
                     cfg_scale: plan.cfg_scale,
                     seed,
                     width: image.width(),
@@ -279,6 +289,7 @@ impl<B: Backend> Worker<B> {
                     denoising_strength: plan.denoising_strength,
                     lora_hashes: lora_hashes.clone(),
                     ti_hashes: ti_hashes.clone(),
+                    rng: Some(request.rng.a1111_name().to_string()),
                     unet_weights: model.unet_weights(),
                 };
                 finished.infotexts.push(parameters.to_text());

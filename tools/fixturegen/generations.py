@@ -36,15 +36,16 @@ INPAINT = {"seed": 11, "strength": 1.0}
 # Inpainting with the model's own 4-channel UNet: below strength 1 the image latents are noised
 # (and the masked image is encoded with a third, unused draw from the generator).
 INPAINT_LEGACY = {"seed": 13, "strength": 0.75}
-# name -> (diffusers class, from_config overrides, the sampler name the Rust side looks up)
+# name -> (diffusers class, from_config overrides, the scheduler name the Rust side looks up: the
+# diffusers class name, with the overrides as request options; A1111's names mean A1111's samplers)
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {}, "PNDM"),
-    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}, "EulerAncestralDiscreteScheduler"),
     "ddim": (DDIMScheduler, {}, "DDIM"),
     "dpmpp_2m_karras": (
         DPMSolverMultistepScheduler,
         {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
-        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
     ),
 }
 # The txt2img runs beyond the PNDM / Euler a seed grid: (key, scheduler, seed(s), overrides).

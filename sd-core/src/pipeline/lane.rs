@@ -12,22 +12,24 @@ use ndarray::{Axis, Slice};
 use super::request::Seeds;
 use crate::components::Scheduler;
 use crate::error::{Error, Result};
-use crate::rng::TorchGenerator;
+use crate::rng::{NormalSource, RngSource};
 use crate::tensor::HostTensor;
 
 /// Makes a fresh scheduler (same kind, same config) for each lane of a generation.
 pub type SchedulerFactory<'a> = dyn Fn() -> Result<Box<dyn Scheduler>> + 'a;
 
 pub(crate) struct Lane {
-    pub generator: TorchGenerator,
+    pub generator: Box<dyn NormalSource>,
     pub scheduler: Box<dyn Scheduler>,
     /// The batch rows this lane owns.
     pub rows: Range<usize>,
 }
 
 impl Lane {
-    /// The lanes of a batch seeded by `seeds`, each scheduler prepared for `steps`.
+    /// The lanes of a batch seeded by `seeds` (generators of `source`), each scheduler
+    /// prepared for `steps`.
     pub fn for_batch(
+        source: RngSource,
         seeds: &Seeds,
         batch_size: usize,
         steps: usize,
@@ -47,7 +49,7 @@ impl Lane {
                 let mut scheduler = new_scheduler()?;
                 scheduler.set_timesteps(steps)?;
                 Ok(Lane {
-                    generator: TorchGenerator::new(seed),
+                    generator: source.generator(seed),
                     scheduler,
                     rows,
                 })

@@ -160,6 +160,7 @@ where
         self.check_memory(request, &checked)?;
         let task = self.task(request, &checked)?;
         let mut lanes = Lane::for_batch(
+            request.rng,
             &request.seeds,
             request.batch_size,
             request.steps,
@@ -211,7 +212,7 @@ where
                     &lane.rows_of(&noise_pred),
                     index,
                     &lane.rows_of(&latents),
-                    &mut lane.generator,
+                    lane.generator.as_mut(),
                 )?;
                 let next = match &start.blend {
                     Some(blend) => keep_unmasked(lane, blend, next, index + 1, timesteps.len())?,

@@ -3,6 +3,7 @@
 use super::image::{GrayImage, RgbImage};
 use crate::components::{PromptMode, TextOptions};
 use crate::error::{Error, Result};
+use crate::rng::RngSource;
 
 /// The largest image side accepted: far past SD 1.5's useful range, small enough that sizes
 /// never overflow.
@@ -26,7 +27,11 @@ pub struct SamplerSettings {
     /// A diffusers class name (`"EulerDiscreteScheduler"`) or an A1111 sampler name (`"Euler a"`,
     /// `"DPM++ 2M Karras"`); `None`: the model's default sampler.
     pub name: Option<String>,
-    /// η of the samplers that take one (DDIM: 0 is deterministic); `None`: 0.
+    /// A1111's schedule type for an A1111 sampler name (`"Karras"`, `"sgm_uniform"`, …);
+    /// `None` or `"Automatic"`: the sampler's own default.
+    pub schedule_type: Option<String>,
+    /// η of the samplers that take one; `None`: the sampler's default (DDIM 0, deterministic;
+    /// A1111's ancestral samplers 1).
     pub eta: Option<f32>,
     /// Karras σ spacing on or off, for samplers that step in σ; `None`: what the name implies,
     /// else the model's scheduler config.
@@ -58,6 +63,8 @@ pub struct GenerationRequest {
     /// Classifier-free guidance scale; at most 1 runs only the conditional pass (as diffusers).
     pub guidance_scale: f32,
     pub seeds: Seeds,
+    /// Where the noise comes from: torch's CPU generator (default) or A1111's NV source.
+    pub rng: RngSource,
     /// Images per call.
     pub batch_size: usize,
     pub init: Option<InitImage>,
@@ -80,6 +87,7 @@ impl GenerationRequest {
             steps: 50,
             guidance_scale: 7.5,
             seeds: Seeds::Single(0),
+            rng: RngSource::Cpu,
             batch_size: 1,
             init: None,
             mask: None,
@@ -94,7 +102,13 @@ impl GenerationRequest {
         self
     }
 
-    /// η for the samplers that take one (DDIM).
+    /// A1111's schedule type (`"Karras"`, `"Exponential"`, …) for an A1111 sampler name.
+    pub fn schedule_type(mut self, schedule_type: impl Into<String>) -> Self {
+        self.sampler.schedule_type = Some(schedule_type.into());
+        self
+    }
+
+    /// η for the samplers that take one (DDIM, A1111's ancestral samplers).
     pub fn eta(mut self, eta: f32) -> Self {
         self.sampler.eta = Some(eta);
         self
@@ -149,6 +163,13 @@ impl GenerationRequest {
     pub fn seeds(mut self, seeds: Vec<u64>) -> Self {
         self.batch_size = seeds.len();
         self.seeds = Seeds::PerImage(seeds);
+        self
+    }
+
+    /// The random source: [`RngSource::Cpu`] (torch's CPU generator, as diffusers) or
+    /// [`RngSource::Nv`] (A1111's "NV", its imitation of torch's CUDA generator).
+    pub fn rng(mut self, source: RngSource) -> Self {
+        self.rng = source;
         self
     }
 

@@ -22,7 +22,7 @@ use crate::backend::Backend;
 use crate::components::LatentCodec;
 use crate::error::{Error, Result};
 use crate::latent_dist::LatentDist;
-use crate::rng::TorchGenerator;
+use crate::rng::NormalSource;
 use crate::tensor::HostTensor;
 
 use super::image::downscale_nearest;
@@ -109,7 +109,7 @@ impl Posterior {
     }
 
     /// `scaling_factor · (mean + σ·ε)`, one `randn(mean.shape)` from `generator`.
-    fn sample(&self, generator: &mut TorchGenerator) -> HostTensor {
+    fn sample(&self, generator: &mut dyn NormalSource) -> HostTensor {
         let mut x = self.dist.sample(generator);
         x.mapv_inplace(|v| self.scaling_factor * v);
         x
@@ -177,7 +177,7 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
                 // A generator samples the image once for all its rows (with a list of
                 // generators, each row's generator samples its own copy).
                 let image_latents =
-                    repeat_rows(&posterior.sample(&mut lane.generator), lane.len())?;
+                    repeat_rows(&posterior.sample(lane.generator.as_mut()), lane.len())?;
                 let noise = lane.generator.randn(&at.shape(lane.len()));
                 latents.push(lane.scheduler.add_noise(&image_latents, &noise, at.index)?);
             }
@@ -241,10 +241,10 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
     }
 }
 
-fn first_generator(lanes: &mut [Lane]) -> Result<&mut TorchGenerator> {
+fn first_generator(lanes: &mut [Lane]) -> Result<&mut (dyn NormalSource + 'static)> {
     lanes
         .first_mut()
-        .map(|lane| &mut lane.generator)
+        .map(|lane| lane.generator.as_mut())
         .ok_or_else(|| Error::invalid_argument("batch_size", "must be at least 1"))
 }
 

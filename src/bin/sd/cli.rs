@@ -69,9 +69,10 @@ pub struct GenerateArgs {
     /// SD 1.5's built-in ones.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// The prompt. One that starts with `-` must be joined to the option: --prompt="-a fox" or
-    /// -p="-a fox" (otherwise it reads as another option).
-    #[arg(long, short)]
+    /// The prompt (required, but for `--scheduler help`). One that starts with `-` must be
+    /// joined to the option: --prompt="-a fox" or -p="-a fox" (otherwise it reads as another
+    /// option).
+    #[arg(long, short, required_unless_present = "scheduler", default_value = "")]
     pub prompt: String,
     #[arg(long, short, default_value = "")]
     pub negative_prompt: String,
@@ -86,9 +87,19 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f32,
-    /// Sampler: "Euler a", "DPM++ 2M Karras", "DDIM", "PNDM", … (default: the model's own).
+    /// Sampler: an A1111 name ("Euler a", "DPM++ 2M", "DPM2 a Karras", …: A1111's k-diffusion
+    /// samplers) or a diffusers class ("EulerAncestralDiscreteScheduler", "PNDM", "DDIM", …);
+    /// `--scheduler help` lists them all (default: the model's own).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// A1111's schedule type for an A1111 sampler: Automatic (the sampler's own), Uniform,
+    /// Karras, Exponential, Polyexponential, SGM Uniform.
+    #[arg(long, value_name = "TYPE")]
+    pub schedule_type: Option<String>,
+    /// Random source: cpu (torch's CPU generator, as diffusers) or nv (A1111's "NV", its
+    /// imitation of torch's CUDA generator: the seeds of images made on NVIDIA GPUs).
+    #[arg(long, value_enum, default_value_t = RngArg::Cpu)]
+    pub rng: RngArg,
     /// Seed of the first image (random when absent); image i of a batch gets seed + i.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -138,6 +149,22 @@ pub struct GenerateArgs {
     /// No progress bar or messages; errors still go to stderr.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--rng`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RngArg {
+    Cpu,
+    Nv,
+}
+
+impl From<RngArg> for stable_diffusion::RngSource {
+    fn from(arg: RngArg) -> Self {
+        match arg {
+            RngArg::Cpu => stable_diffusion::RngSource::Cpu,
+            RngArg::Nv => stable_diffusion::RngSource::Nv,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ use stable_diffusion::model_hash::{embedding_hash, lora_hash, short_hash};
 use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::write_png;
+use stable_diffusion::schedulers::{ScheduleType, infotext_names};
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
 
 use crate::backend::with_backend;
@@ -53,6 +54,10 @@ pub fn run(args: Box<GenerateArgs>) -> Result<()> {
 }
 
 fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
+    if args.scheduler.as_deref().map(str::trim) == Some("help") {
+        print!("{}", scheduler_help());
+        return Ok(());
+    }
     let say = |message: String| {
         if !args.quiet {
             eprintln!("{message}");
@@ -70,6 +75,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     // once.
     if let Some(name) = &args.scheduler {
         stable_diffusion::schedulers::kind_of(name)?;
+    }
+    if let Some(schedule_type) = &args.schedule_type {
+        ScheduleType::parse(schedule_type)?;
     }
     check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
@@ -173,9 +181,13 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         } else {
             PromptMode::A1111
         })
-        .seeds(seeds);
+        .seeds(seeds)
+        .rng(args.rng.into());
     if let Some(name) = &args.scheduler {
         request = request.scheduler(name);
+    }
+    if let Some(schedule_type) = &args.schedule_type {
+        request = request.schedule_type(schedule_type);
     }
     request.width = args.width;
     request.height = args.height;
@@ -199,6 +211,13 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let generation = sd.generate_with_progress(&request, |progress| bar.update(progress))?;
     bar.finish();
 
+    let (sampler, schedule_type) = infotext_names(
+        sd.scheduler_for(&request),
+        args.schedule_type
+            .as_deref()
+            .map(ScheduleType::parse)
+            .transpose()?,
+    )?;
     let model_hash = short_hash(sd.weight_files())?;
     let model_name = model_path
         .file_stem()
@@ -213,7 +232,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
             steps: args.steps,
-            sampler: sd.scheduler_for(&request).to_string(),
+            sampler: sampler.clone(),
+            schedule_type: schedule_type.map(str::to_string),
             cfg_scale: args.cfg,
             seed: *seed,
             width: image.width(),
@@ -224,12 +244,51 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             denoising_strength: strength,
             lora_hashes: lora_hashes.clone(),
             ti_hashes: ti_hashes.clone(),
+            rng: Some(request.rng.a1111_name().to_string()),
             unet_weights: sd.unet_weights(),
         };
         write_png(path, image, Some(&parameters.to_text()))?;
         say(format!("Wrote {} (seed {seed})", path.display()));
     }
     Ok(())
+}
+
+/// `--scheduler help`: every accepted name, grouped by vocabulary.
+fn scheduler_help() -> String {
+    use stable_diffusion::schedulers::{a1111_menu, diffusers_names};
+    let (samplers, schedule_types) = a1111_menu();
+    let mut text = String::from(
+        "A1111 samplers (A1111's k-diffusion algorithms and σ schedules; aliases in brackets;\n\
+         add a schedule type to the name, \"DPM++ 2M Karras\", or pass --schedule-type):\n",
+    );
+    for sampler in samplers.iter().filter(|s| s.a1111_exact) {
+        let default = sampler
+            .default_scheduler
+            .map_or(String::new(), |d| format!(", Automatic = {d}"));
+        text += &format!(
+            "  {} [{}{default}]\n",
+            sampler.name,
+            sampler.aliases.join(", ")
+        );
+    }
+    text += "A1111 schedule types (--schedule-type):\n";
+    for kind in &schedule_types {
+        let aliases = std::iter::once(kind.name)
+            .chain(kind.aliases.iter().copied())
+            .collect::<Vec<_>>()
+            .join(", ");
+        text += &format!("  {} [{aliases}]\n", kind.label);
+    }
+    text += "A1111 names that run a diffusers class (step for step diffusers'):\n";
+    for sampler in samplers.iter().filter(|s| !s.a1111_exact) {
+        text += &format!("  {} [{}]\n", sampler.name, sampler.aliases.join(", "));
+    }
+    text +=
+        "diffusers schedulers (class names and short names, from the model's scheduler config):\n";
+    for name in diffusers_names() {
+        text += &format!("  {name}\n");
+    }
+    text
 }
 
 /// The prompt without its `<lora:…>` tags, and the LoRA files to apply: those of `--lora`, then
