@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "safety")
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     steps = args.only or STEPS
 
     # Imported late so --help works without the reference environment.
-    from fixturegen import generations, lora, models, pipelines, schedulers, tokenizer
+    from fixturegen import generations, lora, models, pipelines, safety, schedulers, tokenizer
 
     goldens = os.path.join(out, "goldens")
     if "pipelines" in steps:
@@ -48,6 +48,8 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
+    if "safety" in steps:
+        safety.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):
