@@ -115,15 +115,20 @@ impl ClipTextConfig {
 
     /// The MLP activation as a backend op.
     pub fn activation(&self) -> Option<UnaryOp> {
-        match self.hidden_act.as_str() {
-            "quick_gelu" => Some(UnaryOp::QuickGelu),
-            "gelu" => Some(UnaryOp::Gelu),
-            _ => None,
-        }
+        activation_named(&self.hidden_act)
     }
 
     /// The width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// A config's `hidden_act` as a backend op: `quick_gelu` (OpenAI CLIP) or `gelu` (erf-based).
+pub(crate) fn activation_named(name: &str) -> Option<UnaryOp> {
+    match name {
+        "quick_gelu" => Some(UnaryOp::QuickGelu),
+        "gelu" => Some(UnaryOp::Gelu),
+        _ => None,
     }
 }

@@ -6,12 +6,12 @@ Writes
 - `tiny-safety/safety_checker/` (config.json + model.safetensors, f32) and
   `tiny-safety/feature_extractor/preprocessor_config.json` (28-pixel CLIP preprocessing);
 - `goldens/safety/`: the four images the pipeline made (`generated_<i>.png`, before any check),
-  the preprocessing inputs (`pattern_512.png`, `noise_150x200.png`), and `safety.safetensors`:
-  `pixel_values/<image>` (the tiny preprocessor's output, what the tower is fed),
-  `resized_224/<image>` (CLIP's default 224 resize + crop as PIL does it, u8 HWC, before
-  normalising), `image_embeds` (the projection of the four generated images), `special_scores`,
-  `concept_scores` (diffusers' rounded scores), `has_nsfw` (bool per image), and `pipeline/<i>`
-  (the images `StableDiffusionPipeline` returns with the checker on, u8 HWC);
+  the preprocessing inputs (`pattern_512.png`, `noise_150x200.png`), `resized_224_<input>.png`
+  (CLIP's default 224 resize + crop of those as PIL does it, before normalising),
+  `pipeline_<i>.png` (the images `StableDiffusionPipeline` returns with the checker on), and
+  `safety.safetensors` (f32): `pixel_values/<image>` (the tiny preprocessor's output, what the
+  tower is fed), `image_embeds` (the projection of the four generated images),
+  `special_scores`, `concept_scores` (diffusers' rounded scores), `has_nsfw` (1 = flagged);
 - `goldens/safety.json`: the parameters and which case each image exercises.
 """
 
@@ -182,14 +182,15 @@ def write_goldens(fixtures_dir, goldens_dir):
     default = CLIPImageProcessorPil(do_rescale=False, do_normalize=False)  # CLIP's 224 defaults
     for name in ("pattern_512", "noise_150x200"):
         resized = default(inputs[name], return_tensors="np").pixel_values[0]  # [3,224,224], 0..255 floats
-        tensors[f"resized_224/{name}"] = torch.from_numpy(np.ascontiguousarray(resized.transpose(1, 2, 0))).to(torch.uint8)
+        hwc = np.ascontiguousarray(resized.transpose(1, 2, 0)).astype(np.uint8)
+        Image.fromarray(hwc).save(os.path.join(out_dir, f"resized_224_{name}.png"))
 
     clip_input = processor(generated, return_tensors="pt").pixel_values
     checked_images, has_nsfw = checker(clip_input=clip_input, images=[np.asarray(im) for im in generated])
     with torch.no_grad():
         embeds = checker.visual_projection(checker.vision_model(clip_input)[1])
     tensors["image_embeds"] = embeds
-    tensors["has_nsfw"] = torch.tensor(has_nsfw)
+    tensors["has_nsfw"] = torch.tensor(has_nsfw, dtype=torch.float32)
     scores = scores_as_diffusers(checker, embeds)
     tensors["special_scores"] = scores["special"]
     tensors["concept_scores"] = scores["concept"]
@@ -215,7 +216,7 @@ def write_goldens(fixtures_dir, goldens_dir):
     if result.nsfw_content_detected != has_nsfw:
         raise RuntimeError(f"the pipeline flagged {result.nsfw_content_detected}, the checker {has_nsfw}")
     for i, image in enumerate(result.images):
-        tensors[f"pipeline/{i}"] = torch.from_numpy(np.array(image))
+        image.save(os.path.join(out_dir, f"pipeline_{i}.png"))
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "safety.safetensors"))
 
     write_json(
