@@ -24,6 +24,8 @@
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
+//! - [`safety`]: which safety checker runs ([`SafetyCheckerChoice`]); the checker is
+//!   [`sd_clip::SafetyChecker`].
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
 pub mod configs;
@@ -32,8 +34,10 @@ mod model;
 pub mod model_hash;
 pub mod parameters;
 pub mod png;
+pub mod safety;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
+pub use safety::SafetyCheckerChoice;
 pub use sd_core::pipeline::{
     Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, SamplerSettings, Seeds,
     StepProgress,

@@ -17,6 +17,7 @@ use sd_vae::AutoencoderKL;
 
 use crate::configs::ModelConfigs;
 use crate::lora::{LoraOverlay, LoraReport, LoraSpec};
+use crate::safety::{CheckerSlot, SafetyCheckerChoice};
 
 /// The concrete pipeline: CLIP, the UNet and the VAE on backend `B` (the UNet and the VAE
 /// held resident, or only while used: [`LoadOptions::low_memory`]).
@@ -45,6 +46,8 @@ pub struct LoadOptions {
     /// LoRA files merged into the weights (in f32, before any packing or upload); the
     /// low-memory rebuild applies them again by itself.
     pub loras: Vec<LoraSpec>,
+    /// The safety checker: the model's own by default (diffusers folders that ship one).
+    pub safety_checker: SafetyCheckerChoice,
 }
 
 impl LoadOptions {
@@ -61,6 +64,12 @@ impl LoadOptions {
     /// Add a LoRA file (see [`crate::lora`]).
     pub fn lora(mut self, spec: LoraSpec) -> Self {
         self.loras.push(spec);
+        self
+    }
+
+    /// Choose the safety checker (see [`SafetyCheckerChoice`]).
+    pub fn safety_checker(mut self, choice: SafetyCheckerChoice) -> Self {
+        self.safety_checker = choice;
         self
     }
 }
@@ -92,6 +101,8 @@ pub struct StableDiffusion<B: Backend> {
     lora_report: LoraReport,
     /// What the model was built from, to build it again with other LoRAs.
     origin: Option<Origin>,
+    /// Run on every generation's images when present.
+    safety_checker: Option<CheckerSlot<B>>,
 }
 
 /// A loaded checkpoint before any LoRA, with what building a model from it takes.
@@ -102,6 +113,7 @@ struct Origin {
     /// The UNet's LDM numbering, for LoRA files that use LDM names.
     unet_layout: UnetLayout,
     low_memory: bool,
+    safety_checker: SafetyCheckerChoice,
 }
 
 impl Origin {
@@ -113,7 +125,9 @@ impl Origin {
             store = Arc::new(overlay.apply_to(&store));
             lora_report = report;
         }
-        let options = LoadOptions::default().low_memory(self.low_memory);
+        let options = LoadOptions::default()
+            .low_memory(self.low_memory)
+            .safety_checker(self.safety_checker.clone());
         let mut model =
             StableDiffusion::from_store(backend, store, self.configs.clone(), &options)?;
         model.lora_report = lora_report;
@@ -153,6 +167,7 @@ impl<B: Backend> StableDiffusion<B> {
             configs,
             unet_layout,
             low_memory: options.low_memory,
+            safety_checker: options.safety_checker.clone(),
         };
         origin.build(backend, &options.loras)
     }
@@ -210,11 +225,17 @@ impl<B: Backend> StableDiffusion<B> {
             Box::new(move |b: &B| AutoencoderKL::from_store(b, vae_config.clone(), &vae_store)),
             resident,
         )?;
+        let safety_checker = options
+            .safety_checker
+            .resolve(store.origin())
+            .map(|path| CheckerSlot::load(&backend, path, resident))
+            .transpose()?;
         let text = ClipTextEncoder::new(text_model, configs.tokenizer);
         let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
         let mut model =
             Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
         model.weight_files = store.files().map(Path::to_path_buf).collect();
+        model.safety_checker = safety_checker;
         Ok(model)
     }
 
@@ -239,6 +260,7 @@ impl<B: Backend> StableDiffusion<B> {
             turn: Mutex::new(()),
             lora_report: LoraReport::default(),
             origin: None,
+            safety_checker: None,
         }
     }
 
@@ -278,6 +300,11 @@ impl<B: Backend> StableDiffusion<B> {
         &self.lora_report
     }
 
+    /// Whether generations are checked by a safety checker.
+    pub fn has_safety_checker(&self) -> bool {
+        self.safety_checker.is_some()
+    }
+
     /// The folder or file the weights came from.
     pub fn source(&self) -> &Path {
         &self.source
@@ -302,7 +329,8 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// Generate, calling `on_step` after every model evaluation (return
-    /// [`Control::Cancel`] to stop with [`Error::Cancelled`](crate::Error::Cancelled)).
+    /// [`Control::Cancel`] to stop with [`Error::Cancelled`](crate::Error::Cancelled)). With a
+    /// safety checker, flagged images come back black and `safety_flags` says which.
     /// Concurrent calls from several threads run one after the other; `on_step` must not start
     /// another generation on the same model (it would wait for itself).
     pub fn generate_with_progress(
@@ -322,7 +350,13 @@ impl<B: Backend> StableDiffusion<B> {
         // two sets of activations (and fight over low-memory rebuilds) for no gain in speed.
         // A panic in another generation leaves nothing half-done behind the lock.
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        self.pipeline
-            .generate_with_progress(request, &new_scheduler, &mut on_step)
+        let mut generation =
+            self.pipeline
+                .generate_with_progress(request, &new_scheduler, &mut on_step)?;
+        if let Some(checker) = &self.safety_checker {
+            let flags = checker.filter(self.pipeline.backend(), &mut generation.images)?;
+            generation.safety_flags = Some(flags);
+        }
+        Ok(generation)
     }
 }

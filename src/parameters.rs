@@ -32,6 +32,9 @@ pub struct Parameters {
     pub denoising_strength: Option<f64>,
     /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
     pub lora_hashes: Vec<(String, String)>,
+    /// Whether the safety checker flagged the image (it is then black); `None` when no checker
+    /// ran. Written as `Safety checker: flagged` / `passed` (A1111 has no such field).
+    pub safety_flagged: Option<bool>,
 }
 
 impl Parameters {
@@ -61,6 +64,10 @@ impl Parameters {
         }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
+        }
+        if let Some(flagged) = self.safety_flagged {
+            let verdict = if flagged { "flagged" } else { "passed" };
+            fields.push(("Safety checker", verdict.to_string()));
         }
         fields.push(("Version", format!("sd-rs {}", env!("CARGO_PKG_VERSION"))));
 
@@ -105,6 +112,7 @@ mod tests {
             clip_skip: 2,
             denoising_strength: None,
             lora_hashes: Vec::new(),
+            safety_flagged: None,
         }
     }
 
@@ -138,6 +146,16 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn a_safety_checker_verdict_is_a_field_only_when_one_ran() {
+        let mut parameters = example();
+        assert!(!parameters.to_text().contains("Safety checker"));
+        parameters.safety_flagged = Some(true);
+        assert!(parameters.to_text().contains("Safety checker: flagged, "));
+        parameters.safety_flagged = Some(false);
+        assert!(parameters.to_text().contains("Safety checker: passed, "));
     }
 
     #[test]

@@ -113,6 +113,13 @@ pub struct GenerateArgs {
     /// file stem there); the tags are removed from the prompt before encoding.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// Do not run the safety checker a diffusers folder ships (run by default, as diffusers).
+    #[arg(long, conflicts_with = "safety_checker")]
+    pub no_safety_checker: bool,
+    /// Run this safety checker: a `safety_checker/` folder (config.json + weights) or SD 1.5's
+    /// checker as one .safetensors file. Flagged images are written black.
+    #[arg(long, value_name = "PATH")]
+    pub safety_checker: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

@@ -8,7 +8,9 @@ use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_
 use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
-use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
+use stable_diffusion::{
+    GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice, StableDiffusion,
+};
 
 use crate::backend::with_backend;
 use crate::cli::GenerateArgs;
@@ -83,6 +85,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         config_dir: args.config_dir.clone(),
         low_memory: true,
         loras,
+        safety_checker: safety_checker_of(args),
     };
     say(format!(
         "Loading {} on {} …",
@@ -146,6 +149,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned());
     for (index, (image, seed)) in generation.images.iter().zip(&generation.seeds).enumerate() {
+        let flagged = generation.safety_flags.as_ref().map(|flags| flags[index]);
         let parameters = Parameters {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
@@ -160,12 +164,31 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             clip_skip: sd.clip_skip_for(&request),
             denoising_strength: strength,
             lora_hashes: lora_hashes.clone(),
+            safety_flagged: flagged,
         };
         let path = output_path(&args.output, index, generation.images.len());
         write_png(&path, image, Some(&parameters.to_text()))?;
         say(format!("Wrote {} (seed {seed})", path.display()));
+        if flagged == Some(true) {
+            // A warning even with --quiet: the image is not what was asked for.
+            eprintln!(
+                "warning: the safety checker flagged image {} (seed {seed}); {} is black. \
+                 Try another prompt or seed, or pass --no-safety-checker.",
+                index + 1,
+                path.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// `--no-safety-checker` / `--safety-checker PATH`, else the model's own checker.
+fn safety_checker_of(args: &GenerateArgs) -> SafetyCheckerChoice {
+    match (&args.safety_checker, args.no_safety_checker) {
+        (_, true) => SafetyCheckerChoice::Off,
+        (Some(path), false) => SafetyCheckerChoice::File(path.clone()),
+        (None, false) => SafetyCheckerChoice::FromModel,
+    }
 }
 
 /// The prompt without its `<lora:…>` tags, and the LoRA files to apply: those of `--lora`, then
