@@ -19,6 +19,7 @@
 //! - [`StableDiffusion`] (`model.rs`): loading (with [`LoadOptions`]) and generation, generic
 //!   over the backend; one model serves many requests (sampler, clip skip, prompt mode and seeds
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
+//! - [`codec`]: [`SdCodec`](codec::SdCodec), the VAE with an optional TAESD final decode.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
@@ -28,6 +29,7 @@
 //!   [`sd_clip::SafetyChecker`].
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
+pub mod codec;
 pub mod configs;
 pub mod lora;
 mod model;

@@ -13,20 +13,18 @@ use sd_schedulers::{
     SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
 };
 use sd_unet::UNet2DConditionModel;
-use sd_vae::AutoencoderKL;
+use sd_vae::{AutoencoderKL, AutoencoderTiny};
 
+use crate::codec::SdCodec;
 use crate::configs::ModelConfigs;
 use crate::lora::{LoraOverlay, LoraReport, LoraSpec};
 use crate::safety::{CheckerSlot, SafetyCheckerChoice};
 
 /// The concrete pipeline: CLIP, the UNet and the VAE on backend `B` (the UNet and the VAE
-/// held resident, or only while used: [`LoadOptions::low_memory`]).
-pub type SdPipeline<B> = Pipeline<
-    B,
-    ClipTextEncoder<B>,
-    OnDemand<B, UNet2DConditionModel<B>>,
-    OnDemand<B, AutoencoderKL<B>>,
->;
+/// held resident, or only while used: [`LoadOptions::low_memory`]; the final decode perhaps
+/// TAESD's: [`LoadOptions::taesd_decoder`]).
+pub type SdPipeline<B> =
+    Pipeline<B, ClipTextEncoder<B>, OnDemand<B, UNet2DConditionModel<B>>, SdCodec<B>>;
 
 /// The sampler of SD 1.5's own scheduler config (diffusers' default for it).
 pub const DEFAULT_SCHEDULER: &str = "PNDMScheduler";
@@ -48,6 +46,9 @@ pub struct LoadOptions {
     pub loras: Vec<LoraSpec>,
     /// The safety checker: the model's own by default (diffusers folders that ship one).
     pub safety_checker: SafetyCheckerChoice,
+    /// Decode final images with this TAESD (`AutoencoderTiny` folder or `.safetensors` file)
+    /// instead of the VAE, which still encodes init images.
+    pub taesd_decoder: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -114,6 +115,7 @@ struct Origin {
     unet_layout: UnetLayout,
     low_memory: bool,
     safety_checker: SafetyCheckerChoice,
+    taesd_decoder: Option<PathBuf>,
 }
 
 impl Origin {
@@ -128,6 +130,10 @@ impl Origin {
         let options = LoadOptions::default()
             .low_memory(self.low_memory)
             .safety_checker(self.safety_checker.clone());
+        let options = LoadOptions {
+            taesd_decoder: self.taesd_decoder.clone(),
+            ..options
+        };
         let mut model =
             StableDiffusion::from_store(backend, store, self.configs.clone(), &options)?;
         model.lora_report = lora_report;
@@ -168,6 +174,7 @@ impl<B: Backend> StableDiffusion<B> {
             unet_layout,
             low_memory: options.low_memory,
             safety_checker: options.safety_checker.clone(),
+            taesd_decoder: options.taesd_decoder.clone(),
         };
         origin.build(backend, &options.loras)
     }
@@ -225,13 +232,17 @@ impl<B: Backend> StableDiffusion<B> {
             Box::new(move |b: &B| AutoencoderKL::from_store(b, vae_config.clone(), &vae_store)),
             resident,
         )?;
+        let mut codec = SdCodec::new(vae);
+        if let Some(path) = &options.taesd_decoder {
+            codec = codec.with_taesd_decoder(AutoencoderTiny::load(&backend, path)?, path)?;
+        }
         let safety_checker = options
             .safety_checker
             .resolve(store.origin())
             .map(|path| CheckerSlot::load(&backend, path, resident))
             .transpose()?;
         let text = ClipTextEncoder::new(text_model, configs.tokenizer);
-        let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
+        let pipeline = Pipeline::new(backend, text, unet, codec).with_default_size(side, side);
         let mut model =
             Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
         model.weight_files = store.files().map(Path::to_path_buf).collect();

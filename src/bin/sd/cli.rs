@@ -120,6 +120,11 @@ pub struct GenerateArgs {
     /// checker as one .safetensors file. Flagged images are written black.
     #[arg(long, value_name = "PATH")]
     pub safety_checker: Option<PathBuf>,
+    /// Decode the final image with another decoder: `taesd:PATH`, a TAESD (diffusers
+    /// AutoencoderTiny) folder or .safetensors file. Much faster than the VAE on a CPU, a little
+    /// less faithful; init images are still encoded by the VAE.
+    #[arg(long, value_name = "taesd:PATH")]
+    pub vae_decoder: Option<String>,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

@@ -86,6 +86,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         low_memory: true,
         loras,
         safety_checker: safety_checker_of(args),
+        taesd_decoder: args.vae_decoder.as_deref().map(taesd_path).transpose()?,
     };
     say(format!(
         "Loading {} on {} …",
@@ -180,6 +181,17 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file or folder of `--vae-decoder taesd:PATH`.
+fn taesd_path(value: &str) -> Result<PathBuf> {
+    match value.split_once(':') {
+        Some(("taesd", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(Error::invalid_argument(
+            "--vae-decoder",
+            format!("{value:?}: expected taesd:PATH (a TAESD folder or .safetensors file)"),
+        )),
+    }
 }
 
 /// `--no-safety-checker` / `--safety-checker PATH`, else the model's own checker.
