@@ -25,6 +25,7 @@
 //! - [`png`]: reading and writing PNG files with an A1111 `parameters` text chunk;
 //!   [`parameters`] builds and reads that text.
 //! - [`model_hash`]: A1111's short model hash.
+//! - [`preview`]: live previews from a progress callback's latents (approx or TAESD).
 //! - [`safety`]: which safety checker runs ([`SafetyCheckerChoice`]); the checker is
 //!   [`sd_clip::SafetyChecker`].
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
@@ -36,6 +37,7 @@ mod model;
 pub mod model_hash;
 pub mod parameters;
 pub mod png;
+pub mod preview;
 pub mod safety;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};

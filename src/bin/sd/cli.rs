@@ -125,6 +125,16 @@ pub struct GenerateArgs {
     /// less faithful; init images are still encoded by the VAE.
     #[arg(long, value_name = "taesd:PATH")]
     pub vae_decoder: Option<String>,
+    /// Write a preview of the image every N steps (0: never) to --preview-file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preview_every: usize,
+    /// Where previews go (overwritten each time; a batch writes NAME-1.png, …).
+    #[arg(long, value_name = "FILE", default_value = "sd-preview.png")]
+    pub preview_file: PathBuf,
+    /// How previews are made: approx (a linear latent→RGB map, latent resolution), taesd:PATH
+    /// (TAESD, full resolution) or none.
+    #[arg(long, value_name = "METHOD", default_value = "approx")]
+    pub preview: String,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

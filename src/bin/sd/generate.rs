@@ -8,6 +8,7 @@ use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_
 use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::{read_gray, read_rgb, write_png};
+use stable_diffusion::preview::{PreviewMethod, Previewer};
 use stable_diffusion::{
     GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice, StableDiffusion,
 };
@@ -71,6 +72,10 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
     let (prompt, loras) = loras_of(args)?;
+    let preview = match args.preview_every {
+        0 => None,
+        _ => PreviewMethod::parse(&args.preview)?,
+    };
 
     // A1111's infotext names each LoRA by its file stem and short hash.
     let lora_hashes = loras
@@ -141,9 +146,27 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         request = request.mask(mask);
     }
 
+    let previewer = preview
+        .map(|method| Previewer::load(sd.pipeline().backend(), &method))
+        .transpose()?;
     let bar = StepBar::new(args.quiet);
-    let generation = sd.generate_with_progress(&request, |progress| bar.update(progress))?;
+    let mut preview_error = None;
+    let generation = sd.generate_with_progress(&request, |progress| {
+        if let Some(previewer) = &previewer
+            && progress.step % args.preview_every == 0
+            && let Err(e) = write_previews(&sd, previewer, progress, &args.preview_file)
+        {
+            // A failed preview stops the run: the user asked for them.
+            preview_error = Some(e);
+            return stable_diffusion::Control::Cancel;
+        }
+        bar.update(progress)
+    });
     bar.finish();
+    if let Some(e) = preview_error {
+        return Err(e);
+    }
+    let generation = generation?;
 
     let model_hash = short_hash(sd.weight_files())?;
     let model_name = model_path
@@ -179,6 +202,21 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
                 path.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// One preview per image of the batch, to `file` (numbered as the outputs for a batch).
+fn write_previews<B: Backend>(
+    sd: &StableDiffusion<B>,
+    previewer: &Previewer<B>,
+    progress: &stable_diffusion::StepProgress<'_>,
+    file: &Path,
+) -> Result<()> {
+    let batch = progress.latents.shape()[0];
+    for index in 0..batch {
+        let image = previewer.render(sd.pipeline().backend(), progress.latents, index)?;
+        write_png(output_path(file, index, batch), &image, None)?;
     }
     Ok(())
 }
