@@ -50,7 +50,7 @@ pub use sd_core::{Error, PromptMode, Result, TextOptions};
 
 pub use sd_clip as clip;
 pub use sd_core as core;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-13"))]
 pub use sd_cuda as cuda;
 pub use sd_schedulers as schedulers;
 pub use sd_unet as unet;

@@ -361,7 +361,7 @@ fn bf16_generation_writes_a_png() {
 /// build without the `cuda` feature, one line naming the feature).
 #[test]
 fn cuda_without_a_device_fails_on_one_line() {
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", feature = "cuda-13"))]
     if sd_cuda::CudaBackend::new(0).is_ok() {
         println!("skipped: this machine has a CUDA device");
         return;
@@ -369,7 +369,7 @@ fn cuda_without_a_device_fails_on_one_line() {
     let run = sd(&["generate", "--prompt", "x", "--backend", "cuda", "-q"]);
     let err = stderr(&run);
     assert_fails_naming(&run, &[]);
-    if cfg!(feature = "cuda") {
+    if cfg!(any(feature = "cuda", feature = "cuda-13")) {
         assert!(err.contains("CUDA") || err.contains("NVRTC"), "{err}");
     } else {
         assert!(err.contains("`cuda` feature"), "{err}");

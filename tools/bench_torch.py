@@ -18,6 +18,11 @@ Components (one per process, so each peak RSS is that component's):
 Prints one JSON line: {"component", "times" (seconds, each run), "median", "peak_rss_gib"
 (VmHWM of the whole process: interpreter, libraries, weights, activations), "threads"}.
 One untimed warm-up run precedes the timed ones (as in `sd bench`), except for txt2img.
+
+`--device cuda --dtype fp16` runs the same work on the GPU in half precision (the usual way to
+run SD 1.5 there; tools/gpu_check.sh compares `sd bench --backend cuda` with it): each timed run
+ends with `torch.cuda.synchronize()`, and the line gains "peak_gpu_gib"
+(torch.cuda.max_memory_allocated).
 """
 
 import argparse
@@ -68,32 +73,39 @@ def clip_model():
     return CLIPTextModel(CLIPTextConfig(**SD15_CLIP)).eval()
 
 
-def prepare(component, steps):
-    """Build the model and return the call to time."""
+def prepare(component, steps, device, dtype):
+    """Build the model on `device` in `dtype` and return the call to time."""
     torch.manual_seed(0)
+
+    def place(model):
+        return model.to(device=device, dtype=dtype)
+
+    def randn(*shape):
+        return torch.randn(*shape).to(device=device, dtype=dtype)
+
     if component == "clip":
-        model, tok = clip_model(), tokenizer()
-        ids = tok(PROMPTS, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        model, tok = place(clip_model()), tokenizer()
+        ids = tok(PROMPTS, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
         return lambda: model(ids).last_hidden_state
     if component in ("unet", "unet-b1"):
-        model = UNet2DConditionModel(**SD15_UNET).eval()
+        model = place(UNet2DConditionModel(**SD15_UNET).eval())
         batch = 2 if component == "unet" else 1
-        sample, context = torch.randn(batch, 4, 64, 64), torch.randn(batch, 77, 768)
+        sample, context = randn(batch, 4, 64, 64), randn(batch, 77, 768)
         return lambda: model(sample, 500, encoder_hidden_states=context).sample
     if component == "vae-decode":
-        model = AutoencoderKL(**SD15_VAE).eval()
-        latents = torch.randn(1, 4, 64, 64)
+        model = place(AutoencoderKL(**SD15_VAE).eval())
+        latents = randn(1, 4, 64, 64)
         return lambda: model.decode(latents).sample
     if component == "vae-encode":
-        model = AutoencoderKL(**SD15_VAE).eval()
-        image = torch.rand(1, 3, 512, 512) * 2 - 1
+        model = place(AutoencoderKL(**SD15_VAE).eval())
+        image = randn(1, 3, 512, 512) * 2 - 1
         return lambda: model.encode(image).latent_dist.mean
     if component == "txt2img":
         pipe = StableDiffusionPipeline(
-            vae=AutoencoderKL(**SD15_VAE).eval(),
-            text_encoder=clip_model(),
+            vae=place(AutoencoderKL(**SD15_VAE).eval()),
+            text_encoder=place(clip_model()),
             tokenizer=tokenizer(),
-            unet=UNet2DConditionModel(**SD15_UNET).eval(),
+            unet=place(UNet2DConditionModel(**SD15_UNET).eval()),
             scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1, beta_schedule="scaled_linear",
                                     beta_start=0.00085, beta_end=0.012),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -110,23 +122,40 @@ def main():
     parser.add_argument("component", choices=["clip", "unet", "unet-b1", "vae-decode", "vae-encode", "txt2img"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="txt2img's inference steps")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     args = parser.parse_args()
-    run = prepare(args.component, args.steps)
+    device = torch.device(args.device)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    run = prepare(args.component, args.steps, device, dtype)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     times = []
     with torch.inference_mode():
         if args.component != "txt2img":
             run()
         for _ in range(args.runs):
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             times.append(time.perf_counter() - start)
-    print(json.dumps({
+    result = {
         "component": args.component,
+        "device": args.device,
+        "dtype": args.dtype,
         "times": times,
         "median": statistics.median(times),
         "peak_rss_gib": vm_hwm_gib(),
         "threads": torch.get_num_threads(),
-    }))
+    }
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream};
 use sd_core::{Error, Result};
 
+use crate::libraries::{self, CudaLibrary};
 use crate::nvrtc::{self, MIN_COMPUTE_CAPABILITY, Target};
 
 /// An opened device: its context, the one stream all work goes to, and a cuBLAS handle bound
@@ -37,8 +38,7 @@ fn no_device(reason: impl Into<String>) -> Error {
 
 /// Whether libcuda (the NVIDIA driver's user-space library) can be loaded.
 pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen the library's candidate names.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    libraries::load(CudaLibrary::Driver).is_ok()
 }
 
 /// The number of CUDA devices; 0 without a driver or without devices. Never panics.
@@ -70,11 +70,7 @@ pub(crate) fn open(ordinal: usize) -> Result<Device> {
 }
 
 fn open_checked(ordinal: usize) -> Result<Device> {
-    if !driver_present() {
-        return Err(no_device(
-            "libcuda.so (the NVIDIA driver) is not installed or not on the loader path",
-        ));
-    }
+    libraries::load(CudaLibrary::Driver).map_err(no_device)?;
     let count = CudaContext::device_count()
         .map_err(|e| no_device(format!("the driver found no usable device: {e}")))?;
     let count = usize::try_from(count).unwrap_or(0);
@@ -121,14 +117,7 @@ fn open_checked(ordinal: usize) -> Result<Device> {
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.default_stream();
 
-    // SAFETY: only tries to dlopen the library's candidate names.
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err(no_device(
-            "libcublas.so.12 (cuBLAS) is not on the loader path; install the CUDA toolkit's \
-             cuBLAS (or `pip install nvidia-cublas-cu12`) and add its lib folder to \
-             LD_LIBRARY_PATH",
-        ));
-    }
+    libraries::load(CudaLibrary::Cublas).map_err(no_device)?;
     let blas = CudaBlas::new(stream.clone())
         .map_err(|e| no_device(format!("{name}: cannot create a cuBLAS handle: {e}")))?;
     Ok(Device {

@@ -3,7 +3,12 @@
 //! [`CudaBackend`] implements [`sd_core::Backend`] on one NVIDIA GPU (compute capability 8.0,
 //! Ampere, or newer) through [cudarc](https://docs.rs/cudarc): the driver API, NVRTC and cuBLAS,
 //! all loaded at run time, so this crate builds anywhere and needs no CUDA toolkit to build.
-//! At run time it needs the driver (libcuda), libnvrtc.so.12 and libcublas.so.12.
+//! At run time it needs the driver (libcuda), NVRTC and cuBLAS of the CUDA major version the
+//! build binds: CUDA 12 by default (`libnvrtc.so.12`, `libcublas.so.12`), CUDA 13 with the
+//! `cuda-13` feature and `default-features = false` (cudarc's API bindings are per version, so
+//! one binary serves one major). [`libraries`] finds them on the loader path, in a toolkit
+//! (`CUDA_PATH`, `/usr/local/cuda`), in a Python environment's NVIDIA wheels (next to PyTorch),
+//! or in `SD_CUDA_LIBRARY_PATH`, and when one is missing the error lists every place it looked.
 //!
 //! ```no_run
 //! use sd_core::{Backend, Error};
@@ -45,10 +50,17 @@
 //!   print "skipped" and pass, which says nothing about the GPU. `REQUIRE_CUDA=1` makes them fail
 //!   instead.
 
+#[cfg(all(feature = "cuda-12", feature = "cuda-13"))]
+compile_error!(
+    "sd-cuda: enable one of the features `cuda-12` and `cuda-13` (use `default-features = false` \
+     with `cuda-13`)"
+);
+
 mod backend;
 mod device;
 pub mod kernels;
 mod launch;
+pub mod libraries;
 pub mod nvrtc;
 mod ops;
 mod tensor;

@@ -15,6 +15,7 @@ use cudarc::nvrtc::sys;
 use sd_core::{Error, Result};
 
 use crate::kernels::{COMMON_HEADER, KernelFile};
+use crate::libraries::{self, CudaLibrary};
 
 /// The oldest architecture the kernels support: flash attention uses `mma.sync.m16n8k16` with
 /// f32 accumulation and `cvt.rn.f16x2.f32`, both sm_80 (Ampere) and later.
@@ -74,25 +75,16 @@ pub struct Compiled {
     pub log: String,
 }
 
-/// Whether libnvrtc can be loaded. Checked before any NVRTC call: cudarc panics on a call into
-/// a library it cannot find.
+/// Whether libnvrtc can be loaded ([`crate::libraries`] searches for it). Checked before any
+/// NVRTC call: cudarc panics on a call into a library it cannot find.
 pub fn nvrtc_present() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
-    // SAFETY: only tries to dlopen the library's candidate names.
-    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+    libraries::load(CudaLibrary::Nvrtc).is_ok()
 }
 
 fn require_nvrtc() -> Result<()> {
-    if nvrtc_present() {
-        Ok(())
-    } else {
-        Err(Error::NoNvrtc {
-            reason: "libnvrtc.so.12 is not on the loader path; install the CUDA toolkit's NVRTC \
-                     (or `pip install nvidia-cuda-nvrtc-cu12`) and add its lib folder to \
-                     LD_LIBRARY_PATH"
-                .into(),
-        })
-    }
+    libraries::load(CudaLibrary::Nvrtc)
+        .map(drop)
+        .map_err(|reason| Error::NoNvrtc { reason })
 }
 
 fn check(result: sys::nvrtcResult, what: &str) -> Result<()> {

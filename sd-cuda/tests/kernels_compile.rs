@@ -62,6 +62,14 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     }
     let (major, minor) = nvrtc::version().expect("NVRTC version");
     eprintln!("NVRTC {major}.{minor}");
+    // This build binds one CUDA major (the `cuda-12` / `cuda-13` feature) and must have loaded
+    // that major's NVRTC (CI runs this test under each).
+    assert_eq!(
+        u32::try_from(major).ok(),
+        Some(sd_cuda::libraries::CUDA_MAJOR),
+        "NVRTC {major}.{minor} loaded by a build for CUDA {}",
+        sd_cuda::libraries::CUDA_MAJOR
+    );
     let mut failures = Vec::new();
     for target in ARCHS {
         for file in KernelFile::ALL {

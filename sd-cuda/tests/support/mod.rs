@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 use sd_core::cpu::{CpuBackend, CpuTensor};
-use sd_core::{Backend, DType, Error, HostTensor};
+use sd_core::{Backend, DType, HostTensor};
 use sd_cuda::CudaBackend;
 
 /// f32 storage, f32 arithmetic on both sides: only summation order differs (cuBLAS blocks its
@@ -33,18 +33,10 @@ pub fn gpu(dtype: DType) -> Option<&'static CudaBackend> {
     static F32: OnceLock<Option<CudaBackend>> = OnceLock::new();
     static F16: OnceLock<Option<CudaBackend>> = OnceLock::new();
     let cell = if dtype == DType::F16 { &F16 } else { &F32 };
-    cell.get_or_init(|| match CudaBackend::with_dtype(0, dtype) {
-        Ok(b) => {
-            eprintln!("running on {} ({dtype:?})", b.device_name());
-            Some(b)
-        }
-        Err(Error::NoCudaDevice { reason } | Error::NoNvrtc { reason }) => {
-            let required = std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
-            assert!(!required, "REQUIRE_CUDA=1 but: {reason}");
-            eprintln!("skipped: no CUDA device ({reason}); not a GPU verification");
-            None
-        }
-        Err(other) => panic!("opening the CUDA backend failed: {other}"),
+    cell.get_or_init(|| {
+        sd_testkit::gpu_or_skip(CudaBackend::with_dtype(0, dtype), |b| {
+            format!("{} ({dtype:?})", b.device_name())
+        })
     })
     .as_ref()
 }

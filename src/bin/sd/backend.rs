@@ -11,12 +11,12 @@ macro_rules! with_backend {
                 let $b = sd_core::cpu::CpuBackend::with_precision(precision.into());
                 $body
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(any(feature = "cuda", feature = "cuda-13"))]
             ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
                 let $b = sd_cuda::CudaBackend::new(0)?;
                 $body
             }
-            #[cfg(not(feature = "cuda"))]
+            #[cfg(not(any(feature = "cuda", feature = "cuda-13")))]
             ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
                 return Err(sd_core::Error::invalid_argument(
                     "--backend",

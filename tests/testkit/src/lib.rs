@@ -15,9 +15,14 @@ use sd_core::{Backend, HostTensor};
 /// diffusers f32 vs our f32 on one model call (the acceptance bound).
 pub const GOLDEN_MAX_ABS: f32 = 1e-4;
 
-/// The workspace's `fixtures/` folder (committed tiny models and goldens).
+/// The workspace's `fixtures/` folder (committed tiny models and goldens): `$SD_FIXTURES` when
+/// set (test binaries run away from their build tree, as tools/gpu_check.sh runs them on a GPU
+/// machine), else the folder next to these sources.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    match std::env::var_os("SD_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }
 
 /// A tiny diffusers pipeline folder (`tiny-sd`, `tiny-sd-alt`, `tiny-sd-inpaint`).
@@ -120,5 +125,25 @@ pub fn full_size_goldens() -> Goldens {
     );
     Goldens {
         file: SafetensorsFile::open(&path).unwrap(),
+    }
+}
+
+/// The GPU backend a test opened, or `None` (after printing why) where this machine has no
+/// usable device — a skip that verifies nothing about the GPU. With `REQUIRE_CUDA=1` (set by
+/// tools/gpu_check.sh on a GPU machine) a missing device fails the test instead. Other errors
+/// are failures.
+pub fn gpu_or_skip<G>(opened: sd_core::Result<G>, describe: impl Fn(&G) -> String) -> Option<G> {
+    match opened {
+        Ok(gpu) => {
+            eprintln!("running on {}", describe(&gpu));
+            Some(gpu)
+        }
+        Err(sd_core::Error::NoCudaDevice { reason } | sd_core::Error::NoNvrtc { reason }) => {
+            let required = std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1");
+            assert!(!required, "REQUIRE_CUDA=1 but: {reason}");
+            eprintln!("skipped: no CUDA device ({reason}); not a GPU verification");
+            None
+        }
+        Err(other) => panic!("opening the CUDA backend failed: {other}"),
     }
 }
