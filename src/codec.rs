@@ -46,6 +46,11 @@ impl<B: Backend> SdCodec<B> {
         Ok(self)
     }
 
+    /// The VAE (held or rebuilt on demand).
+    pub fn vae(&self) -> &OnDemand<B, AutoencoderKL<B>> {
+        &self.vae
+    }
+
     /// Whether the final decode is TAESD's.
     pub fn decodes_with_taesd(&self) -> bool {
         self.decoder.is_some()

@@ -56,7 +56,7 @@ fn ships_safety_checker(dir: &Path) -> bool {
 /// SD 1.5's checker is 1.2 GB of f32 weights, not worth holding through the denoising).
 #[derive(Debug)]
 pub(crate) enum CheckerSlot<B: Backend> {
-    Resident(SafetyChecker<B>),
+    Resident(Box<SafetyChecker<B>>),
     OnDemand(PathBuf),
 }
 
@@ -65,7 +65,7 @@ impl<B: Backend> CheckerSlot<B> {
     pub(crate) fn load(backend: &B, path: PathBuf, resident: bool) -> Result<Self> {
         let checker = SafetyChecker::load(backend, &path)?;
         Ok(if resident {
-            CheckerSlot::Resident(checker)
+            CheckerSlot::Resident(Box::new(checker))
         } else {
             CheckerSlot::OnDemand(path)
         })

@@ -138,7 +138,7 @@ impl<B: Backend> SafetyChecker<B> {
         .find(|p| p.is_file())
         .map_or_else(
             || Ok(ClipImageProcessor::default()),
-            |p| ClipImageProcessor::from_file(p),
+            ClipImageProcessor::from_file,
         )?;
         let store = WeightStore::open_component_files(Component::SafetyChecker, &files)?;
         Self::from_weights(
