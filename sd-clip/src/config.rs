@@ -66,27 +66,20 @@ impl ClipTextConfig {
             field: field.into(),
             reason,
         };
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value == 0 {
-                return Err(field_error(field, "must be positive".into()));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(field_error(
-                "num_attention_heads",
-                format!(
-                    "{} heads do not divide hidden_size {}",
-                    self.num_attention_heads, self.hidden_size
-                ),
-            ));
-        }
+        check_tower(
+            &field_error,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+            (self.hidden_size, self.num_attention_heads),
+            self.layer_norm_eps,
+            &self.hidden_act,
+        )?;
         if self.max_position_embeddings < 3 {
             return Err(field_error(
                 "max_position_embeddings",
@@ -96,21 +89,7 @@ impl ClipTextConfig {
                 ),
             ));
         }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(field_error(
-                "layer_norm_eps",
-                format!("{} is not a positive number", self.layer_norm_eps),
-            ));
-        }
-        self.activation().map(|_| ()).ok_or_else(|| {
-            field_error(
-                "hidden_act",
-                format!(
-                    "unsupported activation {:?}, expected \"quick_gelu\" or \"gelu\"",
-                    self.hidden_act
-                ),
-            )
-        })
+        Ok(())
     }
 
     /// The MLP activation as a backend op.
@@ -131,4 +110,37 @@ pub(crate) fn activation_named(name: &str) -> Option<UnaryOp> {
         "gelu" => Some(UnaryOp::Gelu),
         _ => None,
     }
+}
+
+/// The checks both towers' configs share: positive sizes, heads that divide the width, a
+/// positive layer-norm epsilon, an activation we have. `field_error` names the file.
+pub(crate) fn check_tower(
+    field_error: &dyn Fn(&str, String) -> Error,
+    sizes: &[(&str, usize)],
+    (hidden_size, heads): (usize, usize),
+    layer_norm_eps: f64,
+    hidden_act: &str,
+) -> Result<()> {
+    if let Some((field, _)) = sizes.iter().find(|(_, value)| *value == 0) {
+        return Err(field_error(field, "must be positive".into()));
+    }
+    if !hidden_size.is_multiple_of(heads) {
+        return Err(field_error(
+            "num_attention_heads",
+            format!("{heads} heads do not divide hidden_size {hidden_size}"),
+        ));
+    }
+    if !(layer_norm_eps.is_finite() && layer_norm_eps > 0.0) {
+        return Err(field_error(
+            "layer_norm_eps",
+            format!("{layer_norm_eps} is not a positive number"),
+        ));
+    }
+    if activation_named(hidden_act).is_none() {
+        return Err(field_error(
+            "hidden_act",
+            format!("unsupported activation {hidden_act:?}, expected \"quick_gelu\" or \"gelu\""),
+        ));
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use sd_core::weights::Weights;
 use sd_core::{Backend, Conv2dParams, Error, HostTensor, Result};
 use serde::Deserialize;
 
-use crate::config::activation_named;
+use crate::config::{activation_named, check_tower};
 use crate::transformer::{EncoderLayer, LayerShape};
 
 /// transformers' `CLIPVisionConfig`: the fields the tower needs, missing ones at transformers'
@@ -76,49 +76,27 @@ impl ClipVisionConfig {
             field: format!("vision_config.{field}"),
             reason,
         };
-        for (field, value) in [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_channels", self.num_channels),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-        ] {
-            if value == 0 {
-                return Err(field_error(field, "must be positive".into()));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(field_error(
-                "num_attention_heads",
-                format!(
-                    "{} heads do not divide hidden_size {}",
-                    self.num_attention_heads, self.hidden_size
-                ),
-            ));
-        }
+        check_tower(
+            &field_error,
+            &[
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_channels", self.num_channels),
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+            ],
+            (self.hidden_size, self.num_attention_heads),
+            self.layer_norm_eps,
+            &self.hidden_act,
+        )?;
         if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(field_error(
                 "patch_size",
                 format!(
                     "{} does not divide image_size {}",
                     self.patch_size, self.image_size
-                ),
-            ));
-        }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(field_error(
-                "layer_norm_eps",
-                format!("{} is not a positive number", self.layer_norm_eps),
-            ));
-        }
-        if activation_named(&self.hidden_act).is_none() {
-            return Err(field_error(
-                "hidden_act",
-                format!(
-                    "unsupported activation {:?}, expected \"quick_gelu\" or \"gelu\"",
-                    self.hidden_act
                 ),
             ));
         }

@@ -217,7 +217,15 @@ struct Stack<'w, 'a, B: Backend> {
     layers: Vec<Layer<B>>,
 }
 
-impl<B: Backend> Stack<'_, '_, B> {
+impl<'w, 'a, B: Backend> Stack<'w, 'a, B> {
+    fn new(backend: &'a B, weights: &Weights<'w>) -> Self {
+        Stack {
+            backend,
+            weights: weights.clone(),
+            layers: Vec::new(),
+        }
+    }
+
     fn here(&self) -> Weights<'_> {
         self.weights.at(self.layers.len())
     }
@@ -307,11 +315,7 @@ impl<B: Backend> AutoencoderTiny<B> {
         config: &TinyConfig,
         activation: UnaryOp,
     ) -> Result<Sequential<B>> {
-        let mut stack = Stack {
-            backend: b,
-            weights: w.clone(),
-            layers: Vec::new(),
-        };
+        let mut stack = Stack::new(b, w);
         let channels = &config.encoder_block_out_channels;
         for (level, (&ch, &count)) in channels.iter().zip(&config.num_encoder_blocks).enumerate() {
             if level == 0 {
@@ -333,11 +337,7 @@ impl<B: Backend> AutoencoderTiny<B> {
         config: &TinyConfig,
         activation: UnaryOp,
     ) -> Result<Sequential<B>> {
-        let mut stack = Stack {
-            backend: b,
-            weights: w.clone(),
-            layers: Vec::new(),
-        };
+        let mut stack = Stack::new(b, w);
         let channels = &config.decoder_block_out_channels;
         stack.conv(config.latent_channels, channels[0], 1, true)?;
         stack.layers.push(Layer::Activation(activation));
