@@ -7,7 +7,8 @@ use sd_clip::{ClipTextEncoder, ClipTextTransformer, PromptMode};
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
-use sd_core::weights::{LdmLayout, UnetLayout, Variant, WeightStore};
+use sd_core::weights::diffusers::component_files;
+use sd_core::weights::{Component, LdmLayout, UnetLayout, VaeLayout, Variant, WeightStore};
 use sd_core::{Backend, Error, Result, Scheduler};
 use sd_schedulers::{
     SamplerOptions, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
@@ -49,6 +50,10 @@ pub struct LoadOptions {
     /// Decode final images with this TAESD (`AutoencoderTiny` folder or `.safetensors` file)
     /// instead of the VAE, which still encodes init images.
     pub taesd_decoder: Option<PathBuf>,
+    /// Replace the checkpoint's VAE by this one (A1111's `--vae`): a standalone `.safetensors`
+    /// in LDM names (`vae-ft-mse-840000-ema-pruned`) or diffusers names, or a diffusers `vae/`
+    /// folder. Its tensors must have the shapes of the model's VAE config.
+    pub vae: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -116,6 +121,7 @@ struct Origin {
     low_memory: bool,
     safety_checker: SafetyCheckerChoice,
     taesd_decoder: Option<PathBuf>,
+    vae: Option<PathBuf>,
 }
 
 impl Origin {
@@ -132,6 +138,7 @@ impl Origin {
             .safety_checker(self.safety_checker.clone());
         let options = LoadOptions {
             taesd_decoder: self.taesd_decoder.clone(),
+            vae: self.vae.clone(),
             ..options
         };
         let mut model =
@@ -140,6 +147,19 @@ impl Origin {
         model.origin = Some(self.clone());
         Ok(model)
     }
+}
+
+/// The store of a `--vae` override: a diffusers `vae/` folder or one safetensors file (LDM or
+/// diffusers names), renamed for a VAE shaped as `config`.
+fn open_vae(path: &Path, config: &sd_vae::VaeConfig) -> Result<WeightStore> {
+    if path.is_dir() {
+        return WeightStore::open_component_files(Component::Vae, &component_files(path)?);
+    }
+    let layout = VaeLayout {
+        levels: config.levels(),
+        layers_per_block: config.layers_per_block,
+    };
+    WeightStore::open_vae_file(path, &layout)
 }
 
 impl StableDiffusion<CpuBackend> {
@@ -175,6 +195,7 @@ impl<B: Backend> StableDiffusion<B> {
             low_memory: options.low_memory,
             safety_checker: options.safety_checker.clone(),
             taesd_decoder: options.taesd_decoder.clone(),
+            vae: options.vae.clone(),
         };
         origin.build(backend, &options.loras)
     }
@@ -226,7 +247,11 @@ impl<B: Backend> StableDiffusion<B> {
             }),
             resident,
         )?;
-        let (vae_store, vae_config) = (Arc::clone(&store), configs.vae);
+        let vae_store = match &options.vae {
+            Some(path) => Arc::new(open_vae(path, &configs.vae)?),
+            None => Arc::clone(&store),
+        };
+        let vae_config = configs.vae;
         let vae = OnDemand::codec(
             &backend,
             Box::new(move |b: &B| AutoencoderKL::from_store(b, vae_config.clone(), &vae_store)),

@@ -32,6 +32,8 @@ pub struct Parameters {
     pub denoising_strength: Option<f64>,
     /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
     pub lora_hashes: Vec<(String, String)>,
+    /// (file name, A1111 short hash) of a VAE given with `--vae`: A1111's `VAE hash` and `VAE`.
+    pub vae: Option<(String, String)>,
     /// Whether the safety checker flagged the image (it is then black); `None` when no checker
     /// ran. Written as `Safety checker: flagged` / `passed` (A1111 has no such field).
     pub safety_flagged: Option<bool>,
@@ -52,6 +54,10 @@ impl Parameters {
         }
         if let Some(model) = &self.model {
             fields.push(("Model", model.clone()));
+        }
+        if let Some((name, hash)) = &self.vae {
+            fields.push(("VAE hash", hash.clone()));
+            fields.push(("VAE", name.clone()));
         }
         fields.push(("Clip skip", self.clip_skip.to_string()));
         if !self.lora_hashes.is_empty() {
@@ -112,6 +118,7 @@ mod tests {
             clip_skip: 2,
             denoising_strength: None,
             lora_hashes: Vec::new(),
+            vae: None,
             safety_flagged: None,
         }
     }
@@ -146,6 +153,19 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn a_vae_override_is_named_and_hashed_after_the_model_as_a1111() {
+        let mut parameters = example();
+        parameters.vae = Some((
+            "vae-ft-mse-840000-ema-pruned.safetensors".into(),
+            "735e4c3a44".into(),
+        ));
+        assert!(parameters.to_text().contains(
+            "Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, \
+             VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2"
+        ));
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct GenerateArgs {
     /// less faithful; init images are still encoded by the VAE.
     #[arg(long, value_name = "taesd:PATH")]
     pub vae_decoder: Option<String>,
+    /// Replace the model's VAE (A1111's --vae): a standalone .safetensors in LDM names
+    /// (vae-ft-mse-840000-ema-pruned) or diffusers names, or a diffusers vae/ folder.
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
     /// Write a preview of the image every N steps (0: never) to --preview-file.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preview_every: usize,

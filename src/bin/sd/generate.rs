@@ -78,6 +78,20 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     };
 
     // A1111's infotext names each LoRA by its file stem and short hash.
+    // A1111 records a --vae file by name and short hash (a folder: its weight files' hash).
+    let vae_info = args
+        .vae
+        .as_ref()
+        .map(|path| -> Result<(String, String)> {
+            let files = if path.is_dir() {
+                sd_core::weights::diffusers::component_files(path)?
+            } else {
+                vec![path.clone()]
+            };
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            Ok((name.into_owned(), short_hash(&files)?))
+        })
+        .transpose()?;
     let lora_hashes = loras
         .iter()
         .map(|spec| {
@@ -92,6 +106,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         loras,
         safety_checker: safety_checker_of(args),
         taesd_decoder: args.vae_decoder.as_deref().map(taesd_path).transpose()?,
+        vae: args.vae.clone(),
     };
     say(format!(
         "Loading {} on {} …",
@@ -188,6 +203,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             clip_skip: sd.clip_skip_for(&request),
             denoising_strength: strength,
             lora_hashes: lora_hashes.clone(),
+            vae: vae_info.clone(),
             safety_flagged: flagged,
         };
         let path = output_path(&args.output, index, generation.images.len());
