@@ -93,7 +93,10 @@ fn a_vae_of_another_shape_or_model_is_a_typed_error() {
     assert!(err.contains("expected") && err.contains("found"), "{err}");
     // A TAESD file is not an AutoencoderKL: its tensors are missing.
     let err = load(fixtures().join("tiny-taesd/diffusion_pytorch_model.safetensors"));
-    assert!(err.contains("not found") && err.contains("tiny-taesd"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("tiny-taesd"),
+        "{err}"
+    );
 }
 
 #[test]
