@@ -211,6 +211,8 @@ mod tests {
             ti_hashes: vec![("emb".into(), "abcd".into())],
             rng: Some("NV".into()),
             unet_weights: None,
+            vae: None,
+            safety_flagged: None,
         };
         let text = parameters.to_text();
         let parsed = Infotext::parse(&text);

@@ -19,6 +19,7 @@
 //! - [`StableDiffusion`] (`model.rs`): loading (with [`LoadOptions`]) and generation, generic
 //!   over the backend; one model serves many requests (sampler, clip skip, prompt mode and seeds
 //!   travel on each [`GenerationRequest`]), from several threads through an `Arc`.
+//! - [`codec`]: [`SdCodec`](codec::SdCodec), the VAE with an optional TAESD final decode.
 //! - [`configs`]: where component configs come from (folder, SD 1.5 built-ins).
 //! - [`lora`]: LoRA files (kohya, LoCon, PEFT, LoHa, LoKr) merged as weight overlays.
 //! - [`embeddings`]: textual-inversion files (A1111 / kohya / diffusers, `.safetensors`, `.pt`,
@@ -29,8 +30,12 @@
 //! - [`image_file`]: init images and masks in PNG, JPEG or WebP, size-checked before decoding.
 //! - [`model_hash`]: A1111's short model hash.
 //! - `server` (feature `server`, on by default): `sd serve`, AUTOMATIC1111's HTTP API.
+//! - [`preview`]: live previews from a progress callback's latents (approx or TAESD).
+//! - [`safety`]: which safety checker runs ([`SafetyCheckerChoice`]); the checker is
+//!   [`sd_clip::SafetyChecker`].
 //! - The generation itself is [`sd_core::pipeline`]: same seed, same latents as diffusers.
 
+pub mod codec;
 pub mod configs;
 pub mod embeddings;
 pub mod image_file;
@@ -41,11 +46,14 @@ pub mod model_hash;
 pub mod output;
 pub mod parameters;
 pub mod png;
+pub mod preview;
+pub mod safety;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod torch_file;
 
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
+pub use safety::SafetyCheckerChoice;
 pub use sd_core::pipeline::{
     Control, Generation, GenerationRequest, GrayImage, InitImage, RgbImage, SamplerSettings, Seeds,
     StepProgress,

@@ -9,25 +9,27 @@ use sd_clip::{
 use sd_core::cpu::CpuBackend;
 use sd_core::on_demand::OnDemand;
 use sd_core::pipeline::{Control, Generation, GenerationRequest, Pipeline, StepProgress};
-use sd_core::weights::{LdmLayout, UnetLayout, UnetWeights, Variant, WeightStore};
+use sd_core::weights::diffusers::component_files;
+use sd_core::weights::{
+    Component, LdmLayout, UnetLayout, UnetWeights, VaeLayout, Variant, WeightStore,
+};
 use sd_core::{Backend, Error, Result, Scheduler};
 use sd_schedulers::{
     SamplerOptions, ScheduleType, SchedulerConfig, scheduler_from_name, scheduler_from_name_with,
 };
 use sd_unet::UNet2DConditionModel;
-use sd_vae::AutoencoderKL;
+use sd_vae::{AutoencoderKL, AutoencoderTiny};
 
+use crate::codec::SdCodec;
 use crate::configs::ModelConfigs;
 use crate::lora::{LoraOverlay, LoraReport, LoraSpec};
+use crate::safety::{CheckerSlot, SafetyCheckerChoice};
 
 /// The concrete pipeline: CLIP, the UNet and the VAE on backend `B` (the UNet and the VAE
-/// held resident, or only while used: [`LoadOptions::low_memory`]).
-pub type SdPipeline<B> = Pipeline<
-    B,
-    ClipTextEncoder<B>,
-    OnDemand<B, UNet2DConditionModel<B>>,
-    OnDemand<B, AutoencoderKL<B>>,
->;
+/// held resident, or only while used: [`LoadOptions::low_memory`]; the final decode perhaps
+/// TAESD's: [`LoadOptions::taesd_decoder`]).
+pub type SdPipeline<B> =
+    Pipeline<B, ClipTextEncoder<B>, OnDemand<B, UNet2DConditionModel<B>>, SdCodec<B>>;
 
 /// The sampler of SD 1.5's own scheduler config (diffusers' default for it).
 pub const DEFAULT_SCHEDULER: &str = "PNDMScheduler";
@@ -57,6 +59,15 @@ pub struct LoadOptions {
     /// Folders of embedding files ([`crate::embeddings::load_dir`]); their unreadable or
     /// ill-fitting files are skipped and listed in [`StableDiffusion::skipped_embeddings`].
     pub embedding_dirs: Vec<PathBuf>,
+    /// The safety checker: the model's own by default (diffusers folders that ship one).
+    pub safety_checker: SafetyCheckerChoice,
+    /// Decode final images with this TAESD (`AutoencoderTiny` folder or `.safetensors` file)
+    /// instead of the VAE, which still encodes init images.
+    pub taesd_decoder: Option<PathBuf>,
+    /// Replace the checkpoint's VAE by this one (A1111's `--vae`): a standalone `.safetensors`
+    /// in LDM names (`vae-ft-mse-840000-ema-pruned`) or diffusers names, or a diffusers `vae/`
+    /// folder. Its tensors must have the shapes of the model's VAE config.
+    pub vae: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -97,6 +108,12 @@ impl LoadOptions {
         self.embedding_dirs.push(dir.into());
         self
     }
+
+    /// Choose the safety checker (see [`SafetyCheckerChoice`]).
+    pub fn safety_checker(mut self, choice: SafetyCheckerChoice) -> Self {
+        self.safety_checker = choice;
+        self
+    }
 }
 
 /// An SD 1.x model on a backend. Everything that varies per image (sampler, clip skip, prompt
@@ -130,6 +147,8 @@ pub struct StableDiffusion<B: Backend> {
     origin: Option<Origin>,
     /// Embedding files of [`LoadOptions::embedding_dirs`] that were not loaded, with why.
     skipped_embeddings: Vec<(PathBuf, Error)>,
+    /// Run on every generation's images when present.
+    safety_checker: Option<CheckerSlot<B>>,
 }
 
 /// A loaded checkpoint before any LoRA, with what building a model from it takes.
@@ -140,6 +159,9 @@ struct Origin {
     /// The UNet's LDM numbering, for LoRA files that use LDM names.
     unet_layout: UnetLayout,
     low_memory: bool,
+    safety_checker: SafetyCheckerChoice,
+    taesd_decoder: Option<PathBuf>,
+    vae: Option<PathBuf>,
 }
 
 impl Origin {
@@ -151,13 +173,33 @@ impl Origin {
             store = Arc::new(overlay.apply_to(&store));
             lora_report = report;
         }
-        let options = LoadOptions::default().low_memory(self.low_memory);
+        let options = LoadOptions::default()
+            .low_memory(self.low_memory)
+            .safety_checker(self.safety_checker.clone());
+        let options = LoadOptions {
+            taesd_decoder: self.taesd_decoder.clone(),
+            vae: self.vae.clone(),
+            ..options
+        };
         let mut model =
             StableDiffusion::from_store(backend, store, self.configs.clone(), &options)?;
         model.lora_report = lora_report;
         model.origin = Some(self.clone());
         Ok(model)
     }
+}
+
+/// The store of a `--vae` override: a diffusers `vae/` folder or one safetensors file (LDM or
+/// diffusers names), renamed for a VAE shaped as `config`.
+fn open_vae(path: &Path, config: &sd_vae::VaeConfig) -> Result<WeightStore> {
+    if path.is_dir() {
+        return WeightStore::open_component_files(Component::Vae, &component_files(path)?);
+    }
+    let layout = VaeLayout {
+        levels: config.levels(),
+        layers_per_block: config.layers_per_block,
+    };
+    WeightStore::open_vae_file(path, &layout)
 }
 
 impl StableDiffusion<CpuBackend> {
@@ -202,6 +244,9 @@ impl<B: Backend> StableDiffusion<B> {
             configs,
             unet_layout,
             low_memory: options.low_memory,
+            safety_checker: options.safety_checker.clone(),
+            taesd_decoder: options.taesd_decoder.clone(),
+            vae: options.vae.clone(),
         };
         let mut model = origin
             .build(backend, &options.loras)
@@ -284,18 +329,32 @@ impl<B: Backend> StableDiffusion<B> {
             }),
             resident,
         )?;
-        let (vae_store, vae_config) = (Arc::clone(&store), configs.vae);
+        let vae_store = match &options.vae {
+            Some(path) => Arc::new(open_vae(path, &configs.vae)?),
+            None => Arc::clone(&store),
+        };
+        let vae_config = configs.vae;
         let vae = OnDemand::codec(
             &backend,
             Box::new(move |b: &B| AutoencoderKL::from_store(b, vae_config.clone(), &vae_store)),
             resident,
         )?;
+        let mut codec = SdCodec::new(vae);
+        if let Some(path) = &options.taesd_decoder {
+            codec = codec.with_taesd_decoder(AutoencoderTiny::load(&backend, path)?, path)?;
+        }
+        let safety_checker = options
+            .safety_checker
+            .resolve(store.origin())
+            .map(|path| CheckerSlot::load(&backend, path, resident))
+            .transpose()?;
         let text = ClipTextEncoder::new(text_model, configs.tokenizer);
-        let pipeline = Pipeline::new(backend, text, unet, vae).with_default_size(side, side);
+        let pipeline = Pipeline::new(backend, text, unet, codec).with_default_size(side, side);
         let mut model =
             Self::from_pipeline(pipeline, configs.scheduler, store.origin().to_path_buf());
         model.weight_files = store.files().map(Path::to_path_buf).collect();
         model.unet_weights = store.unet_weights();
+        model.safety_checker = safety_checker;
         Ok(model)
     }
 
@@ -322,6 +381,7 @@ impl<B: Backend> StableDiffusion<B> {
             lora_report: LoraReport::default(),
             origin: None,
             skipped_embeddings: Vec::new(),
+            safety_checker: None,
         }
     }
 
@@ -401,6 +461,11 @@ impl<B: Backend> StableDiffusion<B> {
         &self.scheduler_config
     }
 
+    /// Whether generations are checked by a safety checker.
+    pub fn has_safety_checker(&self) -> bool {
+        self.safety_checker.is_some()
+    }
+
     /// The folder or file the weights came from.
     pub fn source(&self) -> &Path {
         &self.source
@@ -425,7 +490,8 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// Generate, calling `on_step` after every model evaluation (return
-    /// [`Control::Cancel`] to stop with [`Error::Cancelled`](crate::Error::Cancelled)).
+    /// [`Control::Cancel`] to stop with [`Error::Cancelled`](crate::Error::Cancelled)). With a
+    /// safety checker, flagged images come back black and `safety_flags` says which.
     /// Concurrent calls from several threads run one after the other; `on_step` must not start
     /// another generation on the same model (it would wait for itself).
     pub fn generate_with_progress(
@@ -450,8 +516,14 @@ impl<B: Backend> StableDiffusion<B> {
         // two sets of activations (and fight over low-memory rebuilds) for no gain in speed.
         // A panic in another generation leaves nothing half-done behind the lock.
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        self.pipeline
-            .generate_with_progress(request, &new_scheduler, &mut on_step)
+        let mut generation =
+            self.pipeline
+                .generate_with_progress(request, &new_scheduler, &mut on_step)?;
+        if let Some(checker) = &self.safety_checker {
+            let flags = checker.filter(self.pipeline.backend(), &mut generation.images)?;
+            generation.safety_flags = Some(flags);
+        }
+        Ok(generation)
     }
 }
 

@@ -45,6 +45,11 @@ pub struct Parameters {
     /// The UNet weights of a full checkpoint (one with EMA copies) the image was made with;
     /// `None` for a checkpoint with one set (written as `UNet weights: EMA` / `non-EMA`).
     pub unet_weights: Option<UnetWeights>,
+    /// (file name, A1111 short hash) of a VAE given with `--vae`: A1111's `VAE hash` and `VAE`.
+    pub vae: Option<(String, String)>,
+    /// Whether the safety checker flagged the image (it is then black); `None` when no checker
+    /// ran. Written as `Safety checker: flagged` / `passed` (A1111 has no such field).
+    pub safety_flagged: Option<bool>,
 }
 
 impl Parameters {
@@ -68,6 +73,10 @@ impl Parameters {
         if let Some(model) = &self.model {
             fields.push(("Model", model.clone()));
         }
+        if let Some((name, hash)) = &self.vae {
+            fields.push(("VAE hash", hash.clone()));
+            fields.push(("VAE", name.clone()));
+        }
         fields.push(("Clip skip", self.clip_skip.to_string()));
         for (key, hashes) in [
             ("Lora hashes", &self.lora_hashes),
@@ -82,6 +91,10 @@ impl Parameters {
         }
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
+        }
+        if let Some(flagged) = self.safety_flagged {
+            let verdict = if flagged { "flagged" } else { "passed" };
+            fields.push(("Safety checker", verdict.to_string()));
         }
         if let Some(rng) = &self.rng {
             fields.push(("RNG", rng.clone()));
@@ -146,6 +159,8 @@ mod tests {
             ti_hashes: Vec::new(),
             rng: None,
             unet_weights: None,
+            vae: None,
+            safety_flagged: None,
         }
     }
 
@@ -222,6 +237,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(", RNG: NV, Version: "), "{text}");
+    }
+
+    #[test]
+    fn a_vae_override_is_named_and_hashed_after_the_model_as_a1111() {
+        let mut parameters = example();
+        parameters.vae = Some((
+            "vae-ft-mse-840000-ema-pruned.safetensors".into(),
+            "735e4c3a44".into(),
+        ));
+        assert!(parameters.to_text().contains(
+            "Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, \
+             VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2"
+        ));
+    }
+
+    #[test]
+    fn a_safety_checker_verdict_is_a_field_only_when_one_ran() {
+        let mut parameters = example();
+        assert!(!parameters.to_text().contains("Safety checker"));
+        parameters.safety_flagged = Some(true);
+        assert!(parameters.to_text().contains("Safety checker: flagged, "));
+        parameters.safety_flagged = Some(false);
+        assert!(parameters.to_text().contains("Safety checker: passed, "));
     }
 
     #[test]

@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety")
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     steps = args.only or STEPS
 
     # Imported late so --help works without the reference environment.
-    from fixturegen import embeddings, generations, lora, models, pipelines, schedulers, tokenizer
+    from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
 
     goldens = os.path.join(out, "goldens")
     if "pipelines" in steps:
@@ -48,16 +48,7 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
-    if "embeddings" in steps:
-        embeddings.write_goldens(out, goldens)
-    if "a1111" in steps:
-        from fixturegen import a1111_samplers  # needs k-diffusion (tools/requirements.txt)
-
-        a1111_samplers.write_goldens(out, goldens)
-    if "philox" in steps:
-        from fixturegen import philox
-
-        philox.write_goldens(out, goldens)
+    from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
 
 
 def write_randn_goldens(out):

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use sd_core::config_file::{MAX_REPEATS, MAX_WIDTH, check_counts, check_positive, read_config};
+use sd_core::config_file::{MAX_REPEATS, MAX_WIDTH, read_config};
 use sd_core::{Error, Result, UnaryOp};
 use serde::Deserialize;
 
@@ -66,8 +66,8 @@ impl ClipTextConfig {
             field: field.into(),
             reason,
         };
-        check_counts(
-            path,
+        check_tower(
+            &field_error,
             &[
                 ("vocab_size", self.vocab_size, MAX_WIDTH),
                 ("hidden_size", self.hidden_size, MAX_WIDTH),
@@ -80,16 +80,10 @@ impl ClipTextConfig {
                     MAX_WIDTH,
                 ),
             ],
+            (self.hidden_size, self.num_attention_heads),
+            self.layer_norm_eps,
+            &self.hidden_act,
         )?;
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(field_error(
-                "num_attention_heads",
-                format!(
-                    "{} heads do not divide hidden_size {}",
-                    self.num_attention_heads, self.hidden_size
-                ),
-            ));
-        }
         if self.max_position_embeddings < 3 {
             return Err(field_error(
                 "max_position_embeddings",
@@ -99,29 +93,67 @@ impl ClipTextConfig {
                 ),
             ));
         }
-        check_positive(path, "layer_norm_eps", self.layer_norm_eps)?;
-        self.activation().map(|_| ()).ok_or_else(|| {
-            field_error(
-                "hidden_act",
-                format!(
-                    "unsupported activation {:?}, expected \"quick_gelu\" or \"gelu\"",
-                    self.hidden_act
-                ),
-            )
-        })
+        Ok(())
     }
 
     /// The MLP activation as a backend op.
     pub fn activation(&self) -> Option<UnaryOp> {
-        match self.hidden_act.as_str() {
-            "quick_gelu" => Some(UnaryOp::QuickGelu),
-            "gelu" => Some(UnaryOp::Gelu),
-            _ => None,
-        }
+        activation_named(&self.hidden_act)
     }
 
     /// The width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+}
+
+/// A config's `hidden_act` as a backend op: `quick_gelu` (OpenAI CLIP) or `gelu` (erf-based).
+pub(crate) fn activation_named(name: &str) -> Option<UnaryOp> {
+    match name {
+        "quick_gelu" => Some(UnaryOp::QuickGelu),
+        "gelu" => Some(UnaryOp::Gelu),
+        _ => None,
+    }
+}
+
+/// The checks both towers' configs share: positive sizes, heads that divide the width, a
+/// positive layer-norm epsilon, an activation we have. `field_error` names the file.
+pub(crate) fn check_tower(
+    field_error: &dyn Fn(&str, String) -> Error,
+    sizes: &[(&str, usize, usize)],
+    (hidden_size, heads): (usize, usize),
+    layer_norm_eps: f64,
+    hidden_act: &str,
+) -> Result<()> {
+    // Each size in 1..=max before anything is built from it (sd_core::config_file's limits).
+    for &(field, value, max) in sizes {
+        if value == 0 {
+            return Err(field_error(field, "must be positive".into()));
+        }
+        if value > max {
+            return Err(field_error(
+                field,
+                format!("{value} is larger than the {max} this crate accepts"),
+            ));
+        }
+    }
+    if !hidden_size.is_multiple_of(heads) {
+        return Err(field_error(
+            "num_attention_heads",
+            format!("{heads} heads do not divide hidden_size {hidden_size}"),
+        ));
+    }
+    if !(layer_norm_eps.is_finite() && layer_norm_eps > 0.0) {
+        return Err(field_error(
+            "layer_norm_eps",
+            format!("{layer_norm_eps} is not a positive finite number"),
+        ));
+    }
+    if activation_named(hidden_act).is_none() {
+        return Err(field_error(
+            "hidden_act",
+            format!("unsupported activation {hidden_act:?}, expected \"quick_gelu\" or \"gelu\""),
+        ));
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@
 //! - [`embeddings`]: textual-inversion embeddings in prompts.
 //! - [`config`], [`model`]: [`ClipTextConfig`] from `config.json`, [`ClipTextTransformer`].
 //! - [`encoder`]: [`ClipTextEncoder`], sd-core's [`TextEncoder`](sd_core::TextEncoder).
+//! - [`vision`]: [`ClipVisionTransformer`], the image tower (same encoder layers as the text one).
+//! - [`safety`]: [`SafetyChecker`], diffusers' `StableDiffusionSafetyChecker`, with
+//!   [`image_processor`] ([`ClipImageProcessor`]) and [`resample`] (Pillow's resize).
 //!
 //! # Prompt syntax (A1111 mode, the default)
 //!
@@ -98,13 +101,21 @@ pub mod chunks;
 pub mod config;
 pub mod embeddings;
 pub mod encoder;
+pub mod image_processor;
 pub mod model;
 pub mod prompt;
+pub mod resample;
+pub mod safety;
 pub mod tokenizer;
+mod transformer;
+pub mod vision;
 
 pub use chunks::{PromptChunk, PromptChunker, PromptMode};
 pub use config::ClipTextConfig;
 pub use embeddings::{EmbeddingVector, PromptEmbeddings, TextualInversion};
 pub use encoder::ClipTextEncoder;
+pub use image_processor::ClipImageProcessor;
 pub use model::ClipTextTransformer;
+pub use safety::{SafetyChecker, SafetyVerdict};
 pub use tokenizer::ClipTokenizer;
+pub use vision::{ClipVisionConfig, ClipVisionTransformer};

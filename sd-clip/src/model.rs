@@ -1,7 +1,7 @@
 //! The CLIP text transformer (transformers' `CLIPTextModel`) over any [`Backend`].
 //!
-//! Token + position embeddings, then pre-LN encoder layers (layer norm → causal self-attention →
-//! residual; layer norm → MLP → residual), then a final layer norm. Field names follow the
+//! Token + position embeddings, then pre-LN encoder layers ([`crate::transformer`], attending
+//! causally), then a final layer norm. Field names follow the
 //! checkpoint's (`text_model.encoder.layers.3.self_attn.q_proj.weight`), so the struct tree and
 //! the safetensors index read alike.
 //!
@@ -9,111 +9,12 @@
 //! the end; the final layer norm is applied either way. diffusers' `clip_skip = k` is this
 //! `clip_skip = k + 1` (its `clip_skip=1` uses `hidden_states[-2]`, the penultimate layer).
 
-use sd_core::nn::{Embedding, LayerNorm, Linear};
+use sd_core::nn::{Embedding, LayerNorm};
 use sd_core::weights::Weights;
-use sd_core::{Backend, Error, Result, UnaryOp};
+use sd_core::{Backend, Error, Result};
 
 use crate::config::ClipTextConfig;
-
-/// Causal multi-head self-attention.
-#[derive(Debug)]
-struct SelfAttention<B: Backend> {
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    out_proj: Linear<B>,
-    heads: usize,
-    scale: f32,
-}
-
-impl<B: Backend> SelfAttention<B> {
-    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig) -> Result<Self> {
-        let dim = config.hidden_size;
-        Ok(SelfAttention {
-            q_proj: Linear::load(b, &w.at("q_proj"), dim, dim, true)?,
-            k_proj: Linear::load(b, &w.at("k_proj"), dim, dim, true)?,
-            v_proj: Linear::load(b, &w.at("v_proj"), dim, dim, true)?,
-            out_proj: Linear::load(b, &w.at("out_proj"), dim, dim, true)?,
-            heads: config.num_attention_heads,
-            scale: (config.head_dim() as f32).powf(-0.5),
-        })
-    }
-
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let q = self.q_proj.forward(b, x)?;
-        let k = self.k_proj.forward(b, x)?;
-        let v = self.v_proj.forward(b, x)?;
-        // Each token sees itself and the tokens before it: CLIP was trained left to right.
-        let attended = b.attention(&q, &k, &v, self.heads, self.scale, true)?;
-        self.out_proj.forward(b, &attended)
-    }
-}
-
-/// fc1 → activation → fc2.
-#[derive(Debug)]
-struct Mlp<B: Backend> {
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-    activation: UnaryOp,
-}
-
-impl<B: Backend> Mlp<B> {
-    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig, activation: UnaryOp) -> Result<Self> {
-        Ok(Mlp {
-            fc1: Linear::load(
-                b,
-                &w.at("fc1"),
-                config.hidden_size,
-                config.intermediate_size,
-                true,
-            )?,
-            fc2: Linear::load(
-                b,
-                &w.at("fc2"),
-                config.intermediate_size,
-                config.hidden_size,
-                true,
-            )?,
-            activation,
-        })
-    }
-
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let hidden = b.unary(&self.fc1.forward(b, x)?, self.activation)?;
-        self.fc2.forward(b, &hidden)
-    }
-}
-
-/// One pre-LN transformer layer.
-#[derive(Debug)]
-struct EncoderLayer<B: Backend> {
-    layer_norm1: LayerNorm<B>,
-    self_attn: SelfAttention<B>,
-    layer_norm2: LayerNorm<B>,
-    mlp: Mlp<B>,
-}
-
-impl<B: Backend> EncoderLayer<B> {
-    fn load(b: &B, w: &Weights<'_>, config: &ClipTextConfig, activation: UnaryOp) -> Result<Self> {
-        let dim = config.hidden_size;
-        let eps = config.layer_norm_eps as f32;
-        Ok(EncoderLayer {
-            layer_norm1: LayerNorm::load(b, &w.at("layer_norm1"), dim, eps)?,
-            self_attn: SelfAttention::load(b, &w.at("self_attn"), config)?,
-            layer_norm2: LayerNorm::load(b, &w.at("layer_norm2"), dim, eps)?,
-            mlp: Mlp::load(b, &w.at("mlp"), config, activation)?,
-        })
-    }
-
-    fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let attended = self
-            .self_attn
-            .forward(b, &self.layer_norm1.forward(b, x)?)?;
-        let x = b.add(x, &attended)?;
-        let transformed = self.mlp.forward(b, &self.layer_norm2.forward(b, &x)?)?;
-        b.add(&x, &transformed)
-    }
-}
+use crate::transformer::{EncoderLayer, LayerShape};
 
 #[derive(Debug)]
 struct Embeddings<B: Backend> {
@@ -156,11 +57,20 @@ impl<B: Backend> ClipTextTransformer<B> {
                 dim,
             )?,
         };
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                EncoderLayer::load(backend, &w.at("encoder.layers").at(i), &config, activation)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let shape = LayerShape {
+            hidden: dim,
+            intermediate: config.intermediate_size,
+            heads: config.num_attention_heads,
+            layer_norm_eps: config.layer_norm_eps as f32,
+            activation,
+            causal: true,
+        };
+        let layers = EncoderLayer::load_all(
+            backend,
+            &w.at("encoder.layers"),
+            config.num_hidden_layers,
+            &shape,
+        )?;
         let final_layer_norm = LayerNorm::load(
             backend,
             &w.at("final_layer_norm"),

@@ -228,6 +228,10 @@ pub enum UnaryOp {
     Gelu,
     /// CLIP's `x · sigmoid(1.702 x)`.
     QuickGelu,
+    /// `max(x, 0)` (TAESD).
+    Relu,
+    /// `tanh(x)` (TAESD's latent clamp).
+    Tanh,
 }
 
 /// Elementwise binary ops.

@@ -571,10 +571,12 @@ proptest! {
         let x: Vec<f32> = x.into_iter().map(|v| v * spread).collect();
         let input = tensor(&shape, x.clone());
         type Formula = fn(f64) -> f64;
-        let cases: [(UnaryOp, Formula); 3] = [
+        let cases: [(UnaryOp, Formula); 5] = [
             (UnaryOp::Silu, |v| v * sigmoid(v)),
             (UnaryOp::Gelu, gelu),
             (UnaryOp::QuickGelu, |v| v * sigmoid(1.702 * v)),
+            (UnaryOp::Relu, |v| v.max(0.0)),
+            (UnaryOp::Tanh, f64::tanh),
         ];
         for (op, f) in cases {
             let got = cpu().unary(&input, op).expect("any shape");

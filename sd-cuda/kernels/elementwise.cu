@@ -6,6 +6,8 @@
 #define ACT_SILU 0
 #define ACT_GELU 1
 #define ACT_QUICK_GELU 2
+#define ACT_RELU 3
+#define ACT_TANH 4
 
 __device__ __forceinline__ float sigmoid_times(float x, float k) { return x / (1.0f + expf(-k * x)); }
 
@@ -16,6 +18,8 @@ __device__ __forceinline__ float activate(float x, int act) {
     switch (act) {
     case ACT_SILU: return sigmoid_times(x, 1.0f);
     case ACT_GELU: return gelu(x);
+    case ACT_RELU: return fmaxf(x, 0.0f);
+    case ACT_TANH: return tanhf(x);
     default: return sigmoid_times(x, 1.702f);
     }
 }

@@ -35,7 +35,13 @@ proptest! {
     fn unary_matches_cpu(
         shape in shapes(4, 9),
         seed in any::<u64>(),
-        op in prop_oneof![Just(UnaryOp::Silu), Just(UnaryOp::Gelu), Just(UnaryOp::QuickGelu)],
+        op in prop_oneof![
+            Just(UnaryOp::Silu),
+            Just(UnaryOp::Gelu),
+            Just(UnaryOp::QuickGelu),
+            Just(UnaryOp::Relu),
+            Just(UnaryOp::Tanh),
+        ],
     ) {
         for dtype in DTYPES {
             let Some(gpu) = support::gpu(dtype) else { continue };

@@ -1,4 +1,4 @@
-//! sd-vae: diffusers' `AutoencoderKL` (the SD 1.x latent codec) over any sd-core
+//! sd-vae: diffusers' `AutoencoderKL` (the SD 1.x latent codec) and `AutoencoderTiny` (TAESD) over any sd-core
 //! [`Backend`](sd_core::Backend), built from its `config.json`, with tiled encode/decode.
 //!
 //! ```no_run
@@ -17,6 +17,7 @@
 //! - [`config`]: the serde config and its checks; [`VaeConfig::sd15`] for single files.
 //! - [`autoencoder`]: the model and its [`LatentCodec`](sd_core::LatentCodec) implementation.
 //! - [`coder`]: encoder and decoder; [`blocks`]: their blocks and the mid-block attention.
+//! - [`tiny`]: [`AutoencoderTiny`] (TAESD), the small codec for previews and fast decodes.
 //! - [`tiling`]: tiled encode/decode. Latents are drawn with sd-core's
 //!   [`LatentDist::sample`](sd_core::LatentDist::sample).
 
@@ -25,7 +26,9 @@ pub mod blocks;
 pub mod coder;
 pub mod config;
 pub mod tiling;
+pub mod tiny;
 
 pub use autoencoder::AutoencoderKL;
 pub use config::VaeConfig;
 pub use tiling::{TileMode, Tiling};
+pub use tiny::{AutoencoderTiny, TinyConfig};

@@ -342,6 +342,8 @@ mod tests {
             schedule_type: None,
             rng: None,
             unet_weights: None,
+            vae: None,
+            safety_flagged: None,
         }
         .to_text();
         let fields = parse_infotext(&text);

@@ -272,7 +272,9 @@ impl<B: Backend> Worker<B> {
                 .transpose()?;
             let (infotext_sampler, infotext_schedule) =
                 crate::schedulers::infotext_names(&finished.sampler_name, schedule_type)?;
-            for (image, seed) in generation.images.into_iter().zip(generation.seeds) {
+            let safety_flags = generation.safety_flags.clone();
+            let images = generation.images.into_iter().zip(generation.seeds);
+            for (index, (image, seed)) in images.enumerate() {
                 let parameters = Parameters {
                     prompt: plan.prompt.clone(),
                     negative_prompt: plan.negative_prompt.clone(),
@@ -291,6 +293,8 @@ impl<B: Backend> Worker<B> {
                     ti_hashes: ti_hashes.clone(),
                     rng: Some(request.rng.a1111_name().to_string()),
                     unet_weights: model.unet_weights(),
+                    vae: None,
+                    safety_flagged: safety_flags.as_ref().map(|flags| flags[index]),
                 };
                 finished.infotexts.push(parameters.to_text());
                 finished.images.push(image);

@@ -60,6 +60,7 @@ pub fn load_tiny_inpainting() -> StableDiffusion<CpuBackend> {
         true,
     )
     .unwrap();
+    let vae = stable_diffusion::codec::SdCodec::new(vae);
     let pipeline = Pipeline::new(b, ClipTextEncoder::new(text, configs.tokenizer), unet, vae)
         .with_default_size(64, 64);
     StableDiffusion::from_pipeline(pipeline, configs.scheduler, dir)

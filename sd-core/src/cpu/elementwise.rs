@@ -205,6 +205,8 @@ pub(crate) fn unary(x: &CpuTensor, op: UnaryOp) -> Result<CpuTensor> {
             #[inline(always)]
             |v| quick_gelu(v),
         ),
+        UnaryOp::Relu => map(x, |v| v.max(0.0)),
+        UnaryOp::Tanh => map(x, f32::tanh),
     }
 }
 

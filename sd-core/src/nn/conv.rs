@@ -1,15 +1,16 @@
-//! `torch.nn.Conv2d` with a square kernel and a bias (every SD 1.5 convolution has both).
+//! `torch.nn.Conv2d` with a square kernel, with a bias (every SD 1.5 convolution) or without
+//! (CLIP's patch embedding, TAESD's resampling convolutions).
 
 use crate::weights::Weights;
 use crate::{Backend, Conv2dParams, Result, WeightRole};
 
 use super::{parameter, weight_parameter};
 
-/// A 2-D convolution with weight `[out, in, k, k]` and bias `[out]`.
+/// A 2-D convolution with weight `[out, in, k, k]` and an optional bias `[out]`.
 #[derive(Debug)]
 pub struct Conv2d<B: Backend> {
     weight: B::Tensor,
-    bias: B::Tensor,
+    bias: Option<B::Tensor>,
     params: Conv2dParams,
 }
 
@@ -17,6 +18,21 @@ impl<B: Backend> Conv2d<B> {
     /// Load `weight` and `bias` for a `kernel`×`kernel` convolution from `in_channels` to
     /// `out_channels` channels.
     pub fn load(
+        backend: &B,
+        weights: &Weights<'_>,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: Conv2dParams,
+    ) -> Result<Self> {
+        let mut conv =
+            Self::load_without_bias(backend, weights, in_channels, out_channels, kernel, params)?;
+        conv.bias = Some(parameter(backend, weights, "bias", &[out_channels])?);
+        Ok(conv)
+    }
+
+    /// [`load`](Self::load) for a convolution made with `bias=False` (only `weight` is read).
+    pub fn load_without_bias(
         backend: &B,
         weights: &Weights<'_>,
         in_channels: usize,
@@ -32,7 +48,7 @@ impl<B: Backend> Conv2d<B> {
                 &[out_channels, in_channels, kernel, kernel],
                 WeightRole::Conv,
             )?,
-            bias: parameter(backend, weights, "bias", &[out_channels])?,
+            bias: None,
             params,
         })
     }
@@ -51,6 +67,6 @@ impl<B: Backend> Conv2d<B> {
 
     /// `x [n, in, h, w]` → `[n, out, h', w']`.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        backend.conv2d(x, &self.weight, Some(&self.bias), self.params)
+        backend.conv2d(x, &self.weight, self.bias.as_ref(), self.params)
     }
 }

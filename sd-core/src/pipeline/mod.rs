@@ -63,6 +63,9 @@ pub struct Generation {
     pub latents: HostTensor,
     /// The seed each image was drawn with (a single seed is repeated over the batch).
     pub seeds: Vec<u64>,
+    /// Per image, whether a safety checker flagged it (the image is then black); `None` when
+    /// no checker ran (the pipeline itself runs none: `stable_diffusion` adds it).
+    pub safety_flags: Option<Vec<bool>>,
 }
 
 /// Text encoder, denoiser and latent codec on one backend.
@@ -248,6 +251,7 @@ where
             images,
             latents,
             seeds: request.image_seeds(),
+            safety_flags: None,
         })
     }
 

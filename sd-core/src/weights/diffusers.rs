@@ -59,7 +59,7 @@ fn lists_component(model_index: &Value, component: Component) -> bool {
 
 /// The safetensors files holding one component's weights: a single file or the shards an
 /// index names.
-pub(crate) fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for variant in VARIANTS {
         for stem in STEMS {
             let single = dir.join(format!("{stem}{variant}.safetensors"));

@@ -15,6 +15,9 @@ pub enum Component {
     TextEncoder,
     Unet,
     Vae,
+    /// diffusers' `StableDiffusionSafetyChecker` (a CLIP vision tower and concept embeddings).
+    /// Optional in a pipeline, so not in [`Component::ALL`]: it is opened on its own.
+    SafetyChecker,
 }
 
 impl Component {
@@ -27,6 +30,7 @@ impl Component {
             Component::TextEncoder => "text_encoder",
             Component::Unet => "unet",
             Component::Vae => "vae",
+            Component::SafetyChecker => "safety_checker",
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::diffusers::read_pipeline_folder;
 use super::file::{SafetensorsFile, TensorInfo};
-use super::ldm::{self, LdmLayout};
+use super::ldm::{self, LdmLayout, VaeLayout};
 use super::names::{Component, canonical};
 use super::overlay::Overlay;
 use super::synthetic::Synthetic;
@@ -216,6 +216,31 @@ impl WeightStore {
                 "none of its {}* keys fit the UNet layout {layout:?}",
                 ldm::UNET_PREFIX
             )));
+        }
+        store.finish()
+    }
+
+    /// Open a standalone VAE file (A1111's `--vae`, e.g. `vae-ft-mse-840000-ema-pruned`) as the
+    /// store's VAE: keys in LDM names (`encoder.down.0.block.0.conv1.weight`, with or without
+    /// `first_stage_model.`) are renamed by `layout`'s rules; keys no rule maps are taken as
+    /// diffusers names (a diffusers VAE file). Training state (`model_ema.*`) is skipped.
+    pub fn open_vae_file(path: impl AsRef<Path>, layout: &VaeLayout) -> Result<Self> {
+        let path = path.as_ref();
+        let mut store = Opening::new(path);
+        store.checkpoint.files.push(SafetensorsFile::open(path)?);
+        let rules = ldm::vae_rules(layout);
+        let mut mapped = Vec::new();
+        for key in store.checkpoint.files[0].names() {
+            let bare = key.strip_prefix(ldm::VAE_PREFIX).unwrap_or(key);
+            if bare.starts_with("model_ema.") {
+                continue;
+            }
+            let name = ldm::to_diffusers(&rules, bare)
+                .unwrap_or_else(|| canonical(Component::Vae, bare).into_owned());
+            mapped.push((name, key.to_string()));
+        }
+        for (name, key) in mapped {
+            store.insert(Component::Vae, name, 0, key)?;
         }
         store.finish()
     }

@@ -16,6 +16,8 @@ fn activation_code(op: UnaryOp) -> i32 {
         UnaryOp::Silu => 0,
         UnaryOp::Gelu => 1,
         UnaryOp::QuickGelu => 2,
+        UnaryOp::Relu => 3,
+        UnaryOp::Tanh => 4,
     }
 }
 

@@ -132,6 +132,32 @@ pub struct GenerateArgs {
     pub lora_dir: Option<PathBuf>,
     #[command(flatten)]
     pub embeddings: EmbeddingArgs,
+    /// Do not run the safety checker a diffusers folder ships (run by default, as diffusers).
+    #[arg(long, conflicts_with = "safety_checker")]
+    pub no_safety_checker: bool,
+    /// Run this safety checker: a `safety_checker/` folder (config.json + weights) or SD 1.5's
+    /// checker as one .safetensors file. Flagged images are written black.
+    #[arg(long, value_name = "PATH")]
+    pub safety_checker: Option<PathBuf>,
+    /// Decode the final image with another decoder: `taesd:PATH`, a TAESD (diffusers
+    /// AutoencoderTiny) folder or .safetensors file. Much faster than the VAE on a CPU, a little
+    /// less faithful; init images are still encoded by the VAE.
+    #[arg(long, value_name = "taesd:PATH")]
+    pub vae_decoder: Option<String>,
+    /// Replace the model's VAE (A1111's --vae): a standalone .safetensors in LDM names
+    /// (vae-ft-mse-840000-ema-pruned) or diffusers names, or a diffusers vae/ folder.
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
+    /// Write a preview of the image every N steps (0: never) to --preview-file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preview_every: usize,
+    /// Where previews go (overwritten each time; a batch writes NAME-1.png, …).
+    #[arg(long, value_name = "FILE", default_value = "sd-preview.png")]
+    pub preview_file: PathBuf,
+    /// How previews are made: approx (a linear latent→RGB map, latent resolution), taesd:PATH
+    /// (TAESD, full resolution) or none.
+    #[arg(long, value_name = "METHOD", default_value = "approx")]
+    pub preview: String,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.

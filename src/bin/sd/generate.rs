@@ -12,8 +12,11 @@ use stable_diffusion::model_hash::{embedding_hash, lora_hash, short_hash};
 use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::write_png;
+use stable_diffusion::preview::{PreviewMethod, Previewer};
 use stable_diffusion::schedulers::{ScheduleType, infotext_names};
-use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, StableDiffusion};
+use stable_diffusion::{
+    GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice, StableDiffusion,
+};
 
 use crate::backend::with_backend;
 use crate::cli::GenerateArgs;
@@ -95,13 +98,32 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let inputs: Vec<PathBuf> = [Some(&model_path), args.config_dir.as_ref()]
         .into_iter()
         .chain([args.init_image.as_ref(), args.mask.as_ref()])
+        .chain([args.vae.as_ref(), args.safety_checker.as_ref()])
         .flatten()
         .cloned()
         .chain(loras.iter().map(|spec| spec.path.clone()))
         .collect();
     output::check_outputs(&outputs, &inputs)?;
+    let preview = match args.preview_every {
+        0 => None,
+        _ => PreviewMethod::parse(&args.preview)?,
+    };
 
     // A1111's infotext names each LoRA by its file stem and short hash.
+    // A1111 records a --vae file by name and short hash (a folder: its weight files' hash).
+    let vae_info = args
+        .vae
+        .as_ref()
+        .map(|path| -> Result<(String, String)> {
+            let files = if path.is_dir() {
+                sd_core::weights::diffusers::component_files(path)?
+            } else {
+                vec![path.clone()]
+            };
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            Ok((name.into_owned(), short_hash(&files)?))
+        })
+        .transpose()?;
     let lora_hashes = loras
         .iter()
         .map(|spec| {
@@ -116,6 +138,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         loras,
         embeddings: args.embeddings.files.clone(),
         embedding_dirs: args.embeddings.dir.iter().cloned().collect(),
+        safety_checker: safety_checker_of(args),
+        taesd_decoder: args.vae_decoder.as_deref().map(taesd_path).transpose()?,
+        vae: args.vae.clone(),
         ..LoadOptions::default()
     }
     .ema(args.ema);
@@ -207,9 +232,27 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         .map(|(name, path)| Ok((name, embedding_hash(&path)?)))
         .collect::<Result<Vec<_>>>()?;
 
+    let previewer = preview
+        .map(|method| Previewer::load(sd.pipeline().backend(), &method))
+        .transpose()?;
     let bar = StepBar::new(args.quiet);
-    let generation = sd.generate_with_progress(&request, |progress| bar.update(progress))?;
+    let mut preview_error = None;
+    let generation = sd.generate_with_progress(&request, |progress| {
+        if let Some(previewer) = &previewer
+            && progress.step % args.preview_every == 0
+            && let Err(e) = write_previews(&sd, previewer, progress, &args.preview_file)
+        {
+            // A failed preview stops the run: the user asked for them.
+            preview_error = Some(e);
+            return stable_diffusion::Control::Cancel;
+        }
+        bar.update(progress)
+    });
     bar.finish();
+    if let Some(e) = preview_error {
+        return Err(e);
+    }
+    let generation = generation?;
 
     let (sampler, schedule_type) = infotext_names(
         sd.scheduler_for(&request),
@@ -226,8 +269,10 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         .images
         .iter()
         .zip(&generation.seeds)
-        .zip(&outputs);
-    for ((image, seed), path) in written {
+        .zip(&outputs)
+        .enumerate();
+    for (index, ((image, seed), path)) in written {
+        let flagged = generation.safety_flags.as_ref().map(|flags| flags[index]);
         let parameters = Parameters {
             prompt: args.prompt.clone(),
             negative_prompt: args.negative_prompt.clone(),
@@ -246,9 +291,20 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             ti_hashes: ti_hashes.clone(),
             rng: Some(request.rng.a1111_name().to_string()),
             unet_weights: sd.unet_weights(),
+            vae: vae_info.clone(),
+            safety_flagged: flagged,
         };
         write_png(path, image, Some(&parameters.to_text()))?;
         say(format!("Wrote {} (seed {seed})", path.display()));
+        if flagged == Some(true) {
+            // A warning even with --quiet: the image is not what was asked for.
+            eprintln!(
+                "warning: the safety checker flagged image {} (seed {seed}); {} is black. \
+                 Try another prompt or seed, or pass --no-safety-checker.",
+                index + 1,
+                path.display()
+            );
+        }
     }
     Ok(())
 }
@@ -289,6 +345,41 @@ fn scheduler_help() -> String {
         text += &format!("  {name}\n");
     }
     text
+}
+
+/// One preview per image of the batch, to `file` (numbered as the outputs for a batch).
+fn write_previews<B: Backend>(
+    sd: &StableDiffusion<B>,
+    previewer: &Previewer<B>,
+    progress: &stable_diffusion::StepProgress<'_>,
+    file: &Path,
+) -> Result<()> {
+    let batch = progress.latents.shape()[0];
+    for index in 0..batch {
+        let image = previewer.render(sd.pipeline().backend(), progress.latents, index)?;
+        write_png(&output::image_paths(file, batch)[index], &image, None)?;
+    }
+    Ok(())
+}
+
+/// The file or folder of `--vae-decoder taesd:PATH`.
+fn taesd_path(value: &str) -> Result<PathBuf> {
+    match value.split_once(':') {
+        Some(("taesd", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(Error::invalid_argument(
+            "--vae-decoder",
+            format!("{value:?}: expected taesd:PATH (a TAESD folder or .safetensors file)"),
+        )),
+    }
+}
+
+/// `--no-safety-checker` / `--safety-checker PATH`, else the model's own checker.
+fn safety_checker_of(args: &GenerateArgs) -> SafetyCheckerChoice {
+    match (&args.safety_checker, args.no_safety_checker) {
+        (_, true) => SafetyCheckerChoice::Off,
+        (Some(path), false) => SafetyCheckerChoice::File(path.clone()),
+        (None, false) => SafetyCheckerChoice::FromModel,
+    }
 }
 
 /// The prompt without its `<lora:…>` tags, and the LoRA files to apply: those of `--lora`, then
