@@ -145,25 +145,20 @@ impl Info<'_> {
     }
 }
 
-/// `GET schedulers`: the σ schedules a request's `scheduler` may name (A1111's names and
-/// labels); "automatic" lets the sampler name decide.
-pub const SCHEDULES: &[(&str, &str, Option<bool>)] = &[
-    ("automatic", "Automatic", None),
-    ("uniform", "Uniform", Some(false)),
-    ("karras", "Karras", Some(true)),
-];
-
+/// `GET schedulers`: the schedule types a request's `scheduler` may name, as A1111 lists them
+/// (`sd_schedulers::a1111_menu`); "automatic" lets the sampler decide.
 pub fn schedulers_json() -> Value {
+    let (_, schedule_types) = crate::schedulers::a1111_menu();
     Value::Array(
-        SCHEDULES
+        schedule_types
             .iter()
-            .map(|(name, label, karras)| {
+            .map(|kind| {
                 json!({
-                    "name": name,
-                    "label": label,
-                    "aliases": null,
-                    "default_rho": if *karras == Some(true) { 7.0 } else { -1.0 },
-                    "need_inner_model": false,
+                    "name": kind.name,
+                    "label": kind.label,
+                    "aliases": if kind.aliases.is_empty() { Value::Null } else { json!(kind.aliases) },
+                    "default_rho": kind.default_rho.unwrap_or(-1.0),
+                    "need_inner_model": kind.need_inner_model,
                 })
             })
             .collect(),

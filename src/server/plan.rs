@@ -7,12 +7,12 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use sd_core::pipeline::{GrayImage, RgbImage};
+use sd_core::pipeline::{GrayImage, RgbImage, SamplerSettings};
 use serde_json::Value;
 
 use super::a1111::{
     DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS,
-    GenerateBody, SCHEDULES, truthy,
+    GenerateBody, truthy,
 };
 use super::catalog::find_lora;
 use super::error::ApiError;
@@ -151,7 +151,7 @@ pub fn plan(
             )));
         }
     };
-    let (sampler, karras) = sampler_of(&body)?;
+    let sampler = sampler_of(&body)?;
 
     let prompt = body.prompt.clone().unwrap_or_default();
     let negative_prompt = body.negative_prompt.clone().unwrap_or_default();
@@ -177,9 +177,8 @@ pub fn plan(
         .guidance_scale(cfg_scale as f32)
         .clip_skip(clip_skip)
         .prompt_mode(PromptMode::A1111)
-        .scheduler(sampler)
         .size(width, height);
-    template.sampler.karras_sigmas = karras;
+    template.sampler = sampler;
     if let Some(eta) = body.eta {
         template = template.eta(eta as f32);
     }
@@ -296,43 +295,31 @@ pub fn clip_skip_of(value: &Value) -> Result<usize, ApiError> {
         })
 }
 
-/// The sampler to run and its Karras setting: A1111's `sampler_name` (or `sampler_index`,
-/// default "Euler") and `scheduler` ("automatic", "uniform", "karras"). An unknown sampler is
-/// A1111's 404 "Sampler not found".
-fn sampler_of(body: &GenerateBody) -> Result<(String, Option<bool>), ApiError> {
+/// The sampler to run, from A1111's `sampler_name` (or `sampler_index`, default "Euler") and
+/// `scheduler` (a schedule type: automatic, uniform, karras, exponential, …), resolved as A1111
+/// resolves them (`sd_schedulers::resolve_a1111`). An unknown sampler is A1111's 404 "Sampler
+/// not found", an unknown schedule type a 404 too; a schedule type for a sampler that takes none
+/// is a 422.
+fn sampler_of(body: &GenerateBody) -> Result<SamplerSettings, ApiError> {
     let name = [&body.sampler_name, &body.sampler_index]
         .into_iter()
         .flatten()
         .map(|name| name.trim())
         .find(|name| !name.is_empty())
         .unwrap_or(DEFAULT_SAMPLER);
-    let kind = crate::schedulers::kind_of(name)
+    crate::schedulers::resolve_a1111(name, None)
         .map_err(|_| ApiError::not_found(format!("Sampler not found: {name}")))?;
-    let schedule = body.scheduler.as_deref().map(str::trim).unwrap_or_default();
-    let karras = if schedule.is_empty() {
-        None
-    } else {
-        SCHEDULES
-            .iter()
-            .find(|(id, label, _)| {
-                id.eq_ignore_ascii_case(schedule) || label.eq_ignore_ascii_case(schedule)
-            })
-            .map(|(_, _, karras)| *karras)
-            .ok_or_else(|| ApiError::not_found(format!("Scheduler not found: {schedule}")))?
-    };
-    if karras == Some(true) {
-        // "DPM++ 2M" + Karras is the sampler A1111 also calls "DPM++ 2M Karras".
-        let joined = format!("{name} Karras");
-        if crate::schedulers::kind_of(&joined).is_ok() {
-            return Ok((joined, None));
-        }
-        if !kind.takes_karras_sigmas() {
-            return Err(ApiError::unprocessable(format!(
-                "scheduler: the {name} sampler has no Karras schedule here"
-            )));
-        }
+    let schedule = body
+        .scheduler
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if let Some(schedule) = schedule {
+        crate::schedulers::ScheduleType::parse(schedule)
+            .map_err(|_| ApiError::not_found(format!("Scheduler not found: {schedule}")))?;
     }
-    Ok((name.to_string(), karras))
+    crate::schedulers::resolve_a1111(name, schedule)
+        .map_err(|e| ApiError::unprocessable(format!("scheduler: {e}")))
 }
 
 /// The init image and mask of an img2img body, decoded and resized to `width`×`height`
@@ -456,9 +443,10 @@ mod tests {
             Mode::Txt2Img,
         )
         .unwrap();
+        assert_eq!(p.iterations[0].sampler.name.as_deref(), Some("DPM++ 2M"));
         assert_eq!(
-            p.iterations[0].sampler.name.as_deref(),
-            Some("DPM++ 2M Karras")
+            p.iterations[0].sampler.schedule_type.as_deref(),
+            Some("Karras")
         );
         let p = plan_of(
             r#"{"sampler_index": "Euler a", "scheduler": "automatic"}"#,
@@ -471,7 +459,11 @@ mod tests {
             Mode::Txt2Img,
         )
         .unwrap();
-        assert_eq!(p.iterations[0].sampler.karras_sigmas, Some(true));
+        assert_eq!(p.iterations[0].sampler.name.as_deref(), Some("Euler"));
+        assert_eq!(
+            p.iterations[0].sampler.schedule_type.as_deref(),
+            Some("Karras")
+        );
         let err = plan_of(r#"{"sampler_name": "Nope"}"#, Mode::Txt2Img).unwrap_err();
         assert_eq!(
             (err.status.as_u16(), err.detail.as_str()),
@@ -479,8 +471,9 @@ mod tests {
         );
         let err = plan_of(r#"{"scheduler": "exotic"}"#, Mode::Txt2Img).unwrap_err();
         assert_eq!(err.status.as_u16(), 404);
+        // A sampler that is a diffusers class takes no schedule type (A1111 names all do).
         let err = plan_of(
-            r#"{"sampler_name": "Euler a", "scheduler": "karras"}"#,
+            r#"{"sampler_name": "DDIM", "scheduler": "karras"}"#,
             Mode::Txt2Img,
         )
         .unwrap_err();
