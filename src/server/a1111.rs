@@ -165,30 +165,23 @@ pub fn schedulers_json() -> Value {
     )
 }
 
-/// `GET samplers`: the A1111 sampler names our schedulers answer to (diffusers class names are
-/// accepted too, but A1111's clients list these).
+/// `GET samplers`: A1111's sampler menu (`sd_schedulers::a1111_menu`), each name once with its
+/// aliases and default schedule type (diffusers class names are accepted too, but A1111's
+/// clients list these).
 pub fn samplers_json() -> Value {
+    let (samplers, _) = crate::schedulers::a1111_menu();
     Value::Array(
-        sampler_names()
-            .into_iter()
-            .map(|name| {
-                let options = if name.ends_with("Karras") {
-                    json!({"scheduler": "karras"})
-                } else {
-                    json!({})
+        samplers
+            .iter()
+            .map(|sampler| {
+                let options = match sampler.default_scheduler {
+                    Some(schedule) => json!({"scheduler": schedule}),
+                    None => json!({}),
                 };
-                json!({"name": name, "aliases": [], "options": options})
+                json!({"name": sampler.name, "aliases": sampler.aliases, "options": options})
             })
             .collect(),
     )
-}
-
-/// A1111-style sampler names (not diffusers class names such as `EulerDiscreteScheduler`).
-pub fn sampler_names() -> Vec<&'static str> {
-    crate::schedulers::known_names()
-        .into_iter()
-        .filter(|name| !name.ends_with("Scheduler"))
-        .collect()
 }
 
 /// The fields of A1111's `progress` answer.
