@@ -1,6 +1,6 @@
 //! The CLIP text transformer (transformers' `CLIPTextModel`) over any [`Backend`].
 //!
-//! Token + position embeddings, then pre-LN encoder layers ([`crate::transformer`], attending
+//! Token + position embeddings, then pre-LN encoder layers (`transformer.rs`, attending
 //! causally), then a final layer norm. Field names follow the
 //! checkpoint's (`text_model.encoder.layers.3.self_attn.q_proj.weight`), so the struct tree and
 //! the safetensors index read alike.

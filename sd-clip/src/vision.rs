@@ -3,7 +3,7 @@
 //!
 //! The image is cut into `patch_size`² patches by a strided convolution, a learned class token
 //! is put in front, position embeddings are added, then a layer norm (`pre_layrnorm`, spelled so
-//! in the checkpoint), the encoder layers the text tower also uses ([`crate::transformer`], here
+//! in the checkpoint), the encoder layers the text tower also uses (`transformer.rs`, here
 //! attending to every position), and `post_layernorm` on the class token: the pooled output.
 
 use std::path::Path;
