@@ -5,29 +5,8 @@ mod support;
 
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
-use support::cli::{assert_fails_naming, path_arg, scratch, sd, stderr, stdout};
+use support::cli::{assert_fails_naming, golden_run, path_arg, scratch, sd, stderr, stdout};
 use support::{goldens, max_level_difference};
-
-/// `sd generate` with the goldens' settings (10 steps, guidance 7.5, seed 0, plain prompt),
-/// before the arguments a test adds.
-fn golden_run<'a>(prompt: &'a str, negative: &'a str, scheduler: &'a str) -> Vec<&'a str> {
-    vec![
-        "generate",
-        "--prompt",
-        prompt,
-        "--negative-prompt",
-        negative,
-        "--steps",
-        "10",
-        "--cfg",
-        "7.5",
-        "--seed",
-        "0",
-        "--scheduler",
-        scheduler,
-        "--plain-prompt",
-    ]
-}
 
 #[test]
 fn default_run_uses_the_bundled_model_and_writes_a_png_that_info_reads_back() {

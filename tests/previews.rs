@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::preview::{PreviewMethod, Previewer};
 use stable_diffusion::{Control, GenerationRequest, LoadOptions, PromptMode, RgbImage};
+use support::cli::{golden_run, sd};
 use support::{PIXEL_TOLERANCE, fixtures, goldens, load_tiny, max_level_difference};
 
 fn request() -> GenerationRequest {
@@ -72,20 +71,13 @@ fn sd_generate_writes_previews_and_refuses_unknown_methods() {
     let (out, preview) = (dir.join("out.png"), dir.join("preview.png"));
     let taesd = format!("taesd:{}", fixtures().join("tiny-taesd-sd").display());
     let run = |method: &str| {
-        Command::new(env!("CARGO_BIN_EXE_sd"))
-            .args([
-                "generate",
-                "--prompt",
+        sd(&[
+            &golden_run(
                 "a photograph of an astronaut riding a horse",
-                "--negative-prompt",
                 "blurry, low quality",
-                "--steps",
-                "10",
-                "--seed",
-                "0",
-                "--scheduler",
                 "PNDM",
-                "--plain-prompt",
+            )[..],
+            &[
                 "--preview-every",
                 "1",
                 "--preview",
@@ -95,9 +87,9 @@ fn sd_generate_writes_previews_and_refuses_unknown_methods() {
                 "-q",
                 "--output",
                 out.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
+            ][..],
+        ]
+        .concat())
     };
     let result = run(&taesd);
     assert!(

@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::process::Command;
-
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode};
+use support::cli::{golden_run, sd};
 use support::{PIXEL_TOLERANCE, fixtures, goldens, load_tiny, max_level_difference};
 
 fn golden() -> stable_diffusion::RgbImage {
@@ -57,28 +56,21 @@ fn sd_generate_takes_vae_decoder_taesd() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("taesd.png");
     let taesd = format!("taesd:{}", fixtures().join("tiny-taesd-sd").display());
-    let run = Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args([
-            "generate",
-            "--prompt",
+    let run = sd(&[
+        &golden_run(
             "a photograph of an astronaut riding a horse",
-            "--negative-prompt",
             "blurry, low quality",
-            "--steps",
-            "10",
-            "--seed",
-            "0",
-            "--scheduler",
             "PNDM",
-            "--plain-prompt",
+        )[..],
+        &[
             "--vae-decoder",
             &taesd,
             "-q",
             "--output",
             out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+        ][..],
+    ]
+    .concat());
     assert!(
         run.status.success(),
         "{}",
@@ -87,10 +79,7 @@ fn sd_generate_takes_vae_decoder_taesd() {
     let worst = max_level_difference(&read_rgb(&out).unwrap(), &golden());
     assert!(worst <= PIXEL_TOLERANCE, "pixels differ by {worst}");
 
-    let bad = Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(["generate", "--prompt", "x", "--vae-decoder", "approx", "-q"])
-        .output()
-        .unwrap();
+    let bad = sd(&["generate", "--prompt", "x", "--vae-decoder", "approx", "-q"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
         !bad.status.success() && stderr.contains("--vae-decoder"),

@@ -59,3 +59,24 @@ pub fn assert_fails_naming(output: &Output, needles: &[&str]) {
         );
     }
 }
+
+/// `sd generate` with the goldens' settings (10 steps, guidance 7.5, seed 0, plain prompt),
+/// before the arguments a test adds.
+pub fn golden_run<'a>(prompt: &'a str, negative: &'a str, scheduler: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--prompt",
+        prompt,
+        "--negative-prompt",
+        negative,
+        "--steps",
+        "10",
+        "--cfg",
+        "7.5",
+        "--seed",
+        "0",
+        "--scheduler",
+        scheduler,
+        "--plain-prompt",
+    ]
+}
