@@ -444,6 +444,16 @@ impl<B: Backend> StableDiffusion<B> {
             .embeddings_used(&prompts, &request.text)
     }
 
+    /// A1111's `TI hashes` for `request`: each embedding its prompts use that came from a file,
+    /// by name and short hash ([`crate::model_hash::embedding_hash`]).
+    pub fn embedding_hashes(&self, request: &GenerationRequest) -> Result<Vec<(String, String)>> {
+        self.embeddings_used(request)?
+            .iter()
+            .filter_map(|e| Some((e.name().to_string(), e.source()?)))
+            .map(|(name, path)| Ok((name, crate::model_hash::embedding_hash(path)?)))
+            .collect()
+    }
+
     /// What the LoRA files given at load matched: modules applied and keys skipped, per file.
     pub fn lora_report(&self) -> &LoraReport {
         &self.lora_report

@@ -262,7 +262,7 @@ impl<B: Backend> Worker<B> {
                 .fetch_add(micros, Ordering::Relaxed);
             finished.sampler_name = model.scheduler_for(request).to_string();
             finished.clip_skip = model.clip_skip_for(request);
-            let ti_hashes = embedding_hashes(model, request)?;
+            let ti_hashes = model.embedding_hashes(request)?;
             // A1111's infotext names: `Sampler: DPM++ 2M` + `Schedule type: Karras`, PLMS, ….
             let schedule_type = request
                 .sampler
@@ -309,19 +309,6 @@ impl<B: Backend> Worker<B> {
         }
         Ok(finished)
     }
-}
-
-/// A1111's `TI hashes`: each embedding the prompts use, by name and short hash.
-fn embedding_hashes<B: Backend>(
-    model: &StableDiffusion<B>,
-    request: &crate::GenerationRequest,
-) -> Result<Vec<(String, String)>> {
-    model
-        .embeddings_used(request)?
-        .iter()
-        .filter_map(|e| Some((e.name().to_string(), e.source()?.to_path_buf())))
-        .map(|(name, path)| Ok((name, crate::model_hash::embedding_hash(&path)?)))
-        .collect()
 }
 
 /// One structured log line on stderr: a JSON object with the time and `fields`.

@@ -8,7 +8,7 @@ use stable_diffusion::core::pipeline::check_batch_size;
 use stable_diffusion::core::weights::UnetWeights;
 use stable_diffusion::image_file::{fit_init, read_gray, read_rgb};
 use stable_diffusion::lora::{LoraFileReport, LoraSpec, find_in_dir, take_prompt_loras};
-use stable_diffusion::model_hash::{embedding_hash, lora_hash, short_hash};
+use stable_diffusion::model_hash::{lora_hash, short_hash};
 use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::write_png;
@@ -225,12 +225,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
 
     // A1111's infotext names each embedding the prompts use by its name and short hash.
-    let ti_hashes = sd
-        .embeddings_used(&request)?
-        .iter()
-        .filter_map(|e| Some((e.name().to_string(), e.source()?.to_path_buf())))
-        .map(|(name, path)| Ok((name, embedding_hash(&path)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let ti_hashes = sd.embedding_hashes(&request)?;
 
     let previewer = preview
         .map(|method| Previewer::load(sd.pipeline().backend(), &method))
