@@ -63,14 +63,15 @@ pub fn load_named(path: impl AsRef<Path>, name: impl Into<String>) -> Result<Tex
     let path = path.as_ref();
     let mut magic = [0u8; 9];
     let read = read_prefix(path, &mut magic)?;
-    let (key, tensor) = if magic[..read].starts_with(b"PK\x03\x04") {
+    let torch_save = magic[..read].starts_with(b"PK\x03\x04") || magic[..read].starts_with(b"\x80\x02\x8a");
+    let (key, tensor) = if torch_save {
         from_torch_file(&TorchFile::open(path)?)?
     } else if read == 9 && magic[8] == b'{' {
         from_safetensors(&SafetensorsFile::open(path)?)?
     } else {
         return Err(invalid(
             path,
-            "neither a safetensors file nor a torch.save zip (.pt / .bin)",
+            "neither a safetensors file nor a torch.save file (.pt / .bin, zip or legacy)",
         ));
     };
     let vectors = as_vectors(tensor, path, &key)?;
@@ -86,12 +87,27 @@ pub struct EmbeddingDir {
     pub skipped: Vec<(PathBuf, Error)>,
 }
 
-/// Every `.safetensors`, `.pt` and `.bin` file directly in `dir` (not in sub-folders), by file
-/// name. A file that is not a readable embedding is skipped and reported, as A1111 lists it
-/// under "skipped", rather than failing the whole folder; a missing folder is an error.
+/// Every `.safetensors`, `.pt` and `.bin` file in `dir` and its sub-folders (as A1111 walks
+/// them), named by file stem. A file that is not a readable embedding is skipped and reported,
+/// as A1111 lists it under "skipped", rather than failing the whole folder; a missing folder,
+/// and two files of the same stem (which one a prompt means would be a guess), are errors.
 pub fn load_dir(dir: impl AsRef<Path>) -> Result<EmbeddingDir> {
     let mut out = EmbeddingDir::default();
+    let mut seen: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for path in files_in(dir.as_ref())? {
+        let stem = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(first) = seen.insert(stem.clone(), path.clone()) {
+            return Err(invalid(
+                &path,
+                format!(
+                    "embedding name `{stem}` is also {}: rename one of them",
+                    first.display()
+                ),
+            ));
+        }
         match load(&path) {
             Ok(embedding) => out.loaded.push(embedding),
             Err(error) => out.skipped.push((path, error)),
@@ -130,7 +146,8 @@ pub fn gather(files: &[PathBuf], dirs: &[PathBuf], width: usize) -> Result<Embed
     Ok(out)
 }
 
-/// The embedding files directly in `dir`, sorted by name.
+/// The embedding files in `dir` and its sub-folders (symbolic links to folders are not
+/// followed, so a link cannot make the walk loop), sorted by path.
 pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let io = |source| Error::Io {
         path: dir.to_path_buf(),
@@ -138,7 +155,12 @@ pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        if entry.file_type().map_err(io)?.is_dir() {
+            files.extend(files_in(&path)?);
+            continue;
+        }
         let known = path
             .extension()
             .and_then(|e| e.to_str())

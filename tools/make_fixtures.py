@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety", "lora_extract", "lycoris_tucker", "embeddings_legacy")
 
 
 def main():
@@ -48,6 +48,18 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
+    if "lora_extract" in steps:
+        from fixturegen import lora_extract
+
+        lora_extract.write_goldens(out, goldens)
+    if "lycoris_tucker" in steps:
+        from fixturegen import lycoris_tucker
+
+        lycoris_tucker.write_goldens(out, goldens)
+    if "embeddings_legacy" in steps:
+        from fixturegen import embeddings_legacy
+
+        embeddings_legacy.write_goldens(out, goldens)
     from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
 
 

@@ -9,7 +9,13 @@
 //! | `M.lora_A.weight`, `M.lora_B.weight` (PEFT / diffusers) | low rank | `B · A` |
 //! | `M.processor.to_q_lora.down.weight`, `….up.weight` (old diffusers) | low rank | `up · down` |
 //! | `M.hada_w1_a`, `M.hada_w1_b`, `M.hada_w2_a`, `M.hada_w2_b` (LyCORIS LoHa) | Hadamard | `(w1a·w1b) ⊙ (w2a·w2b)` |
+//! | the same with `M.hada_t1`, `M.hada_t2` (LoHa, Tucker conv) | Hadamard | `cp(t1, w1a, w1b) ⊙ cp(t2, w2a, w2b)` |
 //! | `M.lokr_w1` or `M.lokr_w1_a/_b`, `M.lokr_w2` or `M.lokr_w2_a/_b` (LyCORIS LoKr) | Kronecker | `w1 ⊗ w2` |
+//! | the same with `M.lokr_t2` (LoKr, Tucker conv) | Kronecker | `w1 ⊗ cp(t2, w2a, w2b)` |
+//!
+//! The Tucker form of a conv (LyCORIS `use_tucker`, A1111's `make_weight_cp`): a core `t`
+//! `[r, r, kh, kw]` between `a` `[r, out]` and `b` `[r, in]` (note: both with the rank first),
+//! `cp(t, a, b)[p, q, k, l] = Σ_ij t[i, j, k, l] · a[i, p] · b[j, q]`, an `[out, in, kh, kw]` delta.
 //!
 //! Scale, as kohya and A1111 compute it: the module's `scale` tensor if present, else
 //! `alpha / rank` with `rank` the low-rank dimension (`lora_down`'s rows, `hada_w1_b`'s rows,
@@ -30,10 +36,68 @@ use sd_core::{Error, HostTensor, Result};
 pub enum DeltaKind {
     /// `up [out, r(, 1, 1)] · down [r, in(, kh, kw)]`.
     LowRank { up: HostTensor, down: HostTensor },
-    /// `(w1a · w1b) ⊙ (w2a · w2b)`, the factors in that order `[w1a, w1b, w2a, w2b]`.
-    Hadamard(Box<[HostTensor; 4]>),
-    /// `w1 ⊗ w2` (Kronecker product), each factor full or a product of two.
+    /// `w1 ⊙ w2`, each a low-rank product (`hada_w1_a · hada_w1_b`, …) or its Tucker form.
+    Hadamard(Box<[LowRankFactors; 2]>),
+    /// `w1 ⊗ w2` (Kronecker product), each factor full or a product of two (`w2` also of
+    /// Tucker form, then `[out, in, kh, kw]`).
     Kronecker { w1: HostTensor, w2: HostTensor },
+}
+
+/// One low-rank matrix of a LyCORIS module: `a · b` (`a` `[out, r]`, `b` `[r, in·kh·kw]`), or,
+/// with a Tucker `core`, `cp(core, a, b)` (`a` `[r, out]`, `b` `[r, in]`; see the module docs).
+#[derive(Debug, Clone)]
+pub struct LowRankFactors {
+    pub a: HostTensor,
+    pub b: HostTensor,
+    pub core: Option<HostTensor>,
+}
+
+impl LowRankFactors {
+    /// `(rows, cols, kernel)` of the matrix, checking that the factors fit together.
+    fn dims(&self, module: &str) -> Result<(usize, usize, Vec<usize>)> {
+        let Some(core) = &self.core else {
+            let (rows, cols) = product_dims(module, dims(&self.a), dims(&self.b))?;
+            return Ok((rows, cols, Vec::new()));
+        };
+        let (a, b) = (dims(&self.a), dims(&self.b));
+        match core.shape() {
+            &[r1, r2, kh, kw] if r1 == a.0 && r2 == b.0 => Ok((a.1, b.1 * kh * kw, vec![kh, kw])),
+            found => Err(bad_module(
+                module,
+                format!(
+                    "Tucker core {found:?} does not fit its factors {:?} and {:?} (expected [{}, {}, kh, kw])",
+                    self.a.shape(),
+                    self.b.shape(),
+                    a.0,
+                    b.0
+                ),
+            )),
+        }
+    }
+
+    /// The matrix `[out, in · kh · kw]`.
+    fn matrix(&self, module: &str) -> Result<Array2<f32>> {
+        let (rows, cols, _) = self.dims(module)?;
+        let (a, b) = (matrix(module, &self.a)?, matrix(module, &self.b)?);
+        let Some(core) = &self.core else {
+            return matmul(module, &a, &b);
+        };
+        let (r1, r2) = (core.shape()[0], core.shape()[1]);
+        let taps = core.len() / (r1 * r2);
+        let core = core
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((r1, r2, taps))
+            .map_err(|e| bad_module(module, e.to_string()))?;
+        // One kernel tap at a time: W[:, :, k] = aᵀ · t[:, :, k] · b.
+        let mut out = ndarray::Array3::<f32>::zeros((rows, cols / taps, taps));
+        for tap in 0..taps {
+            let slice = a.t().dot(&core.slice(ndarray::s![.., .., tap]).dot(&b));
+            out.slice_mut(ndarray::s![.., .., tap]).assign(&slice);
+        }
+        out.into_shape_with_order((rows, cols))
+            .map_err(|e| bad_module(module, e.to_string()))
+    }
 }
 
 /// One adapted module: where it is (the module key as the file writes it, without the
@@ -79,21 +143,23 @@ impl ModuleDelta {
                 let kernel = down.shape().get(2..).map(<[usize]>::to_vec);
                 (rows, cols, kernel.unwrap_or_default())
             }
-            DeltaKind::Hadamard(factors) => {
-                let [w1a, w1b, w2a, w2b] = &**factors;
-                let one = product_dims(key, dims(w1a), dims(w1b))?;
-                let two = product_dims(key, dims(w2a), dims(w2b))?;
-                if one != two {
+            DeltaKind::Hadamard(halves) => {
+                let [one, two] = &**halves;
+                let (one, two) = (one.dims(key)?, two.dims(key)?);
+                // A half without a Tucker core carries no kernel: only its matrix must agree.
+                if (one.0, one.1) != (two.0, two.1) {
                     return Err(bad_module(
                         key,
                         format!("LoHa halves differ in shape: {one:?} and {two:?}"),
                     ));
                 }
-                (one.0, one.1, Vec::new())
+                let kernel = if one.2.is_empty() { two.2 } else { one.2 };
+                (one.0, one.1, kernel)
             }
             DeltaKind::Kronecker { w1, w2 } => {
                 let ((r1, c1), (r2, c2)) = (dims(w1), dims(w2));
-                (r1 * r2, c1 * c2, Vec::new())
+                let kernel = w2.shape().get(2..).map(<[usize]>::to_vec);
+                (r1 * r2, c1 * c2, kernel.unwrap_or_default())
             }
         };
         Ok(DeltaShape { rows, cols, kernel })
@@ -106,9 +172,9 @@ impl ModuleDelta {
         let product = |a, b| matmul(key, &matrix(key, a)?, &matrix(key, b)?);
         match &self.kind {
             DeltaKind::LowRank { up, down } => product(up, down),
-            DeltaKind::Hadamard(factors) => {
-                let [w1a, w1b, w2a, w2b] = &**factors;
-                Ok(product(w1a, w1b)? * product(w2a, w2b)?)
+            DeltaKind::Hadamard(halves) => {
+                let [one, two] = &**halves;
+                Ok(one.matrix(key)? * two.matrix(key)?)
             }
             DeltaKind::Kronecker { w1, w2 } => Ok(kronecker(&matrix(key, w1)?, &matrix(key, w2)?)),
         }
@@ -225,14 +291,6 @@ fn module_delta(
             )
         })
     };
-    if roles.contains_key("t1") || roles.contains_key("t2") {
-        return Err(bad_file(
-            path,
-            format!(
-                "module {module}: Tucker-decomposed LyCORIS factors (hada_t/lokr_t) are not supported"
-            ),
-        ));
-    }
     let (kind, rank) = if roles.contains_key("down") || roles.contains_key("up") {
         let (down, up) = (need("down")?, need("up")?);
         let rank = down.shape().first().copied();
@@ -240,20 +298,40 @@ fn module_delta(
     } else if roles.contains_key("w1a") {
         let w1b = need("w1b")?;
         let rank = w1b.shape().first().copied();
-        let kind = DeltaKind::Hadamard(Box::new([need("w1a")?, w1b, need("w2a")?, need("w2b")?]));
-        (kind, rank)
+        let one = LowRankFactors {
+            a: need("w1a")?,
+            b: w1b,
+            core: get("t1")?,
+        };
+        let two = LowRankFactors {
+            a: need("w2a")?,
+            b: need("w2b")?,
+            core: get("t2")?,
+        };
+        (DeltaKind::Hadamard(Box::new([one, two])), rank)
     } else if roles.keys().any(|role| role.starts_with("lokr")) {
-        let factor = |full: &str, a: &str, b: &str| -> Result<(HostTensor, Option<usize>)> {
+        let factor = |full: &str, a: &str, b: &str, core: Option<HostTensor>| {
             if let Some(w) = get(full)? {
                 return Ok((w, None));
             }
-            let (wa, wb) = (need(a)?, need(b)?);
-            let rank = wb.shape().first().copied();
-            let product = matmul(module, &matrix(module, &wa)?, &matrix(module, &wb)?)?;
-            Ok((product.into_dyn(), rank))
+            let factors = LowRankFactors {
+                a: need(a)?,
+                b: need(b)?,
+                core,
+            };
+            let rank = factors.b.shape().first().copied();
+            let (rows, _, kernel) = factors.dims(module)?;
+            let product = factors.matrix(module)?;
+            // A Tucker w2 keeps its kernel dims: `[out, in, kh, kw]`.
+            let mut shape = vec![rows, product.ncols() / kernel.iter().product::<usize>().max(1)];
+            shape.extend(kernel);
+            let product = product
+                .into_shape_with_order(ndarray::IxDyn(&shape))
+                .map_err(|e| bad_module(module, e.to_string()))?;
+            Ok::<_, Error>((product, rank))
         };
-        let (w1, rank1) = factor("lokr_w1", "lokr_w1a", "lokr_w1b")?;
-        let (w2, rank2) = factor("lokr_w2", "lokr_w2a", "lokr_w2b")?;
+        let (w1, rank1) = factor("lokr_w1", "lokr_w1a", "lokr_w1b", None)?;
+        let (w2, rank2) = factor("lokr_w2", "lokr_w2a", "lokr_w2b", get("t2")?)?;
         // A1111 takes the rank from w2_b when w2 is decomposed, else from w1_b.
         (DeltaKind::Kronecker { w1, w2 }, rank2.or(rank1))
     } else {

@@ -16,12 +16,18 @@
 //!
 //! - [`format`](mod@format): the file formats (kohya, LoCon, PEFT, old diffusers, LoHa, LoKr) and their scale.
 //! - [`names`]: which model module each key adapts (diffusers, LDM or PEFT names).
+//! - [`extract`](mod@extract) and [`resize`](mod@resize): new LoRA files from two checkpoints or from a
+//!   LoRA of higher rank (kohya's scripts), by the truncated SVD of [`svd`], written by [`writer`].
 //!
 //! What each module becomes: `W + multiplier · scale · ΔW`, with the text-encoder multiplier for
 //! CLIP's modules and the UNet multiplier for the UNet's (A1111's `<lora:name:te:unet>`).
 
+pub mod extract;
 pub mod format;
 pub mod names;
+pub mod resize;
+pub mod svd;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

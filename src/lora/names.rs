@@ -79,7 +79,7 @@ impl ModuleNames {
 }
 
 /// kohya's name of a module: its path with `.` → `_` after `lora_unet_` or `lora_te_`.
-fn kohya_name(component: Component, module: &str) -> String {
+pub fn kohya_name(component: Component, module: &str) -> String {
     let prefix = match component {
         Component::TextEncoder => "lora_te_",
         _ => "lora_unet_",

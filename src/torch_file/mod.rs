@@ -1,6 +1,7 @@
-//! PyTorch `.pt` / `.bin` files (`torch.save`'s zip format) read without Python and without
-//! running anything: the zip directory ([`zip`]), the pickle of the saved object through a
-//! restricted reader ([`pickle`]), and tensor data from the archive's `data/<key>` entries.
+//! PyTorch `.pt` / `.bin` files (`torch.save`'s zip format, and the legacy pre-1.6 format) read
+//! without Python and without running anything: the zip directory ([`zip`]) or the legacy
+//! layout ([`legacy`]), the pickle of the saved object through a restricted reader ([`pickle`]),
+//! and tensor data from the archive's `data/<key>` entries.
 //!
 //! ```no_run
 //! use stable_diffusion::torch_file::TorchFile;
@@ -12,9 +13,8 @@
 //! }
 //! # Ok(()) }
 //! ```
-//!
-//! The legacy (pre-1.6) non-zip `torch.save` format is not read.
 
+pub mod legacy;
 pub mod pickle;
 pub mod zip;
 
@@ -62,10 +62,26 @@ impl TorchFile {
 
     /// Parse a file already in memory (`path` names it in errors).
     pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
+        let pickle_error = |e| match e {
+            PickleError::ForbiddenGlobal(global) => Error::ForbiddenPickleGlobal {
+                path: path.clone(),
+                global,
+            },
+            PickleError::Invalid(reason) => invalid(&path, format!("data.pkl: {reason}")),
+        };
+        if legacy::is_legacy(&bytes) {
+            let (pickle, entries) = legacy::read(&bytes).map_err(pickle_error)?;
+            return Ok(TorchFile {
+                path,
+                bytes,
+                folder: legacy::FOLDER.to_string(),
+                entries,
+                pickle,
+            });
+        }
         if !bytes.starts_with(b"PK\x03\x04") {
             let reason = if bytes.starts_with(b"\x80") {
-                "a bare pickle: the legacy torch.save format (before PyTorch 1.6), which is not \
-                 read; re-save it with a current torch"
+                "a bare pickle, not a torch.save file (zip, or the legacy format's magic number)"
             } else {
                 "not a zip archive (torch.save writes one)"
             };
@@ -84,13 +100,7 @@ impl TorchFile {
         {
             return Err(invalid(&path, "tensors stored big-endian"));
         }
-        let pickle = Pickle::parse(&bytes[pickle_entry.data.clone()]).map_err(|e| match e {
-            PickleError::ForbiddenGlobal(global) => Error::ForbiddenPickleGlobal {
-                path: path.clone(),
-                global,
-            },
-            PickleError::Invalid(reason) => invalid(&path, format!("data.pkl: {reason}")),
-        })?;
+        let pickle = Pickle::parse(&bytes[pickle_entry.data.clone()]).map_err(pickle_error)?;
         Ok(TorchFile {
             path,
             bytes,

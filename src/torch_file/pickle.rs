@@ -150,7 +150,21 @@ pub struct Pickle {
 impl Pickle {
     /// Parse `bytes` (one pickle, up to its `STOP`).
     pub fn parse(bytes: &[u8]) -> Parse<Pickle> {
+        Self::parse_prefix(bytes).map(|(pickle, _)| pickle)
+    }
+
+    /// Parse the pickle at the start of `bytes`; also returns how many bytes it took (the
+    /// legacy torch format writes several pickles back to back).
+    pub fn parse_prefix(bytes: &[u8]) -> Parse<(Pickle, usize)> {
         Machine::new(bytes).run()
+    }
+
+    /// Every storage the pickle names, in the order it names them (repeats included).
+    pub fn storages(&self) -> impl Iterator<Item = &StorageRef> {
+        self.values.iter().filter_map(|value| match value {
+            Value::Storage(storage) => Some(storage),
+            _ => None,
+        })
     }
 
     /// The value `STOP` returned.
@@ -440,12 +454,19 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// `BINPERSID`: torch's `('storage', StorageType, key, location, numel)`.
+    /// `BINPERSID`: torch's `('storage', StorageType, key, location, numel)`; the legacy format
+    /// adds a sixth item, `view_metadata`, always `None` for what it writes.
     fn persistent(&self, pid: ValueId) -> Parse<Value> {
         let items = self.tuple(pid, "persistent id")?;
-        let &[kind, class, key, _location, numel] = items else {
+        let (&[kind, class, key, _location, numel] | &[kind, class, key, _location, numel, _]) = items
+        else {
             return invalid("a persistent id that is not torch's 5-tuple for a storage");
         };
+        if let Some(&view) = items.get(5)
+            && self.values[view] != Value::None
+        {
+            return invalid("a storage view (legacy view_metadata), which torch no longer writes");
+        }
         if self.values[kind] != Value::Str("storage".into()) {
             return invalid("a persistent id that does not name a storage");
         }
@@ -462,7 +483,7 @@ impl<'a> Machine<'a> {
         }))
     }
 
-    fn run(mut self) -> Parse<Pickle> {
+    fn run(mut self) -> Parse<(Pickle, usize)> {
         loop {
             let at = self.at;
             let opcode = self.u8()?;
@@ -647,10 +668,12 @@ impl<'a> Machine<'a> {
                 }
                 b'.' => {
                     let root = self.pop()?;
-                    return Ok(Pickle {
+                    let length = self.at;
+                    let pickle = Pickle {
                         values: self.values,
                         root,
-                    });
+                    };
+                    return Ok((pickle, length));
                 }
                 other => {
                     return invalid(format!(

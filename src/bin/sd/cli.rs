@@ -26,6 +26,8 @@ pub enum Command {
     /// Time CLIP, a UNet step and a VAE decode (or any of --component) of full-size SD 1.5
     /// with random weights.
     Bench(BenchArgs),
+    /// Make LoRA files: `extract` one from two checkpoints, `resize` one to a lower rank.
+    Lora(crate::lora::LoraArgs),
     /// Answer AUTOMATIC1111's HTTP API (/sdapi/v1/txt2img, img2img, progress, options, …).
     #[cfg(feature = "server")]
     Serve(Box<crate::serve::ServeArgs>),

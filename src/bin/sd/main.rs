@@ -5,6 +5,8 @@
 //! sd info image.png
 //! sd tokenize "a lighthouse at dusk" [--json] [--plain-prompt]
 //! sd bench [--backend cpu] [--runs 3]
+//! sd lora extract --base A --tuned B --rank 32 -o out.safetensors
+//! sd lora resize IN --rank 8 -o out.safetensors
 //! sd serve [--model PATH | --models-dir DIR] [--listen 127.0.0.1:7860] [--api-auth USER:PASS]
 //! ```
 //!
@@ -15,6 +17,7 @@ mod bench;
 mod cli;
 mod generate;
 mod info;
+mod lora;
 mod progress;
 #[cfg(feature = "server")]
 mod serve;
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Lora(args) => lora::run(args),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args),
     };
