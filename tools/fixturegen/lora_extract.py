@@ -178,7 +178,7 @@ def fused_against_unfused(pipe, goldens_dir):
 
     with open(os.path.join(goldens_dir, "lora.json")) as f:
         run = json.load(f)["runs"][MODEL][EXTRACT_LORA]
-    latents = lora.run(pipe, MODEL, run["sampler"])[1]
+    latents = lora.run(pipe, MODEL, lora.RUNS[EXTRACT_LORA][0])[1]
     with safe_open(os.path.join(goldens_dir, MODEL, run["latents_file"]), "pt") as f:
         golden = f.get_tensor(run["latents_key"])
     diff = (latents - golden).abs().max().item()

@@ -93,8 +93,8 @@ def write_goldens(fixtures_dir, goldens_dir):
         f"{key}.alpha": torch.tensor(alpha),
     }
     save(tensors, os.path.join(lora_dir, "lokr_tucker.safetensors"), kohya_metadata("lokr"))
-    delta = torch.kron(w1[:, :, None, None], cp(t2, w2a, w2b))
-    other = torch.kron(w1.unsqueeze(2).unsqueeze(2), cp_a1111(t2, w2a, w2b))
+    delta = torch.kron(w1[:, :, None, None], cp(t2, w2a, w2b).contiguous())
+    other = torch.kron(w1.unsqueeze(2).unsqueeze(2), cp_a1111(t2, w2a, w2b).contiguous())
     if delta.shape != weight.shape:
         raise RuntimeError(f"LoKr delta {tuple(delta.shape)} does not fit {down} {tuple(weight.shape)}")
     golden[down] = scale * delta
