@@ -200,7 +200,7 @@ fn targets(
             out.push((module.to_string(), kind));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

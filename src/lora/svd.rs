@@ -22,7 +22,7 @@ const OVERSAMPLE: usize = 16;
 /// Subspace iterations stop when every wanted direction's residual `‖G·q − θ·q‖` is below this
 /// fraction of the largest eigenvalue, or after [`MAX_ITERATIONS`].
 const RESIDUAL_TOLERANCE: f64 = 1e-11;
-const MAX_ITERATIONS: usize = 500;
+const MAX_ITERATIONS: usize = 100;
 
 /// The leading singular triplets of a matrix, largest first: `A ≈ u · diag(s) · vt`.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct Svd {
     pub s: Vec<f64>,
     /// Right singular vectors as rows, `[count, n]`.
     pub vt: Array2<f64>,
-    /// Whether the subspace iteration met [`RESIDUAL_TOLERANCE`] (always true when solved outright).
+    /// Whether the subspace iteration met its residual tolerance (always true when solved outright).
     pub converged: bool,
 }
 
@@ -53,6 +53,14 @@ impl Svd {
             };
         }
         let count = count.min(m);
+        if count == 0 {
+            return Svd {
+                u: Array2::zeros((m, 0)),
+                s: Vec::new(),
+                vt: Array2::zeros((0, n)),
+                converged: true,
+            };
+        }
         let gram = a.dot(&a.t());
         let (vectors, converged) = top_eigenvectors(&gram, count);
         // σ·vᵀ = uᵀ·A, row by row: σ is its norm.
