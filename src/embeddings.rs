@@ -63,7 +63,8 @@ pub fn load_named(path: impl AsRef<Path>, name: impl Into<String>) -> Result<Tex
     let path = path.as_ref();
     let mut magic = [0u8; 9];
     let read = read_prefix(path, &mut magic)?;
-    let torch_save = magic[..read].starts_with(b"PK\x03\x04") || magic[..read].starts_with(b"\x80\x02\x8a");
+    let torch_save =
+        magic[..read].starts_with(b"PK\x03\x04") || magic[..read].starts_with(b"\x80\x02\x8a");
     let (key, tensor) = if torch_save {
         from_torch_file(&TorchFile::open(path)?)?
     } else if read == 9 && magic[8] == b'{' {

@@ -46,7 +46,10 @@ fn a_truncated_legacy_file_is_refused_naming_it() {
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let error = embeddings::load(&path).unwrap_err();
         assert!(matches!(error, Error::InvalidTorchFile { .. }), "{error:?}");
-        assert!(error.to_string().contains(&format!("cut-{keep}.pt")), "{error}");
+        assert!(
+            error.to_string().contains(&format!("cut-{keep}.pt")),
+            "{error}"
+        );
     }
 }
 

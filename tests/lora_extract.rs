@@ -51,7 +51,12 @@ fn rewrite_component(from: &Path, to: &Path, replacements: &SafeTensors<'_>, pre
             None => (name, view),
         })
         .collect();
-    assert_eq!(used, replaced.len(), "every fused tensor of {prefix} is in {}", from.display());
+    assert_eq!(
+        used,
+        replaced.len(),
+        "every fused tensor of {prefix} is in {}",
+        from.display()
+    );
     safetensors::serialize_to_file(views, None, to).unwrap();
 }
 
@@ -113,7 +118,10 @@ fn a_lora_extracted_from_a_merged_model_gives_the_lora_image() {
         .get("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha")
         .unwrap();
     assert_eq!(alpha.iter().copied().collect::<Vec<_>>(), [4.0]);
-    assert!(file.names().any(|k| k.starts_with("lora_te_text_model_encoder_layers_")));
+    assert!(
+        file.names()
+            .any(|k| k.starts_with("lora_te_text_model_encoder_layers_"))
+    );
     assert_eq!(file.metadata()["ss_network_module"], "networks.lora");
 
     let out = dir.join("extracted.png");
@@ -127,7 +135,11 @@ fn a_lora_extracted_from_a_merged_model_gives_the_lora_image() {
     ]
     .concat());
     assert!(generate.status.success(), "{}", stderr(&generate));
-    assert!(!stderr(&generate).contains("skipped"), "{}", stderr(&generate));
+    assert!(
+        !stderr(&generate).contains("skipped"),
+        "{}",
+        stderr(&generate)
+    );
     let golden = read_rgb(goldens().join("tiny-sd").join("lora_peft.png")).unwrap();
     let worst = max_level_difference(&read_rgb(&out).unwrap(), &golden);
     assert!(worst <= 1, "pixels differ by {worst}");
@@ -167,13 +179,24 @@ fn resizing_matches_kohya_module_by_module() {
         let module = key.trim_end_matches(".lora_down.weight");
         let up = format!("{module}.lora_up.weight");
         let alpha = format!("{module}.alpha");
-        assert_eq!(ours.info(key).unwrap().shape, golden.info(key).unwrap().shape, "{key}");
-        assert_eq!(ours.info(&up).unwrap().shape, golden.info(&up).unwrap().shape, "{up}");
+        assert_eq!(
+            ours.info(key).unwrap().shape,
+            golden.info(key).unwrap().shape,
+            "{key}"
+        );
+        assert_eq!(
+            ours.info(&up).unwrap().shape,
+            golden.info(&up).unwrap().shape,
+            "{up}"
+        );
         let product = |f: &SafetensorsFile| matrix(f, &up).dot(&matrix(f, key));
         let (mine, theirs) = (product(&ours), product(&golden));
         let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs()));
         let worst = (&mine - &theirs).iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(worst <= PRODUCT_TOLERANCE * scale, "{module}: {worst} of {scale}");
+        assert!(
+            worst <= PRODUCT_TOLERANCE * scale,
+            "{module}: {worst} of {scale}"
+        );
         let (a, b) = (ours.get(&alpha).unwrap(), golden.get(&alpha).unwrap());
         assert!((a.sum() - b.sum()).abs() <= 1e-6 * b.sum().abs(), "{alpha}");
         modules += 1;
@@ -214,7 +237,10 @@ fn dynamic_ranks_are_the_ones_kohya_picks() {
             );
             checked += 1;
         }
-        assert!(checked * 2 > resized.modules.len(), "{method}: only {checked} decided");
+        assert!(
+            checked * 2 > resized.modules.len(),
+            "{method}: only {checked} decided"
+        );
     }
 }
 
@@ -226,7 +252,14 @@ fn bad_extract_and_resize_arguments_are_refused_by_name() {
     let out = dir.join("out.safetensors");
     let extract = |tuned: &Path, extra: &[&str]| {
         sd(&[
-            &["lora", "extract", "--base", path_arg(&model), "--tuned", path_arg(tuned)][..],
+            &[
+                "lora",
+                "extract",
+                "--base",
+                path_arg(&model),
+                "--tuned",
+                path_arg(tuned),
+            ][..],
             extra,
         ]
         .concat())
@@ -255,11 +288,21 @@ fn bad_extract_and_resize_arguments_are_refused_by_name() {
     );
 
     let resize = |input: &Path, extra: &[&str]| {
-        sd(&[&["lora", "resize", path_arg(input), "-o", path_arg(&out)][..], extra].concat())
+        sd(&[
+            &["lora", "resize", path_arg(input), "-o", path_arg(&out)][..],
+            extra,
+        ]
+        .concat())
     };
-    assert_fails_naming(&resize(&lora, &["--dynamic-method", "sv_fro"]), &["--dynamic-param"]);
     assert_fails_naming(
-        &resize(&lora, &["--dynamic-method", "sv_fro", "--dynamic-param", "2"]),
+        &resize(&lora, &["--dynamic-method", "sv_fro"]),
+        &["--dynamic-param"],
+    );
+    assert_fails_naming(
+        &resize(
+            &lora,
+            &["--dynamic-method", "sv_fro", "--dynamic-param", "2"],
+        ),
         &["--dynamic-param", "2"],
     );
     let truncated = dir.join("truncated.safetensors");

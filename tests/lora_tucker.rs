@@ -32,8 +32,16 @@ fn tucker_loha_and_lokr_give_lycoris_deltas() {
         assert_eq!(report.files[0].applied, 1, "{case}");
         let layered = overlay.apply_to(&store);
         let name = format!("{module}.weight");
-        let before = store.component(Component::Unet).unwrap().get(&name).unwrap();
-        let after = layered.component(Component::Unet).unwrap().get(&name).unwrap();
+        let before = store
+            .component(Component::Unet)
+            .unwrap()
+            .get(&name)
+            .unwrap();
+        let after = layered
+            .component(Component::Unet)
+            .unwrap()
+            .get(&name)
+            .unwrap();
         let expected = golden.get(module).unwrap();
         assert_eq!(expected.shape(), before.shape(), "{case}");
         let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -60,7 +68,10 @@ fn a_tucker_core_that_does_not_fit_its_factors_is_refused_naming_the_module() {
         })
         .collect();
     // hada_t1 with its rank axes swapped for a wrong size: [r, r + 1, 3, 3].
-    let core = tensors.iter_mut().find(|(n, _, _)| n.ends_with(".hada_t1")).unwrap();
+    let core = tensors
+        .iter_mut()
+        .find(|(n, _, _)| n.ends_with(".hada_t1"))
+        .unwrap();
     core.1[1] += 1;
     core.2 = vec![0; core.1.iter().product::<usize>() * 4];
     let views = tensors.iter().map(|(name, shape, bytes)| {
@@ -79,7 +90,14 @@ fn a_tucker_core_that_does_not_fit_its_factors_is_refused_naming_the_module() {
     let layout = UnetLayout::from_config_file(model.join("unet/config.json")).unwrap();
     let error = LoraOverlay::load(&store, &layout, &[LoraSpec::new(&path, 1.0)]).unwrap_err();
     let message = error.to_string();
-    for needle in ["Tucker core", "lora_unet_down_blocks_0_resnets_0_conv1", "[3, 4, 3, 3]"] {
-        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+    for needle in [
+        "Tucker core",
+        "lora_unet_down_blocks_0_resnets_0_conv1",
+        "[3, 4, 3, 3]",
+    ] {
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from: {message}"
+        );
     }
 }

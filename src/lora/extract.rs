@@ -105,7 +105,11 @@ enum Kind {
 }
 
 /// The LoRA of `tuned − base` (see the module docs for which modules and how).
-pub fn extract(base: &WeightStore, tuned: &WeightStore, options: &ExtractOptions) -> Result<Extracted> {
+pub fn extract(
+    base: &WeightStore,
+    tuned: &WeightStore,
+    options: &ExtractOptions,
+) -> Result<Extracted> {
     options.check()?;
     let mut extracted = Extracted {
         file: LoraFile::default(),
@@ -190,8 +194,8 @@ fn targets(
             Component::TextEncoder => module.contains(".self_attn.") || module.contains(".mlp."),
             _ => {
                 let in_transformer = module.contains(".attentions.");
-                let in_resnet_or_sampler = module.contains(".resnets.")
-                    || module.ends_with("samplers.0.conv");
+                let in_resnet_or_sampler =
+                    module.contains(".resnets.") || module.ends_with("samplers.0.conv");
                 (in_transformer && kind == Kind::Plain)
                     || (options.conv_rank.is_some() && in_resnet_or_sampler)
             }
@@ -229,7 +233,11 @@ fn difference(
 
 /// kohya's clamp: both factors' entries limited to `±v`, `v` the `quantile` of all of them
 /// together (signed values, linear interpolation between order statistics as torch.quantile).
-fn clamp_to_quantile(up: &mut ndarray::Array2<f64>, down: &mut ndarray::Array2<f64>, quantile: f64) {
+fn clamp_to_quantile(
+    up: &mut ndarray::Array2<f64>,
+    down: &mut ndarray::Array2<f64>,
+    quantile: f64,
+) {
     let mut values: Vec<f64> = up.iter().chain(down.iter()).copied().collect();
     if values.is_empty() {
         return;
@@ -247,7 +255,10 @@ fn clamp_to_quantile(up: &mut ndarray::Array2<f64>, down: &mut ndarray::Array2<f
 /// The `ss_*` entries kohya's extraction writes.
 fn kohya_metadata(options: &ExtractOptions) -> std::collections::BTreeMap<String, String> {
     let network_args = match options.conv_rank {
-        Some(conv) => format!(r#"{{"conv_dim": "{conv}", "conv_alpha": "{:?}"}}"#, conv as f64),
+        Some(conv) => format!(
+            r#"{{"conv_dim": "{conv}", "conv_alpha": "{:?}"}}"#,
+            conv as f64
+        ),
         None => "{}".to_string(),
     };
     [

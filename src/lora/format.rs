@@ -323,7 +323,10 @@ fn module_delta(
             let (rows, _, kernel) = factors.dims(module)?;
             let product = factors.matrix(module)?;
             // A Tucker w2 keeps its kernel dims: `[out, in, kh, kw]`.
-            let mut shape = vec![rows, product.ncols() / kernel.iter().product::<usize>().max(1)];
+            let mut shape = vec![
+                rows,
+                product.ncols() / kernel.iter().product::<usize>().max(1),
+            ];
             shape.extend(kernel);
             let product = product
                 .into_shape_with_order(ndarray::IxDyn(&shape))

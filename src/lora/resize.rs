@@ -155,7 +155,10 @@ pub fn resize(path: &Path, options: &ResizeOptions) -> Result<Resized> {
         let full_length = product.nrows().min(product.ncols());
         let new_rank = new_rank(&svd.s, full_length, limit, options.dynamic);
         let new_alpha = module.scale * new_rank as f32;
-        let kept: f64 = svd.s[..new_rank.min(svd.s.len())].iter().map(|s| s * s).sum();
+        let kept: f64 = svd.s[..new_rank.min(svd.s.len())]
+            .iter()
+            .map(|s| s * s)
+            .sum();
         let total: f64 = svd.s.iter().map(|s| s * s).sum();
         for suffix in [suffixes.0, suffixes.1, ".alpha", ".scale"] {
             out.tensors.remove(&format!("{}{suffix}", module.key));
@@ -223,7 +226,10 @@ pub fn new_rank(s: &[f64], full_length: usize, limit: usize, rule: Option<Dynami
             let index = match rule {
                 DynamicRank::SvRatio(ratio) => {
                     let threshold = s.first().copied().unwrap_or(0.0) / ratio;
-                    s.iter().filter(|&&x| x > threshold).count().saturating_sub(1)
+                    s.iter()
+                        .filter(|&&x| x > threshold)
+                        .count()
+                        .saturating_sub(1)
                 }
                 DynamicRank::SvCumulative(target) => first_reaching(s.to_vec(), target),
                 DynamicRank::SvFro(target) => {
@@ -233,7 +239,9 @@ pub fn new_rank(s: &[f64], full_length: usize, limit: usize, rule: Option<Dynami
             index.min(last) + 1
         }
     };
-    if s.first().is_none_or(|&largest| largest <= MIN_SINGULAR_VALUE) {
+    if s.first()
+        .is_none_or(|&largest| largest <= MIN_SINGULAR_VALUE)
+    {
         1
     } else {
         chosen.min(limit).min(full_length.max(1))

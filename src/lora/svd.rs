@@ -112,7 +112,11 @@ fn top_eigenvectors(g: &Array2<f64>, count: usize) -> (Array2<f64>, bool) {
         Array2::from_shape_fn((k, block), |_| random.symmetric_unit()),
         &mut random,
     );
-    let scale = g.diag().iter().fold(0.0_f64, |a, &b| a.max(b)).max(f64::MIN_POSITIVE);
+    let scale = g
+        .diag()
+        .iter()
+        .fold(0.0_f64, |a, &b| a.max(b))
+        .max(f64::MIN_POSITIVE);
     for _ in 0..MAX_ITERATIONS {
         q = orthonormal_columns(g.dot(&q), &mut random);
         // Rayleigh–Ritz: the best approximations to G's eigenvectors within span(q).
@@ -266,7 +270,9 @@ mod tests {
         let b = Array2::from_shape_fn((7, 7), |_| random.symmetric_unit());
         let a = &b + &b.t();
         let (values, vectors) = symmetric_eigen(a.clone());
-        let back = vectors.dot(&Array2::from_diag(&Array1::from(values.clone()))).dot(&vectors.t());
+        let back = vectors
+            .dot(&Array2::from_diag(&Array1::from(values.clone())))
+            .dot(&vectors.t());
         assert!((&back - &a).iter().all(|x| x.abs() < 1e-12));
         assert!(values.windows(2).all(|w| w[0] >= w[1]));
     }

@@ -54,7 +54,9 @@ impl LoraFile {
         let reshape = |m: Array2<f64>, shape: Vec<usize>| -> Result<HostTensor> {
             m.mapv(|x| x as f32)
                 .into_shape_with_order(IxDyn(&shape))
-                .map_err(|e| Error::invalid_argument(format!("LoRA module {module}"), e.to_string()))
+                .map_err(|e| {
+                    Error::invalid_argument(format!("LoRA module {module}"), e.to_string())
+                })
         };
         self.tensors
             .insert(format!("{module}{up_suffix}"), reshape(up, up_shape)?);

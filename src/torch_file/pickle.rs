@@ -458,7 +458,8 @@ impl<'a> Machine<'a> {
     /// adds a sixth item, `view_metadata`, always `None` for what it writes.
     fn persistent(&self, pid: ValueId) -> Parse<Value> {
         let items = self.tuple(pid, "persistent id")?;
-        let (&[kind, class, key, _location, numel] | &[kind, class, key, _location, numel, _]) = items
+        let (&[kind, class, key, _location, numel] | &[kind, class, key, _location, numel, _]) =
+            items
         else {
             return invalid("a persistent id that is not torch's 5-tuple for a storage");
         };
