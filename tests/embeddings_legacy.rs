@@ -65,6 +65,9 @@ fn an_embedding_folder_is_walked_into_its_sub_folders() {
         "--json",
         "--embedding-dir",
         path_arg(&legacy().join("tiny-sd")),
+        // tiny-sd's tokenizer and width (SD 1.5's would skip a 32-wide embedding).
+        "--model",
+        path_arg(&fixtures().join("tiny-sd")),
     ]);
     let printed: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
     assert_eq!(printed["vectors"].as_array().unwrap().len(), 3, "{printed}");
