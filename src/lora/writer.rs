@@ -52,8 +52,8 @@ impl LoraFile {
                 .collect();
         }
         let reshape = |m: Array2<f64>, shape: Vec<usize>| -> Result<HostTensor> {
-            m.mapv(|x| x as f32)
-                .into_shape_with_order(IxDyn(&shape))
+            // `iter` reads in logical order: the SVD's factors may be column-major views.
+            HostTensor::from_shape_vec(IxDyn(&shape), m.iter().map(|&x| x as f32).collect())
                 .map_err(|e| {
                     Error::invalid_argument(format!("LoRA module {module}"), e.to_string())
                 })
