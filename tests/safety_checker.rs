@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sd_testkit::AUTO_MEANS_F32;
 use sd_core::pipeline::RgbImage;
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
@@ -146,6 +147,7 @@ fn a_missing_checker_is_an_error_naming_it() {
 fn sd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .output()
         .unwrap()
 }

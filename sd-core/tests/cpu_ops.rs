@@ -215,7 +215,7 @@ fn check_attention_at(c: &AttentionCase, precision: Precision) -> Result<(), Tes
         .expect("valid shapes");
     let shape = [c.batch, c.queries, features];
     match precision {
-        Precision::F32 => close_enough(&got, &shape, &naive_attention(c)),
+        Precision::F32 | Precision::Auto => close_enough(&got, &shape, &naive_attention(c)),
         Precision::Bf16 => {
             let round = |x: &[f32]| {
                 x.iter()
