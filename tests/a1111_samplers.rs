@@ -9,8 +9,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sd_testkit::AUTO_MEANS_F32;
 use sd_core::weights::SafetensorsFile;
+use sd_testkit::AUTO_MEANS_F32;
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, RngSource, StableDiffusion};

@@ -6,8 +6,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sd_testkit::AUTO_MEANS_F32;
 use sd_core::weights::SafetensorsFile;
+use sd_testkit::AUTO_MEANS_F32;
 use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
 use support::{fixtures, load_tiny};
 

@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sd_testkit::AUTO_MEANS_F32;
 use base64::Engine;
+use sd_testkit::AUTO_MEANS_F32;
 use serde_json::Value;
 use stable_diffusion::RgbImage;
 

@@ -117,7 +117,10 @@ mod tests {
     #[test]
     fn caps_turn_off_the_levels_above_them() {
         assert_eq!(ALL.capped("native"), Some(ALL));
-        assert_eq!(ALL.capped(" AVX2 ").map(|f| f.describe()).as_deref(), Some("avx2 fma"));
+        assert_eq!(
+            ALL.capped(" AVX2 ").map(|f| f.describe()).as_deref(),
+            Some("avx2 fma")
+        );
         assert_eq!(
             ALL.capped("avx512").map(|f| f.describe()).as_deref(),
             Some("avx2 fma avx512f avx512bw")
@@ -126,6 +129,9 @@ mod tests {
         assert_eq!(CpuFeatures::default().describe(), "baseline");
         assert_eq!(ALL.capped("sse9"), None);
         // A cap never adds what the CPU lacks.
-        assert_eq!(CpuFeatures::default().capped("avx512"), Some(CpuFeatures::default()));
+        assert_eq!(
+            CpuFeatures::default().capped("avx512"),
+            Some(CpuFeatures::default())
+        );
     }
 }

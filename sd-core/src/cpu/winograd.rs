@@ -74,8 +74,7 @@ pub(crate) fn conv2d(
             format!("needs a 3×3 stride-1 conv, got {g:?}"),
         ));
     }
-    if x.len() < g.images * image_in || w.len() < o * c * 9 || out.len() < g.images * image_out
-    {
+    if x.len() < g.images * image_in || w.len() < o * c * 9 || out.len() < g.images * image_out {
         return Err(Error::shape(
             "winograd conv2d",
             format!("buffers too short for {g:?}"),
@@ -96,7 +95,10 @@ pub(crate) fn conv2d(
         let rows = rows_per_panel.min(tiles.down - first_row);
         let count = rows * tiles.across;
         let image = &x[n * image_in..(n + 1) * image_in];
-        let (v, m) = (&mut v[..POSITIONS * c * count], &mut m[..POSITIONS * o * count]);
+        let (v, m) = (
+            &mut v[..POSITIONS * c * count],
+            &mut m[..POSITIONS * o * count],
+        );
         input_transform(g, &tiles, image, first_row, rows, v);
         for k in 0..POSITIONS {
             // U_k: rows of u 16·c apart (u is [o, 16, c]).
@@ -317,8 +319,8 @@ fn output_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Conv2dParams;
     use crate::TorchGenerator;
+    use crate::backend::Conv2dParams;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         TorchGenerator::new(seed)

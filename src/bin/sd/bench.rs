@@ -145,9 +145,7 @@ fn measure<B: Backend>(
                     Box::new(move || vae.decode(b, &latents).map(drop)),
                 )
             } else {
-                let image = generator
-                    .randn(&[batch, 3, pixels, pixels])
-                    .mapv(f32::tanh);
+                let image = generator.randn(&[batch, 3, pixels, pixels]).mapv(f32::tanh);
                 let image = b.upload(&image)?;
                 (
                     format!("{batch} × 3×{pixels}×{pixels} → 4×{side}×{side}"),

@@ -95,10 +95,12 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
             serve(config, factory)
         }
         #[cfg(not(any(feature = "cuda", feature = "cuda-13")))]
-        (BackendKind::Cuda, PrecisionArg::F32 | PrecisionArg::Auto) => Err(sd_core::Error::invalid_argument(
-            "--backend",
-            "this sd was built without the `cuda` feature (cargo build --features cuda)",
-        )),
+        (BackendKind::Cuda, PrecisionArg::F32 | PrecisionArg::Auto) => {
+            Err(sd_core::Error::invalid_argument(
+                "--backend",
+                "this sd was built without the `cuda` feature (cargo build --features cuda)",
+            ))
+        }
         (BackendKind::Cuda, PrecisionArg::Bf16) => Err(sd_core::Error::invalid_argument(
             "--precision",
             "bf16 is a CPU precision; the CUDA backend stores f16 and computes in f32",
