@@ -604,11 +604,12 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::TorchGenerator;
 
-    fn random(len: usize, seed: u64) -> Vec<f32> {
+    /// `len` standard normal values from the seeded torch generator (shared by the cpu tests).
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
         TorchGenerator::new(seed)
             .randn(&[len])
             .into_raw_vec_and_offset()

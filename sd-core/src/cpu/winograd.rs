@@ -318,16 +318,9 @@ fn output_transform(
 
 #[cfg(test)]
 mod tests {
+    use super::super::bf16::tests::random;
     use super::*;
-    use crate::TorchGenerator;
     use crate::backend::Conv2dParams;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        TorchGenerator::new(seed)
-            .randn(&[len])
-            .into_raw_vec_and_offset()
-            .0
-    }
 
     /// The direct sum in f64, with the scale of each output (Σ |x·w|) for the tolerance.
     fn naive(g: &ConvShape, x: &[f32], w: &[f32], bias: &[f32]) -> (Vec<f64>, Vec<f64>) {
