@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sd_core::weights::SafetensorsFile;
+use sd_testkit::AUTO_MEANS_F32;
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, RngSource, StableDiffusion};
@@ -96,6 +97,7 @@ fn inpainting_unet_a1111_samplers_match_k_diffusion() {
 fn sd_command(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap()

@@ -6,12 +6,14 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sd_testkit::AUTO_MEANS_F32;
 use stable_diffusion::RgbImage;
 use stable_diffusion::image_file::read_rgb;
 
 fn sd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .output()
         .unwrap()
 }

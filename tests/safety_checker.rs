@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sd_core::pipeline::RgbImage;
+use sd_testkit::AUTO_MEANS_F32;
 use serde_json::Value;
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice};
@@ -146,6 +147,7 @@ fn a_missing_checker_is_an_error_naming_it() {
 fn sd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .output()
         .unwrap()
 }

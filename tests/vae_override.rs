@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sd_core::weights::SafetensorsFile;
+use sd_testkit::AUTO_MEANS_F32;
 use stable_diffusion::{GenerationRequest, LoadOptions, StableDiffusion};
 use support::{fixtures, load_tiny};
 
@@ -107,6 +108,7 @@ fn sd_generate_records_the_vae_as_a1111() {
     let sd = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_sd"))
             .args(args)
+            .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
             .output()
             .unwrap()
     };

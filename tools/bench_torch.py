@@ -73,8 +73,9 @@ def clip_model():
     return CLIPTextModel(CLIPTextConfig(**SD15_CLIP)).eval()
 
 
-def prepare(component, steps, device, dtype):
-    """Build the model on `device` in `dtype` and return the call to time."""
+def prepare(component, steps, device, dtype, size=64, batch=None):
+    """Build the model on `device` in `dtype` and return the call to time: latents of side `size`
+    (64 → 512² images), `batch` images per call (default 2 for unet, else 1)."""
     torch.manual_seed(0)
 
     def place(model):
@@ -89,16 +90,16 @@ def prepare(component, steps, device, dtype):
         return lambda: model(ids).last_hidden_state
     if component in ("unet", "unet-b1"):
         model = place(UNet2DConditionModel(**SD15_UNET).eval())
-        batch = 2 if component == "unet" else 1
-        sample, context = randn(batch, 4, 64, 64), randn(batch, 77, 768)
+        batch = batch or (2 if component == "unet" else 1)
+        sample, context = randn(batch, 4, size, size), randn(batch, 77, 768)
         return lambda: model(sample, 500, encoder_hidden_states=context).sample
     if component == "vae-decode":
         model = place(AutoencoderKL(**SD15_VAE).eval())
-        latents = randn(1, 4, 64, 64)
+        latents = randn(batch or 1, 4, size, size)
         return lambda: model.decode(latents).sample
     if component == "vae-encode":
         model = place(AutoencoderKL(**SD15_VAE).eval())
-        image = randn(1, 3, 512, 512) * 2 - 1
+        image = randn(batch or 1, 3, 8 * size, 8 * size) * 2 - 1
         return lambda: model.encode(image).latent_dist.mean
     if component == "txt2img":
         pipe = StableDiffusionPipeline(
@@ -113,7 +114,8 @@ def prepare(component, steps, device, dtype):
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator("cpu").manual_seed(0)
         return lambda: pipe(PROMPTS[1], num_inference_steps=steps, guidance_scale=7.5,
-                            height=512, width=512, generator=generator).images[0]
+                            height=8 * size, width=8 * size, num_images_per_prompt=batch or 1,
+                            generator=generator).images[0]
     raise SystemExit(f"unknown component {component!r}")
 
 
@@ -124,10 +126,12 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="txt2img's inference steps")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--size", type=int, default=64, help="latent side (64 → 512² images)")
+    parser.add_argument("--batch", type=int, default=None, help="images per call (unet: 2, others: 1)")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    run = prepare(args.component, args.steps, device, dtype)
+    run = prepare(args.component, args.steps, device, dtype, args.size, args.batch)
 
     def sync():
         if device.type == "cuda":
@@ -151,6 +155,10 @@ def main():
         "median": statistics.median(times),
         "peak_rss_gib": vm_hwm_gib(),
         "threads": torch.get_num_threads(),
+        "size": args.size,
+        "batch": args.batch,
+        # The widest SIMD level PyTorch's CPU kernels dispatch to here (e.g. AVX2, AVX512).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)

@@ -36,17 +36,24 @@ fn tensor(shape: &[usize], seed: u64) -> CpuTensor {
     CpuBackend::new().upload(&host).expect("upload")
 }
 
-/// `t` as the products of `precision` see it: itself in f32; in bf16 (where activations and
-/// weights are rounded to bf16 before they are multiplied), its values rounded to the nearest
-/// bf16. A product of two bf16 values is exact in f32, so the bf16 path must then match the
-/// f64 reference on the rounded operands as closely as the f32 path matches on the originals.
-fn as_seen(t: &CpuTensor, precision: Precision) -> CpuTensor {
+/// `t` as the products of `precision` see it: itself in f32; in bf16, its values rounded to
+/// the nearest bf16 where `rounded` (weights always; activations only where the CPU multiplies
+/// in bf16, see [`activations_rounded`]). A product of two bf16 values is exact in f32, so the
+/// bf16 path must then match the f64 reference on the rounded operands as closely as the f32
+/// path matches on the originals.
+fn as_seen(t: &CpuTensor, rounded: bool) -> CpuTensor {
     let host = CpuBackend::new().download(t).expect("download");
-    let host = match precision {
-        Precision::F32 => host,
-        Precision::Bf16 => host.mapv(|v| half::bf16::from_f32(v).to_f32()),
+    let host = match rounded {
+        false => host,
+        true => host.mapv(|v| half::bf16::from_f32(v).to_f32()),
     };
     CpuBackend::new().upload(&host).expect("upload")
+}
+
+/// Whether a product at `precision` rounds its activations to bf16: only on bf16 instructions
+/// (elsewhere bf16 weights are widened to f32 and the activations stay f32).
+fn activations_rounded(precision: Precision) -> bool {
+    precision == Precision::Bf16 && CpuBackend::has_bf16_instructions()
 }
 
 /// A random weight uploaded for `role` at `precision` (packed bf16 panels in bf16).
@@ -276,7 +283,10 @@ fn check_linear(
     let got = CpuBackend::with_precision(precision)
         .linear(&x, &w, bias.as_ref())
         .expect("linear");
-    let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
+    let (x, w) = (
+        as_seen(&x, activations_rounded(precision)),
+        as_seen(&w, precision == Precision::Bf16),
+    );
     let want = naive_linear(
         x.data(),
         w.data(),
@@ -381,7 +391,10 @@ fn check_conv_at(case: ConvCase, seed: u64, precision: Precision) {
     let got = CpuBackend::with_precision(precision)
         .conv2d(&x, &w, bias.as_ref(), params)
         .expect("conv2d");
-    let (x, w) = (as_seen(&x, precision), as_seen(&w, precision));
+    let (x, w) = (
+        as_seen(&x, activations_rounded(precision)),
+        as_seen(&w, precision == Precision::Bf16),
+    );
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
     assert_close(
         &format!("conv2d {precision:?} {case:?}"),
@@ -450,6 +463,26 @@ fn bf16_conv2d_sd_shapes_match_naive_loop_on_rounded_operands() {
     );
 }
 
+/// Stride-1 3×3 convs large enough for the Winograd path (at least 32 channels each way and
+/// 256 output tiles of 2×2): odd and even sizes, paddings 0–2, several panels, at REL_TOL. In
+/// bf16 storage on a CPU without bf16 arithmetic the widened weights take it too.
+#[test]
+fn conv2d_winograd_sizes_match_naive_loop() {
+    for (i, (x, o, padding)) in [
+        ([1, 32, 32, 32], 32, 1),
+        ([2, 40, 35, 37], 33, 1),
+        ([1, 32, 40, 40], 48, 0),
+        ([1, 36, 31, 33], 32, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = ConvCase::new(x, o, [3, 3], 1, padding);
+        check_conv(case, 40 + i as u64);
+        check_conv_at(case, 50 + i as u64, Precision::Bf16);
+    }
+}
+
 #[test]
 fn packed_weights_still_work_in_every_op() {
     // A packed bf16 weight given where a dense tensor is expected is unpacked (its bf16 values).
@@ -457,7 +490,7 @@ fn packed_weights_still_work_in_every_op() {
     let w = weight(&[3, 5], 31, Precision::Bf16, WeightRole::Linear);
     assert_eq!(w.dtype(), sd_core::DType::BF16);
     let doubled = bf16.add(&w, &w).expect("add");
-    let want = as_seen(&tensor(&[3, 5], 31), Precision::Bf16);
+    let want = as_seen(&tensor(&[3, 5], 31), true);
     let want: Vec<f32> = want.data().iter().map(|v| 2.0 * v).collect();
     assert_eq!(doubled.data(), want.as_slice());
     let host = bf16.download(&w).expect("download");
@@ -477,6 +510,10 @@ fn packed_weights_still_work_in_every_op() {
 fn precision_names_parse_and_unknown_ones_are_typed_errors() {
     assert_eq!("bf16".parse::<Precision>().expect("bf16"), Precision::Bf16);
     assert_eq!(" F32 ".parse::<Precision>().expect("f32"), Precision::F32);
+    assert_eq!("auto".parse::<Precision>().expect("auto"), Precision::Auto);
+    // Auto resolves to a precision the backend computes in.
+    assert_ne!(Precision::Auto.resolve(), Precision::Auto);
+    assert_ne!(CpuBackend::default().precision(), Precision::Auto);
     match "fp8".parse::<Precision>() {
         Err(Error::InvalidArgument { name, reason }) => {
             assert_eq!(name, "precision");

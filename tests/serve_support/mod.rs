@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use sd_testkit::AUTO_MEANS_F32;
 use serde_json::Value;
 use stable_diffusion::RgbImage;
 
@@ -47,6 +48,7 @@ impl Server {
     /// `sd serve ARGS --listen 127.0.0.1:0`; waits for its `listening` line.
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(sd_bin())
+            .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
@@ -261,6 +263,7 @@ pub fn images_of(answer: &Value) -> Vec<RgbImage> {
 pub fn sd_generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = dir.join(format!("{name}.png"));
     let run = Command::new(sd_bin())
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .arg("generate")
         .args(args)
         .args(["--quiet", "--output", out.to_str().unwrap()])

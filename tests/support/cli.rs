@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sd_testkit::AUTO_MEANS_F32;
+
 pub fn sd(args: &[&str]) -> Output {
     sd_with(args, &[])
 }
@@ -11,6 +13,7 @@ pub fn sd(args: &[&str]) -> Output {
 pub fn sd_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .envs(env.iter().copied())
         .output()
         .expect("the sd binary runs")

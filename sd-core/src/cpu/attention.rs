@@ -84,7 +84,8 @@ pub(crate) fn attention(
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
             // In bf16, each head's keys and values are packed once for all query blocks.
             let packed: Vec<PackedHead> = match precision {
-                Precision::F32 => Vec::new(),
+                // The backend resolves Auto before it gets here.
+                Precision::F32 | Precision::Auto => Vec::new(),
                 Precision::Bf16 => (0..heads)
                     .into_par_iter()
                     .map(|head| PackedHead::new(&shape, head, keys, values))

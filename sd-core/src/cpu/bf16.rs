@@ -188,22 +188,37 @@ impl PairPanels {
 
     /// The row-major `[rows, k]` f32 values (the inverse of [`from_rows`](Self::from_rows)
     /// up to the rounding to bf16).
+    ///
+    /// This is how a CPU without bf16 arithmetic multiplies bf16 weights: widened to f32 per
+    /// product and run on the f32 engine. It is a pure stream (2 bytes read, 4 written per
+    /// value), done in parallel, one panel per task, reading each panel in storage order.
     pub(crate) fn to_rows(&self) -> Vec<f32> {
-        let (pairs, width) = (self.pairs(), self.width);
-        let mut out = vec![0.0f32; self.rows * self.k];
-        if self.k == 0 {
+        let (pairs, width, k) = (self.pairs(), self.width, self.k);
+        let mut out = vec![0.0f32; self.rows * k];
+        if k == 0 || self.rows == 0 {
             return out;
         }
-        for (r, row) in out.chunks_exact_mut(self.k).enumerate() {
-            let panel = &self.data[(r / width) * pairs * width..];
-            for (p, pair) in row.chunks_mut(2).enumerate() {
-                let packed = panel[p * width + r % width];
-                pair[0] = bf16_value(packed & 0xffff);
-                if let Some(odd) = pair.get_mut(1) {
-                    *odd = bf16_value(packed >> 16);
+        let whole_pairs = k / 2;
+        out.par_chunks_mut(width * k)
+            .zip(self.data.par_chunks(pairs * width))
+            .for_each(|(rows, panel)| {
+                let n = rows.len() / k;
+                // Row r's pair p is panel[p·width + r]: walk the panel in order, writing two
+                // floats to each of its rows per pair.
+                for (p, packed) in panel.chunks_exact(width).take(whole_pairs).enumerate() {
+                    for (r, &bits) in packed[..n].iter().enumerate() {
+                        let pair = &mut rows[r * k + 2 * p..][..2];
+                        pair[0] = bf16_value(bits & 0xffff);
+                        pair[1] = bf16_value(bits >> 16);
+                    }
                 }
-            }
-        }
+                if k % 2 == 1 {
+                    let last = &panel[whole_pairs * width..][..n];
+                    for (r, &bits) in last.iter().enumerate() {
+                        rows[r * k + k - 1] = bf16_value(bits & 0xffff);
+                    }
+                }
+            });
         out
     }
 
@@ -415,13 +430,9 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU supports.
+    /// The fastest kernel this CPU supports (and `SD_CPU_FEATURES` allows).
     pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
+        if super::features::CpuFeatures::get().avx512_bf16 {
             return Kernel::Avx512Bf16;
         }
         Kernel::Portable
@@ -593,11 +604,12 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::TorchGenerator;
 
-    fn random(len: usize, seed: u64) -> Vec<f32> {
+    /// `len` standard normal values from the seeded torch generator (shared by the cpu tests).
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
         TorchGenerator::new(seed)
             .randn(&[len])
             .into_raw_vec_and_offset()

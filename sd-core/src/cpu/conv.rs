@@ -6,7 +6,8 @@
 //! positions are cut into panels whose slice of `col` takes a few MiB, and each rayon task builds one panel's columns in its own buffer and multiplies it with a serial GEMM
 //! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
 //! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
-//! im2col at all: the input image `[c, h·w]` is already `col`.
+//! im2col at all: the input image `[c, h·w]` is already `col`. Large stride-1 3×3 convolutions
+//! in f32 take Winograd's algorithm instead (`winograd.rs`).
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use rayon::prelude::*;
@@ -15,6 +16,7 @@ use super::CpuTensor;
 use super::bf16::{self, PairPanels};
 use super::gemm::{Parallelism, sgemm};
 use super::linalg::matrix;
+use super::winograd;
 use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
 use crate::shapes::ConvShape;
@@ -38,6 +40,20 @@ const MIN_TASKS_PER_THREAD: usize = 2;
 /// Panel widths are multiples of this (a few SIMD vectors) and never below it.
 const PANEL_ALIGN: usize = 16;
 
+/// How a convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    /// Winograd F(2×2, 3×3) where [`winograd::applies`] (f32 weights, 3×3 stride 1, large
+    /// enough to gain), im2col + GEMM elsewhere.
+    Fastest,
+    /// im2col + GEMM always (the A/B baseline of the speed tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Direct,
+    /// Winograd wherever it can run (f32 weights, 3×3 stride 1), however small the conv.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Winograd,
+}
+
 /// `x [n, c, h, w]`, `w [o, c, kh, kw]`, `bias [o]` → `[n, o, ho, wo]` with
 /// `ho = (h + 2·padding − kh) / stride + 1` (likewise `wo`).
 pub(crate) fn conv2d(
@@ -45,6 +61,17 @@ pub(crate) fn conv2d(
     w: &CpuTensor,
     bias: Option<&CpuTensor>,
     params: Conv2dParams,
+) -> Result<CpuTensor> {
+    conv2d_by(x, w, bias, params, Algorithm::Fastest)
+}
+
+/// [`conv2d`] by a given algorithm.
+pub(crate) fn conv2d_by(
+    x: &CpuTensor,
+    w: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    params: Conv2dParams,
+    algorithm: Algorithm,
 ) -> Result<CpuTensor> {
     let (sx, sw, sbias) = (x.shape(), w.shape(), bias.map(|b| b.shape()));
     let geometry = ConvShape::check(sx, sw, sbias, params)?;
@@ -62,12 +89,21 @@ pub(crate) fn conv2d(
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| too_large("output too large"))?;
     let mut out = vec![0.0f32; out_len];
+    let bias = bias.map(|b| b.data());
+    let winograd = match algorithm {
+        Algorithm::Fastest => winograd::applies(&geometry),
+        Algorithm::Direct => false,
+        Algorithm::Winograd => true,
+    };
+    if winograd && w.packed().is_none() {
+        winograd::conv2d(&geometry, x.data(), w.data(), bias, &mut out)?;
+        return CpuTensor::from_vec(&out_shape, out);
+    }
 
     let weights = match w.packed() {
         Some(panels) => Weights::Bf16(panels),
         None => Weights::F32(matrix(w.data(), o, geometry.patch_len())?),
     };
-    let bias = bias.map(|b| b.data());
     let mut out3 =
         ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
             .map_err(|e| too_large(&e.to_string()))?;

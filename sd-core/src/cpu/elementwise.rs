@@ -17,7 +17,9 @@ pub(super) const PAR_CHUNK: usize = 16 * 1024;
 
 // ---- code generation ----------------------------------------------------------------------
 
-/// Runs `kernel` compiled for AVX2 when the CPU has it, else as compiled for the baseline.
+/// Runs `kernel` compiled for AVX-512 or AVX2 when the CPU has it (and `SD_CPU_FEATURES`
+/// allows it, see [`CpuFeatures`](super::features::CpuFeatures)), else as compiled for the
+/// baseline.
 ///
 /// The crate is built for baseline x86-64 (SSE2, 4 lanes); the `exp`-heavy loops (SiLU, GELU,
 /// softmax, fused group norm) run about 2× faster at 8 lanes. `kernel` and everything it inlines
@@ -36,12 +38,14 @@ pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
         fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
             kernel()
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement.
+        let features = super::features::CpuFeatures::get();
+        if features.avx512 {
+            // SAFETY: the CPU supports AVX-512F (detected, and not capped off by
+            // SD_CPU_FEATURES), the only requirement.
             return unsafe { with_avx512(kernel) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
+        if features.avx2_fma {
+            // SAFETY: the CPU supports AVX2 (detected just above), the only requirement of a
             // `target_feature(enable = "avx2")` function.
             return unsafe { with_avx2(kernel) };
         }

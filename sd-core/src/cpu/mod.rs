@@ -4,7 +4,8 @@
 //! Each concern has its own file: `gemm` (the matrix-product engine), `linalg` (matmul, linear),
 //! `conv` (conv2d), `attention` (blockwise online-softmax attention), `norm` (group/layer norm,
 //! softmax), `bf16` (the packed bf16 product engine), `elementwise` (activations, broadcasting binary ops), `layout` (reshape, permute,
-//! narrow, concat, upsample, embedding). Naive reference loops for the property tests live in
+//! narrow, concat, upsample, embedding), `winograd` (stride-1 3×3 convs by F(2×2, 3×3)),
+//! `features` (the instruction sets in use). Naive reference loops for the property tests live in
 //! `tests/cpu_ops.rs`.
 
 pub mod allocator;
@@ -12,11 +13,13 @@ mod attention;
 mod bf16;
 mod conv;
 mod elementwise;
+pub mod features;
 pub mod gemm;
 mod layout;
 mod linalg;
 mod norm;
 pub mod threads;
+mod winograd;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
 
 use bf16::PairPanels;
+pub use features::CpuFeatures;
 
 /// A CPU tensor: shared and immutable. Either dense f32 in standard (row-major contiguous)
 /// layout, or a linear/conv weight packed in bf16 for [`Precision::Bf16`]'s products.
@@ -133,12 +137,32 @@ impl TensorInfo for CpuTensor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
     /// Everything in f32 (the reference).
-    #[default]
     F32,
-    /// Linear and conv weights stored in bf16 (half the memory) and multiplied with bf16
-    /// activations, accumulating in f32 (`VDPBF16PS` where the CPU has avx512_bf16, a portable
-    /// kernel elsewhere). Everything else (norms, attention, activations) stays f32.
+    /// Linear and conv weights stored in bf16 (half the memory). Where the CPU has
+    /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS`, accumulating in
+    /// f32, and attention runs the same way. Elsewhere each product widens its bf16 weight to
+    /// f32 and runs the f32 engine (as fast as f32, not faster: the memory is what bf16 saves
+    /// there). Everything else (norms, activations) stays f32.
     Bf16,
+    /// The fastest of the two whose images stay within the accuracy rule (PSNR ≥ 35 dB against
+    /// f32 on a full-size 512² txt2img): [`Bf16`](Self::Bf16) where the CPU has avx512_bf16
+    /// (about 1.6× faster than f32 there, PSNR 52.9 dB), [`F32`](Self::F32) elsewhere (bf16
+    /// storage is no faster than f32 without bf16 arithmetic). [`CpuBackend::with_precision`]
+    /// resolves it when the backend is made; [`CpuBackend::precision`] says what it picked.
+    #[default]
+    Auto,
+}
+
+impl Precision {
+    /// What `self` means on this CPU (under `SD_CPU_FEATURES`): [`Auto`](Self::Auto) resolved,
+    /// the others as they are.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if CpuFeatures::get().avx512_bf16 => Precision::Bf16,
+            Precision::Auto => Precision::F32,
+            chosen => chosen,
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -148,47 +172,81 @@ impl std::str::FromStr for Precision {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "auto" => Ok(Precision::Auto),
             other => Err(Error::invalid_argument(
                 "precision",
-                format!("unknown precision {other:?}; expected f32 or bf16"),
+                format!("unknown precision {other:?}; expected f32, bf16 or auto"),
             )),
         }
     }
 }
 
 /// The ndarray CPU backend. Uses rayon's global pool (all cores by default; set
-/// `RAYON_NUM_THREADS` to limit it).
+/// `RAYON_NUM_THREADS` to limit it) and the instruction sets of [`CpuFeatures::get`].
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
+    /// Never [`Precision::Auto`]: that is resolved when the backend is made.
     precision: Precision,
+    /// Whether the precision was picked by [`Precision::Auto`] (for the backend's name).
+    auto: bool,
+    /// Whether bf16 products run on bf16 instructions; otherwise bf16 weights are widened to
+    /// f32 per product and attention runs in f32.
+    bf16_arithmetic: bool,
 }
 
 impl Default for CpuBackend {
+    /// [`Precision::Auto`]: the fastest precision within the accuracy rule on this CPU.
     fn default() -> Self {
-        Self::new()
+        Self::with_precision(Precision::Auto)
     }
 }
 
 impl CpuBackend {
-    /// The f32 reference backend.
+    /// The f32 reference backend (what the goldens are checked on).
     pub fn new() -> Self {
         Self::with_precision(Precision::F32)
     }
 
-    /// A backend computing linear and conv layers in `precision`.
+    /// A backend computing linear and conv layers in `precision` ([`Precision::Auto`]
+    /// resolved for this CPU).
     pub fn with_precision(precision: Precision) -> Self {
         allocator::keep_freed_buffers();
         threads::cap_global_pool();
-        CpuBackend { precision }
+        CpuBackend {
+            precision: precision.resolve(),
+            auto: precision == Precision::Auto,
+            bf16_arithmetic: Self::has_bf16_instructions(),
+        }
     }
 
+    /// The precision in use: [`Precision::F32`] or [`Precision::Bf16`], never `Auto`.
     pub fn precision(&self) -> Precision {
         self.precision
     }
 
-    /// Whether bf16 products run on `VDPBF16PS` here (otherwise on the portable kernel).
+    /// Whether bf16 products run on `VDPBF16PS` here (otherwise bf16 weights are widened to
+    /// f32 for the f32 engine). False when `SD_CPU_FEATURES` caps the CPU below avx512_bf16.
     pub fn has_bf16_instructions() -> bool {
         bf16::Kernel::detect() == bf16::Kernel::Avx512Bf16
+    }
+
+    /// A product's weight as this CPU's kernels take it: packed bf16 where the CPU multiplies
+    /// bf16, otherwise widened to dense f32 (the f32 engine is then the fastest kernel).
+    fn product_weight<'a>(&self, w: &'a CpuTensor) -> Cow<'a, CpuTensor> {
+        if self.bf16_arithmetic {
+            Cow::Borrowed(w)
+        } else {
+            w.dense()
+        }
+    }
+
+    /// The precision attention runs in: bf16 only where the CPU has bf16 arithmetic (the
+    /// portable bf16 kernel is slower than f32's).
+    fn attention_precision(&self) -> Precision {
+        match self.precision {
+            Precision::Bf16 if self.bf16_arithmetic => Precision::Bf16,
+            _ => Precision::F32,
+        }
     }
 }
 
@@ -200,9 +258,14 @@ impl Backend for CpuBackend {
     }
 
     fn name(&self) -> String {
-        match self.precision {
-            Precision::F32 => "cpu".to_string(),
-            Precision::Bf16 => "cpu bf16".to_string(),
+        let name = match (self.precision, self.bf16_arithmetic) {
+            (Precision::Bf16, true) => "cpu bf16",
+            (Precision::Bf16, false) => "cpu bf16 storage, f32 products",
+            _ => "cpu",
+        };
+        match self.auto {
+            true => format!("{name} (precision auto, {})", CpuFeatures::get().describe()),
+            false => name.to_string(),
         }
     }
 
@@ -256,7 +319,7 @@ impl Backend for CpuBackend {
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
         let bias = bias.map(CpuTensor::dense);
-        linalg::linear(&x.dense(), w, bias.as_deref())
+        linalg::linear(&x.dense(), &self.product_weight(w), bias.as_deref())
     }
 
     fn conv2d(
@@ -267,7 +330,7 @@ impl Backend for CpuBackend {
         params: Conv2dParams,
     ) -> Result<CpuTensor> {
         let bias = bias.map(CpuTensor::dense);
-        conv::conv2d(&x.dense(), w, bias.as_deref(), params)
+        conv::conv2d(&x.dense(), &self.product_weight(w), bias.as_deref(), params)
     }
 
     fn attention(
@@ -286,7 +349,7 @@ impl Backend for CpuBackend {
             heads,
             scale,
             causal,
-            self.precision,
+            self.attention_precision(),
         )
     }
 

@@ -12,12 +12,18 @@ macro_rules! with_backend {
                 $body
             }
             #[cfg(any(feature = "cuda", feature = "cuda-13"))]
-            ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
+            (
+                $crate::cli::BackendKind::Cuda,
+                $crate::cli::PrecisionArg::F32 | $crate::cli::PrecisionArg::Auto,
+            ) => {
                 let $b = sd_cuda::CudaBackend::new(0)?;
                 $body
             }
             #[cfg(not(any(feature = "cuda", feature = "cuda-13")))]
-            ($crate::cli::BackendKind::Cuda, $crate::cli::PrecisionArg::F32) => {
+            (
+                $crate::cli::BackendKind::Cuda,
+                $crate::cli::PrecisionArg::F32 | $crate::cli::PrecisionArg::Auto,
+            ) => {
                 return Err(sd_core::Error::invalid_argument(
                     "--backend",
                     "this sd was built without the `cuda` feature (cargo build --features cuda)",

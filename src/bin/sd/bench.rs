@@ -1,7 +1,8 @@
 //! `sd bench`: full-size SD 1.5 (UNet 860M, VAE 84M, CLIP 123M parameters) with seeded random
 //! weights — no download — timed component by component (`--component`): CLIP on
 //! `[negative, prompt]`, one UNet step at batch 2 (classifier-free guidance at 512×512) or 1,
-//! a 512×512 VAE decode or encode, or a whole txt2img generation. Reports the median and the
+//! a 512×512 VAE decode or encode, or a whole txt2img generation (`--size` sets the latent side,
+//! `--batch` the images per call, for how cost grows). Reports the median and the
 //! fastest of `--runs` runs (after one untimed warm-up) and the process's peak resident memory;
 //! `--profile` adds where the time went, op kind by op kind. tools/bench_torch.py times the
 //! same work in PyTorch and tools/bench_compare.py runs both side by side.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_clip::{ClipTextConfig, ClipTextEncoder, ClipTextTransformer, ClipTokenizer};
+use sd_core::cpu::CpuFeatures;
 use sd_core::profile::{OpTimes, Profiled};
 use sd_core::weights::{Variant, WeightStore};
 use sd_core::{Backend, Denoiser, Error, GenerationRequest, LatentCodec, Result, TorchGenerator};
@@ -53,7 +55,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// One component's measurements.
 struct Row {
     component: BenchComponent,
-    input: &'static str,
+    input: String,
     times: Vec<Duration>,
     /// Per-op times of the timed runs (with --profile).
     profile: Option<Vec<sd_core::profile::OpTime>>,
@@ -63,12 +65,14 @@ fn bench<B: Backend>(b: B, args: &BenchArgs, profile: Option<&OpTimes>) -> Resul
     let threads = rayon_threads();
     if !args.json {
         println!(
-            "sd bench: SD 1.5 architecture, random weights (seed {}), backend {} ({threads} threads), median of {} runs",
+            "sd bench: SD 1.5 architecture, random weights (seed {}), backend {} ({threads} threads, CPU features: {}), median of {} runs",
             args.seed,
             b.name(),
+            CpuFeatures::get().describe(),
             args.runs
         );
     }
+    let backend_name = b.name();
     let store = Arc::new(WeightStore::synthetic(args.seed));
     let mut rows = Vec::new();
     let mut backend = Some(b);
@@ -86,7 +90,7 @@ fn bench<B: Backend>(b: B, args: &BenchArgs, profile: Option<&OpTimes>) -> Resul
             measure(b, component, &store, args, profile)?
         };
         if args.json {
-            println!("{}", json_line(&row, args, threads));
+            println!("{}", json_line(&row, args, threads, &backend_name));
         }
         rows.push(row);
     }
@@ -105,47 +109,46 @@ fn measure<B: Backend>(
     profile: Option<&OpTimes>,
 ) -> Result<Row> {
     let mut generator = TorchGenerator::new(args.seed);
-    let (input, work): (&'static str, Box<dyn Fn() -> Result<()> + '_>) = match component {
+    let side = args.size as usize;
+    let batch = args.batch.map_or(1, |b| b as usize);
+    let (input, work): (String, Box<dyn Fn() -> Result<()> + '_>) = match component {
         BenchComponent::Clip => {
             let model =
                 ClipTextTransformer::load(b, &store.text_encoder()?, ClipTextConfig::sd15())?;
             let text = ClipTextEncoder::new(model, ClipTokenizer::sd15()?);
             (
-                "2 prompts × 77 tokens",
+                "2 prompts × 77 tokens".to_string(),
                 Box::new(move || text.encode_prompts(b, &PROMPTS).map(drop)),
             )
         }
         BenchComponent::Unet | BenchComponent::UnetB1 => {
             let unet = UNet2DConditionModel::from_store(b, UNetConfig::sd15(4)?, store)?;
-            let batch = if component == BenchComponent::Unet {
-                2
-            } else {
-                1
+            let batch = match (args.batch, component) {
+                (Some(batch), _) => batch as usize,
+                (None, BenchComponent::Unet) => 2,
+                (None, _) => 1,
             };
-            let latents = b.upload(&generator.randn(&[batch, 4, 64, 64]))?;
+            let latents = b.upload(&generator.randn(&[batch, 4, side, side]))?;
             let context = b.upload(&generator.randn(&[batch, 77, 768]))?;
-            let input = if batch == 2 {
-                "batch 2, 4×64×64 latents"
-            } else {
-                "batch 1, 4×64×64 latents"
-            };
             (
-                input,
+                format!("batch {batch}, 4×{side}×{side} latents"),
                 Box::new(move || unet.predict_noise(b, &latents, 500.0, &context).map(drop)),
             )
         }
         BenchComponent::VaeDecode | BenchComponent::VaeEncode => {
             let vae = AutoencoderKL::from_store(b, VaeConfig::sd15()?, store)?;
+            let pixels = 8 * side;
             if component == BenchComponent::VaeDecode {
-                let latents = b.upload(&generator.randn(&[1, 4, 64, 64]))?;
+                let latents = b.upload(&generator.randn(&[batch, 4, side, side]))?;
                 (
-                    "4×64×64 → 3×512×512",
+                    format!("{batch} × 4×{side}×{side} → 3×{pixels}×{pixels}"),
                     Box::new(move || vae.decode(b, &latents).map(drop)),
                 )
             } else {
-                let image = b.upload(&generator.randn(&[1, 3, 512, 512]).mapv(f32::tanh))?;
+                let image = generator.randn(&[batch, 3, pixels, pixels]).mapv(f32::tanh);
+                let image = b.upload(&image)?;
                 (
-                    "3×512×512 → 4×64×64",
+                    format!("{batch} × 3×{pixels}×{pixels} → 4×{side}×{side}"),
                     Box::new(move || vae.encode(b, &image).map(drop)),
                 )
             }
@@ -180,10 +183,13 @@ fn measure_txt2img<B: Backend>(
     let configs = ModelConfigs::sd15(Variant::Standard)?;
     let options = LoadOptions::default().low_memory(args.low_memory);
     let sd = StableDiffusion::from_store(b, store, configs, &options)?;
+    let (pixels, batch) = (8 * args.size as usize, args.batch.map_or(1, |b| b as usize));
     let request = GenerationRequest::new(PROMPTS[1])
         .scheduler("PNDM")
         .steps(args.steps)
-        .seed(args.seed);
+        .seed(args.seed)
+        .size(pixels, pixels)
+        .batch_size(batch);
     if let Some(times) = profile {
         times.reset();
     }
@@ -199,11 +205,10 @@ fn measure_txt2img<B: Backend>(
     }
     Ok(Row {
         component: BenchComponent::Txt2img,
-        input: if args.low_memory {
-            "512×512, PNDM, guidance 7.5, low memory"
-        } else {
-            "512×512, PNDM, guidance 7.5"
-        },
+        input: format!(
+            "{batch} × {pixels}×{pixels}, PNDM, guidance 7.5{}",
+            if args.low_memory { ", low memory" } else { "" }
+        ),
         times,
         profile: profile.map(OpTimes::report),
     })
@@ -264,11 +269,14 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn json_line(row: &Row, args: &BenchArgs, threads: usize) -> String {
+fn json_line(row: &Row, args: &BenchArgs, threads: usize, backend: &str) -> String {
     let times: Vec<f64> = row.times.iter().map(Duration::as_secs_f64).collect();
     let mut value = serde_json::json!({
         "component": name(row.component),
+        "input": row.input,
         "precision": format!("{:?}", args.precision).to_lowercase(),
+        "backend": backend,
+        "cpu_features": CpuFeatures::get().describe(),
         "times": times,
         "median": median(&row.times).as_secs_f64(),
         "peak_rss_gib": peak_rss_gib(),

@@ -48,7 +48,12 @@ pub enum PrecisionArg {
     /// f32 everywhere (the reference).
     F32,
     /// bf16 weights (half the memory) and products with f32 accumulation; the rest in f32.
+    /// Without avx512_bf16 the weights are widened to f32 per product (as fast as f32, no
+    /// faster).
     Bf16,
+    /// The fastest within the accuracy rule on this CPU: bf16 with avx512_bf16, else f32
+    /// (CUDA: its own f16 storage). The startup line says which was picked.
+    Auto,
 }
 
 impl From<PrecisionArg> for sd_core::cpu::Precision {
@@ -56,6 +61,7 @@ impl From<PrecisionArg> for sd_core::cpu::Precision {
         match p {
             PrecisionArg::F32 => sd_core::cpu::Precision::F32,
             PrecisionArg::Bf16 => sd_core::cpu::Precision::Bf16,
+            PrecisionArg::Auto => sd_core::cpu::Precision::Auto,
         }
     }
 }
@@ -163,7 +169,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
     /// Output PNG; a batch writes NAME-1.png, NAME-2.png, … beside it. A folder (existing, or
     /// ending in /) holds sd-output.png (a batch: sd-output-1.png, …). Never one of the run's
@@ -254,7 +260,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// CPU precision of the linear and conv layers.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
     /// What to time (comma-separated). Each component's model is built, timed and dropped in
     /// turn; run one per process to read its peak memory alone.
@@ -276,6 +282,13 @@ pub struct BenchArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Latent side: 64 is a 512×512 image, 96 is 768², 128 is 1024² (UNet, VAE and txt2img).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub size: u64,
+    /// Images per UNet step, VAE call or txt2img run (default: 2 for unet, the CFG pair; 1 for
+    /// the others).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub batch: Option<u64>,
     /// Also time every backend op and print where the time went (per op kind).
     #[arg(long)]
     pub profile: bool,

@@ -38,7 +38,7 @@ pub struct ServeArgs {
     pub embedding_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
     /// Requests that may wait behind the running one; more get 503 at once.
     #[arg(long, default_value_t = Limits::default().max_queue)]
@@ -90,15 +90,17 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
             serve(config, factory)
         }
         #[cfg(any(feature = "cuda", feature = "cuda-13"))]
-        (BackendKind::Cuda, PrecisionArg::F32) => {
+        (BackendKind::Cuda, PrecisionArg::F32 | PrecisionArg::Auto) => {
             let factory: BackendFactory<_> = Arc::new(|| sd_cuda::CudaBackend::new(0));
             serve(config, factory)
         }
         #[cfg(not(any(feature = "cuda", feature = "cuda-13")))]
-        (BackendKind::Cuda, PrecisionArg::F32) => Err(sd_core::Error::invalid_argument(
-            "--backend",
-            "this sd was built without the `cuda` feature (cargo build --features cuda)",
-        )),
+        (BackendKind::Cuda, PrecisionArg::F32 | PrecisionArg::Auto) => {
+            Err(sd_core::Error::invalid_argument(
+                "--backend",
+                "this sd was built without the `cuda` feature (cargo build --features cuda)",
+            ))
+        }
         (BackendKind::Cuda, PrecisionArg::Bf16) => Err(sd_core::Error::invalid_argument(
             "--precision",
             "bf16 is a CPU precision; the CUDA backend stores f16 and computes in f32",

@@ -15,6 +15,11 @@ use sd_core::{Backend, HostTensor};
 /// diffusers f32 vs our f32 on one model call (the acceptance bound).
 pub const GOLDEN_MAX_ABS: f32 = 1e-4;
 
+/// The environment for `sd` runs whose images are compared with the (f32) goldens: the CPU
+/// features capped below avx512_bf16, so that `--precision auto` (the default) means f32 on
+/// every CPU (it picks bf16 where the CPU has avx512_bf16).
+pub const AUTO_MEANS_F32: (&str, &str) = ("SD_CPU_FEATURES", "avx512");
+
 /// The workspace's `fixtures/` folder (committed tiny models and goldens): `$SD_FIXTURES` when
 /// set (test binaries run away from their build tree, as tools/gpu_check.sh runs them on a GPU
 /// machine), else the folder next to these sources.
