@@ -2,9 +2,11 @@
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
 //!   `DPM++ 2S a`, `DPM++ 2M`, with A1111's schedule types Automatic, Uniform, Karras,
-//!   Exponential, Polyexponential and SGM Uniform): [`KDiffusionSampler`] runs k-diffusion's
-//!   sampling functions on the σ schedule AUTOMATIC1111 1.10 builds, as A1111 drives them
-//!   (`ksampler/`, names in [`a1111`]).
+//!   Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal,
+//!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
+//!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
+//!   [`a1111`]); A1111's `LCM` ([`A1111LcmSampler`], `ksampler/lcm.rs`) and its own timestep
+//!   samplers `DDIM` and `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) likewise.
 //! - **diffusers' scheduler classes**, step for step identical to diffusers 0.42: the same
 //!   timesteps, the same σ, the same f32 arithmetic, and the same draws from a torch-compatible
 //!   generator, so a seeded run reproduces a seeded diffusers run.
@@ -49,6 +51,7 @@
 //! argument checks).
 
 pub mod a1111;
+mod a1111_timesteps;
 mod alpha_family;
 mod alpha_timesteps;
 mod config;
@@ -81,7 +84,11 @@ pub use dpm_solver::DpmSolverScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
-pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
+pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+pub use ksampler::{
+    A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
+    ScheduleType,
+};
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;
 pub use names::{
