@@ -413,6 +413,7 @@ def write_goldens(fixtures_dir, goldens_dir):
                 "sampler": sampler,
                 "schedule_type": schedule,
                 "seeds": seeds,
+                "rng": "cpu",
                 "sigmas": None if sigmas is None else [float(s) for s in sigmas],
                 "latents": tensor_stats(latents),
                 "pngs": pngs,
@@ -429,9 +430,9 @@ def write_goldens(fixtures_dir, goldens_dir):
                 sigmas = get_sigmas(lcm, "LCM", schedule, steps)
                 name = f"lcm/{schedule or 'automatic'}/{steps}"
                 tensors[f"{name}/sigmas"] = sigmas
-                tensors[f"{name}/timesteps"] = lcm.sigma_to_t(sigmas[:-1])
+                tensors[f"{name}/timesteps"] = lcm.sigma_to_t(sigmas[:-1]).float()
         for steps in SCHEDULE_STEPS[1:]:
-            tensors[f"timesteps/{steps}"] = get_timesteps(steps)
+            tensors[f"timesteps/{steps}"] = get_timesteps(steps).float()
     write_tensors(os.path.join(out_dir, "a1111_exact.safetensors"), tensors)
     write_json(
         os.path.join(goldens_dir, "a1111_exact.json"),
