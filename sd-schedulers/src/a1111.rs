@@ -86,18 +86,14 @@ const K_SAMPLERS: &[A1111Sampler] = &[
 ];
 
 /// A1111's samplers outside k-diffusion's sampling functions that are reproduced here: its
-/// timestep samplers DDIM and PLMS (`a1111_timesteps.rs`) and its LCM (`ksampler/lcm.rs`):
-/// (name, aliases, whether it takes a schedule type).
-pub const A1111_OWN: &[(&str, &[&str], bool)] = &[
-    ("DDIM", &["ddim"], false),
-    ("PLMS", &["plms"], false),
-    ("LCM", &["k_lcm"], true),
+/// timestep samplers DDIM, PLMS (`a1111_timesteps.rs`) and UniPC (`a1111_unipc.rs`), which take
+/// no schedule type, and its LCM (`ksampler/lcm.rs`), which takes one: (name, aliases).
+pub const A1111_OWN: &[(&str, &[&str])] = &[
+    ("DDIM", &["ddim"]),
+    ("PLMS", &["plms"]),
+    ("UniPC", &["unipc"]),
+    ("LCM", &["k_lcm"]),
 ];
-
-/// A1111 menu names that run a diffusers scheduler class here (step for step diffusers', not
-/// checked against A1111's own implementation): (A1111 name, its aliases, the class).
-pub const DIFFUSERS_STAND_INS: &[(&str, &[&str], &str)] =
-    &[("UniPC", &["unipc"], "UniPCMultistepScheduler")];
 
 /// The A1111 names diffusers classes are written as in an infotext (`Sampler: …`): the closest
 /// A1111 sampler (PNDM with skipped PRK steps is A1111's PLMS), not an exact equivalent.
@@ -145,8 +141,6 @@ pub struct MenuSampler {
     pub aliases: &'static [&'static str],
     /// The default schedule type's name (`karras`), A1111's `options.scheduler`.
     pub default_scheduler: Option<&'static str>,
-    /// Whether it runs A1111's own algorithm (k-diffusion) rather than a diffusers stand-in.
-    pub a1111_exact: bool,
 }
 
 /// One entry of A1111's schedule types, as its API's `GET /sdapi/v1/schedulers` gives it.
@@ -167,24 +161,12 @@ pub fn a1111_menu() -> (Vec<MenuSampler>, Vec<MenuScheduleType>) {
             name: s.name,
             aliases: s.aliases,
             default_scheduler: s.default_schedule.map(ScheduleType::name),
-            a1111_exact: true,
         })
-        .chain(A1111_OWN.iter().map(|&(name, aliases, _)| MenuSampler {
+        .chain(A1111_OWN.iter().map(|&(name, aliases)| MenuSampler {
             name,
             aliases,
             default_scheduler: None,
-            a1111_exact: true,
         }))
-        .chain(
-            DIFFUSERS_STAND_INS
-                .iter()
-                .map(|&(name, aliases, _)| MenuSampler {
-                    name,
-                    aliases,
-                    default_scheduler: None,
-                    a1111_exact: false,
-                }),
-        )
         .collect();
     let schedule_types = ScheduleType::all()
         .map(|kind| MenuScheduleType {
@@ -230,8 +212,8 @@ fn strip_suffix_ignore_case<'a>(text: &'a str, suffix: &str) -> Option<&'a str> 
 
 /// A request's sampler from A1111's two fields, `sampler_name` and `scheduler` (its API's and
 /// its UI's): a combined name's schedule wins over the field, as in A1111; an absent, empty or
-/// "Automatic" scheduler leaves the sampler's default. Names of the diffusers stand-ins
-/// ([`DIFFUSERS_STAND_INS`]) and diffusers class names pass through unchanged.
+/// "Automatic" scheduler leaves the sampler's default. A1111's own DDIM, PLMS and UniPC (which
+/// take no schedule type), LCM, and diffusers class names pass through unchanged.
 pub fn resolve_a1111(sampler_name: &str, scheduler: Option<&str>) -> Result<SamplerSettings> {
     let field = match scheduler.map(str::trim).filter(|s| !s.is_empty()) {
         Some(text) => Some(ScheduleType::parse(text)?),

@@ -16,8 +16,9 @@
 //!   shape from the image's generator; with η = 0 that draw is multiplied by 0 and skipped here.
 //! - img2img (DDIM): of `steps`, t_enc = ⌊min(strength, 0.999)·steps⌋; the sample is noised to
 //!   timestep `timesteps[t_enc]` and the loop runs over `timesteps[..t_enc]`, which is the tail
-//!   of the txt2img evaluations. PLMS img2img restarts its pseudo Euler step there, which this
-//!   index-based plan does not hold, so it is refused.
+//!   of the txt2img evaluations. At strength 1 every evaluation runs (A1111 caps it at 0.999,
+//!   one evaluation fewer). PLMS img2img restarts its pseudo Euler step there, which this
+//!   index-based plan does not hold, so a strength below 1 is refused.
 //!
 //! Arithmetic is f32 in A1111's operation order; ᾱ values enter as f32 scalars.
 
@@ -31,6 +32,31 @@ use crate::ksampler::model_alphas_cumprod;
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 /// A1111 spaces its timesteps over 1000 training steps, whatever the model says.
 const A1111_TRAIN_TIMESTEPS: usize = 1000;
+
+/// ᾱ of the LDM model A1111 runs its timestep samplers on (`sampler` names it in errors):
+/// ε-prediction models over 1000 training timesteps only, what A1111's code assumes.
+pub(crate) fn a1111_alphas_cumprod(config: &SchedulerConfig, sampler: &str) -> Result<Vec<f32>> {
+    let noise = config.noise_schedule(&DEFAULTS)?;
+    if noise.prediction_type != PredictionType::Epsilon {
+        return Err(Error::invalid_argument(
+            "prediction_type",
+            format!("A1111's {sampler} is reproduced for ε-prediction models only"),
+        ));
+    }
+    if noise.num_train_timesteps != A1111_TRAIN_TIMESTEPS {
+        return Err(Error::invalid_argument(
+            "num_train_timesteps",
+            format!(
+                "A1111's {sampler} spaces 1000 training timesteps; the config has {}",
+                noise.num_train_timesteps
+            ),
+        ));
+    }
+    Ok(model_alphas_cumprod(
+        &noise.beta_schedule,
+        noise.num_train_timesteps,
+    ))
+}
 
 /// Which of A1111's timestep samplers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,26 +121,7 @@ impl A1111TimestepSampler {
     /// A sampler over the noise schedule of `config` (the model's training betas). `eta` is
     /// DDIM's (A1111's default 0); PLMS takes none.
     pub fn new(config: &SchedulerConfig, kind: TimestepSamplerKind, eta: f32) -> Result<Self> {
-        let noise = config.noise_schedule(&DEFAULTS)?;
-        if noise.prediction_type != PredictionType::Epsilon {
-            return Err(Error::invalid_argument(
-                "prediction_type",
-                format!(
-                    "A1111's {} is reproduced for ε-prediction models only",
-                    kind.a1111_name()
-                ),
-            ));
-        }
-        if noise.num_train_timesteps != A1111_TRAIN_TIMESTEPS {
-            return Err(Error::invalid_argument(
-                "num_train_timesteps",
-                format!(
-                    "A1111's {} spaces 1000 training timesteps; the config has {}",
-                    kind.a1111_name(),
-                    noise.num_train_timesteps
-                ),
-            ));
-        }
+        let alphas_cumprod = a1111_alphas_cumprod(config, kind.a1111_name())?;
         if !(eta.is_finite() && eta >= 0.0) {
             return Err(Error::invalid_argument(
                 "eta",
@@ -125,10 +132,7 @@ impl A1111TimestepSampler {
             kind,
             eta,
             plan: Plan {
-                alphas_cumprod: model_alphas_cumprod(
-                    &noise.beta_schedule,
-                    noise.num_train_timesteps,
-                ),
+                alphas_cumprod,
                 ..Plan::default()
             },
             history: History::default(),
@@ -306,30 +310,53 @@ impl Scheduler for A1111TimestepSampler {
     }
 
     /// A1111's img2img rule for its timestep samplers: t_enc = ⌊min(strength, 0.999)·steps⌋,
-    /// the run starts at the evaluation of `timesteps[t_enc − 1]`.
+    /// the run starts at the evaluation of `timesteps[t_enc − 1]`. Strength 1 (txt2img, and
+    /// img2img at full strength) runs every evaluation.
     fn start_index(&self, strength: f64) -> Result<usize> {
-        if !(0.0..=1.0).contains(&strength) {
-            return Err(Error::invalid_argument(
-                "strength",
-                format!("must be in [0, 1], got {strength}"),
-            ));
+        if self.kind == TimestepSamplerKind::Plms {
+            return full_strength_only(strength, "PLMS", "PNDM");
         }
-        if self.kind == TimestepSamplerKind::Plms && strength > 0.0 {
-            return Err(Error::invalid_argument(
-                "scheduler",
-                "A1111's PLMS img2img (a fresh pseudo Euler step at the start timestep) is not \
-                 reproduced; use DDIM, or PNDM for diffusers' PLMS",
-            ));
+        check_strength(strength)?;
+        if strength >= 1.0 {
+            return Ok(0);
         }
         // Truncation as Python's int().
-        let t_enc = (strength.min(0.999) * self.plan.steps as f64) as usize;
+        let t_enc = (strength * self.plan.steps as f64) as usize;
         Ok(self
             .plan
             .evaluations
             .iter()
-            .position(|e| e.index + 1 == t_enc && !e.second)
+            .position(|e| e.index + 1 == t_enc)
             .unwrap_or(self.plan.evaluations.len()))
     }
+}
+
+fn check_strength(strength: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&strength) {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "strength",
+            format!("must be in [0, 1], got {strength}"),
+        ))
+    }
+}
+
+/// The start for a sampler whose img2img A1111 re-plans (PLMS, UniPC), which is not
+/// reproduced: every evaluation at strength 1, none (nothing to run) at 0, else refused naming
+/// the diffusers class to use instead.
+pub(crate) fn full_strength_only(strength: f64, sampler: &str, instead: &str) -> Result<usize> {
+    check_strength(strength)?;
+    if strength >= 1.0 {
+        return Ok(0);
+    }
+    Err(Error::invalid_argument(
+        "scheduler",
+        format!(
+            "A1111's {sampler} img2img below strength 1 (re-planned from the start timestep) is \
+             not reproduced; use DDIM, or {instead} for diffusers' version"
+        ),
+    ))
 }
 
 impl ScheduleState for Plan {

@@ -6,7 +6,8 @@
 //!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
 //!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
 //!   [`a1111`]); A1111's `LCM` ([`A1111LcmSampler`], `ksampler/lcm.rs`) and its own timestep
-//!   samplers `DDIM` and `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) likewise.
+//!   samplers `DDIM`, `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) and `UniPC`
+//!   ([`A1111UniPcSampler`], `a1111_unipc.rs`) likewise.
 //! - **diffusers' scheduler classes**, step for step identical to diffusers 0.42: the same
 //!   timesteps, the same σ, the same f32 arithmetic, and the same draws from a torch-compatible
 //!   generator, so a seeded run reproduces a seeded diffusers run.
@@ -28,16 +29,16 @@
 //!
 //! | file | diffusers class | short names |
 //! |---|---|---|
-//! | `pndm.rs` | `PNDMScheduler` (PLMS) | PNDM, PLMS |
-//! | `ddim.rs` | `DDIMScheduler` | DDIM |
+//! | `pndm.rs` | `PNDMScheduler` (PLMS) | PNDM |
+//! | `ddim.rs` | `DDIMScheduler` | — |
 //! | `ddpm.rs` | `DDPMScheduler` | DDPM |
 //! | `lms.rs` | `LMSDiscreteScheduler` | — |
 //! | `euler.rs` | `EulerDiscreteScheduler` | — |
 //! | `euler_ancestral.rs` | `EulerAncestralDiscreteScheduler` | — |
 //! | `heun.rs` | `HeunDiscreteScheduler` | — |
 //! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | DPM++ 2M SDE (Karras) |
-//! | `unipc.rs` | `UniPCMultistepScheduler` | UniPC |
-//! | `lcm.rs` | `LCMScheduler` | LCM |
+//! | `unipc.rs` | `UniPCMultistepScheduler` | — |
+//! | `lcm.rs` | `LCMScheduler` | — |
 //!
 //! Each diffusers scheduler keeps its run's schedule in an `AlphaTimesteps`
 //! (`alpha_timesteps.rs`: DDIM, DDPM, PNDM, LCM) or a `SigmaTimesteps` (`sigma_timesteps.rs`: the
@@ -52,6 +53,7 @@
 
 pub mod a1111;
 mod a1111_timesteps;
+mod a1111_unipc;
 mod alpha_family;
 mod alpha_timesteps;
 mod config;
@@ -85,6 +87,7 @@ pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
 pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+pub use a1111_unipc::A1111UniPcSampler;
 pub use ksampler::{
     A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
     ScheduleType,

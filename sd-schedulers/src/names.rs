@@ -3,10 +3,11 @@
 //! - A1111's k-diffusion sampler names (`Euler a`, `DPM++ 2M`, `DPM2 a Karras`, `k_euler`, …;
 //!   [`crate::a1111`]) build a [`KDiffusionSampler`]: A1111's algorithm on A1111's σ schedule,
 //!   the schedule type from a combined name or [`SamplerOptions::schedule_type`].
-//! - A1111's own `DDIM` and `PLMS` build an [`A1111TimestepSampler`], its `LCM` an
-//!   [`A1111LcmSampler`] (A1111's algorithms, not diffusers' classes).
+//! - A1111's own `DDIM` and `PLMS` build an [`A1111TimestepSampler`], its `UniPC` an
+//!   [`A1111UniPcSampler`], its `LCM` an [`A1111LcmSampler`] (A1111's algorithms, not diffusers'
+//!   classes).
 //! - diffusers class names (the config's `_class_name`) build that class from the config as it
-//!   stands; the short names below (`PNDM`, `UniPC`, `DPM++ 2M SDE`, …) build a class with the
+//!   stands; the short names below (`PNDM`, `DDPM`, `DPM++ 2M SDE`, …) build a class with the
 //!   options the name implies.
 
 use sd_core::{Error, Result, Scheduler};
@@ -14,6 +15,7 @@ use sd_core::{Error, Result, Scheduler};
 use crate::a1111::split_a1111_name;
 use crate::config::SchedulerConfig;
 use crate::a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+use crate::a1111_unipc::A1111UniPcSampler;
 use crate::ksampler::{
     A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
 };
@@ -33,6 +35,8 @@ pub enum SchedulerKind {
     A1111Timesteps(TimestepSamplerKind),
     /// A1111's LCM ([`A1111LcmSampler`]).
     A1111Lcm,
+    /// A1111's UniPC ([`A1111UniPcSampler`]).
+    A1111UniPc,
     Pndm,
     Ddim,
     Ddpm,
@@ -89,7 +93,7 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
         dpm("sde-dpmsolver++", true),
     ),
     ("UniPCMultistepScheduler", UniPc, NONE),
-    ("UniPC", UniPc, NONE),
+    ("UniPC", A1111UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),
     ("LCM", A1111Lcm, NONE),
     ("k_lcm", A1111Lcm, NONE),
@@ -161,7 +165,7 @@ pub struct SamplerOptions {
 impl SchedulerKind {
     /// Whether the name runs one of A1111's own algorithms rather than a diffusers class.
     pub fn is_a1111(self) -> bool {
-        matches!(self, A1111(_) | A1111Timesteps(_) | A1111Lcm)
+        matches!(self, A1111(_) | A1111Timesteps(_) | A1111Lcm | A1111UniPc)
     }
 
     /// Whether the class can space its σ schedule as Karras et al. (diffusers'
@@ -257,6 +261,7 @@ pub fn scheduler_from_name_with(
             kind,
             options.eta.unwrap_or(0.0),
         )?),
+        A1111UniPc => Box::new(A1111UniPcSampler::new(&config)?),
         A1111(_) | A1111Lcm => unreachable_a1111(name)?,
     })
 }

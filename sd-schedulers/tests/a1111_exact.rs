@@ -1,4 +1,4 @@
-//! A1111's own samplers (DDIM, PLMS, LCM) and its further schedule types (KL Optimal, Align Your
+//! A1111's own samplers (DDIM, PLMS, UniPC, LCM) and its further schedule types (KL Optimal, Align Your
 //! Steps, Simple, Normal, DDIM, Beta) against A1111's code transcribed in
 //! `tools/fixturegen/a1111_exact.py` (`fixtures/goldens/tiny-sd/a1111_exact.safetensors`).
 
@@ -8,7 +8,7 @@
 use sd_core::Scheduler;
 use sd_schedulers::a1111::split_a1111_name;
 use sd_schedulers::{
-    A1111LcmSampler, A1111TimestepSampler, KDiffusionSampler, KSamplerSetup, SamplerOptions,
+    A1111LcmSampler, A1111TimestepSampler, A1111UniPcSampler, KDiffusionSampler, KSamplerSetup, SamplerOptions,
     ScheduleType, SchedulerConfig, TimestepSamplerKind, scheduler_from_name_with,
 };
 use sd_testkit::Goldens;
@@ -169,6 +169,13 @@ fn a1111_timestep_samplers_refuse_what_they_do_not_reproduce() {
     v_config.prediction_type = Some("v_prediction".to_string());
     let err = A1111TimestepSampler::new(&v_config, TimestepSamplerKind::Plms, 0.0).unwrap_err();
     assert!(err.to_string().contains("prediction"), "{err}");
+    let mut unipc = A1111UniPcSampler::new(&config).unwrap();
+    let err = unipc.set_timesteps(2).unwrap_err();
+    assert!(err.to_string().contains("order 3"), "{err}");
+    unipc.set_timesteps(10).unwrap();
+    assert_eq!(unipc.start_index(1.0).unwrap(), 0);
+    let err = unipc.start_index(0.5).unwrap_err();
+    assert!(err.to_string().contains("UniPC"), "{err}");
     let err = A1111LcmSampler::new(&config, ScheduleType::SgmUniform).unwrap_err();
     assert!(err.to_string().contains("SGM Uniform"), "{err}");
 }
@@ -192,6 +199,12 @@ fn a1111_names_build_a1111s_own_samplers() {
     // A1111's PLMS: 10 evaluations; diffusers' PNDM with skipped PRK steps: 11.
     assert_eq!(build("PLMS", None).len(), 10);
     assert_eq!(build("PNDM", None).len(), 11);
+    // A1111's UniPC: continuous time from 1 in ten equal parts, the UNet at (t − 1/1000)·1000.
+    let unipc = build("UniPC", None);
+    assert_eq!(unipc.len(), 10);
+    assert_eq!(unipc[0], 999.0);
+    assert!((unipc[1] - 899.1).abs() < 1e-3, "{unipc:?}");
+    assert_eq!(build("UniPCMultistepScheduler", None)[0], 999.0);
     // A1111's LCM: quantised timesteps 999 … 19, and it takes a schedule type.
     let lcm = build("LCM", None);
     assert_eq!((lcm[0], lcm[9]), (999.0, 19.0));

@@ -1,4 +1,4 @@
-"""Goldens for AUTOMATIC1111's own samplers and its further schedule types, on tiny-sd.
+"""Goldens for AUTOMATIC1111's own samplers (DDIM, PLMS, UniPC, LCM) and its further schedule types, on tiny-sd.
 
 AUTOMATIC1111 is not pip-installable, so what these goldens need from it is transcribed below,
 literally (same operations in the same order; only A1111's globals replaced by the values they
@@ -7,6 +7,9 @@ hold by default), from AUTOMATIC1111/stable-diffusion-webui:
   `ddim` and `plms`; modules/sd_samplers_timesteps.py (commit
   1c77b18ac8971769dfc96fd79cb4e34b9a12555e): `CompVisSampler.get_timesteps` and the ε model
   (`CompVisTimestepsDenoiser`) under the CFG denoiser;
+- modules/models/diffusion/uni_pc/uni_pc.py (commit 0251dfb250a7ab6b1568dcd56a2b08ed0469dfd4):
+  `NoiseScheduleVP` ('discrete'), `UniPC` (the paths A1111's default options take) and
+  `interpolate_fn`, with `UniPCCFG` and `unipc` from sd_samplers_timesteps_impl.py;
 - modules/sd_samplers_lcm.py (v1.10 line; read at commit 255da37da1871a90c352bcc4ee3617fd8ceed610):
   `LCMCompVisDenoiser` and `sample_lcm`;
 - modules/sd_schedulers.py (commit 02b0092d5a8450b282bd7d9c2d84fdfed0f3c6db): `kl_optimal`,
@@ -270,6 +273,281 @@ class TimestepsCFG:
         return denoised
 
 
+# ---- modules/models/diffusion/uni_pc/uni_pc.py (transcribed: the paths A1111's defaults take,
+# schedule 'discrete', predict_x0, variant bh1, skip type time_uniform, method multistep; the
+# other branches of these functions dropped) ----------------------------------------------------
+
+
+class NoiseScheduleVP:
+    def __init__(self, schedule="discrete", alphas_cumprod=None):
+        assert schedule == "discrete"
+        self.schedule = schedule
+        log_alphas = 0.5 * torch.log(alphas_cumprod)
+        self.total_N = len(log_alphas)
+        self.T = 1.0
+        self.t_array = torch.linspace(0.0, 1.0, self.total_N + 1)[1:].reshape((1, -1))
+        self.log_alpha_array = log_alphas.reshape((1, -1,))
+
+    def marginal_log_mean_coeff(self, t):
+        return interpolate_fn(t.reshape((-1, 1)), self.t_array.to(t.device), self.log_alpha_array.to(t.device)).reshape((-1))
+
+    def marginal_alpha(self, t):
+        return torch.exp(self.marginal_log_mean_coeff(t))
+
+    def marginal_std(self, t):
+        return torch.sqrt(1.0 - torch.exp(2.0 * self.marginal_log_mean_coeff(t)))
+
+    def marginal_lambda(self, t):
+        log_mean_coeff = self.marginal_log_mean_coeff(t)
+        log_std = 0.5 * torch.log(1.0 - torch.exp(2.0 * log_mean_coeff))
+        return log_mean_coeff - log_std
+
+
+class UniPC:
+    def __init__(self, model_fn, noise_schedule, predict_x0=True, thresholding=False, max_val=1.0, variant="bh1"):
+        self.model_fn_ = model_fn
+        self.noise_schedule = noise_schedule
+        self.variant = variant
+        self.predict_x0 = predict_x0
+        self.thresholding = thresholding
+        self.max_val = max_val
+
+    def noise_prediction_fn(self, x, t):
+        return self.model(x, t)
+
+    def data_prediction_fn(self, x, t):
+        noise = self.noise_prediction_fn(x, t)
+        dims = x.dim()
+        alpha_t, sigma_t = self.noise_schedule.marginal_alpha(t), self.noise_schedule.marginal_std(t)
+        x0 = (x - expand_dims(sigma_t, dims) * noise) / expand_dims(alpha_t, dims)
+        assert not self.thresholding
+        return x0
+
+    def model_fn(self, x, t):
+        if self.predict_x0:
+            return self.data_prediction_fn(x, t)
+        else:
+            return self.noise_prediction_fn(x, t)
+
+    def get_time_steps(self, skip_type, t_T, t_0, N, device):
+        assert skip_type == "time_uniform"
+        return torch.linspace(t_T, t_0, N + 1).to(device)
+
+    def multistep_uni_pc_update(self, x, model_prev_list, t_prev_list, t, order, **kwargs):
+        if len(t.shape) == 0:
+            t = t.view(-1)
+        assert "bh" in self.variant
+        return self.multistep_uni_pc_bh_update(x, model_prev_list, t_prev_list, t, order, **kwargs)
+
+    def multistep_uni_pc_bh_update(self, x, model_prev_list, t_prev_list, t, order, x_t=None, use_corrector=True):
+        ns = self.noise_schedule
+        assert order <= len(model_prev_list)
+        dims = x.dim()
+
+        # first compute rks
+        t_prev_0 = t_prev_list[-1]
+        lambda_prev_0 = ns.marginal_lambda(t_prev_0)
+        lambda_t = ns.marginal_lambda(t)
+        model_prev_0 = model_prev_list[-1]
+        sigma_prev_0, sigma_t = ns.marginal_std(t_prev_0), ns.marginal_std(t)
+        log_alpha_prev_0, log_alpha_t = ns.marginal_log_mean_coeff(t_prev_0), ns.marginal_log_mean_coeff(t)
+        alpha_t = torch.exp(log_alpha_t)
+
+        h = lambda_t - lambda_prev_0
+
+        rks = []
+        D1s = []
+        for i in range(1, order):
+            t_prev_i = t_prev_list[-(i + 1)]
+            model_prev_i = model_prev_list[-(i + 1)]
+            lambda_prev_i = ns.marginal_lambda(t_prev_i)
+            rk = ((lambda_prev_i - lambda_prev_0) / h)[0]
+            rks.append(rk)
+            D1s.append((model_prev_i - model_prev_0) / rk)
+
+        rks.append(1.0)
+        rks = torch.tensor(rks, device=x.device)
+
+        R = []
+        b = []
+
+        hh = -h[0] if self.predict_x0 else h[0]
+        h_phi_1 = torch.expm1(hh)  # h*phi_1(h) = e^h - 1
+        h_phi_k = h_phi_1 / hh - 1
+
+        factorial_i = 1
+
+        if self.variant == "bh1":
+            B_h = hh
+        elif self.variant == "bh2":
+            B_h = torch.expm1(hh)
+        else:
+            raise NotImplementedError()
+
+        for i in range(1, order + 1):
+            R.append(torch.pow(rks, i - 1))
+            b.append(h_phi_k * factorial_i / B_h)
+            factorial_i *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial_i
+
+        R = torch.stack(R)
+        b = torch.tensor(b, device=x.device)
+
+        # now predictor
+        use_predictor = len(D1s) > 0 and x_t is None
+        if len(D1s) > 0:
+            D1s = torch.stack(D1s, dim=1)  # (B, K)
+            if x_t is None:
+                # for order 2, we use a simplified version
+                if order == 2:
+                    rhos_p = torch.tensor([0.5], device=b.device)
+                else:
+                    rhos_p = torch.linalg.solve(R[:-1, :-1], b[:-1])
+        else:
+            D1s = None
+
+        if use_corrector:
+            # for order 1, we use a simplified version
+            if order == 1:
+                rhos_c = torch.tensor([0.5], device=b.device)
+            else:
+                rhos_c = torch.linalg.solve(R, b)
+
+        model_t = None
+        assert self.predict_x0
+        x_t_ = expand_dims(sigma_t / sigma_prev_0, dims) * x - expand_dims(alpha_t * h_phi_1, dims) * model_prev_0
+
+        if x_t is None:
+            if use_predictor:
+                pred_res = torch.einsum("k,bkchw->bchw", rhos_p, D1s)
+            else:
+                pred_res = 0
+            x_t = x_t_ - expand_dims(alpha_t * B_h, dims) * pred_res
+
+        if use_corrector:
+            model_t = self.model_fn(x_t, t)
+            if D1s is not None:
+                corr_res = torch.einsum("k,bkchw->bchw", rhos_c[:-1], D1s)
+            else:
+                corr_res = 0
+            D1_t = model_t - model_prev_0
+            x_t = x_t_ - expand_dims(alpha_t * B_h, dims) * (corr_res + rhos_c[-1] * D1_t)
+        return x_t, model_t
+
+    def sample(self, x, steps=20, t_start=None, t_end=None, order=3, skip_type="time_uniform", method="singlestep", lower_order_final=True):
+        t_0 = 1.0 / self.noise_schedule.total_N if t_end is None else t_end
+        t_T = self.noise_schedule.T if t_start is None else t_start
+        device = x.device
+        assert method == "multistep"
+        assert steps >= order, "UniPC order must be < sampling steps"
+        timesteps = self.get_time_steps(skip_type=skip_type, t_T=t_T, t_0=t_0, N=steps, device=device)
+        assert timesteps.shape[0] - 1 == steps
+        with torch.no_grad():
+            vec_t = timesteps[0].expand((x.shape[0]))
+            model_prev_list = [self.model_fn(x, vec_t)]
+            t_prev_list = [vec_t]
+            # Init the first `order` values by lower order multistep DPM-Solver.
+            for init_order in range(1, order):
+                vec_t = timesteps[init_order].expand(x.shape[0])
+                x, model_x = self.multistep_uni_pc_update(x, model_prev_list, t_prev_list, vec_t, init_order, use_corrector=True)
+                if model_x is None:
+                    model_x = self.model_fn(x, vec_t)
+                model_prev_list.append(model_x)
+                t_prev_list.append(vec_t)
+            for step in range(order, steps + 1):
+                vec_t = timesteps[step].expand(x.shape[0])
+                if lower_order_final:
+                    step_order = min(order, steps + 1 - step)
+                else:
+                    step_order = order
+                if step == steps:
+                    use_corrector = False
+                else:
+                    use_corrector = True
+                x, model_x = self.multistep_uni_pc_update(x, model_prev_list, t_prev_list, vec_t, step_order, use_corrector=use_corrector)
+                for i in range(order - 1):
+                    t_prev_list[i] = t_prev_list[i + 1]
+                    model_prev_list[i] = model_prev_list[i + 1]
+                t_prev_list[-1] = vec_t
+                # We do not need to evaluate the final model value.
+                if step < steps:
+                    if model_x is None:
+                        model_x = self.model_fn(x, vec_t)
+                    model_prev_list[-1] = model_x
+        return x
+
+
+def interpolate_fn(x, xp, yp):
+    N, K = x.shape[0], xp.shape[1]
+    all_x = torch.cat([x.unsqueeze(2), xp.unsqueeze(0).repeat((N, 1, 1))], dim=2)
+    sorted_all_x, x_indices = torch.sort(all_x, dim=2)
+    x_idx = torch.argmin(x_indices, dim=2)
+    cand_start_idx = x_idx - 1
+    start_idx = torch.where(
+        torch.eq(x_idx, 0),
+        torch.tensor(1, device=x.device),
+        torch.where(
+            torch.eq(x_idx, K),
+            torch.tensor(K - 2, device=x.device),
+            cand_start_idx,
+        ),
+    )
+    end_idx = torch.where(torch.eq(start_idx, cand_start_idx), start_idx + 2, start_idx + 1)
+    start_x = torch.gather(sorted_all_x, dim=2, index=start_idx.unsqueeze(2)).squeeze(2)
+    end_x = torch.gather(sorted_all_x, dim=2, index=end_idx.unsqueeze(2)).squeeze(2)
+    start_idx2 = torch.where(
+        torch.eq(x_idx, 0),
+        torch.tensor(0, device=x.device),
+        torch.where(
+            torch.eq(x_idx, K),
+            torch.tensor(K - 2, device=x.device),
+            cand_start_idx,
+        ),
+    )
+    y_positions_expanded = yp.unsqueeze(0).expand(N, -1, -1)
+    start_y = torch.gather(y_positions_expanded, dim=2, index=start_idx2.unsqueeze(2)).squeeze(2)
+    end_y = torch.gather(y_positions_expanded, dim=2, index=(start_idx2 + 1).unsqueeze(2)).squeeze(2)
+    cand = start_y + (x - start_x) * (end_y - start_y) / (end_x - start_x)
+    return cand
+
+
+def expand_dims(v, dims):
+    return v[(...,) + (None,) * (dims - 1)]
+
+
+# ---- modules/sd_samplers_timesteps_impl.py `UniPCCFG` and `unipc` (transcribed; A1111's default
+# options: uni_pc_variant bh1, uni_pc_skip_type time_uniform, uni_pc_order 3,
+# uni_pc_lower_order_final True; no callback) -------------------------------------------------
+
+
+class UniPCCFG(UniPC):
+    def __init__(self, cfg_model, extra_args, *args, **kwargs):
+        super().__init__(None, *args, **kwargs)
+        self.cfg_model = cfg_model
+        self.extra_args = extra_args
+
+    def get_model_input_time(self, t_continuous):
+        return (t_continuous - 1.0 / self.noise_schedule.total_N) * 1000.0
+
+    def model(self, x, t):
+        t_input = self.get_model_input_time(t)
+
+        res = self.cfg_model(x, t_input, **self.extra_args)
+
+        return res
+
+
+def unipc(model, x, timesteps, extra_args=None, callback=None, disable=None, is_img2img=False):
+    alphas_cumprod = model.inner_model.inner_model.alphas_cumprod
+
+    ns = NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
+    t_start = timesteps[-1] / 1000 + 1 / 1000 if is_img2img else None
+    unipc_sampler = UniPCCFG(model, extra_args, ns, predict_x0=True, thresholding=False, variant="bh1")
+    x = unipc_sampler.sample(x, steps=len(timesteps), t_start=t_start, skip_type="time_uniform", method="multistep", order=3, lower_order_final=True)
+
+    return x
+
+
 # ---- modules/sd_samplers_lcm.py (transcribed) -----------------------------------------------
 
 
@@ -350,6 +628,7 @@ RUNS = [
     ("DPM++ 2M/Beta", "DPM++ 2M", "Beta", [26]),
     ("DDIM", "DDIM", None, [27]),
     ("PLMS", "PLMS", None, [28]),
+    ("UniPC", "UniPC", None, [33]),
     ("LCM/automatic", "LCM", None, [29]),
     ("LCM/Karras", "LCM", "Karras", [30]),
     ("DDIM/seeds31_32", "DDIM", None, [31, 32]),
@@ -374,9 +653,9 @@ def run(pipe, ldm, sampler, schedule, seeds):
     sigmas = None
     SAMPLING.torch = A.TorchHijack(rng)
     try:
-        if sampler in ("DDIM", "PLMS"):
+        if sampler in ("DDIM", "PLMS", "UniPC"):
             # CompVisSampler.sample: x is the noise itself.
-            function = ddim if sampler == "DDIM" else plms
+            function = {"DDIM": ddim, "PLMS": plms, "UniPC": unipc}[sampler]
             model = TimestepsCFG(pipe.unet, ldm.alphas_cumprod)
             latents = function(model, noise, get_timesteps(STEPS), extra_args=extra_args, disable=True)
         elif sampler == "LCM":
@@ -437,7 +716,7 @@ def write_goldens(fixtures_dir, goldens_dir):
     write_json(
         os.path.join(goldens_dir, "a1111_exact.json"),
         {
-            "description": "AUTOMATIC1111's own samplers (DDIM, PLMS, LCM) and its schedule types KL Optimal, "
+            "description": "AUTOMATIC1111's own samplers (DDIM, PLMS, UniPC, LCM) and its schedule types KL Optimal, "
             "Align Your Steps, Simple, Normal, DDIM and Beta, transcribed from A1111 1.10's sources with "
             "k-diffusion (tools/requirements.txt); see tools/fixturegen/a1111_exact.py for what is transcribed "
             f"from where. tiny-sd txt2img {SIZE}x{SIZE}, {STEPS} steps, CFG {GUIDANCE_SCALE}, prompt {PROMPT!r}, "
