@@ -255,6 +255,7 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
         // A1111's own DDIM and PLMS write no schedule type; its LCM does.
         ("ddim", None, "Sampler: DDIM, CFG scale: "),
         ("PLMS", None, "Sampler: PLMS, CFG scale: "),
+        ("unipc", None, "Sampler: UniPC, CFG scale: "),
         ("LCM", None, "Sampler: LCM, Schedule type: Automatic, "),
         (
             "k_lcm",
@@ -268,7 +269,7 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
             "--prompt",
             "a fox",
             "--steps",
-            "2",
+            "3",
             "--seed",
             "3",
             "--scheduler",

@@ -269,6 +269,7 @@ pub fn infotext_names(
     }
     match crate::names::kind_of(name)? {
         SchedulerKind::A1111Timesteps(kind) => Ok((kind.a1111_name().to_string(), None)),
+        SchedulerKind::A1111UniPc => Ok(("UniPC".to_string(), None)),
         SchedulerKind::A1111Lcm => {
             let chosen = schedule_type.unwrap_or(ScheduleType::Automatic);
             Ok(("LCM".to_string(), Some(chosen.label())))
