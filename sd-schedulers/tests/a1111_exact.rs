@@ -110,9 +110,22 @@ fn lcm_gives_a1111s_sigmas_and_quantised_timesteps() {
                 sigmas.as_slice().unwrap(),
                 SIGMA_RELATIVE_TOLERANCE,
             );
-            let timesteps: Vec<f32> = ours.timesteps().iter().map(|&t| t as f32).collect();
             let expected = goldens.host(&format!("{key}/timesteps"));
-            assert_eq!(timesteps, expected.as_slice().unwrap(), "{key} timesteps");
+            for (i, (&ours, &theirs)) in ours.timesteps().iter().zip(&expected).enumerate() {
+                let ours = ours as f32;
+                if ours == theirs {
+                    continue;
+                }
+                // LCM's own schedule can put a σ exactly halfway (in ln σ) between two table
+                // entries; which one is "nearest" then rests on the last bit of exp/ln, which
+                // differ between torch's vector math and Rust's libm. One LCM step either way.
+                let t = 999.0 - 980.0 * i as f64 / (steps - 1).max(1) as f64;
+                let halfway = (((t - 19.0) / 20.0).fract() - 0.5).abs() < 1e-4;
+                assert!(
+                    schedule == ScheduleType::Automatic && halfway && (ours - theirs).abs() == 20.0,
+                    "{key} timesteps[{i}]: {ours} vs reference {theirs}"
+                );
+            }
         }
     }
 }
