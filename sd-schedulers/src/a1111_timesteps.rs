@@ -156,11 +156,18 @@ impl A1111TimestepSampler {
     }
 
     /// `(x − √(1 − ᾱ_t)·ε)/√ᾱ_t`: the clean-sample estimate at position `index`.
-    fn predicted_original(&self, index: usize, x: &HostTensor, eps: &HostTensor) -> Result<HostTensor> {
+    fn predicted_original(
+        &self,
+        index: usize,
+        x: &HostTensor,
+        eps: &HostTensor,
+    ) -> Result<HostTensor> {
         let (a_t, _) = self.alphas(index);
         let sqrt_one_minus = (1.0 - a_t).sqrt();
         let sqrt_a = a_t.sqrt();
-        map2("predicted x0", x, eps, |x, e| (x - sqrt_one_minus * e) / sqrt_a)
+        map2("predicted x0", x, eps, |x, e| {
+            (x - sqrt_one_minus * e) / sqrt_a
+        })
     }
 
     /// PLMS' `get_x_prev_and_pred_x0`: the deterministic DDIM update with ε.
@@ -221,7 +228,12 @@ impl A1111TimestepSampler {
         }
     }
 
-    fn plms_step(&mut self, evaluation: Evaluation, x: &HostTensor, eps: &HostTensor) -> Result<HostTensor> {
+    fn plms_step(
+        &mut self,
+        evaluation: Evaluation,
+        x: &HostTensor,
+        eps: &HostTensor,
+    ) -> Result<HostTensor> {
         let index = evaluation.index;
         if evaluation.second {
             let (x_start, e_t) = self.history.first_step.take().ok_or_else(|| {

@@ -155,9 +155,12 @@ impl A1111UniPcSampler {
         for i in 1..order {
             let rk = (ns.lambda(times[last - i]) - lambda_prev_0) / h;
             rks.push(rk);
-            d1s.push(map2("UniPC D1", &models[last - i], model_prev_0, |m, m0| {
-                (m - m0) / rk
-            })?);
+            d1s.push(map2(
+                "UniPC D1",
+                &models[last - i],
+                model_prev_0,
+                |m, m0| (m - m0) / rk,
+            )?);
         }
         rks.push(1.0);
 
@@ -228,7 +231,9 @@ impl Scheduler for A1111UniPcSampler {
         if !(ORDER..=TOTAL_N).contains(&steps) {
             return Err(Error::invalid_argument(
                 "steps",
-                format!("A1111's UniPC (order {ORDER}) needs {ORDER} to {TOTAL_N} steps, got {steps}"),
+                format!(
+                    "A1111's UniPC (order {ORDER}) needs {ORDER} to {TOTAL_N} steps, got {steps}"
+                ),
             ));
         }
         let t_0 = (1.0 / TOTAL_N as f64) as f32;

@@ -77,6 +77,8 @@ mod spacing;
 mod unipc;
 
 pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
+pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+pub use a1111_unipc::A1111UniPcSampler;
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
 };
@@ -86,8 +88,6 @@ pub use dpm_solver::DpmSolverScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
-pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
-pub use a1111_unipc::A1111UniPcSampler;
 pub use ksampler::{
     A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
     ScheduleType,

@@ -13,9 +13,9 @@
 use sd_core::{Error, Result, Scheduler};
 
 use crate::a1111::split_a1111_name;
-use crate::config::SchedulerConfig;
 use crate::a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
 use crate::a1111_unipc::A1111UniPcSampler;
+use crate::config::SchedulerConfig;
 use crate::ksampler::{
     A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
 };

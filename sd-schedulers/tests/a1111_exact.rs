@@ -8,8 +8,8 @@
 use sd_core::Scheduler;
 use sd_schedulers::a1111::split_a1111_name;
 use sd_schedulers::{
-    A1111LcmSampler, A1111TimestepSampler, A1111UniPcSampler, KDiffusionSampler, KSamplerSetup, SamplerOptions,
-    ScheduleType, SchedulerConfig, TimestepSamplerKind, scheduler_from_name_with,
+    A1111LcmSampler, A1111TimestepSampler, A1111UniPcSampler, KDiffusionSampler, KSamplerSetup,
+    SamplerOptions, ScheduleType, SchedulerConfig, TimestepSamplerKind, scheduler_from_name_with,
 };
 use sd_testkit::Goldens;
 
@@ -31,7 +31,11 @@ fn goldens() -> Goldens {
 }
 
 fn assert_close(what: &str, ours: &[f32], expected: &[f32], relative: f32) {
-    assert_eq!(ours.len(), expected.len(), "{what}: length {ours:?} vs {expected:?}");
+    assert_eq!(
+        ours.len(),
+        expected.len(),
+        "{what}: length {ours:?} vs {expected:?}"
+    );
     for (i, (a, b)) in ours.iter().zip(expected).enumerate() {
         assert!(
             (a - b).abs() <= relative * b.abs(),
@@ -137,22 +141,16 @@ fn ddim_and_plms_evaluate_at_a1111s_timesteps() {
         let list = goldens.host(&format!("timesteps/{steps}"));
         let list: Vec<f64> = list.iter().map(|&t| f64::from(t)).collect();
         // DDIM: every timestep but the lowest, from the top.
-        let mut ddim = A1111TimestepSampler::new(
-            &SchedulerConfig::sd15(),
-            TimestepSamplerKind::Ddim,
-            0.0,
-        )
-        .unwrap();
+        let mut ddim =
+            A1111TimestepSampler::new(&SchedulerConfig::sd15(), TimestepSamplerKind::Ddim, 0.0)
+                .unwrap();
         ddim.set_timesteps(*steps).unwrap();
         let expected: Vec<f64> = list[1..].iter().rev().copied().collect();
         assert_eq!(ddim.timesteps(), expected.as_slice(), "DDIM {steps}");
         // PLMS: the first step evaluates twice, the second time at the next timestep.
-        let mut plms = A1111TimestepSampler::new(
-            &SchedulerConfig::sd15(),
-            TimestepSamplerKind::Plms,
-            0.0,
-        )
-        .unwrap();
+        let mut plms =
+            A1111TimestepSampler::new(&SchedulerConfig::sd15(), TimestepSamplerKind::Plms, 0.0)
+                .unwrap();
         plms.set_timesteps(*steps).unwrap();
         let mut expected_plms = vec![expected[0]];
         expected_plms.push(list[list.len() - 2]);

@@ -106,9 +106,12 @@ impl A1111LcmSampler {
             .map(|s| (log_sigma - s.ln()).abs())
             .enumerate()
             // argmin: the first of equal distances.
-            .fold((0, f32::INFINITY), |best, (i, d)| {
-                if d < best.1 { (i, d) } else { best }
-            })
+            .fold(
+                (0, f32::INFINITY),
+                |best, (i, d)| {
+                    if d < best.1 { (i, d) } else { best }
+                },
+            )
             .0;
         nearest * SKIP + (SKIP - 1)
     }
@@ -120,7 +123,8 @@ impl A1111LcmSampler {
         let mut sigmas: Vec<f32> = crate::noise_schedule::torch_linspace_f32(start, end, steps)
             .into_iter()
             .map(|t| {
-                let k = ((t - (SKIP - 1) as f32) / SKIP as f32).clamp(0.0, (ORIGINAL_STEPS - 1) as f32);
+                let k =
+                    ((t - (SKIP - 1) as f32) / SKIP as f32).clamp(0.0, (ORIGINAL_STEPS - 1) as f32);
                 self.table.t_to_sigma(k)
             })
             .collect();
@@ -132,7 +136,10 @@ impl A1111LcmSampler {
     fn boundary(&self, sigma: f32) -> (f32, f32) {
         let scaled = self.sigma_to_t(sigma) as f32 * TIMESTEP_SCALING;
         let denominator = scaled * scaled + SIGMA_DATA * SIGMA_DATA;
-        (SIGMA_DATA * SIGMA_DATA / denominator, scaled / denominator.sqrt())
+        (
+            SIGMA_DATA * SIGMA_DATA / denominator,
+            scaled / denominator.sqrt(),
+        )
     }
 }
 
