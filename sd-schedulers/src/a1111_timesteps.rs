@@ -24,6 +24,7 @@
 
 use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
+use crate::alpha_family;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::ksampler::model_alphas_cumprod;
@@ -402,9 +403,6 @@ impl ScheduleState for Plan {
         check_index(index, self.evaluations.len())?;
         let position = (self.evaluations[index].index + 1).min(self.timesteps.len() - 1);
         let alpha = self.alphas_cumprod[self.timesteps[position]];
-        let (sqrt_alpha, sqrt_one_minus) = (alpha.sqrt(), (1.0 - alpha).sqrt());
-        map2("add noise", original, noise, |x, n| {
-            x * sqrt_alpha + n * sqrt_one_minus
-        })
+        alpha_family::add_noise(alpha, original, noise)
     }
 }
