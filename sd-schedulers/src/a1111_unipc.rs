@@ -362,10 +362,11 @@ fn solve(a: &[Vec<f32>], b: &[f32], n: usize) -> Result<Vec<f32>> {
         }
         m.swap(col, pivot);
         rhs.swap(col, pivot);
+        let pivot_row = m[col].clone();
         for row in col + 1..n {
-            let factor = m[row][col] / m[col][col];
-            for k in col..n {
-                m[row][k] -= factor * m[col][k];
+            let factor = m[row][col] / pivot_row[col];
+            for (target, &p) in m[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *target -= factor * p;
             }
             rhs[row] -= factor * rhs[col];
         }
@@ -373,8 +374,8 @@ fn solve(a: &[Vec<f32>], b: &[f32], n: usize) -> Result<Vec<f32>> {
     let mut x = vec![0.0f32; n];
     for row in (0..n).rev() {
         let mut value = rhs[row];
-        for k in row + 1..n {
-            value -= m[row][k] * x[k];
+        for (a, b) in m[row][row + 1..].iter().zip(&x[row + 1..]) {
+            value -= a * b;
         }
         x[row] = value / m[row][row];
     }
