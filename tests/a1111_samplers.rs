@@ -1,7 +1,10 @@
 //! A1111's sampler names against k-diffusion driven as A1111 drives it: the runs of
-//! `fixtures/goldens/a1111_samplers.json` (written by `tools/fixturegen/a1111_samplers.py`).
-//! tiny-sd runs through the `sd` command line (images within one level) and through the library
-//! (final latents too); the inpainting UNet, which is no whole model folder, through the library.
+//! `fixtures/goldens/a1111_samplers.json` (written by `tools/fixturegen/a1111_samplers.py`), and
+//! A1111's own DDIM, PLMS, LCM and its further schedule types: the runs of
+//! `fixtures/goldens/a1111_exact.json` (`tools/fixturegen/a1111_exact.py`, A1111's code
+//! transcribed). tiny-sd runs through the `sd` command line (images within one level) and through
+//! the library (final latents too); the inpainting UNet, which is no whole model folder, through
+//! the library.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
 mod support;
@@ -19,14 +22,18 @@ use support::{
     max_level_difference,
 };
 
-fn manifest() -> Value {
-    let text = std::fs::read_to_string(goldens().join("a1111_samplers.json")).unwrap();
+/// A golden set: `goldens/<name>.json` and `goldens/<model>/<name>.safetensors`.
+const K_DIFFUSION: &str = "a1111_samplers";
+const A1111_OWN: &str = "a1111_exact";
+
+fn manifest(set: &str) -> Value {
+    let text = std::fs::read_to_string(goldens().join(format!("{set}.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
-/// The golden runs of `model`: (key, spec).
-fn runs(model: &str) -> Vec<(String, Value)> {
-    let manifest = manifest();
+/// The golden runs of `model` in `set`: (key, spec).
+fn runs(set: &str, model: &str) -> Vec<(String, Value)> {
+    let manifest = manifest(set);
     let runs = manifest["runs"][model].as_object().unwrap();
     assert!(!runs.is_empty(), "no runs for {model}");
     runs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -68,10 +75,10 @@ fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
         .collect()
 }
 
-fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str) {
+fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, set: &str, model: &str) {
     let latents =
-        SafetensorsFile::open(goldens().join(model).join("a1111_samplers.safetensors")).unwrap();
-    for (key, spec) in runs(model) {
+        SafetensorsFile::open(goldens().join(model).join(format!("{set}.safetensors"))).unwrap();
+    for (key, spec) in runs(set, model) {
         let generation = sd.generate(&request(&spec)).unwrap();
         let expected = latents.get(&format!("{key}/latents")).unwrap();
         assert_matches_goldens(
@@ -86,12 +93,18 @@ fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str) {
 #[test]
 fn tiny_sd_a1111_samplers_match_k_diffusion() {
     let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
-    check_library(&sd, "tiny-sd");
+    check_library(&sd, K_DIFFUSION, "tiny-sd");
+}
+
+#[test]
+fn tiny_sd_a1111_own_samplers_and_schedule_types_match_a1111() {
+    let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
+    check_library(&sd, A1111_OWN, "tiny-sd");
 }
 
 #[test]
 fn inpainting_unet_a1111_samplers_match_k_diffusion() {
-    check_library(&load_tiny_inpainting(), "tiny-sd-inpaint");
+    check_library(&load_tiny_inpainting(), K_DIFFUSION, "tiny-sd-inpaint");
 }
 
 fn sd_command(args: &[&str]) -> std::process::Output {
@@ -134,12 +147,11 @@ fn golden_run_args<'a>(seed: &'a str, scheduler: &'a str, out: &'a Path) -> Vec<
     ]
 }
 
-/// Every tiny-sd run through `sd generate`: the sampler by name, `--schedule-type` when the run
-/// has one, seeds `--seed S --batch N` (image i gets S + i, its own generator).
-#[test]
-fn cli_images_match_k_diffusion_within_one_level() {
-    let dir = scratch("cli");
-    for (key, spec) in runs("tiny-sd") {
+/// Every tiny-sd run of `set` through `sd generate`: the sampler by name, `--schedule-type`
+/// when the run has one, seeds `--seed S --batch N` (image i gets S + i, its own generator).
+fn check_cli(set: &str) {
+    let dir = scratch(set);
+    for (key, spec) in runs(set, "tiny-sd") {
         let seeds = seeds(&spec);
         let out = dir.join(format!("{}.png", key.replace(['/', ' ', '+'], "_")));
         let (first, batch) = (seeds[0].to_string(), seeds.len().to_string());
@@ -171,6 +183,16 @@ fn cli_images_match_k_diffusion_within_one_level() {
             );
         }
     }
+}
+
+#[test]
+fn cli_images_match_k_diffusion_within_one_level() {
+    check_cli(K_DIFFUSION);
+}
+
+#[test]
+fn cli_images_of_a1111_own_samplers_match_a1111_within_one_level() {
+    check_cli(A1111_OWN);
 }
 
 fn stdout(output: &std::process::Output) -> String {
@@ -227,6 +249,21 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
             Some("sgm_uniform"),
             "Sampler: Euler, Schedule type: SGM Uniform, ",
         ),
+        (
+            "Euler a",
+            Some("kl_optimal"),
+            "Sampler: Euler a, Schedule type: KL Optimal, ",
+        ),
+        // A1111's own DDIM and PLMS write no schedule type; its LCM does.
+        ("ddim", None, "Sampler: DDIM, CFG scale: "),
+        ("PLMS", None, "Sampler: PLMS, CFG scale: "),
+        ("unipc", None, "Sampler: UniPC, CFG scale: "),
+        ("LCM", None, "Sampler: LCM, Schedule type: Automatic, "),
+        (
+            "k_lcm",
+            Some("Align Your Steps"),
+            "Sampler: LCM, Schedule type: Align Your Steps, ",
+        ),
     ] {
         let out = dir.join("out.png");
         let mut args = vec![
@@ -234,7 +271,7 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
             "--prompt",
             "a fox",
             "--steps",
-            "2",
+            "3",
             "--seed",
             "3",
             "--scheduler",
@@ -257,6 +294,44 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
         assert!(info.contains("RNG: CPU"), "{info}");
         assert!(!info.contains("Negative prompt"), "{info}");
     }
+}
+
+/// `sd info --json`: the parsed parameters, pairs in the file's order.
+#[test]
+fn info_json_gives_the_parsed_parameters() {
+    let out = scratch("info-json").join("out.png");
+    let run = sd_command(&[
+        "generate",
+        "--prompt",
+        "a fox, at night",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "2",
+        "--scheduler",
+        "DDIM",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = stdout(&sd_command(&["info", "--json", out.to_str().unwrap()]));
+    let parsed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(parsed["prompt"], "a fox, at night");
+    assert_eq!(parsed["negative_prompt"], "blurry");
+    let pairs = parsed["parameters"].as_array().unwrap();
+    assert_eq!(pairs[0], serde_json::json!(["Steps", "2"]));
+    assert_eq!(pairs[1], serde_json::json!(["Sampler", "DDIM"]));
+    // The plain form is the same parameters printed back as A1111 writes them.
+    let plain = stdout(&sd_command(&["info", out.to_str().unwrap()]));
+    assert!(
+        plain.starts_with("a fox, at night\nNegative prompt: blurry\nSteps: 2, Sampler: DDIM, "),
+        "{plain}"
+    );
 }
 
 #[test]

@@ -267,7 +267,7 @@ fn a_scheduler_range_of_zero_is_a_config_error_not_a_panic() {
     let config = model.join("scheduler/scheduler_config.json");
     set_field(&config, "clip_sample", json!(true));
     set_field(&config, "clip_sample_range", json!(0.0));
-    let run = generate(&model, &dir, &["--scheduler", "DDIM"]);
+    let run = generate(&model, &dir, &["--scheduler", "DDIMScheduler"]);
     assert_fails_naming(&run, &["clip_sample_range", "scheduler_config.json"]);
 }
 

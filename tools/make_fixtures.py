@@ -10,6 +10,7 @@ Everything is seeded; running it twice gives byte-identical files. See tools/REA
 """
 
 import argparse
+import importlib
 import os
 import pathlib
 import sys
@@ -17,7 +18,31 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety", "lora_extract", "lycoris_tucker", "embeddings_legacy")
+# Each step writes one group of fixtures. Steps other than pipelines/randn/ldm are a module of
+# fixturegen/ with write_goldens(out, goldens), imported only when the step runs (some need
+# k-diffusion or other extras of tools/requirements.txt). Order matters where a step reads
+# another's output (see README.md).
+STEPS = (
+    "pipelines",
+    "tokenizer",
+    "models",
+    "schedulers",
+    "generations",
+    "randn",
+    "ldm",
+    "lora",
+    "embeddings",
+    "a1111",
+    "philox",
+    "safety",
+    "lora_extract",
+    "lycoris_tucker",
+    "embeddings_legacy",
+    "a1111_exact",
+)
+
+# Steps whose fixturegen module is named differently from the step.
+STEP_MODULES = {"a1111": "a1111_samplers"}
 
 
 def main():
@@ -28,39 +53,21 @@ def main():
     out = os.path.abspath(args.out)
     steps = args.only or STEPS
 
-    # Imported late so --help works without the reference environment.
-    from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
-
     goldens = os.path.join(out, "goldens")
-    if "pipelines" in steps:
-        pipelines.write_pipelines(out)
-    if "tokenizer" in steps:
-        tokenizer.write_goldens(out, goldens)
-    if "models" in steps:
-        models.write_goldens(out, goldens)
-    if "schedulers" in steps:
-        schedulers.write_goldens(out, goldens)
-    if "generations" in steps:
-        generations.write_goldens(out, goldens)
-    if "randn" in steps:
-        write_randn_goldens(out)
-    if "ldm" in steps:
-        write_ldm_single_file(out)
-    if "lora" in steps:
-        lora.write_goldens(out, goldens)
-    if "lora_extract" in steps:
-        from fixturegen import lora_extract
+    for step in STEPS:
+        if step not in steps:
+            continue
+        if step == "pipelines":
+            from fixturegen import pipelines
 
-        lora_extract.write_goldens(out, goldens)
-    if "lycoris_tucker" in steps:
-        from fixturegen import lycoris_tucker
-
-        lycoris_tucker.write_goldens(out, goldens)
-    if "embeddings_legacy" in steps:
-        from fixturegen import embeddings_legacy
-
-        embeddings_legacy.write_goldens(out, goldens)
-    from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
+            pipelines.write_pipelines(out)
+        elif step == "randn":
+            write_randn_goldens(out)
+        elif step == "ldm":
+            write_ldm_single_file(out)
+        else:
+            module = importlib.import_module("fixturegen." + STEP_MODULES.get(step, step))
+            module.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):

@@ -10,6 +10,7 @@
 use sd_core::pipeline::SamplerSettings;
 use sd_core::{Error, Result};
 
+use crate::SchedulerKind;
 use crate::ksampler::{KSamplerKind, ScheduleType};
 
 /// One k-diffusion sampler of A1111's menu.
@@ -84,13 +85,23 @@ const K_SAMPLERS: &[A1111Sampler] = &[
     ),
 ];
 
-/// A1111 menu names that run a diffusers scheduler class here (step for step diffusers', not
-/// checked against A1111's own implementation): (A1111 name, its aliases, the class).
-pub const DIFFUSERS_STAND_INS: &[(&str, &[&str], &str)] = &[
-    ("DDIM", &["ddim"], "DDIMScheduler"),
-    ("PLMS", &["plms"], "PNDMScheduler"),
-    ("UniPC", &["unipc"], "UniPCMultistepScheduler"),
-    ("LCM", &["k_lcm"], "LCMScheduler"),
+/// A1111's samplers outside k-diffusion's sampling functions that are reproduced here: its
+/// timestep samplers DDIM, PLMS (`a1111_timesteps.rs`) and UniPC (`a1111_unipc.rs`), which take
+/// no schedule type, and its LCM (`ksampler/lcm.rs`), which takes one: (name, aliases).
+pub const A1111_OWN: &[(&str, &[&str])] = &[
+    ("DDIM", &["ddim"]),
+    ("PLMS", &["plms"]),
+    ("UniPC", &["unipc"]),
+    ("LCM", &["k_lcm"]),
+];
+
+/// The A1111 names diffusers classes are written as in an infotext (`Sampler: …`): the closest
+/// A1111 sampler (PNDM with skipped PRK steps is A1111's PLMS), not an exact equivalent.
+const DIFFUSERS_INFOTEXT_NAMES: &[(&str, &str)] = &[
+    ("DDIMScheduler", "DDIM"),
+    ("PNDMScheduler", "PLMS"),
+    ("UniPCMultistepScheduler", "UniPC"),
+    ("LCMScheduler", "LCM"),
 ];
 
 impl A1111Sampler {
@@ -130,8 +141,6 @@ pub struct MenuSampler {
     pub aliases: &'static [&'static str],
     /// The default schedule type's name (`karras`), A1111's `options.scheduler`.
     pub default_scheduler: Option<&'static str>,
-    /// Whether it runs A1111's own algorithm (k-diffusion) rather than a diffusers stand-in.
-    pub a1111_exact: bool,
 }
 
 /// One entry of A1111's schedule types, as its API's `GET /sdapi/v1/schedulers` gives it.
@@ -152,18 +161,12 @@ pub fn a1111_menu() -> (Vec<MenuSampler>, Vec<MenuScheduleType>) {
             name: s.name,
             aliases: s.aliases,
             default_scheduler: s.default_schedule.map(ScheduleType::name),
-            a1111_exact: true,
         })
-        .chain(
-            DIFFUSERS_STAND_INS
-                .iter()
-                .map(|&(name, aliases, _)| MenuSampler {
-                    name,
-                    aliases,
-                    default_scheduler: None,
-                    a1111_exact: false,
-                }),
-        )
+        .chain(A1111_OWN.iter().map(|&(name, aliases)| MenuSampler {
+            name,
+            aliases,
+            default_scheduler: None,
+        }))
         .collect();
     let schedule_types = ScheduleType::all()
         .map(|kind| MenuScheduleType {
@@ -209,8 +212,8 @@ fn strip_suffix_ignore_case<'a>(text: &'a str, suffix: &str) -> Option<&'a str> 
 
 /// A request's sampler from A1111's two fields, `sampler_name` and `scheduler` (its API's and
 /// its UI's): a combined name's schedule wins over the field, as in A1111; an absent, empty or
-/// "Automatic" scheduler leaves the sampler's default. Names of the diffusers stand-ins
-/// ([`DIFFUSERS_STAND_INS`]) and diffusers class names pass through unchanged.
+/// "Automatic" scheduler leaves the sampler's default. A1111's own DDIM, PLMS and UniPC (which
+/// take no schedule type), LCM, and diffusers class names pass through unchanged.
 pub fn resolve_a1111(sampler_name: &str, scheduler: Option<&str>) -> Result<SamplerSettings> {
     let field = match scheduler.map(str::trim).filter(|s| !s.is_empty()) {
         Some(text) => Some(ScheduleType::parse(text)?),
@@ -225,7 +228,15 @@ pub fn resolve_a1111(sampler_name: &str, scheduler: Option<&str>) -> Result<Samp
         });
     }
     // Not a k-diffusion name: one scheduler builds it or it is unknown.
-    crate::names::kind_of(sampler_name)?;
+    let kind = crate::names::kind_of(sampler_name)?;
+    if kind == SchedulerKind::A1111Lcm {
+        let chosen = field.unwrap_or(ScheduleType::Automatic);
+        return Ok(SamplerSettings {
+            name: Some("LCM".to_string()),
+            schedule_type: (chosen != ScheduleType::Automatic).then(|| chosen.label().to_string()),
+            ..SamplerSettings::default()
+        });
+    }
     if let Some(kind) = field.filter(|&k| k != ScheduleType::Automatic) {
         return Err(Error::invalid_argument(
             "scheduler",
@@ -244,9 +255,10 @@ pub fn resolve_a1111(sampler_name: &str, scheduler: Option<&str>) -> Result<Samp
 
 /// How A1111 writes a sampler in its infotext: `Sampler: …` and, for its k-diffusion samplers,
 /// `Schedule type: …` (the label of the schedule that ran, "Automatic" for a sampler without a
-/// default of its own). A combined name is split ("DPM++ 2M Karras" → DPM++ 2M, Karras); PNDM
-/// (which runs with skipped PRK steps, SD 1.5's config) is A1111's `PLMS`, DDIM, UniPC and LCM
-/// keep A1111's spelling; other diffusers names are written as given.
+/// default of its own; LCM too). A combined name is split ("DPM++ 2M Karras" → DPM++ 2M, Karras);
+/// A1111's own DDIM and PLMS are written as such; the diffusers classes DDIM, PNDM (which runs
+/// with skipped PRK steps, SD 1.5's config: A1111's `PLMS`), UniPC and LCM get the A1111 name
+/// closest to them; other diffusers names are written as given.
 pub fn infotext_names(
     name: &str,
     schedule_type: Option<ScheduleType>,
@@ -255,15 +267,19 @@ pub fn infotext_names(
         let chosen = suffix.or(schedule_type).unwrap_or(ScheduleType::Automatic);
         return Ok((found.name.to_string(), Some(found.schedule_label(chosen))));
     }
-    let kind = crate::names::kind_of(name)?;
-    let a1111 = DIFFUSERS_STAND_INS
-        .iter()
-        .find(|(a1111, aliases, class)| {
-            let class_kind = crate::names::kind_of(class).ok();
-            class_kind == Some(kind)
-                || a1111.eq_ignore_ascii_case(name.trim())
-                || aliases.iter().any(|a| a.eq_ignore_ascii_case(name.trim()))
-        })
-        .map(|(a1111, _, _)| *a1111);
-    Ok((a1111.unwrap_or(name.trim()).to_string(), None))
+    match crate::names::kind_of(name)? {
+        SchedulerKind::A1111Timesteps(kind) => Ok((kind.a1111_name().to_string(), None)),
+        SchedulerKind::A1111UniPc => Ok(("UniPC".to_string(), None)),
+        SchedulerKind::A1111Lcm => {
+            let chosen = schedule_type.unwrap_or(ScheduleType::Automatic);
+            Ok(("LCM".to_string(), Some(chosen.label())))
+        }
+        kind => {
+            let a1111 = DIFFUSERS_INFOTEXT_NAMES
+                .iter()
+                .find(|(class, _)| crate::names::kind_of(class).ok() == Some(kind))
+                .map(|(_, a1111)| *a1111);
+            Ok((a1111.unwrap_or(name.trim()).to_string(), None))
+        }
+    }
 }

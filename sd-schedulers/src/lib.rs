@@ -2,9 +2,12 @@
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
 //!   `DPM++ 2S a`, `DPM++ 2M`, with A1111's schedule types Automatic, Uniform, Karras,
-//!   Exponential, Polyexponential and SGM Uniform): [`KDiffusionSampler`] runs k-diffusion's
-//!   sampling functions on the σ schedule AUTOMATIC1111 1.10 builds, as A1111 drives them
-//!   (`ksampler/`, names in [`a1111`]).
+//!   Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal,
+//!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
+//!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
+//!   [`a1111`]); A1111's `LCM` ([`A1111LcmSampler`], `ksampler/lcm.rs`) and its own timestep
+//!   samplers `DDIM`, `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) and `UniPC`
+//!   ([`A1111UniPcSampler`], `a1111_unipc.rs`) likewise.
 //! - **diffusers' scheduler classes**, step for step identical to diffusers 0.42: the same
 //!   timesteps, the same σ, the same f32 arithmetic, and the same draws from a torch-compatible
 //!   generator, so a seeded run reproduces a seeded diffusers run.
@@ -26,16 +29,16 @@
 //!
 //! | file | diffusers class | short names |
 //! |---|---|---|
-//! | `pndm.rs` | `PNDMScheduler` (PLMS) | PNDM, PLMS |
-//! | `ddim.rs` | `DDIMScheduler` | DDIM |
+//! | `pndm.rs` | `PNDMScheduler` (PLMS) | PNDM |
+//! | `ddim.rs` | `DDIMScheduler` | — |
 //! | `ddpm.rs` | `DDPMScheduler` | DDPM |
 //! | `lms.rs` | `LMSDiscreteScheduler` | — |
 //! | `euler.rs` | `EulerDiscreteScheduler` | — |
 //! | `euler_ancestral.rs` | `EulerAncestralDiscreteScheduler` | — |
 //! | `heun.rs` | `HeunDiscreteScheduler` | — |
 //! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | DPM++ 2M SDE (Karras) |
-//! | `unipc.rs` | `UniPCMultistepScheduler` | UniPC |
-//! | `lcm.rs` | `LCMScheduler` | LCM |
+//! | `unipc.rs` | `UniPCMultistepScheduler` | — |
+//! | `lcm.rs` | `LCMScheduler` | — |
 //!
 //! Each diffusers scheduler keeps its run's schedule in an `AlphaTimesteps`
 //! (`alpha_timesteps.rs`: DDIM, DDPM, PNDM, LCM) or a `SigmaTimesteps` (`sigma_timesteps.rs`: the
@@ -49,6 +52,8 @@
 //! argument checks).
 
 pub mod a1111;
+mod a1111_timesteps;
+mod a1111_unipc;
 mod alpha_family;
 mod alpha_timesteps;
 mod config;
@@ -72,6 +77,8 @@ mod spacing;
 mod unipc;
 
 pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
+pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+pub use a1111_unipc::A1111UniPcSampler;
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
 };
@@ -81,7 +88,10 @@ pub use dpm_solver::DpmSolverScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
-pub use ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
+pub use ksampler::{
+    A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
+    ScheduleType,
+};
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;
 pub use names::{

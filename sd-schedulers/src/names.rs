@@ -3,15 +3,22 @@
 //! - A1111's k-diffusion sampler names (`Euler a`, `DPM++ 2M`, `DPM2 a Karras`, `k_euler`, …;
 //!   [`crate::a1111`]) build a [`KDiffusionSampler`]: A1111's algorithm on A1111's σ schedule,
 //!   the schedule type from a combined name or [`SamplerOptions::schedule_type`].
+//! - A1111's own `DDIM` and `PLMS` build an [`A1111TimestepSampler`], its `UniPC` an
+//!   [`A1111UniPcSampler`], its `LCM` an [`A1111LcmSampler`] (A1111's algorithms, not diffusers'
+//!   classes).
 //! - diffusers class names (the config's `_class_name`) build that class from the config as it
-//!   stands; the short names below (`PNDM`, `DDIM`, `UniPC`, `DPM++ 2M SDE`, …) build a class with
-//!   the options the name implies.
+//!   stands; the short names below (`PNDM`, `DDPM`, `DPM++ 2M SDE`, …) build a class with the
+//!   options the name implies.
 
 use sd_core::{Error, Result, Scheduler};
 
 use crate::a1111::split_a1111_name;
+use crate::a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
+use crate::a1111_unipc::A1111UniPcSampler;
 use crate::config::SchedulerConfig;
-use crate::ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
+use crate::ksampler::{
+    A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
+};
 use crate::{
     DdimScheduler, DdpmScheduler, DpmSolverScheduler, EulerAncestralScheduler, EulerScheduler,
     HeunScheduler, LcmScheduler, LmsScheduler, PndmScheduler, UniPcScheduler,
@@ -24,6 +31,12 @@ use SchedulerKind::*;
 pub enum SchedulerKind {
     /// A1111's k-diffusion sampler ([`KDiffusionSampler`]).
     A1111(KSamplerKind),
+    /// A1111's own DDIM or PLMS ([`A1111TimestepSampler`]).
+    A1111Timesteps(TimestepSamplerKind),
+    /// A1111's LCM ([`A1111LcmSampler`]).
+    A1111Lcm,
+    /// A1111's UniPC ([`A1111UniPcSampler`]).
+    A1111UniPc,
     Pndm,
     Ddim,
     Ddpm,
@@ -59,9 +72,9 @@ const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
 const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("PNDMScheduler", Pndm, NONE),
     ("PNDM", Pndm, NONE),
-    ("PLMS", Pndm, NONE),
+    ("PLMS", A1111Timesteps(TimestepSamplerKind::Plms), NONE),
     ("DDIMScheduler", Ddim, NONE),
-    ("DDIM", Ddim, NONE),
+    ("DDIM", A1111Timesteps(TimestepSamplerKind::Ddim), NONE),
     ("DDPMScheduler", Ddpm, NONE),
     ("DDPM", Ddpm, NONE),
     ("LMSDiscreteScheduler", Lms, NONE),
@@ -80,9 +93,10 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
         dpm("sde-dpmsolver++", true),
     ),
     ("UniPCMultistepScheduler", UniPc, NONE),
-    ("UniPC", UniPc, NONE),
+    ("UniPC", A1111UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),
-    ("LCM", Lcm, NONE),
+    ("LCM", A1111Lcm, NONE),
+    ("k_lcm", A1111Lcm, NONE),
 ];
 
 /// The last entry of an unknown-name error's list: the names [`known_names`] leaves out.
@@ -101,7 +115,11 @@ pub fn known_names() -> Vec<&'static str> {
 
 /// The diffusers names only (class names and the short names that imply a class).
 pub fn diffusers_names() -> Vec<&'static str> {
-    NAMES.iter().map(|(name, _, _)| *name).collect()
+    NAMES
+        .iter()
+        .filter(|(_, kind, _)| !kind.is_a1111())
+        .map(|(name, _, _)| *name)
+        .collect()
 }
 
 /// The scheduler class a name stands for.
@@ -145,12 +163,17 @@ pub struct SamplerOptions {
 }
 
 impl SchedulerKind {
+    /// Whether the name runs one of A1111's own algorithms rather than a diffusers class.
+    pub fn is_a1111(self) -> bool {
+        matches!(self, A1111(_) | A1111Timesteps(_) | A1111Lcm | A1111UniPc)
+    }
+
     /// Whether the class can space its σ schedule as Karras et al. (diffusers'
     /// `use_karras_sigmas`; its Euler-ancestral class has no such option).
     pub fn takes_karras_sigmas(self) -> bool {
         matches!(
             self,
-            A1111(_) | Lms | Euler | Heun | DpmSolverMultistep | UniPc
+            A1111(_) | A1111Lcm | Lms | Euler | Heun | DpmSolverMultistep | UniPc
         )
     }
 }
@@ -184,6 +207,17 @@ pub fn scheduler_from_name_with(
         return Ok(Box::new(KDiffusionSampler::new(config, setup)?));
     }
     let (kind, implied) = lookup(name)?;
+    if kind == A1111Lcm {
+        // A k-diffusion style sampler: it takes A1111's schedule types.
+        let karras = options
+            .karras_sigmas
+            .and_then(|on| on.then_some(ScheduleType::Karras));
+        let chosen = options.schedule_type.or(karras);
+        return Ok(Box::new(A1111LcmSampler::new(
+            config,
+            chosen.unwrap_or(ScheduleType::Automatic),
+        )?));
+    }
     if let Some(schedule) = options
         .schedule_type
         .filter(|&s| s != ScheduleType::Automatic)
@@ -222,7 +256,13 @@ pub fn scheduler_from_name_with(
         DpmSolverMultistep => Box::new(DpmSolverScheduler::new(&config)?),
         UniPc => Box::new(UniPcScheduler::new(&config)?),
         Lcm => Box::new(LcmScheduler::new(&config)?),
-        A1111(_) => unreachable_a1111(name)?,
+        A1111Timesteps(kind) => Box::new(A1111TimestepSampler::new(
+            &config,
+            kind,
+            options.eta.unwrap_or(0.0),
+        )?),
+        A1111UniPc => Box::new(A1111UniPcSampler::new(&config)?),
+        A1111(_) | A1111Lcm => unreachable_a1111(name)?,
     })
 }
 

@@ -51,7 +51,8 @@ fn every_sampler_and_schedule_type_gives_a1111s_sigmas() {
     let goldens = Goldens::open("tiny-sd", "a1111_samplers.safetensors");
     let mut checked = 0;
     for sampler in a1111_samplers() {
-        for schedule in ScheduleType::all() {
+        // The schedule types of this golden file (the others: tests/a1111_exact.rs).
+        for schedule in ScheduleType::all().take(6) {
             let label = match schedule {
                 ScheduleType::Automatic => "automatic",
                 other => other.label(),
@@ -197,7 +198,13 @@ fn the_menu_lists_every_name_with_its_aliases() {
             "Karras",
             "Exponential",
             "Polyexponential",
-            "SGM Uniform"
+            "SGM Uniform",
+            "KL Optimal",
+            "Align Your Steps",
+            "Simple",
+            "Normal",
+            "DDIM",
+            "Beta"
         ]
     );
     let karras = &schedule_types[2];

@@ -211,12 +211,13 @@ fn short_names_build_the_setups_diffusers_documents() {
         img2img: Default::default(),
         add_noise_timestep: 0.0,
     });
+    // (A1111's names DDIM, PLMS, UniPC and LCM run A1111's own samplers: tests/a1111_exact.rs.)
     for (name, setup) in [
-        ("PLMS", "pndm"),
-        ("DDIM", "ddim_eta0"),
+        ("PNDM", "pndm"),
+        ("DDIMScheduler", "ddim_eta0"),
         ("DPM++ 2M SDE", "dpmpp_sde"),
-        ("UniPC", "unipc_bh2"),
-        ("LCM", "lcm"),
+        ("UniPCMultistepScheduler", "unipc_bh2"),
+        ("LCMScheduler", "lcm"),
     ] {
         let scheduler = scheduler_from_name(name, &sd15).expect(name);
         replay(&goldens, setup, 10, scheduler);

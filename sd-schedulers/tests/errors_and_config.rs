@@ -70,7 +70,7 @@ fn zero_steps_and_more_steps_than_training_timesteps_are_refused() {
 
 #[test]
 fn lcm_refuses_more_steps_than_its_distillation_schedule() {
-    let mut lcm = scheduler_from_name("LCM", &sd15()).unwrap();
+    let mut lcm = scheduler_from_name("LCMScheduler", &sd15()).unwrap();
     assert!(lcm.set_timesteps(50).is_ok());
     assert!(matches!(
         lcm.set_timesteps(51),
@@ -153,7 +153,7 @@ fn config_errors_name_the_file_and_the_field() {
     ];
     for (json, field) in cases {
         let config = SchedulerConfig::from_json(json, origin).unwrap();
-        match scheduler_from_name("DDIM", &config) {
+        match scheduler_from_name("DDIMScheduler", &config) {
             Err(Error::Config { path, field: f, .. }) => {
                 assert_eq!(path, origin, "{json}");
                 assert_eq!(f, field, "{json}");
@@ -203,7 +203,7 @@ fn missing_keys_take_each_class_default_like_from_config() {
         s.set_timesteps(10).unwrap();
         s.timesteps()[0]
     };
-    assert_eq!(first("DDIM"), 901.0);
+    assert_eq!(first("DDIMScheduler"), 901.0);
     assert_eq!(first("PNDM"), 901.0);
     assert_eq!(first("DDPM"), 901.0);
     assert_eq!(first("Euler"), 999.0);
@@ -211,7 +211,7 @@ fn missing_keys_take_each_class_default_like_from_config() {
     // An explicit key wins over the class default.
     let trailing =
         SchedulerConfig::from_json(r#"{"timestep_spacing": "trailing"}"#, "c.json").unwrap();
-    let mut ddim = scheduler_from_name("DDIM", &trailing).unwrap();
+    let mut ddim = scheduler_from_name("DDIMScheduler", &trailing).unwrap();
     ddim.set_timesteps(10).unwrap();
     assert_eq!(ddim.timesteps()[0], 999.0);
 }
@@ -239,7 +239,7 @@ fn unipc_variants_diffusers_cannot_finish_are_refused() {
         let config = SchedulerConfig::from_json(json, "c.json").unwrap();
         assert!(
             matches!(
-                scheduler_from_name("UniPC", &config),
+                scheduler_from_name("UniPCMultistepScheduler", &config),
                 Err(Error::Config { field: ref f, .. }) if f == field
             ),
             "{json}"

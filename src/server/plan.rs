@@ -471,7 +471,7 @@ mod tests {
         );
         let err = plan_of(r#"{"scheduler": "exotic"}"#, Mode::Txt2Img).unwrap_err();
         assert_eq!(err.status.as_u16(), 404);
-        // A sampler that is a diffusers class takes no schedule type (A1111 names all do).
+        // A1111's DDIM (a timestep sampler, no σ schedule) takes no schedule type.
         let err = plan_of(
             r#"{"sampler_name": "DDIM", "scheduler": "karras"}"#,
             Mode::Txt2Img,

@@ -41,7 +41,7 @@ INPAINT_LEGACY = {"seed": 13, "strength": 0.75}
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {}, "PNDM"),
     "euler_ancestral": (EulerAncestralDiscreteScheduler, {}, "EulerAncestralDiscreteScheduler"),
-    "ddim": (DDIMScheduler, {}, "DDIM"),
+    "ddim": (DDIMScheduler, {}, "DDIMScheduler"),
     "dpmpp_2m_karras": (
         DPMSolverMultistepScheduler,
         {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},

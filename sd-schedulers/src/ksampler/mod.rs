@@ -20,10 +20,14 @@
 //! Second-order samplers list both evaluations of a step in [`timesteps`](Scheduler::timesteps)
 //! (the second at σ_{i+1}, the log-midpoint, …); a step whose next σ is 0 takes one.
 
+mod beta_quantile;
+mod lcm;
 mod model_sigmas;
 mod schedule_type;
 
-pub use schedule_type::ScheduleType;
+pub use lcm::A1111LcmSampler;
+pub(crate) use model_sigmas::model_alphas_cumprod;
+pub use schedule_type::{BETA_SCHEDULE_ALPHA_BETA, ScheduleType};
 
 use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
@@ -481,16 +485,7 @@ impl Scheduler for KDiffusionSampler {
 
     /// A1111's img2img rule: of `steps`, run the last `⌊min(strength, 0.999)·steps⌋ + 1`.
     fn start_index(&self, strength: f64) -> Result<usize> {
-        if !(0.0..=1.0).contains(&strength) {
-            return Err(Error::invalid_argument(
-                "strength",
-                format!("must be in [0, 1], got {strength}"),
-            ));
-        }
-        let steps = self.plan.steps;
-        // Truncation as Python's int().
-        let t_enc = (strength.min(0.999) * steps as f64) as usize;
-        let first_step = steps.saturating_sub(t_enc + 1);
+        let first_step = a1111_start_step(strength, self.plan.steps)?;
         Ok(self
             .plan
             .evaluations
@@ -532,6 +527,20 @@ impl ScheduleState for Plan {
         check_index(index, self.evaluations.len())?;
         k_diffusion::add_noise(self.evaluations[index].sigma, original, noise)
     }
+}
+
+/// The first of `steps` that A1111's img2img runs for `strength` with a k-diffusion sampler:
+/// it runs the last `⌊min(strength, 0.999)·steps⌋ + 1`.
+fn a1111_start_step(strength: f64, steps: usize) -> Result<usize> {
+    if !(0.0..=1.0).contains(&strength) {
+        return Err(Error::invalid_argument(
+            "strength",
+            format!("must be in [0, 1], got {strength}"),
+        ));
+    }
+    // Truncation as Python's int().
+    let t_enc = (strength.min(0.999) * steps as f64) as usize;
+    Ok(steps.saturating_sub(t_enc + 1))
 }
 
 fn out_of_order(reason: &str) -> Error {

@@ -20,27 +20,22 @@ pub(crate) struct ModelSigmas {
 impl ModelSigmas {
     /// The table of a model trained with `schedule` over `num_train_timesteps` steps.
     pub fn new(schedule: &BetaSchedule, num_train_timesteps: usize) -> Self {
-        let alphas_cumprod: Vec<f32> = match schedule {
-            // The LDM's own "linear" schedule is diffusers' scaled_linear: linear in √β.
-            BetaSchedule::ScaledLinear { start, end } => ldm_alphas_cumprod(
-                torch_linspace_f64(start.sqrt(), end.sqrt(), num_train_timesteps)
-                    .into_iter()
-                    .map(|b| b * b),
-            ),
-            BetaSchedule::Linear { start, end } => {
-                ldm_alphas_cumprod(torch_linspace_f64(*start, *end, num_train_timesteps))
-            }
-            // No LDM model of SD 1.x uses these; take diffusers' f32 table.
-            BetaSchedule::SquaredCosCapV2 | BetaSchedule::Trained(_) => {
-                NoiseSchedule::new(schedule, num_train_timesteps).alphas_cumprod
-            }
-        };
+        Self::from_alphas_cumprod(&model_alphas_cumprod(schedule, num_train_timesteps))
+    }
+
+    /// The table of σ = √((1 − ᾱ)/ᾱ) for each ᾱ, in f32.
+    pub fn from_alphas_cumprod(alphas_cumprod: &[f32]) -> Self {
         let sigmas: Vec<f32> = alphas_cumprod
             .iter()
             .map(|&a| ((1.0 - a) / a).sqrt())
             .collect();
         let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
         ModelSigmas { sigmas, log_sigmas }
+    }
+
+    /// σ of every training timestep, ascending.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
     }
 
     /// The smallest trained σ (timestep 0).
@@ -84,6 +79,29 @@ impl ModelSigmas {
         let (low, high) = (self.log_sigmas[low_idx], self.log_sigmas[low_idx + 1]);
         let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
         (1.0 - w) * low_idx as f32 + w * (low_idx + 1) as f32
+    }
+}
+
+/// ᾱ of each training timestep as the LDM model A1111 loads holds it (its `alphas_cumprod`,
+/// f32).
+pub(crate) fn model_alphas_cumprod(
+    schedule: &BetaSchedule,
+    num_train_timesteps: usize,
+) -> Vec<f32> {
+    match schedule {
+        // The LDM's own "linear" schedule is diffusers' scaled_linear: linear in √β.
+        BetaSchedule::ScaledLinear { start, end } => ldm_alphas_cumprod(
+            torch_linspace_f64(start.sqrt(), end.sqrt(), num_train_timesteps)
+                .into_iter()
+                .map(|b| b * b),
+        ),
+        BetaSchedule::Linear { start, end } => {
+            ldm_alphas_cumprod(torch_linspace_f64(*start, *end, num_train_timesteps))
+        }
+        // No LDM model of SD 1.x uses these; take diffusers' f32 table.
+        BetaSchedule::SquaredCosCapV2 | BetaSchedule::Trained(_) => {
+            NoiseSchedule::new(schedule, num_train_timesteps).alphas_cumprod
+        }
     }
 }
 

@@ -205,6 +205,10 @@ impl From<RngArg> for stable_diffusion::RngSource {
 pub struct InfoArgs {
     /// A PNG written by `sd generate` (or by A1111).
     pub image: PathBuf,
+    /// Print one JSON object: {"prompt", "negative_prompt", "parameters": [[key, value], ...]}
+    /// (the parameter line's pairs in order, quoted values unquoted).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -309,10 +309,11 @@ fn scheduler_help() -> String {
     use stable_diffusion::schedulers::{a1111_menu, diffusers_names};
     let (samplers, schedule_types) = a1111_menu();
     let mut text = String::from(
-        "A1111 samplers (A1111's k-diffusion algorithms and σ schedules; aliases in brackets;\n\
-         add a schedule type to the name, \"DPM++ 2M Karras\", or pass --schedule-type):\n",
+        "A1111 samplers (A1111's algorithms and σ schedules; aliases in brackets; add a\n\
+         schedule type to the name, \"DPM++ 2M Karras\", or pass --schedule-type; DDIM, PLMS\n\
+         and UniPC take none):\n",
     );
-    for sampler in samplers.iter().filter(|s| s.a1111_exact) {
+    for sampler in &samplers {
         let default = sampler
             .default_scheduler
             .map_or(String::new(), |d| format!(", Automatic = {d}"));
@@ -329,10 +330,6 @@ fn scheduler_help() -> String {
             .collect::<Vec<_>>()
             .join(", ");
         text += &format!("  {} [{aliases}]\n", kind.label);
-    }
-    text += "A1111 names that run a diffusers class (step for step diffusers'):\n";
-    for sampler in samplers.iter().filter(|s| !s.a1111_exact) {
-        text += &format!("  {} [{}]\n", sampler.name, sampler.aliases.join(", "));
     }
     text +=
         "diffusers schedulers (class names and short names, from the model's scheduler config):\n";
