@@ -1,5 +1,7 @@
 //! A1111's sampler names against k-diffusion driven as A1111 drives it: the runs of
-//! `fixtures/goldens/a1111_samplers.json` (written by `tools/fixturegen/a1111_samplers.py`).
+//! `fixtures/goldens/a1111_samplers.json` and `a1111_sde.json` (written by
+//! `tools/fixturegen/a1111_samplers.py` and `a1111_sde.py`; the SDE samplers with torchsde's
+//! Brownian-tree noise).
 //! tiny-sd runs through the `sd` command line (images within one level) and through the library
 //! (final latents too); the inpainting UNet, which is no whole model folder, through the library.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
@@ -18,17 +20,27 @@ use support::{
     max_level_difference,
 };
 
-fn manifest() -> Value {
-    let text = std::fs::read_to_string(goldens().join("a1111_samplers.json")).unwrap();
+/// The golden manifests, each with the file (per model) holding its runs' final latents.
+const MANIFESTS: &[(&str, &str)] = &[
+    ("a1111_samplers.json", "a1111_samplers.safetensors"),
+    ("a1111_sde.json", "a1111_sde.safetensors"),
+];
+
+fn manifest(name: &str) -> Value {
+    let text = std::fs::read_to_string(goldens().join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
-/// The golden runs of `model`: (key, spec).
-fn runs(model: &str) -> Vec<(String, Value)> {
-    let manifest = manifest();
-    let runs = manifest["runs"][model].as_object().unwrap();
-    assert!(!runs.is_empty(), "no runs for {model}");
-    runs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+/// The golden runs of `model` in every manifest: (key, spec, latents file).
+fn runs(model: &str) -> Vec<(String, Value, &'static str)> {
+    let mut all = Vec::new();
+    for &(name, latents) in MANIFESTS {
+        if let Some(runs) = manifest(name)["runs"][model].as_object() {
+            all.extend(runs.iter().map(|(k, v)| (k.clone(), v.clone(), latents)));
+        }
+    }
+    assert!(!all.is_empty(), "no runs for {model}");
+    all
 }
 
 fn seeds(spec: &Value) -> Vec<u64> {
@@ -68,9 +80,8 @@ fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
 }
 
 fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, model: &str) {
-    let latents =
-        SafetensorsFile::open(goldens().join(model).join("a1111_samplers.safetensors")).unwrap();
-    for (key, spec) in runs(model) {
+    for (key, spec, file) in runs(model) {
+        let latents = SafetensorsFile::open(goldens().join(model).join(file)).unwrap();
         let generation = sd.generate(&request(&spec)).unwrap();
         let expected = latents.get(&format!("{key}/latents")).unwrap();
         assert_matches_goldens(
@@ -137,7 +148,7 @@ fn golden_run_args<'a>(seed: &'a str, scheduler: &'a str, out: &'a Path) -> Vec<
 #[test]
 fn cli_images_match_k_diffusion_within_one_level() {
     let dir = scratch("cli");
-    for (key, spec) in runs("tiny-sd") {
+    for (key, spec, _) in runs("tiny-sd") {
         let seeds = seeds(&spec);
         let out = dir.join(format!("{}.png", key.replace(['/', ' ', '+'], "_")));
         let (first, batch) = (seeds[0].to_string(), seeds.len().to_string());
@@ -225,6 +236,16 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
             Some("sgm_uniform"),
             "Sampler: Euler, Schedule type: SGM Uniform, ",
         ),
+        (
+            "DPM++ 2M SDE Karras",
+            None,
+            "Sampler: DPM++ 2M SDE, Schedule type: Karras, ",
+        ),
+        (
+            "DPM++ SDE",
+            None,
+            "Sampler: DPM++ SDE, Schedule type: Karras, ",
+        ),
     ] {
         let out = dir.join("out.png");
         let mut args = vec![
@@ -269,6 +290,7 @@ fn scheduler_help_lists_both_vocabularies() {
     for needle in [
         "A1111 samplers",
         "DPM2 a [k_dpm_2_a, Automatic = karras]",
+        "DPM++ 2M SDE Heun [k_dpmpp_2m_sde_heun, Automatic = exponential]",
         "SGM Uniform [sgm_uniform, SGMUniform]",
         "diffusers schedulers",
         "DPMSolverMultistepScheduler",

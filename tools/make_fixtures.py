@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety", "a1111_sde")
 
 
 def main():
@@ -48,7 +48,22 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
-    from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
+    if "embeddings" in steps:
+        embeddings.write_goldens(out, goldens)
+    if "a1111" in steps:
+        from fixturegen import a1111_samplers  # needs k-diffusion (tools/requirements.txt)
+
+        a1111_samplers.write_goldens(out, goldens)
+    if "philox" in steps:
+        from fixturegen import philox
+
+        philox.write_goldens(out, goldens)
+    if "safety" in steps:
+        safety.write_goldens(out, goldens)
+    if "a1111_sde" in steps:
+        from fixturegen import a1111_sde  # needs k-diffusion and torchsde (tools/requirements.txt)
+
+        a1111_sde.write_goldens(out, goldens)
 
 
 def write_randn_goldens(out):

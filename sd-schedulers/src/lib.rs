@@ -1,7 +1,7 @@
 //! Diffusion samplers for Stable Diffusion in two vocabularies, each exact to its source:
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
-//!   `DPM++ 2S a`, `DPM++ 2M`, with A1111's schedule types Automatic, Uniform, Karras,
+//!   `DPM++ 2S a`, `DPM++ 2M`, `DPM++ SDE`, `DPM++ 2M SDE`, `DPM++ 2M SDE Heun`, with A1111's schedule types Automatic, Uniform, Karras,
 //!   Exponential, Polyexponential and SGM Uniform): [`KDiffusionSampler`] runs k-diffusion's
 //!   sampling functions on the σ schedule AUTOMATIC1111 1.10 builds, as A1111 drives them
 //!   (`ksampler/`, names in [`a1111`]).
@@ -33,7 +33,7 @@
 //! | `euler.rs` | `EulerDiscreteScheduler` | — |
 //! | `euler_ancestral.rs` | `EulerAncestralDiscreteScheduler` | — |
 //! | `heun.rs` | `HeunDiscreteScheduler` | — |
-//! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | DPM++ 2M SDE (Karras) |
+//! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | — |
 //! | `unipc.rs` | `UniPCMultistepScheduler` | UniPC |
 //! | `lcm.rs` | `LCMScheduler` | LCM |
 //!
@@ -50,6 +50,7 @@
 
 pub mod a1111;
 mod alpha_family;
+mod brownian;
 mod alpha_timesteps;
 mod config;
 mod ddim;
@@ -72,6 +73,7 @@ mod spacing;
 mod unipc;
 
 pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
+pub use brownian::{BrownianNoise, BrownianTree};
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
 };

@@ -4,7 +4,7 @@
 //!   [`crate::a1111`]) build a [`KDiffusionSampler`]: A1111's algorithm on A1111's σ schedule,
 //!   the schedule type from a combined name or [`SamplerOptions::schedule_type`].
 //! - diffusers class names (the config's `_class_name`) build that class from the config as it
-//!   stands; the short names below (`PNDM`, `DDIM`, `UniPC`, `DPM++ 2M SDE`, …) build a class with
+//!   stands; the short names below (`PNDM`, `DDIM`, `UniPC`, …) build a class with
 //!   the options the name implies.
 
 use sd_core::{Error, Result, Scheduler};
@@ -48,13 +48,6 @@ const NONE: Implied = Implied {
     algorithm: None,
 };
 
-const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
-    Implied {
-        karras: Some(karras),
-        algorithm: Some(algorithm),
-    }
-}
-
 /// Every accepted diffusers name, with its class and what it implies.
 const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("PNDMScheduler", Pndm, NONE),
@@ -69,16 +62,6 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("EulerAncestralDiscreteScheduler", EulerAncestral, NONE),
     ("HeunDiscreteScheduler", Heun, NONE),
     ("DPMSolverMultistepScheduler", DpmSolverMultistep, NONE),
-    (
-        "DPM++ 2M SDE",
-        DpmSolverMultistep,
-        dpm("sde-dpmsolver++", false),
-    ),
-    (
-        "DPM++ 2M SDE Karras",
-        DpmSolverMultistep,
-        dpm("sde-dpmsolver++", true),
-    ),
     ("UniPCMultistepScheduler", UniPc, NONE),
     ("UniPC", UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),

@@ -214,7 +214,6 @@ fn short_names_build_the_setups_diffusers_documents() {
     for (name, setup) in [
         ("PLMS", "pndm"),
         ("DDIM", "ddim_eta0"),
-        ("DPM++ 2M SDE", "dpmpp_sde"),
         ("UniPC", "unipc_bh2"),
         ("LCM", "lcm"),
     ] {

@@ -1,0 +1,152 @@
+//! k-diffusion's DPM-Solver++ SDE steps (`sample_dpmpp_sde`, `sample_dpmpp_2m_sde`), as f32
+//! element-wise maps in k-diffusion's operation order. Their noise is Brownian-tree noise
+//! ([`BrownianNoise`]) over the run's σ range, seeded with the image's seed, as A1111's
+//! `create_noise_sampler` builds it.
+
+use sd_core::{HostTensor, Result};
+
+use super::{ancestral_step, sigma_of, t_of};
+use crate::brownian::BrownianNoise;
+use crate::elementwise::{map2, map3};
+
+/// `sample_dpmpp_sde`'s `r`: the midpoint in t.
+const R: f32 = 0.5;
+
+/// `x + noise·s_noise·scale` (k-diffusion's `x + noise_sampler(…) * s_noise * su`).
+fn add_noise(x: &HostTensor, noise: &HostTensor, s_noise: f32, scale: f32) -> Result<HostTensor> {
+    map2("SDE noise", x, noise, |x, n| x + n * s_noise * scale)
+}
+
+/// One `sample_dpmpp_sde` step from σ to `next` > 0, in k-diffusion's times t = −ln σ.
+pub(super) struct SdeStep {
+    t: f32,
+    t_next: f32,
+    s: f32,
+}
+
+impl SdeStep {
+    pub fn new(sigma: f32, next: f32) -> Self {
+        let (t, t_next) = (t_of(sigma), t_of(next));
+        let h = t_next - t;
+        SdeStep {
+            t,
+            t_next,
+            s: t + h * R,
+        }
+    }
+
+    /// σ of the step's second model evaluation: `sigma_fn(s)`.
+    pub fn midpoint_sigma(&self) -> f32 {
+        sigma_of(self.s)
+    }
+
+    /// Step 1: from `x` (denoised estimate `denoised`) to the midpoint sample `x_2`.
+    pub fn to_midpoint(
+        &self,
+        x: &HostTensor,
+        denoised: &HostTensor,
+        eta: f32,
+        s_noise: f32,
+        noise: &mut BrownianNoise,
+    ) -> Result<HostTensor> {
+        let sigma_t = sigma_of(self.t);
+        let sigma_s = sigma_of(self.s);
+        let (down, up) = ancestral_step(sigma_t, sigma_s, eta);
+        let s_down = t_of(down);
+        let ratio = sigma_of(s_down) / sigma_t;
+        let weight = (self.t - s_down).exp_m1();
+        let x_2 = map2("DPM++ SDE step", x, denoised, |x, d| ratio * x - weight * d)?;
+        add_noise(&x_2, &noise.sample(sigma_t, sigma_s)?, s_noise, up)
+    }
+
+    /// Step 2: from the step's start `x` and both denoised estimates to the next sample.
+    pub fn to_end(
+        &self,
+        x: &HostTensor,
+        denoised: &HostTensor,
+        denoised_2: &HostTensor,
+        eta: f32,
+        s_noise: f32,
+        noise: &mut BrownianNoise,
+    ) -> Result<HostTensor> {
+        let sigma_t = sigma_of(self.t);
+        let sigma_next = sigma_of(self.t_next);
+        let (down, up) = ancestral_step(sigma_t, sigma_next, eta);
+        let t_down = t_of(down);
+        let ratio = sigma_of(t_down) / sigma_t;
+        let weight = (self.t - t_down).exp_m1();
+        let fac = 1.0 / (2.0 * R);
+        let x = map3(
+            "DPM++ SDE step",
+            x,
+            denoised,
+            denoised_2,
+            |x, d, d_2| ratio * x - weight * ((1.0 - fac) * d + fac * d_2),
+        )?;
+        add_noise(&x, &noise.sample(sigma_t, sigma_next)?, s_noise, up)
+    }
+}
+
+/// How `sample_dpmpp_2m_sde` corrects with the previous denoised estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SolverType {
+    /// k-diffusion's default (A1111's "DPM++ 2M SDE").
+    Midpoint,
+    /// A1111's "DPM++ 2M SDE Heun".
+    Heun,
+}
+
+/// What a `sample_dpmpp_2m_sde` step needs besides the sample and its denoised estimate.
+pub(super) struct MultistepSde<'a> {
+    pub sigma: f32,
+    pub next: f32,
+    pub eta: f32,
+    pub s_noise: f32,
+    pub solver: SolverType,
+    /// The previous step's denoised estimate and h, if there was a previous step.
+    pub previous: Option<(&'a HostTensor, f32)>,
+}
+
+impl MultistepSde<'_> {
+    /// The step from σ to `next` > 0; also returns its h (the next step's `h_last`).
+    pub fn step(
+        &self,
+        x: &HostTensor,
+        denoised: &HostTensor,
+        noise: &mut BrownianNoise,
+    ) -> Result<(HostTensor, f32)> {
+        let (sigma, next) = (self.sigma, self.next);
+        let (t, s) = (t_of(sigma), t_of(next));
+        let h = s - t;
+        let eta_h = self.eta * h;
+        let decay = next / sigma * (-eta_h).exp();
+        let exponent = -h - eta_h;
+        let gain = -exponent.exp_m1();
+        let mut x = map2("DPM++ 2M SDE step", x, denoised, |x, d| {
+            decay * x + gain * d
+        })?;
+        if let Some((old_denoised, h_last)) = self.previous {
+            let r = h_last / h;
+            let coefficient = match self.solver {
+                SolverType::Midpoint => 0.5 * gain * (1.0 / r),
+                SolverType::Heun => (gain / exponent + 1.0) * (1.0 / r),
+            };
+            x = map3(
+                "DPM++ 2M SDE correction",
+                &x,
+                denoised,
+                old_denoised,
+                |x, d, o| x + coefficient * (d - o),
+            )?;
+        }
+        if self.eta != 0.0 {
+            let spread = (-(-2.0 * eta_h).exp_m1()).sqrt();
+            let s_noise = self.s_noise;
+            let n = noise.sample(sigma, next)?;
+            x = map2("DPM++ 2M SDE noise", &x, &n, |x, n| {
+                x + n * next * spread * s_noise
+            })?;
+        }
+        Ok((x, h))
+    }
+}
