@@ -50,8 +50,8 @@
 
 pub mod a1111;
 mod alpha_family;
-mod brownian;
 mod alpha_timesteps;
+mod brownian;
 mod config;
 mod ddim;
 mod ddpm;

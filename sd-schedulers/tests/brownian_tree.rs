@@ -1,6 +1,9 @@
 //! The Brownian tree and the noise sampler against torchsde 0.2.6 and k-diffusion
 //! (`fixtures/goldens/brownian_tree.safetensors`, written by `tools/fixturegen/a1111_sde.py`):
-//! every increment bit for bit.
+//! every tree increment bit for bit; the noise sampler's values within one ulp, because it
+//! divides by `√|σ_next − σ|` and torch's f32 `sqrt` (the reference build's, the same with
+//! `ATEN_CPU_CAPABILITY=default`) is not IEEE's correctly rounded square root: it is one ulp
+//! off on about 18% of inputs, which this crate (IEEE `f32::sqrt`) does not imitate.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
 use sd_core::HostTensor;
@@ -26,11 +29,13 @@ fn usizes(value: &Value) -> Vec<usize> {
         .collect()
 }
 
-fn assert_bits_equal(what: &str, ours: &HostTensor, expected: &HostTensor) {
+/// Every element within `ulps` units in the last place (0: the same bits).
+fn assert_within_ulps(what: &str, ours: &HostTensor, expected: &HostTensor, ulps: u32) {
     assert_eq!(ours.shape(), expected.shape(), "{what}: shape");
     for (i, (a, b)) in ours.iter().zip(expected.iter()).enumerate() {
+        let apart = (a.to_bits() as i32).abs_diff(b.to_bits() as i32);
         assert!(
-            a.to_bits() == b.to_bits(),
+            apart <= ulps && a.is_sign_negative() == b.is_sign_negative(),
             "{what}: element {i}: {a} vs torchsde {b}"
         );
     }
@@ -52,7 +57,8 @@ fn tree_increments_equal_torchsde() {
             let (ta, tb) = (query[0].as_f64().unwrap(), query[1].as_f64().unwrap());
             let ours = tree.increment(ta, tb).unwrap();
             let expected = goldens.host(&format!("tree/{case}/{q}"));
-            assert_bits_equal(&format!("case {case} query {q} [{ta}, {tb}]"), &ours, &expected);
+            let what = format!("case {case} query {q} [{ta}, {tb}]");
+            assert_within_ulps(&what, &ours, &expected, 0);
         }
     }
 }
@@ -83,7 +89,7 @@ fn noise_sampler_equals_k_diffusion_per_image_trees() {
         for (image, sampler) in samplers.iter_mut().enumerate() {
             let ours = sampler.sample(sigma, next).unwrap();
             let theirs = expected.index_axis(ndarray::Axis(0), image).to_owned();
-            assert_bits_equal(&format!("step {i} image {image}"), &ours, &theirs);
+            assert_within_ulps(&format!("step {i} image {image}"), &ours, &theirs, 1);
         }
     }
 }

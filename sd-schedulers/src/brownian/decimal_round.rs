@@ -60,7 +60,11 @@ mod tests {
         assert!(pairs.len() > 1000);
         for pair in pairs {
             let (x, expected) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
-            assert_eq!(round_micro(x).to_bits(), expected.to_bits(), "round({x}, 6)");
+            assert_eq!(
+                round_micro(x).to_bits(),
+                expected.to_bits(),
+                "round({x}, 6)"
+            );
         }
     }
 

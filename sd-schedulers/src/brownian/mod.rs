@@ -115,7 +115,10 @@ impl BrownianTree {
     /// interval are clamped to it, as torchsde does (with a warning there).
     pub fn increment(&mut self, ta: f64, tb: f64) -> Result<HostTensor> {
         let root = &self.nodes[0];
-        let (ta, tb) = (ta.clamp(root.start, root.end), tb.clamp(root.start, root.end));
+        let (ta, tb) = (
+            ta.clamp(root.start, root.end),
+            tb.clamp(root.start, root.end),
+        );
         if ta.is_nan() || tb.is_nan() || ta > tb {
             return Err(Error::invalid_argument(
                 "Brownian tree",

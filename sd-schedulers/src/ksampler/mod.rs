@@ -33,8 +33,8 @@ pub use schedule_type::ScheduleType;
 
 use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::brownian::BrownianNoise;
+use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::k_diffusion;
 use crate::lms::{MAX_ORDER as LMS_ORDER, lms_update};
@@ -261,7 +261,9 @@ impl KDiffusionSampler {
                 let (down, _) = ancestral_step(sigma, next, self.setup.eta);
                 (down != 0.0).then(|| SingleStep::new(sigma, down).midpoint_sigma())
             }
-            KSamplerKind::DpmPpSde => (next != 0.0).then(|| SdeStep::new(sigma, next).midpoint_sigma()),
+            KSamplerKind::DpmPpSde => {
+                (next != 0.0).then(|| SdeStep::new(sigma, next).midpoint_sigma())
+            }
             _ => None,
         };
         if let Some(sigma) = second {
@@ -437,7 +439,8 @@ impl KDiffusionSampler {
             KSamplerKind::DpmPpSde => {
                 let (eta, s_noise) = (self.setup.eta, self.setup.s_noise);
                 let noise = self.brownian(x, generator)?;
-                let x_2 = SdeStep::new(sigma, next).to_midpoint(x, &denoised, eta, s_noise, noise)?;
+                let x_2 =
+                    SdeStep::new(sigma, next).to_midpoint(x, &denoised, eta, s_noise, noise)?;
                 self.history.start = Some(x.clone());
                 self.history.denoised = Some(denoised);
                 Ok(x_2)
@@ -452,7 +455,11 @@ impl KDiffusionSampler {
                     next,
                     eta: self.setup.eta,
                     s_noise: self.setup.s_noise,
-                    solver: self.setup.kind.multistep_sde_solver().unwrap_or(SolverType::Midpoint),
+                    solver: self
+                        .setup
+                        .kind
+                        .multistep_sde_solver()
+                        .unwrap_or(SolverType::Midpoint),
                     previous: old.as_ref().zip(self.history.h_last),
                 };
                 let noise = self.brownian(x, generator)?;
@@ -514,9 +521,10 @@ impl KDiffusionSampler {
                 }
             }
             KSamplerKind::DpmPpSde => {
-                let first = self.history.denoised.take().ok_or_else(|| {
-                    out_of_order("DPM++ SDE's second evaluation lost its first")
-                })?;
+                let first =
+                    self.history.denoised.take().ok_or_else(|| {
+                        out_of_order("DPM++ SDE's second evaluation lost its first")
+                    })?;
                 let (eta, s_noise) = (self.setup.eta, self.setup.s_noise);
                 let noise = self.brownian(&x, generator)?;
                 SdeStep::new(sigma, next).to_end(&x, &first, &denoised, eta, s_noise, noise)

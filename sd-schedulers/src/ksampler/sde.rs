@@ -76,13 +76,9 @@ impl SdeStep {
         let ratio = sigma_of(t_down) / sigma_t;
         let weight = (self.t - t_down).exp_m1();
         let fac = 1.0 / (2.0 * R);
-        let x = map3(
-            "DPM++ SDE step",
-            x,
-            denoised,
-            denoised_2,
-            |x, d, d_2| ratio * x - weight * ((1.0 - fac) * d + fac * d_2),
-        )?;
+        let x = map3("DPM++ SDE step", x, denoised, denoised_2, |x, d, d_2| {
+            ratio * x - weight * ((1.0 - fac) * d + fac * d_2)
+        })?;
         add_noise(&x, &noise.sample(sigma_t, sigma_next)?, s_noise, up)
     }
 }
