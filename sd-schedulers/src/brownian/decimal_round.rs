@@ -53,9 +53,7 @@ mod tests {
     /// (tools/fixturegen/a1111_sde.py): random times, dyadic ties, midpoints of sums.
     #[test]
     fn equals_python_round() {
-        let path = sd_testkit::fixtures().join("goldens/a1111_sde.json");
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let manifest = crate::brownian::golden_manifest();
         let pairs = manifest["round6"].as_array().unwrap();
         assert!(pairs.len() > 1000);
         for pair in pairs {

@@ -4,7 +4,7 @@
 //!
 //! What torchsde does, reproduced here step for step:
 //! - The motion lives on `[t0, t1]` (σ_min and σ_max of the run). Every time is snapped to six
-//!   decimals with Python's `round` (the tree's tolerance 1e-6; [`decimal_round`]).
+//!   decimals with Python's `round` (the tree's tolerance 1e-6; `decimal_round.rs`).
 //! - The root's increment is `randn(shape) · √(t1 − t0)`, the generator seeded with the first
 //!   word of numpy's `SeedSequence(entropy, pool_size=24).generate_state(3)`.
 //! - Intervals form a binary tree split at (rounded) halves. A node's children come from a
@@ -31,6 +31,15 @@ use sd_core::{Error, HostTensor, Result, TorchGenerator};
 
 use decimal_round::{MAX_EXACT, round_micro};
 use seed_sequence::SeedSequence;
+
+/// `fixtures/goldens/a1111_sde.json` (written by tools/fixturegen/a1111_sde.py): the unit
+/// goldens of numpy's `SeedSequence` and Python's `round`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+fn golden_manifest() -> serde_json::Value {
+    let path = sd_testkit::fixtures().join("goldens/a1111_sde.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
 
 /// torchsde's `BrownianTree` default `pool_size`.
 const POOL_SIZE: usize = 24;
@@ -307,6 +316,7 @@ impl BrownianNoise {
         Ok(increment.mapv_into(|w| w * sign / scale))
     }
 
+    /// The shape of each noise sample.
     pub fn shape(&self) -> &[usize] {
         self.tree.shape()
     }

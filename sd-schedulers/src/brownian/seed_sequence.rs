@@ -124,9 +124,7 @@ mod tests {
     /// cases of `fixtures/goldens/a1111_sde.json` (tools/fixturegen/a1111_sde.py).
     #[test]
     fn states_equal_numpy() {
-        let path = sd_testkit::fixtures().join("goldens/a1111_sde.json");
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let manifest = crate::brownian::golden_manifest();
         let cases = manifest["seed_sequences"].as_array().unwrap();
         assert!(!cases.is_empty());
         for case in cases {

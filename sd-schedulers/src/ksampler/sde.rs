@@ -12,11 +12,6 @@ use crate::elementwise::{map2, map3};
 /// `sample_dpmpp_sde`'s `r`: the midpoint in t.
 const R: f32 = 0.5;
 
-/// `x + noise·s_noise·scale` (k-diffusion's `x + noise_sampler(…) * s_noise * su`).
-fn add_noise(x: &HostTensor, noise: &HostTensor, s_noise: f32, scale: f32) -> Result<HostTensor> {
-    map2("SDE noise", x, noise, |x, n| x + n * s_noise * scale)
-}
-
 /// One `sample_dpmpp_sde` step from σ to `next` > 0, in k-diffusion's times t = −ln σ.
 pub(super) struct SdeStep {
     t: f32,
@@ -49,14 +44,11 @@ impl SdeStep {
         s_noise: f32,
         noise: &mut BrownianNoise,
     ) -> Result<HostTensor> {
-        let sigma_t = sigma_of(self.t);
-        let sigma_s = sigma_of(self.s);
-        let (down, up) = ancestral_step(sigma_t, sigma_s, eta);
-        let s_down = t_of(down);
-        let ratio = sigma_of(s_down) / sigma_t;
-        let weight = (self.t - s_down).exp_m1();
-        let x_2 = map2("DPM++ SDE step", x, denoised, |x, d| ratio * x - weight * d)?;
-        add_noise(&x_2, &noise.sample(sigma_t, sigma_s)?, s_noise, up)
+        let step = AncestralStep::new(self.t, self.s, eta);
+        let x_2 = map2("DPM++ SDE step", x, denoised, |x, d| {
+            step.ratio * x - step.weight * d
+        })?;
+        step.add_noise(&x_2, s_noise, noise)
     }
 
     /// Step 2: from the step's start `x` and both denoised estimates to the next sample.
@@ -69,17 +61,49 @@ impl SdeStep {
         s_noise: f32,
         noise: &mut BrownianNoise,
     ) -> Result<HostTensor> {
-        let sigma_t = sigma_of(self.t);
-        let sigma_next = sigma_of(self.t_next);
-        let (down, up) = ancestral_step(sigma_t, sigma_next, eta);
-        let t_down = t_of(down);
-        let ratio = sigma_of(t_down) / sigma_t;
-        let weight = (self.t - t_down).exp_m1();
+        let step = AncestralStep::new(self.t, self.t_next, eta);
         let fac = 1.0 / (2.0 * R);
         let x = map3("DPM++ SDE step", x, denoised, denoised_2, |x, d, d_2| {
-            ratio * x - weight * ((1.0 - fac) * d + fac * d_2)
+            step.ratio * x - step.weight * ((1.0 - fac) * d + fac * d_2)
         })?;
-        add_noise(&x, &noise.sample(sigma_t, sigma_next)?, s_noise, up)
+        step.add_noise(&x, s_noise, noise)
+    }
+}
+
+/// DPM-Solver++'s first-order step from time t towards `t_to`, split as an ancestral step:
+/// `x' = ratio·x − weight·denoised` lands at σ_down, then noise of σ_up from σ(t) to σ(t_to).
+struct AncestralStep {
+    sigma: f32,
+    sigma_to: f32,
+    up: f32,
+    ratio: f32,
+    weight: f32,
+}
+
+impl AncestralStep {
+    fn new(t: f32, t_to: f32, eta: f32) -> Self {
+        let (sigma, sigma_to) = (sigma_of(t), sigma_of(t_to));
+        let (down, up) = ancestral_step(sigma, sigma_to, eta);
+        let t_down = t_of(down);
+        AncestralStep {
+            sigma,
+            sigma_to,
+            up,
+            ratio: sigma_of(t_down) / sigma,
+            weight: (t - t_down).exp_m1(),
+        }
+    }
+
+    /// `x + noise_sampler(σ(t), σ(t_to))·s_noise·σ_up`.
+    fn add_noise(
+        &self,
+        x: &HostTensor,
+        s_noise: f32,
+        noise: &mut BrownianNoise,
+    ) -> Result<HostTensor> {
+        let n = noise.sample(self.sigma, self.sigma_to)?;
+        let up = self.up;
+        map2("SDE noise", x, &n, |x, n| x + n * s_noise * up)
     }
 }
 
