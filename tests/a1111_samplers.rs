@@ -2,7 +2,8 @@
 //! `fixtures/goldens/a1111_samplers.json` (written by `tools/fixturegen/a1111_samplers.py`), and
 //! A1111's own DDIM, PLMS, LCM and its further schedule types: the runs of
 //! `fixtures/goldens/a1111_exact.json` (`tools/fixturegen/a1111_exact.py`, A1111's code
-//! transcribed). tiny-sd runs through the `sd` command line (images within one level) and through
+//! transcribed); the SDE samplers with torchsde's Brownian-tree noise: the runs of
+//! `fixtures/goldens/a1111_sde.json` (`tools/fixturegen/a1111_sde.py`). tiny-sd runs through the `sd` command line (images within one level) and through
 //! the library (final latents too); the inpainting UNet, which is no whole model folder, through
 //! the library.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
@@ -25,6 +26,7 @@ use support::{
 /// A golden set: `goldens/<name>.json` and `goldens/<model>/<name>.safetensors`.
 const K_DIFFUSION: &str = "a1111_samplers";
 const A1111_OWN: &str = "a1111_exact";
+const K_DIFFUSION_SDE: &str = "a1111_sde";
 
 fn manifest(set: &str) -> Value {
     let text = std::fs::read_to_string(goldens().join(format!("{set}.json"))).unwrap();
@@ -100,6 +102,12 @@ fn tiny_sd_a1111_samplers_match_k_diffusion() {
 fn tiny_sd_a1111_own_samplers_and_schedule_types_match_a1111() {
     let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
     check_library(&sd, A1111_OWN, "tiny-sd");
+}
+
+#[test]
+fn tiny_sd_a1111_sde_samplers_match_k_diffusion() {
+    let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
+    check_library(&sd, K_DIFFUSION_SDE, "tiny-sd");
 }
 
 #[test]
@@ -191,6 +199,11 @@ fn cli_images_match_k_diffusion_within_one_level() {
 }
 
 #[test]
+fn cli_images_of_sde_samplers_match_k_diffusion_within_one_level() {
+    check_cli(K_DIFFUSION_SDE);
+}
+
+#[test]
 fn cli_images_of_a1111_own_samplers_match_a1111_within_one_level() {
     check_cli(A1111_OWN);
 }
@@ -248,6 +261,16 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
             "k_euler",
             Some("sgm_uniform"),
             "Sampler: Euler, Schedule type: SGM Uniform, ",
+        ),
+        (
+            "DPM++ 2M SDE Karras",
+            None,
+            "Sampler: DPM++ 2M SDE, Schedule type: Karras, ",
+        ),
+        (
+            "DPM++ SDE",
+            None,
+            "Sampler: DPM++ SDE, Schedule type: Karras, ",
         ),
         (
             "Euler a",
@@ -346,6 +369,7 @@ fn scheduler_help_lists_both_vocabularies() {
     for needle in [
         "A1111 samplers",
         "DPM2 a [k_dpm_2_a, Automatic = karras]",
+        "DPM++ 2M SDE Heun [k_dpmpp_2m_sde_heun, Automatic = exponential]",
         "SGM Uniform [sgm_uniform, SGMUniform]",
         "diffusers schedulers",
         "DPMSolverMultistepScheduler",

@@ -776,3 +776,55 @@ fn models_switch_by_options_and_override_and_lora_tags_match_the_cli() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A1111's SDE samplers by name through the API: each image's Brownian-tree noise is seeded
+/// with its own seed, so a batch of two gives `sd generate --batch 2`'s pixels, and the
+/// infotext names sampler and schedule type as A1111 does.
+#[test]
+fn sde_sampler_by_a1111_name_gives_sd_generates_pixels() {
+    let dir = scratch("sde");
+    let server = Server::start(&["--model", &tiny()]);
+    let answer = server
+        .post(
+            "/sdapi/v1/txt2img",
+            r#"{"prompt": "a fox", "seed": 21, "steps": 3, "cfg_scale": 7, "width": 64,
+                "height": 64, "batch_size": 2, "sampler_name": "DPM++ 2M SDE",
+                "scheduler": "karras"}"#,
+        )
+        .ok();
+    let model = tiny();
+    let reference = sd_generate(
+        &dir,
+        "sde",
+        &[
+            "--model",
+            &model,
+            "--prompt",
+            "a fox",
+            "--seed",
+            "21",
+            "--steps",
+            "3",
+            "--cfg",
+            "7",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--batch",
+            "2",
+            "--scheduler",
+            "DPM++ 2M SDE Karras",
+        ],
+    );
+    for (index, served) in images_of(&answer).iter().enumerate() {
+        let path = reference.with_file_name(format!("sde-{}.png", index + 1));
+        assert_same_pixels(served, &read_rgb(&path).unwrap(), &format!("image {index}"));
+    }
+    let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
+    let infotext = info["infotexts"][1].as_str().unwrap();
+    assert!(
+        infotext.contains("Sampler: DPM++ 2M SDE, Schedule type: Karras, "),
+        "{infotext}"
+    );
+}

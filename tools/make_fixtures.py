@@ -39,6 +39,7 @@ STEPS = (
     "lycoris_tucker",
     "embeddings_legacy",
     "a1111_exact",
+    "a1111_sde",
 )
 
 # Steps whose fixturegen module is named differently from the step.

@@ -76,17 +76,29 @@ fn filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> HostTensor {
 pub trait NormalSource: Send + std::fmt::Debug {
     /// The next `randn(shape)` of the stream (f32, contiguous).
     fn randn(&mut self, shape: &[usize]) -> HostTensor;
+
+    /// The seed the stream started from (the image's seed). A1111 seeds the Brownian-tree
+    /// noise of its SDE samplers with it, whatever the generator.
+    fn initial_seed(&self) -> u64;
 }
 
 impl NormalSource for TorchGenerator {
     fn randn(&mut self, shape: &[usize]) -> HostTensor {
         TorchGenerator::randn(self, shape)
     }
+
+    fn initial_seed(&self) -> u64 {
+        TorchGenerator::initial_seed(self)
+    }
 }
 
 impl NormalSource for PhiloxGenerator {
     fn randn(&mut self, shape: &[usize]) -> HostTensor {
         PhiloxGenerator::randn(self, shape)
+    }
+
+    fn initial_seed(&self) -> u64 {
+        PhiloxGenerator::initial_seed(self)
     }
 }
 

@@ -4,8 +4,8 @@
 //! (sampler, scheduler) pair, including the older combined names ("DPM++ 2M Karras").
 //!
 //! A1111's "Automatic" schedule type means the sampler's own default: Karras for DPM++ 2M,
-//! DPM++ 2S a, DPM2 and DPM2 a; the model's uniform discretisation for Euler, Euler a, LMS and
-//! Heun.
+//! DPM++ SDE, DPM++ 2S a, DPM2 and DPM2 a; Exponential for DPM++ 2M SDE and DPM++ 2M SDE Heun;
+//! the model's uniform discretisation for Euler, Euler a, LMS and Heun.
 
 use sd_core::pipeline::SamplerSettings;
 use sd_core::{Error, Result};
@@ -50,6 +50,27 @@ const K_SAMPLERS: &[A1111Sampler] = &[
         &["k_dpmpp_2m"],
         KSamplerKind::DpmPp2m,
         Some(ScheduleType::Karras),
+        false,
+    ),
+    sampler(
+        "DPM++ SDE",
+        &["k_dpmpp_sde"],
+        KSamplerKind::DpmPpSde,
+        Some(ScheduleType::Karras),
+        false,
+    ),
+    sampler(
+        "DPM++ 2M SDE",
+        &["k_dpmpp_2m_sde"],
+        KSamplerKind::DpmPp2mSde,
+        Some(ScheduleType::Exponential),
+        false,
+    ),
+    sampler(
+        "DPM++ 2M SDE Heun",
+        &["k_dpmpp_2m_sde_heun"],
+        KSamplerKind::DpmPp2mSdeHeun,
+        Some(ScheduleType::Exponential),
         false,
     ),
     sampler(

@@ -1,6 +1,6 @@
 //! DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
-//! Diffusion Probabilistic Models"), diffusers' `DPMSolverMultistepScheduler`; A1111's
-//! "DPM++ 2M" (order 2), "DPM++ 2M Karras", and with `sde-dpmsolver++` "DPM++ 2M SDE".
+//! Diffusion Probabilistic Models"), diffusers' `DPMSolverMultistepScheduler` (its order-2
+//! setup is what diffusers' docs call "DPM++ 2M"; A1111's names run k-diffusion, `ksampler/`).
 //!
 //! Works in half log-SNR λ = ln(α_t/σ_t): each step integrates the data prediction x̂₀
 //! exactly in λ, with a linear (order 2) or quadratic (order 3) fit through past x̂₀. The SDE

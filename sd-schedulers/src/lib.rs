@@ -1,7 +1,7 @@
 //! Diffusion samplers for Stable Diffusion in two vocabularies, each exact to its source:
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
-//!   `DPM++ 2S a`, `DPM++ 2M`, with A1111's schedule types Automatic, Uniform, Karras,
+//!   `DPM++ 2S a`, `DPM++ 2M`, `DPM++ SDE`, `DPM++ 2M SDE`, `DPM++ 2M SDE Heun`, with A1111's schedule types Automatic, Uniform, Karras,
 //!   Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal,
 //!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
 //!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
@@ -36,7 +36,7 @@
 //! | `euler.rs` | `EulerDiscreteScheduler` | — |
 //! | `euler_ancestral.rs` | `EulerAncestralDiscreteScheduler` | — |
 //! | `heun.rs` | `HeunDiscreteScheduler` | — |
-//! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | DPM++ 2M SDE (Karras) |
+//! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | — |
 //! | `unipc.rs` | `UniPCMultistepScheduler` | — |
 //! | `lcm.rs` | `LCMScheduler` | — |
 //!
@@ -56,6 +56,7 @@ mod a1111_timesteps;
 mod a1111_unipc;
 mod alpha_family;
 mod alpha_timesteps;
+mod brownian;
 mod config;
 mod ddim;
 mod ddpm;
@@ -79,6 +80,7 @@ mod unipc;
 pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
 pub use a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
 pub use a1111_unipc::A1111UniPcSampler;
+pub use brownian::{BrownianNoise, BrownianTree};
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
 };

@@ -7,7 +7,7 @@
 //!   [`A1111UniPcSampler`], its `LCM` an [`A1111LcmSampler`] (A1111's algorithms, not diffusers'
 //!   classes).
 //! - diffusers class names (the config's `_class_name`) build that class from the config as it
-//!   stands; the short names below (`PNDM`, `DDPM`, `DPM++ 2M SDE`, …) build a class with the
+//!   stands; the short names below (`PNDM`, `DDPM`, …) build a class with the
 //!   options the name implies.
 
 use sd_core::{Error, Result, Scheduler};
@@ -61,13 +61,6 @@ const NONE: Implied = Implied {
     algorithm: None,
 };
 
-const fn dpm(algorithm: &'static str, karras: bool) -> Implied {
-    Implied {
-        karras: Some(karras),
-        algorithm: Some(algorithm),
-    }
-}
-
 /// Every accepted diffusers name, with its class and what it implies.
 const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("PNDMScheduler", Pndm, NONE),
@@ -82,16 +75,6 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("EulerAncestralDiscreteScheduler", EulerAncestral, NONE),
     ("HeunDiscreteScheduler", Heun, NONE),
     ("DPMSolverMultistepScheduler", DpmSolverMultistep, NONE),
-    (
-        "DPM++ 2M SDE",
-        DpmSolverMultistep,
-        dpm("sde-dpmsolver++", false),
-    ),
-    (
-        "DPM++ 2M SDE Karras",
-        DpmSolverMultistep,
-        dpm("sde-dpmsolver++", true),
-    ),
     ("UniPCMultistepScheduler", UniPc, NONE),
     ("UniPC", A1111UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),

@@ -1,7 +1,8 @@
 //! A1111's σ schedules and names against the reference: `get_sigmas` of A1111 1.10 over
-//! k-diffusion (`fixtures/goldens/tiny-sd/a1111_samplers.safetensors`, written by
-//! `tools/fixturegen/a1111_samplers.py`) for every sampler, schedule type and several step
-//! counts; and A1111's rules for reading sampler and schedule names.
+//! k-diffusion (`fixtures/goldens/tiny-sd/a1111_samplers.safetensors` and, for the SDE
+//! samplers, `a1111_sde.safetensors`, written by `tools/fixturegen/a1111_samplers.py` and
+//! `a1111_sde.py`) for every sampler, schedule type and several step counts; and A1111's rules
+//! for reading sampler and schedule names.
 
 // A failed unwrap in a test is a test failure with its message; no user input here.
 #![allow(clippy::unwrap_used)]
@@ -49,9 +50,15 @@ fn assert_close(what: &str, ours: &[f32], expected: &[f32], relative: f32, absol
 #[test]
 fn every_sampler_and_schedule_type_gives_a1111s_sigmas() {
     let goldens = Goldens::open("tiny-sd", "a1111_samplers.safetensors");
+    let sde_goldens = Goldens::open("tiny-sd", "a1111_sde.safetensors");
     let mut checked = 0;
     for sampler in a1111_samplers() {
-        // The schedule types of this golden file (the others: tests/a1111_exact.rs).
+        let goldens = if sampler.kind.uses_brownian_noise() {
+            &sde_goldens
+        } else {
+            &goldens
+        };
+        // The schedule types of these golden files (the others: tests/a1111_exact.rs).
         for schedule in ScheduleType::all().take(6) {
             let label = match schedule {
                 ScheduleType::Automatic => "automatic",
@@ -85,7 +92,7 @@ fn every_sampler_and_schedule_type_gives_a1111s_sigmas() {
             }
         }
     }
-    assert_eq!(checked, 8 * 6 * STEP_COUNTS.len());
+    assert_eq!(checked, a1111_samplers().len() * 6 * STEP_COUNTS.len());
 }
 
 #[test]
@@ -179,6 +186,9 @@ fn the_menu_lists_every_name_with_its_aliases() {
         "DPM2 a",
         "DPM++ 2S a",
         "DPM++ 2M",
+        "DPM++ SDE",
+        "DPM++ 2M SDE",
+        "DPM++ 2M SDE Heun",
         "DDIM",
         "PLMS",
         "UniPC",
@@ -189,6 +199,9 @@ fn the_menu_lists_every_name_with_its_aliases() {
     let dpmpp_2m = samplers.iter().find(|s| s.name == "DPM++ 2M").unwrap();
     assert_eq!(dpmpp_2m.aliases, ["k_dpmpp_2m"]);
     assert_eq!(dpmpp_2m.default_scheduler, Some("karras"));
+    let dpmpp_2m_sde = samplers.iter().find(|s| s.name == "DPM++ 2M SDE").unwrap();
+    assert_eq!(dpmpp_2m_sde.aliases, ["k_dpmpp_2m_sde"]);
+    assert_eq!(dpmpp_2m_sde.default_scheduler, Some("exponential"));
     let labels: Vec<_> = schedule_types.iter().map(|s| s.label).collect();
     assert_eq!(
         labels,

@@ -215,7 +215,6 @@ fn short_names_build_the_setups_diffusers_documents() {
     for (name, setup) in [
         ("PNDM", "pndm"),
         ("DDIMScheduler", "ddim_eta0"),
-        ("DPM++ 2M SDE", "dpmpp_sde"),
         ("UniPCMultistepScheduler", "unipc_bh2"),
         ("LCMScheduler", "lcm"),
     ] {

@@ -14,7 +14,12 @@
 //!   after each step, which is A1111's per-image generator continuing after the initial noise.
 //!   (k-diffusion's Euler, Heun and DPM2 also draw a noise they only use with `s_churn` > 0,
 //!   which A1111 leaves at 0; nothing after them reads the generator, so they skip the draw.)
-//! - η = 1 and s_noise = 1 for the ancestral samplers (A1111's defaults).
+//! - SDE noise: DPM++ SDE and DPM++ 2M SDE draw Brownian-tree noise (`brownian/`, torchsde's
+//!   `BrownianTree` on torch's CPU generator) over [smallest positive σ, largest σ] of the whole
+//!   schedule, seeded with the lane's seed, as A1111's `create_noise_sampler` seeds one tree per
+//!   image from the image seeds (a lane of several images gets one tree of its whole shape,
+//!   k-diffusion's rule for a single seed). The lane's generator itself is not drawn from.
+//! - η = 1 and s_noise = 1 for the ancestral and SDE samplers (A1111's defaults).
 //! - img2img starts at A1111's step: `steps − ⌊min(strength, 0.999)·steps⌋ − 1`.
 //!
 //! Second-order samplers list both evaluations of a step in [`timesteps`](Scheduler::timesteps)
@@ -24,6 +29,7 @@ mod beta_quantile;
 mod lcm;
 mod model_sigmas;
 mod schedule_type;
+mod sde;
 
 pub use lcm::A1111LcmSampler;
 pub(crate) use model_sigmas::model_alphas_cumprod;
@@ -31,11 +37,13 @@ pub use schedule_type::{BETA_SCHEDULE_ALPHA_BETA, ScheduleType};
 
 use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
+use crate::brownian::BrownianNoise;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::k_diffusion;
 use crate::lms::{MAX_ORDER as LMS_ORDER, lms_update};
 use model_sigmas::ModelSigmas;
+use sde::{MultistepSde, SdeStep, SolverType};
 
 /// The noise schedule A1111's SD 1.x models are trained with (LDM's `linear_start` /
 /// `linear_end`), for configs that leave it out.
@@ -60,6 +68,12 @@ pub enum KSamplerKind {
     DpmPp2sAncestral,
     /// `sample_dpmpp_2m`: "DPM++ 2M".
     DpmPp2m,
+    /// `sample_dpmpp_sde`: "DPM++ SDE".
+    DpmPpSde,
+    /// `sample_dpmpp_2m_sde` (midpoint solver): "DPM++ 2M SDE".
+    DpmPp2mSde,
+    /// `sample_dpmpp_2m_sde` with `solver_type='heun'`: "DPM++ 2M SDE Heun".
+    DpmPp2mSdeHeun,
 }
 
 impl KSamplerKind {
@@ -70,7 +84,25 @@ impl KSamplerKind {
             KSamplerKind::EulerAncestral
                 | KSamplerKind::Dpm2Ancestral
                 | KSamplerKind::DpmPp2sAncestral
+        ) || self.uses_brownian_noise()
+    }
+
+    /// Whether its noise comes from a Brownian tree seeded with the image seed (the SDE
+    /// samplers) rather than from the image's generator.
+    pub fn uses_brownian_noise(self) -> bool {
+        matches!(
+            self,
+            KSamplerKind::DpmPpSde | KSamplerKind::DpmPp2mSde | KSamplerKind::DpmPp2mSdeHeun
         )
+    }
+
+    /// `sample_dpmpp_2m_sde`'s solver type, for the samplers that run it.
+    fn multistep_sde_solver(self) -> Option<SolverType> {
+        match self {
+            KSamplerKind::DpmPp2mSde => Some(SolverType::Midpoint),
+            KSamplerKind::DpmPp2mSdeHeun => Some(SolverType::Heun),
+            _ => None,
+        }
     }
 
     /// Model evaluations per step (but one on a step that ends at σ = 0).
@@ -79,7 +111,8 @@ impl KSamplerKind {
             KSamplerKind::Heun
             | KSamplerKind::Dpm2
             | KSamplerKind::Dpm2Ancestral
-            | KSamplerKind::DpmPp2sAncestral => 2,
+            | KSamplerKind::DpmPp2sAncestral
+            | KSamplerKind::DpmPpSde => 2,
             _ => 1,
         }
     }
@@ -131,6 +164,10 @@ struct History {
     old_denoised: Option<HostTensor>,
     /// LMS: past derivatives, oldest first.
     derivatives: Vec<HostTensor>,
+    /// DPM++ SDE: the first evaluation's denoised estimate.
+    denoised: Option<HostTensor>,
+    /// DPM++ 2M SDE: the previous step's h (log-σ step).
+    h_last: Option<f32>,
 }
 
 /// One of A1111's k-diffusion samplers (see the module docs).
@@ -142,6 +179,8 @@ pub struct KDiffusionSampler {
     model: ModelSigmas,
     plan: Plan,
     history: History,
+    /// The SDE samplers' Brownian-tree noise, made at the run's first step.
+    brownian: Option<BrownianNoise>,
 }
 
 impl KDiffusionSampler {
@@ -173,6 +212,7 @@ impl KDiffusionSampler {
                 timesteps: Vec::new(),
             },
             history: History::default(),
+            brownian: None,
         })
     }
 
@@ -225,6 +265,9 @@ impl KDiffusionSampler {
                 let (down, _) = ancestral_step(sigma, next, self.setup.eta);
                 (down != 0.0).then(|| SingleStep::new(sigma, down).midpoint_sigma())
             }
+            KSamplerKind::DpmPpSde => {
+                (next != 0.0).then(|| SdeStep::new(sigma, next).midpoint_sigma())
+            }
             _ => None,
         };
         if let Some(sigma) = second {
@@ -273,6 +316,28 @@ impl KDiffusionSampler {
         map2("ancestral noise", &x, &noise, |x, n| {
             x + n * s_noise * sigma_up
         })
+    }
+
+    /// The run's Brownian-tree noise, made on first use: a tree over the schedule's
+    /// [smallest positive σ, largest σ] for samples like `x`, seeded with the lane's seed.
+    fn brownian(
+        &mut self,
+        x: &HostTensor,
+        generator: &dyn NormalSource,
+    ) -> Result<&mut BrownianNoise> {
+        if self.brownian.is_none() {
+            let sigmas = &self.plan.sigmas;
+            let positive = sigmas.iter().copied().filter(|&s| s > 0.0);
+            let sigma_min = positive.fold(f32::INFINITY, f32::min);
+            let sigma_max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let noise =
+                BrownianNoise::new(sigma_min, sigma_max, x.shape(), generator.initial_seed())?;
+            self.brownian = Some(noise);
+        }
+        match self.brownian.as_mut() {
+            Some(noise) => Ok(noise),
+            None => Err(out_of_order("the Brownian noise was not made")),
+        }
     }
 
     fn take_start(&mut self) -> Result<HostTensor> {
@@ -374,6 +439,38 @@ impl KDiffusionSampler {
                     _ => map2("DPM++ 2M step", x, &denoised, |x, d| ratio * x - weight * d),
                 }
             }
+            KSamplerKind::DpmPpSde if !has_second => euler(x, &denoised, sigma, next),
+            KSamplerKind::DpmPpSde => {
+                let (eta, s_noise) = (self.setup.eta, self.setup.s_noise);
+                let noise = self.brownian(x, generator)?;
+                let x_2 =
+                    SdeStep::new(sigma, next).to_midpoint(x, &denoised, eta, s_noise, noise)?;
+                self.history.start = Some(x.clone());
+                self.history.denoised = Some(denoised);
+                Ok(x_2)
+            }
+            KSamplerKind::DpmPp2mSde | KSamplerKind::DpmPp2mSdeHeun => {
+                let old = self.history.old_denoised.replace(denoised.clone());
+                if next == 0.0 {
+                    return Ok(denoised);
+                }
+                let step = MultistepSde {
+                    sigma,
+                    next,
+                    eta: self.setup.eta,
+                    s_noise: self.setup.s_noise,
+                    solver: self
+                        .setup
+                        .kind
+                        .multistep_sde_solver()
+                        .unwrap_or(SolverType::Midpoint),
+                    previous: old.as_ref().zip(self.history.h_last),
+                };
+                let noise = self.brownian(x, generator)?;
+                let (x, h) = step.step(x, &denoised, noise)?;
+                self.history.h_last = Some(h);
+                Ok(x)
+            }
         }
     }
 
@@ -427,6 +524,15 @@ impl KDiffusionSampler {
                     Ok(x)
                 }
             }
+            KSamplerKind::DpmPpSde => {
+                let first =
+                    self.history.denoised.take().ok_or_else(|| {
+                        out_of_order("DPM++ SDE's second evaluation lost its first")
+                    })?;
+                let (eta, s_noise) = (self.setup.eta, self.setup.s_noise);
+                let noise = self.brownian(&x, generator)?;
+                SdeStep::new(sigma, next).to_end(&x, &first, &denoised, eta, s_noise, noise)
+            }
             _ => Err(out_of_order("this sampler takes one evaluation per step")),
         }
     }
@@ -451,6 +557,7 @@ impl Scheduler for KDiffusionSampler {
             timesteps,
         };
         self.history = History::default();
+        self.brownian = None;
         Ok(())
     }
 
