@@ -199,6 +199,13 @@ impl Backend for CpuBackend {
         crate::pipeline::available_host_memory()
     }
 
+    fn full_precision(&self) -> Result<Option<Self>> {
+        Ok(match self.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(CpuBackend::with_precision(Precision::F32)),
+        })
+    }
+
     fn name(&self) -> String {
         match self.precision {
             Precision::F32 => "cpu".to_string(),

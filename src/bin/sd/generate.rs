@@ -248,6 +248,10 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         return Err(e);
     }
     let generation = generation?;
+    if let Some(warning) = f32_decode_warning(&generation.decoded_in_f32, &sd.pipeline().backend().name()) {
+        // Even with --quiet: the precision asked for was not the one that made these images.
+        eprintln!("{warning}");
+    }
 
     let (sampler, schedule_type) = infotext_names(
         sd.scheduler_for(&request),
@@ -302,6 +306,25 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The one line that says which images were decoded again in f32 (none: no line).
+fn f32_decode_warning(rows: &[usize], backend: &str) -> Option<String> {
+    let (last, rest) = rows.split_last()?;
+    let which = match rest {
+        [] => format!("image {}", last + 1),
+        _ => format!(
+            "images {}",
+            rows.iter()
+                .map(|row| (row + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Some(format!(
+        "warning: the VAE decode of {which} on {backend} gave NaN or infinite pixels (the VAE \
+         overflows in reduced precision); decoded again in f32. --precision f32 avoids the retry."
+    ))
 }
 
 /// `--scheduler help`: every accepted name, grouped by vocabulary.
