@@ -199,6 +199,8 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
             init_path.to_str().unwrap(),
             "--mask",
             mask_path.to_str().unwrap(),
+            "--mask-blur",
+            "4",
         ],
     );
     assert_same_pixels(

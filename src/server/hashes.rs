@@ -8,7 +8,7 @@
 //! hashed again.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -77,8 +77,8 @@ impl ModelHashes {
 fn stamps(files: &[PathBuf]) -> FileStamps {
     files
         .iter()
-        .map(|path: &PathBuf| {
-            let meta = std::fs::metadata(Path::new(path)).ok();
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok();
             let size = meta.as_ref().map_or(0, |m| m.len());
             let modified = meta.and_then(|m| m.modified().ok());
             (path.clone(), size, modified)

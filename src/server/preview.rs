@@ -37,7 +37,7 @@ impl LivePreview {
         let previewer = Previewer::load(&backend, method)?;
         Ok(LivePreview {
             method: method.clone(),
-            render: Box::new(move |latents| previewer.render(&backend, latents, 0)),
+            render: Box::new(move |latents: &HostTensor| previewer.render(&backend, latents, 0)),
             last: Mutex::new(None),
         })
     }
@@ -81,7 +81,7 @@ mod tests {
         let counted = Arc::clone(&renders);
         let preview = LivePreview {
             method: PreviewMethod::Approx,
-            render: Box::new(move |latents| {
+            render: Box::new(move |latents: &HostTensor| {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Ok(sd_core::pipeline::preview(latents, 0).unwrap())
             }),

@@ -26,12 +26,14 @@
 //! - `image.rs`: [`RgbImage`], [`GrayImage`] and the pixel conversions.
 //! - `decode.rs`: the final decode, redone in f32 when reduced precision overflowed
 //!   ([`Generation::decoded_in_f32`]).
+//! - `mask.rs`: A1111's mask blur and [`MaskedContent`].
 //! - `progress.rs`: [`StepProgress`], [`Control`] and the cheap latent preview.
 
 mod decode;
 mod guard;
 mod image;
 mod lane;
+mod mask;
 mod progress;
 mod request;
 mod start;
@@ -43,6 +45,7 @@ pub use guard::{
 };
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
+pub use mask::MaskedContent;
 pub use progress::{Control, StepProgress, preview};
 pub use request::{GenerationRequest, InitImage, MAX_SIDE, SamplerSettings, Seeds};
 
@@ -286,12 +289,19 @@ where
         let in_channels = self.denoiser.in_channels();
         let blank = || HostTensor::zeros(vec![1, 3, checked.height, checked.width]);
         let everywhere = || HostTensor::ones(vec![1, 1, checked.height, checked.width]);
-        let image = request.init.as_ref().map(|init| init.image.to_tensor());
+        let content = request.masked_content;
+        let image = match (&request.init, &request.mask) {
+            (Some(init), Some(mask)) if content == MaskedContent::Fill => {
+                Some(init.image.fill_masked(mask)?.to_tensor())
+            }
+            (init, _) => init.as_ref().map(|init| init.image.to_tensor()),
+        };
         let mask = request.mask.as_ref().map(GrayImage::to_binary_tensor);
         if self.is_inpainting() {
             return Ok(Task::Inpaint {
                 image: image.unwrap_or_else(blank),
                 mask: mask.unwrap_or_else(everywhere),
+                content,
             });
         }
         if in_channels != latent_channels {
@@ -307,7 +317,11 @@ where
         Ok(match (image, mask) {
             (None, _) => Task::Txt2Img,
             (Some(image), None) => Task::Img2Img { image },
-            (Some(image), Some(mask)) => Task::BlendInpaint { image, mask },
+            (Some(image), Some(mask)) => Task::BlendInpaint {
+                image,
+                mask,
+                content,
+            },
         })
     }
 

@@ -85,6 +85,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
+    // A1111 blurs the mask at its own size, then resizes it with the image.
+    let mask = mask.map(|mask| mask.gaussian_blur(args.mask_blur, args.mask_blur));
     // A1111's resize_mode 0: an init image of another size is stretched to --width/--height.
     let (init, mask) = match init {
         Some(image) => {
@@ -221,7 +223,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         request = request.init_image(image, args.strength);
     }
     if let Some(mask) = mask {
-        request = request.mask(mask);
+        request = request.mask(mask).masked_content(args.masked_content);
     }
 
     // A1111's infotext names each embedding the prompts use by its name and short hash.
