@@ -56,8 +56,7 @@ pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
 pub use safety::SafetyCheckerChoice;
 pub use sd_core::pipeline::{
     Control, Generation, GenerationRequest, GrayImage, InitImage, MaskedContent, RgbImage,
-    SamplerSettings, Seeds,
-    StepProgress,
+    SamplerSettings, Seeds, StepProgress,
 };
 pub use sd_core::{Error, PromptMode, Result, RngSource, TextOptions};
 

@@ -62,7 +62,13 @@ fn current_image_is_taesd_full_size_when_asked_and_the_latent_approximation_by_d
 #[test]
 fn a_bad_preview_method_stops_sd_serve_before_it_listens() {
     let run = std::process::Command::new(serve_support::sd_bin())
-        .args(["serve", "--preview", "taesd:/nonexistent/taesd", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--preview",
+            "taesd:/nonexistent/taesd",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr);

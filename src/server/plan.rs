@@ -626,7 +626,10 @@ mod tests {
         // More images than the batch: A1111's RuntimeError, here a 422 with its words.
         let err = plan_of(&body(1), Mode::Img2Img).unwrap_err();
         assert_eq!(err.status.as_u16(), 422);
-        assert!(err.detail.contains("bad number of images passed: 2; expecting 1 or less"));
+        assert!(
+            err.detail
+                .contains("bad number of images passed: 2; expecting 1 or less")
+        );
         // A batch of 4 with 2 images becomes a batch of 2: image i with seed (5 + i), over two
         // iterations.
         let p = plan_of(&body(4), Mode::Img2Img).unwrap();
@@ -646,7 +649,10 @@ mod tests {
             parse_body::<GenerateBody>(format!("{{\"prompt\": \"x\"{extra}}}").as_bytes()).unwrap()
         };
         assert_eq!(mask_blur_of(&body("")).unwrap(), (4, 4));
-        assert_eq!(mask_blur_of(&body(r#", "mask_blur_x": 2, "mask_blur_y": 0"#)).unwrap(), (2, 0));
+        assert_eq!(
+            mask_blur_of(&body(r#", "mask_blur_x": 2, "mask_blur_y": 0"#)).unwrap(),
+            (2, 0)
+        );
         // mask_blur sets both, over the per-axis fields.
         assert_eq!(
             mask_blur_of(&body(r#", "mask_blur": 7, "mask_blur_x": 2"#)).unwrap(),

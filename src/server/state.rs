@@ -36,7 +36,6 @@ struct JobState {
     stamp: u64,
 }
 
-
 impl Progress {
     fn state(&self) -> std::sync::MutexGuard<'_, JobState> {
         // A panic elsewhere leaves plain numbers behind: still readable.
@@ -120,7 +119,10 @@ impl Progress {
         let elapsed = state.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         view.eta_relative = elapsed / progress - elapsed;
         view.progress = progress.min(1.0);
-        (view, state.latents.clone().map(|latents| (state.stamp, latents)))
+        (
+            view,
+            state.latents.clone().map(|latents| (state.stamp, latents)),
+        )
     }
 }
 

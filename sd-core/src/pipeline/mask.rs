@@ -179,7 +179,10 @@ fn box_pass(
         for i in 0..len {
             let mean = sum.map(|s| s / width);
             out[at(i, line)] = mean;
-            let (leaving, entering) = (get(i as isize - radius as isize), get((i + radius + 1) as isize));
+            let (leaving, entering) = (
+                get(i as isize - radius as isize),
+                get((i + radius + 1) as isize),
+            );
             for c in 0..4 {
                 sum[c] += entering[c] - leaving[c];
             }
@@ -289,7 +292,6 @@ fn reflect_101(mut i: isize, len: usize) -> usize {
     i as usize
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 mod tests {
@@ -307,7 +309,9 @@ mod tests {
     #[test]
     fn mask_blur_keeps_flat_regions_and_softens_edges_symmetrically() {
         // A vertical edge: white left half, black right half, 20 wide.
-        let pixels = (0..20 * 3).map(|i| if i % 20 < 10 { 255 } else { 0 }).collect();
+        let pixels = (0..20 * 3)
+            .map(|i| if i % 20 < 10 { 255 } else { 0 })
+            .collect();
         let mask = GrayImage::new(20, 3, pixels).unwrap();
         let blurred = mask.gaussian_blur(2, 2);
         let row = &blurred.pixels()[20..40];
@@ -330,10 +334,18 @@ mod tests {
         // Left half red and kept, right half green and masked: the fill turns it red.
         let (w, h) = (24, 8);
         let pixels = (0..w * h)
-            .flat_map(|i| if i % w < w / 2 { [200, 10, 10] } else { [0, 250, 0] })
+            .flat_map(|i| {
+                if i % w < w / 2 {
+                    [200, 10, 10]
+                } else {
+                    [0, 250, 0]
+                }
+            })
             .collect();
         let image = RgbImage::new(w, h, pixels).unwrap();
-        let mask = (0..w * h).map(|i| if i % w < w / 2 { 0 } else { 255 }).collect();
+        let mask = (0..w * h)
+            .map(|i| if i % w < w / 2 { 0 } else { 255 })
+            .collect();
         let mask = GrayImage::new(w, h, mask).unwrap();
         let filled = image.fill_masked(&mask).unwrap();
         for (i, (ours, theirs)) in filled
@@ -351,16 +363,29 @@ mod tests {
         // Nothing masked: the image itself.
         let none = GrayImage::new(w, h, vec![0; w * h]).unwrap();
         assert_eq!(image.fill_masked(&none).unwrap(), image);
-        assert!(image.fill_masked(&GrayImage::new(2, 2, vec![0; 4]).unwrap()).is_err());
+        assert!(
+            image
+                .fill_masked(&GrayImage::new(2, 2, vec![0; 4]).unwrap())
+                .is_err()
+        );
     }
 
     #[test]
     fn masked_content_reads_a1111_names_and_numbers() {
-        assert_eq!("latent-noise".parse::<MaskedContent>().unwrap(), MaskedContent::LatentNoise);
-        assert_eq!("3".parse::<MaskedContent>().unwrap(), MaskedContent::LatentNothing);
+        assert_eq!(
+            "latent-noise".parse::<MaskedContent>().unwrap(),
+            MaskedContent::LatentNoise
+        );
+        assert_eq!(
+            "3".parse::<MaskedContent>().unwrap(),
+            MaskedContent::LatentNothing
+        );
         assert_eq!(MaskedContent::from_a1111(0).unwrap(), MaskedContent::Fill);
         let err = MaskedContent::from_a1111(7).unwrap_err().to_string();
-        assert!(err.contains("inpainting_fill") && err.contains('7'), "{err}");
+        assert!(
+            err.contains("inpainting_fill") && err.contains('7'),
+            "{err}"
+        );
         assert!("blur".parse::<MaskedContent>().is_err());
     }
 }

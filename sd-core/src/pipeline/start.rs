@@ -316,7 +316,10 @@ mod tests {
         let run = |content| with_masked_content(content, reference.clone(), &noise, &mask);
 
         let noised = run(MaskedContent::LatentNoise);
-        assert_eq!((left(&noised), right(&noised)), (left(&reference), right(&noise)));
+        assert_eq!(
+            (left(&noised), right(&noised)),
+            (left(&reference), right(&noise))
+        );
         let zeroed = run(MaskedContent::LatentNothing);
         assert_eq!(left(&zeroed), left(&reference));
         assert!(right(&zeroed).iter().all(|&v| v == 0.0));

@@ -250,7 +250,9 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         return Err(e);
     }
     let generation = generation?;
-    if let Some(warning) = f32_decode_warning(&generation.decoded_in_f32, &sd.pipeline().backend().name()) {
+    if let Some(warning) =
+        f32_decode_warning(&generation.decoded_in_f32, &sd.pipeline().backend().name())
+    {
         // Even with --quiet: the precision asked for was not the one that made these images.
         eprintln!("{warning}");
     }
