@@ -64,7 +64,7 @@ fn vae_overflowing_in_bf16(dir: &Path) -> PathBuf {
             ".to_v.weight" | ".to_v.bias" => tensor.mapv_inplace(|v| v * 1e-30),
             ".to_out.0.weight" => {
                 let largest = tensor.iter().fold(0f32, |m, v| m.max(v.abs()));
-                tensor.mapv_inplace(|v| v * (PAST_BF16 / largest));
+                tensor.mapv_inplace(|v| v / largest * PAST_BF16);
                 assert!(tensor.iter().all(|v| v.is_finite()));
             }
             _ => {}
@@ -106,7 +106,8 @@ fn decode(model: &StableDiffusion<CpuBackend>, latents: &HostTensor, row: usize)
     let b = model.pipeline().backend();
     let scaled = latents
         .slice(ndarray::s![row..row + 1, .., .., ..])
-        .mapv(|v| v / codec.scaling_factor());
+        .mapv(|v| v / codec.scaling_factor())
+        .into_dyn();
     b.download(&codec.decode(b, &b.upload(&scaled).unwrap()).unwrap())
         .unwrap()
 }
@@ -154,7 +155,10 @@ fn a_decode_that_is_not_finite_in_f32_either_is_a_typed_error() {
                 stage: found,
                 step,
                 total,
-            }) => assert_eq!((found, step, total), (stage, 2, 2), "{precision:?}"),
+            }) => {
+                // Caught after the last step (PNDM's 2 steps are 3 model evaluations).
+                assert_eq!((found, step), (stage, total), "{precision:?}");
+            }
             other => panic!("{precision:?}: expected NonFinite, got {other:?}"),
         }
     }
