@@ -2,7 +2,7 @@
 //! optionally handed to TAESD (`--vae-decoder taesd:PATH`): seconds instead of the full VAE's
 //! tens of seconds on a CPU, at some cost in fidelity.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sd_core::on_demand::OnDemand;
 use sd_core::{Backend, Error, LatentCodec, LatentDist, Result};
@@ -12,7 +12,14 @@ use sd_vae::{AutoencoderKL, AutoencoderTiny};
 #[derive(Debug)]
 pub struct SdCodec<B: Backend> {
     vae: OnDemand<B, AutoencoderKL<B>>,
-    decoder: Option<AutoencoderTiny<B>>,
+    decoder: Option<TaesdDecoder<B>>,
+}
+
+/// TAESD, and where it was loaded from (to load it again in f32 for a decode that overflowed).
+#[derive(Debug)]
+struct TaesdDecoder<B: Backend> {
+    taesd: AutoencoderTiny<B>,
+    path: PathBuf,
 }
 
 impl<B: Backend> SdCodec<B> {
@@ -42,7 +49,10 @@ impl<B: Backend> SdCodec<B> {
                 ),
             ));
         }
-        self.decoder = Some(taesd);
+        self.decoder = Some(TaesdDecoder {
+            taesd,
+            path: path.to_path_buf(),
+        });
         Ok(self)
     }
 
@@ -57,19 +67,39 @@ impl<B: Backend> SdCodec<B> {
     }
 }
 
+impl<B: Backend> SdCodec<B> {
+    /// The pipeline divided by the VAE's scaling factor; TAESD wants the UNet's scale back (its
+    /// own factor is 1), so the division is undone for it.
+    fn decode_with_taesd(
+        &self,
+        taesd: &AutoencoderTiny<B>,
+        backend: &B,
+        latents: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let to_taesd = self.vae.scaling_factor() / taesd.scaling_factor();
+        taesd.decode(backend, &backend.scale(latents, to_taesd)?)
+    }
+}
+
 impl<B: Backend> LatentCodec<B> for SdCodec<B> {
     fn encode(&self, backend: &B, image: &B::Tensor) -> Result<LatentDist<B::Tensor>> {
         self.vae.encode(backend, image)
     }
 
-    /// The pipeline divides by the VAE's scaling factor first; TAESD wants the UNet's scale
-    /// back (its own factor is 1), so the division is undone for it.
     fn decode(&self, backend: &B, latents: &B::Tensor) -> Result<B::Tensor> {
         match &self.decoder {
             None => self.vae.decode(backend, latents),
-            Some(taesd) => {
-                let to_taesd = self.vae.scaling_factor() / taesd.scaling_factor();
-                taesd.decode(backend, &backend.scale(latents, to_taesd)?)
+            Some(decoder) => self.decode_with_taesd(&decoder.taesd, backend, latents),
+        }
+    }
+
+    /// The VAE rebuilt in f32 from its weights, or TAESD loaded again from its file.
+    fn decode_full_precision(&self, full: &B, latents: &B::Tensor) -> Result<Option<B::Tensor>> {
+        match &self.decoder {
+            None => self.vae.decode_full_precision(full, latents),
+            Some(decoder) => {
+                let taesd = AutoencoderTiny::load(full, &decoder.path)?;
+                self.decode_with_taesd(&taesd, full, latents).map(Some)
             }
         }
     }

@@ -18,7 +18,12 @@ const FILE_HASH_DIGITS: usize = 12;
 
 /// The short hash of the concatenated `files` (for a single-file checkpoint, exactly A1111's).
 pub fn short_hash<P: AsRef<Path>>(files: &[P]) -> Result<String> {
-    Ok(sha256_hex(files)?[..SHORT_HASH_DIGITS].to_string())
+    Ok(short_of_sha256(&sha256_hex(files)?).to_string())
+}
+
+/// The short hash of a checkpoint whose full SHA-256 ([`sha256_hex`]) is known.
+pub fn short_of_sha256(sha256: &str) -> &str {
+    sha256.get(..SHORT_HASH_DIGITS).unwrap_or(sha256)
 }
 
 /// A1111's short hash of a LoRA file.
@@ -31,8 +36,8 @@ pub fn embedding_hash(file: &Path) -> Result<String> {
     lora_hash(file)
 }
 
-/// SHA-256 of the concatenated `files`, in lower-case hex.
-fn sha256_hex<P: AsRef<Path>>(files: &[P]) -> Result<String> {
+/// SHA-256 of the concatenated `files`, in lower-case hex (A1111's `sha256` of a checkpoint).
+pub fn sha256_hex<P: AsRef<Path>>(files: &[P]) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     for path in files {
@@ -66,6 +71,9 @@ mod tests {
         // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad (FIPS 180-2).
         assert_eq!(super::short_hash(&[&path]).unwrap(), "ba7816bf8f");
         assert_eq!(super::lora_hash(&path).unwrap(), "ba7816bf8f01");
+        let full = super::sha256_hex(&[&path]).unwrap();
+        assert_eq!(full.len(), 64);
+        assert_eq!(super::short_of_sha256(&full), "ba7816bf8f");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

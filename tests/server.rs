@@ -199,6 +199,8 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
             init_path.to_str().unwrap(),
             "--mask",
             mask_path.to_str().unwrap(),
+            "--mask-blur",
+            "4",
         ],
     );
     assert_same_pixels(
@@ -225,6 +227,8 @@ fn txt2img_and_img2img_give_sd_generates_pixels_in_a1111s_answer_shapes() {
     let models = server.get("/sdapi/v1/sd-models").ok();
     assert_eq!(models[0]["title"], "tiny-sd");
     assert_eq!(models[0]["hash"].as_str().unwrap().len(), 10);
+    let sha256 = models[0]["sha256"].as_str().unwrap();
+    assert!(sha256.len() == 64 && sha256.starts_with(models[0]["hash"].as_str().unwrap()));
     let options = server.get("/sdapi/v1/options").ok();
     assert_eq!(options["sd_model_checkpoint"], "tiny-sd");
     assert_eq!(options["CLIP_stop_at_last_layers"], 1);

@@ -40,6 +40,7 @@ STEPS = (
     "embeddings_legacy",
     "a1111_exact",
     "a1111_sde",
+    "mask_blur",
 )
 
 # Steps whose fixturegen module is named differently from the step.

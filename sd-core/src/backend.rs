@@ -55,6 +55,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The same device computing everything in f32, when this backend computes in reduced
+    /// precision (bf16 weights on the CPU, f16 storage on CUDA); `Ok(None)` when it already
+    /// computes in f32. The pipeline redoes a reduced-precision decode that overflowed on it
+    /// (see [`LatentCodec::decode_full_precision`](crate::LatentCodec::decode_full_precision)).
+    fn full_precision(&self) -> Result<Option<Self>>
+    where
+        Self: Sized,
+    {
+        Ok(None)
+    }
+
     // ---- data movement -------------------------------------------------------------------
 
     /// Copy a host tensor to the backend, stored in the backend's compute dtype.

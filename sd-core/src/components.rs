@@ -87,6 +87,16 @@ pub trait LatentCodec<B: Backend> {
     /// A pipeline divides its latents by [`scaling_factor`](Self::scaling_factor) first.
     fn decode(&self, backend: &B, latents: &B::Tensor) -> Result<B::Tensor>;
 
+    /// [`decode`](Self::decode) on `full`, the f32 twin of the codec's backend
+    /// ([`Backend::full_precision`]), with the weights built again for it; `latents` live on
+    /// `full`. The pipeline calls it when a reduced-precision decode gave NaN or infinite pixels
+    /// (the fp16 VAE overflow). `Ok(None)`, the default, when the codec cannot rebuild its
+    /// weights: the pipeline then reports the non-finite decode as an error.
+    fn decode_full_precision(&self, full: &B, latents: &B::Tensor) -> Result<Option<B::Tensor>> {
+        let _ = (full, latents);
+        Ok(None)
+    }
+
     /// Multiplies sampled latents before denoising (0.18215 for SD 1.5).
     fn scaling_factor(&self) -> f32;
 

@@ -142,6 +142,12 @@ impl<B: Backend, T: LatentCodec<B>> LatentCodec<B> for OnDemand<B, T> {
         self.get(backend)?.decode(backend, latents)
     }
 
+    /// Builds a second, f32 copy for this one decode (dropped after it); the held copy stays.
+    fn decode_full_precision(&self, full: &B, latents: &B::Tensor) -> Result<Option<B::Tensor>> {
+        let f32_copy = (self.build)(full)?;
+        f32_copy.decode(full, latents).map(Some)
+    }
+
     fn scaling_factor(&self) -> f32 {
         self.facts.scaling_factor
     }

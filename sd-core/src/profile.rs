@@ -107,6 +107,14 @@ impl<B: Backend> Backend for Profiled<B> {
         self.inner.available_memory()
     }
 
+    /// The inner backend's f32 twin, its times collected with this one's.
+    fn full_precision(&self) -> Result<Option<Self>> {
+        Ok(self.inner.full_precision()?.map(|inner| Profiled {
+            inner,
+            times: self.times.clone(),
+        }))
+    }
+
     fn upload(&self, host: &HostTensor) -> Result<Self::Tensor> {
         self.timed("upload", || self.inner.upload(host))
     }

@@ -230,6 +230,14 @@ impl Backend for CudaBackend {
         format!("cuda:{}", self.device.ctx.ordinal())
     }
 
+    /// An f32 backend on the same device (its own stream and kernel cache) for an f16 one.
+    fn full_precision(&self) -> Result<Option<Self>> {
+        match self.dtype {
+            DType::F32 => Ok(None),
+            _ => Self::with_dtype(self.device.ctx.ordinal(), DType::F32).map(Some),
+        }
+    }
+
     fn upload(&self, host: &HostTensor) -> Result<CudaTensor> {
         if host.is_empty() {
             return self.uninit("upload", host.shape());

@@ -54,7 +54,18 @@ pub struct GenerateBody {
     pub inpainting_mask_invert: Option<Value>,
     pub initial_noise_multiplier: Option<f64>,
     pub include_init_images: Option<bool>,
+    /// Sets both `mask_blur_x` and `mask_blur_y` when given (A1111's property setter).
+    pub mask_blur: Option<i64>,
+    pub mask_blur_x: Option<i64>,
+    pub mask_blur_y: Option<i64>,
+    /// 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+    pub inpainting_fill: Option<i64>,
 }
+
+/// A1111's `mask_blur_x`/`mask_blur_y` default (its img2img dataclass).
+pub const DEFAULT_MASK_BLUR: i64 = 4;
+/// A1111's `inpainting_fill` default: 0, "fill".
+pub const DEFAULT_INPAINTING_FILL: i64 = 0;
 
 /// Parse a request body, naming the field that does not fit (A1111 answers 422).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

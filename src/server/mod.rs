@@ -21,8 +21,10 @@
 mod a1111;
 mod catalog;
 mod error;
+mod hashes;
 mod middleware;
 mod plan;
+mod preview;
 mod routes;
 mod state;
 mod worker;
@@ -41,7 +43,9 @@ pub use catalog::{Checkpoint, ModelSource};
 pub use plan::Limits;
 pub use worker::BackendFactory;
 
+use crate::preview::PreviewMethod;
 use middleware::Credentials;
+use preview::LivePreview;
 use routes::AppState;
 use state::{Metrics, Options, Progress};
 use worker::{Worker, log_event};
@@ -62,6 +66,8 @@ pub struct ServeConfig {
     /// `user:password` for HTTP basic auth on every route.
     pub api_auth: Option<String>,
     pub limits: Limits,
+    /// How `GET progress` makes `current_image` (as `sd generate --preview`); `None`: never.
+    pub preview: Option<PreviewMethod>,
 }
 
 /// Load the first model, listen, and answer until SIGINT or SIGTERM; then stop taking work,
@@ -85,9 +91,14 @@ pub fn serve<B: Backend + 'static>(
             "expected USER:PASSWORD",
         ));
     }
+    let preview = config
+        .preview
+        .as_ref()
+        .map(|method| LivePreview::load(&make_backend, method))
+        .transpose()?;
     let progress = Arc::new(Progress::default());
     let metrics = Arc::new(Metrics::default());
-    let loaded_hash = Arc::new(Mutex::new(None));
+    let loaded_hash = Arc::new(hashes::ModelHashes::default());
 
     // The worker loads the first model before the port opens, so a bad model fails at once and
     // a replica that answers is ready.
@@ -138,6 +149,7 @@ pub fn serve<B: Backend + 'static>(
         credentials: config.api_auth.as_deref().map(|a| Credentials(a.into())),
         loaded_hash,
         draining: AtomicBool::new(false),
+        preview,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

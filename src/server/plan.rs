@@ -7,16 +7,16 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use sd_core::pipeline::{GrayImage, RgbImage, SamplerSettings};
+use sd_core::pipeline::{GrayImage, MaskedContent, RgbImage, SamplerSettings};
 use serde_json::Value;
 
 use super::a1111::{
-    DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS,
-    GenerateBody, truthy,
+    DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_INPAINTING_FILL, DEFAULT_MASK_BLUR,
+    DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS, GenerateBody, truthy,
 };
 use super::catalog::find_lora;
 use super::error::ApiError;
-use crate::image_file::{decode_gray, decode_rgb, fit_init};
+use crate::image_file::{decode_gray, decode_rgb};
 use crate::lora::{LoraSpec, take_prompt_loras};
 use crate::{GenerationRequest, PromptMode};
 
@@ -183,6 +183,9 @@ pub fn plan(
         template = template.eta(eta as f32);
     }
     let mut denoising_strength = None;
+    // The requests one iteration makes: one, or one per init image.
+    let mut parts = vec![template];
+    let mut batch_size = batch_size;
     if mode == Mode::Img2Img {
         let strength = body
             .denoising_strength
@@ -192,11 +195,29 @@ pub fn plan(
                 "denoising_strength: must be in [0, 1], got {strength}"
             )));
         }
-        let (image, mask) = init_images(&body, width, height, limits.max_image_pixels)?;
-        template = template.init_image(image, strength);
-        if let Some(mask) = mask {
-            template = template.mask(mask);
+        let (images, mask) = init_images(&body, width, height, limits.max_image_pixels)?;
+        // A1111: one image serves the whole batch; several make the batch, one image each,
+        // and may not outnumber it.
+        if images.len() > batch_size {
+            return Err(ApiError::unprocessable(format!(
+                "bad number of images passed: {}; expecting {batch_size} or less",
+                images.len()
+            )));
         }
+        if images.len() > 1 {
+            batch_size = images.len();
+        }
+        let masked_content = masked_content_of(&body)?;
+        parts = images
+            .into_iter()
+            .map(|image| {
+                let mut part = parts[0].clone().init_image(image, strength);
+                if let Some(mask) = &mask {
+                    part = part.mask(mask.clone()).masked_content(masked_content);
+                }
+                part
+            })
+            .collect();
         denoising_strength = Some(strength);
     }
 
@@ -204,12 +225,18 @@ pub fn plan(
         Some(seed) if seed >= 0 => seed as u64,
         _ => random_seed(),
     };
+    // Seeds run on over the batch and the iterations; with one request per init image each
+    // image of the batch is its own generation (its seed alone gives it, as in a batch).
+    let rows = batch_size / parts.len();
     let iterations = (0..n_iter)
-        .map(|iteration| {
-            let seeds = (0..batch_size)
-                .map(|i| first_seed.wrapping_add((iteration * batch_size + i) as u64))
-                .collect();
-            template.clone().seeds(seeds)
+        .flat_map(|iteration| {
+            parts.iter().enumerate().map(move |(part_no, part)| {
+                let first = iteration * batch_size + part_no * rows;
+                let seeds = (first..first + rows)
+                    .map(|i| first_seed.wrapping_add(i as u64))
+                    .collect();
+                part.clone().seeds(seeds)
+            })
         })
         .collect();
     Ok(Plan {
@@ -322,27 +349,27 @@ fn sampler_of(body: &GenerateBody) -> Result<SamplerSettings, ApiError> {
         .map_err(|e| ApiError::unprocessable(format!("scheduler: {e}")))
 }
 
-/// The init image and mask of an img2img body, decoded and resized to `width`×`height`
-/// (A1111's `resize_mode` 0).
+/// The init images and mask of an img2img body, decoded, the mask inverted and blurred as
+/// asked, all resized to `width`×`height` (A1111's `resize_mode` 0).
 fn init_images(
     body: &GenerateBody,
     width: usize,
     height: usize,
     max_pixels: u64,
-) -> Result<(RgbImage, Option<GrayImage>), ApiError> {
-    let images = body.init_images.as_deref().unwrap_or_default();
-    let [first] = images else {
-        return Err(if images.is_empty() {
-            ApiError::not_found("Init image not found")
-        } else {
-            ApiError::unprocessable(format!(
-                "init_images: {} images given; this server takes one per request",
-                images.len()
-            ))
-        });
-    };
-    let bytes = base64_image(first, "init_images[0]")?;
-    let image = decode_rgb(&bytes, "init_images[0]", max_pixels)?;
+) -> Result<(Vec<RgbImage>, Option<GrayImage>), ApiError> {
+    let sent = body.init_images.as_deref().unwrap_or_default();
+    if sent.is_empty() {
+        return Err(ApiError::not_found("Init image not found"));
+    }
+    let images = sent
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let field = format!("init_images[{i}]");
+            let image = decode_rgb(&base64_image(text, &field)?, &field, max_pixels)?;
+            Ok(crate::image_file::resize_rgb(image, width, height)?)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let mask = match body.mask.as_deref().filter(|m| !m.is_empty()) {
         None => None,
         Some(text) => {
@@ -355,10 +382,45 @@ fn init_images(
                 let pixels = mask.pixels().iter().map(|p| 255 - p).collect();
                 mask = GrayImage::new(mask.width(), mask.height(), pixels)?;
             }
-            Some(mask)
+            let (blur_x, blur_y) = mask_blur_of(body)?;
+            // At the mask's own size, before it is resized (A1111's order).
+            let mask = mask.gaussian_blur(blur_x, blur_y);
+            Some(crate::image_file::resize_gray(mask, width, height)?)
         }
     };
-    Ok(fit_init(image, mask, Some(width), Some(height))?)
+    Ok((images, mask))
+}
+
+/// The largest mask blur σ taken (A1111's slider ends at 64).
+const MAX_MASK_BLUR: i64 = 64;
+
+/// `(mask_blur_x, mask_blur_y)`: `mask_blur` for both when given, else each its own field,
+/// else A1111's 4.
+fn mask_blur_of(body: &GenerateBody) -> Result<(u32, u32), ApiError> {
+    let (x, y) = match body.mask_blur {
+        Some(both) => (both, both),
+        None => (
+            body.mask_blur_x.unwrap_or(DEFAULT_MASK_BLUR),
+            body.mask_blur_y.unwrap_or(DEFAULT_MASK_BLUR),
+        ),
+    };
+    let checked = |value: i64| {
+        u32::try_from(value)
+            .ok()
+            .filter(|_| value <= MAX_MASK_BLUR)
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "mask_blur: must be in [0, {MAX_MASK_BLUR}], got {value}"
+                ))
+            })
+    };
+    Ok((checked(x)?, checked(y)?))
+}
+
+/// A1111's `inpainting_fill` (default 0, fill).
+fn masked_content_of(body: &GenerateBody) -> Result<MaskedContent, ApiError> {
+    MaskedContent::from_a1111(body.inpainting_fill.unwrap_or(DEFAULT_INPAINTING_FILL))
+        .map_err(|e| ApiError::unprocessable(e.to_string()))
 }
 
 /// The bytes of a base64 image, with or without a `data:image/…;base64,` prefix (padding and
@@ -550,6 +612,64 @@ mod tests {
                 .iter()
                 .all(|&v| v == 0)
         );
+    }
+
+    #[test]
+    fn several_init_images_make_the_batch_one_image_each_as_a1111() {
+        let red = png_base64(&RgbImage::new(8, 8, vec![200; 8 * 8 * 3]).unwrap());
+        let blue = png_base64(&RgbImage::new(8, 8, vec![20; 8 * 8 * 3]).unwrap());
+        let body = |batch: usize| {
+            format!(
+                r#"{{"init_images": ["{red}", "{blue}"], "batch_size": {batch}, "n_iter": 2, "seed": 5, "width": 8, "height": 8}}"#
+            )
+        };
+        // More images than the batch: A1111's RuntimeError, here a 422 with its words.
+        let err = plan_of(&body(1), Mode::Img2Img).unwrap_err();
+        assert_eq!(err.status.as_u16(), 422);
+        assert!(
+            err.detail
+                .contains("bad number of images passed: 2; expecting 1 or less")
+        );
+        // A batch of 4 with 2 images becomes a batch of 2: image i with seed (5 + i), over two
+        // iterations.
+        let p = plan_of(&body(4), Mode::Img2Img).unwrap();
+        assert_eq!(p.batch_size, 2);
+        assert_eq!(p.seeds(), vec![5, 6, 7, 8]);
+        let firsts: Vec<u8> = p
+            .iterations
+            .iter()
+            .map(|r| r.init.as_ref().unwrap().image.pixels()[0])
+            .collect();
+        assert_eq!(firsts, vec![200, 20, 200, 20]);
+    }
+
+    #[test]
+    fn mask_blur_and_inpainting_fill_take_a1111s_fields_and_defaults() {
+        let body = |extra: &str| {
+            parse_body::<GenerateBody>(format!("{{\"prompt\": \"x\"{extra}}}").as_bytes()).unwrap()
+        };
+        assert_eq!(mask_blur_of(&body("")).unwrap(), (4, 4));
+        assert_eq!(
+            mask_blur_of(&body(r#", "mask_blur_x": 2, "mask_blur_y": 0"#)).unwrap(),
+            (2, 0)
+        );
+        // mask_blur sets both, over the per-axis fields.
+        assert_eq!(
+            mask_blur_of(&body(r#", "mask_blur": 7, "mask_blur_x": 2"#)).unwrap(),
+            (7, 7)
+        );
+        for bad in [r#", "mask_blur": -1"#, r#", "mask_blur_y": 65"#] {
+            let err = mask_blur_of(&body(bad)).unwrap_err();
+            assert_eq!(err.status.as_u16(), 422, "{bad}");
+            assert!(err.detail.contains("mask_blur"), "{}", err.detail);
+        }
+        assert_eq!(masked_content_of(&body("")).unwrap(), MaskedContent::Fill);
+        assert_eq!(
+            masked_content_of(&body(r#", "inpainting_fill": 3"#)).unwrap(),
+            MaskedContent::LatentNothing
+        );
+        let err = masked_content_of(&body(r#", "inpainting_fill": 4"#)).unwrap_err();
+        assert!(err.detail.contains("inpainting_fill"), "{}", err.detail);
     }
 
     #[test]

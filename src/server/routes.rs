@@ -22,6 +22,7 @@ use super::catalog::{Checkpoint, ModelSource, lora_files};
 use super::error::ApiError;
 use super::middleware::Credentials;
 use super::plan::{Limits, Mode, base64_image, clip_skip_of, plan};
+use super::preview::LivePreview;
 use super::state::{Metrics, Options, Progress};
 use super::worker::{Finished, Job, LoadedHash, Work};
 use crate::png::{PARAMETERS_KEY, png_bytes, text_chunks_of};
@@ -43,11 +44,13 @@ pub struct AppState {
     pub loaded_hash: LoadedHash,
     /// Set by a stop signal: new generations are refused while the running ones finish.
     pub draining: AtomicBool,
+    /// How `current_image` is made (`None`: `sd serve --preview none`, no image).
+    pub preview: Option<LivePreview>,
 }
 
 type Answer = Result<Json<Value>, ApiError>;
 
-fn base64_of(bytes: &[u8]) -> String {
+pub(super) fn base64_of(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -202,13 +205,12 @@ pub async fn progress(
 ) -> Answer {
     let (mut view, latents) = state.progress.view();
     if !query.skip_current_image
-        && let Some(latents) = latents
+        && let Some((stamp, latents)) = latents
+        && state.preview.is_some()
     {
+        let state = Arc::clone(&state);
         view.current_image = tokio::task::spawn_blocking(move || {
-            let preview = crate::core::pipeline::preview(&latents, 0)?;
-            png_bytes(&preview, None)
-                .ok()
-                .map(|bytes| base64_of(&bytes))
+            state.preview.as_ref()?.current_image(stamp, &latents)
         })
         .await
         .ok()
@@ -229,14 +231,10 @@ pub async fn skip(State(state): State<Arc<AppState>>) -> Answer {
 
 pub async fn get_options(State(state): State<Arc<AppState>>) -> Answer {
     let options = state.options();
-    let hash = state
-        .loaded_hash
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     Ok(Json(json!({
         "sd_model_checkpoint": options.sd_model_checkpoint,
-        "sd_checkpoint_hash": hash.map(|(_, hash)| hash),
+        // A1111 keeps the full SHA-256 here (`checkpoint_info.sha256`).
+        "sd_checkpoint_hash": state.loaded_hash.loaded_sha256(),
         "CLIP_stop_at_last_layers": options.clip_skip,
         "sd_vae": "Automatic",
         "samples_format": "png",
@@ -299,20 +297,13 @@ pub async fn set_options(State(state): State<Arc<AppState>>, body: Bytes) -> Ans
 }
 
 pub async fn sd_models(State(state): State<Arc<AppState>>) -> Answer {
-    let loaded = state
-        .loaded_hash
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     let catalog = state.catalog.read().unwrap_or_else(|e| e.into_inner());
     let entries = catalog
         .iter()
         .map(|c| {
-            let hash = loaded
-                .as_ref()
-                .filter(|(title, _)| title == &c.title)
-                .map(|(_, hash)| hash.as_str());
-            c.to_json(hash, None)
+            let sha256 = state.loaded_hash.sha256(&c.title);
+            let hash = sha256.as_deref().map(crate::model_hash::short_of_sha256);
+            c.to_json(hash, sha256.as_deref())
         })
         .collect();
     Ok(Json(Value::Array(entries)))

@@ -16,6 +16,9 @@ pub struct Progress {
     state: Mutex<JobState>,
     interrupt: AtomicBool,
     skip: AtomicBool,
+    /// The steps reported since the server started: tells new latents from latents whose
+    /// preview was already rendered.
+    steps_reported: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +32,8 @@ struct JobState {
     started: Option<Instant>,
     /// The latents after the last step, for the preview.
     latents: Option<HostTensor>,
+    /// Which step the latents are from (`steps_reported` when they were stored).
+    stamp: u64,
 }
 
 impl Progress {
@@ -64,6 +69,7 @@ impl Progress {
         state.sampling_step = step;
         state.sampling_steps = total;
         state.latents = Some(latents.clone());
+        state.stamp = self.steps_reported.fetch_add(1, Ordering::Relaxed) + 1;
     }
 
     pub fn end(&self) {
@@ -87,8 +93,9 @@ impl Progress {
         self.skip.swap(false, Ordering::SeqCst)
     }
 
-    /// A1111's `progress` numbers (its `progressapi` arithmetic) and the latents to preview.
-    pub fn view(&self) -> (ProgressView, Option<HostTensor>) {
+    /// A1111's `progress` numbers (its `progressapi` arithmetic) and the latents to preview,
+    /// with their stamp (different for every step).
+    pub fn view(&self) -> (ProgressView, Option<(u64, HostTensor)>) {
         let state = self.state();
         let mut view = ProgressView {
             job: state.job.clone(),
@@ -112,7 +119,10 @@ impl Progress {
         let elapsed = state.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         view.eta_relative = elapsed / progress - elapsed;
         view.progress = progress.min(1.0);
-        (view, state.latents.clone())
+        (
+            view,
+            state.latents.clone().map(|latents| (state.stamp, latents)),
+        )
     }
 }
 

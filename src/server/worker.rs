@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::plan::Plan;
 use super::state::{Metrics, Progress};
 use crate::lora::LoraSpec;
-use crate::model_hash::{lora_hash, short_hash};
+use crate::model_hash::{lora_hash, short_of_sha256};
 use crate::parameters::Parameters;
 use crate::{LoadOptions, StableDiffusion};
 
@@ -78,8 +78,9 @@ pub struct Worker<B: Backend> {
     metrics: Arc<Metrics>,
 }
 
-/// The short hash of the loaded model (for `GET sd-models`), shared with the handlers.
-pub type LoadedHash = Arc<std::sync::Mutex<Option<(String, String)>>>;
+/// The SHA-256 of the loaded models (for `GET sd-models` and `GET options`), shared with the
+/// handlers.
+pub type LoadedHash = Arc<super::hashes::ModelHashes>;
 
 impl<B: Backend> Worker<B> {
     pub fn new(
@@ -100,8 +101,7 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Load `checkpoint` unless it is the one in memory; the title and short hash go to
-    /// `loaded_hash`.
+    /// Load `checkpoint` unless it is the one in memory; its SHA-256 goes to `loaded_hash`.
     pub fn load(&mut self, checkpoint: &Checkpoint, loaded_hash: &LoadedHash) -> Result<()> {
         if self
             .loaded
@@ -120,14 +120,13 @@ impl<B: Backend> Worker<B> {
         };
         let started = Instant::now();
         let model = StableDiffusion::load_on((self.make_backend)()?, &checkpoint.path, options)?;
-        let hash = short_hash(model.weight_files())?;
+        let sha256 = loaded_hash.loaded_model(&checkpoint.title, model.weight_files())?;
+        let hash = short_of_sha256(&sha256).to_string();
         log_event(&format!(
             r#""event":"model_loaded","title":{},"hash":"{hash}","seconds":{:.3}"#,
             serde_json::Value::from(checkpoint.title.as_str()),
             started.elapsed().as_secs_f64()
         ));
-        *loaded_hash.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((checkpoint.title.clone(), hash.clone()));
         self.loaded = Some(Loaded {
             checkpoint: checkpoint.clone(),
             model,
@@ -256,6 +255,12 @@ impl<B: Backend> Worker<B> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if !generation.decoded_in_f32.is_empty() {
+                log_event(&format!(
+                    r#""event":"decoded_in_f32","images":{:?},"reason":"non-finite pixels in reduced precision""#,
+                    generation.decoded_in_f32
+                ));
+            }
             let micros = started.elapsed().as_micros() as u64;
             self.metrics
                 .image_micros

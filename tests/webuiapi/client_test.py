@@ -112,6 +112,8 @@ def check_img2img_with_mask():
         "img2img", "--prompt", "a lighthouse", "--seed", "77", "-W", "64", "-H", "64",
         "--init-image", init_path, "--mask", mask_path, "--strength", "0.6", "--cfg", "7",
         "--scheduler", "Euler a", "--steps", "4",
+        # webuiapi's defaults, A1111's: mask_blur 4, inpainting_fill 0 (fill).
+        "--mask-blur", "4", "--masked-content", "fill",
     )
     assert_same_pixels(result.images[0], reference, "img2img with a mask")
 

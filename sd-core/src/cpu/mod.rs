@@ -257,6 +257,13 @@ impl Backend for CpuBackend {
         crate::pipeline::available_host_memory()
     }
 
+    fn full_precision(&self) -> Result<Option<Self>> {
+        Ok(match self.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(CpuBackend::with_precision(Precision::F32)),
+        })
+    }
+
     fn name(&self) -> String {
         let name = match (self.precision, self.bf16_arithmetic) {
             (Precision::Bf16, true) => "cpu bf16",

@@ -15,17 +15,17 @@ use crate::tensor::HostTensor;
 /// An 8-bit RGB image, rows top to bottom, pixels `[r, g, b]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
-    width: usize,
-    height: usize,
-    pixels: Vec<u8>,
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) pixels: Vec<u8>,
 }
 
 /// An 8-bit greyscale image (inpainting masks: white repaints, black keeps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrayImage {
-    width: usize,
-    height: usize,
-    pixels: Vec<u8>,
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) pixels: Vec<u8>,
 }
 
 fn check_len(what: &str, width: usize, height: usize, channels: usize, len: usize) -> Result<()> {

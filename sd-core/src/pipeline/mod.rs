@@ -24,11 +24,16 @@
 //!
 //! - `request.rs`: [`GenerationRequest`], [`Seeds`], and the checks against the model.
 //! - `image.rs`: [`RgbImage`], [`GrayImage`] and the pixel conversions.
+//! - `decode.rs`: the final decode, redone in f32 when reduced precision overflowed
+//!   ([`Generation::decoded_in_f32`]).
+//! - `mask.rs`: A1111's mask blur and [`MaskedContent`].
 //! - `progress.rs`: [`StepProgress`], [`Control`] and the cheap latent preview.
 
+mod decode;
 mod guard;
 mod image;
 mod lane;
+mod mask;
 mod progress;
 mod request;
 mod start;
@@ -40,6 +45,7 @@ pub use guard::{
 };
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
+pub use mask::MaskedContent;
 pub use progress::{Control, StepProgress, preview};
 pub use request::{GenerationRequest, InitImage, MAX_SIDE, SamplerSettings, Seeds};
 
@@ -66,6 +72,10 @@ pub struct Generation {
     /// Per image, whether a safety checker flagged it (the image is then black); `None` when
     /// no checker ran (the pipeline itself runs none: `stable_diffusion` adds it).
     pub safety_flags: Option<Vec<bool>>,
+    /// The batch rows whose decode in the backend's reduced precision gave NaN or infinite
+    /// pixels and was redone in f32 (empty on an f32 backend, and normally). Callers say so
+    /// once: the image is right, but the precision was too low for this VAE.
+    pub decoded_in_f32: Vec<usize>,
 }
 
 /// Text encoder, denoiser and latent codec on one backend.
@@ -243,15 +253,14 @@ where
         }
 
         self.denoiser.release();
-        let images = (0..request.batch_size)
-            .map(|row| self.decode_row(&latents, row, total))
-            .collect::<Result<Vec<_>>>()?;
+        let decoded = decode::decode_batch(&self.backend, &self.codec, &latents, total)?;
         self.codec.release();
         Ok(Generation {
-            images,
+            images: decoded.images,
             latents,
             seeds: request.image_seeds(),
             safety_flags: None,
+            decoded_in_f32: decoded.decoded_in_f32,
         })
     }
 
@@ -280,12 +289,19 @@ where
         let in_channels = self.denoiser.in_channels();
         let blank = || HostTensor::zeros(vec![1, 3, checked.height, checked.width]);
         let everywhere = || HostTensor::ones(vec![1, 1, checked.height, checked.width]);
-        let image = request.init.as_ref().map(|init| init.image.to_tensor());
+        let content = request.masked_content;
+        let image = match (&request.init, &request.mask) {
+            (Some(init), Some(mask)) if content == MaskedContent::Fill => {
+                Some(init.image.fill_masked(mask)?.to_tensor())
+            }
+            (init, _) => init.as_ref().map(|init| init.image.to_tensor()),
+        };
         let mask = request.mask.as_ref().map(GrayImage::to_binary_tensor);
         if self.is_inpainting() {
             return Ok(Task::Inpaint {
                 image: image.unwrap_or_else(blank),
                 mask: mask.unwrap_or_else(everywhere),
+                content,
             });
         }
         if in_channels != latent_channels {
@@ -301,7 +317,11 @@ where
         Ok(match (image, mask) {
             (None, _) => Task::Txt2Img,
             (Some(image), None) => Task::Img2Img { image },
-            (Some(image), Some(mask)) => Task::BlendInpaint { image, mask },
+            (Some(image), Some(mask)) => Task::BlendInpaint {
+                image,
+                mask,
+                content,
+            },
         })
     }
 
@@ -400,28 +420,6 @@ where
         guided.mapv_inplace(|d| g * d);
         guided += &uncond;
         Ok(guided)
-    }
-
-    /// Decode batch row `row` of the final latents to bytes.
-    fn decode_row(&self, latents: &HostTensor, row: usize, steps: usize) -> Result<RgbImage> {
-        let b = &self.backend;
-        let scaling_factor = self.codec.scaling_factor();
-        let scaled = latents
-            .slice_axis(Axis(0), Slice::from(row..row + 1))
-            .mapv(|v| v / scaling_factor);
-        let image = b.download(&self.codec.decode(b, &b.upload(&scaled)?)?)?;
-        guard::ensure_finite(&image, "decoded image", steps, steps)?;
-        let &[1, 3, _, _] = image.shape() else {
-            return Err(Error::shape(
-                "vae decode",
-                format!("expected [1, 3, h, w], found {:?}", image.shape()),
-            ));
-        };
-        let image = image
-            .index_axis(Axis(0), 0)
-            .into_dimensionality()
-            .map_err(|e| Error::shape("vae decode", e.to_string()))?;
-        Ok(RgbImage::from_tensor(image))
     }
 }
 

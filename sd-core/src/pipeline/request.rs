@@ -1,6 +1,7 @@
 //! What to generate: [`GenerationRequest`], and its checks against a model's geometry.
 
 use super::image::{GrayImage, RgbImage};
+use super::mask::MaskedContent;
 use crate::components::{PromptMode, TextOptions};
 use crate::error::{Error, Result};
 use crate::rng::RngSource;
@@ -70,6 +71,8 @@ pub struct GenerationRequest {
     pub init: Option<InitImage>,
     /// White (≥ 50 % grey) repaints, black keeps. Needs [`init`](Self::init).
     pub mask: Option<GrayImage>,
+    /// What the masked region starts from (A1111's "Masked content"); only with a mask.
+    pub masked_content: MaskedContent,
     /// The sampler and its options (unset: the model's defaults).
     pub sampler: SamplerSettings,
     /// Clip skip and prompt mode (unset: the model's defaults).
@@ -91,6 +94,7 @@ impl GenerationRequest {
             batch_size: 1,
             init: None,
             mask: None,
+            masked_content: MaskedContent::default(),
             sampler: SamplerSettings::default(),
             text: TextOptions::default(),
         }
@@ -187,6 +191,12 @@ impl GenerationRequest {
     /// Inpainting: repaint where `mask` is white (needs an init image).
     pub fn mask(mut self, mask: GrayImage) -> Self {
         self.mask = Some(mask);
+        self
+    }
+
+    /// What the masked region starts from (A1111's `inpainting_fill`; default: the original).
+    pub fn masked_content(mut self, content: MaskedContent) -> Self {
+        self.masked_content = content;
         self
     }
 

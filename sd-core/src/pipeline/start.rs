@@ -26,6 +26,7 @@ use crate::rng::NormalSource;
 use crate::tensor::HostTensor;
 
 use super::image::downscale_nearest;
+use super::mask::MaskedContent;
 
 /// What a generation does, decided from the request and the denoiser's input channels.
 #[derive(Debug)]
@@ -40,12 +41,14 @@ pub(crate) enum Task {
     Inpaint {
         image: HostTensor,
         mask: HostTensor,
+        content: MaskedContent,
     },
     /// An ordinary UNet with a mask: after every step the kept region is reset to the image's
     /// latents noised to the next step's level.
     BlendInpaint {
         image: HostTensor,
         mask: HostTensor,
+        content: MaskedContent,
     },
 }
 
@@ -187,8 +190,13 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
                 blend: None,
             })
         }
-        Task::Inpaint { image, mask } => {
+        Task::Inpaint {
+            image,
+            mask,
+            content,
+        } => {
             let from_noise = at.strength >= 1.0;
+            let latent_mask = downscale_nearest(mask, mask_factor(mask, at)?);
             let image_latents = if from_noise {
                 None
             } else {
@@ -199,14 +207,14 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
                 None => Ok(scaled_noise(lane, noise)),
                 Some(reference) => {
                     let reference = repeat_rows(reference, lane.len())?;
+                    let reference = with_masked_content(*content, reference, noise, &latent_mask);
                     lane.scheduler.add_noise(&reference, noise, at.index)
                 }
             })?;
             let masked = masked_image(image, mask);
             let masked_latents =
                 Posterior::encode(backend, codec, &masked)?.sample(first_generator(lanes)?);
-            let mask_latent = downscale_nearest(mask, mask_factor(mask, at)?);
-            let extra = concatenate(Axis(1), &[mask_latent.view(), masked_latents.view()])
+            let extra = concatenate(Axis(1), &[latent_mask.view(), masked_latents.view()])
                 .map_err(|e| Error::shape("inpainting channels", e.to_string()))?;
             Ok(Start {
                 latents,
@@ -214,14 +222,20 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
                 blend: None,
             })
         }
-        Task::BlendInpaint { image, mask } => {
+        Task::BlendInpaint {
+            image,
+            mask,
+            content,
+        } => {
             let posterior = Posterior::encode(backend, codec, image)?;
             let image_latents = posterior.sample(first_generator(lanes)?);
+            let latent_mask = downscale_nearest(mask, mask_factor(mask, at)?);
             let (latents, noise) = lane_noise(lanes, at, |lane, noise| {
                 if at.strength >= 1.0 {
                     Ok(scaled_noise(lane, noise))
                 } else {
                     let reference = repeat_rows(&image_latents, lane.len())?;
+                    let reference = with_masked_content(*content, reference, noise, &latent_mask);
                     lane.scheduler.add_noise(&reference, noise, at.index)
                 }
             })?;
@@ -234,10 +248,29 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
                 blend: Some(Blend {
                     image_latents: repeat_rows(&image_latents, batch)?,
                     noise,
-                    mask: downscale_nearest(mask, mask_factor(mask, at)?),
+                    mask: latent_mask,
                 }),
             })
         }
+    }
+}
+
+/// A1111's latent "Masked content" on the image latents an inpainting run starts from:
+/// `latent noise` puts `noise` (the draw the start is noised with) under the mask, `latent
+/// nothing` zeros; `fill` and `original` act on the image, not here. `latent_mask` is
+/// `[1, 1, h, w]`, 1 = masked. (The kept region, and the latents blended back into it every
+/// step, stay the image's.)
+fn with_masked_content(
+    content: MaskedContent,
+    reference: HostTensor,
+    noise: &HostTensor,
+    latent_mask: &HostTensor,
+) -> HostTensor {
+    let kept = latent_mask.mapv(|m| 1.0 - m);
+    match content {
+        MaskedContent::LatentNoise => &reference * &kept + noise * latent_mask,
+        MaskedContent::LatentNothing => &reference * &kept,
+        MaskedContent::Fill | MaskedContent::Original => reference,
     }
 }
 
@@ -265,4 +298,33 @@ fn mask_factor(mask: &HostTensor, at: &StartPoint) -> Result<usize> {
         ));
     }
     Ok(height / latent_height)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap what they built themselves
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latent_masked_content_replaces_exactly_the_masked_latents() {
+        // Two rows, two channels, 1×2 latents; the mask covers the right column.
+        let reference = HostTensor::from_shape_fn(vec![2, 2, 1, 2], |i| 1.0 + i[0] as f32);
+        let noise = HostTensor::from_shape_fn(vec![2, 2, 1, 2], |i| -5.0 - i[1] as f32);
+        let mask = HostTensor::from_shape_vec(vec![1, 1, 1, 2], vec![0.0, 1.0]).unwrap();
+        let left = |t: &HostTensor| t.slice(ndarray::s![.., .., .., 0]).to_owned();
+        let right = |t: &HostTensor| t.slice(ndarray::s![.., .., .., 1]).to_owned();
+        let run = |content| with_masked_content(content, reference.clone(), &noise, &mask);
+
+        let noised = run(MaskedContent::LatentNoise);
+        assert_eq!(
+            (left(&noised), right(&noised)),
+            (left(&reference), right(&noise))
+        );
+        let zeroed = run(MaskedContent::LatentNothing);
+        assert_eq!(left(&zeroed), left(&reference));
+        assert!(right(&zeroed).iter().all(|&v| v == 0.0));
+        for content in [MaskedContent::Original, MaskedContent::Fill] {
+            assert_eq!(run(content), reference);
+        }
+    }
 }

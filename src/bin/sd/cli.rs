@@ -127,6 +127,14 @@ pub struct GenerateArgs {
     /// Inpainting mask (PNG, JPEG or WebP): white repaints, black keeps (needs --init-image).
     #[arg(long, value_name = "IMG")]
     pub mask: Option<PathBuf>,
+    /// Blur the mask by this σ in pixels before use, as A1111's "Mask blur" (OpenCV's
+    /// Gaussian, at the mask file's size; 0: none).
+    #[arg(long, value_name = "SIGMA", default_value_t = 0)]
+    pub mask_blur: u32,
+    /// What the masked region starts from, A1111's "Masked content": original, fill,
+    /// latent-noise or latent-nothing.
+    #[arg(long, value_name = "CONTENT", default_value = "original")]
+    pub masked_content: stable_diffusion::MaskedContent,
     /// Read the prompt literally, as diffusers does (no (emphasis:1.2), no BREAK, 75 tokens).
     #[arg(long)]
     pub plain_prompt: bool,

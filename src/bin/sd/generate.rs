@@ -85,6 +85,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
+    // A1111 blurs the mask at its own size, then resizes it with the image.
+    let mask = mask.map(|mask| mask.gaussian_blur(args.mask_blur, args.mask_blur));
     // A1111's resize_mode 0: an init image of another size is stretched to --width/--height.
     let (init, mask) = match init {
         Some(image) => {
@@ -221,7 +223,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         request = request.init_image(image, args.strength);
     }
     if let Some(mask) = mask {
-        request = request.mask(mask);
+        request = request.mask(mask).masked_content(args.masked_content);
     }
 
     // A1111's infotext names each embedding the prompts use by its name and short hash.
@@ -248,6 +250,12 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         return Err(e);
     }
     let generation = generation?;
+    if let Some(warning) =
+        f32_decode_warning(&generation.decoded_in_f32, &sd.pipeline().backend().name())
+    {
+        // Even with --quiet: the precision asked for was not the one that made these images.
+        eprintln!("{warning}");
+    }
 
     let (sampler, schedule_type) = infotext_names(
         sd.scheduler_for(&request),
@@ -302,6 +310,25 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The one line that says which images were decoded again in f32 (none: no line).
+fn f32_decode_warning(rows: &[usize], backend: &str) -> Option<String> {
+    let (last, rest) = rows.split_last()?;
+    let which = match rest {
+        [] => format!("image {}", last + 1),
+        _ => format!(
+            "images {}",
+            rows.iter()
+                .map(|row| (row + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Some(format!(
+        "warning: the VAE decode of {which} on {backend} gave NaN or infinite pixels (the VAE \
+         overflows in reduced precision); decoded again in f32. --precision f32 avoids the retry."
+    ))
 }
 
 /// `--scheduler help`: every accepted name, grouped by vocabulary.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use sd_core::Result;
+use stable_diffusion::preview::PreviewMethod;
 use stable_diffusion::server::{BackendFactory, Limits, ModelSource, ServeConfig, serve};
 
 use crate::cli::{BackendKind, PrecisionArg};
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// Largest init image or mask in pixels (checked before decoding).
     #[arg(long, default_value_t = Limits::default().max_image_pixels)]
     pub max_image_pixels: u64,
+    /// How `GET progress` makes `current_image`: approx (a linear latent→RGB map, latent
+    /// resolution), taesd:PATH (TAESD's decode, full size) or none.
+    #[arg(long, value_name = "METHOD", default_value = "approx")]
+    pub preview: String,
 }
 
 pub fn run(args: Box<ServeArgs>) -> Result<()> {
@@ -67,6 +72,7 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
             &crate::generate::bundled_model(),
         )?),
     };
+    let preview = PreviewMethod::parse(&args.preview)?;
     let config = ServeConfig {
         listen: args.listen,
         models,
@@ -82,6 +88,7 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
             max_queue: args.max_queue,
             max_image_pixels: args.max_image_pixels,
         },
+        preview,
     };
     match (args.backend, args.precision) {
         (BackendKind::Cpu, precision) => {
