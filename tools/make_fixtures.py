@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety", "scheduler_classes")
 
 
 def main():
@@ -40,6 +40,10 @@ def main():
         models.write_goldens(out, goldens)
     if "schedulers" in steps:
         schedulers.write_goldens(out, goldens)
+    if "scheduler_classes" in steps:
+        from fixturegen import scheduler_classes
+
+        scheduler_classes.write_goldens(out, goldens)
     if "generations" in steps:
         generations.write_goldens(out, goldens)
     if "randn" in steps:
