@@ -11,7 +11,7 @@ use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::{map2, map3};
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
-use crate::sigmas::SigmaBounds;
+use crate::sigmas::{FinalSigma, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -212,7 +212,8 @@ impl Scheduler for DpmSolverScheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());
         let round = self.schedule.config.beta_schedule != BetaSchedule::SquaredCosCapV2;
-        self.schedule.set_multistep(steps, karras, round)?;
+        self.schedule
+            .set_multistep(steps, karras, round, FinalSigma::Zero)?;
         self.history.clear();
         self.lower_order_nums = 0;
         Ok(())

@@ -13,8 +13,9 @@ use crate::a1111::split_a1111_name;
 use crate::config::SchedulerConfig;
 use crate::ksampler::{KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType};
 use crate::{
-    DdimScheduler, DdpmScheduler, DpmSolverScheduler, EulerAncestralScheduler, EulerScheduler,
-    HeunScheduler, LcmScheduler, LmsScheduler, PndmScheduler, UniPcScheduler,
+    DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSinglestepScheduler,
+    EulerAncestralScheduler, EulerScheduler, HeunScheduler, Kdpm2AncestralScheduler,
+    Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler, TcdScheduler, UniPcScheduler,
 };
 
 use SchedulerKind::*;
@@ -34,6 +35,11 @@ pub enum SchedulerKind {
     DpmSolverMultistep,
     UniPc,
     Lcm,
+    DpmSolverSinglestep,
+    Kdpm2,
+    Kdpm2Ancestral,
+    Deis,
+    Tcd,
 }
 
 /// Settings a sampler name implies on top of the config.
@@ -83,6 +89,13 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("UniPC", UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),
     ("LCM", Lcm, NONE),
+    ("DPMSolverSinglestepScheduler", DpmSolverSinglestep, NONE),
+    ("KDPM2DiscreteScheduler", Kdpm2, NONE),
+    ("KDPM2AncestralDiscreteScheduler", Kdpm2Ancestral, NONE),
+    ("DEISMultistepScheduler", Deis, NONE),
+    ("DEIS", Deis, NONE),
+    ("TCDScheduler", Tcd, NONE),
+    ("TCD", Tcd, NONE),
 ];
 
 /// The last entry of an unknown-name error's list: the names [`known_names`] leaves out.
@@ -131,8 +144,9 @@ fn lookup(name: &str) -> Result<(SchedulerKind, Implied)> {
 /// Options a request may set on top of the config and the name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SamplerOptions {
-    /// η: DDIM's (`None`: 0, deterministic DDIM) and A1111's ancestral samplers' (`None`: 1, as
-    /// A1111 defaults it); other schedulers ignore it, as diffusers does (a pipeline passes it
+    /// η: DDIM's (`None`: 0, deterministic DDIM), TCD's γ (`None`: 0, as `StableDiffusionPipeline`
+    /// passes it) and A1111's ancestral samplers' (`None`: 1, as A1111 defaults it); other
+    /// schedulers ignore it, as diffusers does (a pipeline passes it
     /// to `step` rather than through the config).
     pub eta: Option<f32>,
     /// Karras σ spacing on or off; `None`: what the name implies, else the config. Turning it
@@ -150,7 +164,16 @@ impl SchedulerKind {
     pub fn takes_karras_sigmas(self) -> bool {
         matches!(
             self,
-            A1111(_) | Lms | Euler | Heun | DpmSolverMultistep | UniPc
+            A1111(_)
+                | Lms
+                | Euler
+                | Heun
+                | DpmSolverMultistep
+                | UniPc
+                | DpmSolverSinglestep
+                | Kdpm2
+                | Kdpm2Ancestral
+                | Deis
         )
     }
 }
@@ -222,6 +245,11 @@ pub fn scheduler_from_name_with(
         DpmSolverMultistep => Box::new(DpmSolverScheduler::new(&config)?),
         UniPc => Box::new(UniPcScheduler::new(&config)?),
         Lcm => Box::new(LcmScheduler::new(&config)?),
+        DpmSolverSinglestep => Box::new(DpmSolverSinglestepScheduler::new(&config)?),
+        Kdpm2 => Box::new(Kdpm2Scheduler::new(&config)?),
+        Kdpm2Ancestral => Box::new(Kdpm2AncestralScheduler::new(&config)?),
+        Deis => Box::new(DeisScheduler::new(&config)?),
+        Tcd => Box::new(TcdScheduler::new(&config)?.with_gamma(options.eta.unwrap_or(0.0))?),
         A1111(_) => unreachable_a1111(name)?,
     })
 }

@@ -10,7 +10,7 @@ use crate::config::NoiseScheduleConfig;
 use crate::elementwise::{check_index, check_step, check_steps, map2};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
+use crate::sigmas::{self, FinalSigma, SigmaBounds, SigmaSchedule};
 
 /// How a noisy sample relates to the clean one at noise level σ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +75,17 @@ impl SigmaTimesteps {
         steps: usize,
         karras: Option<SigmaBounds>,
         round_timesteps: bool,
+        final_sigma: FinalSigma,
     ) -> Result<()> {
         check_steps(steps, self.config.num_train_timesteps)?;
-        let (timesteps, sigmas) =
-            sigmas::multistep(&self.noise, &self.config, steps, karras, round_timesteps);
+        let (timesteps, sigmas) = sigmas::multistep(
+            &self.noise,
+            &self.config,
+            steps,
+            karras,
+            round_timesteps,
+            final_sigma,
+        );
         self.set(
             steps,
             timesteps.into_iter().map(|t| t as f64).collect(),
@@ -93,6 +100,11 @@ impl SigmaTimesteps {
         self.steps = steps;
         self.timesteps = timesteps;
         self.sigmas = sigmas;
+    }
+
+    /// ln σ of the training table (diffusers' `log_sigmas`), for mapping σ back to timesteps.
+    pub fn log_training_sigmas(&self) -> Vec<f32> {
+        sigmas::log_sigmas(&self.noise.sigmas())
     }
 
     /// σ of each evaluation, then the final σ (diffusers' `sigmas`).

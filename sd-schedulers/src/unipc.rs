@@ -13,7 +13,7 @@ use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
 use crate::elementwise::map2;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
-use crate::sigmas::SigmaBounds;
+use crate::sigmas::{FinalSigma, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -247,7 +247,8 @@ impl Scheduler for UniPcScheduler {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        self.schedule.set_multistep(steps, self.karras, true)?;
+        self.schedule
+            .set_multistep(steps, self.karras, true, FinalSigma::Zero)?;
         self.history.clear();
         self.lower_order_nums = 0;
         self.last = None;

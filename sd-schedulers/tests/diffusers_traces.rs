@@ -1,8 +1,10 @@
 //! Every scheduler against diffusers 0.42.1: timesteps, σ, init_noise_sigma, the sample after
 //! every step for a fixed fake model, img2img timestep selection and add_noise.
 //!
-//! Goldens: fixtures/goldens/schedulers.{json,safetensors}, written by
-//! tools/fixturegen/schedulers.py (its JSON `description` states the recipe this test replays).
+//! Goldens: fixtures/goldens/schedulers.{json,safetensors} (tools/fixturegen/schedulers.py) and
+//! scheduler_classes.{json,safetensors} (tools/fixturegen/scheduler_classes.py: the classes added
+//! later, with config overrides, on smaller latents); each JSON's `description` states the recipe
+//! this test replays.
 
 // A failed unwrap in a test is a test failure with its message; no user input here.
 #![allow(clippy::unwrap_used)]
@@ -10,8 +12,9 @@
 use safetensors::{Dtype, SafeTensors};
 use sd_core::{HostTensor, Scheduler, TorchGenerator};
 use sd_schedulers::{
-    DpmSolverScheduler, EulerAncestralScheduler, EulerScheduler, HeunScheduler, LmsScheduler,
-    SamplerOptions, SchedulerConfig, UniPcScheduler, scheduler_from_name, scheduler_from_name_with,
+    DeisScheduler, DpmSolverScheduler, DpmSolverSinglestepScheduler, EulerAncestralScheduler,
+    EulerScheduler, HeunScheduler, LmsScheduler, SamplerOptions, SchedulerConfig, UniPcScheduler,
+    scheduler_from_name, scheduler_from_name_with,
 };
 use serde::Deserialize;
 
@@ -35,8 +38,10 @@ fn ulp(x: f32) -> f32 {
     f32::from_bits(x.to_bits() + 1) - x
 }
 
-const LATENT_SHAPE: [usize; 4] = [1, 4, 8, 8];
 const TRACE_SEED: u64 = 0;
+
+/// The golden files (stems in fixtures/goldens) this test replays.
+const GOLDEN_SETS: [&str; 2] = ["schedulers", "scheduler_classes"];
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -72,15 +77,21 @@ struct Goldens {
 }
 
 impl Goldens {
-    fn load() -> Self {
+    fn load(stem: &str) -> Self {
         let dir = sd_testkit::fixtures().join("goldens");
-        let json = std::fs::read_to_string(dir.join("schedulers.json")).expect("schedulers.json");
-        let bytes =
-            std::fs::read(dir.join("schedulers.safetensors")).expect("schedulers.safetensors");
+        let json = std::fs::read_to_string(dir.join(format!("{stem}.json")))
+            .unwrap_or_else(|e| panic!("{stem}.json: {e}"));
+        let bytes = std::fs::read(dir.join(format!("{stem}.safetensors")))
+            .unwrap_or_else(|e| panic!("{stem}.safetensors: {e}"));
         Goldens {
-            manifest: serde_json::from_str(&json).expect("schedulers.json layout"),
+            manifest: serde_json::from_str(&json).expect("golden manifest layout"),
             bytes,
         }
+    }
+
+    /// Every golden set.
+    fn all() -> impl Iterator<Item = Goldens> {
+        GOLDEN_SETS.into_iter().map(Goldens::load)
     }
 
     fn tensor(&self, name: &str) -> HostTensor {
@@ -164,7 +175,8 @@ fn replay(
     let golden = |i: usize| samples.index_axis(ndarray::Axis(0), i).to_owned();
     let mut generator = TorchGenerator::new(TRACE_SEED);
     let sigma0 = scheduler.init_noise_sigma();
-    let mut x = generator.randn(&LATENT_SHAPE).mapv(|v| v * sigma0);
+    let latent_shape = &samples.shape()[1..];
+    let mut x = generator.randn(latent_shape).mapv(|v| v * sigma0);
     let mut worst = (max_abs_diff(&x, &golden(0)), 0.0f32);
     for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
         let x_in = scheduler
@@ -187,10 +199,15 @@ fn replay(
 
 #[test]
 fn every_scheduler_follows_the_diffusers_trace_step_for_step() {
-    let goldens = Goldens::load();
+    for goldens in Goldens::all() {
+        replay_all(&goldens);
+    }
+}
+
+fn replay_all(goldens: &Goldens) {
     for name in goldens.manifest.schedulers.keys() {
         for steps in [10, 25] {
-            let (abs, ulps) = replay(&goldens, name, steps, goldens.build(name));
+            let (abs, ulps) = replay(goldens, name, steps, goldens.build(name));
             println!(
                 "{name:>16} {steps:>2} steps: max abs error {abs:.2e} ({ulps:.1} ulp of max |x|)"
             );
@@ -203,7 +220,7 @@ fn every_scheduler_follows_the_diffusers_trace_step_for_step() {
 /// tests/a1111_schedules.rs) build the setups diffusers documents.
 #[test]
 fn short_names_build_the_setups_diffusers_documents() {
-    let goldens = Goldens::load();
+    let goldens = Goldens::load("schedulers");
     let sd15 = goldens.config(&Setup {
         class: String::new(),
         from_config_overrides: serde_json::Map::new(),
@@ -225,7 +242,14 @@ fn short_names_build_the_setups_diffusers_documents() {
 
 #[test]
 fn sigmas_match_diffusers() {
-    let goldens = Goldens::load();
+    for goldens in Goldens::all() {
+        check_sigmas(&goldens);
+    }
+}
+
+/// The σ schedules of the classes whose `sigmas` diffusers keeps one per step (the KDPM2 classes
+/// keep one per evaluation in their own layout; their traces cover them).
+fn check_sigmas(goldens: &Goldens) {
     for (name, setup) in &goldens.manifest.schedulers {
         let config = goldens.config(setup);
         for steps in [10usize, 25] {
@@ -247,6 +271,14 @@ fn sigmas_match_diffusers() {
                 }
                 "UniPCMultistepScheduler" => {
                     with_steps(UniPcScheduler::new(&config), steps, |s| s.sigmas())
+                }
+                "DPMSolverSinglestepScheduler" => {
+                    with_steps(DpmSolverSinglestepScheduler::new(&config), steps, |s| {
+                        s.sigmas()
+                    })
+                }
+                "DEISMultistepScheduler" => {
+                    with_steps(DeisScheduler::new(&config), steps, |s| s.sigmas())
                 }
                 _ => continue,
             };
@@ -275,7 +307,12 @@ fn with_steps<S: Scheduler>(
 
 #[test]
 fn img2img_starts_where_diffusers_get_timesteps_does() {
-    let goldens = Goldens::load();
+    for goldens in Goldens::all() {
+        check_img2img(&goldens);
+    }
+}
+
+fn check_img2img(goldens: &Goldens) {
     for name in goldens.manifest.schedulers.keys() {
         let setup = &goldens.manifest.schedulers[name];
         for (key, expected) in &setup.img2img {
@@ -299,7 +336,12 @@ fn img2img_starts_where_diffusers_get_timesteps_does() {
 
 #[test]
 fn add_noise_matches_diffusers_at_the_img2img_start() {
-    let goldens = Goldens::load();
+    for goldens in Goldens::all() {
+        check_add_noise(&goldens);
+    }
+}
+
+fn check_add_noise(goldens: &Goldens) {
     let original = goldens.tensor("add_noise/original");
     let noise = goldens.tensor("add_noise/noise");
     for (name, setup) in &goldens.manifest.schedulers {

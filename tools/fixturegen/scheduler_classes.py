@@ -15,10 +15,12 @@ from diffusers import (
     DPMSolverSinglestepScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    StableDiffusionPipeline,
     TCDScheduler,
 )
 
-from .common import write_json, write_tensors
+from .common import load_pipeline, write_json, write_tensors
+from .generations import SIZE, common_params, run_twice, save_png
 from .schedulers import write_traces
 
 # name -> (class, from_config overrides, step kwargs: eta where the setup sets one)
@@ -71,6 +73,23 @@ SETUPS = {
     "tcd_v": (TCDScheduler, {"prediction_type": "v_prediction"}, {"eta": 0.3}),
 }
 LATENT_SHAPE = (1, 4, 4, 4)
+# Whole tiny-sd txt2img images (generations.py's settings: 64x64, 10 steps, guidance 7.5, its
+# prompts, seed 0) with each class: key -> (trace setup, eta passed to the pipeline or None).
+IMAGES = {
+    "dpmsolver_singlestep_sde_karras": ("dpmsolver_singlestep_sde_karras", None),
+    "kdpm2": ("kdpm2", None),
+    "kdpm2_ancestral": ("kdpm2_ancestral", None),
+    "deis_order3_trailing": ("deis_order3_trailing", None),
+    "tcd_eta0.3": ("tcd", 0.3),
+}
+IMAGE_ONLY_SETUPS = {
+    "dpmsolver_singlestep_sde_karras": (
+        DPMSolverSinglestepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+        {},
+    ),
+    "deis_order3_trailing": (DEISMultistepScheduler, {"solver_order": 3, "timestep_spacing": "trailing"}, {}),
+}
 
 
 def write_goldens(fixtures_dir, goldens_dir):
@@ -87,5 +106,44 @@ def write_goldens(fixtures_dir, goldens_dir):
             "step takes it. Written by tools/fixturegen/scheduler_classes.py.",
             "base_config": dict(base_config),
             "schedulers": manifest,
+        },
+    )
+    write_images(fixtures_dir, goldens_dir)
+
+
+def write_images(fixtures_dir, goldens_dir):
+    """tiny-sd txt2img with each class: scheduler_classes_<key>.png (+ latents)."""
+    base = load_pipeline(StableDiffusionPipeline, os.path.join(fixtures_dir, "tiny-sd"))
+    runs, tensors = {}, {}
+    setups = SETUPS | IMAGE_ONLY_SETUPS
+    for key, (setup_name, eta) in IMAGES.items():
+        cls, overrides, _ = setups[setup_name]
+        scheduler = cls.from_config(base.scheduler.config, **overrides)
+        pipe = StableDiffusionPipeline(**dict(base.components, scheduler=scheduler))
+        pipe.set_progress_bar_config(disable=True)
+        params = dict(common_params(), height=SIZE, width=SIZE, seed=0)
+        if eta is not None:
+            params["eta"] = eta
+        latents, images = run_twice(pipe, **params)
+        png = f"scheduler_classes_{key}.png"
+        save_png(images[0], os.path.join(goldens_dir, "tiny-sd", png))
+        tensors[f"{key}/latents"] = latents
+        runs[key] = {
+            "scheduler": cls.__name__,
+            "scheduler_config": overrides,
+            **{k: v for k, v in params.items() if k != "seed"},
+            "generator": "torch.Generator('cpu').manual_seed(0)",
+            "png": f"tiny-sd/{png}",
+        }
+    write_tensors(os.path.join(goldens_dir, "tiny-sd", "scheduler_classes.safetensors"), tensors)
+    write_json(
+        os.path.join(goldens_dir, "scheduler_classes_images.json"),
+        {
+            "description": "StableDiffusionPipeline on tiny-sd (f32, CPU, safety checker off) with "
+            "<scheduler>.from_config(pipeline scheduler config, **scheduler_config), 64x64, seed 0 on a CPU "
+            "generator, eta where given (else the pipeline's 0.0): the PNG of output_type='pil' and, in "
+            "tiny-sd/scheduler_classes.safetensors, '<key>/latents' of output_type='latent'. "
+            "Written by tools/fixturegen/scheduler_classes.py.",
+            "runs": runs,
         },
     )
