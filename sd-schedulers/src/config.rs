@@ -140,7 +140,13 @@ impl SchedulerConfig {
         }
         let mut fields = match serde_json::to_value(self) {
             Ok(serde_json::Value::Object(fields)) => fields,
-            _ => return Err(override_error("", "", "the config could not be represented")),
+            _ => {
+                return Err(override_error(
+                    "",
+                    "",
+                    "the config could not be represented",
+                ));
+            }
         };
         for (key, text) in overrides {
             let key = key.trim();
@@ -159,7 +165,8 @@ impl SchedulerConfig {
             let value = serde_json::from_str(text.trim())
                 .unwrap_or_else(|_| serde_json::Value::String(text.trim().to_string()));
             // Type-check the one key on its own, so the error is about it.
-            let alone = serde_json::Value::Object([(key.to_string(), value.clone())].into());
+            let alone =
+                serde_json::Value::Object([(key.to_string(), value.clone())].into_iter().collect());
             if let Err(e) = serde_json::from_value::<SchedulerConfig>(alone) {
                 return Err(override_error(key, text, e.to_string()));
             }

@@ -89,7 +89,9 @@ impl DeisScheduler {
         let op = "DEIS step";
         let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
         let original = match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)?,
+            PredictionType::Epsilon => {
+                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)?
+            }
             PredictionType::VPrediction => {
                 map2(op, sample, model_output, |x, v| alpha * x - sigma * v)?
             }

@@ -12,7 +12,9 @@
 
 use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::config::{
+    BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig, TimestepSpacing,
+};
 use crate::elementwise::map2;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::{FinalSigma, SigmaBounds};
@@ -149,7 +151,8 @@ impl DpmSolverSinglestepScheduler {
             };
             let groups = if order == 1 { steps } else { full };
             let group: Vec<usize> = (1..=order).collect();
-            let mut orders: Vec<usize> = group.iter().copied().cycle().take(groups * order).collect();
+            let mut orders: Vec<usize> =
+                group.iter().copied().cycle().take(groups * order).collect();
             orders.extend_from_slice(tail);
             orders
         } else {
@@ -173,7 +176,9 @@ impl DpmSolverSinglestepScheduler {
         let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
         let op = "DPM-Solver singlestep";
         match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha),
+            PredictionType::Epsilon => {
+                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
+            }
             PredictionType::VPrediction => {
                 map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
             }
@@ -226,7 +231,9 @@ impl DpmSolverSinglestepScheduler {
             let d1 = map2(op, m(0), m(1), |a, b| (1.0 / r0) * (a - b))?;
             let c1 = match (self.solver_type, self.algorithm) {
                 (SolverType::Midpoint, Algorithm::Ode) => -(0.5 * (alpha_t * ((-h).exp() - 1.0))),
-                (SolverType::Midpoint, Algorithm::Sde) => 0.5 * (alpha_t * (1.0 - (-2.0 * h).exp())),
+                (SolverType::Midpoint, Algorithm::Sde) => {
+                    0.5 * (alpha_t * (1.0 - (-2.0 * h).exp()))
+                }
                 (SolverType::Heun, _) => phi1,
             };
             x = map2(op, &x, &d1, |x, d| x + c1 * d)?;

@@ -48,10 +48,8 @@ pub(crate) struct Kdpm2Base {
 impl Kdpm2Base {
     /// The k-diffusion σ schedule (Karras timesteps rounded, as both KDPM2 classes round them).
     pub fn new(schedule: &SigmaTimesteps, steps: usize, karras: bool) -> Result<Self> {
-        let SigmaSchedule { timesteps, sigmas } = schedule.k_diffusion(
-            steps,
-            karras.then_some(SigmaBounds::default()),
-        )?;
+        let SigmaSchedule { timesteps, sigmas } =
+            schedule.k_diffusion(steps, karras.then_some(SigmaBounds::default()))?;
         let timesteps = timesteps
             .into_iter()
             .map(|t| {
@@ -122,7 +120,9 @@ pub(crate) fn euler_move(
     sigma_slope: f32,
     dt: f32,
 ) -> Result<HostTensor> {
-    let derivative = map2("KDPM2 step", sample, original, |x, x0| (x - x0) / sigma_slope)?;
+    let derivative = map2("KDPM2 step", sample, original, |x, x0| {
+        (x - x0) / sigma_slope
+    })?;
     map2("KDPM2 step", from, &derivative, |x, d| x + d * dt)
 }
 
@@ -180,12 +180,14 @@ impl Scheduler for Kdpm2Scheduler {
         let prediction = self.schedule.config.prediction_type;
         match self.start.take() {
             None => {
-                let original = k_diffusion::predict_original(prediction, sigma, sample, model_output)?;
+                let original =
+                    k_diffusion::predict_original(prediction, sigma, sample, model_output)?;
                 self.start = Some(sample.clone());
                 euler_move(sample, sample, &original, sigma, midpoint - sigma)
             }
             Some(start) => {
-                let original = k_diffusion::predict_original(prediction, midpoint, sample, model_output)?;
+                let original =
+                    k_diffusion::predict_original(prediction, midpoint, sample, model_output)?;
                 euler_move(&start, sample, &original, midpoint, sigma_next - sigma)
             }
         }

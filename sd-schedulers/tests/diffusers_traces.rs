@@ -28,10 +28,23 @@ const MAX_ABS_TOLERANCE: f32 = 1e-5;
 /// under 3 ulp) the bar is therefore this many ulp of the step's largest |x|.
 const ULP_TOLERANCE: f32 = 16.0;
 
-/// The allowed max abs error for a step whose golden sample is `golden`.
-fn tolerance(golden: &HostTensor) -> f32 {
+/// Setups whose coefficients cancel (DEIS's log-ρ integrals, the third-order SDE Heun term
+/// (1 − e^(−2h) − 2h)/(2h)²), so one ulp of a scalar `exp`/`ln` (torch's and numpy's are not
+/// correctly rounded, ours are) moves the reference itself by more than [`ULP_TOLERANCE`]:
+/// recomputing diffusers' DEIS order 3 in f64 moves its 25-step trace by 5e-5 (~25 ulp of its
+/// max |x|), and diffusers' singlestep SDE Heun with correctly rounded scalar exp/ln moves by
+/// 1.3e-3 (~85 ulp). The bar for these is the reference's own sensitivity, in ulp of max |x|.
+const ILL_CONDITIONED_ULPS: &[(&str, f32)] =
+    &[("deis", 32.0), ("dpmsolver_singlestep_sde_heun", 96.0)];
+
+/// The allowed max abs error for a step of setup `name` whose golden sample is `golden`.
+fn tolerance(name: &str, golden: &HostTensor) -> f32 {
     let scale = golden.iter().fold(0f32, |m, v| m.max(v.abs()));
-    MAX_ABS_TOLERANCE.max(ULP_TOLERANCE * ulp(scale))
+    let ulps = ILL_CONDITIONED_ULPS
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map_or(ULP_TOLERANCE, |&(_, ulps)| ulps);
+    MAX_ABS_TOLERANCE.max(ulps * ulp(scale))
 }
 
 fn ulp(x: f32) -> f32 {
@@ -112,6 +125,13 @@ impl Goldens {
     fn config(&self, setup: &Setup) -> SchedulerConfig {
         let mut config = self.manifest.base_config.clone();
         config.extend(setup.from_config_overrides.clone());
+        // from_config's keyword arguments win over the file's record of defaulted keys.
+        if let Some(serde_json::Value::Array(defaulted)) = config.get_mut("_use_default_values") {
+            defaulted.retain(|key| {
+                !key.as_str()
+                    .is_some_and(|k| setup.from_config_overrides.contains_key(k))
+            });
+        }
         let text = serde_json::Value::Object(config).to_string();
         SchedulerConfig::from_json(&text, "schedulers.json base_config").expect("config")
     }
@@ -132,6 +152,29 @@ impl Goldens {
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+/// The KDPM2 classes' midpoint timesteps come from σ through torch's f32 `log`/`exp` and numpy's
+/// f32 `log`, none of them correctly rounded (ours are), so they may differ from diffusers' in the
+/// last bits of the f32; every other timestep is exact.
+const KDPM2_MIDPOINT_ULPS: f32 = 4.0;
+
+fn assert_timesteps_match(setup: &Setup, ours: &[f64], golden: &[f64], what: &str) {
+    assert_eq!(ours.len(), golden.len(), "{what}: {ours:?} vs {golden:?}");
+    let kdpm2 = setup.class.starts_with("KDPM2");
+    for (&a, &b) in ours.iter().zip(golden) {
+        let (a, b) = (a as f32, b as f32);
+        // Near t = 0 the last bits of ln σ decide between 0 and ~1e-6.
+        let allowed = if kdpm2 {
+            (KDPM2_MIDPOINT_ULPS * ulp(b.abs())).max(1e-5)
+        } else {
+            0.0
+        };
+        assert!(
+            (a - b).abs() <= allowed,
+            "{what}: {ours:?} vs diffusers {golden:?}"
+        );
     }
 }
 
@@ -162,8 +205,16 @@ fn replay(
     scheduler.set_timesteps(steps).expect("set_timesteps");
 
     let golden_timesteps = goldens.tensor(&format!("{key}/timesteps"));
-    let timesteps: Vec<f32> = scheduler.timesteps().iter().map(|&t| t as f32).collect();
-    assert_eq!(timesteps, values(&golden_timesteps), "{key}: timesteps");
+    let setup = &goldens.manifest.schedulers[name];
+    assert_timesteps_match(
+        setup,
+        scheduler.timesteps(),
+        &values(&golden_timesteps)
+            .into_iter()
+            .map(f64::from)
+            .collect::<Vec<_>>(),
+        &format!("{key}: timesteps"),
+    );
     assert_eq!(
         scheduler.init_noise_sigma(),
         info.init_noise_sigma,
@@ -187,9 +238,9 @@ fn replay(
         let expected = golden(i + 1);
         let err = max_abs_diff(&x, &expected);
         assert!(
-            err <= tolerance(&expected),
+            err <= tolerance(name, &expected),
             "{key}: step {i} (t = {t}) differs from diffusers by {err:e}, allowed {:e}",
-            tolerance(&expected)
+            tolerance(name, &expected)
         );
         let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
         worst = (worst.0.max(err), worst.1.max(err / ulp(scale)));
@@ -322,10 +373,11 @@ fn check_img2img(goldens: &Goldens) {
             let mut scheduler = goldens.build(name);
             scheduler.set_timesteps(steps).unwrap();
             let start = scheduler.start_index(strength).unwrap();
-            assert_eq!(
-                scheduler.timesteps()[start..],
-                expected.timesteps[..],
-                "{name} {key}"
+            assert_timesteps_match(
+                setup,
+                &scheduler.timesteps()[start..],
+                &expected.timesteps,
+                &format!("{name} {key}"),
             );
             if let Some(begin) = expected.begin_index {
                 assert_eq!(start, begin, "{name} {key}: begin_index");

@@ -268,7 +268,10 @@ fn scheduler_config_overrides_name_the_key_and_the_value() {
                     "{reason}"
                 );
                 if expected == "unknown key" {
-                    assert!(reason.contains("use_karras_sigmas"), "lists the keys: {reason}");
+                    assert!(
+                        reason.contains("use_karras_sigmas"),
+                        "lists the keys: {reason}"
+                    );
                 }
             }
             other => panic!("{key}={value}: expected InvalidArgument, got {other:?}"),
@@ -292,12 +295,24 @@ fn scheduler_config_overrides_name_the_key_and_the_value() {
 #[test]
 fn a_well_typed_override_the_scheduler_cannot_run_fails_at_build_naming_the_field() {
     for (class, key, value) in [
-        ("DPMSolverSinglestepScheduler", "algorithm_type", "dpmsolver+++"),
-        ("DPMSolverSinglestepScheduler", "final_sigmas_type", "sigma_max"),
+        (
+            "DPMSolverSinglestepScheduler",
+            "algorithm_type",
+            "dpmsolver+++",
+        ),
+        (
+            "DPMSolverSinglestepScheduler",
+            "final_sigmas_type",
+            "sigma_max",
+        ),
         ("DPMSolverSinglestepScheduler", "solver_order", "4"),
         ("DEISMultistepScheduler", "solver_type", "unipc"),
         ("KDPM2DiscreteScheduler", "timestep_spacing", "cosine"),
-        ("KDPM2AncestralDiscreteScheduler", "prediction_type", "sample"),
+        (
+            "KDPM2AncestralDiscreteScheduler",
+            "prediction_type",
+            "sample",
+        ),
         ("EulerDiscreteScheduler", "beta_start", "-1"),
     ] {
         let config = sd15().with_overrides(&override_pair(key, value)).unwrap();
@@ -329,7 +344,11 @@ fn overrides_act_as_the_same_keys_in_the_file() {
         "\"steps_offset\": 0, \"timestep_spacing\": \"trailing\", \"use_karras_sigmas\": false,",
     );
     let written = SchedulerConfig::from_json(&text, "edited").unwrap();
-    for class in ["EulerDiscreteScheduler", "DDIMScheduler", "KDPM2DiscreteScheduler"] {
+    for class in [
+        "EulerDiscreteScheduler",
+        "DDIMScheduler",
+        "KDPM2DiscreteScheduler",
+    ] {
         let mut a = scheduler_from_name(class, &overridden).unwrap();
         let mut b = scheduler_from_name(class, &written).unwrap();
         a.set_timesteps(10).unwrap();

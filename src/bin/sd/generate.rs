@@ -218,6 +218,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
         request = request.schedule_type(schedule_type);
     }
     request.sampler.config_overrides = config_overrides;
+    request.sampler.eta = args.eta;
     request.width = args.width;
     request.height = args.height;
     let strength = init.as_ref().map(|_| args.strength);
