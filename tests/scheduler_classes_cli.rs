@@ -64,7 +64,10 @@ fn a_bad_scheduler_config_fails_before_loading_naming_key_and_value() {
     let dir = scratch("scheduler_config_errors");
     let out = dir.join("never.png");
     for (arg, needles) in [
-        ("use_karas_sigmas=true", &["use_karas_sigmas=true", "unknown key"][..]),
+        (
+            "use_karas_sigmas=true",
+            &["use_karas_sigmas=true", "unknown key"][..],
+        ),
         ("solver_order=three", &["solver_order=three"][..]),
         ("solver_order", &["solver_order", "KEY=VALUE"][..]),
     ] {

@@ -13,9 +13,7 @@ use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::write_png;
 use stable_diffusion::preview::{PreviewMethod, Previewer};
-use stable_diffusion::schedulers::{
-    ScheduleType, SchedulerConfig, infotext_names, parse_override,
-};
+use stable_diffusion::schedulers::{ScheduleType, SchedulerConfig, infotext_names, parse_override};
 use stable_diffusion::{
     GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice, StableDiffusion,
 };
