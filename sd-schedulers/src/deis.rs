@@ -88,15 +88,9 @@ impl DeisScheduler {
     ) -> Result<HostTensor> {
         let op = "DEIS step";
         let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
-        let original = match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => {
-                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)?
-            }
-            PredictionType::VPrediction => {
-                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)?
-            }
-            PredictionType::Sample => model_output.clone(),
-        };
+        let original = self
+            .schedule
+            .data_prediction(op, index, sample, model_output)?;
         map2(op, sample, &original, |x, x0| (x - alpha * x0) / sigma)
     }
 

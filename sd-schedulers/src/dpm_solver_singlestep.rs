@@ -15,32 +15,19 @@ use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 use crate::config::{
     BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig, TimestepSpacing,
 };
+use crate::dpm_solver::{Algorithm, SecondOrder};
 use crate::elementwise::map2;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::{FinalSigma, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algorithm {
-    /// `dpmsolver++`: the ODE solver.
-    Ode,
-    /// `sde-dpmsolver++`: the SDE solver.
-    Sde,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SolverType {
-    Midpoint,
-    Heun,
-}
-
 #[derive(Debug, Clone)]
 pub struct DpmSolverSinglestepScheduler {
     schedule: SigmaTimesteps,
     solver_order: usize,
     algorithm: Algorithm,
-    solver_type: SolverType,
+    solver_type: SecondOrder,
     /// diffusers turns this on for good (in its config) the first time a schedule needs it.
     lower_order_final: bool,
     karras: bool,
@@ -83,27 +70,8 @@ impl DpmSolverSinglestepScheduler {
                 format!("must be 1, 2 or 3, got {solver_order}"),
             ));
         }
-        let algorithm = match config.algorithm_type.as_deref().unwrap_or("dpmsolver++") {
-            // diffusers maps the retired `deis` name to DPM-Solver++.
-            "dpmsolver++" | "deis" => Algorithm::Ode,
-            "sde-dpmsolver++" => Algorithm::Sde,
-            other => {
-                return Err(config.error(
-                    "algorithm_type",
-                    format!("`{other}` is not supported; expected dpmsolver++ or sde-dpmsolver++"),
-                ));
-            }
-        };
-        let solver_type = match config.solver_type.as_deref().unwrap_or("midpoint") {
-            "midpoint" | "logrho" | "bh1" | "bh2" => SolverType::Midpoint,
-            "heun" => SolverType::Heun,
-            other => {
-                return Err(config.error(
-                    "solver_type",
-                    format!("`{other}` is not supported; expected midpoint or heun"),
-                ));
-            }
-        };
+        let algorithm = Algorithm::from_config(config)?;
+        let solver_type = SecondOrder::from_config(config)?;
         let final_sigma = match config.final_sigmas_type.as_deref().unwrap_or("zero") {
             "zero" => FinalSigma::Zero,
             "sigma_min" => FinalSigma::TrainingMin,
@@ -166,26 +134,6 @@ impl DpmSolverSinglestepScheduler {
         orders
     }
 
-    /// The data prediction x̂₀ the solver integrates.
-    fn data_prediction(
-        &self,
-        index: usize,
-        sample: &HostTensor,
-        model_output: &HostTensor,
-    ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
-        let op = "DPM-Solver singlestep";
-        match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => {
-                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
-            }
-            PredictionType::VPrediction => {
-                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
-            }
-            PredictionType::Sample => Ok(model_output.clone()),
-        }
-    }
-
     /// The group's jump to position `i + 1` from `start` (the sample at the group's first
     /// position), with the group's data predictions (oldest first, one per evaluation: their
     /// count is the order) and `noise` for the SDE.
@@ -230,11 +178,11 @@ impl DpmSolverSinglestepScheduler {
             let r0 = (lambda_s0 - lambda_s) / h;
             let d1 = map2(op, m(0), m(1), |a, b| (1.0 / r0) * (a - b))?;
             let c1 = match (self.solver_type, self.algorithm) {
-                (SolverType::Midpoint, Algorithm::Ode) => -(0.5 * (alpha_t * ((-h).exp() - 1.0))),
-                (SolverType::Midpoint, Algorithm::Sde) => {
+                (SecondOrder::Midpoint, Algorithm::Ode) => -(0.5 * (alpha_t * ((-h).exp() - 1.0))),
+                (SecondOrder::Midpoint, Algorithm::Sde) => {
                     0.5 * (alpha_t * (1.0 - (-2.0 * h).exp()))
                 }
-                (SolverType::Heun, _) => phi1,
+                (SecondOrder::Heun, _) => phi1,
             };
             x = map2(op, &x, &d1, |x, d| x + c1 * d)?;
         } else if order == 3 {
@@ -244,8 +192,8 @@ impl DpmSolverSinglestepScheduler {
             let d1_0 = map2(op, m(1), m(2), |a, b| (1.0 / r1) * (a - b))?;
             let d1_1 = map2(op, m(0), m(2), |a, b| (1.0 / r0) * (a - b))?;
             match self.solver_type {
-                SolverType::Midpoint => x = map2(op, &x, &d1_1, |x, d| x + phi1 * d)?,
-                SolverType::Heun => {
+                SecondOrder::Midpoint => x = map2(op, &x, &d1_1, |x, d| x + phi1 * d)?,
+                SecondOrder::Heun => {
                     let d1 = map2(op, &d1_0, &d1_1, |a, b| (r0 * a - r1 * b) / (r0 - r1))?;
                     let d2 = map2(op, &d1_1, &d1_0, |a, b| 2.0 * (a - b) / (r0 - r1))?;
                     x = map2(op, &x, &d1, |x, d| x + phi1 * d)?;
@@ -287,7 +235,9 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
-        let prediction = self.data_prediction(index, sample, model_output)?;
+        let prediction =
+            self.schedule
+                .data_prediction("DPM-Solver singlestep", index, sample, model_output)?;
         self.predictions.remove(0);
         self.predictions.push(Some(prediction));
         let noise = match self.algorithm {

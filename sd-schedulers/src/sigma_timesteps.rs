@@ -6,7 +6,7 @@
 
 use sd_core::{HostTensor, Result, ScheduleState};
 
-use crate::config::NoiseScheduleConfig;
+use crate::config::{NoiseScheduleConfig, PredictionType};
 use crate::elementwise::{check_index, check_step, check_steps, map2};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
@@ -121,6 +121,27 @@ impl SigmaTimesteps {
     pub fn vp_coordinates(&self, i: usize) -> (f32, f32, f32) {
         let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[i]);
         (alpha, sigma, sigmas::lambda(alpha, sigma))
+    }
+
+    /// Variance-preserving: the data prediction x̂₀ at position `index` from the model output,
+    /// as diffusers' multistep solvers convert it (`op` names the sampler in shape errors).
+    pub fn data_prediction(
+        &self,
+        op: &'static str,
+        index: usize,
+        sample: &HostTensor,
+        model_output: &HostTensor,
+    ) -> Result<HostTensor> {
+        let (alpha, sigma, _) = self.vp_coordinates(index);
+        match self.config.prediction_type {
+            PredictionType::Epsilon => {
+                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
+            }
+            PredictionType::VPrediction => {
+                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
+            }
+            PredictionType::Sample => Ok(model_output.clone()),
+        }
     }
 
     /// `index` names an evaluation and the two tensors have one shape.

@@ -99,26 +99,6 @@ impl UniPcScheduler {
         })
     }
 
-    /// The data prediction x̂₀ the solver fits.
-    fn convert(
-        &self,
-        index: usize,
-        sample: &HostTensor,
-        model_output: &HostTensor,
-    ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
-        let op = "UniPC step";
-        match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => {
-                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
-            }
-            PredictionType::VPrediction => {
-                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
-            }
-            PredictionType::Sample => Ok(model_output.clone()),
-        }
-    }
-
     /// One UniP (predictor) or UniC (corrector) update of `order` from position `s0` to `s0 + 1`,
     /// starting at sample `x`. `outputs` are the converted model outputs up to position `s0`
     /// (newest last, = m0). The corrector redoes the previous step with the newest output
@@ -263,7 +243,9 @@ impl Scheduler for UniPcScheduler {
         _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
-        let converted = self.convert(index, sample, model_output)?;
+        let converted = self
+            .schedule
+            .data_prediction("UniPC step", index, sample, model_output)?;
         let corrected = match self.last.take() {
             Some((last_sample, last_order))
                 if index > 0 && !self.disable_corrector.contains(&(index - 1)) =>
