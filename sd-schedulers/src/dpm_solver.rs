@@ -8,7 +8,7 @@
 
 use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
+use crate::config::{BetaSchedule, ClassDefaults, SchedulerConfig};
 use crate::elementwise::{map2, map3};
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::{FinalSigma, SigmaBounds};

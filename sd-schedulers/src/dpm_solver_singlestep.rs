@@ -12,9 +12,7 @@
 
 use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{
-    BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig, TimestepSpacing,
-};
+use crate::config::{BetaSchedule, ClassDefaults, SchedulerConfig, TimestepSpacing};
 use crate::dpm_solver::{Algorithm, SecondOrder};
 use crate::elementwise::map2;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
