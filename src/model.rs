@@ -519,8 +519,11 @@ impl<B: Backend> StableDiffusion<B> {
             karras_sigmas: request.sampler.karras_sigmas,
             schedule_type,
         };
+        let scheduler_config = self
+            .scheduler_config
+            .with_overrides(&request.sampler.config_overrides)?;
         let new_scheduler = || -> Result<Box<dyn Scheduler>> {
-            scheduler_from_name_with(name, &self.scheduler_config, options)
+            scheduler_from_name_with(name, &scheduler_config, options)
         };
         // One generation at a time: each already uses every core, and two at once would hold
         // two sets of activations (and fight over low-memory rebuilds) for no gain in speed.

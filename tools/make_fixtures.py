@@ -41,6 +41,7 @@ STEPS = (
     "a1111_exact",
     "a1111_sde",
     "mask_blur",
+    "scheduler_classes",
 )
 
 # Steps whose fixturegen module is named differently from the step.

@@ -3,7 +3,7 @@
 //! `Scheduler` methods that only read them (unscaled model input, forward noising to a
 //! timestep's ᾱ).
 
-use sd_core::{HostTensor, Result, ScheduleState};
+use sd_core::{Error, HostTensor, Result, ScheduleState};
 
 use crate::alpha_family;
 use crate::config::NoiseScheduleConfig;
@@ -48,6 +48,28 @@ impl AlphaTimesteps {
             steps,
             self.config.steps_offset,
         ))
+    }
+
+    /// The consistency-distilled samplers' timesteps (LCM, TCD): the distillation schedule
+    /// k−1, 2k−1, …, T−1 (k = T / `original` steps), descending, of which inference takes `steps`
+    /// evenly spaced entries, starting with the noisiest. `class` names the sampler in errors.
+    pub fn distilled(&self, steps: usize, original: usize, class: &str) -> Result<Vec<i64>> {
+        check_steps(steps, self.config.num_train_timesteps)?;
+        if steps > original {
+            return Err(Error::invalid_argument(
+                "steps",
+                format!(
+                    "{steps} is more than the {original} steps of the {class} distillation \
+                     schedule (original_inference_steps)"
+                ),
+            ));
+        }
+        let k = (self.config.num_train_timesteps / original) as i64;
+        let schedule: Vec<i64> = (1..=original as i64).rev().map(|i| i * k - 1).collect();
+        let stride = original as f64 / steps as f64;
+        Ok((0..steps)
+            .map(|i| schedule[(i as f64 * stride).floor() as usize])
+            .collect())
     }
 
     /// Start a run of `steps` inference steps evaluated at `timesteps`.

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use sd_core::config_file::{check_positive, config_from_value, parse_config, read_config_text};
 use sd_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The parsed keys of a `scheduler_config.json`; `None` where the file has no value.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SchedulerConfig {
     /// Where the config came from, for error messages.
@@ -109,6 +109,75 @@ impl SchedulerConfig {
         }
         let mut config: SchedulerConfig = config_from_value(value, &origin)?;
         config.origin = origin;
+        Ok(config)
+    }
+
+    /// This config with keys set as `KEY=VALUE` overrides (`sd generate --scheduler-config`),
+    /// applied in order, as if the file had said so. A value is read as JSON where it parses as
+    /// JSON (`true`, `3`, `0.5`, `null`, `[1, 2]`, `"text"`) and as a string otherwise
+    /// (`algorithm_type=sde-dpmsolver++`).
+    ///
+    /// A key this crate does not read, or a value of the wrong type for its key, is an
+    /// [`Error::InvalidArgument`] naming both; whether a well-typed value is one the scheduler
+    /// supports is checked when the scheduler is built, as for a file.
+    ///
+    /// ```
+    /// use sd_schedulers::{scheduler_from_name, SchedulerConfig};
+    ///
+    /// let config = SchedulerConfig::sd15().with_overrides(&[
+    ///     ("algorithm_type".into(), "sde-dpmsolver++".into()),
+    ///     ("use_karras_sigmas".into(), "true".into()),
+    /// ])?;
+    /// assert_eq!(config.use_karras_sigmas, Some(true));
+    /// let mut sampler = scheduler_from_name("DPMSolverSinglestepScheduler", &config)?;
+    /// sampler.set_timesteps(20)?;
+    /// assert!(SchedulerConfig::sd15().with_overrides(&[("solver_order".into(), "two".into())]).is_err());
+    /// # Ok::<(), sd_core::Error>(())
+    /// ```
+    pub fn with_overrides(&self, overrides: &[(String, String)]) -> Result<Self> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut fields = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => {
+                return Err(override_error(
+                    "",
+                    "",
+                    "the config could not be represented",
+                ));
+            }
+        };
+        for (key, text) in overrides {
+            let key = key.trim();
+            if key.starts_with('_') || !fields.contains_key(key) {
+                let known: Vec<&str> = fields
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| !k.starts_with('_'))
+                    .collect();
+                return Err(override_error(
+                    key,
+                    text,
+                    format!("unknown key; known keys: {}", known.join(", ")),
+                ));
+            }
+            let value = serde_json::from_str(text.trim())
+                .unwrap_or_else(|_| serde_json::Value::String(text.trim().to_string()));
+            // Type-check the one key on its own, so the error is about it.
+            let alone =
+                serde_json::Value::Object([(key.to_string(), value.clone())].into_iter().collect());
+            if let Err(e) = serde_json::from_value::<SchedulerConfig>(alone) {
+                return Err(override_error(key, text, e.to_string()));
+            }
+            fields.insert(key.to_string(), value);
+        }
+        let mut config: SchedulerConfig = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| override_error("", "", e.to_string()))?;
+        config.origin = PathBuf::from(format!(
+            "{} with --scheduler-config overrides",
+            self.origin.display()
+        ));
         Ok(config)
     }
 
@@ -280,6 +349,28 @@ impl SchedulerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A `KEY=VALUE` scheduler-config override that cannot be applied.
+fn override_error(key: &str, value: &str, reason: impl Into<String>) -> Error {
+    Error::invalid_argument(
+        "scheduler config",
+        format!("`{key}={value}`: {}", reason.into()),
+    )
+}
+
+/// Split one `KEY=VALUE` scheduler-config override (as `--scheduler-config` takes it) at its
+/// first `=`.
+pub fn parse_override(text: &str) -> Result<(String, String)> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(Error::invalid_argument(
+            "scheduler config",
+            format!("`{text}` is not KEY=VALUE (e.g. use_karras_sigmas=true)"),
+        )),
     }
 }
 

@@ -8,29 +8,58 @@
 
 use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{BetaSchedule, ClassDefaults, PredictionType, SchedulerConfig};
+use crate::config::{BetaSchedule, ClassDefaults, SchedulerConfig};
 use crate::elementwise::{map2, map3};
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
-use crate::sigmas::SigmaBounds;
+use crate::sigmas::{FinalSigma, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
 /// Fewer steps than this: the last two steps drop to lower order for stability.
 const LOWER_ORDER_FINAL_BELOW: usize = 15;
 
+/// `algorithm_type` of both DPM-Solver classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algorithm {
+pub(crate) enum Algorithm {
     /// `dpmsolver++`: the ODE solver.
     Ode,
     /// `sde-dpmsolver++`: the SDE solver, one `randn` per step.
     Sde,
 }
 
-/// How the order-2 update uses the first-order difference (`solver_type`).
+impl Algorithm {
+    pub(crate) fn from_config(config: &SchedulerConfig) -> Result<Self> {
+        match config.algorithm_type.as_deref().unwrap_or("dpmsolver++") {
+            // diffusers maps the retired `deis` name to DPM-Solver++ too.
+            "dpmsolver++" | "deis" => Ok(Algorithm::Ode),
+            "sde-dpmsolver++" => Ok(Algorithm::Sde),
+            other => Err(config.error(
+                "algorithm_type",
+                format!("`{other}` is not supported; expected dpmsolver++ or sde-dpmsolver++"),
+            )),
+        }
+    }
+}
+
+/// How the higher-order updates use the differences of past predictions (`solver_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SecondOrder {
+pub(crate) enum SecondOrder {
     Midpoint,
     Heun,
+}
+
+impl SecondOrder {
+    pub(crate) fn from_config(config: &SchedulerConfig) -> Result<Self> {
+        match config.solver_type.as_deref().unwrap_or("midpoint") {
+            // diffusers maps the other solvers' names to midpoint.
+            "midpoint" | "logrho" | "bh1" | "bh2" => Ok(SecondOrder::Midpoint),
+            "heun" => Ok(SecondOrder::Heun),
+            other => Err(config.error(
+                "solver_type",
+                format!("`{other}` is not supported; expected midpoint or heun"),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,28 +94,8 @@ impl DpmSolverScheduler {
                 format!("must be 1, 2 or 3, got {solver_order}"),
             ));
         }
-        let algorithm = match config.algorithm_type.as_deref().unwrap_or("dpmsolver++") {
-            // diffusers maps the retired `deis` name to DPM-Solver++ too.
-            "dpmsolver++" | "deis" => Algorithm::Ode,
-            "sde-dpmsolver++" => Algorithm::Sde,
-            other => {
-                return Err(config.error(
-                    "algorithm_type",
-                    format!("`{other}` is not supported; expected dpmsolver++ or sde-dpmsolver++"),
-                ));
-            }
-        };
-        let second_order = match config.solver_type.as_deref().unwrap_or("midpoint") {
-            // diffusers maps the other solvers' names to midpoint.
-            "midpoint" | "logrho" | "bh1" | "bh2" => SecondOrder::Midpoint,
-            "heun" => SecondOrder::Heun,
-            other => {
-                return Err(config.error(
-                    "solver_type",
-                    format!("`{other}` is not supported; expected midpoint or heun"),
-                ));
-            }
-        };
+        let algorithm = Algorithm::from_config(config)?;
+        let second_order = SecondOrder::from_config(config)?;
         if let Some(v) = config.final_sigmas_type.as_deref().filter(|v| *v != "zero") {
             return Err(config.error(
                 "final_sigmas_type",
@@ -114,25 +123,6 @@ impl DpmSolverScheduler {
             history: Vec::new(),
             lower_order_nums: 0,
         })
-    }
-
-    /// The data prediction x̂₀ the solver integrates.
-    fn data_prediction(
-        &self,
-        index: usize,
-        sample: &HostTensor,
-        model_output: &HostTensor,
-    ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
-        match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => map2("DPM-Solver step", sample, model_output, |x, e| {
-                (x - sigma * e) / alpha
-            }),
-            PredictionType::VPrediction => map2("DPM-Solver step", sample, model_output, |x, v| {
-                alpha * x - sigma * v
-            }),
-            PredictionType::Sample => Ok(model_output.clone()),
-        }
     }
 
     /// One step from position `i` to `i + 1` of the given order: the newest x̂₀ (D0) plus, for
@@ -212,7 +202,8 @@ impl Scheduler for DpmSolverScheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         let karras = self.karras.then_some(SigmaBounds::default());
         let round = self.schedule.config.beta_schedule != BetaSchedule::SquaredCosCapV2;
-        self.schedule.set_multistep(steps, karras, round)?;
+        self.schedule
+            .set_multistep(steps, karras, round, FinalSigma::Zero)?;
         self.history.clear();
         self.lower_order_nums = 0;
         Ok(())
@@ -233,7 +224,9 @@ impl Scheduler for DpmSolverScheduler {
         let second_last_lower =
             index + 2 == n && self.lower_order_final && n < LOWER_ORDER_FINAL_BELOW;
 
-        let prediction = self.data_prediction(index, sample, model_output)?;
+        let prediction =
+            self.schedule
+                .data_prediction("DPM-Solver step", index, sample, model_output)?;
         if self.history.len() == self.solver_order {
             self.history.remove(0);
         }

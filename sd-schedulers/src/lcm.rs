@@ -2,12 +2,12 @@
 //! UNets (or an LCM-LoRA), a few steps each jump to the consistency model's x̂₀ and re-noise it
 //! to the next timestep with fresh noise.
 
-use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
+use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
 use crate::alpha_family;
 use crate::alpha_timesteps::AlphaTimesteps;
 use crate::config::{ClassDefaults, SchedulerConfig};
-use crate::elementwise::{check_steps, clip, map2};
+use crate::elementwise::{clip, map2};
 
 const DEFAULTS: ClassDefaults = ClassDefaults {
     beta_start: 0.00085,
@@ -33,16 +33,6 @@ impl LcmScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let resolved = config.noise_schedule(&DEFAULTS)?;
         let original_inference_steps = config.original_inference_steps.unwrap_or(50);
-        if original_inference_steps == 0 || original_inference_steps > resolved.num_train_timesteps
-        {
-            return Err(config.error(
-                "original_inference_steps",
-                format!(
-                    "must be between 1 and num_train_timesteps = {}, got {original_inference_steps}",
-                    resolved.num_train_timesteps
-                ),
-            ));
-        }
         let clip_sample_range = config
             .clip_sample
             .unwrap_or(false)
@@ -62,25 +52,9 @@ impl Scheduler for LcmScheduler {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(steps, self.schedule.config.num_train_timesteps)?;
-        let original = self.original_inference_steps;
-        if steps > original {
-            return Err(Error::invalid_argument(
-                "steps",
-                format!(
-                    "{steps} is more than the {original} steps of the LCM distillation schedule \
-                     (original_inference_steps)"
-                ),
-            ));
-        }
-        // The distillation schedule k−1, 2k−1, …, T−1 (k = T / original), descending; inference
-        // takes `steps` evenly spaced entries of it, starting with the noisiest.
-        let k = (self.schedule.config.num_train_timesteps / original) as i64;
-        let distilled: Vec<i64> = (1..=original as i64).rev().map(|i| i * k - 1).collect();
-        let stride = original as f64 / steps as f64;
-        let timesteps: Vec<i64> = (0..steps)
-            .map(|i| distilled[(i as f64 * stride).floor() as usize])
-            .collect();
+        let timesteps = self
+            .schedule
+            .distilled(steps, self.original_inference_steps, "LCM")?;
         self.schedule.set(steps, &timesteps);
         Ok(())
     }

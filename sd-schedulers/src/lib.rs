@@ -39,9 +39,17 @@
 //! | `dpm_solver.rs` | `DPMSolverMultistepScheduler` | — |
 //! | `unipc.rs` | `UniPCMultistepScheduler` | — |
 //! | `lcm.rs` | `LCMScheduler` | — |
+//! | `dpm_solver_singlestep.rs` | `DPMSolverSinglestepScheduler` | — |
+//! | `kdpm2.rs` | `KDPM2DiscreteScheduler` | — |
+//! | `kdpm2_ancestral.rs` | `KDPM2AncestralDiscreteScheduler` | — |
+//! | `deis.rs` | `DEISMultistepScheduler` | DEIS |
+//! | `tcd.rs` | `TCDScheduler` | TCD |
+//!
+//! A diffusers class reads its options from the config; [`SchedulerConfig::with_overrides`]
+//! changes keys of it (`sd generate --scheduler-config algorithm_type=sde-dpmsolver++`).
 //!
 //! Each diffusers scheduler keeps its run's schedule in an `AlphaTimesteps`
-//! (`alpha_timesteps.rs`: DDIM, DDPM, PNDM, LCM) or a `SigmaTimesteps` (`sigma_timesteps.rs`: the
+//! (`alpha_timesteps.rs`: DDIM, DDPM, PNDM, LCM, TCD) or a `SigmaTimesteps` (`sigma_timesteps.rs`: the
 //! σ-samplers), the [`sd_core::ScheduleState`] its [`Scheduler::schedule`] returns; the read-only
 //! `Scheduler` methods (timesteps, initial noise σ, model input scaling, `add_noise`) are the
 //! trait's default methods over it, and each file adds `set_timesteps` and `step`.
@@ -60,12 +68,16 @@ mod brownian;
 mod config;
 mod ddim;
 mod ddpm;
+mod deis;
 mod dpm_solver;
+mod dpm_solver_singlestep;
 mod elementwise;
 mod euler;
 mod euler_ancestral;
 mod heun;
 mod k_diffusion;
+mod kdpm2;
+mod kdpm2_ancestral;
 mod ksampler;
 mod lcm;
 mod lms;
@@ -75,6 +87,7 @@ mod pndm;
 mod sigma_timesteps;
 mod sigmas;
 mod spacing;
+mod tcd;
 mod unipc;
 
 pub use a1111::{a1111_menu, infotext_names, resolve_a1111};
@@ -83,13 +96,18 @@ pub use a1111_unipc::A1111UniPcSampler;
 pub use brownian::{BrownianNoise, BrownianTree};
 pub use config::{
     BetaSchedule, PredictionType, SD15_SCHEDULER_CONFIG, SchedulerConfig, TimestepSpacing,
+    parse_override,
 };
 pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
+pub use deis::DeisScheduler;
 pub use dpm_solver::DpmSolverScheduler;
+pub use dpm_solver_singlestep::DpmSolverSinglestepScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 pub use heun::HeunScheduler;
+pub use kdpm2::Kdpm2Scheduler;
+pub use kdpm2_ancestral::Kdpm2AncestralScheduler;
 pub use ksampler::{
     A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
     ScheduleType,
@@ -102,4 +120,5 @@ pub use names::{
 };
 pub use pndm::PndmScheduler;
 pub use sd_core::Scheduler;
+pub use tcd::TcdScheduler;
 pub use unipc::UniPcScheduler;

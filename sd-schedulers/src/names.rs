@@ -20,8 +20,9 @@ use crate::ksampler::{
     A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
 };
 use crate::{
-    DdimScheduler, DdpmScheduler, DpmSolverScheduler, EulerAncestralScheduler, EulerScheduler,
-    HeunScheduler, LcmScheduler, LmsScheduler, PndmScheduler, UniPcScheduler,
+    DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSinglestepScheduler,
+    EulerAncestralScheduler, EulerScheduler, HeunScheduler, Kdpm2AncestralScheduler,
+    Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler, TcdScheduler, UniPcScheduler,
 };
 
 use SchedulerKind::*;
@@ -47,6 +48,11 @@ pub enum SchedulerKind {
     DpmSolverMultistep,
     UniPc,
     Lcm,
+    DpmSolverSinglestep,
+    Kdpm2,
+    Kdpm2Ancestral,
+    Deis,
+    Tcd,
 }
 
 /// Settings a sampler name implies on top of the config.
@@ -80,6 +86,13 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("LCMScheduler", Lcm, NONE),
     ("LCM", A1111Lcm, NONE),
     ("k_lcm", A1111Lcm, NONE),
+    ("DPMSolverSinglestepScheduler", DpmSolverSinglestep, NONE),
+    ("KDPM2DiscreteScheduler", Kdpm2, NONE),
+    ("KDPM2AncestralDiscreteScheduler", Kdpm2Ancestral, NONE),
+    ("DEISMultistepScheduler", Deis, NONE),
+    ("DEIS", Deis, NONE),
+    ("TCDScheduler", Tcd, NONE),
+    ("TCD", Tcd, NONE),
 ];
 
 /// The last entry of an unknown-name error's list: the names [`known_names`] leaves out.
@@ -132,8 +145,9 @@ fn lookup(name: &str) -> Result<(SchedulerKind, Implied)> {
 /// Options a request may set on top of the config and the name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SamplerOptions {
-    /// η: DDIM's (`None`: 0, deterministic DDIM) and A1111's ancestral samplers' (`None`: 1, as
-    /// A1111 defaults it); other schedulers ignore it, as diffusers does (a pipeline passes it
+    /// η: DDIM's (`None`: 0, deterministic DDIM), TCD's γ (`None`: 0, as `StableDiffusionPipeline`
+    /// passes it) and A1111's ancestral samplers' (`None`: 1, as A1111 defaults it); other
+    /// schedulers ignore it, as diffusers does (a pipeline passes it
     /// to `step` rather than through the config).
     pub eta: Option<f32>,
     /// Karras σ spacing on or off; `None`: what the name implies, else the config. Turning it
@@ -156,7 +170,17 @@ impl SchedulerKind {
     pub fn takes_karras_sigmas(self) -> bool {
         matches!(
             self,
-            A1111(_) | A1111Lcm | Lms | Euler | Heun | DpmSolverMultistep | UniPc
+            A1111(_)
+                | A1111Lcm
+                | Lms
+                | Euler
+                | Heun
+                | DpmSolverMultistep
+                | UniPc
+                | DpmSolverSinglestep
+                | Kdpm2
+                | Kdpm2Ancestral
+                | Deis
         )
     }
 }
@@ -239,6 +263,11 @@ pub fn scheduler_from_name_with(
         DpmSolverMultistep => Box::new(DpmSolverScheduler::new(&config)?),
         UniPc => Box::new(UniPcScheduler::new(&config)?),
         Lcm => Box::new(LcmScheduler::new(&config)?),
+        DpmSolverSinglestep => Box::new(DpmSolverSinglestepScheduler::new(&config)?),
+        Kdpm2 => Box::new(Kdpm2Scheduler::new(&config)?),
+        Kdpm2Ancestral => Box::new(Kdpm2AncestralScheduler::new(&config)?),
+        Deis => Box::new(DeisScheduler::new(&config)?),
+        Tcd => Box::new(TcdScheduler::new(&config)?.with_gamma(options.eta.unwrap_or(0.0))?),
         A1111Timesteps(kind) => Box::new(A1111TimestepSampler::new(
             &config,
             kind,

@@ -6,11 +6,11 @@
 
 use sd_core::{HostTensor, Result, ScheduleState};
 
-use crate::config::NoiseScheduleConfig;
+use crate::config::{NoiseScheduleConfig, PredictionType};
 use crate::elementwise::{check_index, check_step, check_steps, map2};
 use crate::k_diffusion;
 use crate::noise_schedule::NoiseSchedule;
-use crate::sigmas::{self, SigmaBounds, SigmaSchedule};
+use crate::sigmas::{self, FinalSigma, SigmaBounds, SigmaSchedule};
 
 /// How a noisy sample relates to the clean one at noise level σ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +75,17 @@ impl SigmaTimesteps {
         steps: usize,
         karras: Option<SigmaBounds>,
         round_timesteps: bool,
+        final_sigma: FinalSigma,
     ) -> Result<()> {
         check_steps(steps, self.config.num_train_timesteps)?;
-        let (timesteps, sigmas) =
-            sigmas::multistep(&self.noise, &self.config, steps, karras, round_timesteps);
+        let (timesteps, sigmas) = sigmas::multistep(
+            &self.noise,
+            &self.config,
+            steps,
+            karras,
+            round_timesteps,
+            final_sigma,
+        );
         self.set(
             steps,
             timesteps.into_iter().map(|t| t as f64).collect(),
@@ -95,6 +102,11 @@ impl SigmaTimesteps {
         self.sigmas = sigmas;
     }
 
+    /// ln σ of the training table (diffusers' `log_sigmas`), for mapping σ back to timesteps.
+    pub fn log_training_sigmas(&self) -> Vec<f32> {
+        sigmas::log_sigmas(&self.noise.sigmas())
+    }
+
     /// σ of each evaluation, then the final σ (diffusers' `sigmas`).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
@@ -109,6 +121,27 @@ impl SigmaTimesteps {
     pub fn vp_coordinates(&self, i: usize) -> (f32, f32, f32) {
         let (alpha, sigma) = sigmas::alpha_sigma_t(self.sigmas[i]);
         (alpha, sigma, sigmas::lambda(alpha, sigma))
+    }
+
+    /// Variance-preserving: the data prediction x̂₀ at position `index` from the model output,
+    /// as diffusers' multistep solvers convert it (`op` names the sampler in shape errors).
+    pub fn data_prediction(
+        &self,
+        op: &'static str,
+        index: usize,
+        sample: &HostTensor,
+        model_output: &HostTensor,
+    ) -> Result<HostTensor> {
+        let (alpha, sigma, _) = self.vp_coordinates(index);
+        match self.config.prediction_type {
+            PredictionType::Epsilon => {
+                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
+            }
+            PredictionType::VPrediction => {
+                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
+            }
+            PredictionType::Sample => Ok(model_output.clone()),
+        }
     }
 
     /// `index` names an evaluation and the two tensors have one shape.

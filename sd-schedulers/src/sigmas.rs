@@ -129,6 +129,29 @@ pub(crate) fn sigma_to_t(sigma: f64, log_table: &[f32]) -> f64 {
     (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
 }
 
+/// [`sigma_to_t`] for an f32 σ, as numpy runs diffusers' `_sigma_to_t` on one: ln σ and the
+/// interpolation weight in f32, the weighted sum of the two indices in f64 (numpy promotes the
+/// f32 weight against the i64 index). Used for the KDPM2 classes' midpoint timesteps.
+pub(crate) fn sigma_to_t_f32(sigma: f32, log_table: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let low_idx = log_table
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(log_table.len() - 2);
+    let (low, high) = (log_table[low_idx], log_table[low_idx + 1]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    f64::from(1.0 - w) * low_idx as f64 + f64::from(w) * (low_idx + 1) as f64
+}
+
+/// The geometric mean of two noise levels as torch computes `a.log().lerp(b.log(), 0.5).exp()`
+/// in f32 (torch's lerp at weight ½ is `end − (end − start)·½`): 0 when `a` is 0, NaN when only
+/// `b` is (the KDPM2 classes overwrite or never read those entries).
+pub(crate) fn log_midpoint(a: f32, b: f32) -> f32 {
+    let (start, end) = (a.ln(), b.ln());
+    (end - (end - start) * 0.5).exp()
+}
+
 /// The VP-SDE view of σ: α_t = 1/√(σ² + 1), σ_t = σ·α_t (f32, as torch computes them).
 pub(crate) fn alpha_sigma_t(sigma: f32) -> (f32, f32) {
     let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
@@ -140,15 +163,28 @@ pub(crate) fn lambda(alpha_t: f32, sigma_t: f32) -> f32 {
     alpha_t.ln() - sigma_t.ln()
 }
 
-/// The schedule of the multistep solvers (DPM-Solver, UniPC): integer timesteps (`steps + 1`
-/// points, t = 0 dropped) with σ from the table, or Karras-spaced σ with their nearest
-/// timesteps (`round_timesteps`; DPM-Solver truncates instead for the cosine schedule).
+/// Where the multistep solvers' σ schedule ends, after the last evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FinalSigma {
+    /// σ = 0: the last step lands on the clean sample (diffusers' `final_sigmas_type = "zero"`).
+    Zero,
+    /// The smallest training σ, σ(t = 0) (`final_sigmas_type = "sigma_min"`; DEIS always).
+    TrainingMin,
+    /// The last evaluation's σ again, so the last step does not move σ (DEIS with Karras σ).
+    RepeatLast,
+}
+
+/// The schedule of the multistep solvers (DPM-Solver, UniPC, DEIS, DPM-Solver singlestep):
+/// integer timesteps (`steps + 1` points, t = 0 dropped) with σ from the table, or Karras-spaced σ
+/// with their nearest timesteps (`round_timesteps`; DPM-Solver truncates instead for the cosine
+/// schedule), then the final σ.
 pub(crate) fn multistep(
     noise: &NoiseSchedule,
     config: &NoiseScheduleConfig,
     steps: usize,
     karras: Option<SigmaBounds>,
     round_timesteps: bool,
+    final_sigma: FinalSigma,
 ) -> (Vec<i64>, Vec<f32>) {
     let table = noise.sigmas();
     let timesteps = spacing::multistep(
@@ -184,6 +220,10 @@ pub(crate) fn multistep(
             (timesteps, sigmas)
         }
     };
-    sigmas.push(0.0);
+    sigmas.push(match final_sigma {
+        FinalSigma::Zero => 0.0,
+        FinalSigma::TrainingMin => f64::from(table[0]),
+        FinalSigma::RepeatLast => sigmas[sigmas.len() - 1],
+    });
     (timesteps, sigmas.into_iter().map(|s| s as f32).collect())
 }

@@ -10,10 +10,10 @@
 
 use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 
-use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
+use crate::config::{ClassDefaults, SchedulerConfig};
 use crate::elementwise::map2;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
-use crate::sigmas::SigmaBounds;
+use crate::sigmas::{FinalSigma, SigmaBounds};
 
 const DEFAULTS: ClassDefaults = ClassDefaults::linear("linspace");
 
@@ -97,26 +97,6 @@ impl UniPcScheduler {
             lower_order_nums: 0,
             last: None,
         })
-    }
-
-    /// The data prediction x̂₀ the solver fits.
-    fn convert(
-        &self,
-        index: usize,
-        sample: &HostTensor,
-        model_output: &HostTensor,
-    ) -> Result<HostTensor> {
-        let (alpha, sigma, _) = self.schedule.vp_coordinates(index);
-        let op = "UniPC step";
-        match self.schedule.config.prediction_type {
-            PredictionType::Epsilon => {
-                map2(op, sample, model_output, |x, e| (x - sigma * e) / alpha)
-            }
-            PredictionType::VPrediction => {
-                map2(op, sample, model_output, |x, v| alpha * x - sigma * v)
-            }
-            PredictionType::Sample => Ok(model_output.clone()),
-        }
     }
 
     /// One UniP (predictor) or UniC (corrector) update of `order` from position `s0` to `s0 + 1`,
@@ -247,7 +227,8 @@ impl Scheduler for UniPcScheduler {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        self.schedule.set_multistep(steps, self.karras, true)?;
+        self.schedule
+            .set_multistep(steps, self.karras, true, FinalSigma::Zero)?;
         self.history.clear();
         self.lower_order_nums = 0;
         self.last = None;
@@ -262,7 +243,9 @@ impl Scheduler for UniPcScheduler {
         _generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         self.schedule.check_step(index, model_output, sample)?;
-        let converted = self.convert(index, sample, model_output)?;
+        let converted = self
+            .schedule
+            .data_prediction("UniPC step", index, sample, model_output)?;
         let corrected = match self.last.take() {
             Some((last_sample, last_order))
                 if index > 0 && !self.disable_corrector.contains(&(index - 1)) =>

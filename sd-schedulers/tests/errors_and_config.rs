@@ -246,3 +246,128 @@ fn unipc_variants_diffusers_cannot_finish_are_refused() {
         );
     }
 }
+
+fn override_pair(key: &str, value: &str) -> Vec<(String, String)> {
+    vec![(key.to_string(), value.to_string())]
+}
+
+#[test]
+fn scheduler_config_overrides_name_the_key_and_the_value() {
+    for (key, value, expected) in [
+        ("use_karas_sigmas", "true", "unknown key"),
+        ("_class_name", "DDIMScheduler", "unknown key"),
+        ("solver_order", "two", "solver_order=two"),
+        ("use_karras_sigmas", "yes", "use_karras_sigmas=yes"),
+        ("algorithm_type", "3", "algorithm_type=3"),
+    ] {
+        match sd15().with_overrides(&override_pair(key, value)) {
+            Err(Error::InvalidArgument { name, reason }) => {
+                assert_eq!(name, "scheduler config");
+                assert!(
+                    reason.contains(&format!("`{key}={value}`")) && reason.contains(expected),
+                    "{reason}"
+                );
+                if expected == "unknown key" {
+                    assert!(
+                        reason.contains("use_karras_sigmas"),
+                        "lists the keys: {reason}"
+                    );
+                }
+            }
+            other => panic!("{key}={value}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    for text in ["solver_order", "=3", ""] {
+        assert!(
+            matches!(
+                sd_schedulers::parse_override(text),
+                Err(Error::InvalidArgument { .. })
+            ),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        sd_schedulers::parse_override(" final_sigmas_type = sigma_min ").unwrap(),
+        ("final_sigmas_type".to_string(), "sigma_min".to_string())
+    );
+}
+
+#[test]
+fn a_well_typed_override_the_scheduler_cannot_run_fails_at_build_naming_the_field() {
+    for (class, key, value) in [
+        (
+            "DPMSolverSinglestepScheduler",
+            "algorithm_type",
+            "dpmsolver+++",
+        ),
+        (
+            "DPMSolverSinglestepScheduler",
+            "final_sigmas_type",
+            "sigma_max",
+        ),
+        ("DPMSolverSinglestepScheduler", "solver_order", "4"),
+        ("DEISMultistepScheduler", "solver_type", "unipc"),
+        ("KDPM2DiscreteScheduler", "timestep_spacing", "cosine"),
+        (
+            "KDPM2AncestralDiscreteScheduler",
+            "prediction_type",
+            "sample",
+        ),
+        ("EulerDiscreteScheduler", "beta_start", "-1"),
+    ] {
+        let config = sd15().with_overrides(&override_pair(key, value)).unwrap();
+        match scheduler_from_name(class, &config).err() {
+            Some(Error::Config { path, field, .. }) => {
+                assert_eq!(field, key, "{class}");
+                assert!(
+                    path.to_string_lossy().contains("--scheduler-config"),
+                    "{}",
+                    path.display()
+                );
+            }
+            other => panic!("{class} {key}={value}: expected a config error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn overrides_act_as_the_same_keys_in_the_file() {
+    let overridden = sd15()
+        .with_overrides(&[
+            ("timestep_spacing".into(), "trailing".into()),
+            ("use_karras_sigmas".into(), "false".into()),
+            ("steps_offset".into(), "0".into()),
+        ])
+        .unwrap();
+    let text = sd_schedulers::SD15_SCHEDULER_CONFIG.replace(
+        "\"steps_offset\": 1,",
+        "\"steps_offset\": 0, \"timestep_spacing\": \"trailing\", \"use_karras_sigmas\": false,",
+    );
+    let written = SchedulerConfig::from_json(&text, "edited").unwrap();
+    for class in [
+        "EulerDiscreteScheduler",
+        "DDIMScheduler",
+        "KDPM2DiscreteScheduler",
+    ] {
+        let mut a = scheduler_from_name(class, &overridden).unwrap();
+        let mut b = scheduler_from_name(class, &written).unwrap();
+        a.set_timesteps(10).unwrap();
+        b.set_timesteps(10).unwrap();
+        assert_eq!(a.timesteps(), b.timesteps(), "{class}");
+        assert_eq!(a.timesteps()[0], 999.0, "{class}: trailing starts at T - 1");
+    }
+}
+
+#[test]
+fn tcd_refuses_a_gamma_outside_zero_to_one() {
+    for eta in [-0.1f32, 1.5, f32::NAN] {
+        let options = sd_schedulers::SamplerOptions {
+            eta: Some(eta),
+            ..Default::default()
+        };
+        match sd_schedulers::scheduler_from_name_with("TCDScheduler", &sd15(), options) {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, "eta"),
+            other => panic!("eta {eta}: expected InvalidArgument, got {:?}", other.err()),
+        }
+    }
+}

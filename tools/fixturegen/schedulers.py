@@ -55,29 +55,29 @@ def fake_model_output(x_in, t):
     return 0.1 * x_in + torch.cos(angle).to(torch.float32)
 
 
-def make_scheduler(base_config, name):
-    cls, overrides, _ = SCHEDULERS[name]
+def make_scheduler(base_config, setup):
+    cls, overrides, _ = setup
     return cls.from_config(base_config, **overrides)
 
 
-def step_kwargs(scheduler, name, generator):
+def step_kwargs(scheduler, setup, generator):
     """What StableDiffusionPipeline.prepare_extra_step_kwargs passes: eta and generator when the
     scheduler's step accepts them (eta defaults to 0.0 there)."""
     accepted = set(inspect.signature(scheduler.step).parameters)
     kwargs = {}
     if "eta" in accepted:
-        kwargs["eta"] = SCHEDULERS[name][2].get("eta", 0.0)
+        kwargs["eta"] = setup[2].get("eta", 0.0)
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs
 
 
-def trace(base_config, name, steps):
-    scheduler = make_scheduler(base_config, name)
+def trace(base_config, setup, steps, latent_shape):
+    scheduler = make_scheduler(base_config, setup)
     scheduler.set_timesteps(steps, device="cpu")
     generator = cpu_generator(SEED)
-    x = torch.randn(LATENT_SHAPE, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
-    kwargs = step_kwargs(scheduler, name, generator)
+    x = torch.randn(latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    kwargs = step_kwargs(scheduler, setup, generator)
     samples = [x]
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(x, t)
@@ -110,8 +110,8 @@ class _Img2ImgStub:
         self.scheduler = scheduler
 
 
-def img2img_selection(base_config, name, steps, strength):
-    scheduler = make_scheduler(base_config, name)
+def img2img_selection(base_config, setup, steps, strength):
+    scheduler = make_scheduler(base_config, setup)
     scheduler.set_timesteps(steps, device="cpu")
     timesteps, num_steps = StableDiffusionImg2ImgPipeline.get_timesteps(_Img2ImgStub(scheduler), steps, strength, "cpu")
     return scheduler, timesteps, {
@@ -122,30 +122,7 @@ def img2img_selection(base_config, name, steps, strength):
 
 
 def write_goldens(fixtures_dir, goldens_dir):
-    base_config = PNDMScheduler.from_pretrained(os.path.join(fixtures_dir, "tiny-sd", "scheduler")).config
-    tensors, manifest = {}, {}
-    init = seeded_randn(LATENT_SHAPE, ADD_NOISE["seed_init"])
-    noise = seeded_randn(LATENT_SHAPE, ADD_NOISE["seed_noise"])
-    tensors["add_noise/original"] = init
-    tensors["add_noise/noise"] = noise
-    for name in SCHEDULERS:
-        entry = {"class": SCHEDULERS[name][0].__name__, "from_config_overrides": SCHEDULERS[name][1], "traces": {}}
-        for steps in STEP_COUNTS:
-            trace_tensors, info = trace(base_config, name, steps)
-            for key, value in trace_tensors.items():
-                tensors[f"{name}/{steps}/{key}"] = value
-            entry["traces"][str(steps)] = info
-        entry["img2img"] = {
-            f"{steps}/{strength}": img2img_selection(base_config, name, steps, strength)[2]
-            for steps in STEP_COUNTS
-            for strength in STRENGTHS
-        }
-        scheduler, timesteps, _ = img2img_selection(base_config, name, ADD_NOISE["steps"], ADD_NOISE["strength"])
-        latent_timestep = timesteps[:1]
-        tensors[f"add_noise/{name}"] = scheduler.add_noise(init, noise, latent_timestep)
-        entry["add_noise_timestep"] = float(latent_timestep[0])
-        manifest[name] = entry
-
+    base_config, tensors, manifest = write_traces(fixtures_dir, SCHEDULERS, LATENT_SHAPE)
     write_tensors(os.path.join(goldens_dir, "schedulers.safetensors"), tensors)
     write_json(
         os.path.join(goldens_dir, "schedulers.json"),
@@ -165,3 +142,33 @@ def write_goldens(fixtures_dir, goldens_dir):
             "schedulers": manifest,
         },
     )
+
+
+def write_traces(fixtures_dir, setups, latent_shape):
+    """Every setup's traces, img2img selections and add_noise golden: (the SD 1.5 config they were
+    built from, the tensors, the per-setup manifest). `setups`: name -> (class, from_config
+    overrides, step kwargs as {"eta": value} or {})."""
+    base_config = PNDMScheduler.from_pretrained(os.path.join(fixtures_dir, "tiny-sd", "scheduler")).config
+    tensors, manifest = {}, {}
+    init = seeded_randn(latent_shape, ADD_NOISE["seed_init"])
+    noise = seeded_randn(latent_shape, ADD_NOISE["seed_noise"])
+    tensors["add_noise/original"] = init
+    tensors["add_noise/noise"] = noise
+    for name, setup in setups.items():
+        entry = {"class": setup[0].__name__, "from_config_overrides": setup[1], "traces": {}}
+        for steps in STEP_COUNTS:
+            trace_tensors, info = trace(base_config, setup, steps, latent_shape)
+            for key, value in trace_tensors.items():
+                tensors[f"{name}/{steps}/{key}"] = value
+            entry["traces"][str(steps)] = info
+        entry["img2img"] = {
+            f"{steps}/{strength}": img2img_selection(base_config, setup, steps, strength)[2]
+            for steps in STEP_COUNTS
+            for strength in STRENGTHS
+        }
+        scheduler, timesteps, _ = img2img_selection(base_config, setup, ADD_NOISE["steps"], ADD_NOISE["strength"])
+        latent_timestep = timesteps[:1]
+        tensors[f"add_noise/{name}"] = scheduler.add_noise(init, noise, latent_timestep)
+        entry["add_noise_timestep"] = float(latent_timestep[0])
+        manifest[name] = entry
+    return base_config, tensors, manifest

@@ -259,8 +259,9 @@ impl Backend for CpuBackend {
 
     fn full_precision(&self) -> Result<Option<Self>> {
         Ok(match self.precision {
-            Precision::F32 => None,
             Precision::Bf16 => Some(CpuBackend::with_precision(Precision::F32)),
+            // F32 (`precision` is never Auto: it is resolved when the backend is made).
+            Precision::F32 | Precision::Auto => None,
         })
     }
 

@@ -37,6 +37,11 @@ pub struct SamplerSettings {
     /// Karras σ spacing on or off, for samplers that step in σ; `None`: what the name implies,
     /// else the model's scheduler config.
     pub karras_sigmas: Option<bool>,
+    /// `scheduler_config.json` keys to change for this request, as (key, value) pairs applied in
+    /// order (`("algorithm_type", "sde-dpmsolver++")`, `("use_karras_sigmas", "true")`): values
+    /// are JSON or, failing that, strings. An unknown key or a mistyped value fails the request
+    /// with an error naming both.
+    pub config_overrides: Vec<(String, String)>,
 }
 
 /// An img2img or inpainting start image.
@@ -121,6 +126,15 @@ impl GenerationRequest {
     /// Karras σ spacing on or off (samplers that step in σ).
     pub fn karras_sigmas(mut self, on: bool) -> Self {
         self.sampler.karras_sigmas = Some(on);
+        self
+    }
+
+    /// Change one key of the model's scheduler config for this request (`sd generate
+    /// --scheduler-config KEY=VALUE`); see [`SamplerSettings::config_overrides`].
+    pub fn scheduler_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.sampler
+            .config_overrides
+            .push((key.into(), value.into()));
         self
     }
 

@@ -104,6 +104,15 @@ pub struct GenerateArgs {
     /// Karras, Exponential, Polyexponential, SGM Uniform.
     #[arg(long, value_name = "TYPE")]
     pub schedule_type: Option<String>,
+    /// Change a key of the model's scheduler_config.json for this run: KEY=VALUE, repeatable
+    /// (algorithm_type=sde-dpmsolver++, use_karras_sigmas=true, timestep_spacing=trailing,
+    /// solver_order=3, final_sigmas_type=sigma_min, …). Values are JSON or plain strings.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub scheduler_config: Vec<String>,
+    /// η of the samplers that take one: DDIM (default 0), TCD's γ (default 0, as diffusers'
+    /// StableDiffusionPipeline passes it), A1111's ancestral samplers (default 1).
+    #[arg(long)]
+    pub eta: Option<f32>,
     /// Random source: cpu (torch's CPU generator, as diffusers) or nv (A1111's "NV", its
     /// imitation of torch's CUDA generator: the seeds of images made on NVIDIA GPUs).
     #[arg(long, value_enum, default_value_t = RngArg::Cpu)]

@@ -13,7 +13,7 @@ use stable_diffusion::output;
 use stable_diffusion::parameters::Parameters;
 use stable_diffusion::png::write_png;
 use stable_diffusion::preview::{PreviewMethod, Previewer};
-use stable_diffusion::schedulers::{ScheduleType, infotext_names};
+use stable_diffusion::schedulers::{ScheduleType, SchedulerConfig, infotext_names, parse_override};
 use stable_diffusion::{
     GenerationRequest, LoadOptions, PromptMode, SafetyCheckerChoice, StableDiffusion,
 };
@@ -82,6 +82,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     if let Some(schedule_type) = &args.schedule_type {
         ScheduleType::parse(schedule_type)?;
     }
+    let config_overrides = scheduler_config_overrides(args)?;
     check_batch_size(args.batch)?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
@@ -216,6 +217,8 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     if let Some(schedule_type) = &args.schedule_type {
         request = request.schedule_type(schedule_type);
     }
+    request.sampler.config_overrides = config_overrides;
+    request.sampler.eta = args.eta;
     request.width = args.width;
     request.height = args.height;
     let strength = init.as_ref().map(|_| args.strength);
@@ -393,6 +396,18 @@ fn taesd_path(value: &str) -> Result<PathBuf> {
 }
 
 /// `--no-safety-checker` / `--safety-checker PATH`, else the model's own checker.
+/// `--scheduler-config KEY=VALUE` as pairs, checked against SD 1.5's config (keys and value
+/// types) before the model loads.
+fn scheduler_config_overrides(args: &GenerateArgs) -> Result<Vec<(String, String)>> {
+    let overrides = args
+        .scheduler_config
+        .iter()
+        .map(|text| parse_override(text))
+        .collect::<Result<Vec<_>>>()?;
+    SchedulerConfig::sd15().with_overrides(&overrides)?;
+    Ok(overrides)
+}
+
 fn safety_checker_of(args: &GenerateArgs) -> SafetyCheckerChoice {
     match (&args.safety_checker, args.no_safety_checker) {
         (_, true) => SafetyCheckerChoice::Off,
