@@ -17,7 +17,7 @@ import sys
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
-STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety")
+STEPS = ("pipelines", "tokenizer", "models", "schedulers", "generations", "randn", "ldm", "lora", "embeddings", "a1111", "philox", "safety", "hires")
 
 
 def main():
@@ -48,6 +48,10 @@ def main():
         write_ldm_single_file(out)
     if "lora" in steps:
         lora.write_goldens(out, goldens)
+    if "hires" in steps:
+        from fixturegen import hires
+
+        hires.write_goldens(out, goldens)
     from fixturegen import embeddings, generations, lora, models, pipelines, safety, schedulers, tokenizer
 
 

@@ -1,5 +1,6 @@
 //! What to generate: [`GenerationRequest`], and its checks against a model's geometry.
 
+use super::hires::HiresFix;
 use super::image::{GrayImage, RgbImage};
 use crate::components::{PromptMode, TextOptions};
 use crate::error::{Error, Result};
@@ -74,6 +75,9 @@ pub struct GenerationRequest {
     pub sampler: SamplerSettings,
     /// Clip skip and prompt mode (unset: the model's defaults).
     pub text: TextOptions,
+    /// txt2img only: a second pass at a larger size from the resized latents (A1111's hires
+    /// fix); the images come out at the hires size.
+    pub hires: Option<HiresFix>,
 }
 
 impl GenerationRequest {
@@ -93,6 +97,7 @@ impl GenerationRequest {
             mask: None,
             sampler: SamplerSettings::default(),
             text: TextOptions::default(),
+            hires: None,
         }
     }
 
@@ -190,6 +195,12 @@ impl GenerationRequest {
         self
     }
 
+    /// A1111's hires fix (txt2img only).
+    pub fn hires(mut self, hires: HiresFix) -> Self {
+        self.hires = Some(hires);
+        self
+    }
+
     /// The seed of each image of the batch (a single seed is repeated).
     pub fn image_seeds(&self) -> Vec<u64> {
         match &self.seeds {
@@ -258,6 +269,12 @@ impl Geometry {
                 "inpainting needs an init image to go with the mask",
             ));
         }
+        if request.hires.is_some() && request.init.is_some() {
+            return Err(Error::invalid_argument(
+                "hires",
+                "the hires fix is for txt2img; this request has an init image",
+            ));
+        }
         let init_size = request
             .init
             .as_ref()
@@ -318,7 +335,7 @@ impl Geometry {
 
     /// Image sides must be positive multiples of the VAE factor times the UNet's latent multiple,
     /// and at most [`MAX_SIDE`].
-    fn check_side(&self, name: &str, pixels: usize) -> Result<()> {
+    pub(super) fn check_side(&self, name: &str, pixels: usize) -> Result<()> {
         if pixels > MAX_SIDE {
             return Err(Error::invalid_argument(
                 name,

@@ -487,16 +487,19 @@ impl Scheduler for KDiffusionSampler {
                 format!("must be in [0, 1], got {strength}"),
             ));
         }
-        let steps = self.plan.steps;
         // Truncation as Python's int().
-        let t_enc = (strength.min(0.999) * steps as f64) as usize;
-        let first_step = steps.saturating_sub(t_enc + 1);
-        Ok(self
-            .plan
+        let t_enc = (strength.min(0.999) * self.plan.steps as f64) as usize;
+        Ok(self.start_index_keeping(t_enc + 1))
+    }
+
+    /// The first evaluation of step `steps − kept`.
+    fn start_index_keeping(&self, kept: usize) -> usize {
+        let first_step = self.plan.steps.saturating_sub(kept);
+        self.plan
             .evaluations
             .iter()
             .position(|e| e.step == first_step && !e.second)
-            .unwrap_or(self.plan.evaluations.len()))
+            .unwrap_or(self.plan.evaluations.len())
     }
 }
 

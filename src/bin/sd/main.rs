@@ -14,6 +14,7 @@ mod backend;
 mod bench;
 mod cli;
 mod generate;
+mod hires;
 mod info;
 mod progress;
 #[cfg(feature = "server")]
