@@ -167,7 +167,7 @@ impl HiresFix {
             ));
         }
         let strength = self.denoising_strength;
-        if !(strength > 0.0 && strength <= 1.0) {
+        if strength.is_nan() || strength <= 0.0 || strength > 1.0 {
             return Err(Error::invalid_argument(
                 "hires denoising strength",
                 format!("must be in (0, 1], got {strength}"),
