@@ -140,7 +140,11 @@ fn hires_progress_counts_both_passes_and_finish_in_the_first_skips_the_second() 
     // 6 first-pass steps at 32 latents, then the last 4 of 8 at 48.
     let widths: Vec<usize> = seen.iter().map(|s| s.2).collect();
     assert_eq!(widths, [32, 32, 32, 32, 32, 32, 48, 48, 48, 48]);
-    assert!(seen.iter().enumerate().all(|(i, s)| s.0 == i + 1 && s.1 == 10));
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, s)| s.0 == i + 1 && s.1 == 10)
+    );
     assert_eq!(generation.images[0].width(), 96);
 
     // Finishing during the first pass decodes it at the first pass's size (A1111's interrupt).
@@ -163,7 +167,10 @@ fn hires_requests_that_cannot_run_name_the_setting() {
     let error = |request: GenerationRequest| sd.generate(&request).unwrap_err().to_string();
     // 64 × 1.3 = 83 pixels, 41 latents: 82 pixels, not a multiple of the tiny model's 4.
     let text = error(base().hires(HiresFix::scale(1.3)));
-    assert!(text.contains("hires width") && text.contains("82"), "{text}");
+    assert!(
+        text.contains("hires width") && text.contains("82"),
+        "{text}"
+    );
     let text = error(base().hires(HiresFix::scale(2.0).denoising_strength(1.5)));
     assert!(text.contains("denoising strength"), "{text}");
     let init = stable_diffusion::RgbImage::new(64, 64, vec![0; 64 * 64 * 3]).unwrap();
@@ -203,7 +210,10 @@ fn cli_args(spec: &Value, output: &str) -> Vec<String> {
     ] {
         args.extend([flag.to_string(), number(key)]);
     }
-    match (number("hr_resize_x").as_str(), number("hr_resize_y").as_str()) {
+    match (
+        number("hr_resize_x").as_str(),
+        number("hr_resize_y").as_str(),
+    ) {
         ("0", "0") => args.extend(["--hires-scale".to_string(), number("hr_scale")]),
         (x, y) => args.extend(["--hires-resize".to_string(), format!("{x}x{y}")]),
     }
@@ -225,10 +235,14 @@ fn sd_generate_hires_flags_give_the_reference_image_and_a1111s_infotext() {
     let run = sd(&args);
     assert!(run.status.success(), "{}", support::cli::stderr(&run));
     let ours = read_rgb(&out).unwrap();
-    let golden_png = goldens().join("hires").join(spec["pngs"][0].as_str().unwrap());
+    let golden_png = goldens()
+        .join("hires")
+        .join(spec["pngs"][0].as_str().unwrap());
     let worst = max_level_difference(&ours, &read_rgb(golden_png).unwrap());
     assert!(worst <= support::PIXEL_TOLERANCE, "off by {worst} levels");
-    let text = stable_diffusion::png::read_parameters(&out).unwrap().unwrap();
+    let text = stable_diffusion::png::read_parameters(&out)
+        .unwrap()
+        .unwrap();
     // A1111 writes the first pass's size, then the hires entries after the strength.
     assert!(text.contains("Size: 64x64, "), "{text}");
     assert!(
@@ -248,7 +262,12 @@ fn sd_generate_hires_mistakes_name_the_flag() {
     let base = ["generate", "--prompt", "a", "--steps", "1", "-o", out];
     let with = |extra: &[&str]| [&base[..], extra].concat();
     assert_fails_naming(
-        &sd(&with(&["--hires-scale", "2", "--hires-upscaler", "ESRGAN_4x"])),
+        &sd(&with(&[
+            "--hires-scale",
+            "2",
+            "--hires-upscaler",
+            "ESRGAN_4x",
+        ])),
         &["--hires-upscaler", "ESRGAN_4x", "Latent (nearest-exact)"],
     );
     assert_fails_naming(

@@ -80,7 +80,10 @@ fn txt2img_with_enable_hr_matches_sd_generate_and_writes_a1111s_hires_infotext()
     );
     assert_same_pixels(&served[0], &read_rgb(&reference).unwrap(), "hires txt2img");
     let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
-    assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(64), Some(48))
+    );
     assert_eq!(info["denoising_strength"], 0.6);
     let infotext = info["infotexts"][0].as_str().unwrap();
     assert!(

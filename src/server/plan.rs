@@ -296,8 +296,18 @@ fn hires_of(
             ))
         })?,
     };
-    let resize_x = in_range("hr_resize_x", body.hr_resize_x.unwrap_or(0), 0, limits.max_side)?;
-    let resize_y = in_range("hr_resize_y", body.hr_resize_y.unwrap_or(0), 0, limits.max_side)?;
+    let resize_x = in_range(
+        "hr_resize_x",
+        body.hr_resize_x.unwrap_or(0),
+        0,
+        limits.max_side,
+    )?;
+    let resize_y = in_range(
+        "hr_resize_y",
+        body.hr_resize_y.unwrap_or(0),
+        0,
+        limits.max_side,
+    )?;
     let fix = if resize_x == 0 && resize_y == 0 {
         HiresFix::scale(body.hr_scale.unwrap_or(DEFAULT_HR_SCALE))
     } else {
@@ -347,8 +357,18 @@ fn refuse_hires_variants(body: &GenerateBody) -> Result<(), ApiError> {
     let prompt = body.prompt.as_deref().unwrap_or_default();
     let negative = body.negative_prompt.as_deref().unwrap_or_default();
     let fields = [
-        ("hr_checkpoint_name", &body.hr_checkpoint_name, "Use same checkpoint", ""),
-        ("hr_sampler_name", &body.hr_sampler_name, "Use same sampler", sampler),
+        (
+            "hr_checkpoint_name",
+            &body.hr_checkpoint_name,
+            "Use same checkpoint",
+            "",
+        ),
+        (
+            "hr_sampler_name",
+            &body.hr_sampler_name,
+            "Use same sampler",
+            sampler,
+        ),
         ("hr_scheduler", &body.hr_scheduler, "Use same scheduler", ""),
         ("hr_prompt", &body.hr_prompt, "", prompt),
         ("hr_negative_prompt", &body.hr_negative_prompt, "", negative),
@@ -621,10 +641,7 @@ mod tests {
                 "could not find upscaler named R-ESRGAN 4x+",
             ),
             (r#"{"enable_hr": true, "hr_scale": 8}"#, "hr_scale"),
-            (
-                r#"{"enable_hr": true, "hr_resize_x": 4096}"#,
-                "hr_resize_x",
-            ),
+            (r#"{"enable_hr": true, "hr_resize_x": 4096}"#, "hr_resize_x"),
             (
                 r#"{"enable_hr": true, "denoising_strength": 0}"#,
                 "denoising_strength",

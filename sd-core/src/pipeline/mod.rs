@@ -332,8 +332,7 @@ where
         let factor = self.codec.downscale_factor();
         let sizes = fix.sizes(checked.width, checked.height, factor)?;
         let (width, height) = sizes.latent();
-        self.geometry()
-            .check_side("hires width", width * factor)?;
+        self.geometry().check_side("hires width", width * factor)?;
         self.geometry()
             .check_side("hires height", height * factor)?;
         Ok(Some(Hires {

@@ -83,15 +83,12 @@ impl LatentUpscaler {
 
     /// `latents [n, c, h, w]` resized to `[n, c, height, width]`.
     pub fn resize(self, latents: &HostTensor, height: usize, width: usize) -> Result<HostTensor> {
-        let x = latents
-            .view()
-            .into_dimensionality::<Ix4>()
-            .map_err(|_| {
-                Error::shape(
-                    "latent upscale",
-                    format!("expected [n, c, h, w] latents, found {:?}", latents.shape()),
-                )
-            })?;
+        let x = latents.view().into_dimensionality::<Ix4>().map_err(|_| {
+            Error::shape(
+                "latent upscale",
+                format!("expected [n, c, h, w] latents, found {:?}", latents.shape()),
+            )
+        })?;
         let (h_in, w_in) = (x.shape()[2], x.shape()[3]);
         if height == 0 || width == 0 || h_in == 0 || w_in == 0 {
             return Err(Error::invalid_argument(
@@ -119,7 +116,8 @@ impl LatentUpscaler {
                     let mut sum = 0f32;
                     for (k, (&row, &wy)) in rows[i].index.iter().zip(&rows[i].weight).enumerate() {
                         let mut inner = 0f32;
-                        for (l, (&col, &wx)) in cols[j].index.iter().zip(&cols[j].weight).enumerate()
+                        for (l, (&col, &wx)) in
+                            cols[j].index.iter().zip(&cols[j].weight).enumerate()
                         {
                             let term = x[[n, c, row, col]] * wx;
                             inner = if l == 0 { term } else { inner + term };
@@ -380,7 +378,10 @@ mod tests {
         }
         let err = "R-ESRGAN 4x+".parse::<LatentUpscaler>().unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("R-ESRGAN") && text.contains("Latent (nearest-exact)"), "{text}");
+        assert!(
+            text.contains("R-ESRGAN") && text.contains("Latent (nearest-exact)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -20,12 +20,22 @@ pub struct HiresArgs {
     #[arg(long, value_name = "N", default_value_t = 0, requires = "hires_target")]
     pub hires_steps: usize,
     /// Denoising strength of the hires pass, in (0, 1].
-    #[arg(long, value_name = "F", default_value_t = 0.7, requires = "hires_target")]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.7,
+        requires = "hires_target"
+    )]
     pub hires_denoise: f64,
     /// How latents are resized: one of A1111's latent upscalers, "Latent" (bilinear), "Latent
     /// (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
     /// "Latent (nearest-exact)".
-    #[arg(long, value_name = "NAME", default_value = "Latent", requires = "hires_target")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "Latent",
+        requires = "hires_target"
+    )]
     pub hires_upscaler: String,
 }
 
@@ -46,7 +56,9 @@ impl HiresArgs {
                 format!(
                     "{:?} is not a latent upscaler; choose one of {}",
                     self.hires_upscaler,
-                    LatentUpscaler::ALL.map(|m| format!("{:?}", m.a1111_name())).join(", ")
+                    LatentUpscaler::ALL
+                        .map(|m| format!("{:?}", m.a1111_name()))
+                        .join(", ")
                 ),
             )
         })?;
