@@ -260,7 +260,7 @@ fn sd_generate_hires_mistakes_name_the_flag() {
     let out = dir.join("x.png");
     let out = path_arg(&out);
     let base = ["generate", "--prompt", "a", "--steps", "1", "-o", out];
-    let with = |extra: &[&str]| [&base[..], extra].concat();
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
     assert_fails_naming(
         &sd(&with(&[
             "--hires-scale",
