@@ -207,6 +207,7 @@ mod tests {
             model: Some("a, b".into()),
             clip_skip: 1,
             denoising_strength: None,
+            hires: None,
             lora_hashes: vec![("x".into(), "1234".into()), ("y".into(), "5678".into())],
             ti_hashes: vec![("emb".into(), "abcd".into())],
             rng: Some("NV".into()),

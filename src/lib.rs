@@ -55,8 +55,8 @@ pub mod torch_file;
 pub use model::{DEFAULT_SCHEDULER, LoadOptions, SdPipeline, StableDiffusion};
 pub use safety::SafetyCheckerChoice;
 pub use sd_core::pipeline::{
-    Control, Generation, GenerationRequest, GrayImage, InitImage, MaskedContent, RgbImage,
-    SamplerSettings, Seeds, StepProgress,
+    Control, Generation, GenerationRequest, GrayImage, HiresFix, HiresTarget, InitImage,
+    LatentUpscaler, MaskedContent, RgbImage, SamplerSettings, Seeds, StepProgress,
 };
 pub use sd_core::{Error, PromptMode, Result, RngSource, TextOptions};
 

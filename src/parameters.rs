@@ -12,6 +12,7 @@
 
 use std::fmt::Write;
 
+use sd_core::pipeline::{HiresFix, HiresTarget};
 use sd_core::weights::UnetWeights;
 
 /// What one image was generated with.
@@ -33,8 +34,12 @@ pub struct Parameters {
     /// The model's file or folder name, without extension.
     pub model: Option<String>,
     pub clip_skip: usize,
-    /// img2img and inpainting only.
+    /// img2img, inpainting and the hires fix only.
     pub denoising_strength: Option<f64>,
+    /// A txt2img hires fix (written as `Hires upscale` or `Hires resize`, `Hires steps` when
+    /// set, `Hires upscaler`; its strength is `denoising_strength`). `width`/`height` stay the
+    /// first pass's size, as A1111 writes them.
+    pub hires: Option<HiresFix>,
     /// (name, A1111 short hash) of each LoRA applied ([`crate::model_hash::lora_hash`]).
     pub lora_hashes: Vec<(String, String)>,
     /// (name, A1111 short hash) of each textual-inversion embedding the prompts used
@@ -92,6 +97,9 @@ impl Parameters {
         if let Some(strength) = self.denoising_strength {
             fields.push(("Denoising strength", strength.to_string()));
         }
+        if let Some(hires) = &self.hires {
+            fields.extend(hires_fields(hires));
+        }
         if let Some(flagged) = self.safety_flagged {
             let verdict = if flagged { "flagged" } else { "passed" };
             fields.push(("Safety checker", verdict.to_string()));
@@ -114,6 +122,19 @@ impl Parameters {
         text.push_str(&line.join(", "));
         text
     }
+}
+
+/// A1111's entries for a hires fix, in its order.
+fn hires_fields(hires: &HiresFix) -> Vec<(&'static str, String)> {
+    let mut fields = vec![match hires.target {
+        HiresTarget::Scale(scale) => ("Hires upscale", scale.to_string()),
+        HiresTarget::Resize { width, height } => ("Hires resize", format!("{width}x{height}")),
+    }];
+    if hires.steps != 0 {
+        fields.push(("Hires steps", hires.steps.to_string()));
+    }
+    fields.push(("Hires upscaler", hires.upscaler.a1111_name().to_string()));
+    fields
 }
 
 /// A1111's `quote`: values that would break the `Key: value, …` line become JSON strings.
@@ -155,6 +176,7 @@ mod tests {
             model: Some("v1-5-pruned-emaonly".into()),
             clip_skip: 2,
             denoising_strength: None,
+            hires: None,
             lora_hashes: Vec::new(),
             ti_hashes: Vec::new(),
             rng: None,
@@ -177,6 +199,27 @@ mod tests {
             text.contains(
                 r#"Lora hashes: "add_detail: 7c6bad76eb54", TI hashes: "easynegative v2: abcdef012345, style: 0123456789ab", "#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hires_entries_follow_the_denoising_strength_as_a1111_writes_them() {
+        use sd_core::pipeline::LatentUpscaler;
+        let mut parameters = example();
+        parameters.denoising_strength = Some(0.55);
+        parameters.hires = Some(HiresFix::scale(2.0).upscaler(LatentUpscaler::Bicubic));
+        let text = parameters.to_text();
+        assert!(
+            text.contains(
+                "Denoising strength: 0.55, Hires upscale: 2, Hires upscaler: Latent (bicubic), "
+            ),
+            "{text}"
+        );
+        parameters.hires = Some(HiresFix::resize(1024, 0).steps(12));
+        let text = parameters.to_text();
+        assert!(
+            text.contains("Hires resize: 1024x0, Hires steps: 12, Hires upscaler: Latent, "),
             "{text}"
         );
     }

@@ -42,6 +42,7 @@ STEPS = (
     "a1111_sde",
     "mask_blur",
     "scheduler_classes",
+    "hires",
 )
 
 # Steps whose fixturegen module is named differently from the step.

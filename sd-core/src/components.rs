@@ -218,6 +218,14 @@ pub trait Scheduler: Send {
         let steps = self.inference_steps();
         // Truncation as Python's int(): 10 × 0.3 = 3.0000000000000004 → 3.
         let kept = ((steps as f64 * strength) as usize).min(steps);
-        Ok(((steps - kept) * self.order()).min(self.timesteps().len()))
+        Ok(self.start_index_keeping(kept))
+    }
+
+    /// The index into [`timesteps`](Self::timesteps) where denoising starts when only the last
+    /// `kept` inference steps run (A1111's hires pass): skip `steps − kept` inference steps,
+    /// each [`order`](Self::order) entries long.
+    fn start_index_keeping(&self, kept: usize) -> usize {
+        let steps = self.inference_steps();
+        (steps.saturating_sub(kept) * self.order()).min(self.timesteps().len())
     }
 }

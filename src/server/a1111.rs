@@ -14,6 +14,8 @@ pub const DEFAULT_STEPS: i64 = 50;
 pub const DEFAULT_CFG_SCALE: f64 = 7.0;
 pub const DEFAULT_SIDE: i64 = 512;
 pub const DEFAULT_DENOISING_STRENGTH: f64 = 0.75;
+/// `hr_scale`'s default (models.py / processing.py).
+pub const DEFAULT_HR_SCALE: f64 = 2.0;
 /// `sampler_index`'s default in models.py: the sampler when the request names none.
 pub const DEFAULT_SAMPLER: &str = "Euler";
 
@@ -46,6 +48,16 @@ pub struct GenerateBody {
     pub denoising_strength: Option<f64>,
     // txt2img's hires fix.
     pub enable_hr: Option<bool>,
+    pub hr_scale: Option<f64>,
+    pub hr_upscaler: Option<String>,
+    pub hr_second_pass_steps: Option<i64>,
+    pub hr_resize_x: Option<i64>,
+    pub hr_resize_y: Option<i64>,
+    pub hr_checkpoint_name: Option<String>,
+    pub hr_sampler_name: Option<String>,
+    pub hr_scheduler: Option<String>,
+    pub hr_prompt: Option<String>,
+    pub hr_negative_prompt: Option<String>,
     // img2img.
     pub init_images: Option<Vec<String>>,
     pub mask: Option<String>,
@@ -336,6 +348,7 @@ mod tests {
             model: Some("my, model".into()),
             clip_skip: 2,
             denoising_strength: Some(0.5),
+            hires: None,
             lora_hashes: vec![("x".into(), "abcdef123456".into())],
             ti_hashes: Vec::new(),
             schedule_type: None,

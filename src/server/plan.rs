@@ -11,14 +11,14 @@ use sd_core::pipeline::{GrayImage, MaskedContent, RgbImage, SamplerSettings};
 use serde_json::Value;
 
 use super::a1111::{
-    DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_INPAINTING_FILL, DEFAULT_MASK_BLUR,
-    DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS, GenerateBody, truthy,
+    DEFAULT_CFG_SCALE, DEFAULT_DENOISING_STRENGTH, DEFAULT_HR_SCALE, DEFAULT_INPAINTING_FILL,
+    DEFAULT_MASK_BLUR, DEFAULT_SAMPLER, DEFAULT_SIDE, DEFAULT_STEPS, GenerateBody, truthy,
 };
 use super::catalog::find_lora;
 use super::error::ApiError;
 use crate::image_file::{decode_gray, decode_rgb};
 use crate::lora::{LoraSpec, take_prompt_loras};
-use crate::{GenerationRequest, PromptMode};
+use crate::{GenerationRequest, HiresFix, LatentUpscaler, PromptMode};
 
 /// What one server accepts (flags of `sd serve`; defaults generous for one machine).
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub struct Plan {
     pub width: usize,
     pub height: usize,
     pub batch_size: usize,
-    /// img2img only.
+    /// img2img and the hires fix only.
     pub denoising_strength: Option<f64>,
     pub send_images: bool,
 }
@@ -183,6 +183,11 @@ pub fn plan(
         template = template.eta(eta as f32);
     }
     let mut denoising_strength = None;
+    if mode == Mode::Txt2Img && body.enable_hr == Some(true) {
+        let hires = hires_of(&body, width, height, limits)?;
+        denoising_strength = Some(hires.denoising_strength);
+        template = template.hires(hires);
+    }
     // The requests one iteration makes: one, or one per init image.
     let mut parts = vec![template];
     let mut batch_size = batch_size;
@@ -264,7 +269,7 @@ fn refuse_unsupported(body: &GenerateBody, mode: Mode) -> Result<(), ApiError> {
         )))
     };
     if body.enable_hr == Some(true) && mode == Mode::Txt2Img {
-        return refuse("enable_hr", "hires fix");
+        refuse_hires_variants(body)?;
     }
     if body.restore_faces == Some(true) {
         return refuse("restore_faces", "face restoration");
@@ -294,6 +299,115 @@ fn refuse_unsupported(body: &GenerateBody, mode: Mode) -> Result<(), ApiError> {
     }
     if body.initial_noise_multiplier.is_some_and(|m| m != 1.0) {
         return refuse("initial_noise_multiplier", "only 1");
+    }
+    Ok(())
+}
+
+/// The hires fix of a txt2img body with `enable_hr` (A1111's `hr_*` fields and
+/// `denoising_strength`), its size within the server's caps.
+fn hires_of(
+    body: &GenerateBody,
+    width: usize,
+    height: usize,
+    limits: &Limits,
+) -> Result<HiresFix, ApiError> {
+    let upscaler = match body.hr_upscaler.as_deref().map(str::trim) {
+        None | Some("") => LatentUpscaler::default(),
+        Some(name) => name.parse().map_err(|_| {
+            let latent: Vec<&str> = LatentUpscaler::ALL.iter().map(|m| m.a1111_name()).collect();
+            // A1111's words for a name it does not have; this server has the latent ones only.
+            ApiError::unprocessable(format!(
+                "hr_upscaler: could not find upscaler named {name} (this server has the latent \
+                 upscalers: {})",
+                latent.join(", ")
+            ))
+        })?,
+    };
+    let resize_x = in_range(
+        "hr_resize_x",
+        body.hr_resize_x.unwrap_or(0),
+        0,
+        limits.max_side,
+    )?;
+    let resize_y = in_range(
+        "hr_resize_y",
+        body.hr_resize_y.unwrap_or(0),
+        0,
+        limits.max_side,
+    )?;
+    let fix = if resize_x == 0 && resize_y == 0 {
+        HiresFix::scale(body.hr_scale.unwrap_or(DEFAULT_HR_SCALE))
+    } else {
+        HiresFix::resize(resize_x, resize_y)
+    };
+    let steps = in_range(
+        "hr_second_pass_steps",
+        body.hr_second_pass_steps.unwrap_or(0),
+        0,
+        limits.max_steps,
+    )?;
+    let strength = body
+        .denoising_strength
+        .unwrap_or(DEFAULT_DENOISING_STRENGTH);
+    let fix = fix
+        .steps(steps)
+        .denoising_strength(strength)
+        .upscaler(upscaler);
+    // Pixel sizes: the sizes with a latent factor of 1.
+    let sizes = fix.sizes(width, height, 1).map_err(|e| {
+        let field = if resize_x == 0 && resize_y == 0 {
+            "hr_scale"
+        } else {
+            "hr_resize_x/hr_resize_y"
+        };
+        let field = if e.to_string().contains("denoising") {
+            "denoising_strength"
+        } else {
+            field
+        };
+        ApiError::unprocessable(format!("{field}: {e}"))
+    })?;
+    let (to_x, to_y) = sizes.upscaled_latent;
+    if to_x.max(to_y) > limits.max_side {
+        return Err(ApiError::unprocessable(format!(
+            "hr_scale: the hires pass would work at {to_x}×{to_y}, larger than the {} pixels per \
+             side this server allows",
+            limits.max_side
+        )));
+    }
+    Ok(fix)
+}
+
+/// Hires options this server runs only at their "same as the first pass" values.
+fn refuse_hires_variants(body: &GenerateBody) -> Result<(), ApiError> {
+    let sampler = body.sampler_name.as_deref().unwrap_or_default();
+    let prompt = body.prompt.as_deref().unwrap_or_default();
+    let negative = body.negative_prompt.as_deref().unwrap_or_default();
+    let fields = [
+        (
+            "hr_checkpoint_name",
+            &body.hr_checkpoint_name,
+            "Use same checkpoint",
+            "",
+        ),
+        (
+            "hr_sampler_name",
+            &body.hr_sampler_name,
+            "Use same sampler",
+            sampler,
+        ),
+        ("hr_scheduler", &body.hr_scheduler, "Use same scheduler", ""),
+        ("hr_prompt", &body.hr_prompt, "", prompt),
+        ("hr_negative_prompt", &body.hr_negative_prompt, "", negative),
+    ];
+    for (field, value, same, first_pass) in fields {
+        let value = value.as_deref().map(str::trim).unwrap_or_default();
+        if !(value.is_empty() || value == same || value == first_pass) {
+            return Err(ApiError::unprocessable(format!(
+                "{field}: a hires pass different from the first pass (not supported by this \
+                 server; leave it empty)"
+            )));
+        }
     }
     Ok(())
 }
@@ -543,6 +657,39 @@ mod tests {
     }
 
     #[test]
+    fn hires_fields_become_the_requests_hires_fix() {
+        use crate::HiresTarget;
+        let p = plan_of(
+            r#"{"width": 256, "height": 256, "enable_hr": true, "hr_scale": 1.5,
+                "hr_second_pass_steps": 7, "hr_upscaler": "Latent (bicubic)",
+                "denoising_strength": 0.4, "hr_sampler_name": "Use same sampler",
+                "hr_prompt": "", "hr_checkpoint_name": null}"#,
+            Mode::Txt2Img,
+        )
+        .unwrap();
+        let fix = p.iterations[0].hires.clone().unwrap();
+        assert_eq!(fix.target, HiresTarget::Scale(1.5));
+        assert_eq!(
+            (fix.steps, fix.denoising_strength, fix.upscaler),
+            (7, 0.4, LatentUpscaler::Bicubic)
+        );
+        assert_eq!(p.denoising_strength, Some(0.4));
+        // A1111's defaults: scale 2, "Latent", the first pass's steps, strength 0.75.
+        let p = plan_of(r#"{"enable_hr": true, "hr_resize_x": 768}"#, Mode::Txt2Img).unwrap();
+        let fix = p.iterations[0].hires.clone().unwrap();
+        assert_eq!(
+            fix,
+            HiresFix::resize(768, 0)
+                .denoising_strength(0.75)
+                .upscaler(LatentUpscaler::Bilinear)
+        );
+        // enable_hr false: the hr_ fields clients always send change nothing.
+        let p = plan_of(r#"{"enable_hr": false, "hr_scale": 2}"#, Mode::Txt2Img).unwrap();
+        assert!(p.iterations[0].hires.is_none());
+        assert_eq!(p.denoising_strength, None);
+    }
+
+    #[test]
     fn limits_and_unsupported_features_are_422_naming_the_field() {
         for (body, field) in [
             (r#"{"steps": 0}"#, "steps"),
@@ -551,7 +698,24 @@ mod tests {
             (r#"{"height": 100000}"#, "height"),
             (r#"{"batch_size": 8, "n_iter": 3}"#, "batch_size × n_iter"),
             (r#"{"cfg_scale": 1e9}"#, "cfg_scale"),
-            (r#"{"enable_hr": true}"#, "enable_hr"),
+            (
+                r#"{"enable_hr": true, "hr_upscaler": "R-ESRGAN 4x+"}"#,
+                "could not find upscaler named R-ESRGAN 4x+",
+            ),
+            (r#"{"enable_hr": true, "hr_scale": 8}"#, "hr_scale"),
+            (r#"{"enable_hr": true, "hr_resize_x": 4096}"#, "hr_resize_x"),
+            (
+                r#"{"enable_hr": true, "denoising_strength": 0}"#,
+                "denoising_strength",
+            ),
+            (
+                r#"{"enable_hr": true, "hr_second_pass_steps": -1}"#,
+                "hr_second_pass_steps",
+            ),
+            (
+                r#"{"enable_hr": true, "hr_sampler_name": "DDIM"}"#,
+                "hr_sampler_name",
+            ),
             (r#"{"subseed_strength": 0.5}"#, "subseed_strength"),
             (
                 r#"{"alwayson_scripts": {"ControlNet": {"args": []}}}"#,

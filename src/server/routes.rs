@@ -368,9 +368,13 @@ pub async fn upscalers() -> Answer {
     }])))
 }
 
-/// The latent upscale modes of the hires fix: none until it is built.
+/// The latent upscale modes of the hires fix (`hr_upscaler` values), in A1111's order.
 pub async fn latent_upscale_modes() -> Answer {
-    Ok(Json(json!([])))
+    let modes: Vec<_> = crate::LatentUpscaler::ALL
+        .iter()
+        .map(|mode| json!({"name": mode.a1111_name()}))
+        .collect();
+    Ok(Json(json!(modes)))
 }
 
 /// webuiapi asks for the scripts when it connects; there are none.

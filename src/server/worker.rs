@@ -294,6 +294,7 @@ impl<B: Backend> Worker<B> {
                     model: Some(finished.model_name.clone()),
                     clip_skip: finished.clip_skip,
                     denoising_strength: plan.denoising_strength,
+                    hires: request.hires.clone(),
                     lora_hashes: lora_hashes.clone(),
                     ti_hashes: ti_hashes.clone(),
                     rng: Some(request.rng.a1111_name().to_string()),

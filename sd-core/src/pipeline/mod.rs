@@ -28,26 +28,32 @@
 //!   ([`Generation::decoded_in_f32`]).
 //! - `mask.rs`: A1111's mask blur and [`MaskedContent`].
 //! - `progress.rs`: [`StepProgress`], [`Control`] and the cheap latent preview.
+//! - `hires.rs`: [`HiresFix`], A1111's hires fix (a second pass from resized latents, started
+//!   as `Task::FromLatents` in `start.rs`); `upscale.rs`: [`LatentUpscaler`], its latent resizes.
 
 mod decode;
 mod guard;
+mod hires;
 mod image;
 mod lane;
 mod mask;
 mod progress;
 mod request;
 mod start;
+mod upscale;
 
 use ndarray::{Axis, Slice, concatenate};
 
 pub use guard::{
     MAX_BATCH_SIZE, available_host_memory, check_batch_size, estimate_generation_bytes,
 };
+pub use hires::{HiresFix, HiresSizes, HiresTarget};
 pub use image::{GrayImage, RgbImage};
 pub use lane::SchedulerFactory;
 pub use mask::MaskedContent;
 pub use progress::{Control, StepProgress, preview};
 pub use request::{GenerationRequest, InitImage, MAX_SIDE, SamplerSettings, Seeds};
+pub use upscale::LatentUpscaler;
 
 use crate::backend::Backend;
 use crate::components::{Denoiser, LatentCodec, TextEncoder};
@@ -162,7 +168,10 @@ where
 
     /// [`generate`](Self::generate), calling `on_step` after every model evaluation; returning
     /// [`Control::Cancel`] stops with [`Error::Cancelled`], [`Control::Finish`] decodes the
-    /// latents of that step.
+    /// latents of that step (during a hires fix's first pass: at the first pass's size, with
+    /// no second pass, as A1111 does when interrupted).
+    ///
+    /// With a hires fix the steps of both passes are counted as one run in the progress.
     pub fn generate_with_progress(
         &self,
         request: &GenerationRequest,
@@ -170,21 +179,24 @@ where
         on_step: &mut dyn FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
         let checked = self.geometry().check(request)?;
-        self.check_memory(request, &checked)?;
+        let factor = self.codec.downscale_factor();
+        let hires = self.hires_plan(request, &checked)?;
+        let final_size = hires.as_ref().map_or((checked.width, checked.height), |h| {
+            let (w, h) = h.sizes.latent();
+            (w * factor, h * factor)
+        });
+        self.check_memory(request, &checked, final_size)?;
         let task = self.task(request, &checked)?;
-        let mut lanes = Lane::for_batch(
-            request.rng,
-            &request.seeds,
-            request.batch_size,
+        let mut first = Pass::new(
+            request,
             request.steps,
             new_scheduler,
+            [checked.height / factor, checked.width / factor],
+            self.codec.latent_channels(),
+            |scheduler| scheduler.start_index(checked.strength),
         )?;
-        let first = lanes
-            .first()
-            .ok_or_else(|| Error::invalid_argument("batch_size", "must be at least 1"))?;
-        let timesteps = first.scheduler.timesteps().to_vec();
-        let start_index = first.scheduler.start_index(checked.strength)?;
-        if start_index >= timesteps.len() {
+        first.at.strength = checked.strength;
+        if first.evaluations() == 0 {
             return Err(Error::invalid_argument(
                 "strength",
                 format!(
@@ -193,33 +205,93 @@ where
                 ),
             ));
         }
+        let second = match &hires {
+            None => None,
+            Some(plan) => {
+                let (width, height) = plan.sizes.latent();
+                let (schedule, kept) = plan.fix.schedule(request.steps);
+                let mut pass = Pass::new(
+                    request,
+                    schedule,
+                    new_scheduler,
+                    [height, width],
+                    self.codec.latent_channels(),
+                    |scheduler| Ok(scheduler.start_index_keeping(kept)),
+                )?;
+                pass.at.strength = plan.fix.denoising_strength;
+                Some(pass)
+            }
+        };
+        let mut counter = StepCounter {
+            done: 0,
+            total: first.evaluations() + second.as_ref().map_or(0, Pass::evaluations),
+        };
 
-        let total = timesteps.len() - start_index;
         let context = self.context(request, checked.guided)?;
         guard::ensure_finite(
             &self.backend.download(&context)?,
             "text conditioning",
             0,
-            total,
+            counter.total,
         )?;
-        let factor = self.codec.downscale_factor();
-        let at = StartPoint {
-            latent_shape: [
-                self.codec.latent_channels(),
-                checked.height / factor,
-                checked.width / factor,
-            ],
-            index: start_index,
-            strength: checked.strength,
-        };
-        let start = start::prepare(&self.backend, &self.codec, &task, &mut lanes, &at)?;
+        let (mut latents, finished) = self.denoise(
+            &mut first,
+            &task,
+            &context,
+            request,
+            &checked,
+            &mut counter,
+            on_step,
+        )?;
+        if let (Some(mut pass), Some(plan), false) = (second, &hires, finished) {
+            let task = Task::FromLatents {
+                latents: plan.resize(&latents)?,
+            };
+            (latents, _) = self.denoise(
+                &mut pass,
+                &task,
+                &context,
+                request,
+                &checked,
+                &mut counter,
+                on_step,
+            )?;
+        }
+
+        self.denoiser.release();
+        let decoded = decode::decode_batch(&self.backend, &self.codec, &latents, counter.total)?;
+        self.codec.release();
+        Ok(Generation {
+            images: decoded.images,
+            latents,
+            seeds: request.image_seeds(),
+            safety_flags: None,
+            decoded_in_f32: decoded.decoded_in_f32,
+        })
+    }
+
+    /// One denoising pass from its start; the latents, and whether the caller asked to finish
+    /// early.
+    #[allow(clippy::too_many_arguments)] // the pass's parts, each used once
+    fn denoise(
+        &self,
+        pass: &mut Pass,
+        task: &Task,
+        context: &B::Tensor,
+        request: &GenerationRequest,
+        checked: &Checked,
+        counter: &mut StepCounter,
+        on_step: &mut dyn FnMut(&StepProgress<'_>) -> Control,
+    ) -> Result<(HostTensor, bool)> {
+        let start = start::prepare(&self.backend, &self.codec, task, &mut pass.lanes, &pass.at)?;
         self.codec.release(); // until the decode
         let mut latents = start.latents;
-
-        for (done, index) in (start_index..timesteps.len()).enumerate() {
+        let lanes = &mut pass.lanes;
+        let timesteps = &pass.timesteps;
+        for index in pass.at.index..timesteps.len() {
             let timestep = timesteps[index];
-            let model_input = self.model_input(&lanes, &latents, index, &start.extra_channels)?;
-            let noise_pred = self.predict(&model_input, timestep, &context, request, &checked)?;
+            let model_input = self.model_input(lanes, &latents, index, &start.extra_channels)?;
+            let noise_pred = self.predict(&model_input, timestep, context, request, checked)?;
             for lane in lanes.iter_mut() {
                 let next = lane.scheduler.step(
                     &lane.rows_of(&noise_pred),
@@ -233,49 +305,66 @@ where
                 };
                 lane.store(&mut latents, &next)?;
             }
-            guard::ensure_finite(&latents, "latents", done + 1, total)?;
+            counter.done += 1;
+            guard::ensure_finite(&latents, "latents", counter.done, counter.total)?;
             let progress = StepProgress {
-                step: done + 1,
-                total,
+                step: counter.done,
+                total: counter.total,
                 timestep,
                 latents: &latents,
             };
             match on_step(&progress) {
                 Control::Continue => {}
-                Control::Finish => break,
+                Control::Finish => return Ok((latents, true)),
                 Control::Cancel => {
                     return Err(Error::Cancelled {
-                        step: done + 1,
-                        total,
+                        step: counter.done,
+                        total: counter.total,
                     });
                 }
             }
         }
+        Ok((latents, false))
+    }
 
-        self.denoiser.release();
-        let decoded = decode::decode_batch(&self.backend, &self.codec, &latents, total)?;
-        self.codec.release();
-        Ok(Generation {
-            images: decoded.images,
-            latents,
-            seeds: request.image_seeds(),
-            safety_flags: None,
-            decoded_in_f32: decoded.decoded_in_f32,
-        })
+    /// The hires fix's sizes for `request`, checked against the model; `None` without one.
+    fn hires_plan(&self, request: &GenerationRequest, checked: &Checked) -> Result<Option<Hires>> {
+        let Some(fix) = &request.hires else {
+            return Ok(None);
+        };
+        if self.is_inpainting() {
+            return Err(Error::invalid_argument(
+                "hires",
+                "the hires fix is not available with an inpainting UNet",
+            ));
+        }
+        let factor = self.codec.downscale_factor();
+        let sizes = fix.sizes(checked.width, checked.height, factor)?;
+        let (width, height) = sizes.latent();
+        self.geometry().check_side("hires width", width * factor)?;
+        self.geometry()
+            .check_side("hires height", height * factor)?;
+        Ok(Some(Hires {
+            fix: fix.clone(),
+            sizes,
+        }))
     }
 
     /// Refuse a generation whose activations clearly exceed the memory the backend has free
     /// (before anything is allocated: a failed allocation aborts the process).
-    fn check_memory(&self, request: &GenerationRequest, checked: &Checked) -> Result<()> {
+    fn check_memory(
+        &self,
+        request: &GenerationRequest,
+        checked: &Checked,
+        (width, height): (usize, usize),
+    ) -> Result<()> {
         let factor = self.codec.downscale_factor();
-        let latent_pixels = (checked.width / factor) * (checked.height / factor);
+        let latent_pixels = (width / factor) * (height / factor);
         let rows = request.batch_size * if checked.guided { 2 } else { 1 };
         let needed = guard::estimate_generation_bytes(rows, latent_pixels);
         let what = || {
             format!(
-                "a {}×{} generation of batch {}{}",
-                checked.width,
-                checked.height,
+                "a {width}×{height} generation of batch {}{}",
                 request.batch_size,
                 if checked.guided { " with guidance" } else { "" }
             )
@@ -444,4 +533,77 @@ fn keep_unmasked(
     let mut out = &reference * &keep;
     out += &(&stepped * &blend.mask);
     Ok(out)
+}
+
+/// One denoising pass's lanes and schedule.
+struct Pass {
+    lanes: Vec<Lane>,
+    timesteps: Vec<f64>,
+    at: StartPoint,
+}
+
+impl Pass {
+    /// Lanes with schedulers set to `steps`, starting at `start_index(first scheduler)`.
+    fn new(
+        request: &GenerationRequest,
+        steps: usize,
+        new_scheduler: &SchedulerFactory<'_>,
+        [height, width]: [usize; 2],
+        channels: usize,
+        start_index: impl Fn(&dyn crate::components::Scheduler) -> Result<usize>,
+    ) -> Result<Self> {
+        let lanes = Lane::for_batch(
+            request.rng,
+            &request.seeds,
+            request.batch_size,
+            steps,
+            new_scheduler,
+        )?;
+        let first = lanes
+            .first()
+            .ok_or_else(|| Error::invalid_argument("batch_size", "must be at least 1"))?;
+        let timesteps = first.scheduler.timesteps().to_vec();
+        let index = start_index(first.scheduler.as_ref())?.min(timesteps.len());
+        Ok(Self {
+            lanes,
+            timesteps,
+            at: StartPoint {
+                latent_shape: [channels, height, width],
+                index,
+                strength: 1.0,
+            },
+        })
+    }
+
+    /// Model evaluations this pass makes.
+    fn evaluations(&self) -> usize {
+        self.timesteps.len() - self.at.index
+    }
+}
+
+/// Model evaluations done and to do over all passes of a generation.
+struct StepCounter {
+    done: usize,
+    total: usize,
+}
+
+/// A request's hires fix with its sizes resolved.
+struct Hires {
+    fix: HiresFix,
+    sizes: HiresSizes,
+}
+
+impl Hires {
+    /// The first pass's latents resized and cropped for the second pass.
+    fn resize(&self, latents: &HostTensor) -> Result<HostTensor> {
+        let (width, height) = self.sizes.upscaled_latent;
+        let resized = self.fix.upscaler.resize(latents, height, width)?;
+        let (crop_x, crop_y) = self.sizes.crop;
+        let (out_w, out_h) = self.sizes.latent();
+        let (left, top) = (crop_x / 2, crop_y / 2);
+        Ok(resized
+            .slice_axis(Axis(2), Slice::from(top..top + out_h))
+            .slice_axis(Axis(3), Slice::from(left..left + out_w))
+            .to_owned())
+    }
 }

@@ -1,5 +1,6 @@
 //! What to generate: [`GenerationRequest`], and its checks against a model's geometry.
 
+use super::hires::HiresFix;
 use super::image::{GrayImage, RgbImage};
 use super::mask::MaskedContent;
 use crate::components::{PromptMode, TextOptions};
@@ -82,6 +83,9 @@ pub struct GenerationRequest {
     pub sampler: SamplerSettings,
     /// Clip skip and prompt mode (unset: the model's defaults).
     pub text: TextOptions,
+    /// txt2img only: a second pass at a larger size from the resized latents (A1111's hires
+    /// fix); the images come out at the hires size.
+    pub hires: Option<HiresFix>,
 }
 
 impl GenerationRequest {
@@ -102,6 +106,7 @@ impl GenerationRequest {
             masked_content: MaskedContent::default(),
             sampler: SamplerSettings::default(),
             text: TextOptions::default(),
+            hires: None,
         }
     }
 
@@ -214,6 +219,12 @@ impl GenerationRequest {
         self
     }
 
+    /// A1111's hires fix (txt2img only).
+    pub fn hires(mut self, hires: HiresFix) -> Self {
+        self.hires = Some(hires);
+        self
+    }
+
     /// The seed of each image of the batch (a single seed is repeated).
     pub fn image_seeds(&self) -> Vec<u64> {
         match &self.seeds {
@@ -282,6 +293,12 @@ impl Geometry {
                 "inpainting needs an init image to go with the mask",
             ));
         }
+        if request.hires.is_some() && request.init.is_some() {
+            return Err(Error::invalid_argument(
+                "hires",
+                "the hires fix is for txt2img; this request has an init image",
+            ));
+        }
         let init_size = request
             .init
             .as_ref()
@@ -342,7 +359,7 @@ impl Geometry {
 
     /// Image sides must be positive multiples of the VAE factor times the UNet's latent multiple,
     /// and at most [`MAX_SIDE`].
-    fn check_side(&self, name: &str, pixels: usize) -> Result<()> {
+    pub(super) fn check_side(&self, name: &str, pixels: usize) -> Result<()> {
         if pixels > MAX_SIDE {
             return Err(Error::invalid_argument(
                 name,

@@ -4,6 +4,8 @@
 //!
 //! Per generator, diffusers draws:
 //! - txt2img: the noise.
+//! - from given latents (the hires fix's second pass; diffusers' img2img given 4-channel
+//!   latents as its image): the noise, added to the latents at the start step.
 //! - img2img: a sample of the init image's latent distribution, then the noise (with a list of
 //!   generators, each image's generator samples its own copy of the init image).
 //! - inpainting UNet (9 channels): below strength 1 a sample of the init image's latents; the
@@ -35,6 +37,11 @@ pub(crate) enum Task {
     /// Start from `image` (`[1, 3, H, W]` in `[-1, 1]`) noised to the start step.
     Img2Img {
         image: HostTensor,
+    },
+    /// Start from `latents` (`[batch, c, h, w]`, unscaled as the scheduler holds them) noised to
+    /// the start step: no VAE encode.
+    FromLatents {
+        latents: HostTensor,
     },
     /// An inpainting UNet: it sees the mask and the masked image's latents as extra channels.
     /// `mask` is `[1, 1, H, W]`, 1 = repaint.
@@ -186,6 +193,17 @@ pub(crate) fn prepare<B: Backend, V: LatentCodec<B>>(
             }
             Ok(Start {
                 latents: concat_rows(&latents)?,
+                extra_channels: None,
+                blend: None,
+            })
+        }
+        Task::FromLatents { latents } => {
+            let (latents, _) = lane_noise(lanes, at, |lane, noise| {
+                lane.scheduler
+                    .add_noise(&lane.rows_of(latents), noise, at.index)
+            })?;
+            Ok(Start {
+                latents,
                 extra_channels: None,
                 blend: None,
             })

@@ -593,12 +593,17 @@ impl Scheduler for KDiffusionSampler {
     /// A1111's img2img rule: of `steps`, run the last `⌊min(strength, 0.999)·steps⌋ + 1`.
     fn start_index(&self, strength: f64) -> Result<usize> {
         let first_step = a1111_start_step(strength, self.plan.steps)?;
-        Ok(self
-            .plan
+        Ok(self.start_index_keeping(self.plan.steps - first_step))
+    }
+
+    /// The first evaluation of step `steps − kept`.
+    fn start_index_keeping(&self, kept: usize) -> usize {
+        let first_step = self.plan.steps.saturating_sub(kept);
+        self.plan
             .evaluations
             .iter()
             .position(|e| e.step == first_step && !e.second)
-            .unwrap_or(self.plan.evaluations.len()))
+            .unwrap_or(self.plan.evaluations.len())
     }
 }
 

@@ -157,6 +157,8 @@ pub struct GenerateArgs {
     pub lora_dir: Option<PathBuf>,
     #[command(flatten)]
     pub embeddings: EmbeddingArgs,
+    #[command(flatten)]
+    pub hires: crate::hires::HiresArgs,
     /// Do not run the safety checker a diffusers folder ships (run by default, as diffusers).
     #[arg(long, conflicts_with = "safety_checker")]
     pub no_safety_checker: bool,
@@ -244,6 +246,8 @@ pub struct TokenizeArgs {
     pub model: Option<PathBuf>,
     #[command(flatten)]
     pub embeddings: EmbeddingArgs,
+    #[command(flatten)]
+    pub hires: crate::hires::HiresArgs,
 }
 
 /// Textual-inversion embeddings the prompt may name (A1111: the file stem, anywhere in the

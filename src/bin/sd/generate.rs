@@ -84,6 +84,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     }
     let config_overrides = scheduler_config_overrides(args)?;
     check_batch_size(args.batch)?;
+    let hires = args.hires.fix()?;
     let init = args.init_image.as_ref().map(read_rgb).transpose()?;
     let mask = args.mask.as_ref().map(read_gray).transpose()?;
     // A1111 blurs the mask at its own size, then resizes it with the image.
@@ -228,6 +229,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     if let Some(mask) = mask {
         request = request.mask(mask).masked_content(args.masked_content);
     }
+    request.hires = hires;
 
     // A1111's infotext names each embedding the prompts use by its name and short hash.
     let ti_hashes = sd.embedding_hashes(&request)?;
@@ -271,6 +273,13 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
     let model_name = model_path
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned());
+    let first_pass_size = request.hires.as_ref().map(|_| {
+        let (width, height) = sd.pipeline().default_size();
+        (
+            request.width.unwrap_or(width),
+            request.height.unwrap_or(height),
+        )
+    });
     let written = generation
         .images
         .iter()
@@ -287,12 +296,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> Result<()> {
             schedule_type: schedule_type.map(str::to_string),
             cfg_scale: args.cfg,
             seed: *seed,
-            width: image.width(),
-            height: image.height(),
+            // With a hires fix A1111 writes the first pass's size (and the hires entries).
+            width: first_pass_size.map_or(image.width(), |(w, _)| w),
+            height: first_pass_size.map_or(image.height(), |(_, h)| h),
             model_hash: Some(model_hash.clone()),
             model: model_name.clone(),
             clip_skip: sd.clip_skip_for(&request),
-            denoising_strength: strength,
+            denoising_strength: strength.or(request.hires.as_ref().map(|h| h.denoising_strength)),
+            hires: request.hires.clone(),
             lora_hashes: lora_hashes.clone(),
             ti_hashes: ti_hashes.clone(),
             rng: Some(request.rng.a1111_name().to_string()),

@@ -16,6 +16,7 @@ mod backend;
 mod bench;
 mod cli;
 mod generate;
+mod hires;
 mod info;
 mod lora;
 mod progress;
