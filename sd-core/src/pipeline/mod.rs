@@ -216,7 +216,12 @@ where
                     new_scheduler,
                     [height, width],
                     self.codec.latent_channels(),
-                    |scheduler| Ok(scheduler.start_index_keeping(kept)),
+                    |scheduler| {
+                        // A sampler that cannot start part-way (A1111's PLMS, UniPC) refuses
+                        // the pass here, naming itself, instead of running a different rule.
+                        scheduler.start_index(plan.fix.denoising_strength)?;
+                        Ok(scheduler.start_index_keeping(kept))
+                    },
                 )?;
                 pass.at.strength = plan.fix.denoising_strength;
                 Some(pass)
