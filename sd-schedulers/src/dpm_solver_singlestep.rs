@@ -216,7 +216,7 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         let karras = self.karras.then_some(SigmaBounds::default());
         self.schedule
             .set_multistep(steps, karras, true, self.final_sigma)?;
-        if steps % self.solver_order != 0 || self.final_sigma == FinalSigma::Zero {
+        if !steps.is_multiple_of(self.solver_order) || self.final_sigma == FinalSigma::Zero {
             self.lower_order_final = true;
         }
         self.orders = self.order_pattern(steps);

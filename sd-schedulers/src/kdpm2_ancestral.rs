@@ -96,11 +96,16 @@ impl Scheduler for Kdpm2AncestralScheduler {
         let log_table = self.schedule.log_training_sigmas();
         let mut timesteps = vec![base.timesteps[0]];
         let mut evaluation_sigmas = vec![sigmas[0]];
-        for i in 1..steps {
-            let midpoint = self.steps[i - 1].midpoint;
-            timesteps.push(base.midpoint_timestep(midpoint, &log_table));
-            timesteps.push(base.timesteps[i]);
-            evaluation_sigmas.extend([midpoint, sigmas[i]]);
+        // Step i − 1's midpoint, then σ_i, for i in 1..steps.
+        for ((step, &sigma), &timestep) in self
+            .steps
+            .iter()
+            .zip(&sigmas[1..steps])
+            .zip(&base.timesteps[1..steps])
+        {
+            timesteps.push(base.midpoint_timestep(step.midpoint, &log_table));
+            timesteps.push(timestep);
+            evaluation_sigmas.extend([step.midpoint, sigma]);
         }
         evaluation_sigmas.push(0.0);
         self.noise_levels = base.noise_levels();

@@ -74,7 +74,7 @@ impl ExtractOptions {
                 format!("{} is not in (0, 1]", self.clamp_quantile),
             );
         }
-        if !(self.min_diff >= 0.0) {
+        if self.min_diff.is_nan() || self.min_diff < 0.0 {
             return bad("--min-diff", format!("{} is not ≥ 0", self.min_diff));
         }
         Ok(())

@@ -107,7 +107,7 @@ fn top_eigenvectors(g: &Array2<f64>, count: usize) -> (Array2<f64>, bool) {
         let (_, vectors) = symmetric_eigen(g.clone());
         return (vectors.slice(ndarray::s![.., ..count]).to_owned(), true);
     }
-    let mut random = SplitMix64(0x5eed_0f_10_4a);
+    let mut random = SplitMix64(0x005e_ed0f_104a);
     let mut q = orthonormal_columns(
         Array2::from_shape_fn((k, block), |_| random.symmetric_unit()),
         &mut random,

@@ -106,8 +106,9 @@ impl RgbImage {
         let mut kept = vec![[0f32; 4]; w * h];
         for (i, px) in kept.iter_mut().enumerate() {
             let alpha = 1.0 - f32::from(mask.pixels[i]) / 255.0;
-            for c in 0..3 {
-                px[c] = f32::from(self.pixels[3 * i + c]) * alpha;
+            let rgb = &self.pixels[3 * i..3 * i + 3];
+            for (channel, &value) in px.iter_mut().zip(rgb) {
+                *channel = f32::from(value) * alpha;
             }
             px[3] = alpha;
         }

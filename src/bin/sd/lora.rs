@@ -90,6 +90,7 @@ pub enum SaveArg {
 /// kohya's dynamic rank rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // kohya's names: sv_ratio, sv_cumulative, sv_fro
 pub enum DynamicArg {
     SvRatio,
     SvCumulative,
