@@ -482,12 +482,16 @@ fn an_unknown_scheduler_class_is_reported_with_the_one_used_instead() {
     let dir = scratch("class");
     let model = tiny_copy(&dir);
     let config = model.join("scheduler/scheduler_config.json");
-    set_field(&config, "_class_name", json!("DEISMultistepScheduler"));
+    set_field(
+        &config,
+        "_class_name",
+        json!("FlowMatchEulerDiscreteScheduler"),
+    );
     let run = generate(&model, &dir, &[]);
     assert!(run.status.success(), "{}", stderr(&run));
     let err = stderr(&run);
     assert!(
-        err.contains("DEISMultistepScheduler") && err.contains("--scheduler"),
+        err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("--scheduler"),
         "{err}"
     );
 }

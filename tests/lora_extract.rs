@@ -115,7 +115,7 @@ fn a_lora_extracted_from_a_merged_model_gives_the_lora_image() {
 
     let file = SafetensorsFile::open(&extracted).unwrap();
     let alpha = file
-        .get("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha")
+        .get("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.alpha")
         .unwrap();
     assert_eq!(alpha.iter().copied().collect::<Vec<_>>(), [4.0]);
     assert!(

@@ -280,7 +280,10 @@ mod tests {
             .dot(&Array2::from_diag(&Array1::from(values.clone())))
             .dot(&vectors.t());
         let error = (&back - &a).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        assert!(error < 1e-12, "V·Λ·Vᵀ is {error:e} from A; eigenvalues {values:?}");
+        assert!(
+            error < 1e-12,
+            "V·Λ·Vᵀ is {error:e} from A; eigenvalues {values:?}"
+        );
         assert!(values.windows(2).all(|w| w[0] >= w[1]));
     }
 
