@@ -353,7 +353,10 @@ fn bad_requests_get_4xx_and_the_server_keeps_answering() {
             404,
         ),
         (r#"{"prompt": "<lora:../../secret:1>"}"#.into(), 422),
-        (r#"{"enable_hr": true}"#.into(), 422),
+        (
+            r#"{"enable_hr": true, "hr_upscaler": "R-ESRGAN 4x+"}"#.into(),
+            422,
+        ),
         (r#"{"script_name": "x/y/z plot"}"#.into(), 422),
         (
             format!(
