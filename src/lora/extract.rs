@@ -25,6 +25,12 @@
 //! Each module: `rank = min(rank, out, in)` (in channels, not `in·kh·kw`); `up = U_r·diag(S_r)`,
 //! `down = V_rᵀ`; both clamped to `±q` with `q` the `clamp_quantile` of all their entries
 //! together (torch's linear-interpolation quantile); `alpha = rank` (scale 1).
+//!
+//! kohya's clamp is lossy by design, and not only in the tails: `q` is a quantile of the *signed*
+//! entries, so even at quantile 1 the negative side is cut at `−max`, and which side a direction's
+//! entries fall on depends on the sign its SVD happened to pick. `clamp_quantile: None` keeps the
+//! factors as the SVD gives them: then a LoRA extracted at (at least) its own rank from a model it
+//! was merged into reproduces that LoRA's weights to f32 rounding.
 
 use sd_core::weights::{Component, WeightStore};
 use sd_core::{Error, Result};
@@ -40,8 +46,9 @@ pub struct ExtractOptions {
     pub rank: usize,
     /// Rank of the 3×3 convs; `None` extracts no resnet or sampler layers.
     pub conv_rank: Option<usize>,
-    /// Factor entries are clamped to ± this quantile of a module's entries (kohya: 0.99).
-    pub clamp_quantile: f64,
+    /// Factor entries are clamped to ± this quantile of a module's entries (kohya: 0.99);
+    /// `None`: no clamp (exact factors).
+    pub clamp_quantile: Option<f64>,
     /// The text encoder is extracted only if some weight changed by more than this (kohya: 0.01).
     pub min_diff: f32,
 }
@@ -52,7 +59,7 @@ impl ExtractOptions {
         Self {
             rank,
             conv_rank: None,
-            clamp_quantile: 0.99,
+            clamp_quantile: Some(0.99),
             min_diff: 0.01,
         }
     }
@@ -68,11 +75,10 @@ impl ExtractOptions {
         if self.rank == 0 || self.conv_rank == Some(0) {
             return bad("--rank", "a LoRA rank is at least 1".into());
         }
-        if !(self.clamp_quantile > 0.0 && self.clamp_quantile <= 1.0) {
-            return bad(
-                "--clamp-quantile",
-                format!("{} is not in (0, 1]", self.clamp_quantile),
-            );
+        if let Some(quantile) = self.clamp_quantile
+            && !(quantile > 0.0 && quantile <= 1.0)
+        {
+            return bad("--clamp-quantile", format!("{quantile} is not in (0, 1]"));
         }
         if self.min_diff.is_nan() || self.min_diff < 0.0 {
             return bad("--min-diff", format!("{} is not ≥ 0", self.min_diff));
@@ -153,7 +159,9 @@ pub fn extract(
             extracted.unconverged.push(name.clone());
         }
         let (mut up, mut down) = svd.factors(rank);
-        clamp_to_quantile(&mut up, &mut down, options.clamp_quantile);
+        if let Some(quantile) = options.clamp_quantile {
+            clamp_to_quantile(&mut up, &mut down, quantile);
+        }
         let kernel = if shape.len() == 4 { &shape[2..] } else { &[] };
         extracted.file.insert_low_rank(
             &name,
@@ -233,7 +241,7 @@ fn difference(
 
 /// kohya's clamp: both factors' entries limited to `±v`, `v` the `quantile` of all of them
 /// together (signed values, linear interpolation between order statistics as torch.quantile).
-fn clamp_to_quantile(
+pub fn clamp_to_quantile(
     up: &mut ndarray::Array2<f64>,
     down: &mut ndarray::Array2<f64>,
     quantile: f64,

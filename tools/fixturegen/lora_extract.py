@@ -25,6 +25,11 @@ resize   goldens/lora_resize.safetensors: kohya's resize_lora.py (sd-scripts) of
            sv_fro t:        i = searchsorted(cumsum(S^2) / sum(S^2), t^2)
          with each module's margin: how far the deciding quantity is from the threshold (a test
          can trust a rank only where rounding cannot flip it).
+
+clamp    goldens/lora_resize.json `clamp`: kohya's clamp of extracted factors (extract_lora_from_models
+         .py): dist = cat(up.flatten(), down.flatten()); hi = torch.quantile(dist, q); both clamped
+         to [-hi, hi] — on fixed random f64 factors, for several q (`cases`, `clamped` = up then down,
+         row-major).
 """
 
 import os
@@ -42,6 +47,7 @@ NEW_RANK, NEW_CONV_RANK = 2, 1
 DYNAMIC_MAX_RANK = 4
 DYNAMIC = {"sv_ratio": 4.0, "sv_cumulative": 0.8, "sv_fro": 0.9}
 MIN_SV = 1e-6
+CLAMP_QUANTILES = [0.99, 0.9, 0.5, 1.0]
 
 
 def fused_weights(model_dir, lora_path):
@@ -125,6 +131,19 @@ def dynamic_rank(S, method, t):
     return rank, margin
 
 
+def clamp_cases():
+    """kohya's clamp on fixed random factors (see the module docstring)."""
+    generator = torch.Generator().manual_seed(13)
+    up = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    down = torch.randn(3, 5, generator=generator, dtype=torch.float64) * 0.5
+    cases = []
+    for q in CLAMP_QUANTILES:
+        hi = torch.quantile(torch.cat([up.flatten(), down.flatten()]), q)
+        clamped = torch.cat([up.clamp(-hi, hi).flatten(), down.clamp(-hi, hi).flatten()])
+        cases.append({"quantile": q, "limit": float(hi), "clamped": clamped.tolist()})
+    return {"up": up.tolist(), "down": down.tolist(), "cases": cases}
+
+
 def write_goldens(fixtures_dir, goldens_dir):
     model_dir = os.path.join(fixtures_dir, MODEL)
     lora_dir = os.path.join(fixtures_dir, "lora", MODEL)
@@ -164,6 +183,7 @@ def write_goldens(fixtures_dir, goldens_dir):
                 "singular_values": {m: [round(float(s), 6) for s in S[:5]] for m, S in spectra.items()},
             },
             "dynamic": dynamic,
+            "clamp": clamp_cases(),
         },
     )
     print(f"lora_extract: {len(changed)} fused tensors; {len(spectra)} resized modules; {cross_check}")

@@ -46,9 +46,26 @@ const MIN_TILES: usize = 256;
 /// Channels below which the transforms (memory passes, not products) dominate.
 const MIN_CHANNELS: usize = 32;
 
-/// Whether the conv `g` takes this path: 3×3, stride 1, and large enough to gain.
+/// Set to `off` (or `0`), the convs stay on im2col + GEMM: the "before" of an A/B or a profile
+/// in one binary (`SD_WINOGRAD=off sd bench --profile`).
+const WINOGRAD_ENV: &str = "SD_WINOGRAD";
+
+/// Whether `SD_WINOGRAD` leaves this path on (read once).
+fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        !matches!(
+            std::env::var(WINOGRAD_ENV).as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
+/// Whether the conv `g` takes this path: 3×3, stride 1, large enough to gain, and not turned
+/// off by `SD_WINOGRAD`.
 pub(crate) fn applies(g: &ConvShape) -> bool {
-    g.kernel_h == 3
+    enabled()
+        && g.kernel_h == 3
         && g.kernel_w == 3
         && g.params.stride == 1
         && g.channels >= MIN_CHANNELS

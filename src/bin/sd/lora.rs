@@ -40,9 +40,13 @@ pub struct ExtractArgs {
     /// Also extract the resnet and sampler layers, 3×3 convs at this rank (kohya's --conv_dim).
     #[arg(long)]
     pub conv_rank: Option<usize>,
-    /// Clamp factor entries to ± this quantile of each module's entries.
+    /// Clamp factor entries to ± this quantile of each module's signed entries (kohya's rule,
+    /// lossy even at 1: the negative side is cut at −max).
     #[arg(long, default_value_t = 0.99)]
     pub clamp_quantile: f64,
+    /// Keep the factors exactly as the SVD gives them (no kohya clamp).
+    #[arg(long, conflicts_with = "clamp_quantile")]
+    pub no_clamp: bool,
     /// Extract the text encoder only if some weight changed by more than this.
     #[arg(long, default_value_t = 0.01)]
     pub min_diff: f32,
@@ -119,7 +123,7 @@ fn run_extract(args: ExtractArgs) -> Result<()> {
     let base = WeightStore::open(&args.base)?;
     let tuned = WeightStore::open(&args.tuned)?;
     let options = ExtractOptions {
-        clamp_quantile: args.clamp_quantile,
+        clamp_quantile: (!args.no_clamp).then_some(args.clamp_quantile),
         min_diff: args.min_diff,
         ..ExtractOptions::new(args.rank).conv_rank(args.conv_rank)
     };
