@@ -3,8 +3,9 @@
 //!
 //! Goldens: fixtures/goldens/schedulers.{json,safetensors} (tools/fixturegen/schedulers.py) and
 //! scheduler_classes.{json,safetensors} (tools/fixturegen/scheduler_classes.py: the classes added
-//! later, with config overrides, on smaller latents); each JSON's `description` states the recipe
-//! this test replays.
+//! later, with config overrides, on smaller latents) and dpmsolver_sde.{json,safetensors}
+//! (tools/fixturegen/dpmsolver_sde.py: DPMSolverSDEScheduler with its Brownian-tree noise); each
+//! JSON's `description` states the recipe this test replays.
 
 // A failed unwrap in a test is a test failure with its message; no user input here.
 #![allow(clippy::unwrap_used)]
@@ -54,7 +55,7 @@ fn ulp(x: f32) -> f32 {
 const TRACE_SEED: u64 = 0;
 
 /// The golden files (stems in fixtures/goldens) this test replays.
-const GOLDEN_SETS: [&str; 2] = ["schedulers", "scheduler_classes"];
+const GOLDEN_SETS: [&str; 3] = ["schedulers", "scheduler_classes", "dpmsolver_sde"];
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -157,16 +158,22 @@ impl Goldens {
 
 /// The KDPM2 classes' midpoint timesteps come from σ through torch's f32 `log`/`exp` and numpy's
 /// f32 `log`, none of them correctly rounded (ours are), so they may differ from diffusers' in the
-/// last bits of the f32; every other timestep is exact.
+/// last bits of the f32; so may DPMSolverSDE's midpoint and respaced timesteps (σ → t through
+/// numpy's f32 `log` of the training σ). Every other timestep is exact.
 const KDPM2_MIDPOINT_ULPS: f32 = 4.0;
+
+/// The classes whose σ → t timesteps are compared within [`KDPM2_MIDPOINT_ULPS`].
+fn has_interpolated_midpoints(class: &str) -> bool {
+    class.starts_with("KDPM2") || class == "DPMSolverSDEScheduler"
+}
 
 fn assert_timesteps_match(setup: &Setup, ours: &[f64], golden: &[f64], what: &str) {
     assert_eq!(ours.len(), golden.len(), "{what}: {ours:?} vs {golden:?}");
-    let kdpm2 = setup.class.starts_with("KDPM2");
+    let interpolated = has_interpolated_midpoints(&setup.class);
     for (&a, &b) in ours.iter().zip(golden) {
         let (a, b) = (a as f32, b as f32);
         // Near t = 0 the last bits of ln σ decide between 0 and ~1e-6.
-        let allowed = if kdpm2 {
+        let allowed = if interpolated {
             (KDPM2_MIDPOINT_ULPS * ulp(b.abs())).max(1e-5)
         } else {
             0.0
@@ -288,6 +295,32 @@ fn short_names_build_the_setups_diffusers_documents() {
     ] {
         let scheduler = scheduler_from_name(name, &sd15).expect(name);
         replay(&goldens, setup, 10, scheduler);
+    }
+}
+
+/// diffusers draws the Brownian tree's seed from torch's global generator when the config sets
+/// no `noise_sampler_seed`; sd-rs takes the generator's own seed (the image's), i.e. diffusers'
+/// run with `noise_sampler_seed` = that seed (the golden setup "dpmsolver_sde").
+#[test]
+fn dpmsolver_sde_without_a_noise_seed_seeds_its_tree_with_the_generators_seed() {
+    let goldens = Goldens::load("dpmsolver_sde");
+    let seeded = &goldens.manifest.schedulers["dpmsolver_sde"];
+    assert_eq!(
+        seeded.from_config_overrides["noise_sampler_seed"],
+        TRACE_SEED
+    );
+    let unseeded = Setup {
+        class: seeded.class.clone(),
+        from_config_overrides: serde_json::Map::new(),
+        traces: Default::default(),
+        img2img: Default::default(),
+        add_noise_timestep: 0.0,
+    };
+    let config = goldens.config(&unseeded);
+    assert_eq!(config.noise_sampler_seed, None);
+    for steps in [10, 25] {
+        let scheduler = scheduler_from_name("DPMSolverSDEScheduler", &config).unwrap();
+        replay(&goldens, "dpmsolver_sde", steps, scheduler);
     }
 }
 

@@ -147,22 +147,29 @@ def round_goldens():
     return [[x, round(x, 6)] for x in values]
 
 
-def get_sigmas(model, sampler, schedule, steps):
-    """A1111's get_sigmas for these samplers (none drops the next-to-last sigma)."""
-    label = schedule or SDE_SAMPLERS[sampler][1]
+def get_sigmas(model, sampler, schedule, steps, samplers=SDE_SAMPLERS):
+    """A1111's get_sigmas for the samplers of `samplers` (name -> (function, default schedule type,
+    solver_type[, discard the next-to-last sigma]); none of SDE_SAMPLERS discards)."""
+    _, default, _, *discard = samplers[sampler]
+    discard = bool(discard and discard[0])
+    label = schedule or default
     sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
-    return SCHEDULE_TYPES[label](steps, sigma_min, sigma_max, model)
+    sigmas = SCHEDULE_TYPES[label](steps + (1 if discard else 0), sigma_min, sigma_max, model)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
 
 
-def run(pipe, model, sampler, schedule, seeds, source="cpu"):
-    """One txt2img generation; returns (final latents, PIL images, sigmas)."""
+def run(pipe, model, sampler, schedule, seeds, source="cpu", samplers=SDE_SAMPLERS):
+    """One txt2img generation with a sampler of `samplers` (as get_sigmas takes them); returns
+    (final latents, PIL images, sigmas)."""
     side = SIZE // pipe.vae_scale_factor
     cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE_PROMPT)
     batch = len(seeds)
     rng = ImageRng((4, side, side), seeds, source)
-    sigmas = get_sigmas(model, sampler, schedule, STEPS)
+    sigmas = get_sigmas(model, sampler, schedule, STEPS, samplers)
     x = rng.next() * sigmas[0]
-    function, _, solver_type = SDE_SAMPLERS[sampler]
+    function, _, solver_type, *_ = samplers[sampler]
     # A1111's create_noise_sampler: one tree per image, seeded with the image seeds.
     noise_sampler = SAMPLING.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=list(seeds))
     options = {"noise_sampler": noise_sampler}
