@@ -850,13 +850,14 @@ fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
     let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let server = Server::start(&serve_args);
     let model = tiny();
+    let model = model.as_str();
     for (sampler, overridden) in [("DPMSolverSDEScheduler", true), ("DPM++ 2M", false)] {
         let body = json!({"prompt": "a fox", "seed": 21, "steps": 3, "cfg_scale": 7,
             "width": 64, "height": 64, "sampler_name": sampler});
         let answer = server.post("/sdapi/v1/txt2img", &body.to_string()).ok();
         let served = &images_of(&answer)[0];
         let mut args = vec![
-            "--model", &model, "--prompt", "a fox", "--seed", "21", "--steps", "3", "--cfg",
+            "--model", model, "--prompt", "a fox", "--seed", "21", "--steps", "3", "--cfg",
             "7", "-W", "64", "-H", "64", "--scheduler", sampler,
         ];
         let plain = sd_generate(&dir, &format!("{sampler}-plain"), &args);

@@ -3,7 +3,7 @@
 //!
 //! Two model evaluations per step from σᵢ to σᵢ₊₁, in times t = −ln σ: at σᵢ, then at the
 //! midpoint σ_midᵢ = e^(−(tᵢ + tᵢ₊₁)/2); each evaluation is followed by a DPM-Solver++(1) step
-//! split into a deterministic part and Brownian noise (`ksampler/sde.rs`, [`SdeStep`]). The step
+//! split into a deterministic part and Brownian noise (`ksampler/sde.rs`, `SdeStep`). The step
 //! to σ = 0 is one Euler evaluation. [`timesteps`](Scheduler::timesteps) interleaves the
 //! midpoints' timesteps: t₀, t_mid₀, t₁, t_mid₁, …, t_{n−1}; diffusers keeps them in f64, and
 //! finds a midpoint's timestep from the f64 σ before they are stored as f32.

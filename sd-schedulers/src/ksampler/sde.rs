@@ -2,7 +2,7 @@
 //! `sample_dpmpp_3m_sde`), as f32 element-wise maps in k-diffusion's operation order. Their noise
 //! is Brownian-tree noise ([`BrownianNoise`]) over the run's σ range, seeded with the image's
 //! seed, as A1111's `create_noise_sampler` builds it. diffusers' `DPMSolverSDEScheduler` takes
-//! the same steps as `sample_dpmpp_sde` ([`SdeStep`], `dpm_solver_sde.rs`).
+//! the same steps as `sample_dpmpp_sde` (`SdeStep`, `dpm_solver_sde.rs`).
 
 use sd_core::{HostTensor, Result};
 
