@@ -35,8 +35,22 @@ const ULP_TOLERANCE: f32 = 16.0;
 /// recomputing diffusers' DEIS order 3 in f64 moves its 25-step trace by 5e-5 (~25 ulp of its
 /// max |x|), and diffusers' singlestep SDE Heun with correctly rounded scalar exp/ln moves by
 /// 1.3e-3 (~85 ulp). The bar for these is the reference's own sensitivity, in ulp of max |x|.
-const ILL_CONDITIONED_ULPS: &[(&str, f32)] =
-    &[("deis", 32.0), ("dpmsolver_singlestep_sde_heun", 96.0)];
+///
+/// DPMSolverSDE: torch's f32 square root (MKL's vectorised one, also for 0-dim tensors) is one
+/// ulp off the correctly rounded value for 190 of SD 1.5's 1000 training σ = √((1−ᾱ)/ᾱ); where
+/// such a σ is a step's σ, torchsde's snapping of query times to six decimals can round the two
+/// σ to neighbouring 1e-6 grid points, and the Brownian increment then differs by the motion over
+/// 1e-6 (~1e-3 of unit noise): measured on "dpmsolver_sde" at 10 steps (σ₅ = 1.3449284 in
+/// diffusers, 1.3449285 here), the noise of every query matching torchsde bit for bit when given
+/// diffusers' σ (see the note of issue 16, sde2).
+const ILL_CONDITIONED_ULPS: &[(&str, f32)] = &[
+    ("deis", 32.0),
+    ("dpmsolver_singlestep_sde_heun", 96.0),
+    ("dpmsolver_sde", DPMSOLVER_SDE_ULPS),
+];
+
+/// See [`ILL_CONDITIONED_ULPS`].
+const DPMSOLVER_SDE_ULPS: f32 = 16384.0;
 
 /// The allowed max abs error for a step of setup `name` whose golden sample is `golden`.
 fn tolerance(name: &str, golden: &HostTensor) -> f32 {
@@ -433,10 +447,11 @@ fn check_add_noise(goldens: &Goldens) {
         let mut scheduler = goldens.build(name);
         scheduler.set_timesteps(10).unwrap();
         let start = scheduler.start_index(0.75).unwrap();
-        assert_eq!(
-            scheduler.timesteps()[start],
-            setup.add_noise_timestep,
-            "{name}"
+        assert_timesteps_match(
+            setup,
+            &scheduler.timesteps()[start..=start],
+            &[setup.add_noise_timestep],
+            &format!("{name}: add_noise timestep"),
         );
         let noisy = scheduler.add_noise(&original, &noise, start).unwrap();
         let err = max_abs_diff(&noisy, &goldens.tensor(&format!("add_noise/{name}")));
