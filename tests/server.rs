@@ -842,7 +842,11 @@ fn sde_sampler_by_a1111_name_gives_sd_generates_pixels() {
 #[test]
 fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
     let dir = scratch("scheduler_config");
-    let overrides = ["use_karras_sigmas=true", "beta_end=0.013", "noise_sampler_seed=7"];
+    let overrides = [
+        "use_karras_sigmas=true",
+        "beta_end=0.013",
+        "noise_sampler_seed=7",
+    ];
     let mut serve_args = vec!["--model".to_string(), tiny()];
     for o in overrides {
         serve_args.extend(["--scheduler-config".to_string(), o.to_string()]);
@@ -857,8 +861,22 @@ fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
         let answer = server.post("/sdapi/v1/txt2img", &body.to_string()).ok();
         let served = &images_of(&answer)[0];
         let mut args = vec![
-            "--model", model, "--prompt", "a fox", "--seed", "21", "--steps", "3", "--cfg",
-            "7", "-W", "64", "-H", "64", "--scheduler", sampler,
+            "--model",
+            model,
+            "--prompt",
+            "a fox",
+            "--seed",
+            "21",
+            "--steps",
+            "3",
+            "--cfg",
+            "7",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--scheduler",
+            sampler,
         ];
         let plain = sd_generate(&dir, &format!("{sampler}-plain"), &args);
         if overridden {
@@ -882,7 +900,10 @@ fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
 #[test]
 fn a_bad_server_scheduler_config_fails_at_startup_naming_it() {
     for (arg, needles) in [
-        ("use_karas_sigmas=true", &["use_karas_sigmas=true", "unknown key"][..]),
+        (
+            "use_karas_sigmas=true",
+            &["use_karas_sigmas=true", "unknown key"][..],
+        ),
         ("noise_sampler_seed=-3", &["noise_sampler_seed=-3"][..]),
         ("solver_order", &["solver_order", "KEY=VALUE"][..]),
     ] {
@@ -894,7 +915,10 @@ fn a_bad_server_scheduler_config_fails_at_startup_naming_it() {
         assert!(!run.status.success(), "{arg}: sd serve started");
         let stderr = String::from_utf8_lossy(&run.stderr);
         for needle in needles {
-            assert!(stderr.contains(needle), "{arg}: `{needle}` missing from {stderr}");
+            assert!(
+                stderr.contains(needle),
+                "{arg}: `{needle}` missing from {stderr}"
+            );
         }
         assert!(!stderr.contains("listening"), "{arg}: {stderr}");
     }

@@ -366,7 +366,11 @@ impl SchedulerConfig {
     /// (`None`: the interpolated training σ); diffusers refuses more than one.
     pub(crate) fn sigma_spacing(&self) -> Result<Option<SigmaSpacing>> {
         let chosen: Vec<(&str, SigmaSpacing)> = [
-            ("use_karras_sigmas", self.use_karras_sigmas, SigmaSpacing::Karras),
+            (
+                "use_karras_sigmas",
+                self.use_karras_sigmas,
+                SigmaSpacing::Karras,
+            ),
             (
                 "use_exponential_sigmas",
                 self.use_exponential_sigmas,

@@ -89,12 +89,10 @@ impl DpmSolverSdeScheduler {
                 .into_iter()
                 .rev()
                 .collect(),
-            spacing_kind => {
-                spacing::discrete(spacing_kind, train, steps, config.steps_offset)
-                    .into_iter()
-                    .map(|t| t as f64)
-                    .collect()
-            }
+            spacing_kind => spacing::discrete(spacing_kind, train, steps, config.steps_offset)
+                .into_iter()
+                .map(|t| t as f64)
+                .collect(),
         };
         let table = self.schedule.training_sigmas();
         let sigmas = sigmas::interp(&timesteps, &table);

@@ -21,9 +21,9 @@ use crate::ksampler::{
 };
 use crate::{
     DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSdeScheduler,
-    DpmSolverSinglestepScheduler,
-    EulerAncestralScheduler, EulerScheduler, HeunScheduler, Kdpm2AncestralScheduler,
-    Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler, TcdScheduler, UniPcScheduler,
+    DpmSolverSinglestepScheduler, EulerAncestralScheduler, EulerScheduler, HeunScheduler,
+    Kdpm2AncestralScheduler, Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler,
+    TcdScheduler, UniPcScheduler,
 };
 
 use SchedulerKind::*;

@@ -418,7 +418,11 @@ fn dpmsolver_sde_config_errors_name_the_field() {
 fn dpmsolver_sde_refuses_a_second_evaluation_before_its_first() {
     let mut scheduler = scheduler_from_name("DPMSolverSDEScheduler", &sd15()).unwrap();
     scheduler.set_timesteps(4).unwrap();
-    assert_eq!(scheduler.timesteps().len(), 7, "two evaluations per step but the last");
+    assert_eq!(
+        scheduler.timesteps().len(),
+        7,
+        "two evaluations per step but the last"
+    );
     let x = latents();
     let mut generator = TorchGenerator::new(0);
     assert!(matches!(

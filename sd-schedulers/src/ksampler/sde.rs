@@ -216,7 +216,9 @@ impl ThirdOrderSde<'_> {
                 let d1 = map2("DPM++ 3M SDE step", &d1_0, &d1_1, |a, b| {
                     a + (a - b) * r0 / (r0 + r1)
                 })?;
-                let d2 = map2("DPM++ 3M SDE step", &d1_0, &d1_1, |a, b| (a - b) / (r0 + r1))?;
+                let d2 = map2("DPM++ 3M SDE step", &d1_0, &d1_1, |a, b| {
+                    (a - b) / (r0 + r1)
+                })?;
                 x = map3("DPM++ 3M SDE correction", &x, &d1, &d2, |x, d1, d2| {
                     x + phi_2 * d1 - phi_3 * d2
                 })?;
