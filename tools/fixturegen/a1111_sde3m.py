@@ -16,13 +16,9 @@ goldens/tiny-sd/a1111_sde3m_*.png.
 
 import os
 
-import torch
-from diffusers import StableDiffusionPipeline
-
-from .a1111_samplers import EXTERNAL, SCHEDULE_STEPS, SCHEDULE_TYPES, UNetAsLdm, ldm_alphas_cumprod
-from .a1111_sde import get_sigmas, run
-from .common import load_pipeline, tensor_stats, write_json, write_tensors
-from .generations import GUIDANCE_SCALE, NEGATIVE_PROMPT, PROMPT, SIZE, STEPS, save_png
+from .a1111_sde import tiny_sd_goldens
+from .common import write_json, write_tensors
+from .generations import GUIDANCE_SCALE, NEGATIVE_PROMPT, PROMPT, SIZE, STEPS
 
 # name -> (k-diffusion function, default schedule type, solver_type, discard next-to-last sigma)
 SAMPLERS = {"DPM++ 3M SDE": ("sample_dpmpp_3m_sde", "Exponential", None, True)}
@@ -39,34 +35,8 @@ TINY_SD_RUNS = [
 
 
 def write_goldens(fixtures_dir, goldens_dir):
-    pipe = load_pipeline(StableDiffusionPipeline, os.path.join(fixtures_dir, "tiny-sd"))
-    model = EXTERNAL.CompVisDenoiser(UNetAsLdm(pipe.unet, ldm_alphas_cumprod(pipe.scheduler.config)), quantize=False)
     out_dir = os.path.join(goldens_dir, "tiny-sd")
-    tensors, runs = {}, {}
-    with torch.no_grad():
-        for key, sampler, schedule, seeds, *source in TINY_SD_RUNS:
-            source = source[0] if source else "cpu"
-            latents, images, sigmas = run(pipe, model, sampler, schedule, seeds, source, samplers=SAMPLERS)
-            stem = "a1111_sde3m_" + key.replace("/", "_").replace(" ", "_").replace("+", "p")
-            pngs = [f"{stem}.png"] if len(images) == 1 else [f"{stem}_{i}.png" for i in range(len(images))]
-            for image, png in zip(images, pngs):
-                save_png(image, os.path.join(out_dir, png))
-            tensors[f"{key}/latents"] = latents
-            runs[key] = {
-                "sampler": sampler,
-                "schedule_type": schedule,
-                "seeds": seeds,
-                "rng": source,
-                "sigmas": [float(s) for s in sigmas],
-                "latents": tensor_stats(latents),
-                "pngs": pngs,
-            }
-        for sampler in SAMPLERS:
-            for schedule in [None, *SCHEDULE_TYPES]:
-                for steps in SCHEDULE_STEPS:
-                    tensors[f"schedule/{sampler}/{schedule or 'automatic'}/{steps}/sigmas"] = get_sigmas(
-                        model, sampler, schedule, steps, SAMPLERS
-                    )
+    tensors, runs = tiny_sd_goldens(fixtures_dir, out_dir, TINY_SD_RUNS, "a1111_sde3m_", SAMPLERS)
     write_tensors(os.path.join(out_dir, "a1111_sde3m.safetensors"), tensors)
     write_json(
         os.path.join(goldens_dir, "a1111_sde3m.json"),
