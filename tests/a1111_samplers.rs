@@ -3,7 +3,9 @@
 //! A1111's own DDIM, PLMS, LCM and its further schedule types: the runs of
 //! `fixtures/goldens/a1111_exact.json` (`tools/fixturegen/a1111_exact.py`, A1111's code
 //! transcribed); the SDE samplers with torchsde's Brownian-tree noise: the runs of
-//! `fixtures/goldens/a1111_sde.json` (`tools/fixturegen/a1111_sde.py`). tiny-sd runs through the `sd` command line (images within one level) and through
+//! `fixtures/goldens/a1111_sde.json` (`tools/fixturegen/a1111_sde.py`) and DPM++ 3M SDE: the runs
+//! of `fixtures/goldens/a1111_sde3m.json` (`tools/fixturegen/a1111_sde3m.py`). tiny-sd runs
+//! through the `sd` command line (images within one level) and through
 //! the library (final latents too); the inpainting UNet, which is no whole model folder, through
 //! the library.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
@@ -27,6 +29,7 @@ use support::{
 const K_DIFFUSION: &str = "a1111_samplers";
 const A1111_OWN: &str = "a1111_exact";
 const K_DIFFUSION_SDE: &str = "a1111_sde";
+const K_DIFFUSION_SDE_3M: &str = "a1111_sde3m";
 
 fn manifest(set: &str) -> Value {
     let text = std::fs::read_to_string(goldens().join(format!("{set}.json"))).unwrap();
@@ -108,6 +111,12 @@ fn tiny_sd_a1111_own_samplers_and_schedule_types_match_a1111() {
 fn tiny_sd_a1111_sde_samplers_match_k_diffusion() {
     let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
     check_library(&sd, K_DIFFUSION_SDE, "tiny-sd");
+}
+
+#[test]
+fn tiny_sd_a1111_3m_sde_matches_k_diffusion() {
+    let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
+    check_library(&sd, K_DIFFUSION_SDE_3M, "tiny-sd");
 }
 
 #[test]
@@ -201,6 +210,11 @@ fn cli_images_match_k_diffusion_within_one_level() {
 #[test]
 fn cli_images_of_sde_samplers_match_k_diffusion_within_one_level() {
     check_cli(K_DIFFUSION_SDE);
+}
+
+#[test]
+fn cli_images_of_3m_sde_match_k_diffusion_within_one_level() {
+    check_cli(K_DIFFUSION_SDE_3M);
 }
 
 #[test]
@@ -370,6 +384,8 @@ fn scheduler_help_lists_both_vocabularies() {
         "A1111 samplers",
         "DPM2 a [k_dpm_2_a, Automatic = karras]",
         "DPM++ 2M SDE Heun [k_dpmpp_2m_sde_heun, Automatic = exponential]",
+        "DPM++ 3M SDE [k_dpmpp_3m_sde, Automatic = exponential]",
+        "DPMSolverSDEScheduler",
         "SGM Uniform [sgm_uniform, SGMUniform]",
         "diffusers schedulers",
         "DPMSolverMultistepScheduler",

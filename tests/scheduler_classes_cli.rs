@@ -1,6 +1,7 @@
 //! The diffusers classes added for issue 16 through `sd generate --scheduler CLASS
 //! --scheduler-config KEY=VALUE`: each image is diffusers' image (tools/fixturegen/
-//! scheduler_classes.py, goldens/scheduler_classes_images.json) within one level.
+//! scheduler_classes.py, goldens/scheduler_classes_images.json; DPMSolverSDEScheduler:
+//! tools/fixturegen/dpmsolver_sde.py, goldens/dpmsolver_sde_images.json) within one level.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
 
 mod support;
@@ -24,13 +25,26 @@ fn config_value(value: &Value) -> String {
 
 #[test]
 fn every_new_class_gives_the_diffusers_image_through_the_cli() {
+    let runs = check_images("scheduler_classes_images");
+    assert!(runs >= 5, "one run per new class at least");
+}
+
+/// Without `noise_sampler_seed` the tree is seeded with the image's seed (diffusers' run with
+/// that seed set); with it, with the config's.
+#[test]
+fn dpmsolver_sde_gives_the_diffusers_image_through_the_cli() {
+    let runs = check_images("dpmsolver_sde_images");
+    assert!(runs >= 2, "a run without and one with noise_sampler_seed");
+}
+
+/// Every run of `goldens/<stem>.json` through `sd generate`, within one level; returns how many.
+fn check_images(stem: &str) -> usize {
     let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(goldens().join("scheduler_classes_images.json")).unwrap(),
+        &std::fs::read_to_string(goldens().join(format!("{stem}.json"))).unwrap(),
     )
     .unwrap();
-    let dir = scratch("scheduler_classes");
+    let dir = scratch(stem);
     let runs = manifest["runs"].as_object().unwrap();
-    assert!(runs.len() >= 5, "one run per new class at least");
     for (key, run) in runs {
         let out = dir.join(format!("{key}.png"));
         let scheduler = run["scheduler"].as_str().unwrap();
@@ -57,6 +71,7 @@ fn every_new_class_gives_the_diffusers_image_through_the_cli() {
         println!("{key}: max difference {worst} levels");
         assert!(worst <= 1, "{key}: pixels differ by {worst} levels");
     }
+    runs.len()
 }
 
 #[test]

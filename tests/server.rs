@@ -835,3 +835,91 @@ fn sde_sampler_by_a1111_name_gives_sd_generates_pixels() {
         "{infotext}"
     );
 }
+
+/// `sd serve --scheduler-config KEY=VALUE` changes the scheduler config of requests that name a
+/// diffusers class, as `sd generate --scheduler-config` does; A1111's sampler names run as
+/// without it.
+#[test]
+fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
+    let dir = scratch("scheduler_config");
+    let overrides = [
+        "use_karras_sigmas=true",
+        "beta_end=0.013",
+        "noise_sampler_seed=7",
+    ];
+    let mut serve_args = vec!["--model".to_string(), tiny()];
+    for o in overrides {
+        serve_args.extend(["--scheduler-config".to_string(), o.to_string()]);
+    }
+    let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    let server = Server::start(&serve_args);
+    let model = tiny();
+    let model = model.as_str();
+    for (sampler, overridden) in [("DPMSolverSDEScheduler", true), ("DPM++ 2M", false)] {
+        let body = json!({"prompt": "a fox", "seed": 21, "steps": 3, "cfg_scale": 7,
+            "width": 64, "height": 64, "sampler_name": sampler});
+        let answer = server.post("/sdapi/v1/txt2img", &body.to_string()).ok();
+        let served = &images_of(&answer)[0];
+        let mut args = vec![
+            "--model",
+            model,
+            "--prompt",
+            "a fox",
+            "--seed",
+            "21",
+            "--steps",
+            "3",
+            "--cfg",
+            "7",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "--scheduler",
+            sampler,
+        ];
+        let plain = sd_generate(&dir, &format!("{sampler}-plain"), &args);
+        if overridden {
+            for o in overrides {
+                args.extend(["--scheduler-config", o]);
+            }
+            let reference = sd_generate(&dir, &format!("{sampler}-overridden"), &args);
+            assert_same_pixels(served, &read_rgb(&reference).unwrap(), sampler);
+            assert_ne!(
+                served.pixels(),
+                read_rgb(&plain).unwrap().pixels(),
+                "{sampler}: the overrides change the image"
+            );
+        } else {
+            assert_same_pixels(served, &read_rgb(&plain).unwrap(), sampler);
+        }
+    }
+}
+
+/// A bad `--scheduler-config` stops `sd serve` before it loads the model, naming it.
+#[test]
+fn a_bad_server_scheduler_config_fails_at_startup_naming_it() {
+    for (arg, needles) in [
+        (
+            "use_karas_sigmas=true",
+            &["use_karas_sigmas=true", "unknown key"][..],
+        ),
+        ("noise_sampler_seed=-3", &["noise_sampler_seed=-3"][..]),
+        ("solver_order", &["solver_order", "KEY=VALUE"][..]),
+    ] {
+        let run = std::process::Command::new(serve_support::sd_bin())
+            .args(["serve", "--model", &tiny(), "--listen", "127.0.0.1:0"])
+            .args(["--scheduler-config", arg])
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{arg}: sd serve started");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{arg}: `{needle}` missing from {stderr}"
+            );
+        }
+        assert!(!stderr.contains("listening"), "{arg}: {stderr}");
+    }
+}

@@ -43,6 +43,8 @@ STEPS = (
     "mask_blur",
     "scheduler_classes",
     "hires",
+    "dpmsolver_sde",
+    "a1111_sde3m",
 )
 
 # Steps whose fixturegen module is named differently from the step.

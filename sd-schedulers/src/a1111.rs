@@ -4,7 +4,8 @@
 //! (sampler, scheduler) pair, including the older combined names ("DPM++ 2M Karras").
 //!
 //! A1111's "Automatic" schedule type means the sampler's own default: Karras for DPM++ 2M,
-//! DPM++ SDE, DPM++ 2S a, DPM2 and DPM2 a; Exponential for DPM++ 2M SDE and DPM++ 2M SDE Heun;
+//! DPM++ SDE, DPM++ 2S a, DPM2 and DPM2 a; Exponential for DPM++ 2M SDE, DPM++ 2M SDE Heun and
+//! DPM++ 3M SDE (which, like DPM2 and DPM2 a, also drops the next-to-last σ);
 //! the model's uniform discretisation for Euler, Euler a, LMS and Heun.
 
 use sd_core::pipeline::SamplerSettings;
@@ -79,6 +80,13 @@ const K_SAMPLERS: &[A1111Sampler] = &[
         KSamplerKind::DpmPp2sAncestral,
         Some(ScheduleType::Karras),
         false,
+    ),
+    sampler(
+        "DPM++ 3M SDE",
+        &["k_dpmpp_3m_sde"],
+        KSamplerKind::DpmPp3mSde,
+        Some(ScheduleType::Exponential),
+        true,
     ),
     sampler(
         "Euler a",

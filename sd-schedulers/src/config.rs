@@ -11,6 +11,8 @@ use sd_core::config_file::{check_positive, config_from_value, parse_config, read
 use sd_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::sigmas::SigmaSpacing;
+
 /// The parsed keys of a `scheduler_config.json`; `None` where the file has no value.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
@@ -49,11 +51,15 @@ pub struct SchedulerConfig {
     pub disable_corrector: Option<Vec<usize>>,
     pub original_inference_steps: Option<usize>,
     pub timestep_scaling: Option<f64>,
+    /// `DPMSolverSDEScheduler`'s Brownian-tree seed (unset: the image's seed, see
+    /// `dpm_solver_sde.rs`).
+    pub noise_sampler_seed: Option<u64>,
+    /// σ spacings `DPMSolverSDEScheduler` implements; every other class refuses them.
+    pub use_exponential_sigmas: Option<bool>,
+    pub use_beta_sigmas: Option<bool>,
     // Options we do not implement; a file that turns one on is refused rather than misread.
     pub thresholding: Option<bool>,
     pub rescale_betas_zero_snr: Option<bool>,
-    pub use_exponential_sigmas: Option<bool>,
-    pub use_beta_sigmas: Option<bool>,
     pub use_lu_lambdas: Option<bool>,
     pub use_flow_sigmas: Option<bool>,
     pub use_dynamic_shifting: Option<bool>,
@@ -255,7 +261,25 @@ impl SchedulerConfig {
     }
 
     /// The noise schedule settings, with `defaults` (the scheduler class's) for missing keys.
+    /// A σ spacing other than Karras' turned on is refused (see [`Self::sigma_spacing`]).
     pub(crate) fn noise_schedule(&self, defaults: &ClassDefaults) -> Result<NoiseScheduleConfig> {
+        for (field, on) in [
+            ("use_exponential_sigmas", self.use_exponential_sigmas),
+            ("use_beta_sigmas", self.use_beta_sigmas),
+        ] {
+            if on == Some(true) {
+                return Err(self.error(field, "is not supported by this scheduler class"));
+            }
+        }
+        self.noise_schedule_any_spacing(defaults)
+    }
+
+    /// [`Self::noise_schedule`] for a class that reads every σ spacing option itself
+    /// ([`Self::sigma_spacing`]).
+    pub(crate) fn noise_schedule_any_spacing(
+        &self,
+        defaults: &ClassDefaults,
+    ) -> Result<NoiseScheduleConfig> {
         self.check_values()?;
         let num_train_timesteps = self.num_train_timesteps.unwrap_or(1000);
         let beta_schedule = match &self.trained_betas {
@@ -321,8 +345,6 @@ impl SchedulerConfig {
         for (field, on) in [
             ("thresholding", self.thresholding),
             ("rescale_betas_zero_snr", self.rescale_betas_zero_snr),
-            ("use_exponential_sigmas", self.use_exponential_sigmas),
-            ("use_beta_sigmas", self.use_beta_sigmas),
             ("use_lu_lambdas", self.use_lu_lambdas),
             ("use_flow_sigmas", self.use_flow_sigmas),
             ("use_dynamic_shifting", self.use_dynamic_shifting),
@@ -338,6 +360,36 @@ impl SchedulerConfig {
             timestep_spacing,
             prediction_type,
         })
+    }
+
+    /// The σ spacing `use_karras_sigmas`, `use_exponential_sigmas` and `use_beta_sigmas` ask for
+    /// (`None`: the interpolated training σ); diffusers refuses more than one.
+    pub(crate) fn sigma_spacing(&self) -> Result<Option<SigmaSpacing>> {
+        let chosen: Vec<(&str, SigmaSpacing)> = [
+            (
+                "use_karras_sigmas",
+                self.use_karras_sigmas,
+                SigmaSpacing::Karras,
+            ),
+            (
+                "use_exponential_sigmas",
+                self.use_exponential_sigmas,
+                SigmaSpacing::Exponential,
+            ),
+            ("use_beta_sigmas", self.use_beta_sigmas, SigmaSpacing::Beta),
+        ]
+        .into_iter()
+        .filter(|(_, on, _)| *on == Some(true))
+        .map(|(field, _, spacing)| (field, spacing))
+        .collect();
+        match chosen.as_slice() {
+            [] => Ok(None),
+            [(_, spacing)] => Ok(Some(*spacing)),
+            [(first, _), (second, _), ..] => Err(self.error(
+                first,
+                format!("only one σ spacing may be on, but {second} is on too"),
+            )),
+        }
     }
 
     /// Refuse `prediction_type = sample` for the schedulers that have no formula for it.

@@ -71,11 +71,16 @@ impl Kdpm2Base {
         if self.karras { t } else { f64::from(t as f32) }
     }
 
-    /// diffusers' per-evaluation `sigmas`: σ₀, σ₁, σ₁, σ₂, σ₂, …, 2n − 1 entries.
+    /// diffusers' per-evaluation `sigmas` ([`noise_levels`]).
     pub fn noise_levels(&self) -> Vec<f32> {
-        let n = self.timesteps.len();
-        (0..2 * n - 1).map(|j| self.sigmas[j.div_ceil(2)]).collect()
+        noise_levels(&self.sigmas, self.timesteps.len())
     }
+}
+
+/// diffusers' per-evaluation `sigmas` of the two-evaluation classes (KDPM2, DPMSolverSDE) for
+/// `steps` steps over `sigmas` = σ₀ … σ_{n−1}, 0: σ₀, σ₁, σ₁, σ₂, σ₂, …, 2n − 1 entries.
+pub(crate) fn noise_levels(sigmas: &[f32], steps: usize) -> Vec<f32> {
+    (0..2 * steps - 1).map(|j| sigmas[j.div_ceil(2)]).collect()
 }
 
 /// Noise to diffusers' σ of evaluation `index` in `noise_levels` ([`Kdpm2Base::noise_levels`]:

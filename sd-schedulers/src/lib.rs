@@ -1,7 +1,8 @@
 //! Diffusion samplers for Stable Diffusion in two vocabularies, each exact to its source:
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
-//!   `DPM++ 2S a`, `DPM++ 2M`, `DPM++ SDE`, `DPM++ 2M SDE`, `DPM++ 2M SDE Heun`, with A1111's schedule types Automatic, Uniform, Karras,
+//!   `DPM++ 2S a`, `DPM++ 2M`, `DPM++ SDE`, `DPM++ 2M SDE`, `DPM++ 2M SDE Heun`, `DPM++ 3M SDE`,
+//!   with A1111's schedule types Automatic, Uniform, Karras,
 //!   Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal,
 //!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
 //!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
@@ -44,6 +45,7 @@
 //! | `kdpm2_ancestral.rs` | `KDPM2AncestralDiscreteScheduler` | — |
 //! | `deis.rs` | `DEISMultistepScheduler` | DEIS |
 //! | `tcd.rs` | `TCDScheduler` | TCD |
+//! | `dpm_solver_sde.rs` | `DPMSolverSDEScheduler` | — |
 //!
 //! A diffusers class reads its options from the config; [`SchedulerConfig::with_overrides`]
 //! changes keys of it (`sd generate --scheduler-config algorithm_type=sde-dpmsolver++`).
@@ -70,6 +72,7 @@ mod ddim;
 mod ddpm;
 mod deis;
 mod dpm_solver;
+mod dpm_solver_sde;
 mod dpm_solver_singlestep;
 mod elementwise;
 mod euler;
@@ -102,6 +105,7 @@ pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
 pub use deis::DeisScheduler;
 pub use dpm_solver::DpmSolverScheduler;
+pub use dpm_solver_sde::DpmSolverSdeScheduler;
 pub use dpm_solver_singlestep::DpmSolverSinglestepScheduler;
 pub use euler::EulerScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;

@@ -20,9 +20,10 @@ use crate::ksampler::{
     A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
 };
 use crate::{
-    DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSinglestepScheduler,
-    EulerAncestralScheduler, EulerScheduler, HeunScheduler, Kdpm2AncestralScheduler,
-    Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler, TcdScheduler, UniPcScheduler,
+    DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSdeScheduler,
+    DpmSolverSinglestepScheduler, EulerAncestralScheduler, EulerScheduler, HeunScheduler,
+    Kdpm2AncestralScheduler, Kdpm2Scheduler, LcmScheduler, LmsScheduler, PndmScheduler,
+    TcdScheduler, UniPcScheduler,
 };
 
 use SchedulerKind::*;
@@ -46,6 +47,7 @@ pub enum SchedulerKind {
     EulerAncestral,
     Heun,
     DpmSolverMultistep,
+    DpmSolverSde,
     UniPc,
     Lcm,
     DpmSolverSinglestep,
@@ -81,6 +83,7 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("EulerAncestralDiscreteScheduler", EulerAncestral, NONE),
     ("HeunDiscreteScheduler", Heun, NONE),
     ("DPMSolverMultistepScheduler", DpmSolverMultistep, NONE),
+    ("DPMSolverSDEScheduler", DpmSolverSde, NONE),
     ("UniPCMultistepScheduler", UniPc, NONE),
     ("UniPC", A1111UniPc, NONE),
     ("LCMScheduler", Lcm, NONE),
@@ -176,6 +179,7 @@ impl SchedulerKind {
                 | Euler
                 | Heun
                 | DpmSolverMultistep
+                | DpmSolverSde
                 | UniPc
                 | DpmSolverSinglestep
                 | Kdpm2
@@ -261,6 +265,7 @@ pub fn scheduler_from_name_with(
         EulerAncestral => Box::new(EulerAncestralScheduler::new(&config)?),
         Heun => Box::new(HeunScheduler::new(&config)?),
         DpmSolverMultistep => Box::new(DpmSolverScheduler::new(&config)?),
+        DpmSolverSde => Box::new(DpmSolverSdeScheduler::new(&config)?),
         UniPc => Box::new(UniPcScheduler::new(&config)?),
         Lcm => Box::new(LcmScheduler::new(&config)?),
         DpmSolverSinglestep => Box::new(DpmSolverSinglestepScheduler::new(&config)?),

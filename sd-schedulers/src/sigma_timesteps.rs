@@ -102,9 +102,14 @@ impl SigmaTimesteps {
         self.sigmas = sigmas;
     }
 
+    /// σ of the training table, one per training timestep (f32, as torch computes them).
+    pub fn training_sigmas(&self) -> Vec<f32> {
+        self.noise.sigmas()
+    }
+
     /// ln σ of the training table (diffusers' `log_sigmas`), for mapping σ back to timesteps.
     pub fn log_training_sigmas(&self) -> Vec<f32> {
-        sigmas::log_sigmas(&self.noise.sigmas())
+        sigmas::log_sigmas(&self.training_sigmas())
     }
 
     /// σ of each evaluation, then the final σ (diffusers' `sigmas`).

@@ -5,6 +5,7 @@
 //! Karras spacing run in f64 (numpy), and the schedule is stored as f32.
 
 use crate::config::{NoiseScheduleConfig, TimestepSpacing};
+use crate::ksampler::beta_quantile;
 use crate::noise_schedule::NoiseSchedule;
 use crate::spacing;
 
@@ -102,6 +103,49 @@ pub(crate) fn karras_sigmas(interpolated: &[f64], steps: usize, bounds: SigmaBou
         .iter()
         .map(|ramp| (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)).powf(KARRAS_RHO))
         .collect()
+}
+
+/// How a class may respace the interpolated σ of its timesteps (diffusers' `use_karras_sigmas`,
+/// `use_exponential_sigmas`, `use_beta_sigmas`), between their first (σ_max) and last (σ_min).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigmaSpacing {
+    /// Uniform in σ^(1/ρ) ([`karras_sigmas`]).
+    Karras,
+    /// Uniform in ln σ.
+    Exponential,
+    /// At the quantiles of Beta(0.6, 0.6) between σ_min and σ_max (Lee et al. 2024).
+    Beta,
+}
+
+/// The Beta distribution's (α, β) diffusers' `use_beta_sigmas` spaces σ with.
+const BETA_SIGMAS_ALPHA_BETA: (f64, f64) = (0.6, 0.6);
+
+impl SigmaSpacing {
+    /// `steps` σ from σ_max down to σ_min, the bounds taken from `interpolated` (first = largest,
+    /// last = smallest), in f64 as numpy computes them.
+    pub fn respace(self, interpolated: &[f64], steps: usize) -> Vec<f64> {
+        let sigma_min = interpolated[interpolated.len() - 1];
+        let sigma_max = interpolated[0];
+        match self {
+            SigmaSpacing::Karras => karras_sigmas(interpolated, steps, SigmaBounds::default()),
+            SigmaSpacing::Exponential => {
+                spacing::numpy_linspace(sigma_max.ln(), sigma_min.ln(), steps)
+                    .into_iter()
+                    .map(f64::exp)
+                    .collect()
+            }
+            SigmaSpacing::Beta => {
+                let (alpha, beta) = BETA_SIGMAS_ALPHA_BETA;
+                spacing::numpy_linspace(0.0, 1.0, steps)
+                    .into_iter()
+                    .map(|x| {
+                        let quantile = beta_quantile(1.0 - x, alpha, beta);
+                        sigma_min + quantile * (sigma_max - sigma_min)
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// ln σ of the training table, in f32 as numpy takes it of an f32 array.

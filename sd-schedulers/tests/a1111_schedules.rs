@@ -1,8 +1,9 @@
 //! A1111's σ schedules and names against the reference: `get_sigmas` of A1111 1.10 over
 //! k-diffusion (`fixtures/goldens/tiny-sd/a1111_samplers.safetensors` and, for the SDE
-//! samplers, `a1111_sde.safetensors`, written by `tools/fixturegen/a1111_samplers.py` and
-//! `a1111_sde.py`) for every sampler, schedule type and several step counts; and A1111's rules
-//! for reading sampler and schedule names.
+//! samplers, `a1111_sde.safetensors` and `a1111_sde3m.safetensors`, written by
+//! `tools/fixturegen/a1111_samplers.py`, `a1111_sde.py` and `a1111_sde3m.py`) for every sampler,
+//! schedule type and several step counts; and A1111's rules for reading sampler and schedule
+//! names.
 
 // A failed unwrap in a test is a test failure with its message; no user input here.
 #![allow(clippy::unwrap_used)]
@@ -51,12 +52,13 @@ fn assert_close(what: &str, ours: &[f32], expected: &[f32], relative: f32, absol
 fn every_sampler_and_schedule_type_gives_a1111s_sigmas() {
     let goldens = Goldens::open("tiny-sd", "a1111_samplers.safetensors");
     let sde_goldens = Goldens::open("tiny-sd", "a1111_sde.safetensors");
+    let sde3m_goldens = Goldens::open("tiny-sd", "a1111_sde3m.safetensors");
     let mut checked = 0;
     for sampler in a1111_samplers() {
-        let goldens = if sampler.kind.uses_brownian_noise() {
-            &sde_goldens
-        } else {
-            &goldens
+        let goldens = match sampler.kind {
+            KSamplerKind::DpmPp3mSde => &sde3m_goldens,
+            kind if kind.uses_brownian_noise() => &sde_goldens,
+            _ => &goldens,
         };
         // The schedule types of these golden files (the others: tests/a1111_exact.rs).
         for schedule in ScheduleType::all().take(6) {
@@ -189,6 +191,7 @@ fn the_menu_lists_every_name_with_its_aliases() {
         "DPM++ SDE",
         "DPM++ 2M SDE",
         "DPM++ 2M SDE Heun",
+        "DPM++ 3M SDE",
         "DDIM",
         "PLMS",
         "UniPC",
@@ -202,6 +205,9 @@ fn the_menu_lists_every_name_with_its_aliases() {
     let dpmpp_2m_sde = samplers.iter().find(|s| s.name == "DPM++ 2M SDE").unwrap();
     assert_eq!(dpmpp_2m_sde.aliases, ["k_dpmpp_2m_sde"]);
     assert_eq!(dpmpp_2m_sde.default_scheduler, Some("exponential"));
+    let dpmpp_3m_sde = samplers.iter().find(|s| s.name == "DPM++ 3M SDE").unwrap();
+    assert_eq!(dpmpp_3m_sde.aliases, ["k_dpmpp_3m_sde"]);
+    assert_eq!(dpmpp_3m_sde.default_scheduler, Some("exponential"));
     let labels: Vec<_> = schedule_types.iter().map(|s| s.label).collect();
     assert_eq!(
         labels,

@@ -371,3 +371,62 @@ fn tcd_refuses_a_gamma_outside_zero_to_one() {
         }
     }
 }
+
+#[test]
+fn dpmsolver_sde_config_errors_name_the_field() {
+    let two_spacings = sd15()
+        .with_overrides(&[
+            ("use_karras_sigmas".into(), "true".into()),
+            ("use_beta_sigmas".into(), "true".into()),
+        ])
+        .unwrap();
+    match scheduler_from_name("DPMSolverSDEScheduler", &two_spacings).err() {
+        Some(Error::Config { field, reason, .. }) => {
+            assert_eq!(field, "use_karras_sigmas");
+            assert!(reason.contains("use_beta_sigmas"), "{reason}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    // Spacings only DPMSolverSDE implements are refused by the other classes, not ignored.
+    for (class, key) in [
+        ("EulerDiscreteScheduler", "use_exponential_sigmas"),
+        ("KDPM2DiscreteScheduler", "use_beta_sigmas"),
+    ] {
+        let config = sd15().with_overrides(&override_pair(key, "true")).unwrap();
+        match scheduler_from_name(class, &config).err() {
+            Some(Error::Config { field, .. }) => assert_eq!(field, key, "{class}"),
+            other => panic!("{class} {key}: expected a config error, got {other:?}"),
+        }
+    }
+    let sample = sd15()
+        .with_overrides(&override_pair("prediction_type", "sample"))
+        .unwrap();
+    assert!(matches!(
+        scheduler_from_name("DPMSolverSDEScheduler", &sample).err(),
+        Some(Error::Config { ref field, .. }) if field == "prediction_type"
+    ));
+    // numpy's SeedSequence takes no negative entropy: a typed error naming the override.
+    match sd15().with_overrides(&override_pair("noise_sampler_seed", "-1")) {
+        Err(Error::InvalidArgument { reason, .. }) => {
+            assert!(reason.contains("noise_sampler_seed=-1"), "{reason}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[test]
+fn dpmsolver_sde_refuses_a_second_evaluation_before_its_first() {
+    let mut scheduler = scheduler_from_name("DPMSolverSDEScheduler", &sd15()).unwrap();
+    scheduler.set_timesteps(4).unwrap();
+    assert_eq!(
+        scheduler.timesteps().len(),
+        7,
+        "two evaluations per step but the last"
+    );
+    let x = latents();
+    let mut generator = TorchGenerator::new(0);
+    assert!(matches!(
+        scheduler.step(&x, 1, &x, &mut generator),
+        Err(Error::InvalidArgument { ref name, .. }) if name == "index"
+    ));
+}

@@ -68,6 +68,11 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// How `GET progress` makes `current_image` (as `sd generate --preview`); `None`: never.
     pub preview: Option<PreviewMethod>,
+    /// `scheduler_config.json` keys changed for every request that names a diffusers scheduler
+    /// class (`sd serve --scheduler-config KEY=VALUE`), as a request's
+    /// `SamplerSettings::config_overrides`; A1111's sampler names ignore them. Checked (keys and
+    /// value types) before the model loads.
+    pub scheduler_config: Vec<(String, String)>,
 }
 
 /// Load the first model, listen, and answer until SIGINT or SIGTERM; then stop taking work,
@@ -83,6 +88,7 @@ pub fn serve<B: Backend + 'static>(
             "holds no SD checkpoint (a .safetensors file or a diffusers folder with model_index.json)",
         ));
     };
+    crate::schedulers::SchedulerConfig::sd15().with_overrides(&config.scheduler_config)?;
     if let Some(auth) = &config.api_auth
         && !auth.contains(':')
     {
@@ -146,6 +152,7 @@ pub fn serve<B: Backend + 'static>(
         lora_dir: config.lora_dir.clone(),
         embedding_dir: config.embedding_dir.clone(),
         limits: config.limits.clone(),
+        scheduler_config: config.scheduler_config.clone(),
         credentials: config.api_auth.as_deref().map(|a| Credentials(a.into())),
         loaded_hash,
         draining: AtomicBool::new(false),

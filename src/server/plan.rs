@@ -78,6 +78,24 @@ pub struct Plan {
     pub send_images: bool,
 }
 
+impl Plan {
+    /// Give every iteration that names a diffusers scheduler class the server's
+    /// `--scheduler-config` overrides (A1111's sampler names have no scheduler config to change).
+    pub fn apply_scheduler_config(&mut self, overrides: &[(String, String)]) {
+        for request in &mut self.iterations {
+            let sampler = &mut request.sampler;
+            let names_a_class = sampler
+                .name
+                .as_deref()
+                .and_then(|name| crate::schedulers::kind_of(name).ok())
+                .is_some_and(|kind| !kind.is_a1111());
+            if names_a_class {
+                sampler.config_overrides = overrides.to_vec();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 impl Plan {
     /// Every image's seed, in order.

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Textual-inversion embeddings: listed once the embeddings work lands (see `embeddings`).
     pub embedding_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// `sd serve --scheduler-config` overrides, for requests naming a diffusers class.
+    pub scheduler_config: Vec<(String, String)>,
     pub credentials: Option<Credentials>,
     pub loaded_hash: LoadedHash,
     /// Set by a stop signal: new generations are refused while the running ones finish.
@@ -134,6 +136,8 @@ async fn generate(State(state): State<Arc<AppState>>, mode: Mode, body: Bytes) -
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    let mut plan = plan;
+    plan.apply_scheduler_config(&state.scheduler_config);
     let checkpoint = state.checkpoint(
         plan.checkpoint
             .as_deref()

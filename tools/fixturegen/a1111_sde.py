@@ -147,22 +147,29 @@ def round_goldens():
     return [[x, round(x, 6)] for x in values]
 
 
-def get_sigmas(model, sampler, schedule, steps):
-    """A1111's get_sigmas for these samplers (none drops the next-to-last sigma)."""
-    label = schedule or SDE_SAMPLERS[sampler][1]
+def get_sigmas(model, sampler, schedule, steps, samplers=SDE_SAMPLERS):
+    """A1111's get_sigmas for the samplers of `samplers` (name -> (function, default schedule type,
+    solver_type[, discard the next-to-last sigma]); none of SDE_SAMPLERS discards)."""
+    _, default, _, *discard = samplers[sampler]
+    discard = bool(discard and discard[0])
+    label = schedule or default
     sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
-    return SCHEDULE_TYPES[label](steps, sigma_min, sigma_max, model)
+    sigmas = SCHEDULE_TYPES[label](steps + (1 if discard else 0), sigma_min, sigma_max, model)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
 
 
-def run(pipe, model, sampler, schedule, seeds, source="cpu"):
-    """One txt2img generation; returns (final latents, PIL images, sigmas)."""
+def run(pipe, model, sampler, schedule, seeds, source="cpu", samplers=SDE_SAMPLERS):
+    """One txt2img generation with a sampler of `samplers` (as get_sigmas takes them); returns
+    (final latents, PIL images, sigmas)."""
     side = SIZE // pipe.vae_scale_factor
     cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE_PROMPT)
     batch = len(seeds)
     rng = ImageRng((4, side, side), seeds, source)
-    sigmas = get_sigmas(model, sampler, schedule, STEPS)
+    sigmas = get_sigmas(model, sampler, schedule, STEPS, samplers)
     x = rng.next() * sigmas[0]
-    function, _, solver_type = SDE_SAMPLERS[sampler]
+    function, _, solver_type, *_ = samplers[sampler]
     # A1111's create_noise_sampler: one tree per image, seeded with the image seeds.
     noise_sampler = SAMPLING.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=list(seeds))
     options = {"noise_sampler": noise_sampler}
@@ -178,21 +185,18 @@ def run(pipe, model, sampler, schedule, seeds, source="cpu"):
     return latents, pipe.image_processor.postprocess(decoded, output_type="pil"), sigmas
 
 
-def write_goldens(fixtures_dir, goldens_dir):
-    unit = {}
-    tree_manifest = tree_goldens(unit)
-    noise_manifest = noise_sampler_goldens(unit)
-    write_tensors(os.path.join(goldens_dir, "brownian_tree.safetensors"), unit)
-
+def tiny_sd_goldens(fixtures_dir, out_dir, tiny_sd_runs, png_prefix, samplers):
+    """Run `tiny_sd_runs` ((key, sampler, schedule type or None, seeds[, rng]) with samplers of
+    `samplers`) on tiny-sd, writing their PNGs to `out_dir`; returns (tensors: final latents and
+    A1111's get_sigmas of every sampler, schedule type and SCHEDULE_STEPS count, runs manifest)."""
     pipe = load_pipeline(StableDiffusionPipeline, os.path.join(fixtures_dir, "tiny-sd"))
     model = EXTERNAL.CompVisDenoiser(UNetAsLdm(pipe.unet, ldm_alphas_cumprod(pipe.scheduler.config)), quantize=False)
-    out_dir = os.path.join(goldens_dir, "tiny-sd")
     tensors, runs = {}, {}
     with torch.no_grad():
-        for key, sampler, schedule, seeds, *source in TINY_SD_RUNS:
+        for key, sampler, schedule, seeds, *source in tiny_sd_runs:
             source = source[0] if source else "cpu"
-            latents, images, sigmas = run(pipe, model, sampler, schedule, seeds, source)
-            stem = "a1111_sde_" + key.replace("/", "_").replace(" ", "_").replace("+", "p")
+            latents, images, sigmas = run(pipe, model, sampler, schedule, seeds, source, samplers)
+            stem = png_prefix + key.replace("/", "_").replace(" ", "_").replace("+", "p")
             pngs = [f"{stem}.png"] if len(images) == 1 else [f"{stem}_{i}.png" for i in range(len(images))]
             for image, png in zip(images, pngs):
                 save_png(image, os.path.join(out_dir, png))
@@ -206,12 +210,23 @@ def write_goldens(fixtures_dir, goldens_dir):
                 "latents": tensor_stats(latents),
                 "pngs": pngs,
             }
-        for sampler in SDE_SAMPLERS:
+        for sampler in samplers:
             for schedule in [None, *SCHEDULE_TYPES]:
                 for steps in SCHEDULE_STEPS:
                     tensors[f"schedule/{sampler}/{schedule or 'automatic'}/{steps}/sigmas"] = get_sigmas(
-                        model, sampler, schedule, steps
+                        model, sampler, schedule, steps, samplers
                     )
+    return tensors, runs
+
+
+def write_goldens(fixtures_dir, goldens_dir):
+    unit = {}
+    tree_manifest = tree_goldens(unit)
+    noise_manifest = noise_sampler_goldens(unit)
+    write_tensors(os.path.join(goldens_dir, "brownian_tree.safetensors"), unit)
+
+    out_dir = os.path.join(goldens_dir, "tiny-sd")
+    tensors, runs = tiny_sd_goldens(fixtures_dir, out_dir, TINY_SD_RUNS, "a1111_sde_", SDE_SAMPLERS)
     write_tensors(os.path.join(out_dir, "a1111_sde.safetensors"), tensors)
     write_json(
         os.path.join(goldens_dir, "a1111_sde.json"),

@@ -14,7 +14,7 @@
 //!   after each step, which is A1111's per-image generator continuing after the initial noise.
 //!   (k-diffusion's Euler, Heun and DPM2 also draw a noise they only use with `s_churn` > 0,
 //!   which A1111 leaves at 0; nothing after them reads the generator, so they skip the draw.)
-//! - SDE noise: DPM++ SDE and DPM++ 2M SDE draw Brownian-tree noise (`brownian/`, torchsde's
+//! - SDE noise: DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE draw Brownian-tree noise (`brownian/`, torchsde's
 //!   `BrownianTree` on torch's CPU generator) over [smallest positive σ, largest σ] of the whole
 //!   schedule, seeded with the lane's seed, as A1111's `create_noise_sampler` seeds one tree per
 //!   image from the image seeds (a lane of several images gets one tree of its whole shape,
@@ -31,6 +31,7 @@ mod model_sigmas;
 mod schedule_type;
 mod sde;
 
+pub(crate) use beta_quantile::beta_quantile;
 pub use lcm::A1111LcmSampler;
 pub(crate) use model_sigmas::model_alphas_cumprod;
 pub use schedule_type::{BETA_SCHEDULE_ALPHA_BETA, ScheduleType};
@@ -43,7 +44,8 @@ use crate::elementwise::{check_index, check_step, check_steps, map2, map3};
 use crate::k_diffusion;
 use crate::lms::{MAX_ORDER as LMS_ORDER, lms_update};
 use model_sigmas::ModelSigmas;
-use sde::{MultistepSde, SdeStep, SolverType};
+pub(crate) use sde::SdeStep;
+use sde::{MultistepSde, SolverType, ThirdOrderSde};
 
 /// The noise schedule A1111's SD 1.x models are trained with (LDM's `linear_start` /
 /// `linear_end`), for configs that leave it out.
@@ -74,6 +76,8 @@ pub enum KSamplerKind {
     DpmPp2mSde,
     /// `sample_dpmpp_2m_sde` with `solver_type='heun'`: "DPM++ 2M SDE Heun".
     DpmPp2mSdeHeun,
+    /// `sample_dpmpp_3m_sde`: "DPM++ 3M SDE".
+    DpmPp3mSde,
 }
 
 impl KSamplerKind {
@@ -92,7 +96,10 @@ impl KSamplerKind {
     pub fn uses_brownian_noise(self) -> bool {
         matches!(
             self,
-            KSamplerKind::DpmPpSde | KSamplerKind::DpmPp2mSde | KSamplerKind::DpmPp2mSdeHeun
+            KSamplerKind::DpmPpSde
+                | KSamplerKind::DpmPp2mSde
+                | KSamplerKind::DpmPp2mSdeHeun
+                | KSamplerKind::DpmPp3mSde
         )
     }
 
@@ -160,14 +167,18 @@ struct History {
     start: Option<HostTensor>,
     /// Heun: the first evaluation's derivative.
     derivative: Option<HostTensor>,
-    /// DPM++ 2M: the previous step's denoised estimate.
+    /// DPM++ 2M, 2M SDE, 3M SDE: the previous step's denoised estimate.
     old_denoised: Option<HostTensor>,
+    /// DPM++ 3M SDE: the denoised estimate of the step before the previous one.
+    older_denoised: Option<HostTensor>,
     /// LMS: past derivatives, oldest first.
     derivatives: Vec<HostTensor>,
     /// DPM++ SDE: the first evaluation's denoised estimate.
     denoised: Option<HostTensor>,
-    /// DPM++ 2M SDE: the previous step's h (log-σ step).
+    /// DPM++ 2M SDE, 3M SDE: the previous step's h (log-σ step).
     h_last: Option<f32>,
+    /// DPM++ 3M SDE: the h of the step before the previous one.
+    h_older: Option<f32>,
 }
 
 /// One of A1111's k-diffusion samplers (see the module docs).
@@ -469,6 +480,26 @@ impl KDiffusionSampler {
                 let noise = self.brownian(x, generator)?;
                 let (x, h) = step.step(x, &denoised, noise)?;
                 self.history.h_last = Some(h);
+                Ok(x)
+            }
+            KSamplerKind::DpmPp3mSde => {
+                let denoised_1 = self.history.old_denoised.replace(denoised.clone());
+                let denoised_2 =
+                    std::mem::replace(&mut self.history.older_denoised, denoised_1.clone());
+                if next == 0.0 {
+                    return Ok(denoised);
+                }
+                let step = ThirdOrderSde {
+                    sigma,
+                    next,
+                    eta: self.setup.eta,
+                    s_noise: self.setup.s_noise,
+                    previous: denoised_1.as_ref().zip(self.history.h_last),
+                    before_previous: denoised_2.as_ref().zip(self.history.h_older),
+                };
+                let noise = self.brownian(x, generator)?;
+                let (x, h) = step.step(x, &denoised, noise)?;
+                self.history.h_older = self.history.h_last.replace(h);
                 Ok(x)
             }
         }

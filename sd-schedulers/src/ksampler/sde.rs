@@ -1,7 +1,8 @@
-//! k-diffusion's DPM-Solver++ SDE steps (`sample_dpmpp_sde`, `sample_dpmpp_2m_sde`), as f32
-//! element-wise maps in k-diffusion's operation order. Their noise is Brownian-tree noise
-//! ([`BrownianNoise`]) over the run's σ range, seeded with the image's seed, as A1111's
-//! `create_noise_sampler` builds it.
+//! k-diffusion's DPM-Solver++ SDE steps (`sample_dpmpp_sde`, `sample_dpmpp_2m_sde`,
+//! `sample_dpmpp_3m_sde`), as f32 element-wise maps in k-diffusion's operation order. Their noise
+//! is Brownian-tree noise ([`BrownianNoise`]) over the run's σ range, seeded with the image's
+//! seed, as A1111's `create_noise_sampler` builds it. diffusers' `DPMSolverSDEScheduler` takes
+//! the same steps as `sample_dpmpp_sde` (`SdeStep`, `dpm_solver_sde.rs`).
 
 use sd_core::{HostTensor, Result};
 
@@ -13,7 +14,7 @@ use crate::elementwise::{map2, map3};
 const R: f32 = 0.5;
 
 /// One `sample_dpmpp_sde` step from σ to `next` > 0, in k-diffusion's times t = −ln σ.
-pub(super) struct SdeStep {
+pub(crate) struct SdeStep {
     t: f32,
     t_next: f32,
     s: f32,
@@ -164,6 +165,81 @@ impl MultistepSde<'_> {
             let s_noise = self.s_noise;
             let n = noise.sample(sigma, next)?;
             x = map2("DPM++ 2M SDE noise", &x, &n, |x, n| {
+                x + n * next * spread * s_noise
+            })?;
+        }
+        Ok((x, h))
+    }
+}
+
+/// What a `sample_dpmpp_3m_sde` step needs besides the sample and its denoised estimate.
+pub(super) struct ThirdOrderSde<'a> {
+    pub sigma: f32,
+    pub next: f32,
+    pub eta: f32,
+    pub s_noise: f32,
+    /// The previous step's denoised estimate and h, once there was a previous step.
+    pub previous: Option<(&'a HostTensor, f32)>,
+    /// The step before that's, once there were two.
+    pub before_previous: Option<(&'a HostTensor, f32)>,
+}
+
+impl ThirdOrderSde<'_> {
+    /// The step from σ to `next` > 0; also returns its h (the next step's `h_1`).
+    pub fn step(
+        &self,
+        x: &HostTensor,
+        denoised: &HostTensor,
+        noise: &mut BrownianNoise,
+    ) -> Result<(HostTensor, f32)> {
+        let (sigma, next) = (self.sigma, self.next);
+        let h = t_of(next) - t_of(sigma);
+        let h_eta = h * (self.eta + 1.0);
+        let decay = (-h_eta).exp();
+        let gain = -(-h_eta).exp_m1();
+        let mut x = map2("DPM++ 3M SDE step", x, denoised, |x, d| {
+            decay * x + gain * d
+        })?;
+        // φ₂ of the exponential integrator, and φ₃ from it.
+        let phi_2 = (-h_eta).exp_m1() / h_eta + 1.0;
+        match (self.previous, self.before_previous) {
+            (Some((denoised_1, h_1)), Some((denoised_2, h_2))) => {
+                let (r0, r1) = (h_1 / h, h_2 / h);
+                let phi_3 = phi_2 / h_eta - 0.5;
+                // Divided differences of the last three denoised estimates.
+                let d1_0 = map2("DPM++ 3M SDE step", denoised, denoised_1, |d, d_1| {
+                    (d - d_1) / r0
+                })?;
+                let d1_1 = map2("DPM++ 3M SDE step", denoised_1, denoised_2, |d_1, d_2| {
+                    (d_1 - d_2) / r1
+                })?;
+                let d1 = map2("DPM++ 3M SDE step", &d1_0, &d1_1, |a, b| {
+                    a + (a - b) * r0 / (r0 + r1)
+                })?;
+                let d2 = map2("DPM++ 3M SDE step", &d1_0, &d1_1, |a, b| {
+                    (a - b) / (r0 + r1)
+                })?;
+                x = map3("DPM++ 3M SDE correction", &x, &d1, &d2, |x, d1, d2| {
+                    x + phi_2 * d1 - phi_3 * d2
+                })?;
+            }
+            (Some((denoised_1, h_1)), None) => {
+                let r = h_1 / h;
+                x = map3(
+                    "DPM++ 3M SDE correction",
+                    &x,
+                    denoised,
+                    denoised_1,
+                    |x, d, d_1| x + phi_2 * ((d - d_1) / r),
+                )?;
+            }
+            _ => {}
+        }
+        if self.eta != 0.0 {
+            let spread = (-(-2.0 * h * self.eta).exp_m1()).sqrt();
+            let s_noise = self.s_noise;
+            let n = noise.sample(sigma, next)?;
+            x = map2("DPM++ 3M SDE noise", &x, &n, |x, n| {
                 x + n * next * spread * s_noise
             })?;
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use sd_core::Result;
 use stable_diffusion::preview::PreviewMethod;
+use stable_diffusion::schedulers::parse_override;
 use stable_diffusion::server::{BackendFactory, Limits, ModelSource, ServeConfig, serve};
 
 use crate::cli::{BackendKind, PrecisionArg};
@@ -62,6 +63,11 @@ pub struct ServeArgs {
     /// resolution), taesd:PATH (TAESD's decode, full size) or none.
     #[arg(long, value_name = "METHOD", default_value = "approx")]
     pub preview: String,
+    /// Change a key of the model's scheduler_config.json for every request that names a
+    /// diffusers scheduler class: KEY=VALUE, repeatable (use_karras_sigmas=true,
+    /// noise_sampler_seed=7, …). A1111's sampler names are not affected.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub scheduler_config: Vec<String>,
 }
 
 pub fn run(args: Box<ServeArgs>) -> Result<()> {
@@ -73,6 +79,11 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
         )?),
     };
     let preview = PreviewMethod::parse(&args.preview)?;
+    let scheduler_config = args
+        .scheduler_config
+        .iter()
+        .map(|text| parse_override(text))
+        .collect::<Result<Vec<_>>>()?;
     let config = ServeConfig {
         listen: args.listen,
         models,
@@ -89,6 +100,7 @@ pub fn run(args: Box<ServeArgs>) -> Result<()> {
             max_image_pixels: args.max_image_pixels,
         },
         preview,
+        scheduler_config,
     };
     match (args.backend, args.precision) {
         (BackendKind::Cpu, precision) => {
