@@ -3,7 +3,9 @@
 //! A1111's own DDIM, PLMS, LCM and its further schedule types: the runs of
 //! `fixtures/goldens/a1111_exact.json` (`tools/fixturegen/a1111_exact.py`, A1111's code
 //! transcribed); the SDE samplers with torchsde's Brownian-tree noise: the runs of
-//! `fixtures/goldens/a1111_sde.json` (`tools/fixturegen/a1111_sde.py`). tiny-sd runs through the `sd` command line (images within one level) and through
+//! `fixtures/goldens/a1111_sde.json` (`tools/fixturegen/a1111_sde.py`); DDIM CFG++, DPM fast
+//! and img2img with A1111's timestep samplers and DPM fast: the runs of
+//! `fixtures/goldens/a1111_cfgpp.json` (`tools/fixturegen/a1111_cfgpp.py`). tiny-sd runs through the `sd` command line (images within one level) and through
 //! the library (final latents too); the inpainting UNet, which is no whole model folder, through
 //! the library.
 #![allow(clippy::unwrap_used)] // tests unwrap what they built themselves
@@ -27,6 +29,7 @@ use support::{
 const K_DIFFUSION: &str = "a1111_samplers";
 const A1111_OWN: &str = "a1111_exact";
 const K_DIFFUSION_SDE: &str = "a1111_sde";
+const A1111_CFGPP: &str = "a1111_cfgpp";
 
 fn manifest(set: &str) -> Value {
     let text = std::fs::read_to_string(goldens().join(format!("{set}.json"))).unwrap();
@@ -65,7 +68,17 @@ fn request(spec: &Value) -> GenerationRequest {
     if spec["rng"] == "nv" {
         request = request.rng(RngSource::Nv);
     }
+    if let Some((image, strength)) = init_image(spec) {
+        request = request.init_image(read_rgb(image).unwrap(), strength);
+    }
     request
+}
+
+/// An img2img run's init image (next to the golden manifests) and strength.
+fn init_image(spec: &Value) -> Option<(PathBuf, f64)> {
+    let image = spec.get("init_image")?.as_str().unwrap();
+    let path = goldens().join("tiny-sd").join(image);
+    Some((path, spec["strength"].as_f64().unwrap()))
 }
 
 fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
@@ -108,6 +121,39 @@ fn tiny_sd_a1111_own_samplers_and_schedule_types_match_a1111() {
 fn tiny_sd_a1111_sde_samplers_match_k_diffusion() {
     let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
     check_library(&sd, K_DIFFUSION_SDE, "tiny-sd");
+}
+
+#[test]
+fn tiny_sd_ddim_cfgpp_dpm_fast_and_timestep_img2img_match_a1111() {
+    let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
+    check_library(&sd, A1111_CFGPP, "tiny-sd");
+}
+
+/// DPM fast and DPM adaptive evaluate the model as often as k-diffusion did (adaptive: as its
+/// error control decided, rejected attempts included), and the progress counts each
+/// evaluation once, its last report's total equal to what ran.
+#[test]
+fn dpm_solver_runs_report_every_evaluation_k_diffusion_made() {
+    let sd = load_tiny(&fixtures().join("tiny-sd"), LoadOptions::default());
+    let mut checked = 0;
+    for (key, spec) in runs(A1111_CFGPP, "tiny-sd") {
+        let Some(expected) = spec.get("evaluation_sigmas").and_then(Value::as_array) else {
+            continue;
+        };
+        let mut reports = Vec::new();
+        sd.generate_with_progress(&request(&spec), |progress| {
+            reports.push((progress.step, progress.total));
+            sd_core::pipeline::Control::Continue
+        })
+        .unwrap();
+        assert_eq!(reports.len(), expected.len(), "{key}: evaluations");
+        let steps: Vec<usize> = reports.iter().map(|r| r.0).collect();
+        assert_eq!(steps, (1..=expected.len()).collect::<Vec<_>>(), "{key}");
+        assert!(reports.iter().all(|(step, total)| step <= total), "{key}");
+        assert_eq!(reports.last().unwrap().1, expected.len(), "{key}: final total");
+        checked += 1;
+    }
+    assert!(checked >= 4, "the golden set has DPM fast and DPM adaptive runs");
 }
 
 #[test]
@@ -169,6 +215,10 @@ fn check_cli(set: &str) {
             args.extend(["--schedule-type", schedule]);
         }
         args.extend(["--rng", spec["rng"].as_str().unwrap()]);
+        let img2img = init_image(&spec).map(|(path, strength)| (path, strength.to_string()));
+        if let Some((path, strength)) = &img2img {
+            args.extend(["--init-image", path.to_str().unwrap(), "--strength", strength.as_str()]);
+        }
         let run = sd_command(&args);
         assert!(
             run.status.success(),
@@ -206,6 +256,11 @@ fn cli_images_of_sde_samplers_match_k_diffusion_within_one_level() {
 #[test]
 fn cli_images_of_a1111_own_samplers_match_a1111_within_one_level() {
     check_cli(A1111_OWN);
+}
+
+#[test]
+fn cli_images_of_ddim_cfgpp_dpm_fast_and_timestep_img2img_match_a1111_within_one_level() {
+    check_cli(A1111_CFGPP);
 }
 
 fn stdout(output: &std::process::Output) -> String {
@@ -281,6 +336,17 @@ fn infotext_names_the_sampler_and_schedule_type_as_a1111() {
         ("ddim", None, "Sampler: DDIM, CFG scale: "),
         ("PLMS", None, "Sampler: PLMS, CFG scale: "),
         ("unipc", None, "Sampler: UniPC, CFG scale: "),
+        ("ddim_cfgpp", None, "Sampler: DDIM CFG++, CFG scale: "),
+        (
+            "DPM fast",
+            None,
+            "Sampler: DPM fast, Schedule type: Automatic, ",
+        ),
+        (
+            "k_dpm_ad",
+            None,
+            "Sampler: DPM adaptive, Schedule type: Automatic, ",
+        ),
         ("LCM", None, "Sampler: LCM, Schedule type: Automatic, "),
         (
             "k_lcm",
