@@ -408,7 +408,8 @@ impl Scheduler for A1111TimestepSampler {
         let Some(t_enc) = part_way_t_enc(start, self.plan.steps)? else {
             return Ok(0);
         };
-        self.plan_evaluations(t_enc.saturating_sub(1));
+        let top = t_enc.saturating_sub(1).min(self.plan.timesteps.len() - 1);
+        self.plan_evaluations(top);
         Ok(0)
     }
 }

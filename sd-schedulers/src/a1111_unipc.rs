@@ -128,7 +128,7 @@ impl A1111UniPcSampler {
     }
 
     /// The plan of `steps` evaluations from continuous time `t_start` down to 1/1000.
-    fn plan(&mut self, steps: usize, t_start: f32) -> Result<()> {
+    fn make_plan(&mut self, steps: usize, t_start: f32) -> Result<()> {
         if !(ORDER..=TOTAL_N).contains(&steps) {
             return Err(Error::invalid_argument(
                 "steps",
@@ -273,7 +273,7 @@ impl A1111UniPcSampler {
 impl Scheduler for A1111UniPcSampler {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         self.plan.requested_steps = steps;
-        self.plan(steps, 1.0)
+        self.make_plan(steps, 1.0)
     }
 
     fn schedule(&self) -> &dyn ScheduleState {
@@ -343,7 +343,7 @@ impl Scheduler for A1111UniPcSampler {
         // timesteps[t_enc − 1] / 1000 + 1 / 1000, each rounded to f32 as torch does.
         let top = timesteps[t_enc - 1] as f32 / TOTAL_N as f32;
         let t_start = top + (1.0 / TOTAL_N as f64) as f32;
-        self.plan(t_enc, t_start)?;
+        self.make_plan(t_enc, t_start)?;
         self.plan.start_alpha_cumprod = Some(self.alphas_cumprod[timesteps[t_enc]]);
         Ok(0)
     }

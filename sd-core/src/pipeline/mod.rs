@@ -11,11 +11,20 @@
 //! for i in start..timesteps.len():
 //!     inp = scheduler.scale_model_input(x, i)             # per lane (lane.rs)
 //!     eps = unet(cat[inp, inp] (+ mask, masked latents), t_i, cond)
-//!     eps = eps_u + g·(eps_c − eps_u)                     # only when g > 1
+//!     eps = eps_u + g·(eps_c − eps_u)                     # only when g > 1 (†)
 //!     x   = scheduler.step(eps, i, x, generator)          # per lane
+//!     (error control over the batch: scheduler.settle_step, see below)
 //!     (ordinary UNet with a mask: reset the kept region to the noised image latents)
 //! image = vae.decode(x / scaling_factor) → bytes
 //! ```
+//!
+//! (†) A sampler's [`Guidance`](crate::Guidance) may scale g (A1111's CFG++: g/12.5) and ask
+//! for `eps_u` too (`step_with_unconditional`); it is then guided at any g. A sampler with
+//! error control over the whole batch (A1111's DPM adaptive) reports its share after the step
+//! that ends an attempt ([`Scheduler::error_share`](crate::Scheduler::error_share)); the
+//! pipeline adds the lanes' shares, lets each lane keep or retry the attempt
+//! (`settle_step`), and reads the evaluations it planned next from its timesteps. img2img and
+//! the hires fix's pass start where `begin_part_way` says, after the sampler made its plan.
 //!
 //! Which task runs follows from the request and the denoiser: a mask makes it inpainting
 //! (latent blending for a 4-channel UNet); an inpainting (9-channel) UNet always runs as
@@ -301,11 +310,12 @@ where
             let planned = pass.timesteps.len();
             for lane in lanes.iter_mut() {
                 let (output, sample) = (lane.rows_of(&prediction.guided), lane.rows_of(&latents));
+                let unconditional = prediction.unconditional.as_ref().map(|u| lane.rows_of(u));
                 let generator = lane.generator.as_mut();
-                let next = match &prediction.unconditional {
+                let next = match &unconditional {
                     Some(unconditional) => lane.scheduler.step_with_unconditional(
                         &output,
-                        &lane.rows_of(unconditional),
+                        unconditional,
                         index,
                         &sample,
                         generator,
