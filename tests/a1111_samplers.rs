@@ -21,8 +21,8 @@ use serde_json::Value;
 use stable_diffusion::png::read_rgb;
 use stable_diffusion::{GenerationRequest, LoadOptions, PromptMode, RngSource, StableDiffusion};
 use support::{
-    PIXEL_TOLERANCE, assert_matches_goldens, fixtures, goldens, load_tiny, load_tiny_inpainting,
-    max_level_difference,
+    LATENT_TOLERANCE, PIXEL_TOLERANCE, assert_matches_goldens_within, fixtures, goldens, load_tiny,
+    load_tiny_inpainting, max_level_difference,
 };
 
 /// A golden set: `goldens/<name>.json` and `goldens/<model>/<name>.safetensors`.
@@ -90,17 +90,28 @@ fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
         .collect()
 }
 
+/// DPM adaptive's latents, relative to their largest magnitude: it makes 54–66 evaluations (the
+/// other runs 10), and its step sizes follow an error norm torch sums in f32 and we in f64,
+/// which can move a step's end by an ulp. Measured: 2.1e-5 (txt2img), 9.8e-6 (img2img),
+/// 5.2e-5 (a batch of two); the images agree within a level.
+const ADAPTIVE_LATENT_TOLERANCE: f32 = 1e-4;
+
 fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, set: &str, model: &str) {
     let latents =
         SafetensorsFile::open(goldens().join(model).join(format!("{set}.safetensors"))).unwrap();
     for (key, spec) in runs(set, model) {
         let generation = sd.generate(&request(&spec)).unwrap();
         let expected = latents.get(&format!("{key}/latents")).unwrap();
-        assert_matches_goldens(
+        let tolerance = match spec["sampler"].as_str() {
+            Some("DPM adaptive") => ADAPTIVE_LATENT_TOLERANCE,
+            _ => LATENT_TOLERANCE,
+        };
+        assert_matches_goldens_within(
             &format!("{model} {key}"),
             &generation,
             &expected,
             &pngs(model, &spec),
+            tolerance,
         );
     }
 }
@@ -150,10 +161,17 @@ fn dpm_solver_runs_report_every_evaluation_k_diffusion_made() {
         let steps: Vec<usize> = reports.iter().map(|r| r.0).collect();
         assert_eq!(steps, (1..=expected.len()).collect::<Vec<_>>(), "{key}");
         assert!(reports.iter().all(|(step, total)| step <= total), "{key}");
-        assert_eq!(reports.last().unwrap().1, expected.len(), "{key}: final total");
+        assert_eq!(
+            reports.last().unwrap().1,
+            expected.len(),
+            "{key}: final total"
+        );
         checked += 1;
     }
-    assert!(checked >= 4, "the golden set has DPM fast and DPM adaptive runs");
+    assert!(
+        checked >= 4,
+        "the golden set has DPM fast and DPM adaptive runs"
+    );
 }
 
 #[test]
@@ -217,7 +235,12 @@ fn check_cli(set: &str) {
         args.extend(["--rng", spec["rng"].as_str().unwrap()]);
         let img2img = init_image(&spec).map(|(path, strength)| (path, strength.to_string()));
         if let Some((path, strength)) = &img2img {
-            args.extend(["--init-image", path.to_str().unwrap(), "--strength", strength.as_str()]);
+            args.extend([
+                "--init-image",
+                path.to_str().unwrap(),
+                "--strength",
+                strength.as_str(),
+            ]);
         }
         let run = sd_command(&args);
         assert!(

@@ -103,7 +103,14 @@ const K_SAMPLERS: &[A1111Sampler] = &[
         KSamplerKind::Dpm2Ancestral,
         Some(ScheduleType::Karras),
         true,
-    ),    sampler("DPM fast", &["k_dpm_fast"], KSamplerKind::DpmFast, None, false),
+    ),
+    sampler(
+        "DPM fast",
+        &["k_dpm_fast"],
+        KSamplerKind::DpmFast,
+        None,
+        false,
+    ),
     sampler(
         "DPM adaptive",
         &["k_dpm_ad"],

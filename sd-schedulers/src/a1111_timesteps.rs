@@ -338,9 +338,13 @@ impl Scheduler for A1111TimestepSampler {
         check_step(index, self.plan.evaluations.len(), model_output, sample)?;
         let evaluation = self.plan.evaluations[index];
         match self.kind {
-            TimestepSamplerKind::Ddim => {
-                self.ddim_step(evaluation.index, sample, model_output, model_output, generator)
-            }
+            TimestepSamplerKind::Ddim => self.ddim_step(
+                evaluation.index,
+                sample,
+                model_output,
+                model_output,
+                generator,
+            ),
             TimestepSamplerKind::DdimCfgPp => Err(Error::invalid_argument(
                 "model_output",
                 "A1111's DDIM CFG++ steps along the unconditional prediction: it is stepped \

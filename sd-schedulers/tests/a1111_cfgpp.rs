@@ -18,8 +18,7 @@ const DPM_FAST_STEPS: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 9, 10, 25];
 const SIGMA_RELATIVE_TOLERANCE: f32 = 1e-6;
 
 fn dpm_solver(kind: DpmSolverKind) -> A1111DpmSolverSampler {
-    A1111DpmSolverSampler::new(&SchedulerConfig::sd15(), kind, ScheduleType::Uniform, 1.0)
-        .unwrap()
+    A1111DpmSolverSampler::new(&SchedulerConfig::sd15(), kind, ScheduleType::Uniform, 1.0).unwrap()
 }
 
 fn dpm_fast() -> A1111DpmSolverSampler {
@@ -56,9 +55,7 @@ fn dpm_fast_img2img_runs_the_schedules_tail() {
     assert_eq!(sampler.timesteps().len(), 7);
     let err = sampler.start_index(0.6).unwrap_err();
     assert!(err.to_string().contains("DPM fast"), "{err}");
-    let err = sampler
-        .begin_part_way(PartWay::Strength(1.5))
-        .unwrap_err();
+    let err = sampler.begin_part_way(PartWay::Strength(1.5)).unwrap_err();
     assert!(err.to_string().contains("strength"), "{err}");
 }
 
@@ -136,9 +133,7 @@ fn unipc_img2img_replans_from_a1111s_start_and_needs_three_steps() {
     assert!((timesteps[0] - 501.0).abs() < 1e-3, "{timesteps:?}");
     // t_enc = 2 < UniPC's order 3: A1111 asserts; here a typed error.
     unipc.set_timesteps(10).unwrap();
-    let err = unipc
-        .begin_part_way(PartWay::Strength(0.25))
-        .unwrap_err();
+    let err = unipc.begin_part_way(PartWay::Strength(0.25)).unwrap_err();
     assert!(err.to_string().contains("UniPC"), "{err}");
 }
 
@@ -179,7 +174,10 @@ fn dpm_adaptive_plans_as_its_error_control_decides() {
     assert_eq!(retried, x);
     let sigmas = sampler.evaluation_sigmas();
     assert_eq!(sigmas.len(), 6);
-    assert_eq!(sigmas[3], sigmas[0], "the retry starts where the attempt did");
+    assert_eq!(
+        sigmas[3], sigmas[0],
+        "the retry starts where the attempt did"
+    );
     assert!(sigmas[4] > sigmas[1], "a shorter step: {sigmas:?}");
     // A tiny error keeps the step: the sample moves on, the next attempt starts at its end.
     attempt(&mut sampler, 3, &x);

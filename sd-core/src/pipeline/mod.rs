@@ -305,8 +305,14 @@ where
             let timestep = pass.timesteps[index];
             let lanes = &mut pass.lanes;
             let model_input = self.model_input(lanes, &latents, index, &start.extra_channels)?;
-            let prediction =
-                self.predict(&model_input, timestep, context, request, checked, pass.guidance)?;
+            let prediction = self.predict(
+                &model_input,
+                timestep,
+                context,
+                request,
+                checked,
+                pass.guidance,
+            )?;
             let planned = pass.timesteps.len();
             for lane in lanes.iter_mut() {
                 let (output, sample) = (lane.rows_of(&prediction.guided), lane.rows_of(&latents));

@@ -484,9 +484,9 @@ impl KDiffusionSampler {
                 Ok(x)
             }
             // `new` refused them.
-            KSamplerKind::DpmFast | KSamplerKind::DpmAdaptive => {
-                Err(out_of_order("DPM fast and DPM adaptive are not σ-schedule samplers"))
-            }
+            KSamplerKind::DpmFast | KSamplerKind::DpmAdaptive => Err(out_of_order(
+                "DPM fast and DPM adaptive are not σ-schedule samplers",
+            )),
         }
     }
 
