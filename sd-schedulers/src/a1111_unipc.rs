@@ -16,8 +16,9 @@
 //! - The sample starts as the noise itself; the model is evaluated `steps` times.
 //! - img2img (A1111's `sample_img2img` with `is_img2img`): with t_enc as A1111's timestep
 //!   samplers compute it (`a1111_timesteps.rs`), the sample is noised to the DDIM timestep
-//!   `timesteps[t_enc]` and UniPC runs `t_enc` fresh steps from t = timesteps[t_enc − 1]/1000
-//!   + 1/1000 (f32) down to 1/1000 — a start A1111's own comment calls "likely off by a bit",
+//!   `timesteps[t_enc]` and UniPC runs `t_enc` fresh steps from
+//!   `t = timesteps[t_enc − 1]/1000 + 1/1000` (f32) down to 1/1000 — a start A1111's own
+//!   comment calls "likely off by a bit",
 //!   reproduced as it is. It needs t_enc ≥ 3, as A1111 asserts.
 //!
 //! Arithmetic is f32 in the reference's operation order; the small linear systems for the

@@ -294,7 +294,7 @@ impl A1111DpmSolverSampler {
                 let m = nfe / 3 + 1;
                 let ts = torch_linspace_f32(t_start, t_end, m + 1);
                 let mut orders = vec![3; m - 1];
-                if nfe % 3 == 0 {
+                if nfe.is_multiple_of(3) {
                     orders.truncate(m - 2);
                     orders.extend([2, 1]);
                 } else {
@@ -474,7 +474,7 @@ impl Scheduler for A1111DpmSolverSampler {
     fn begin_part_way(&mut self, start: PartWay) -> Result<usize> {
         let steps = self.plan.steps;
         let first_step = match start {
-            PartWay::Strength(strength) if strength == 1.0 => return Ok(0),
+            PartWay::Strength(1.0) => return Ok(0),
             PartWay::Strength(strength) => a1111_start_step(strength, steps)?,
             PartWay::Keeping { kept, strength } => {
                 a1111_start_step(strength, steps)?;
