@@ -18,7 +18,7 @@
 //! image = vae.decode(x / scaling_factor) → bytes
 //! ```
 //!
-//! (†) A sampler's [`Guidance`](crate::Guidance) may scale g (A1111's CFG++: g/12.5) and ask
+//! (†) A sampler's [`Guidance`] may scale g (A1111's CFG++: g/12.5) and ask
 //! for `eps_u` too (`step_with_unconditional`); it is then guided at any g. A sampler with
 //! error control over the whole batch (A1111's DPM adaptive) reports its share after the step
 //! that ends an attempt ([`Scheduler::error_share`](crate::Scheduler::error_share)); the
