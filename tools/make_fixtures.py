@@ -40,6 +40,7 @@ STEPS = (
     "embeddings_legacy",
     "a1111_exact",
     "a1111_sde",
+    "a1111_cfgpp",
     "mask_blur",
     "scheduler_classes",
     "hires",

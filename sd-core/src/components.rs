@@ -138,6 +138,59 @@ pub trait ScheduleState: Send + Sync + std::fmt::Debug {
     ) -> Result<HostTensor>;
 }
 
+/// What a sampler asks of classifier-free guidance ([`Scheduler::guidance`]). The default is
+/// ordinary guidance: the pipeline mixes `ε_u + g·(ε_c − ε_u)` with the request's scale `g` and
+/// hands the sampler that mix only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guidance {
+    /// Multiplies the request's guidance scale (A1111's CFG++ samplers: 1/12.5, which maps
+    /// A1111's CFG range [0, 12.5] onto CFG++'s [0, 1]).
+    pub scale_multiplier: f64,
+    /// The sampler's step needs the unconditional prediction as well as the mix
+    /// ([`Scheduler::step_with_unconditional`]). The pipeline then always evaluates both
+    /// halves, whatever the scale (A1111 evaluates both at any CFG scale).
+    pub needs_unconditional: bool,
+}
+
+impl Default for Guidance {
+    fn default() -> Self {
+        Guidance {
+            scale_multiplier: 1.0,
+            needs_unconditional: false,
+        }
+    }
+}
+
+/// One lane's share of an error norm over the whole batch ([`Scheduler::error_share`]):
+/// shares add up over the lanes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ErrorShare {
+    /// Σ of the squared scaled errors of the lane's elements.
+    pub sum_of_squares: f64,
+    /// How many elements that sum is over.
+    pub elements: usize,
+}
+
+impl ErrorShare {
+    /// The share of two lanes together.
+    pub fn plus(self, other: ErrorShare) -> ErrorShare {
+        ErrorShare {
+            sum_of_squares: self.sum_of_squares + other.sum_of_squares,
+            elements: self.elements + other.elements,
+        }
+    }
+}
+
+/// How a run starts part-way into a sampler's schedule ([`Scheduler::begin_part_way`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PartWay {
+    /// img2img at this strength in [0, 1] (1: from pure noise, every step).
+    Strength(f64),
+    /// The hires fix's second pass: run the last `kept` of the steps given to
+    /// [`Scheduler::set_timesteps`]; `strength` is the pass's denoising strength.
+    Keeping { kept: usize, strength: f64 },
+}
+
 /// A sampler: turns model outputs into the next latents. Runs on the host over small latents.
 ///
 /// Every per-step call names its position `index` in [`timesteps`](Self::timesteps), not the
@@ -192,6 +245,68 @@ pub trait Scheduler: Send {
         sample: &HostTensor,
         generator: &mut dyn NormalSource,
     ) -> Result<HostTensor>;
+
+    /// What this sampler asks of classifier-free guidance; the default is ordinary guidance.
+    fn guidance(&self) -> Guidance {
+        Guidance::default()
+    }
+
+    /// [`step`](Self::step) for a sampler whose [`guidance`](Self::guidance) asks for the
+    /// unconditional prediction: `model_output` is the guided mix, `unconditional` the
+    /// unconditional half alone. The default ignores `unconditional`.
+    fn step_with_unconditional(
+        &mut self,
+        model_output: &HostTensor,
+        unconditional: &HostTensor,
+        index: usize,
+        sample: &HostTensor,
+        generator: &mut dyn NormalSource,
+    ) -> Result<HostTensor> {
+        let _ = unconditional;
+        self.step(model_output, index, sample, generator)
+    }
+
+    /// A sampler whose step sizes follow an error norm over the whole batch (A1111's DPM
+    /// adaptive): after a [`step`](Self::step) that ended an attempted step, this lane's share
+    /// of the norm. The pipeline adds up the shares of all lanes and hands the total to every
+    /// lane's [`settle_step`](Self::settle_step). `None`, the default, for every other sampler
+    /// (and for every other evaluation).
+    fn error_share(&self) -> Option<ErrorShare> {
+        None
+    }
+
+    /// Keep or retry the attempted step that [`error_share`](Self::error_share) reported, by
+    /// the batch's total; returns the lane's sample from here (the step's result, or the
+    /// attempt's start to retry it). Such a sampler plans as it goes: its
+    /// [`timesteps`](Self::timesteps) then list the evaluations planned so far. The default
+    /// keeps `sample`.
+    fn settle_step(
+        &mut self,
+        batch: ErrorShare,
+        sample: &HostTensor,
+        generator: &mut dyn NormalSource,
+    ) -> Result<HostTensor> {
+        let _ = (batch, generator);
+        Ok(sample.clone())
+    }
+
+    /// Prepare a run that starts part-way (img2img, the hires fix's second pass) after
+    /// [`set_timesteps`](Self::set_timesteps), and return the index into
+    /// [`timesteps`](Self::timesteps) where denoising starts. The default keeps the plan and
+    /// starts at [`start_index`](Self::start_index) (for a hires pass: at
+    /// [`start_index_keeping`](Self::start_index_keeping), after `start_index` has accepted
+    /// the pass's strength). A sampler whose part-way run is a plan of its own (A1111's PLMS
+    /// and UniPC restart their multistep history at the start) makes that plan here; the
+    /// read-only methods then answer for it.
+    fn begin_part_way(&mut self, start: PartWay) -> Result<usize> {
+        match start {
+            PartWay::Strength(strength) => self.start_index(strength),
+            PartWay::Keeping { kept, strength } => {
+                self.start_index(strength)?;
+                Ok(self.start_index_keeping(kept))
+            }
+        }
+    }
 
     /// Noise clean latents to the level of `timesteps()[index]` (img2img: at
     /// [`start_index`](Self::start_index); legacy inpainting: at the index of the next step).

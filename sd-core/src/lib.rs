@@ -25,8 +25,8 @@ pub mod weights;
 
 pub use backend::{Backend, BinaryOp, Conv2dParams, TensorInfo, UnaryOp, WeightRole};
 pub use components::{
-    Denoiser, LatentCodec, LatentDist, PromptMode, ScheduleState, Scheduler, TextEncoder,
-    TextOptions,
+    Denoiser, ErrorShare, Guidance, LatentCodec, LatentDist, PartWay, PromptMode, ScheduleState,
+    Scheduler, TextEncoder, TextOptions,
 };
 pub use error::{Error, Result};
 pub use pipeline::{Generation, GenerationRequest, Pipeline};

@@ -112,13 +112,28 @@ const K_SAMPLERS: &[A1111Sampler] = &[
         Some(ScheduleType::Karras),
         true,
     ),
+    sampler(
+        "DPM fast",
+        &["k_dpm_fast"],
+        KSamplerKind::DpmFast,
+        None,
+        false,
+    ),
+    sampler(
+        "DPM adaptive",
+        &["k_dpm_ad"],
+        KSamplerKind::DpmAdaptive,
+        None,
+        false,
+    ),
 ];
 
 /// A1111's samplers outside k-diffusion's sampling functions that are reproduced here: its
-/// timestep samplers DDIM, PLMS (`a1111_timesteps.rs`) and UniPC (`a1111_unipc.rs`), which take
+/// timestep samplers DDIM, DDIM CFG++, PLMS (`a1111_timesteps.rs`) and UniPC (`a1111_unipc.rs`), which take
 /// no schedule type, and its LCM (`ksampler/lcm.rs`), which takes one: (name, aliases).
 pub const A1111_OWN: &[(&str, &[&str])] = &[
     ("DDIM", &["ddim"]),
+    ("DDIM CFG++", &["ddim_cfgpp"]),
     ("PLMS", &["plms"]),
     ("UniPC", &["unipc"]),
     ("LCM", &["k_lcm"]),

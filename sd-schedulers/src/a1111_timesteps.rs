@@ -1,6 +1,6 @@
-//! AUTOMATIC1111's own timestep samplers, `DDIM` and `PLMS` (`modules/sd_samplers_timesteps.py`
-//! and `sd_samplers_timesteps_impl.py`), which A1111 runs instead of diffusers' classes and
-//! which differ from them:
+//! AUTOMATIC1111's own timestep samplers, `DDIM`, `DDIM CFG++` and `PLMS`
+//! (`modules/sd_samplers_timesteps.py` and `sd_samplers_timesteps_impl.py`), which A1111 runs
+//! instead of diffusers' classes and which differ from them:
 //!
 //! - Timesteps: `range(0, 1000, 1000 // steps) + 1` clipped to 999 (1, 101, …, 901 for 10
 //!   steps), walked from the top; the loop runs `len − 1` times, so DDIM evaluates the model
@@ -14,15 +14,23 @@
 //!   history.
 //! - DDIM η: A1111's "Eta DDIM", default 0. With η > 0 each step draws `randn` of the sample's
 //!   shape from the image's generator; with η = 0 that draw is multiplied by 0 and skipped here.
-//! - img2img (DDIM): of `steps`, t_enc = ⌊min(strength, 0.999)·steps⌋; the sample is noised to
-//!   timestep `timesteps[t_enc]` and the loop runs over `timesteps[..t_enc]`, which is the tail
-//!   of the txt2img evaluations. At strength 1 every evaluation runs (A1111 caps it at 0.999,
-//!   one evaluation fewer). PLMS img2img restarts its pseudo Euler step there, which this
-//!   index-based plan does not hold, so a strength below 1 is refused.
+//! - DDIM CFG++ (`ddim_cfgpp`, CFG++ of Chung et al. 2024): DDIM whose guidance scale is
+//!   A1111's CFG divided by 12.5 and whose step re-noises along the *unconditional* ε
+//!   (x̂₀ still comes from the guided ε); it asks the pipeline for both through
+//!   [`Scheduler::guidance`] and [`Scheduler::step_with_unconditional`].
+//! - img2img (`sample_img2img`): of `steps`, t_enc = ⌊min(strength, 0.999)·steps⌋ (the hires
+//!   fix's pass: t_enc = kept − 1, A1111's `setup_img2img_steps` given the pass's steps); the
+//!   sample is noised to timestep `timesteps[t_enc]` and the sampler runs over
+//!   `timesteps[..t_enc]`, from the top of that list: for DDIM the tail of the txt2img
+//!   evaluations, for PLMS a fresh start (its pseudo Euler step again) at `timesteps[t_enc − 1]`.
+//!   [`Scheduler::begin_part_way`] makes that plan. At strength 1 every evaluation runs (A1111
+//!   caps it at 0.999, one evaluation fewer).
 //!
 //! Arithmetic is f32 in A1111's operation order; ᾱ values enter as f32 scalars.
 
-use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
+use sd_core::{
+    Error, Guidance, HostTensor, NormalSource, PartWay, Result, ScheduleState, Scheduler,
+};
 
 use crate::alpha_family;
 use crate::config::{ClassDefaults, PredictionType, SchedulerConfig};
@@ -64,6 +72,8 @@ pub(crate) fn a1111_alphas_cumprod(config: &SchedulerConfig, sampler: &str) -> R
 pub enum TimestepSamplerKind {
     /// A1111's `ddim`: "DDIM".
     Ddim,
+    /// A1111's `ddim_cfgpp`: "DDIM CFG++".
+    DdimCfgPp,
     /// A1111's `plms`: "PLMS".
     Plms,
 }
@@ -73,10 +83,14 @@ impl TimestepSamplerKind {
     pub fn a1111_name(self) -> &'static str {
         match self {
             TimestepSamplerKind::Ddim => "DDIM",
+            TimestepSamplerKind::DdimCfgPp => "DDIM CFG++",
             TimestepSamplerKind::Plms => "PLMS",
         }
     }
 }
+
+/// A1111's CFG++ samplers divide its CFG scale by 12.5 (`cond_scale_miltiplier`).
+const CFG_PP_SCALE_MULTIPLIER: f64 = 1.0 / 12.5;
 
 /// One model evaluation of the plan.
 #[derive(Debug, Clone, Copy)]
@@ -180,11 +194,14 @@ impl A1111TimestepSampler {
         map2("PLMS step", &pred_x0, eps, |p, e| sqrt_prev * p + dir * e)
     }
 
+    /// A1111's DDIM step: x̂₀ from `eps`, the direction back to the previous timestep along
+    /// `direction` (`eps` itself for DDIM, the unconditional ε for DDIM CFG++).
     fn ddim_step(
         &self,
         index: usize,
         x: &HostTensor,
         eps: &HostTensor,
+        direction: &HostTensor,
         generator: &mut dyn NormalSource,
     ) -> Result<HostTensor> {
         let (a_t, a_prev) = self.alphas(index);
@@ -196,7 +213,9 @@ impl A1111TimestepSampler {
         let pred_x0 = self.predicted_original(index, x, eps)?;
         let dir = (1.0 - a_prev - sigma_t * sigma_t).sqrt();
         let sqrt_prev = a_prev.sqrt();
-        let deterministic = map2("DDIM step", &pred_x0, eps, |p, e| sqrt_prev * p + dir * e)?;
+        let deterministic = map2("DDIM step", &pred_x0, direction, |p, e| {
+            sqrt_prev * p + dir * e
+        })?;
         if self.eta == 0.0 {
             return Ok(deterministic);
         }
@@ -261,6 +280,32 @@ impl A1111TimestepSampler {
     }
 }
 
+impl A1111TimestepSampler {
+    /// The evaluations of a run over `timesteps[..=top]`, walked from `top` down to position 1
+    /// (PLMS: the first step evaluates twice, the second time at the next timestep).
+    fn plan_evaluations(&mut self, top: usize) {
+        let timesteps = &self.plan.timesteps;
+        let mut evaluations = Vec::with_capacity(top + 1);
+        for index in (1..=top).rev() {
+            evaluations.push(Evaluation {
+                index,
+                timestep: timesteps[index],
+                second: false,
+            });
+            if self.kind == TimestepSamplerKind::Plms && index == top {
+                evaluations.push(Evaluation {
+                    index,
+                    timestep: timesteps[index - 1],
+                    second: true,
+                });
+            }
+        }
+        self.plan.model_timesteps = evaluations.iter().map(|e| e.timestep as f64).collect();
+        self.plan.evaluations = evaluations;
+        self.history = History::default();
+    }
+}
+
 impl Scheduler for A1111TimestepSampler {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, A1111_TRAIN_TIMESTEPS)?;
@@ -273,31 +318,9 @@ impl Scheduler for A1111TimestepSampler {
                 ),
             ));
         }
-        let stride = A1111_TRAIN_TIMESTEPS / steps;
-        let timesteps: Vec<usize> = (0..A1111_TRAIN_TIMESTEPS)
-            .step_by(stride)
-            .map(|t| (t + 1).min(A1111_TRAIN_TIMESTEPS - 1))
-            .collect();
-        let mut evaluations = Vec::with_capacity(timesteps.len());
-        for index in (1..timesteps.len()).rev() {
-            evaluations.push(Evaluation {
-                index,
-                timestep: timesteps[index],
-                second: false,
-            });
-            if self.kind == TimestepSamplerKind::Plms && index == timesteps.len() - 1 {
-                evaluations.push(Evaluation {
-                    index,
-                    timestep: timesteps[index - 1],
-                    second: true,
-                });
-            }
-        }
-        self.plan.model_timesteps = evaluations.iter().map(|e| e.timestep as f64).collect();
+        self.plan.timesteps = a1111_timesteps(steps);
         self.plan.steps = steps;
-        self.plan.timesteps = timesteps;
-        self.plan.evaluations = evaluations;
-        self.history = History::default();
+        self.plan_evaluations(self.plan.timesteps.len() - 1);
         Ok(())
     }
 
@@ -315,32 +338,113 @@ impl Scheduler for A1111TimestepSampler {
         check_step(index, self.plan.evaluations.len(), model_output, sample)?;
         let evaluation = self.plan.evaluations[index];
         match self.kind {
-            TimestepSamplerKind::Ddim => {
-                self.ddim_step(evaluation.index, sample, model_output, generator)
-            }
+            TimestepSamplerKind::Ddim => self.ddim_step(
+                evaluation.index,
+                sample,
+                model_output,
+                model_output,
+                generator,
+            ),
+            TimestepSamplerKind::DdimCfgPp => Err(Error::invalid_argument(
+                "model_output",
+                "A1111's DDIM CFG++ steps along the unconditional prediction: it is stepped \
+                 with step_with_unconditional, as its guidance() asks",
+            )),
             TimestepSamplerKind::Plms => self.plms_step(evaluation, sample, model_output),
         }
     }
 
-    /// A1111's img2img rule for its timestep samplers: t_enc = ⌊min(strength, 0.999)·steps⌋,
-    /// the run starts at the evaluation of `timesteps[t_enc − 1]`. Strength 1 (txt2img, and
-    /// img2img at full strength) runs every evaluation.
-    fn start_index(&self, strength: f64) -> Result<usize> {
-        if self.kind == TimestepSamplerKind::Plms {
-            return full_strength_only(strength, "PLMS", "PNDM");
+    fn guidance(&self) -> Guidance {
+        match self.kind {
+            TimestepSamplerKind::DdimCfgPp => Guidance {
+                scale_multiplier: CFG_PP_SCALE_MULTIPLIER,
+                needs_unconditional: true,
+            },
+            TimestepSamplerKind::Ddim | TimestepSamplerKind::Plms => Guidance::default(),
         }
+    }
+
+    fn step_with_unconditional(
+        &mut self,
+        model_output: &HostTensor,
+        unconditional: &HostTensor,
+        index: usize,
+        sample: &HostTensor,
+        generator: &mut dyn NormalSource,
+    ) -> Result<HostTensor> {
+        if self.kind != TimestepSamplerKind::DdimCfgPp {
+            return self.step(model_output, index, sample, generator);
+        }
+        check_step(index, self.plan.evaluations.len(), model_output, sample)?;
+        check_step(index, self.plan.evaluations.len(), unconditional, sample)?;
+        let position = self.plan.evaluations[index].index;
+        self.ddim_step(position, sample, model_output, unconditional, generator)
+    }
+
+    /// A1111's img2img rule on the txt2img plan: t_enc = ⌊min(strength, 0.999)·steps⌋, the
+    /// run starts at the evaluation of `timesteps[t_enc − 1]`. Strength 1 (txt2img, and img2img
+    /// at full strength) runs every evaluation. DDIM's part-way run is this tail; PLMS restarts
+    /// there, so it answers through [`begin_part_way`](Scheduler::begin_part_way) only.
+    fn start_index(&self, strength: f64) -> Result<usize> {
         check_strength(strength)?;
         if strength >= 1.0 {
             return Ok(0);
         }
-        // Truncation as Python's int().
-        let t_enc = (strength * self.plan.steps as f64) as usize;
+        if self.kind == TimestepSamplerKind::Plms {
+            return Err(Error::invalid_argument(
+                "strength",
+                "A1111's PLMS starts part-way with a plan of its own (its pseudo Euler step at \
+                 the start timestep): begin_part_way makes it",
+            ));
+        }
+        let t_enc = a1111_t_enc(strength, self.plan.steps);
         Ok(self
             .plan
             .evaluations
             .iter()
             .position(|e| e.index + 1 == t_enc)
             .unwrap_or(self.plan.evaluations.len()))
+    }
+
+    /// A1111's `sample_img2img`: the run over `timesteps[..t_enc]` from its top (see the
+    /// module docs); the returned start is 0, the plan holds only what runs.
+    fn begin_part_way(&mut self, start: PartWay) -> Result<usize> {
+        let Some(t_enc) = part_way_t_enc(start, self.plan.steps)? else {
+            return Ok(0);
+        };
+        let top = t_enc.saturating_sub(1).min(self.plan.timesteps.len() - 1);
+        self.plan_evaluations(top);
+        Ok(0)
+    }
+}
+
+/// A1111's `CompVisSampler.get_timesteps`: `range(0, 1000, 1000 // steps) + 1`, clipped to 999.
+pub(crate) fn a1111_timesteps(steps: usize) -> Vec<usize> {
+    let stride = A1111_TRAIN_TIMESTEPS / steps;
+    (0..A1111_TRAIN_TIMESTEPS)
+        .step_by(stride)
+        .map(|t| (t + 1).min(A1111_TRAIN_TIMESTEPS - 1))
+        .collect()
+}
+
+/// A1111's img2img t_enc = ⌊min(strength, 0.999)·steps⌋ (truncation as Python's int()).
+fn a1111_t_enc(strength: f64, steps: usize) -> usize {
+    (strength.min(0.999) * steps as f64) as usize
+}
+
+/// The t_enc of A1111's `setup_img2img_steps` for a part-way start of a timestep sampler set
+/// to `steps`, or `None` for a run from pure noise (strength 1: the txt2img plan).
+pub(crate) fn part_way_t_enc(start: PartWay, steps: usize) -> Result<Option<usize>> {
+    match start {
+        PartWay::Strength(strength) => {
+            check_strength(strength)?;
+            Ok((strength < 1.0).then(|| a1111_t_enc(strength, steps)))
+        }
+        // Given the pass's steps, A1111 runs timesteps[..kept − 1] of the stretched schedule.
+        PartWay::Keeping { kept, strength } => {
+            check_strength(strength)?;
+            Ok(Some(kept.saturating_sub(1)))
+        }
     }
 }
 
@@ -353,23 +457,6 @@ fn check_strength(strength: f64) -> Result<()> {
             format!("must be in [0, 1], got {strength}"),
         ))
     }
-}
-
-/// The start for a sampler whose img2img A1111 re-plans (PLMS, UniPC), which is not
-/// reproduced: every evaluation at strength 1, none (nothing to run) at 0, else refused naming
-/// the diffusers class to use instead.
-pub(crate) fn full_strength_only(strength: f64, sampler: &str, instead: &str) -> Result<usize> {
-    check_strength(strength)?;
-    if strength >= 1.0 {
-        return Ok(0);
-    }
-    Err(Error::invalid_argument(
-        "scheduler",
-        format!(
-            "A1111's {sampler} img2img below strength 1 (re-planned from the start timestep) is \
-             not reproduced; use DDIM, or {instead} for diffusers' version"
-        ),
-    ))
 }
 
 impl ScheduleState for Plan {

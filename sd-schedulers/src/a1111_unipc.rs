@@ -14,16 +14,21 @@
 //!   x̂₀ evaluated at the prediction (that evaluation then serves the next step). The first steps
 //!   warm up with orders 1 and 2; the last ones lower the order to what is left.
 //! - The sample starts as the noise itself; the model is evaluated `steps` times.
-//! - img2img: A1111 re-plans UniPC over `t_enc` steps from the start timestep, which this
-//!   index-based plan does not hold; refused.
+//! - img2img (A1111's `sample_img2img` with `is_img2img`): with t_enc as A1111's timestep
+//!   samplers compute it (`a1111_timesteps.rs`), the sample is noised to the DDIM timestep
+//!   `timesteps[t_enc]` and UniPC runs `t_enc` fresh steps from
+//!   `t = timesteps[t_enc − 1]/1000 + 1/1000` (f32) down to 1/1000 — a start A1111's own
+//!   comment calls "likely off by a bit",
+//!   reproduced as it is. It needs t_enc ≥ 3, as A1111 asserts.
 //!
 //! Arithmetic is f32 in the reference's operation order; the small linear systems for the
 //! coefficients are solved by Gaussian elimination with partial pivoting (LAPACK's `gesv` on the
 //! reference side), equal to rounding.
 
-use sd_core::{Error, HostTensor, NormalSource, Result, ScheduleState, Scheduler};
+use sd_core::{Error, HostTensor, NormalSource, PartWay, Result, ScheduleState, Scheduler};
 
-use crate::a1111_timesteps::a1111_alphas_cumprod;
+use crate::a1111_timesteps::{a1111_alphas_cumprod, a1111_timesteps, part_way_t_enc};
+use crate::alpha_family;
 use crate::config::SchedulerConfig;
 use crate::elementwise::{check_index, check_step, map2};
 use crate::noise_schedule::torch_linspace_f32;
@@ -37,6 +42,8 @@ const TOTAL_N: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct A1111UniPcSampler {
     schedule: NoiseScheduleVp,
+    /// The LDM ᾱ table (A1111 noises an img2img start with it).
+    alphas_cumprod: Vec<f32>,
     plan: Plan,
     history: History,
 }
@@ -87,7 +94,12 @@ impl NoiseScheduleVp {
 
 #[derive(Debug, Clone, Default)]
 struct Plan {
+    /// Evaluations of the run (`t_enc` for a part-way run).
     steps: usize,
+    /// The steps given to `set_timesteps`.
+    requested_steps: usize,
+    /// A part-way run: the ᾱ A1111 noises the start sample to.
+    start_alpha_cumprod: Option<f32>,
     /// The continuous times, `steps + 1` of them from 1 down to 1/1000.
     times: Vec<f32>,
     /// What the UNet sees at each of the `steps` evaluations.
@@ -110,9 +122,42 @@ impl A1111UniPcSampler {
         let alphas_cumprod = a1111_alphas_cumprod(config, "UniPC")?;
         Ok(A1111UniPcSampler {
             schedule: NoiseScheduleVp::new(&alphas_cumprod),
+            alphas_cumprod,
             plan: Plan::default(),
             history: History::default(),
         })
+    }
+
+    /// The plan of `steps` evaluations from continuous time `t_start` down to 1/1000.
+    fn make_plan(&mut self, steps: usize, t_start: f32) -> Result<()> {
+        if !(ORDER..=TOTAL_N).contains(&steps) {
+            return Err(Error::invalid_argument(
+                "steps",
+                format!(
+                    "A1111's UniPC (order {ORDER}) needs {ORDER} to {TOTAL_N} steps, got {steps}"
+                ),
+            ));
+        }
+        let t_0 = (1.0 / TOTAL_N as f64) as f32;
+        let times = torch_linspace_f32(t_start, t_0, steps + 1);
+        let model_timesteps = times[..steps]
+            .iter()
+            .map(|&t| f64::from((t - t_0) * TOTAL_N as f32))
+            .collect();
+        let noise_levels = times[..steps]
+            .iter()
+            .map(|&t| (self.schedule.alpha(t), self.schedule.std(t)))
+            .collect();
+        self.plan = Plan {
+            steps,
+            requested_steps: self.plan.requested_steps,
+            start_alpha_cumprod: None,
+            times,
+            model_timesteps,
+            noise_levels,
+        };
+        self.history = History::default();
+        Ok(())
     }
 
     /// The order of step `step` (1-based): warm-up orders 1, 2, …, then `ORDER`, lowered to
@@ -228,32 +273,8 @@ impl A1111UniPcSampler {
 
 impl Scheduler for A1111UniPcSampler {
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        if !(ORDER..=TOTAL_N).contains(&steps) {
-            return Err(Error::invalid_argument(
-                "steps",
-                format!(
-                    "A1111's UniPC (order {ORDER}) needs {ORDER} to {TOTAL_N} steps, got {steps}"
-                ),
-            ));
-        }
-        let t_0 = (1.0 / TOTAL_N as f64) as f32;
-        let times = torch_linspace_f32(1.0, t_0, steps + 1);
-        let model_timesteps = times[..steps]
-            .iter()
-            .map(|&t| f64::from((t - t_0) * TOTAL_N as f32))
-            .collect();
-        let noise_levels = times[..steps]
-            .iter()
-            .map(|&t| (self.schedule.alpha(t), self.schedule.std(t)))
-            .collect();
-        self.plan = Plan {
-            steps,
-            times,
-            model_timesteps,
-            noise_levels,
-        };
-        self.history = History::default();
-        Ok(())
+        self.plan.requested_steps = steps;
+        self.make_plan(steps, 1.0)
     }
 
     fn schedule(&self) -> &dyn ScheduleState {
@@ -288,10 +309,44 @@ impl Scheduler for A1111UniPcSampler {
         Ok(predicted)
     }
 
-    /// Strength 1 (txt2img) runs every step; A1111's UniPC img2img re-plans over the remaining
-    /// steps, which is not reproduced, so a strength below 1 is refused.
+    /// Strength 1 (txt2img) runs every step; below 1 A1111's UniPC makes a plan of its own,
+    /// which only [`begin_part_way`](Scheduler::begin_part_way) makes.
     fn start_index(&self, strength: f64) -> Result<usize> {
-        crate::a1111_timesteps::full_strength_only(strength, "UniPC", "UniPCMultistepScheduler")
+        if strength == 1.0 {
+            return Ok(0);
+        }
+        Err(Error::invalid_argument(
+            "strength",
+            format!(
+                "A1111's UniPC starts part-way (strength {strength}) with a plan of its own: \
+                 begin_part_way makes it"
+            ),
+        ))
+    }
+
+    /// A1111's UniPC img2img (see the module docs); the plan holds only what runs.
+    fn begin_part_way(&mut self, start: PartWay) -> Result<usize> {
+        let Some(t_enc) = part_way_t_enc(start, self.plan.requested_steps)? else {
+            return Ok(0);
+        };
+        let timesteps = a1111_timesteps(self.plan.requested_steps);
+        if t_enc < ORDER || t_enc >= timesteps.len() {
+            return Err(Error::invalid_argument(
+                "strength",
+                format!(
+                    "A1111's UniPC img2img runs t_enc = {t_enc} steps of {}; it needs {ORDER} \
+                     to {}",
+                    self.plan.requested_steps,
+                    timesteps.len() - 1
+                ),
+            ));
+        }
+        // timesteps[t_enc − 1] / 1000 + 1 / 1000, each rounded to f32 as torch does.
+        let top = timesteps[t_enc - 1] as f32 / TOTAL_N as f32;
+        let t_start = top + (1.0 / TOTAL_N as f64) as f32;
+        self.make_plan(t_enc, t_start)?;
+        self.plan.start_alpha_cumprod = Some(self.alphas_cumprod[timesteps[t_enc]]);
+        Ok(0)
     }
 }
 
@@ -313,7 +368,8 @@ impl ScheduleState for Plan {
         Ok(sample.clone())
     }
 
-    /// `α·x₀ + σ·ε` at the evaluation's time (the level of the sample that evaluation sees).
+    /// `α·x₀ + σ·ε` at the evaluation's time (the level of the sample that evaluation sees);
+    /// a part-way run's start: `√ᾱ·x₀ + √(1 − ᾱ)·ε` at the DDIM timestep A1111 noises to.
     fn add_noise(
         &self,
         original: &HostTensor,
@@ -321,6 +377,9 @@ impl ScheduleState for Plan {
         index: usize,
     ) -> Result<HostTensor> {
         check_index(index, self.steps)?;
+        if let (0, Some(alpha_cumprod)) = (index, self.start_alpha_cumprod) {
+            return alpha_family::add_noise(alpha_cumprod, original, noise);
+        }
         let (alpha, sigma) = self.noise_levels[index];
         map2("add noise", original, noise, |x, n| alpha * x + sigma * n)
     }

@@ -2,12 +2,12 @@
 //!
 //! - **A1111's k-diffusion samplers** (`Euler a`, `Euler`, `LMS`, `Heun`, `DPM2`, `DPM2 a`,
 //!   `DPM++ 2S a`, `DPM++ 2M`, `DPM++ SDE`, `DPM++ 2M SDE`, `DPM++ 2M SDE Heun`, `DPM++ 3M SDE`,
-//!   with A1111's schedule types Automatic, Uniform, Karras,
+//!   `DPM fast` and `DPM adaptive` ([`A1111DpmSolverSampler`], `ksampler/dpm_solver.rs`), with A1111's schedule types Automatic, Uniform, Karras,
 //!   Exponential, Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, Normal,
 //!   DDIM and Beta): [`KDiffusionSampler`] runs k-diffusion's sampling functions on the σ
 //!   schedule AUTOMATIC1111 1.10 builds, as A1111 drives them (`ksampler/`, names in
 //!   [`a1111`]); A1111's `LCM` ([`A1111LcmSampler`], `ksampler/lcm.rs`) and its own timestep
-//!   samplers `DDIM`, `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) and `UniPC`
+//!   samplers `DDIM`, `DDIM CFG++`, `PLMS` ([`A1111TimestepSampler`], `a1111_timesteps.rs`) and `UniPC`
 //!   ([`A1111UniPcSampler`], `a1111_unipc.rs`) likewise.
 //! - **diffusers' scheduler classes**, step for step identical to diffusers 0.42: the same
 //!   timesteps, the same σ, the same f32 arithmetic, and the same draws from a torch-compatible
@@ -113,8 +113,8 @@ pub use heun::HeunScheduler;
 pub use kdpm2::Kdpm2Scheduler;
 pub use kdpm2_ancestral::Kdpm2AncestralScheduler;
 pub use ksampler::{
-    A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, KDiffusionSampler, KSamplerKind, KSamplerSetup,
-    ScheduleType,
+    A1111DpmSolverSampler, A1111LcmSampler, BETA_SCHEDULE_ALPHA_BETA, DpmSolverKind,
+    KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
 };
 pub use lcm::LcmScheduler;
 pub use lms::LmsScheduler;

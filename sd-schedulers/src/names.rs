@@ -3,7 +3,7 @@
 //! - A1111's k-diffusion sampler names (`Euler a`, `DPM++ 2M`, `DPM2 a Karras`, `k_euler`, …;
 //!   [`crate::a1111`]) build a [`KDiffusionSampler`]: A1111's algorithm on A1111's σ schedule,
 //!   the schedule type from a combined name or [`SamplerOptions::schedule_type`].
-//! - A1111's own `DDIM` and `PLMS` build an [`A1111TimestepSampler`], its `UniPC` an
+//! - A1111's own `DDIM`, `DDIM CFG++` and `PLMS` build an [`A1111TimestepSampler`], its `UniPC` an
 //!   [`A1111UniPcSampler`], its `LCM` an [`A1111LcmSampler`] (A1111's algorithms, not diffusers'
 //!   classes).
 //! - diffusers class names (the config's `_class_name`) build that class from the config as it
@@ -17,7 +17,8 @@ use crate::a1111_timesteps::{A1111TimestepSampler, TimestepSamplerKind};
 use crate::a1111_unipc::A1111UniPcSampler;
 use crate::config::SchedulerConfig;
 use crate::ksampler::{
-    A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup, ScheduleType,
+    A1111DpmSolverSampler, A1111LcmSampler, KDiffusionSampler, KSamplerKind, KSamplerSetup,
+    ScheduleType,
 };
 use crate::{
     DdimScheduler, DdpmScheduler, DeisScheduler, DpmSolverScheduler, DpmSolverSdeScheduler,
@@ -76,6 +77,16 @@ const NAMES: &[(&str, SchedulerKind, Implied)] = &[
     ("PLMS", A1111Timesteps(TimestepSamplerKind::Plms), NONE),
     ("DDIMScheduler", Ddim, NONE),
     ("DDIM", A1111Timesteps(TimestepSamplerKind::Ddim), NONE),
+    (
+        "DDIM CFG++",
+        A1111Timesteps(TimestepSamplerKind::DdimCfgPp),
+        NONE,
+    ),
+    (
+        "ddim_cfgpp",
+        A1111Timesteps(TimestepSamplerKind::DdimCfgPp),
+        NONE,
+    ),
     ("DDPMScheduler", Ddpm, NONE),
     ("DDPM", Ddpm, NONE),
     ("LMSDiscreteScheduler", Lms, NONE),
@@ -208,6 +219,14 @@ pub fn scheduler_from_name_with(
             .or(options.schedule_type)
             .or(karras)
             .unwrap_or(ScheduleType::Automatic);
+        if let Some(driver) = sampler.kind.dpm_solver() {
+            return Ok(Box::new(A1111DpmSolverSampler::new(
+                config,
+                driver,
+                sampler.effective_schedule(chosen),
+                options.eta.unwrap_or(1.0),
+            )?));
+        }
         let setup = KSamplerSetup {
             kind: sampler.kind,
             schedule: sampler.effective_schedule(chosen),

@@ -165,7 +165,8 @@ fn a1111_timestep_samplers_refuse_what_they_do_not_reproduce() {
     let mut ddim = A1111TimestepSampler::new(&config, TimestepSamplerKind::Ddim, 0.0).unwrap();
     let err = ddim.set_timesteps(1).unwrap_err();
     assert!(err.to_string().contains("at least 2 steps"), "{err}");
-    // img2img: DDIM runs the tail of its txt2img evaluations; PLMS is refused.
+    // img2img: DDIM runs the tail of its txt2img evaluations; PLMS and UniPC make a plan of
+    // their own (begin_part_way: tests/a1111_cfgpp.rs), which start_index cannot give.
     ddim.set_timesteps(10).unwrap();
     // t_enc = 5: the loop runs over timesteps 401 … 101.
     let start = ddim.start_index(0.5).unwrap();

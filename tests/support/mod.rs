@@ -98,6 +98,18 @@ pub fn assert_matches_goldens(
     expected: &HostTensor,
     pngs: &[PathBuf],
 ) {
+    assert_matches_goldens_within(what, generation, expected, pngs, LATENT_TOLERANCE);
+}
+
+/// [`assert_matches_goldens`] with the latents within `latent_tolerance` (relative to their
+/// largest magnitude) instead, for runs much longer than ten evaluations.
+pub fn assert_matches_goldens_within(
+    what: &str,
+    generation: &Generation,
+    expected: &HostTensor,
+    pngs: &[PathBuf],
+    latent_tolerance: f32,
+) {
     assert_eq!(
         generation.latents.shape(),
         expected.shape(),
@@ -111,7 +123,7 @@ pub fn assert_matches_goldens(
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     println!("{what}: latents max abs diff {max_diff:.3e} (max |latent| {scale:.1})");
     assert!(
-        max_diff <= LATENT_TOLERANCE * scale.max(1.0),
+        max_diff <= latent_tolerance * scale.max(1.0),
         "{what}: latents differ by {max_diff} (max |latent| {scale})"
     );
     assert_eq!(generation.images.len(), pngs.len(), "{what}: image count");

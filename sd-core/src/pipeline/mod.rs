@@ -11,11 +11,20 @@
 //! for i in start..timesteps.len():
 //!     inp = scheduler.scale_model_input(x, i)             # per lane (lane.rs)
 //!     eps = unet(cat[inp, inp] (+ mask, masked latents), t_i, cond)
-//!     eps = eps_u + g·(eps_c − eps_u)                     # only when g > 1
+//!     eps = eps_u + g·(eps_c − eps_u)                     # only when g > 1 (†)
 //!     x   = scheduler.step(eps, i, x, generator)          # per lane
+//!     (error control over the batch: scheduler.settle_step, see below)
 //!     (ordinary UNet with a mask: reset the kept region to the noised image latents)
 //! image = vae.decode(x / scaling_factor) → bytes
 //! ```
+//!
+//! (†) A sampler's [`Guidance`] may scale g (A1111's CFG++: g/12.5) and ask
+//! for `eps_u` too (`step_with_unconditional`); it is then guided at any g. A sampler with
+//! error control over the whole batch (A1111's DPM adaptive) reports its share after the step
+//! that ends an attempt ([`Scheduler::error_share`](crate::Scheduler::error_share)); the
+//! pipeline adds the lanes' shares, lets each lane keep or retry the attempt
+//! (`settle_step`), and reads the evaluations it planned next from its timesteps. img2img and
+//! the hires fix's pass start where `begin_part_way` says, after the sampler made its plan.
 //!
 //! Which task runs follows from the request and the denoiser: a mask makes it inpainting
 //! (latent blending for a 4-channel UNet); an inpainting (9-channel) UNet always runs as
@@ -56,7 +65,7 @@ pub use request::{GenerationRequest, InitImage, MAX_SIDE, SamplerSettings, Seeds
 pub use upscale::LatentUpscaler;
 
 use crate::backend::Backend;
-use crate::components::{Denoiser, LatentCodec, TextEncoder};
+use crate::components::{Denoiser, ErrorShare, Guidance, LatentCodec, PartWay, TextEncoder};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use lane::Lane;
@@ -178,14 +187,13 @@ where
         new_scheduler: &SchedulerFactory<'_>,
         on_step: &mut dyn FnMut(&StepProgress<'_>) -> Control,
     ) -> Result<Generation> {
-        let checked = self.geometry().check(request)?;
+        let mut checked = self.geometry().check(request)?;
         let factor = self.codec.downscale_factor();
         let hires = self.hires_plan(request, &checked)?;
         let final_size = hires.as_ref().map_or((checked.width, checked.height), |h| {
             let (w, h) = h.sizes.latent();
             (w * factor, h * factor)
         });
-        self.check_memory(request, &checked, final_size)?;
         let task = self.task(request, &checked)?;
         let mut first = Pass::new(
             request,
@@ -193,8 +201,11 @@ where
             new_scheduler,
             [checked.height / factor, checked.width / factor],
             self.codec.latent_channels(),
-            |scheduler| scheduler.start_index(checked.strength),
+            PartWay::Strength(checked.strength),
         )?;
+        // A sampler that needs the unconditional prediction (CFG++) is guided at any scale.
+        checked.guided |= first.guidance.needs_unconditional;
+        self.check_memory(request, &checked, final_size)?;
         first.at.strength = checked.strength;
         if first.evaluations() == 0 {
             return Err(Error::invalid_argument(
@@ -216,11 +227,9 @@ where
                     new_scheduler,
                     [height, width],
                     self.codec.latent_channels(),
-                    |scheduler| {
-                        // A sampler that cannot start part-way (A1111's PLMS, UniPC) refuses
-                        // the pass here, naming itself, instead of running a different rule.
-                        scheduler.start_index(plan.fix.denoising_strength)?;
-                        Ok(scheduler.start_index_keeping(kept))
+                    PartWay::Keeping {
+                        kept,
+                        strength: plan.fix.denoising_strength,
                     },
                 )?;
                 pass.at.strength = plan.fix.denoising_strength;
@@ -291,24 +300,47 @@ where
         let start = start::prepare(&self.backend, &self.codec, task, &mut pass.lanes, &pass.at)?;
         self.codec.release(); // until the decode
         let mut latents = start.latents;
-        let lanes = &mut pass.lanes;
-        let timesteps = &pass.timesteps;
-        for index in pass.at.index..timesteps.len() {
-            let timestep = timesteps[index];
+        let mut index = pass.at.index;
+        while index < pass.timesteps.len() {
+            let timestep = pass.timesteps[index];
+            let lanes = &mut pass.lanes;
             let model_input = self.model_input(lanes, &latents, index, &start.extra_channels)?;
-            let noise_pred = self.predict(&model_input, timestep, context, request, checked)?;
+            let prediction = self.predict(
+                &model_input,
+                timestep,
+                context,
+                request,
+                checked,
+                pass.guidance,
+            )?;
+            let planned = pass.timesteps.len();
             for lane in lanes.iter_mut() {
-                let next = lane.scheduler.step(
-                    &lane.rows_of(&noise_pred),
-                    index,
-                    &lane.rows_of(&latents),
-                    lane.generator.as_mut(),
-                )?;
+                let (output, sample) = (lane.rows_of(&prediction.guided), lane.rows_of(&latents));
+                let unconditional = prediction.unconditional.as_ref().map(|u| lane.rows_of(u));
+                let generator = lane.generator.as_mut();
+                let next = match &unconditional {
+                    Some(unconditional) => lane.scheduler.step_with_unconditional(
+                        &output,
+                        unconditional,
+                        index,
+                        &sample,
+                        generator,
+                    )?,
+                    None => lane.scheduler.step(&output, index, &sample, generator)?,
+                };
                 let next = match &start.blend {
-                    Some(blend) => keep_unmasked(lane, blend, next, index + 1, timesteps.len())?,
+                    Some(blend) => keep_unmasked(lane, blend, next, index + 1, planned)?,
                     None => next,
                 };
                 lane.store(&mut latents, &next)?;
+            }
+            settle_batch_error(lanes, &mut latents)?;
+            // A sampler with error control plans as it goes: the evaluations it added.
+            if let Some(replanned) = lanes.first().map(|lane| lane.scheduler.timesteps())
+                && replanned.len() != planned
+            {
+                counter.total = (counter.total + replanned.len()).saturating_sub(planned);
+                pass.timesteps = replanned.to_vec();
             }
             counter.done += 1;
             guard::ensure_finite(&latents, "latents", counter.done, counter.total)?;
@@ -328,6 +360,7 @@ where
                     });
                 }
             }
+            index += 1;
         }
         Ok((latents, false))
     }
@@ -468,7 +501,8 @@ where
         concatenate(Axis(1), &parts).map_err(|e| Error::shape("inpainting input", e.to_string()))
     }
 
-    /// The (guided) model output for `input [batch, ...]`.
+    /// The (guided) model output for `input [batch, ...]`, with the unconditional half when
+    /// `guidance` asks for it.
     fn predict(
         &self,
         input: &HostTensor,
@@ -476,7 +510,8 @@ where
         context: &B::Tensor,
         request: &GenerationRequest,
         checked: &Checked,
-    ) -> Result<HostTensor> {
+        guidance: Guidance,
+    ) -> Result<Prediction> {
         let b = &self.backend;
         let batch = request.batch_size;
         let doubled;
@@ -504,17 +539,44 @@ where
             ));
         }
         if !checked.guided {
-            return Ok(output);
+            return Ok(Prediction {
+                guided: output,
+                unconditional: None,
+            });
         }
         let uncond = output.slice_axis(Axis(0), Slice::from(0..batch));
         let cond = output.slice_axis(Axis(0), Slice::from(batch..2 * batch));
-        let g = request.guidance_scale;
+        // The scale as A1111 forms it (a Python float product) before torch rounds it to f32.
+        let g = (f64::from(request.guidance_scale) * guidance.scale_multiplier) as f32;
         // eps_u + g·(eps_c − eps_u), rounded step by step as torch does in f32.
         let mut guided = &cond - &uncond;
         guided.mapv_inplace(|d| g * d);
         guided += &uncond;
-        Ok(guided)
+        Ok(Prediction {
+            guided,
+            unconditional: guidance.needs_unconditional.then(|| uncond.to_owned()),
+        })
     }
+}
+
+/// A sampler with error control over the batch (A1111's DPM adaptive): when the lanes' last
+/// step ended an attempted step, hand every lane the batch's total error share and store what
+/// each keeps.
+fn settle_batch_error(lanes: &mut [Lane], latents: &mut HostTensor) -> Result<()> {
+    let total = lanes
+        .iter()
+        .filter_map(|lane| lane.scheduler.error_share())
+        .reduce(ErrorShare::plus);
+    let Some(total) = total else {
+        return Ok(());
+    };
+    for lane in lanes.iter_mut() {
+        let next =
+            lane.scheduler
+                .settle_step(total, &lane.rows_of(latents), lane.generator.as_mut())?;
+        lane.store(latents, &next)?;
+    }
+    Ok(())
 }
 
 /// Latent blending: outside the mask, replace the lane's latents with the image latents noised
@@ -540,38 +602,53 @@ fn keep_unmasked(
     Ok(out)
 }
 
+/// One model evaluation's output: the guided mix, and the unconditional half when the
+/// sampler's [`Guidance`] asks for it.
+struct Prediction {
+    guided: HostTensor,
+    unconditional: Option<HostTensor>,
+}
+
 /// One denoising pass's lanes and schedule.
 struct Pass {
     lanes: Vec<Lane>,
     timesteps: Vec<f64>,
     at: StartPoint,
+    guidance: Guidance,
 }
 
 impl Pass {
-    /// Lanes with schedulers set to `steps`, starting at `start_index(first scheduler)`.
+    /// Lanes with schedulers set to `steps` and begun at `start` (every lane makes the same
+    /// plan: same sampler, same steps).
     fn new(
         request: &GenerationRequest,
         steps: usize,
         new_scheduler: &SchedulerFactory<'_>,
         [height, width]: [usize; 2],
         channels: usize,
-        start_index: impl Fn(&dyn crate::components::Scheduler) -> Result<usize>,
+        start: PartWay,
     ) -> Result<Self> {
-        let lanes = Lane::for_batch(
+        let mut lanes = Lane::for_batch(
             request.rng,
             &request.seeds,
             request.batch_size,
             steps,
             new_scheduler,
         )?;
-        let first = lanes
-            .first()
-            .ok_or_else(|| Error::invalid_argument("batch_size", "must be at least 1"))?;
+        let mut index = None;
+        for lane in &mut lanes {
+            index = Some(lane.scheduler.begin_part_way(start)?);
+        }
+        let (Some(index), Some(first)) = (index, lanes.first()) else {
+            return Err(Error::invalid_argument("batch_size", "must be at least 1"));
+        };
         let timesteps = first.scheduler.timesteps().to_vec();
-        let index = start_index(first.scheduler.as_ref())?.min(timesteps.len());
+        let index = index.min(timesteps.len());
+        let guidance = first.scheduler.guidance();
         Ok(Self {
             lanes,
             timesteps,
+            guidance,
             at: StartPoint {
                 latent_shape: [channels, height, width],
                 index,

@@ -24,7 +24,8 @@ pub struct StepProgress<'a> {
     /// Model evaluations done so far, 1-based.
     pub step: usize,
     /// Model evaluations this generation makes in all (fewer than the scheduler's timesteps
-    /// for img2img; two per step for Heun).
+    /// for img2img; two per step for Heun). A sampler with error control (A1111's DPM
+    /// adaptive) plans as it goes: then it counts the evaluations planned so far and grows.
     pub total: usize,
     /// The timestep just evaluated.
     pub timestep: f64,

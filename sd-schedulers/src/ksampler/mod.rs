@@ -26,12 +26,15 @@
 //! (the second at σ_{i+1}, the log-midpoint, …); a step whose next σ is 0 takes one.
 
 mod beta_quantile;
+mod dpm_solver;
+mod dpm_solver_steps;
 mod lcm;
 mod model_sigmas;
 mod schedule_type;
 mod sde;
 
 pub(crate) use beta_quantile::beta_quantile;
+pub use dpm_solver::{A1111DpmSolverSampler, DpmSolverKind};
 pub use lcm::A1111LcmSampler;
 pub(crate) use model_sigmas::model_alphas_cumprod;
 pub use schedule_type::{BETA_SCHEDULE_ALPHA_BETA, ScheduleType};
@@ -78,6 +81,11 @@ pub enum KSamplerKind {
     DpmPp2mSdeHeun,
     /// `sample_dpmpp_3m_sde`: "DPM++ 3M SDE".
     DpmPp3mSde,
+    /// `sample_dpm_fast`: "DPM fast" ([`A1111DpmSolverSampler`]: it plans in DPM-Solver's t,
+    /// not over the σ schedule).
+    DpmFast,
+    /// `sample_dpm_adaptive`: "DPM adaptive" ([`A1111DpmSolverSampler`]).
+    DpmAdaptive,
 }
 
 impl KSamplerKind {
@@ -88,7 +96,19 @@ impl KSamplerKind {
             KSamplerKind::EulerAncestral
                 | KSamplerKind::Dpm2Ancestral
                 | KSamplerKind::DpmPp2sAncestral
+                | KSamplerKind::DpmFast
+                | KSamplerKind::DpmAdaptive
         ) || self.uses_brownian_noise()
+    }
+
+    /// The DPM-Solver driver of DPM fast and DPM adaptive, which [`A1111DpmSolverSampler`]
+    /// runs; `None` for the σ-schedule samplers [`KDiffusionSampler`] runs.
+    pub fn dpm_solver(self) -> Option<DpmSolverKind> {
+        match self {
+            KSamplerKind::DpmFast => Some(DpmSolverKind::Fast),
+            KSamplerKind::DpmAdaptive => Some(DpmSolverKind::Adaptive),
+            _ => None,
+        }
     }
 
     /// Whether its noise comes from a Brownian tree seeded with the image seed (the SDE
@@ -199,6 +219,12 @@ impl KDiffusionSampler {
     pub fn new(config: &SchedulerConfig, setup: KSamplerSetup) -> Result<Self> {
         let noise = config.noise_schedule(&DEFAULTS)?;
         config.require_noise_prediction(noise.prediction_type)?;
+        if setup.kind.dpm_solver().is_some() {
+            return Err(Error::invalid_argument(
+                "scheduler",
+                "DPM fast and DPM adaptive are A1111DpmSolverSampler, not σ-schedule samplers",
+            ));
+        }
         if setup.schedule == ScheduleType::Automatic {
             return Err(Error::invalid_argument(
                 "schedule type",
@@ -298,21 +324,7 @@ impl KDiffusionSampler {
         sample: &HostTensor,
         model_output: &HostTensor,
     ) -> Result<HostTensor> {
-        match self.prediction {
-            PredictionType::VPrediction => {
-                let var = sigma * sigma + 1.0;
-                let c_skip = 1.0 / var;
-                let c_out = -sigma / var.sqrt();
-                map2("denoise", sample, model_output, |x, v| {
-                    v * c_out + x * c_skip
-                })
-            }
-            // `require_noise_prediction` refused `sample` at construction.
-            PredictionType::Epsilon | PredictionType::Sample => {
-                let c_out = -sigma;
-                map2("denoise", sample, model_output, |x, e| x + e * c_out)
-            }
-        }
+        compvis_denoised(self.prediction, sigma, sample, model_output)
     }
 
     /// Add `s_noise · σ_up ·` fresh noise from `generator` to `x`.
@@ -502,6 +514,10 @@ impl KDiffusionSampler {
                 self.history.h_older = self.history.h_last.replace(h);
                 Ok(x)
             }
+            // `new` refused them.
+            KSamplerKind::DpmFast | KSamplerKind::DpmAdaptive => Err(out_of_order(
+                "DPM fast and DPM adaptive are not σ-schedule samplers",
+            )),
         }
     }
 
@@ -655,9 +671,7 @@ impl ScheduleState for Plan {
     /// `x · c_in`, c_in = 1/√(σ² + 1) at the evaluation's σ.
     fn scale_model_input(&self, sample: &HostTensor, index: usize) -> Result<HostTensor> {
         check_index(index, self.evaluations.len())?;
-        let sigma = self.evaluations[index].sigma;
-        let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
-        Ok(sample.mapv(|x| x * c_in))
+        Ok(compvis_model_input(sample, self.evaluations[index].sigma))
     }
 
     /// `x₀ + σ·ε` at the evaluation's σ (A1111's img2img start `x + noise · σ`).
@@ -684,6 +698,37 @@ fn a1111_start_step(strength: f64, steps: usize) -> Result<usize> {
     // Truncation as Python's int().
     let t_enc = (strength.min(0.999) * steps as f64) as usize;
     Ok(steps.saturating_sub(t_enc + 1))
+}
+
+/// What k-diffusion's `CompVisDenoiser` hands the UNet: `x · c_in`, c_in = 1/√(σ² + 1).
+fn compvis_model_input(sample: &HostTensor, sigma: f32) -> HostTensor {
+    let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
+    sample.mapv(|x| x * c_in)
+}
+
+/// k-diffusion's `CompVisDenoiser` / `CompVisVDenoiser` output: the denoised estimate from the
+/// model output at noise level `sigma`.
+fn compvis_denoised(
+    prediction: PredictionType,
+    sigma: f32,
+    sample: &HostTensor,
+    model_output: &HostTensor,
+) -> Result<HostTensor> {
+    match prediction {
+        PredictionType::VPrediction => {
+            let var = sigma * sigma + 1.0;
+            let c_skip = 1.0 / var;
+            let c_out = -sigma / var.sqrt();
+            map2("denoise", sample, model_output, |x, v| {
+                v * c_out + x * c_skip
+            })
+        }
+        // `require_noise_prediction` refused `sample` at construction.
+        PredictionType::Epsilon | PredictionType::Sample => {
+            let c_out = -sigma;
+            map2("denoise", sample, model_output, |x, e| x + e * c_out)
+        }
+    }
 }
 
 fn out_of_order(reason: &str) -> Error {
