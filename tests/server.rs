@@ -29,9 +29,26 @@ fn b64(bytes: &[u8]) -> String {
 /// `sd generate` arguments for the small txt2img bodies below: PROMPT at SEED on MODEL, 2 steps,
 /// 64×64, and A1111's defaults for what those bodies leave out (CFG 7, the Euler sampler).
 fn small_txt2img<'a>(model: &'a str, prompt: &'a str, seed: &'a str) -> Vec<&'a str> {
-    let size = [
+    small_generate(model, prompt, seed, "2", "Euler")
+}
+
+/// `sd generate` arguments for a 64×64 picture at CFG 7 by `steps` steps of `scheduler`.
+fn small_generate<'a>(
+    model: &'a str,
+    prompt: &'a str,
+    seed: &'a str,
+    steps: &'a str,
+    scheduler: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--seed",
+        seed,
         "--steps",
-        "2",
+        steps,
         "-W",
         "64",
         "-H",
@@ -39,11 +56,8 @@ fn small_txt2img<'a>(model: &'a str, prompt: &'a str, seed: &'a str) -> Vec<&'a 
         "--cfg",
         "7",
         "--scheduler",
-        "Euler",
-    ];
-    let mut args = vec!["--model", model, "--prompt", prompt, "--seed", seed];
-    args.extend(size);
-    args
+        scheduler,
+    ]
 }
 
 /// A small test picture: a colour gradient.
@@ -800,30 +814,9 @@ fn sde_sampler_by_a1111_name_gives_sd_generates_pixels() {
         )
         .ok();
     let model = tiny();
-    let reference = sd_generate(
-        &dir,
-        "sde",
-        &[
-            "--model",
-            &model,
-            "--prompt",
-            "a fox",
-            "--seed",
-            "21",
-            "--steps",
-            "3",
-            "--cfg",
-            "7",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "--batch",
-            "2",
-            "--scheduler",
-            "DPM++ 2M SDE Karras",
-        ],
-    );
+    let mut args = small_generate(&model, "a fox", "21", "3", "DPM++ 2M SDE Karras");
+    args.extend(["--batch", "2"]);
+    let reference = sd_generate(&dir, "sde", &args);
     for (index, served) in images_of(&answer).iter().enumerate() {
         let path = reference.with_file_name(format!("sde-{}.png", index + 1));
         assert_same_pixels(served, &read_rgb(&path).unwrap(), &format!("image {index}"));
@@ -860,24 +853,7 @@ fn server_wide_scheduler_config_applies_to_diffusers_classes_only() {
             "width": 64, "height": 64, "sampler_name": sampler});
         let answer = server.post("/sdapi/v1/txt2img", &body.to_string()).ok();
         let served = &images_of(&answer)[0];
-        let mut args = vec![
-            "--model",
-            model,
-            "--prompt",
-            "a fox",
-            "--seed",
-            "21",
-            "--steps",
-            "3",
-            "--cfg",
-            "7",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "--scheduler",
-            sampler,
-        ];
+        let mut args = small_generate(model, "a fox", "21", "3", sampler);
         let plain = sd_generate(&dir, &format!("{sampler}-plain"), &args);
         if overridden {
             for o in overrides {
