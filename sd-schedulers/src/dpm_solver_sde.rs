@@ -21,7 +21,7 @@ use crate::brownian::BrownianNoise;
 use crate::config::{ClassDefaults, SchedulerConfig, TimestepSpacing};
 use crate::elementwise::{check_steps, map2};
 use crate::k_diffusion;
-use crate::kdpm2::{add_noise_at, noise_levels};
+use crate::kdpm2::{add_noise_at, interleave_midpoints, noise_levels};
 use crate::ksampler::SdeStep;
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas::{self, SigmaSpacing};
@@ -159,14 +159,15 @@ impl Scheduler for DpmSolverSdeScheduler {
         let mut sigmas: Vec<f32> = sigmas_f64.iter().map(|&s| s as f32).collect();
         sigmas.push(0.0);
 
-        let mut evaluation_timesteps = vec![timesteps[0]];
-        let mut evaluation_sigmas = vec![sigmas[0]];
-        for i in 1..steps {
-            let midpoint = SdeStep::new(sigmas[i - 1], sigmas[i]).midpoint_sigma();
-            evaluation_timesteps.extend([midpoints[i - 1], timesteps[i]]);
-            evaluation_sigmas.extend([midpoint, sigmas[i]]);
-        }
-        evaluation_sigmas.push(0.0);
+        let (evaluation_timesteps, evaluation_sigmas) = interleave_midpoints(
+            &timesteps,
+            &sigmas,
+            steps,
+            midpoints
+                .iter()
+                .zip(sigmas.windows(2))
+                .map(|(&t, pair)| (t, SdeStep::new(pair[0], pair[1]).midpoint_sigma())),
+        );
         self.noise_levels = noise_levels(&sigmas, steps);
         self.schedule
             .set(steps, evaluation_timesteps, evaluation_sigmas);

@@ -83,6 +83,26 @@ pub(crate) fn noise_levels(sigmas: &[f32], steps: usize) -> Vec<f32> {
     (0..2 * steps - 1).map(|j| sigmas[j.div_ceil(2)]).collect()
 }
 
+/// The evaluations of the two-evaluation classes (KDPM2, KDPM2 a, DPMSolverSDE) as diffusers
+/// lists them: σ₀, then for each later step i the previous step's midpoint and σᵢ, then the
+/// final σ = 0. `timesteps`/`sigmas` are the steps' own; `midpoints` yields the (timestep, σ)
+/// of the midpoints of steps 0 … n − 2. Returns the evaluation timesteps and σ.
+pub(crate) fn interleave_midpoints(
+    timesteps: &[f64],
+    sigmas: &[f32],
+    steps: usize,
+    midpoints: impl Iterator<Item = (f64, f32)>,
+) -> (Vec<f64>, Vec<f32>) {
+    let mut evaluation_timesteps = vec![timesteps[0]];
+    let mut evaluation_sigmas = vec![sigmas[0]];
+    for (i, (midpoint_timestep, midpoint)) in (1..steps).zip(midpoints) {
+        evaluation_timesteps.extend([midpoint_timestep, timesteps[i]]);
+        evaluation_sigmas.extend([midpoint, sigmas[i]]);
+    }
+    evaluation_sigmas.push(0.0);
+    (evaluation_timesteps, evaluation_sigmas)
+}
+
 /// Noise to diffusers' σ of evaluation `index` in `noise_levels` ([`Kdpm2Base::noise_levels`]:
 /// σᵢ for both evaluations ending at σᵢ, where the evaluation σ of a midpoint differs).
 pub(crate) fn add_noise_at(
@@ -150,14 +170,14 @@ impl Scheduler for Kdpm2Scheduler {
             })
             .collect();
         let log_table = self.schedule.log_training_sigmas();
-        let mut timesteps = vec![base.timesteps[0]];
-        let mut evaluation_sigmas = vec![sigmas[0]];
-        for i in 1..steps {
-            timesteps.push(base.midpoint_timestep(midpoints[i], &log_table));
-            timesteps.push(base.timesteps[i]);
-            evaluation_sigmas.extend([midpoints[i], sigmas[i]]);
-        }
-        evaluation_sigmas.push(0.0);
+        let (timesteps, evaluation_sigmas) = interleave_midpoints(
+            &base.timesteps,
+            sigmas,
+            steps,
+            midpoints[1..]
+                .iter()
+                .map(|&m| (base.midpoint_timestep(m, &log_table), m)),
+        );
         self.noise_levels = base.noise_levels();
         self.schedule.set(steps, timesteps, evaluation_sigmas);
         self.sigmas = base.sigmas;

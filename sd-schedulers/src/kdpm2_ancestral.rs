@@ -13,7 +13,7 @@ use sd_core::{HostTensor, NormalSource, Result, ScheduleState, Scheduler};
 use crate::config::SchedulerConfig;
 use crate::elementwise::map2;
 use crate::k_diffusion;
-use crate::kdpm2::{DEFAULTS, Kdpm2Base, add_noise_at, euler_move};
+use crate::kdpm2::{DEFAULTS, Kdpm2Base, add_noise_at, euler_move, interleave_midpoints};
 use crate::sigma_timesteps::{Parameterisation, SigmaTimesteps};
 use crate::sigmas;
 
@@ -94,20 +94,17 @@ impl Scheduler for Kdpm2AncestralScheduler {
             })
             .collect();
         let log_table = self.schedule.log_training_sigmas();
-        let mut timesteps = vec![base.timesteps[0]];
-        let mut evaluation_sigmas = vec![sigmas[0]];
-        // Step i − 1's midpoint, then σ_i, for i in 1..steps.
-        for ((step, &sigma), &timestep) in self
-            .steps
-            .iter()
-            .zip(&sigmas[1..steps])
-            .zip(&base.timesteps[1..steps])
-        {
-            timesteps.push(base.midpoint_timestep(step.midpoint, &log_table));
-            timesteps.push(timestep);
-            evaluation_sigmas.extend([step.midpoint, sigma]);
-        }
-        evaluation_sigmas.push(0.0);
+        let (timesteps, evaluation_sigmas) = interleave_midpoints(
+            &base.timesteps,
+            sigmas,
+            steps,
+            self.steps.iter().map(|step| {
+                (
+                    base.midpoint_timestep(step.midpoint, &log_table),
+                    step.midpoint,
+                )
+            }),
+        );
         self.noise_levels = base.noise_levels();
         self.schedule.set(steps, timesteps, evaluation_sigmas);
         self.start = None;
