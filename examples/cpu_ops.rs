@@ -1,7 +1,9 @@
 //! Throughput of the CPU backend's ops on the shapes one SD 1.5 UNet step (512², batch 2) and
 //! one VAE decode use. Prints the median of several runs per op.
 //!
-//! `cargo run --release --example cpu_ops [-- --runs N] [--precision f32|bf16]`
+//! `cargo run --release --example cpu_ops [-- --runs N] [--precision f32|bf16] [--only TEXT]`
+//!
+//! `--only` keeps the ops whose name contains TEXT (e.g. `attention`), for profiling one.
 //!
 //! With `--precision bf16` the conv and linear weights are packed bf16 and those products run
 //! on the bf16 engine; the other ops are the same f32 code either way.
@@ -19,7 +21,11 @@ struct Case<'a> {
 }
 
 fn main() -> stable_diffusion::Result<()> {
-    let (runs, precision) = parse_args()?;
+    let Args {
+        runs,
+        precision,
+        only,
+    } = parse_args()?;
     let b = CpuBackend::with_precision(precision);
     let mut rng = TorchGenerator::new(0);
     let mut weight = |shape: &[usize], role| b.upload_weight(&(rng.randn(shape) * 0.1), role);
@@ -138,7 +144,7 @@ fn main() -> stable_diffusion::Result<()> {
         rayon::current_num_threads()
     );
     println!("{:<42} {:>10} {:>10}", "op", "ms", "GFLOP/s");
-    for case in &cases {
+    for case in cases.iter().filter(|case| case.name.contains(&only)) {
         (case.run)()?; // warm-up
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -158,11 +164,21 @@ fn main() -> stable_diffusion::Result<()> {
     Ok(())
 }
 
-fn parse_args() -> stable_diffusion::Result<(usize, Precision)> {
+/// The command line: runs per op, precision, and the `--only` filter on op names.
+struct Args {
+    runs: usize,
+    precision: Precision,
+    only: String,
+}
+
+fn parse_args() -> stable_diffusion::Result<Args> {
     let usage = || {
-        sd_core::Error::invalid_argument("args", "usage: cpu_ops [--runs N] [--precision f32|bf16]")
+        sd_core::Error::invalid_argument(
+            "args",
+            "usage: cpu_ops [--runs N] [--precision f32|bf16] [--only TEXT]",
+        )
     };
-    let (mut runs, mut precision) = (5, Precision::F32);
+    let (mut runs, mut precision, mut only) = (5, Precision::F32, String::new());
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         match pair {
@@ -175,8 +191,13 @@ fn parse_args() -> stable_diffusion::Result<(usize, Precision)> {
                 })?
             }
             [flag, p] if flag == "--precision" => precision = p.parse()?,
+            [flag, text] if flag == "--only" => only = text.clone(),
             _ => return Err(usage()),
         }
     }
-    Ok((runs, precision))
+    Ok(Args {
+        runs,
+        precision,
+        only,
+    })
 }

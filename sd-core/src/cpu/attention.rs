@@ -16,15 +16,19 @@
 //! (head `h` owns features `h·d .. (h+1)·d`), so Q, K, V and the output are read and written in
 //! place through strides, never split into per-head copies.
 //!
-//! Two implementations of the products ([`HeadProducts`]): f32 on the GEMM engine, and for
-//! [`Precision::Bf16`] the bf16 engine with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`),
+//! Three implementations of the products ([`HeadProducts`]): f32 on the register-tiled AVX2
+//! kernels of [`attention_avx2`] on CPUs without AVX-512 (heads up to 160 wide: every UNet and
+//! CLIP head), f32 on the GEMM engine otherwise, and for [`Precision::Bf16`] the bf16 engine with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`),
 //! keys and values packed once per call. Self-attention [2, 4096, 320] × 8 heads
 //! (`cargo run --release --example cpu_ops`): f32 330 ms, bf16 234 ms (270 ms with row-major
-//! scores, whose packing of P cost as much as its product).
+//! scores, whose packing of P cost as much as its product) on a Zen 4; on a Zen 3 (AVX2) the
+//! GEMM engine took 780 ms, the AVX2 kernels 540 ms (`-- --only attention`, interleaved with
+//! `SD_ATTENTION_KERNELS=off`).
 
 use ndarray::{ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::attention_avx2::{self, HeadPanels};
 use super::bf16::{self, PairPanels};
 use super::elementwise::{exp, vectorized};
 use super::gemm::{Parallelism, sgemm};
@@ -82,7 +86,8 @@ pub(crate) fn attention(
         .for_each(|(b, (out, q))| {
             let keys = &k[b * batch_kv..(b + 1) * batch_kv];
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
-            // In bf16, each head's keys and values are packed once for all query blocks.
+            // In bf16, each head's keys and values are packed once for all query blocks; in f32
+            // on AVX2, each head's keys.
             let packed: Vec<PackedHead> = match precision {
                 // The backend resolves Auto before it gets here.
                 Precision::F32 | Precision::Auto => Vec::new(),
@@ -90,6 +95,15 @@ pub(crate) fn attention(
                     .into_par_iter()
                     .map(|head| PackedHead::new(&shape, head, keys, values))
                     .collect(),
+            };
+            let d = shape.head_dim;
+            let panels: Vec<HeadPanels> = if packed.is_empty() && attention_avx2::applies(d) {
+                (0..heads)
+                    .into_par_iter()
+                    .map(|head| HeadPanels::new(keys, values, shape.keys, d, features, head * d))
+                    .collect()
+            } else {
+                Vec::new()
             };
             let task_len = query_rows * features;
             out.par_chunks_mut(task_len)
@@ -105,7 +119,6 @@ pub(crate) fn attention(
                             values,
                         };
                         for head in 0..heads {
-                            let d = shape.head_dim;
                             let queries = task.queries.len() / features;
                             match packed.get(head) {
                                 None => {
@@ -115,6 +128,7 @@ pub(crate) fn attention(
                                         col: head * d,
                                         d,
                                         scale,
+                                        panels: panels.get(head),
                                     };
                                     task.attend(&shape, causal, &mut products, scratch, out);
                                 }
@@ -219,13 +233,7 @@ impl QueryBlock<'_> {
                 causal,
             };
             products.softmax_step(tile, scores, running_max, running_sum, rescale);
-            if rescale.iter().any(|&r| r != 1.0) {
-                vectorized(
-                    #[inline(always)]
-                    || products.rescale(acc, rescale),
-                );
-            }
-            products.accumulate(first_key, key_count, scores, acc);
+            products.accumulate(first_key, key_count, scores, rescale, acc);
         }
         products.finish(acc, running_sum, out);
     }
@@ -245,30 +253,37 @@ trait HeadProducts {
         running_max: &mut [f32],
         running_sum: &mut [f32],
         rescale: &mut [f32],
-    ) {
-        vectorized(
-            #[inline(always)]
-            || tile.softmax_step(scores, running_max, running_sum, rescale),
-        );
-    }
+    );
     /// `scores = scale · Q Kᵀ` for keys `first_key..first_key + key_count` (`[rows, key_count]`
     /// unless the layout says otherwise).
     fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]);
-    /// `acc += P V` for those keys (`probabilities [rows, key_count]`).
+    /// `acc = acc · factor + P V` for those keys (`probabilities [rows, key_count]`, one
+    /// factor per query row).
     fn accumulate(
         &mut self,
         first_key: usize,
         key_count: usize,
         probabilities: &[f32],
+        factors: &[f32],
         acc: &mut [f32],
     );
     /// Multiply each query row's accumulated output by its factor.
     fn rescale(&self, acc: &mut [f32], factors: &[f32]);
+    /// [`rescale`](Self::rescale), skipped while every factor is 1 (the row maxima held).
+    fn rescale_if_needed(&self, acc: &mut [f32], factors: &[f32]) {
+        if factors.iter().any(|&f| f != 1.0) {
+            vectorized(
+                #[inline(always)]
+                || self.rescale(acc, factors),
+            );
+        }
+    }
     /// Write `acc / sum` per query row into the head's columns of `out`.
     fn finish(&self, acc: &[f32], sums: &[f32], out: &mut [f32]);
 }
 
-/// f32 products on the GEMM engine, strided over the interleaved heads; `acc` is `[rows, d]`.
+/// f32 products, strided over the interleaved heads, on the AVX2 attention kernels where they
+/// apply (the head packed in `panels`), else on the GEMM engine; `acc` is `[rows, d]`.
 struct F32Products<'a, 'b> {
     task: &'b QueryBlock<'a>,
     features: usize,
@@ -277,6 +292,7 @@ struct F32Products<'a, 'b> {
     /// The head's features.
     d: usize,
     scale: f32,
+    panels: Option<&'b HeadPanels>,
 }
 
 impl F32Products<'_, '_> {
@@ -286,8 +302,45 @@ impl F32Products<'_, '_> {
 }
 
 impl HeadProducts for F32Products<'_, '_> {
+    fn softmax_step(
+        &self,
+        tile: ScoreTile,
+        scores: &mut [f32],
+        running_max: &mut [f32],
+        running_sum: &mut [f32],
+        rescale: &mut [f32],
+    ) {
+        // Two calls, not a function pointer: each exp loop inlines into its softmax.
+        match self.panels {
+            Some(_) => vectorized(
+                #[inline(always)]
+                || {
+                    let exp_row = attention_avx2::exp_shifted_in_place;
+                    tile.softmax_step(scores, running_max, running_sum, rescale, exp_row)
+                },
+            ),
+            None => vectorized(
+                #[inline(always)]
+                || {
+                    let exp_row = exp_shifted_in_place;
+                    tile.softmax_step(scores, running_max, running_sum, rescale, exp_row)
+                },
+            ),
+        }
+    }
+
     fn scores(&mut self, first_key: usize, key_count: usize, scores: &mut [f32]) {
         let (rows, d) = (self.rows(), self.d);
+        if let Some(panels) = self.panels {
+            let q = attention_avx2::Rows {
+                data: &self.task.queries[self.col..],
+                rows,
+                cols: d,
+                stride: self.features,
+            };
+            attention_avx2::scores(q, panels, first_key, key_count, self.scale, scores);
+            return;
+        }
         let q = Strided {
             data: &self.task.queries[self.col..],
             rows,
@@ -310,9 +363,22 @@ impl HeadProducts for F32Products<'_, '_> {
         first_key: usize,
         key_count: usize,
         probabilities: &[f32],
+        factors: &[f32],
         acc: &mut [f32],
     ) {
         let d = self.d;
+        let values = &self.task.values[first_key * self.features + self.col..];
+        if let Some(panels) = self.panels {
+            let p = attention_avx2::Rows {
+                data: probabilities,
+                rows: self.rows(),
+                cols: key_count,
+                stride: key_count,
+            };
+            attention_avx2::accumulate(p, panels, first_key, factors, acc);
+            return;
+        }
+        self.rescale_if_needed(acc, factors);
         let probabilities = Strided {
             data: probabilities,
             rows: self.rows(),
@@ -321,7 +387,7 @@ impl HeadProducts for F32Products<'_, '_> {
             col_stride: 1,
         };
         let v = Strided {
-            data: &self.task.values[first_key * self.features + self.col..],
+            data: values,
             rows: key_count,
             cols: d,
             row_stride: self.features,
@@ -423,8 +489,10 @@ impl HeadProducts for Bf16Products<'_> {
         first_key: usize,
         key_count: usize,
         probabilities: &[f32],
+        factors: &[f32],
         acc: &mut [f32],
     ) {
+        self.rescale_if_needed(acc, factors);
         let rows = self.q.rows();
         self.p_t
             .repack_strided_columns(probabilities, key_count, rows, rows);
@@ -470,6 +538,8 @@ impl ScoreTile {
     /// rows`): mask, update each row's running max and sum, turn the scores into
     /// `exp(score − max)` in place, and set the factor by which each row's output accumulated
     /// under an older max must be rescaled.
+    /// `exp_row(row, shift)` replaces each `v` of a row with `exp(v − shift)` and returns
+    /// their sum ([`exp_shifted_in_place`] or a faster kernel of the same contract).
     #[inline(always)]
     fn softmax_step(
         self,
@@ -477,6 +547,7 @@ impl ScoreTile {
         running_max: &mut [f32],
         running_sum: &mut [f32],
         rescale: &mut [f32],
+        exp_row: impl Fn(&mut [f32], f32) -> f32,
     ) {
         let rows = running_max.len();
         let key_count = scores.len() / rows;
@@ -498,7 +569,7 @@ impl ScoreTile {
                 continue;
             }
             *factor = exp(*m - new_max);
-            let block_sum = exp_shifted_in_place(s, new_max);
+            let block_sum = exp_row(s, new_max);
             *l = *l * *factor + block_sum;
             *m = new_max;
         }

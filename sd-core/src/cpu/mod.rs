@@ -10,6 +10,7 @@
 
 pub mod allocator;
 mod attention;
+mod attention_avx2;
 mod bf16;
 mod conv;
 mod elementwise;
