@@ -15,7 +15,7 @@ use sd_core::{Backend, Conv2dParams, TorchGenerator, UnaryOp, WeightRole};
 
 /// One benchmark case: a name, its FLOP count and a closure running it once.
 struct Case<'a> {
-    name: &'static str,
+    name: String,
     flop: f64,
     run: Box<dyn Fn() -> stable_diffusion::Result<()> + 'a>,
 }
@@ -48,9 +48,28 @@ fn main() -> stable_diffusion::Result<()> {
     let vae_tokens = rand(&[1, 4096, 512])?;
 
     let conv_flop = |n: f64, c: f64, o: f64, hw: f64, k: f64| 2.0 * n * c * o * hw * k * k;
-    let cases = vec![
+    // The UNet's other linear shapes at 512², batch 2 (tokens × in → out): attention
+    // projections, FF in and FF out of the 32×32 and 16×16 levels, and FF out at 64×64.
+    let linear_shapes = [
+        (8192, 1280, 320),
+        (2048, 640, 640),
+        (2048, 640, 5120),
+        (2048, 2560, 640),
+        (512, 1280, 1280),
+        (512, 1280, 10240),
+        (512, 5120, 1280),
+    ];
+    let linear_inputs = linear_shapes
+        .iter()
+        .map(|&(rows, inp, out)| {
+            let x = b.upload(&(rng.randn(&[rows, inp]) * 0.1))?;
+            let w = b.upload_weight(&(rng.randn(&[out, inp]) * 0.1), WeightRole::Linear)?;
+            Ok((rows, inp, out, x, w))
+        })
+        .collect::<stable_diffusion::Result<Vec<_>>>()?;
+    let mut cases = vec![
         Case {
-            name: "conv2d 3x3 [2,320,64,64]->320",
+            name: "conv2d 3x3 [2,320,64,64]->320".into(),
             flop: conv_flop(2.0, 320.0, 320.0, 4096.0, 3.0),
             run: Box::new(|| {
                 b.conv2d(&x_nchw, &w3, Some(&bias), Conv2dParams::same(1))
@@ -58,7 +77,7 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "conv2d 3x3 [1,256,256,256]->256 (VAE)",
+            name: "conv2d 3x3 [1,256,256,256]->256 (VAE)".into(),
             flop: conv_flop(1.0, 256.0, 256.0, 65536.0, 3.0),
             run: Box::new(|| {
                 b.conv2d(&vae_x, &vae_w, Some(&vae_bias), Conv2dParams::same(1))
@@ -66,17 +85,17 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "linear [8192,320]x[320,320]",
+            name: "linear [8192,320]x[320,320]".into(),
             flop: 2.0 * 8192.0 * 320.0 * 320.0,
             run: Box::new(|| b.linear(&tokens, &w_lin, Some(&bias)).map(drop)),
         },
         Case {
-            name: "linear [8192,320]x[320,2560] (FF in)",
+            name: "linear [8192,320]x[320,2560] (FF in)".into(),
             flop: 2.0 * 8192.0 * 320.0 * 2560.0,
             run: Box::new(|| b.linear(&tokens, &ff_in, None).map(drop)),
         },
         Case {
-            name: "self-attention [2,4096,320] 8 heads",
+            name: "self-attention [2,4096,320] 8 heads".into(),
             flop: 2.0 * 2.0 * 2.0 * 4096.0 * 4096.0 * 320.0,
             run: Box::new(|| {
                 b.attention(&tokens, &tokens, &tokens, 8, 40f32.powf(-0.5), false)
@@ -84,7 +103,7 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "cross-attention [2,4096,320] x 77",
+            name: "cross-attention [2,4096,320] x 77".into(),
             flop: 2.0 * 2.0 * 2.0 * 4096.0 * 77.0 * 320.0,
             run: Box::new(|| {
                 b.attention(&tokens, &ctx_k, &ctx_k, 8, 40f32.powf(-0.5), false)
@@ -92,7 +111,7 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "VAE attention [1,4096,512] 1 head",
+            name: "VAE attention [1,4096,512] 1 head".into(),
             flop: 2.0 * 2.0 * 4096.0 * 4096.0 * 512.0,
             run: Box::new(|| {
                 b.attention(
@@ -107,7 +126,7 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "group_norm+silu [2,320,64,64] g32",
+            name: "group_norm+silu [2,320,64,64] g32".into(),
             flop: 0.0,
             run: Box::new(|| {
                 b.group_norm(&x_nchw, 32, &gamma, &bias, 1e-5, true)
@@ -115,22 +134,22 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
         Case {
-            name: "layer_norm [2,4096,320]",
+            name: "layer_norm [2,4096,320]".into(),
             flop: 0.0,
             run: Box::new(|| b.layer_norm(&tokens, &gamma, &bias, 1e-5).map(drop)),
         },
         Case {
-            name: "geglu [2,4096,2560]",
+            name: "geglu [2,4096,2560]".into(),
             flop: 0.0,
             run: Box::new(|| b.geglu(&geglu_in).map(drop)),
         },
         Case {
-            name: "silu [2,320,64,64]",
+            name: "silu [2,320,64,64]".into(),
             flop: 0.0,
             run: Box::new(|| b.unary(&x_nchw, UnaryOp::Silu).map(drop)),
         },
         Case {
-            name: "add broadcast [2,320,64,64]+[2,320,1,1]",
+            name: "add broadcast [2,320,64,64]+[2,320,1,1]".into(),
             flop: 0.0,
             run: Box::new(|| {
                 let t = b.reshape(&bias, &[1, 320, 1, 1])?;
@@ -138,6 +157,12 @@ fn main() -> stable_diffusion::Result<()> {
             }),
         },
     ];
+    let backend = &b;
+    cases.extend(linear_inputs.iter().map(|(rows, inp, out, x, w)| Case {
+        name: format!("linear [{rows},{inp}]x[{inp},{out}]"),
+        flop: 2.0 * (rows * inp * out) as f64,
+        run: Box::new(move || backend.linear(x, w, None).map(drop)),
+    }));
 
     println!(
         "CPU backend, {} threads, median of {runs} runs",
