@@ -18,8 +18,9 @@
 //!
 //! Three implementations of the products ([`HeadProducts`]): f32 on the register-tiled AVX2
 //! kernels of [`attention_avx2`] on CPUs without AVX-512 (heads up to 160 wide: every UNet and
-//! CLIP head), f32 on the GEMM engine otherwise, and for [`Precision::Bf16`] the bf16 engine with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`),
-//! keys and values packed once per call. Self-attention [2, 4096, 320] × 8 heads
+//! CLIP head), f32 on the GEMM engine otherwise, and for [`Precision::Bf16`] the bf16 engine
+//! with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`), keys and values packed once per
+//! call. Self-attention [2, 4096, 320] × 8 heads
 //! (`cargo run --release --example cpu_ops`): f32 330 ms, bf16 234 ms (270 ms with row-major
 //! scores, whose packing of P cost as much as its product) on a Zen 4; on a Zen 3 (AVX2) the
 //! GEMM engine took 780 ms, the AVX2 kernels 540 ms (`-- --only attention`, interleaved with
@@ -86,8 +87,8 @@ pub(crate) fn attention(
         .for_each(|(b, (out, q))| {
             let keys = &k[b * batch_kv..(b + 1) * batch_kv];
             let values = &v[b * batch_kv..(b + 1) * batch_kv];
-            // In bf16, each head's keys and values are packed once for all query blocks; in f32
-            // on AVX2, each head's keys.
+            // In bf16, and in f32 on the AVX2 kernels, each head's keys and values are packed
+            // once for all query blocks.
             let packed: Vec<PackedHead> = match precision {
                 // The backend resolves Auto before it gets here.
                 Precision::F32 | Precision::Auto => Vec::new(),
