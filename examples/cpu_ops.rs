@@ -39,6 +39,8 @@ fn main() -> stable_diffusion::Result<()> {
     let x_nchw = rand(&[2, 320, 64, 64])?;
     let bias = rand(&[320])?;
     let tokens = rand(&[2, 4096, 320])?;
+    // Self-attention's keys and values: separate tensors, as the UNet's projections give.
+    let (self_k, self_v) = (rand(&[2, 4096, 320])?, rand(&[2, 4096, 320])?);
     let ctx_k = rand(&[2, 77, 320])?;
     let gamma = rand(&[320])?;
     let geglu_in = rand(&[2, 4096, 2560])?;
@@ -98,7 +100,7 @@ fn main() -> stable_diffusion::Result<()> {
             name: "self-attention [2,4096,320] 8 heads".into(),
             flop: 2.0 * 2.0 * 2.0 * 4096.0 * 4096.0 * 320.0,
             run: Box::new(|| {
-                b.attention(&tokens, &tokens, &tokens, 8, 40f32.powf(-0.5), false)
+                b.attention(&tokens, &self_k, &self_v, 8, 40f32.powf(-0.5), false)
                     .map(drop)
             }),
         },
