@@ -21,6 +21,11 @@ use rayon::prelude::*;
 pub(crate) const MR: usize = 12;
 /// Columns of the right operand per kernel tile (two 16-lane vectors).
 pub(crate) const NR: usize = 32;
+/// Panel width of the *plain rows* layout: each row's pairs one after the other, which in
+/// memory is the row-major bf16 matrix (k padded to even). That is how weights are stored on a
+/// CPU without bf16 arithmetic, which multiplies them on the f32 engine (`widened.rs`) and
+/// widens them with [`PairPanels::widen_rows`], a contiguous shift.
+pub(crate) const PLAIN_ROWS: usize = 1;
 /// Pairs of k per cache block: a 32-column panel of the right operand is then 16 KiB and
 /// stays in L1 while the tiles of a block of left rows pass over it.
 const K_BLOCK_PAIRS: usize = 256;
@@ -187,15 +192,18 @@ impl PairPanels {
     }
 
     /// The row-major `[rows, k]` f32 values (the inverse of [`from_rows`](Self::from_rows)
-    /// up to the rounding to bf16).
-    ///
-    /// This is how a CPU without bf16 arithmetic multiplies bf16 weights: widened to f32 per
-    /// product and run on the f32 engine. It is a pure stream (2 bytes read, 4 written per
-    /// value), done in parallel, one panel per task, reading each panel in storage order.
+    /// up to the rounding to bf16): a pure stream (2 bytes read, 4 written per value), done in
+    /// parallel, one panel per task, reading each panel in storage order.
     pub(crate) fn to_rows(&self) -> Vec<f32> {
         let (pairs, width, k) = (self.pairs(), self.width, self.k);
         let mut out = vec![0.0f32; self.rows * k];
         if k == 0 || self.rows == 0 {
+            return out;
+        }
+        if self.is_plain_rows() {
+            out.par_chunks_mut(WIDEN_TASK_ROWS * k)
+                .enumerate()
+                .for_each(|(i, rows)| self.widen_rows(i * WIDEN_TASK_ROWS, rows));
             return out;
         }
         let whole_pairs = k / 2;
@@ -220,6 +228,41 @@ impl PairPanels {
                 }
             });
         out
+    }
+
+    /// Rows `first..first + out.len() / k` as row-major f32 in `out`, for the
+    /// [plain rows](PLAIN_ROWS) layout: each value's 16 bits shifted into the top of an f32,
+    /// in storage order (vectorised with AVX2 or AVX-512 where the CPU has them).
+    pub(crate) fn widen_rows(&self, first: usize, out: &mut [f32]) {
+        assert!(
+            self.is_plain_rows(),
+            "widen_rows reads the plain rows layout"
+        );
+        let (k, pairs) = (self.k, self.pairs());
+        if k == 0 {
+            return;
+        }
+        let rows = out.len() / k;
+        assert!(out.len() == rows * k && first + rows <= self.rows);
+        let src = &self.data[first * pairs..(first + rows) * pairs];
+        super::elementwise::vectorized(
+            #[inline(always)]
+            || {
+                for (row, out) in src.chunks_exact(pairs).zip(out.chunks_exact_mut(k)) {
+                    widen_row(row, out);
+                }
+            },
+        );
+    }
+
+    /// Whether this is the [plain rows](PLAIN_ROWS) layout.
+    pub(crate) fn is_plain_rows(&self) -> bool {
+        self.width == PLAIN_ROWS
+    }
+
+    /// Values per row (the k of the product).
+    pub(crate) fn k(&self) -> usize {
+        self.k
     }
 
     /// Packed rows (m for a left operand, n for a right one).
@@ -291,6 +334,23 @@ impl<'a> Panels<'a> {
     fn panel(&self, i: usize, p0: usize) -> &'a [u32] {
         let start = i * self.panel_len + (self.first_pair + p0) * self.width;
         &self.data[start..i * self.panel_len + (self.first_pair + self.pairs) * self.width]
+    }
+}
+
+/// Rows per task of [`PairPanels::to_rows`] in the plain rows layout.
+const WIDEN_TASK_ROWS: usize = 64;
+
+/// One row of pairs (even k in the low half) as its `out.len()` f32 values; a last odd k
+/// reads only its pair's low half.
+#[inline(always)]
+fn widen_row(pairs: &[u32], out: &mut [f32]) {
+    let mut values = out.chunks_exact_mut(2);
+    for (two, &bits) in (&mut values).zip(pairs) {
+        two[0] = f32::from_bits(bits << 16);
+        two[1] = f32::from_bits(bits & 0xffff_0000);
+    }
+    if let ([last], Some(&bits)) = (values.into_remainder(), pairs.last()) {
+        *last = bf16_value(bits & 0xffff);
     }
 }
 
@@ -651,6 +711,32 @@ pub(crate) mod tests {
         let mut reused = PairPanels::from_columns(&random(80 * 90, 4), 80, 90, MR);
         reused.repack_strided_columns(&transposed, k, rows, rows);
         assert_eq!(reused.data, packed.data);
+    }
+
+    #[test]
+    fn plain_rows_widen_to_the_rounded_values() {
+        // Odd and even k, and more rows than one to_rows task; NaN and infinities included.
+        for &(rows, k) in &[(150, 71), (3, 64), (2, 1)] {
+            let mut src = random(rows * k, 5);
+            src[0] = f32::INFINITY;
+            src[rows * k - 1] = f32::NEG_INFINITY;
+            let packed = PairPanels::from_rows(&src, rows, k, PLAIN_ROWS);
+            // The plain layout is the bf16 matrix itself: pairs of a row follow each other.
+            assert_eq!(packed.size_in_bytes(), rows * k.div_ceil(2) * 4);
+            let want = rounded(&src);
+            assert_eq!(packed.to_rows(), want, "({rows}, {k}) to_rows");
+            // A range of rows starting past the first, into a buffer of exactly its size.
+            let (first, len) = (rows / 3, rows - rows / 3);
+            let mut out = vec![f32::NAN; len * k];
+            packed.widen_rows(first, &mut out);
+            assert_eq!(
+                out,
+                want[first * k..].to_vec(),
+                "({rows}, {k}) rows {first}.."
+            );
+        }
+        let nan = PairPanels::from_rows(&[f32::NAN, 1.0], 1, 2, PLAIN_ROWS).to_rows();
+        assert!(nan[0].is_nan() && nan[1] == 1.0);
     }
 
     /// Both kernels against an f64 product of the bf16-rounded operands, on shapes with

@@ -7,7 +7,8 @@
 //! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
 //! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
 //! im2col at all: the input image `[c, h·w]` is already `col`. Large stride-1 3×3 convolutions
-//! in f32 take Winograd's algorithm instead (`winograd.rs`).
+//! in f32 (or bf16 storage without bf16 arithmetic) take Winograd's algorithm instead
+//! (`winograd.rs`).
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use rayon::prelude::*;
@@ -16,6 +17,7 @@ use super::CpuTensor;
 use super::bf16::{self, PairPanels};
 use super::gemm::{Parallelism, sgemm};
 use super::linalg::matrix;
+use super::widened;
 use super::winograd;
 use crate::backend::{Conv2dParams, TensorInfo};
 use crate::error::{Error, Result};
@@ -43,13 +45,14 @@ const PANEL_ALIGN: usize = 16;
 /// How a convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Algorithm {
-    /// Winograd F(2×2, 3×3) where [`winograd::applies`] (f32 weights, 3×3 stride 1, large
-    /// enough to gain), im2col + GEMM elsewhere.
+    /// Winograd F(2×2, 3×3) where [`winograd::applies`] (f32 or widened bf16 weights, 3×3
+    /// stride 1, large enough to gain), im2col + GEMM elsewhere.
     Fastest,
     /// im2col + GEMM always (the A/B baseline of the speed tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Direct,
-    /// Winograd wherever it can run (f32 weights, 3×3 stride 1), however small the conv.
+    /// Winograd wherever it can run (f32 or widened bf16 weights, 3×3 stride 1), however
+    /// small the conv.
     #[cfg_attr(not(test), allow(dead_code))]
     Winograd,
 }
@@ -95,21 +98,28 @@ pub(crate) fn conv2d_by(
         Algorithm::Direct => false,
         Algorithm::Winograd => true,
     };
-    if winograd && w.packed().is_none() {
-        winograd::conv2d(&geometry, x.data(), w.data(), bias, &mut out)?;
-        return CpuTensor::from_vec(&out_shape, out);
-    }
-
     let weights = match w.packed() {
+        Some(panels) if panels.is_plain_rows() => Weights::Widened(panels),
         Some(panels) => Weights::Bf16(panels),
         None => Weights::F32(matrix(w.data(), o, geometry.patch_len())?),
     };
+    // The bf16 engine (pair panels) keeps im2col: its products are already twice as fast.
+    let filters = match weights {
+        Weights::F32(_) => Some(winograd::Filters::F32(w.data())),
+        Weights::Widened(panels) => Some(winograd::Filters::Bf16(panels)),
+        Weights::Bf16(_) => None,
+    };
+    if let Some(filters) = filters.filter(|_| winograd) {
+        winograd::conv2d(&geometry, x.data(), filters, bias, &mut out)?;
+        return CpuTensor::from_vec(&out_shape, out);
+    }
+
     let mut out3 =
         ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
             .map_err(|e| too_large(&e.to_string()))?;
     // bf16 panels are whole kernel tiles wide where the image allows.
     let (panel_bytes, align) = match weights {
-        Weights::F32(_) => (PANEL_BYTES, PANEL_ALIGN),
+        Weights::F32(_) | Weights::Widened(_) => (PANEL_BYTES, PANEL_ALIGN),
         Weights::Bf16(_) => (BF16_PANEL_BYTES, bf16::NR),
     };
     let panel_cols = panel_width(
@@ -200,6 +210,8 @@ enum Weights<'a> {
     F32(ArrayView2<'a, f32>),
     /// Packed for [`Precision::Bf16`](super::Precision::Bf16) in MR-row panels.
     Bf16(&'a PairPanels),
+    /// bf16 in plain rows, for a CPU without bf16 arithmetic (`widened.rs`).
+    Widened(&'a PairPanels),
 }
 
 /// `out ← weights · cols (+ bias per output channel)`.
@@ -222,6 +234,7 @@ fn multiply_panel(
     };
     match weights {
         Weights::F32(weights) => sgemm(1.0, weights, cols, beta, out, parallelism),
+        Weights::Widened(panels) => widened::product(panels, cols, beta, out, parallelism),
         Weights::Bf16(panels) => {
             if beta == 0.0 {
                 out.fill(0.0);

@@ -68,7 +68,8 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
 }
 
 /// `x · wᵀ + bias` over the last dim: `x [..., in]`, `w [out, in]` (dense f32, or packed
-/// bf16: then the product runs in bf16), `bias [out]`.
+/// bf16: pair panels run on the bf16 engine, plain rows are widened for the f32 one),
+/// `bias [out]`.
 pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
     let LinearDims {
         rows,
@@ -81,11 +82,15 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
     // it (β = 1), which costs the engine one read of c instead of a separate pass. The rows are
     // filled in parallel: this first touch of a fresh allocation is where the OS maps its pages,
     // which done on one thread took a third of the time of SD's largest linears.
-    if let Some(panels) = w.packed() {
-        let mut out = vec![0.0f32; rows * out_features];
-        super::bf16::linear(x.data(), rows, panels, bias.map(|b| b.data()), &mut out);
-        return CpuTensor::from_vec(&out_shape, out);
-    }
+    let widened = match w.packed() {
+        Some(panels) if panels.is_plain_rows() => Some(panels),
+        Some(panels) => {
+            let mut out = vec![0.0f32; rows * out_features];
+            super::bf16::linear(x.data(), rows, panels, bias.map(|b| b.data()), &mut out);
+            return CpuTensor::from_vec(&out_shape, out);
+        }
+        None => None,
+    };
     let mut out = vec![0.0f32; rows * out_features];
     let beta = match bias {
         Some(bias) if out_features > 0 => {
@@ -97,15 +102,15 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
         _ => 0.0,
     };
     let x2 = matrix(x.data(), rows, inp)?;
-    let w2 = matrix(w.data(), out_features, inp)?;
-    sgemm(
-        1.0,
-        x2,
-        w2.t(),
-        beta,
-        matrix_mut(&mut out, rows, out_features)?,
-        Parallelism::Parallel,
-    )?;
+    let out2 = matrix_mut(&mut out, rows, out_features)?;
+    match widened {
+        // bf16 storage without bf16 arithmetic: the f32 engine on blocks widened in turn.
+        Some(panels) => super::widened::linear(x2, panels, beta, out2)?,
+        None => {
+            let w2 = matrix(w.data(), out_features, inp)?;
+            sgemm(1.0, x2, w2.t(), beta, out2, Parallelism::Parallel)?;
+        }
+    }
     CpuTensor::from_vec(&out_shape, out)
 }
 

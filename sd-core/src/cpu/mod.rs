@@ -5,7 +5,8 @@
 //! `conv` (conv2d), `attention` (blockwise online-softmax attention), `norm` (group/layer norm,
 //! softmax), `bf16` (the packed bf16 product engine), `elementwise` (activations, broadcasting binary ops), `layout` (reshape, permute,
 //! narrow, concat, upsample, embedding), `winograd` (stride-1 3×3 convs by F(2×2, 3×3)),
-//! `features` (the instruction sets in use). Naive reference loops for the property tests live in
+//! `features` (the instruction sets in use), `widened` (bf16-stored weights on the f32 engine, for
+//! CPUs without bf16 arithmetic). Naive reference loops for the property tests live in
 //! `tests/cpu_ops.rs`.
 
 pub mod allocator;
@@ -20,6 +21,7 @@ mod layout;
 mod linalg;
 mod norm;
 pub mod threads;
+mod widened;
 mod winograd;
 
 use std::borrow::Cow;
@@ -141,9 +143,9 @@ pub enum Precision {
     F32,
     /// Linear and conv weights stored in bf16 (half the memory). Where the CPU has
     /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS`, accumulating in
-    /// f32, and attention runs the same way. Elsewhere each product widens its bf16 weight to
-    /// f32 and runs the f32 engine (as fast as f32, not faster: the memory is what bf16 saves
-    /// there). Everything else (norms, activations) stays f32.
+    /// f32, and attention runs the same way. Elsewhere the weights are kept as plain bf16 rows and
+    /// each product widens them to f32 a cache-sized block at a time for the f32 engine (about
+    /// f32's speed: the memory is what bf16 saves there). Everything else (norms, activations) stays f32.
     Bf16,
     /// The fastest of the two whose images stay within the accuracy rule (PSNR ≥ 35 dB against
     /// f32 on a full-size 512² txt2img): [`Bf16`](Self::Bf16) where the CPU has avx512_bf16
@@ -190,8 +192,8 @@ pub struct CpuBackend {
     precision: Precision,
     /// Whether the precision was picked by [`Precision::Auto`] (for the backend's name).
     auto: bool,
-    /// Whether bf16 products run on bf16 instructions; otherwise bf16 weights are widened to
-    /// f32 per product and attention runs in f32.
+    /// Whether bf16 products run on bf16 instructions; otherwise bf16 weights are stored as
+    /// plain rows, widened to f32 block by block in each product, and attention runs in f32.
     bf16_arithmetic: bool,
 }
 
@@ -229,16 +231,6 @@ impl CpuBackend {
     /// f32 for the f32 engine). False when `SD_CPU_FEATURES` caps the CPU below avx512_bf16.
     pub fn has_bf16_instructions() -> bool {
         bf16::Kernel::detect() == bf16::Kernel::Avx512Bf16
-    }
-
-    /// A product's weight as this CPU's kernels take it: packed bf16 where the CPU multiplies
-    /// bf16, otherwise widened to dense f32 (the f32 engine is then the fastest kernel).
-    fn product_weight<'a>(&self, w: &'a CpuTensor) -> Cow<'a, CpuTensor> {
-        if self.bf16_arithmetic {
-            Cow::Borrowed(w)
-        } else {
-            w.dense()
-        }
     }
 
     /// The precision attention runs in: bf16 only where the CPU has bf16 arithmetic (the
@@ -285,8 +277,13 @@ impl Backend for CpuBackend {
     fn upload_weight(&self, host: &HostTensor, role: WeightRole) -> Result<CpuTensor> {
         let shape = host.shape().to_vec();
         // The product's operand: a linear weight's rows are the right operand's columns (NR
-        // panels), a conv weight's rows the left operand's rows (MR panels).
+        // panels), a conv weight's rows the left operand's rows (MR panels). Without bf16
+        // arithmetic, plain bf16 rows, which the products widen block by block (`widened.rs`).
         let width = match (self.precision, role, shape.len()) {
+            (Precision::Bf16, _, _) if !self.bf16_arithmetic => match (role, shape.len()) {
+                (WeightRole::Linear, 2) | (WeightRole::Conv, 4) => bf16::PLAIN_ROWS,
+                _ => return self.upload(host),
+            },
             (Precision::Bf16, WeightRole::Linear, 2) => bf16::NR,
             (Precision::Bf16, WeightRole::Conv, 4) => bf16::MR,
             _ => return self.upload(host),
@@ -328,7 +325,7 @@ impl Backend for CpuBackend {
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
         let bias = bias.map(CpuTensor::dense);
-        linalg::linear(&x.dense(), &self.product_weight(w), bias.as_deref())
+        linalg::linear(&x.dense(), w, bias.as_deref())
     }
 
     fn conv2d(
@@ -339,7 +336,7 @@ impl Backend for CpuBackend {
         params: Conv2dParams,
     ) -> Result<CpuTensor> {
         let bias = bias.map(CpuTensor::dense);
-        conv::conv2d(&x.dense(), &self.product_weight(w), bias.as_deref(), params)
+        conv::conv2d(&x.dense(), w, bias.as_deref(), params)
     }
 
     fn attention(

@@ -30,6 +30,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::bf16::PairPanels;
 use super::gemm::{Parallelism, sgemm};
 use crate::error::{Error, Result};
 use crate::shapes::ConvShape;
@@ -78,7 +79,7 @@ pub(crate) fn applies(g: &ConvShape) -> bool {
 pub(crate) fn conv2d(
     g: &ConvShape,
     x: &[f32],
-    w: &[f32],
+    w: Filters<'_>,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) -> Result<()> {
@@ -91,7 +92,11 @@ pub(crate) fn conv2d(
             format!("needs a 3×3 stride-1 conv, got {g:?}"),
         ));
     }
-    if x.len() < g.images * image_in || w.len() < o * c * 9 || out.len() < g.images * image_out {
+    let filters_fit = match w {
+        Filters::F32(w) => w.len() >= o * c * 9,
+        Filters::Bf16(w) => w.is_plain_rows() && w.rows() == o && w.k() == c * 9,
+    };
+    if x.len() < g.images * image_in || !filters_fit || out.len() < g.images * image_out {
         return Err(Error::shape(
             "winograd conv2d",
             format!("buffers too short for {g:?}"),
@@ -181,15 +186,32 @@ impl Tiles {
     }
 }
 
+/// A conv weight `[o, c, 3, 3]` as the filter transform reads it.
+#[derive(Clone, Copy)]
+pub(crate) enum Filters<'a> {
+    F32(&'a [f32]),
+    /// bf16 in plain rows (a CPU without bf16 arithmetic): each output channel's filters are
+    /// widened as the transform reaches them, so the f32 weight never exists whole.
+    Bf16(&'a PairPanels),
+}
+
 /// `U [o, 16, c]` from `w [o, c, 3, 3]`: `G g Gᵀ` per filter, one output channel per task.
-fn filter_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+fn filter_transform(w: Filters<'_>, o: usize, c: usize) -> Vec<f32> {
     let mut u = vec![0.0f32; o * POSITIONS * c];
     if c == 0 {
         return u;
     }
     u.par_chunks_exact_mut(POSITIONS * c)
-        .zip(w.par_chunks_exact(9 * c))
-        .for_each(|(u, filters)| {
+        .enumerate()
+        .for_each_init(Vec::new, |widened, (oc, u)| {
+            let filters = match w {
+                Filters::F32(w) => &w[oc * 9 * c..(oc + 1) * 9 * c],
+                Filters::Bf16(w) => {
+                    widened.resize(9 * c, 0.0);
+                    w.widen_rows(oc, widened);
+                    &widened[..]
+                }
+            };
             for (ci, g) in filters.chunks_exact(9).enumerate() {
                 // G g: 4 rows of 3.
                 let mut gg = [[0.0f32; 3]; 4];
@@ -338,6 +360,7 @@ mod tests {
     use super::super::bf16::tests::random;
     use super::*;
     use crate::backend::Conv2dParams;
+    use crate::cpu::bf16::PLAIN_ROWS;
 
     /// The direct sum in f64, with the scale of each output (Σ |x·w|) for the tolerance.
     fn naive(g: &ConvShape, x: &[f32], w: &[f32], bias: &[f32]) -> (Vec<f64>, Vec<f64>) {
@@ -396,15 +419,21 @@ mod tests {
             let x = random(images * c * h * w, 1);
             let wt = random(o * c * 9, 2);
             let bias = random(o, 3);
-            let mut out = vec![f32::NAN; images * o * g.out_h * g.out_w];
-            conv2d(&g, &x, &wt, Some(&bias), &mut out).expect("conv");
-            let (want, scale) = naive(&g, &x, &wt, &bias);
-            for (i, ((&got, &want), &scale)) in out.iter().zip(&want).zip(&scale).enumerate() {
-                let err = (f64::from(got) - want).abs();
-                assert!(
-                    err <= 1e-5 * scale.max(1e-3),
-                    "{g:?} [{i}]: {got} vs {want} (scale {scale})"
-                );
+            // The same filters in bf16 plain rows: compared with the direct sum of their
+            // bf16 values.
+            let packed = PairPanels::from_rows(&wt, o, 9 * c, PLAIN_ROWS);
+            let widened = packed.to_rows();
+            for (filters, wt) in [(Filters::F32(&wt), &wt), (Filters::Bf16(&packed), &widened)] {
+                let mut out = vec![f32::NAN; images * o * g.out_h * g.out_w];
+                conv2d(&g, &x, filters, Some(&bias), &mut out).expect("conv");
+                let (want, scale) = naive(&g, &x, wt, &bias);
+                for (i, ((&got, &want), &scale)) in out.iter().zip(&want).zip(&scale).enumerate() {
+                    let err = (f64::from(got) - want).abs();
+                    assert!(
+                        err <= 1e-5 * scale.max(1e-3),
+                        "{g:?} [{i}]: {got} vs {want} (scale {scale})"
+                    );
+                }
             }
         }
     }
@@ -414,7 +443,12 @@ mod tests {
         let g = ConvShape::check(&[1, 1, 4, 4], &[1, 1, 1, 1], None, Conv2dParams::same(0))
             .expect("valid shape");
         let mut out = vec![0.0; 16];
-        assert!(conv2d(&g, &[0.0; 16], &[1.0], None, &mut out).is_err());
+        assert!(conv2d(&g, &[0.0; 16], Filters::F32(&[1.0]), None, &mut out).is_err());
+        // Filters in bf16 pair panels (the bf16 engine's layout) are not read here.
+        let g = ConvShape::check(&[1, 1, 4, 4], &[1, 1, 3, 3], None, Conv2dParams::same(1))
+            .expect("valid shape");
+        let pairs = PairPanels::from_rows(&[1.0; 9], 1, 9, crate::cpu::bf16::MR);
+        assert!(conv2d(&g, &[0.0; 16], Filters::Bf16(&pairs), None, &mut out).is_err());
     }
 }
 
