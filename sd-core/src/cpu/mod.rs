@@ -144,8 +144,9 @@ pub enum Precision {
     /// Linear and conv weights stored in bf16 (half the memory). Where the CPU has
     /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS`, accumulating in
     /// f32, and attention runs the same way. Elsewhere the weights are kept as plain bf16 rows and
-    /// each product widens them to f32 a cache-sized block at a time for the f32 engine (about
-    /// f32's speed: the memory is what bf16 saves there). Everything else (norms, activations) stays f32.
+    /// each product widens them to f32 a cache-sized block at a time for the f32 engine (1.03–1.15×
+    /// f32's time on a Zen 3: the memory is what bf16 saves there). Everything else (norms,
+    /// activations) stays f32.
     Bf16,
     /// The fastest of the two whose images stay within the accuracy rule (PSNR ≥ 35 dB against
     /// f32 on a full-size 512² txt2img): [`Bf16`](Self::Bf16) where the CPU has avx512_bf16

@@ -48,8 +48,8 @@ pub enum PrecisionArg {
     /// f32 everywhere (the reference).
     F32,
     /// bf16 weights (half the memory) and products with f32 accumulation; the rest in f32.
-    /// Without avx512_bf16 the weights are widened to f32 per product (as fast as f32, no
-    /// faster).
+    /// Without avx512_bf16 the weights are widened to f32 block by block inside each product
+    /// (half the memory, up to ~15 % slower than f32).
     Bf16,
     /// The fastest within the accuracy rule on this CPU: bf16 with avx512_bf16, else f32
     /// (CUDA: its own f16 storage). The startup line says which was picked.
