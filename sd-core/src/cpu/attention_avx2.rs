@@ -1,6 +1,6 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 //! Register-tiled AVX2+FMA kernels for one attention head's two products in f32, for CPUs
-//! without AVX-512 (where the generic GEMM engine runs these small products at a third of the
+//! without AVX-512 (where the generic GEMM engine runs these small products at under half the
 //! machine's speed: its per-call packing and blocking are sized for large matrices, and a head
 //! is only 40–160 features deep).
 //!
