@@ -95,8 +95,10 @@ fn pngs(model: &str, spec: &Value) -> Vec<PathBuf> {
 /// DPM adaptive's latents, relative to their largest magnitude: it makes 54–66 evaluations (the
 /// other runs 10), and its step sizes follow an error norm torch sums in f32 and we in f64,
 /// which can move a step's end by an ulp. Measured: 2.1e-5 (txt2img), 9.8e-6 (img2img),
-/// 5.2e-5 (a batch of two); the images agree within a level.
-const ADAPTIVE_LATENT_TOLERANCE: f32 = 1e-4;
+/// 5.2e-5 (a batch of two); the images agree within a level. With the AVX2 attention kernels
+/// (CPUs without AVX-512), whose f32 roundings differ from the GEMM engine's, the batch of two
+/// moved to 1.35e-4 (1.2e-5, 1.5e-5 for the others): the error control amplifies any rounding.
+const ADAPTIVE_LATENT_TOLERANCE: f32 = 2e-4;
 
 fn check_library(sd: &StableDiffusion<sd_core::cpu::CpuBackend>, set: &str, model: &str) {
     let latents =
