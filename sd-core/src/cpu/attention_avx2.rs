@@ -378,15 +378,7 @@ pub(super) fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 fn exp_shifted_avx2(row: &mut [f32], shift: f32) -> f32 {
     // The reduction x = n·ln2 + r and the polynomial of `elementwise::exp` (same constants).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const Q: [f32; 5] = [
-        0.5,
-        0.166_665_76,
-        0.041_666_467,
-        0.008_363_175,
-        0.001_393_364_4,
-    ];
+    use super::elementwise::{EXP_LN2_HI as LN2_HI, EXP_LN2_LO as LN2_LO, EXP_POLYNOMIAL as Q};
     // Below this, e^x is under f32's smallest normal: the result is flushed to 0 (a masked key
     // is −∞ and must give exactly 0); from here up, 2^n stays a normal float.
     const MIN: f32 = -87.3;

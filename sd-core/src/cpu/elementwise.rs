@@ -55,6 +55,19 @@ pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
 
 // ---- scalar math --------------------------------------------------------------------------
 
+/// ln 2 split so that `n · EXP_LN2_HI` is exact for |n| < 2^15 (Cody–Waite reduction), for
+/// [`exp`] and the attention kernels' vector exp.
+pub(super) const EXP_LN2_HI: f32 = 0.693_359_4;
+pub(super) const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// [`exp`]'s `Q(r)`, lowest power first.
+pub(super) const EXP_POLYNOMIAL: [f32; 5] = [
+    0.5,
+    0.166_665_76,
+    0.041_666_467,
+    0.008_363_175,
+    0.001_393_364_4,
+];
+
 /// `e^x` in f32 (within 2 ulp), written without calls or branches so that loops over it
 /// vectorise (std's `f32::exp` is a libm call per element).
 ///
@@ -65,18 +78,11 @@ pub(super) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
 #[inline(always)]
 pub(super) fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that `n · LN2_HI` is exact for |n| < 2^15 (Cody–Waite reduction).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    const LN2_HI: f32 = EXP_LN2_HI;
+    const LN2_LO: f32 = EXP_LN2_LO;
     // Adding then subtracting 1.5·2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    const Q: [f32; 5] = [
-        0.5,
-        0.166_665_76,
-        0.041_666_467,
-        0.008_363_175,
-        0.001_393_364_4,
-    ];
+    const Q: [f32; 5] = EXP_POLYNOMIAL;
     // Below MIN the result is 0 even as a subnormal; above MAX it overflows.
     const MIN: f32 = -104.0;
     const MAX: f32 = 88.722_84;
