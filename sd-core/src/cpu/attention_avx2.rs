@@ -38,12 +38,7 @@ const KERNELS_ENV: &str = "SD_ATTENTION_KERNELS";
 /// Whether `SD_ATTENTION_KERNELS` leaves these kernels on (read once).
 fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        !matches!(
-            std::env::var(KERNELS_ENV).as_deref(),
-            Ok("off" | "0" | "false")
-        )
-    })
+    *ENABLED.get_or_init(|| !super::features::switched_off(KERNELS_ENV))
 }
 
 /// Whether these kernels can run a head of `head_dim` features on this CPU.

@@ -29,6 +29,13 @@ pub struct CpuFeatures {
     pub avx512_bf16: bool,
 }
 
+/// Whether the environment variable `name` is set to `off`, `0` or `false`: the A/B switches
+/// (`SD_WINOGRAD`, `SD_ATTENTION_KERNELS`) that put a fast path back on the plain one. Callers
+/// read it once (a `getenv` per call showed up in profiles).
+pub(crate) fn switched_off(name: &str) -> bool {
+    matches!(std::env::var(name).as_deref(), Ok("off" | "0" | "false"))
+}
+
 /// The environment variable that caps [`CpuFeatures::get`].
 pub const FEATURES_ENV: &str = "SD_CPU_FEATURES";
 

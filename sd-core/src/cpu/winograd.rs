@@ -54,12 +54,7 @@ const WINOGRAD_ENV: &str = "SD_WINOGRAD";
 /// Whether `SD_WINOGRAD` leaves this path on (read once).
 fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        !matches!(
-            std::env::var(WINOGRAD_ENV).as_deref(),
-            Ok("off" | "0" | "false")
-        )
-    })
+    *ENABLED.get_or_init(|| !super::features::switched_off(WINOGRAD_ENV))
 }
 
 /// Whether the conv `g` takes this path: 3×3, stride 1, large enough to gain, and not turned
