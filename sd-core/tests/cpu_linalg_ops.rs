@@ -464,7 +464,7 @@ fn bf16_conv2d_sd_shapes_match_naive_loop_on_rounded_operands() {
 }
 
 /// Stride-1 3×3 convs large enough for the Winograd path (at least 32 channels each way and
-/// 256 output tiles of 2×2): odd and even sizes, paddings 0–2, several panels, at REL_TOL. In
+/// 64 output tiles of 4×4, so F(4×4, 3×3)): odd and even sizes, paddings 0–2, at REL_TOL. In
 /// bf16 storage on a CPU without bf16 arithmetic the widened weights take it too.
 #[test]
 fn conv2d_winograd_sizes_match_naive_loop() {

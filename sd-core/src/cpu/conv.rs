@@ -45,16 +45,16 @@ const PANEL_ALIGN: usize = 16;
 /// How a convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Algorithm {
-    /// Winograd F(2×2, 3×3) where [`winograd::applies`] (f32 or widened bf16 weights, 3×3
+    /// Winograd where [`winograd::choose`] picks a tile size (f32 or widened bf16 weights, 3×3
     /// stride 1, large enough to gain), im2col + GEMM elsewhere.
     Fastest,
     /// im2col + GEMM always (the A/B baseline of the speed tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Direct,
-    /// Winograd wherever it can run (f32 or widened bf16 weights, 3×3 stride 1), however
-    /// small the conv.
+    /// Winograd with the given tile size wherever it can run (f32 or widened bf16 weights,
+    /// 3×3 stride 1), however small the conv.
     #[cfg_attr(not(test), allow(dead_code))]
-    Winograd,
+    Winograd(winograd::TileSize),
 }
 
 /// `x [n, c, h, w]`, `w [o, c, kh, kw]`, `bias [o]` → `[n, o, ho, wo]` with
@@ -94,9 +94,9 @@ pub(crate) fn conv2d_by(
     let mut out = vec![0.0f32; out_len];
     let bias = bias.map(|b| b.data());
     let winograd = match algorithm {
-        Algorithm::Fastest => winograd::applies(&geometry),
-        Algorithm::Direct => false,
-        Algorithm::Winograd => true,
+        Algorithm::Fastest => winograd::choose(&geometry),
+        Algorithm::Direct => None,
+        Algorithm::Winograd(f) => Some(f),
     };
     let weights = match w.packed() {
         Some(panels) if panels.is_plain_rows() => Weights::Widened(panels),
@@ -109,8 +109,8 @@ pub(crate) fn conv2d_by(
         Weights::Widened(panels) => Some(winograd::Filters::Bf16(panels)),
         Weights::Bf16(_) => None,
     };
-    if let Some(filters) = filters.filter(|_| winograd) {
-        winograd::conv2d(&geometry, x.data(), filters, bias, &mut out)?;
+    if let (Some(filters), Some(f)) = (filters, winograd) {
+        winograd::conv2d(f, &geometry, x.data(), filters, bias, &mut out)?;
         return CpuTensor::from_vec(&out_shape, out);
     }
 
