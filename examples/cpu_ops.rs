@@ -33,6 +33,8 @@ fn main() -> stable_diffusion::Result<()> {
     let w_lin = weight(&[320, 320], WeightRole::Linear)?;
     let ff_in = weight(&[2560, 320], WeightRole::Linear)?;
     let vae_w = weight(&[256, 256, 3, 3], WeightRole::Conv)?;
+    // The UNet's 1280-channel 3×3 convs at 16×16 and 8×8 (too few tiles for Winograd).
+    let deep_w = weight(&[1280, 1280, 3, 3], WeightRole::Conv)?;
     let mut rand = |shape: &[usize]| b.upload(&(rng.randn(shape) * 0.1));
 
     // UNet level-1 shapes at 512²: 64×64 latents, 320 channels, 8 heads of 40; CLIP context 77×768.
@@ -47,6 +49,11 @@ fn main() -> stable_diffusion::Result<()> {
     // VAE decoder's largest conv: 512² × 128 channels (and 256² × 256).
     let vae_x = rand(&[1, 256, 256, 256])?;
     let vae_bias = rand(&[256])?;
+    let (deep_16, deep_8, deep_bias) = (
+        rand(&[2, 1280, 16, 16])?,
+        rand(&[2, 1280, 8, 8])?,
+        rand(&[1280])?,
+    );
     let vae_tokens = rand(&[1, 4096, 512])?;
 
     let conv_flop = |n: f64, c: f64, o: f64, hw: f64, k: f64| 2.0 * n * c * o * hw * k * k;
@@ -83,6 +90,22 @@ fn main() -> stable_diffusion::Result<()> {
             flop: conv_flop(1.0, 256.0, 256.0, 65536.0, 3.0),
             run: Box::new(|| {
                 b.conv2d(&vae_x, &vae_w, Some(&vae_bias), Conv2dParams::same(1))
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "conv2d 3x3 [2,1280,16,16]->1280".into(),
+            flop: conv_flop(2.0, 1280.0, 1280.0, 256.0, 3.0),
+            run: Box::new(|| {
+                b.conv2d(&deep_16, &deep_w, Some(&deep_bias), Conv2dParams::same(1))
+                    .map(drop)
+            }),
+        },
+        Case {
+            name: "conv2d 3x3 [2,1280,8,8]->1280".into(),
+            flop: conv_flop(2.0, 1280.0, 1280.0, 64.0, 3.0),
+            run: Box::new(|| {
+                b.conv2d(&deep_8, &deep_w, Some(&deep_bias), Conv2dParams::same(1))
                     .map(drop)
             }),
         },

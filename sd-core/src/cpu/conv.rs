@@ -35,6 +35,11 @@ const PANEL_BYTES: usize = 4 << 20;
 /// --example cpu_ops -- --precision bf16`): VAE conv [1,256,256,256] 330 → 246 ms, UNet conv
 /// [2,320,64,64] 52 → 42 ms against 4 MiB; 256 KiB and 1 MiB were 3–9 % slower.
 const BF16_PANEL_BYTES: usize = 512 << 10;
+/// With bf16 weights widened for the f32 engine (no bf16 arithmetic), the whole batch's im2col
+/// columns are built at once up to this size, so that each block of weight rows is widened once
+/// per call rather than once per panel: SD's 16×16 and 8×8 UNet convs (1280 channels, 24 and
+/// 6 MB of columns at batch 2) had their 59 MB weight widened 6 and 2 times per call.
+const WIDENED_BATCH_BYTES: usize = 32 << 20;
 /// With fewer (image, panel) tasks than this per thread, the panels are done one after the
 /// other, each product threaded over output channels instead (SD's 8×8 latents at batch 1
 /// are one panel).
@@ -117,6 +122,13 @@ pub(crate) fn conv2d_by(
     let mut out3 =
         ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
             .map_err(|e| too_large(&e.to_string()))?;
+    if let Weights::Widened(panels) = weights {
+        let columns_bytes = geometry.images * geometry.patch_len() * geometry.positions() * 4;
+        if geometry.is_pointwise() || columns_bytes <= WIDENED_BATCH_BYTES {
+            widened_whole_batch(&geometry, x.data(), panels, bias, out3)?;
+            return CpuTensor::from_vec(&out_shape, out);
+        }
+    }
     // bf16 panels are whole kernel tiles wide where the image allows.
     let (panel_bytes, align) = match weights {
         Weights::F32(_) | Weights::Widened(_) => (PANEL_BYTES, PANEL_ALIGN),
@@ -222,16 +234,7 @@ fn multiply_panel(
     mut out: ArrayViewMut2<'_, f32>,
     parallelism: Parallelism,
 ) -> Result<()> {
-    // The bias is fused: each row starts as its channel's bias and the product accumulates.
-    let beta = match bias {
-        Some(bias) => {
-            for (mut row, &b) in out.outer_iter_mut().zip(bias) {
-                row.fill(b);
-            }
-            1.0
-        }
-        None => 0.0,
-    };
+    let beta = start_with_bias(&mut out, bias);
     match weights {
         Weights::F32(weights) => sgemm(1.0, weights, cols, beta, out, parallelism),
         Weights::Widened(panels) => widened::product(panels, cols, beta, out, parallelism),
@@ -242,6 +245,58 @@ fn multiply_panel(
             bf16_panel_product(panels, cols, out, parallelism)
         }
     }
+}
+
+/// The bias is fused: each row of `out [o, width]` starts as its channel's bias and the
+/// product accumulates onto it with the returned β (0 without a bias).
+fn start_with_bias(out: &mut ArrayViewMut2<'_, f32>, bias: Option<&[f32]>) -> f32 {
+    match bias {
+        Some(bias) => {
+            for (mut row, &b) in out.outer_iter_mut().zip(bias) {
+                row.fill(b);
+            }
+            1.0
+        }
+        None => 0.0,
+    }
+}
+
+/// `out [n, o, positions]` for a plain-rows bf16 weight, every image's columns at once (see
+/// [`WIDENED_BATCH_BYTES`] and [`widened::shared_products`]).
+fn widened_whole_batch(
+    g: &ConvShape,
+    x: &[f32],
+    weights: &PairPanels,
+    bias: Option<&[f32]>,
+    mut out: ArrayViewMut3<'_, f32>,
+) -> Result<()> {
+    let (patch_len, positions) = (g.patch_len(), g.positions());
+    let image_len = g.channels * g.in_h * g.in_w;
+    let image = |n: usize| &x[n * image_len..(n + 1) * image_len];
+    // A pointwise conv's columns are its input image; others' are built, an image per task.
+    let built: Vec<Vec<f32>> = if g.is_pointwise() {
+        Vec::new()
+    } else {
+        (0..g.images)
+            .into_par_iter()
+            .map(|n| {
+                let mut columns = vec![0.0f32; patch_len * positions];
+                im2col_panel(g, image(n), 0, positions, &mut columns);
+                columns
+            })
+            .collect()
+    };
+    let mut beta = 0.0;
+    let mut operands = Vec::with_capacity(g.images);
+    for (n, mut out) in out.outer_iter_mut().enumerate() {
+        beta = start_with_bias(&mut out, bias);
+        let columns = match built.get(n) {
+            Some(columns) => matrix(columns, patch_len, positions)?,
+            None => matrix(image(n), g.channels, positions)?,
+        };
+        operands.push((columns, out));
+    }
+    widened::shared_products(weights, operands, beta)
 }
 
 /// `out += weights · cols` with bf16 operands: the columns are packed here, and with

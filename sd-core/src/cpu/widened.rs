@@ -64,6 +64,77 @@ pub(crate) fn linear(
     product(w, x.t(), beta, out.reversed_axes(), Parallelism::Parallel)
 }
 
+/// `c_i ← w · b_i + beta·c_i` for several right operands `b_i [k, cols_i]` sharing the weight
+/// `w [rows, k]` (plain bf16 rows), threaded over blocks of `w`'s rows: each block is widened
+/// once for all of them (a conv's images), where one [`product`] per operand would widen the
+/// whole weight once each.
+pub(crate) fn shared_products(
+    w: &PairPanels,
+    operands: Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>,
+    beta: f32,
+) -> Result<()> {
+    shared_products_in_blocks(w, operands, beta, BLOCK_BYTES)
+}
+
+/// [`shared_products`] with blocks of at most `block_bytes` of widened weight.
+fn shared_products_in_blocks(
+    w: &PairPanels,
+    operands: Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>,
+    beta: f32,
+    block_bytes: usize,
+) -> Result<()> {
+    let (rows, k) = (w.rows(), w.k());
+    for (b, c) in &operands {
+        if !w.is_plain_rows() || b.nrows() != k || c.dim() != (rows, b.ncols()) {
+            return Err(shape_error(w, b, c));
+        }
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let spread = rows.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads());
+    let block_rows = (block_bytes / (k.max(1) * std::mem::size_of::<f32>()))
+        .min(spread)
+        .next_multiple_of(ROW_ALIGN)
+        .max(ROW_ALIGN);
+    // tasks[t]: the first row of block t and every operand's rows of c in it.
+    let mut tasks: Vec<(usize, Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>)> = (0..rows)
+        .step_by(block_rows)
+        .map(|first| (first, Vec::new()))
+        .collect();
+    for (b, mut rest) in operands {
+        for task in &mut tasks {
+            let (c_rows, tail) = split(rest, Axis(0), block_rows);
+            task.1.push((b, c_rows));
+            rest = tail;
+        }
+    }
+    tasks.into_par_iter().try_for_each(|(first, operands)| {
+        let len = block_rows.min(rows - first);
+        with_widened_rows(w, first, len, |w_block| {
+            operands
+                .into_iter()
+                .try_for_each(|(b, c)| sgemm(1.0, w_block, b, beta, c, Parallelism::Serial))
+        })
+    })
+}
+
+/// The shape error of a product whose operands do not fit (or whose weight is not in plain
+/// rows).
+fn shape_error(w: &PairPanels, b: &ArrayView2<'_, f32>, c: &ArrayViewMut2<'_, f32>) -> Error {
+    Error::shape(
+        "widened bf16 product",
+        format!(
+            "w [{}, {}] (plain rows: {}) × b {:?} does not fit c {:?}",
+            w.rows(),
+            w.k(),
+            w.is_plain_rows(),
+            b.shape(),
+            c.shape()
+        ),
+    )
+}
+
 /// [`product`] with blocks of about `block_bytes` of widened weight (the tests make them
 /// small, to have many).
 fn product_in_blocks(
@@ -76,15 +147,7 @@ fn product_in_blocks(
 ) -> Result<()> {
     let (rows, k, cols) = (w.rows(), w.k(), b.ncols());
     if !w.is_plain_rows() || b.nrows() != k || c.dim() != (rows, cols) {
-        return Err(Error::shape(
-            "widened bf16 product",
-            format!(
-                "w [{rows}, {k}] (plain rows: {}) × b {:?} does not fit c {:?}",
-                w.is_plain_rows(),
-                b.shape(),
-                c.shape()
-            ),
-        ));
+        return Err(shape_error(w, &b, &c));
     }
     if rows == 0 || cols == 0 {
         return Ok(());
@@ -254,6 +317,65 @@ mod tests {
         assert!(product(&w, b.view(), 0.0, c.view_mut(), Parallelism::Serial).is_err());
         let pairs = PairPanels::from_rows(&[1.0; 8], 2, 4, crate::cpu::bf16::MR);
         assert!(product(&pairs, b.view(), 0.0, c.view_mut(), Parallelism::Serial).is_err());
+        // One operand that does not fit among several.
+        let fits = Array2::<f32>::zeros((3, 5));
+        let mut other = Array2::<f32>::zeros((2, 5));
+        let operands = vec![(fits.view(), other.view_mut()), (b.view(), c.view_mut())];
+        assert!(shared_products(&w, operands, 0.0).is_err());
+    }
+
+    /// Several operands sharing the weight, against one plain f32 product each: one and
+    /// several row blocks (block sizes 1 B, 4 KiB, the default), with and without β, operands
+    /// of different widths.
+    #[test]
+    fn shared_products_match_one_product_each() {
+        let (rows, k) = (70, 33);
+        let w = PairPanels::from_rows(&random(rows * k, 1), rows, k, PLAIN_ROWS);
+        let dense = Array2::from_shape_vec((rows, k), w.to_rows()).expect("rows · k");
+        let bs: Vec<Array2<f32>> = [1, 40, 7]
+            .iter()
+            .zip(2..)
+            .map(|(&cols, seed)| {
+                Array2::from_shape_vec((k, cols), random(k * cols, seed)).expect("k · cols")
+            })
+            .collect();
+        for beta in [0.0, 1.0] {
+            for block_bytes in [1, 4096, BLOCK_BYTES] {
+                let starts: Vec<Array2<f32>> = bs
+                    .iter()
+                    .zip(10..)
+                    .map(|(b, seed)| {
+                        Array2::from_shape_vec((rows, b.ncols()), random(rows * b.ncols(), seed))
+                            .expect("c")
+                    })
+                    .collect();
+                let mut got = starts.clone();
+                let operands = bs
+                    .iter()
+                    .map(|b| b.view())
+                    .zip(got.iter_mut().map(|c| c.view_mut()));
+                shared_products_in_blocks(&w, operands.collect(), beta, block_bytes)
+                    .expect("shapes fit");
+                for ((b, start), got) in bs.iter().zip(&starts).zip(&got) {
+                    let mut want = start.clone();
+                    sgemm(
+                        1.0,
+                        dense.view(),
+                        b.view(),
+                        beta,
+                        want.view_mut(),
+                        Parallelism::Serial,
+                    )
+                    .expect("shapes fit");
+                    let worst = (got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+                    assert!(
+                        worst <= 1e-5,
+                        "beta {beta}, {block_bytes} B, {:?}: {worst}",
+                        b.dim()
+                    );
+                }
+            }
+        }
     }
 }
 
