@@ -64,22 +64,21 @@ pub(crate) fn linear(
     product(w, x.t(), beta, out.reversed_axes(), Parallelism::Parallel)
 }
 
+/// A right operand `b` and the product `c` it goes to.
+pub(crate) type Operand<'a> = (ArrayView2<'a, f32>, ArrayViewMut2<'a, f32>);
+
 /// `c_i ← w · b_i + beta·c_i` for several right operands `b_i [k, cols_i]` sharing the weight
 /// `w [rows, k]` (plain bf16 rows), threaded over blocks of `w`'s rows: each block is widened
 /// once for all of them (a conv's images), where one [`product`] per operand would widen the
 /// whole weight once each.
-pub(crate) fn shared_products(
-    w: &PairPanels,
-    operands: Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>,
-    beta: f32,
-) -> Result<()> {
+pub(crate) fn shared_products(w: &PairPanels, operands: Vec<Operand<'_>>, beta: f32) -> Result<()> {
     shared_products_in_blocks(w, operands, beta, BLOCK_BYTES)
 }
 
 /// [`shared_products`] with blocks of at most `block_bytes` of widened weight.
 fn shared_products_in_blocks(
     w: &PairPanels,
-    operands: Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>,
+    operands: Vec<Operand<'_>>,
     beta: f32,
     block_bytes: usize,
 ) -> Result<()> {
@@ -98,7 +97,7 @@ fn shared_products_in_blocks(
         .next_multiple_of(ROW_ALIGN)
         .max(ROW_ALIGN);
     // tasks[t]: the first row of block t and every operand's rows of c in it.
-    let mut tasks: Vec<(usize, Vec<(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>)>)> = (0..rows)
+    let mut tasks: Vec<(usize, Vec<Operand<'_>>)> = (0..rows)
         .step_by(block_rows)
         .map(|first| (first, Vec::new()))
         .collect();
