@@ -14,6 +14,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::allocator::repeated;
 use super::bf16::{self, PairPanels};
 use super::gemm::{Parallelism, sgemm};
 use super::linalg::matrix;
@@ -96,7 +97,7 @@ pub(crate) fn conv2d_by(
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| too_large("output too large"))?;
-    let mut out = vec![0.0f32; out_len];
+    let mut out = repeated(out_len, &[]);
     let bias = bias.map(|b| b.data());
     let winograd = match algorithm {
         Algorithm::Fastest => winograd::choose(&geometry),

@@ -4,6 +4,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::CpuTensor;
+use super::allocator::repeated;
 use super::gemm::{Parallelism, sgemm};
 use crate::backend::TensorInfo;
 use crate::error::{Error, Result};
@@ -16,9 +17,6 @@ const SMALL_PRODUCT_MACS: usize = 1 << 20;
 /// evenly busy (attention's batch × heads products).
 const BATCH_TASKS_PER_THREAD: usize = 4;
 
-/// Rows per task when filling an output with its bias.
-const FILL_MIN_ROWS: usize = 64;
-
 /// `[..., m, k] × [..., k, n] → [..., m, n]`; `b` may be 2-D and shared by every batch.
 pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
     let MatmulDims {
@@ -29,7 +27,7 @@ pub(crate) fn matmul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         b_shared,
         out_shape,
     } = shapes::matmul_dims(a.shape(), b.shape())?;
-    let mut out = vec![0.0f32; batch * m * n];
+    let mut out = repeated(batch * m * n, &[]);
 
     if b_shared {
         // Every batch multiplies the same b: stack the batches into one tall product.
@@ -80,8 +78,9 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
 
     // Fusing the bias: start every output row as the bias and let the product accumulate onto
     // it (β = 1), which costs the engine one read of c instead of a separate pass. The rows are
-    // filled in parallel: this first touch of a fresh allocation is where the OS maps its pages,
-    // which done on one thread took a third of the time of SD's largest linears.
+    // filled in parallel (`repeated`): this first touch of a fresh allocation is where the OS
+    // maps its pages, which done on one thread took a third of the time of SD's largest
+    // linears.
     let widened = match w.packed() {
         Some(panels) if panels.is_plain_rows() => Some(panels),
         Some(panels) => {
@@ -91,15 +90,9 @@ pub(crate) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> 
         }
         None => None,
     };
-    let mut out = vec![0.0f32; rows * out_features];
-    let beta = match bias {
-        Some(bias) if out_features > 0 => {
-            out.par_chunks_mut(out_features)
-                .with_min_len(FILL_MIN_ROWS)
-                .for_each(|row| row.copy_from_slice(bias.data()));
-            1.0
-        }
-        _ => 0.0,
+    let (mut out, beta) = match bias {
+        Some(bias) => (repeated(rows * out_features, bias.data()), 1.0),
+        None => (repeated(rows * out_features, &[]), 0.0),
     };
     let x2 = matrix(x.data(), rows, inp)?;
     let out2 = matrix_mut(&mut out, rows, out_features)?;

@@ -4,7 +4,7 @@
 //! Each concern has its own file: `gemm` (the matrix-product engine), `linalg` (matmul, linear),
 //! `conv` (conv2d), `attention` (blockwise online-softmax attention), `norm` (group/layer norm,
 //! softmax), `bf16` (the packed bf16 product engine), `elementwise` (activations, broadcasting binary ops), `layout` (reshape, permute,
-//! narrow, concat, upsample, embedding), `winograd` (stride-1 3×3 convs by F(2×2, 3×3)),
+//! narrow, concat, upsample, embedding), `winograd` (stride-1 3×3 convs by F(4×4, 3×3) or F(2×2, 3×3)),
 //! `features` (the instruction sets in use), `widened` (bf16-stored weights on the f32 engine, for
 //! CPUs without bf16 arithmetic). Naive reference loops for the property tests live in
 //! `tests/cpu_ops.rs`.
