@@ -246,6 +246,26 @@ mod tests {
     use crate::cpu::bf16::PLAIN_ROWS;
     use crate::cpu::bf16::tests::random;
 
+    /// `dense · b + beta·start` on the f32 engine: the expected value of a widened product.
+    fn plain_product(
+        dense: &Array2<f32>,
+        b: &Array2<f32>,
+        beta: f32,
+        start: &Array2<f32>,
+    ) -> Array2<f32> {
+        let mut want = start.clone();
+        sgemm(
+            1.0,
+            dense.view(),
+            b.view(),
+            beta,
+            want.view_mut(),
+            Parallelism::Serial,
+        )
+        .expect("shapes fit");
+        want
+    }
+
     /// Against the f32 engine on the whole weight widened the straightforward way
     /// (`to_rows`), for one and several blocks of rows and columns, both parallelisms, with
     /// and without `beta`, and as a linear layer.
@@ -257,16 +277,7 @@ mod tests {
             let b = Array2::from_shape_vec((k, cols), random(k * cols, 2)).expect("k · cols");
             let start = Array2::from_shape_vec((rows, cols), random(rows * cols, 3)).expect("c");
             for beta in [0.0, 1.0] {
-                let mut want = start.clone();
-                sgemm(
-                    1.0,
-                    dense.view(),
-                    b.view(),
-                    beta,
-                    want.view_mut(),
-                    Parallelism::Serial,
-                )
-                .expect("shapes fit");
+                let want = plain_product(&dense, &b, beta, &start);
                 for parallelism in [Parallelism::Serial, Parallelism::Parallel] {
                     for block_bytes in [1, 4096, BLOCK_BYTES] {
                         let mut got = start.clone();
@@ -290,16 +301,7 @@ mod tests {
             // As a linear layer: out [cols, rows] = bᵀ · wᵀ.
             let mut got = Array2::from_elem((cols, rows), f32::NAN);
             linear(b.t(), &w, 0.0, got.view_mut()).expect("shapes fit");
-            let mut want = Array2::zeros((rows, cols));
-            sgemm(
-                1.0,
-                dense.view(),
-                b.view(),
-                0.0,
-                want.view_mut(),
-                Parallelism::Serial,
-            )
-            .expect("shapes fit");
+            let want = plain_product(&dense, &b, 0.0, &Array2::zeros((rows, cols)));
             let worst = (&got - &want.t()).iter().fold(0f32, |m, d| m.max(d.abs()));
             assert!(
                 worst <= 1e-5 * (k as f32).sqrt(),
@@ -356,16 +358,7 @@ mod tests {
                 shared_products_in_blocks(&w, operands.collect(), beta, block_bytes)
                     .expect("shapes fit");
                 for ((b, start), got) in bs.iter().zip(&starts).zip(&got) {
-                    let mut want = start.clone();
-                    sgemm(
-                        1.0,
-                        dense.view(),
-                        b.view(),
-                        beta,
-                        want.view_mut(),
-                        Parallelism::Serial,
-                    )
-                    .expect("shapes fit");
+                    let want = plain_product(&dense, b, beta, start);
                     let worst = (got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
                     assert!(
                         worst <= 1e-5,
