@@ -5,7 +5,7 @@
 //!
 //! With `g` a 3×3 filter, `d` the input patch under a tile and `⊙` the element-wise product,
 //! the tile's outputs are `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` (Lavin & Gray, "Fast Algorithms for
-//! Convolutional Neural Networks", 2015; the matrices are in [`F2`] and [`F4`]).
+//! Convolutional Neural Networks", 2015; the matrices are in [`F2x2`] and [`F4x4`]).
 //!
 //! Summed over input channels, each of the (m+2)² positions `ξ` of a transformed tile is a
 //! matrix product `M_ξ [o, tiles] = U_ξ [o, c] · V_ξ [c, tiles]`, run on the GEMM engine:
