@@ -124,7 +124,9 @@ pub(crate) fn conv2d_by(
         ArrayViewMut3::from_shape((geometry.images, o, geometry.positions()), &mut out[..])
             .map_err(|e| too_large(&e.to_string()))?;
     if let Weights::Widened(panels) = weights {
-        let columns_bytes = geometry.images * geometry.patch_len() * geometry.positions() * 4;
+        let columns_bytes = [geometry.patch_len(), geometry.positions(), 4]
+            .iter()
+            .fold(geometry.images, |acc, &d| acc.saturating_mul(d));
         if geometry.is_pointwise() || columns_bytes <= WIDENED_BATCH_BYTES {
             widened_whole_batch(&geometry, x.data(), panels, bias, out3)?;
             return CpuTensor::from_vec(&out_shape, out);
