@@ -88,25 +88,38 @@ fn shared_products_in_blocks(
             return Err(shape_error(w, b, c));
         }
     }
-    if rows == 0 {
+    let total_cols: usize = operands.iter().map(|(b, _)| b.ncols()).sum();
+    if rows == 0 || total_cols == 0 {
         return Ok(());
     }
-    let spread = rows.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads());
+    // As in `product_in_blocks`: columns first, in blocks of at least MIN_TASK_COLS, then
+    // smaller row blocks if that leaves too few tasks. Cutting only the rows (the first
+    // version) made every task stream all of `b`: a VAE 1×1 conv at 512² (`b` 268 MB) ran
+    // 5× slower than f32.
+    let want = TASKS_PER_THREAD * rayon::current_num_threads();
+    let col_blocks = total_cols.div_ceil(MIN_TASK_COLS).clamp(1, want);
+    let block_cols = total_cols.div_ceil(col_blocks);
+    let groups = column_groups(operands, block_cols);
+    let row_blocks = want.div_ceil(groups.len());
     let block_rows = (block_bytes / (k.max(1) * std::mem::size_of::<f32>()))
-        .min(spread)
+        .min(rows.div_ceil(row_blocks))
         .next_multiple_of(ROW_ALIGN)
         .max(ROW_ALIGN);
-    // tasks[t]: the first row of block t and every operand's rows of c in it.
-    let mut tasks: Vec<(usize, Vec<Operand<'_>>)> = (0..rows)
-        .step_by(block_rows)
-        .map(|first| (first, Vec::new()))
-        .collect();
-    for (b, mut rest) in operands {
-        for task in &mut tasks {
-            let (c_rows, tail) = split(rest, Axis(0), block_rows);
-            task.1.push((b, c_rows));
-            rest = tail;
+    // A task: the first row of its block and every operand piece's rows of c in it.
+    let mut tasks: Vec<(usize, Vec<Operand<'_>>)> = Vec::new();
+    for group in groups {
+        let mut row_tasks: Vec<(usize, Vec<Operand<'_>>)> = (0..rows)
+            .step_by(block_rows)
+            .map(|first| (first, Vec::new()))
+            .collect();
+        for (b, mut rest) in group {
+            for task in &mut row_tasks {
+                let (c_rows, tail) = split(rest, Axis(0), block_rows);
+                task.1.push((b, c_rows));
+                rest = tail;
+            }
         }
+        tasks.extend(row_tasks);
     }
     tasks.into_par_iter().try_for_each(|(first, operands)| {
         let len = block_rows.min(rows - first);
@@ -116,6 +129,31 @@ fn shared_products_in_blocks(
                 .try_for_each(|(b, c)| sgemm(1.0, w_block, b, beta, c, Parallelism::Serial))
         })
     })
+}
+
+/// The operands cut into pieces of at most `block_cols` columns, consecutive pieces gathered
+/// into groups of at most `block_cols` columns in all: a group's tasks widen each block of
+/// weight rows once for all its pieces (a conv's small images share one).
+fn column_groups(operands: Vec<Operand<'_>>, block_cols: usize) -> Vec<Vec<Operand<'_>>> {
+    let mut groups: Vec<Vec<Operand<'_>>> = Vec::new();
+    let mut group_cols = block_cols;
+    for (mut b, mut c) in operands {
+        while b.ncols() > 0 {
+            let take = block_cols.min(b.ncols());
+            let (b_piece, b_rest) = b.split_at(Axis(1), take);
+            let (c_piece, c_rest) = split(c, Axis(1), take);
+            if group_cols + take > block_cols {
+                groups.push(Vec::new());
+                group_cols = 0;
+            }
+            if let Some(group) = groups.last_mut() {
+                group.push((b_piece, c_piece));
+            }
+            group_cols += take;
+            (b, c) = (b_rest, c_rest);
+        }
+    }
+    groups
 }
 
 /// The shape error of a product whose operands do not fit (or whose weight is not in plain
@@ -327,13 +365,14 @@ mod tests {
 
     /// Several operands sharing the weight, against one plain f32 product each: one and
     /// several row blocks (block sizes 1 B, 4 KiB, the default), with and without β, operands
-    /// of different widths.
+    /// of different widths (the widest one cut into column blocks, the narrow ones sharing a
+    /// group).
     #[test]
     fn shared_products_match_one_product_each() {
         let (rows, k) = (70, 33);
         let w = PairPanels::from_rows(&random(rows * k, 1), rows, k, PLAIN_ROWS);
         let dense = Array2::from_shape_vec((rows, k), w.to_rows()).expect("rows · k");
-        let bs: Vec<Array2<f32>> = [1, 40, 7]
+        let bs: Vec<Array2<f32>> = [1, 40, 7, 1500]
             .iter()
             .zip(2..)
             .map(|(&cols, seed)| {
