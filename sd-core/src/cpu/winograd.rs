@@ -11,8 +11,12 @@
 //! matrix product `M_ξ [o, tiles] = U_ξ [o, c] · V_ξ [c, tiles]`, run on the GEMM engine:
 //! `U = G g Gᵀ` (the filter transform, done per call rather than kept from load: it is
 //! (m+2)²/9 of the weight, which kept for every layer would grow the resident memory by more
-//! than the conv weights' size; per call it costs ~1 % of the products on the layers this path
-//! takes), `V = Bᵀ d B` (the input transform), then the output transform `Aᵀ M A` (+ bias).
+//! than the conv weights' size; where all tiles fit one panel it is made a block of output
+//! channels at a time, so a conv adds at most [`U_BLOCK_BYTES`] of it), `V = Bᵀ d B` (the input
+//! transform), then the output transform `Aᵀ M A` (+ bias). The transforms are plain loops
+//! code-generated again for AVX2 / AVX-512 ([`vectorized`](super::elementwise::vectorized)):
+//! at the baseline's SSE2 the filter transform alone took 60 % of a 1280-channel F(4×4) conv at
+//! 16×16.
 //!
 //! **Which tile size.** F(4×4) does 44 % fewer multiplies than F(2×2) and moves fewer
 //! transformed values per output (36/16 against 16/4), but its transforms have larger
@@ -20,12 +24,13 @@
 //! f64 direct sum on SD's channel counts (the `winograd_accuracy` test below), F(2×2) stays
 //! within 1.1e-7 of each output's scale Σ|x·w|, F(4×4) within 1.8e-6 — both far inside the
 //! ops' 1e-4 tolerance, and every golden still passes. Speed, against im2col + GEMM on the
-//! 2-core Zen 3 (the `winograd_speed` test below, medians of 9): UNet [2, 320, 64²] 2.3×
-//! (F(2×2): 1.5×), [2, 640, 32²] 2.0× (1.6×), [1, 640, 32²] 2.0×; VAE [1, 512, 128²] 2.7×,
-//! [1, 128, 512²] 1.9× (1.4×). F(4×4) wins wherever it has 64 tiles or more; below that
-//! (SD's 16×16 and 8×8 latents) the filter transform, done per call, outweighs the products
-//! and the direct product stays faster, F(2×2) included. F(2×2) is kept for `SD_WINOGRAD=2`
-//! (A/B runs) and as the check of the general transforms in the tests.
+//! 2-core Zen 3 (the `winograd_speed` test below, medians of 9): UNet [2, 320, 64²] 2.5×
+//! (F(2×2): 1.6×), [2, 640, 32²] 2.0× (1.5×), [1, 640, 32²] 2.0×; VAE [1, 512, 128²] 2.6×,
+//! [1, 128, 512²] 1.9× (1.3×). F(4×4) wins from 64 tiles; below that (SD's 16×16 and 8×8
+//! latents) its filter transform, done per call, weighs more than its saving, and F(2×2),
+//! whose transform is 16/36 of F(4×4)'s, takes over down to 32 tiles: [2, 1280, 16²] 1.70×
+//! (F(4×4): 1.51×), [1, 1280, 16²] 1.24×, [2, 1280, 8²] 1.09×. Below 32 tiles the direct
+//! product stays. `SD_WINOGRAD=2` allows only F(2×2), for A/B runs.
 //!
 //! The tiles (all images' tile rows, in order) are cut into panels whose transformed inputs
 //! take a few MiB. Each panel is done in three parallel passes: the input transform over
@@ -36,6 +41,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use super::allocator::repeated;
 use super::bf16::PairPanels;
 use super::gemm::{Parallelism, sgemm};
 use crate::error::{Error, Result};
@@ -132,11 +138,16 @@ impl Minimal for F4x4 {
 /// Target size of one panel's transformed input ((m+2)² · c · tiles floats): large enough that
 /// each product has a few hundred tiles on SD's layers, small enough to stay in L3.
 const PANEL_BYTES: usize = 8 << 20;
+/// Target size of one block of the filter transform `U` when it is made block by block (see
+/// `conv2d_by`): it bounds the transient memory a conv adds, and the block is still in L3 when
+/// its products read it.
+const U_BLOCK_BYTES: usize = 16 << 20;
 /// Tiles (over all images) from which each algorithm beats the direct product: with fewer,
 /// the filter transform (per call, its cost against the products' is 1/tiles) and narrow
-/// products outweigh the saving. Measured with the `winograd_speed` test below (F(4×4): 2.0×
-/// at 64 tiles, 0.7× at 32; F(2×2) kept where it ran before F(4×4) came).
-const MIN_TILES_F2: usize = 256;
+/// products outweigh the saving. Measured with the `winograd_speed` test below: F(4×4) 1.95×
+/// at 64 tiles ([1, 640, 32²]), 1.51× at 32 where F(2×2) (128 tiles) does 1.70×, 0.89× at 16;
+/// F(2×2) 1.24× at 64 tiles, 1.09× at 32 ([2, 1280, 8²]), 0.57× at 16.
+const MIN_TILES_F2: usize = 32;
 const MIN_TILES_F4: usize = 64;
 /// Channels below which the transforms (memory passes, not products) dominate.
 const MIN_CHANNELS: usize = 32;
@@ -187,6 +198,20 @@ pub(crate) fn conv2d(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) -> Result<()> {
+    conv2d_with_blocks(tile, g, x, w, bias, out, U_BLOCK_BYTES)
+}
+
+/// [`conv2d`] with blocks of `U` of about `u_block_bytes` (the tests make them small, to have
+/// many).
+fn conv2d_with_blocks(
+    tile: TileSize,
+    g: &ConvShape,
+    x: &[f32],
+    w: Filters<'_>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    u_block_bytes: usize,
+) -> Result<()> {
     let (o, c) = (g.out_channels, g.channels);
     if g.kernel_h != 3 || g.kernel_w != 3 || g.params.stride != 1 {
         return Err(Error::shape(
@@ -208,8 +233,8 @@ pub(crate) fn conv2d(
         ));
     }
     match tile {
-        TileSize::F2 => conv2d_by::<F2x2>(g, x, w, bias, out),
-        TileSize::F4 => conv2d_by::<F4x4>(g, x, w, bias, out),
+        TileSize::F2 => conv2d_by::<F2x2>(g, x, w, bias, out, u_block_bytes),
+        TileSize::F4 => conv2d_by::<F4x4>(g, x, w, bias, out, u_block_bytes),
     }
 }
 
@@ -220,68 +245,116 @@ fn conv2d_by<F: Minimal>(
     w: Filters<'_>,
     bias: Option<&[f32]>,
     out: &mut [f32],
+    u_block_bytes: usize,
 ) -> Result<()> {
     let (o, c) = (g.out_channels, g.channels);
-    let u = filter_transform::<F>(w, o, c);
     let tiles = Tiles::of::<F>(g);
     let row_bytes = F::POSITIONS * c.max(o) * tiles.across * std::mem::size_of::<f32>();
-    let rows_per_panel = (PANEL_BYTES / row_bytes.max(1)).clamp(1, tiles.rows().max(1));
+    let u_channel_bytes = F::POSITIONS * c * std::mem::size_of::<f32>();
+    // All tiles in one panel when its buffers (V and M) take no more than U would whole; U is
+    // then transformed a block of output channels at a time, just before that block's
+    // products: whole, a 2560 → 1280 conv's U in F(4×4) is 472 MB, which raised the UNet's
+    // peak memory by 6 %. With several panels each needs all of U, so it is transformed once,
+    // whole (the layers with that many tiles have few channels: 59 MB at most in SD).
+    let all_rows_bytes = row_bytes.saturating_mul(tiles.rows());
+    let rows_per_panel = if all_rows_bytes <= PANEL_BYTES.max(u_channel_bytes.saturating_mul(o)) {
+        tiles.rows().max(1)
+    } else {
+        (PANEL_BYTES / row_bytes.max(1)).clamp(1, tiles.rows().max(1))
+    };
     let panel_tiles = rows_per_panel * tiles.across;
-    let mut v = vec![0.0f32; F::POSITIONS * c * panel_tiles];
-    let mut m = vec![0.0f32; F::POSITIONS * o * panel_tiles];
+    let block_channels = if tiles.rows() <= rows_per_panel {
+        (u_block_bytes / u_channel_bytes.max(1)).clamp(1, o.max(1))
+    } else {
+        o.max(1)
+    };
+    // Every value of these is written before it is read (`repeated` fills them in parallel
+    // rather than having calloc clear them on one thread).
+    let mut u = repeated(F::POSITIONS * c * block_channels, &[]);
+    if block_channels >= o {
+        filter_transform::<F>(w, 0..o, c, &mut u);
+    }
+    let mut v = repeated(F::POSITIONS * c * panel_tiles, &[]);
+    let mut m = repeated(F::POSITIONS * block_channels * panel_tiles, &[]);
     let image_out = o * g.out_h * g.out_w;
     let out = SharedMut(out.as_mut_ptr());
     for first in (0..tiles.rows()).step_by(rows_per_panel) {
         let rows = first..(first + rows_per_panel).min(tiles.rows());
         let count = rows.len() * tiles.across;
-        let (v, m) = (
-            &mut v[..F::POSITIONS * c * count],
-            &mut m[..F::POSITIONS * o * count],
-        );
+        let v = &mut v[..F::POSITIONS * c * count];
         // V [ξ, c, count]: one input channel per task, each writing its own row of every V_ξ.
         let v_rows = SharedMut(v.as_mut_ptr());
         (0..c).into_par_iter().for_each_init(
             || InputRows::new::<F>(&tiles, count),
             |buffers, ci| {
-                buffers.transform::<F>(g, &tiles, x, ci, rows.clone(), |xi| {
-                    // SAFETY: row ci of V_ξ lies inside `v` (ξ < n², ci < c), and only this
-                    // task writes it.
-                    unsafe { v_rows.slice((xi * c + ci) * count, count) }
-                });
+                super::elementwise::vectorized(
+                    #[inline(always)]
+                    || {
+                        buffers.transform::<F>(g, &tiles, x, ci, rows.clone(), |xi| {
+                            // SAFETY: row ci of V_ξ lies inside `v` (ξ < n², ci < c), and only
+                            // this task writes it.
+                            unsafe { v_rows.slice((xi * c + ci) * count, count) }
+                        });
+                    },
+                );
             },
         );
-        // M_ξ = U_ξ · V_ξ: one position per task.
-        m.par_chunks_exact_mut(o * count)
-            .zip(v.par_chunks_exact(c * count))
-            .enumerate()
-            .try_for_each(|(k, (mk, vk))| {
-                // U_ξ: rows of u n²·c apart (u is [o, n², c]).
-                let uk = ArrayView2::from_shape(
-                    ndarray::ShapeBuilder::strides((o, c), (F::POSITIONS * c, 1)),
-                    &u[k * c..],
-                )
-                .map_err(|e| Error::shape("winograd U", e.to_string()))?;
-                let vk = ArrayView2::from_shape((c, count), vk)
-                    .map_err(|e| Error::shape("winograd V", e.to_string()))?;
-                let mk = ArrayViewMut2::from_shape((o, count), mk)
-                    .map_err(|e| Error::shape("winograd M", e.to_string()))?;
-                sgemm(1.0, uk, vk, 0.0, mk, Parallelism::Serial)
-            })?;
-        // Output rows: one output channel per task.
-        let m = &*m;
-        (0..o).into_par_iter().for_each_init(
-            || OutputRows::new::<F>(&tiles, count),
-            |buffers, oc| {
-                let b = bias.map_or(0.0, |b| b[oc]);
-                let m_of = |xi: usize| &m[(xi * o + oc) * count..(xi * o + oc + 1) * count];
-                buffers.transform::<F>(g, &tiles, m_of, rows.clone(), b, |image, oy| {
-                    let at = image * image_out + (oc * g.out_h + oy) * g.out_w;
-                    // SAFETY: `at..at + wo` lies inside `out` (image < n, oc < o, oy < ho:
-                    // checked lengths in `conv2d`), and only this task writes channel oc.
-                    unsafe { out.slice(at, g.out_w) }
-                });
-            },
-        );
+        let v = &*v;
+        for first_channel in (0..o).step_by(block_channels) {
+            let channels = first_channel..(first_channel + block_channels).min(o);
+            let ob = channels.len();
+            if block_channels < o {
+                filter_transform::<F>(w, channels.clone(), c, &mut u);
+            }
+            let u = &u[..];
+            let m = &mut m[..F::POSITIONS * ob * count];
+            // M_ξ = U_ξ · V_ξ: one position per task.
+            m.par_chunks_exact_mut(ob * count)
+                .zip(v.par_chunks_exact(c * count))
+                .enumerate()
+                .try_for_each(|(k, (mk, vk))| {
+                    // U_ξ: rows of u n²·c apart (u is [o, n², c]).
+                    let uk = ArrayView2::from_shape(
+                        ndarray::ShapeBuilder::strides((ob, c), (F::POSITIONS * c, 1)),
+                        &u[k * c..],
+                    )
+                    .map_err(|e| Error::shape("winograd U", e.to_string()))?;
+                    let vk = ArrayView2::from_shape((c, count), vk)
+                        .map_err(|e| Error::shape("winograd V", e.to_string()))?;
+                    let mk = ArrayViewMut2::from_shape((ob, count), mk)
+                        .map_err(|e| Error::shape("winograd M", e.to_string()))?;
+                    sgemm(1.0, uk, vk, 0.0, mk, Parallelism::Serial)
+                })?;
+            // Output rows: one output channel per task.
+            let m = &*m;
+            channels.into_par_iter().for_each_init(
+                || OutputRows::new::<F>(&tiles, count),
+                |buffers, oc| {
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let row = oc - first_channel;
+                    let m_of = |xi: usize| &m[(xi * ob + row) * count..(xi * ob + row + 1) * count];
+                    super::elementwise::vectorized(
+                        #[inline(always)]
+                        || {
+                            buffers.transform::<F>(
+                                g,
+                                &tiles,
+                                m_of,
+                                rows.clone(),
+                                b,
+                                |image, oy| {
+                                    let at = image * image_out + (oc * g.out_h + oy) * g.out_w;
+                                    // SAFETY: `at..at + wo` lies inside `out` (image < n, oc < o,
+                                    // oy < ho: checked lengths in `conv2d`), and only this task writes
+                                    // channel oc.
+                                    unsafe { out.slice(at, g.out_w) }
+                                },
+                            );
+                        },
+                    );
+                },
+            );
+        }
     }
     Ok(())
 }
@@ -371,46 +444,109 @@ fn combine<'a>(coefs: &[f32], input: impl Fn(usize) -> &'a [f32], out: &mut [f32
     }
 }
 
-/// `U [o, n², c]` from `w [o, c, 3, 3]`: `G g Gᵀ` per filter, one output channel per task,
-/// each over all its input channels at once: `U_ξ = Σ_t T[ξ][t] · g_t` with `T = G ⊗ G` (the
-/// n² × 9 matrix of `G[i][a] · G[j][b]`, computed in f64 and rounded once) and `g_t` the t-th
-/// tap of every filter.
-fn filter_transform<F: Minimal>(w: Filters<'_>, o: usize, c: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; o * F::POSITIONS * c];
+/// Input channels per step of the filter transform: their nine taps stay in registers (as
+/// 16 lanes: two AVX2 vectors or one AVX-512 vector) while all n² values of `U` are made.
+const FILTER_LANES: usize = 16;
+
+/// `U [o, n², c]` for the output channels `channels` of `w [o, c, 3, 3]`, into `u` (its
+/// `channels.len() · n² · c` values): `G g Gᵀ` per filter, one output channel per task, as
+/// `U_ξ = Σ_t T[ξ][t] · g_t` with `T = G ⊗ G` (the n² × 9 matrix of `G[i][a] · G[j][b]`,
+/// computed in f64 and rounded once) and `g_t` the t-th tap of each filter. Each task takes
+/// [`FILTER_LANES`] input channels at a time and writes each value of `U` once: a first version
+/// (one pass over all input channels per term of `T`, at SSE2's 4 lanes) took 60 % of a
+/// 1280-channel F(4×4) conv at 16×16.
+fn filter_transform<F: Minimal>(
+    w: Filters<'_>,
+    channels: std::ops::Range<usize>,
+    c: usize,
+    u: &mut [f32],
+) {
     if c == 0 {
-        return u;
+        return;
     }
-    let kron: Vec<f32> = (0..F::POSITIONS * 9)
-        .map(|e| {
-            let (xi, t) = (e / 9, e % 9);
-            let (i, j, a, b) = (xi / F::N, xi % F::N, t / 3, t % 3);
-            (F::G[3 * i + a] * F::G[3 * j + b]) as f32
+    // terms[ξ]: the nonzero (tap, coefficient) pairs of row ξ of T.
+    let terms: Vec<Vec<(usize, f32)>> = (0..F::POSITIONS)
+        .map(|xi| {
+            let (i, j) = (xi / F::N, xi % F::N);
+            (0..9)
+                .map(|t| (t, (F::G[3 * i + t / 3] * F::G[3 * j + t % 3]) as f32))
+                .filter(|&(_, coef)| coef != 0.0)
+                .collect()
         })
         .collect();
-    u.par_chunks_exact_mut(F::POSITIONS * c)
+    u[..channels.len() * F::POSITIONS * c]
+        .par_chunks_exact_mut(F::POSITIONS * c)
         .enumerate()
-        .for_each_init(
-            || (vec![0.0f32; 9 * c], vec![0.0f32; 9 * c]),
-            |(widened, taps), (oc, u)| {
-                let filters = match w {
-                    Filters::F32(w) => &w[oc * 9 * c..(oc + 1) * 9 * c],
-                    Filters::Bf16(w) => {
-                        w.widen_rows(oc, widened);
-                        &widened[..]
-                    }
-                };
-                // taps [9, c]: tap t of every input channel's filter.
-                for (ci, filter) in filters.chunks_exact(9).enumerate() {
-                    for (t, &value) in filter.iter().enumerate() {
-                        taps[t * c + ci] = value;
-                    }
+        .for_each_init(Vec::new, |widened, (i, u)| {
+            let oc = channels.start + i;
+            let filters = match w {
+                Filters::F32(w) => &w[oc * 9 * c..(oc + 1) * 9 * c],
+                Filters::Bf16(w) => {
+                    widened.resize(9 * c, 0.0);
+                    w.widen_rows(oc, widened);
+                    &widened[..]
                 }
-                for (xi, u) in u.chunks_exact_mut(c).enumerate() {
-                    combine(&kron[9 * xi..9 * xi + 9], |t| &taps[t * c..], u);
-                }
-            },
-        );
-    u
+            };
+            super::elementwise::vectorized(
+                #[inline(always)]
+                || {
+                    transform_filters(&terms, filters, c, u);
+                },
+            );
+        });
+}
+
+/// One output channel's part of [`filter_transform`]: `filters [c, 9]` into `u [n², c]`.
+#[inline(always)]
+fn transform_filters(terms: &[Vec<(usize, f32)>], filters: &[f32], c: usize, u: &mut [f32]) {
+    const L: usize = FILTER_LANES;
+    let whole = c - c % L;
+    for first in (0..whole).step_by(L) {
+        let Ok(chunk) = <&[f32; 9 * L]>::try_from(&filters[first * 9..(first + L) * 9]) else {
+            continue;
+        };
+        let taps = tap_chunk(chunk);
+        for (xi, terms) in terms.iter().enumerate() {
+            // Stored as an array: vector stores, not a memcpy call per chunk.
+            if let Ok(dst) = <&mut [f32; L]>::try_from(&mut u[xi * c + first..][..L]) {
+                *dst = weighted_taps(terms, &taps);
+            }
+        }
+    }
+    if whole < c {
+        let mut padded = [0.0f32; 9 * L];
+        padded[..(c - whole) * 9].copy_from_slice(&filters[whole * 9..c * 9]);
+        let taps = tap_chunk(&padded);
+        for (xi, terms) in terms.iter().enumerate() {
+            u[xi * c + whole..][..c - whole]
+                .copy_from_slice(&weighted_taps(terms, &taps)[..c - whole]);
+        }
+    }
+}
+
+/// `taps[t][l]`: tap t of the l-th of [`FILTER_LANES`] filters of 9 values.
+#[inline(always)]
+fn tap_chunk(filters: &[f32; 9 * FILTER_LANES]) -> [[f32; FILTER_LANES]; 9] {
+    // Every value is written by these fixed-count loops, so the zeros are not stored first.
+    let mut taps = [[0.0f32; FILTER_LANES]; 9];
+    for l in 0..FILTER_LANES {
+        for (t, tap) in taps.iter_mut().enumerate() {
+            tap[l] = filters[l * 9 + t];
+        }
+    }
+    taps
+}
+
+/// `Σ coef · taps[t]` over the (tap, coefficient) terms of one row of `T`, lane by lane.
+#[inline(always)]
+fn weighted_taps(terms: &[(usize, f32)], taps: &[[f32; FILTER_LANES]; 9]) -> [f32; FILTER_LANES] {
+    let mut sum = [0.0f32; FILTER_LANES];
+    for &(t, coef) in terms {
+        for (s, &g) in sum.iter_mut().zip(&taps[t]) {
+            *s += coef * g;
+        }
+    }
+    sum
 }
 
 /// One task's buffers for the input transform: per run, one value for each tile of a panel.
@@ -434,7 +570,9 @@ impl InputRows {
 
     /// `Bᵀ d B` of input channel `ci` for each tile of the tile rows `rows` (`d` the patch
     /// under the tile, zeros in the padding): position ξ of every tile, in tile order, into
-    /// `row_of(ξ)`.
+    /// `row_of(ξ)`. Inlined into its caller's [`vectorized`](super::elementwise::vectorized)
+    /// code generation.
+    #[inline(always)]
     fn transform<'v, F: Minimal>(
         &mut self,
         g: &ConvShape,
@@ -493,6 +631,7 @@ impl InputRows {
 
 /// Fill `prow` (a zero-padded row, `prow[x]` = input column `x − pad`) from input row `iy`
 /// (`None` or past the image: all zeros).
+#[inline(always)]
 fn padded_row(channel: &[f32], g: &ConvShape, iy: Option<usize>, pad: usize, prow: &mut [f32]) {
     let Some(iy) = iy.filter(|&iy| iy < g.in_h) else {
         prow.fill(0.0);
@@ -527,7 +666,8 @@ impl OutputRows {
 
     /// Output rows of one channel for the tile rows `rows`, `m_of(ξ)` being that channel's row
     /// of `M_ξ` (one value per tile of the panel): `Aᵀ M A` per tile plus the bias `b`, written
-    /// into `row_of(image, output row)` (its `wo` values).
+    /// into `row_of(image, output row)` (its `wo` values). Inlined as the input transform is.
+    #[inline(always)]
     fn transform<'m, 'o, F: Minimal>(
         &mut self,
         g: &ConvShape,
@@ -669,9 +809,16 @@ mod tests {
         let packed = PairPanels::from_rows(&wt, o, 9 * c, PLAIN_ROWS);
         let widened = packed.to_rows();
         let mut worst = 0.0f64;
-        for (filters, wt) in [(Filters::F32(&wt), &wt), (Filters::Bf16(&packed), &widened)] {
+        let cases = [
+            (Filters::F32(&wt), &wt, U_BLOCK_BYTES),
+            (Filters::Bf16(&packed), &widened, U_BLOCK_BYTES),
+            // U one output channel at a time (where all tiles fit one panel).
+            (Filters::F32(&wt), &wt, 1),
+        ];
+        for (filters, wt, u_block_bytes) in cases {
             let mut out = vec![f32::NAN; images * o * g.out_h * g.out_w];
-            conv2d(tile, &g, &x, filters, Some(&bias), &mut out).expect("conv");
+            conv2d_with_blocks(tile, &g, &x, filters, Some(&bias), &mut out, u_block_bytes)
+                .expect("conv");
             let (want, scale) = naive(&g, &x, wt, &bias);
             for ((&got, &want), &scale) in out.iter().zip(&want).zip(&scale) {
                 // NaN (an output never written) fails the comparison below.
@@ -687,7 +834,8 @@ mod tests {
     }
 
     /// Odd and even sizes (partial tiles), paddings 0–2, batches of one and two (tile rows of
-    /// both images in one panel), one and several panels, both tile sizes, against the f64
+    /// both images in one panel), one and several panels, `U` whole and by blocks of output
+    /// channels, both tile sizes, f32 and bf16 filters, against the f64
     /// direct sum: within 1e-6 (F(2×2)) and 1e-5 (F(4×4)) of each output's scale Σ|x·w|, twice
     /// the worst measured (5.6e-7 and 4.3e-6, on the few-channel shapes). The direct f32
     /// product's rounding is of the order 1e-7 of it; F(4×4)'s transforms (coefficients up to
@@ -785,6 +933,7 @@ mod speed {
             (2, 1280, 1280, 8),
             (1, 640, 640, 32),
             (1, 1280, 1280, 16),
+            (1, 1280, 1280, 8),
             (1, 512, 512, 64),
             (1, 512, 512, 128),
             (1, 256, 256, 256),
