@@ -333,24 +333,15 @@ fn conv2d_by<F: Minimal>(
                     let b = bias.map_or(0.0, |b| b[oc]);
                     let row = oc - first_channel;
                     let m_of = |xi: usize| &m[(xi * ob + row) * count..(xi * ob + row + 1) * count];
+                    let row_out = |image: usize, oy: usize| {
+                        let at = image * image_out + (oc * g.out_h + oy) * g.out_w;
+                        // SAFETY: `at..at + wo` lies inside `out` (image < n, oc < o, oy < ho:
+                        // checked lengths in `conv2d`), and only this task writes channel oc.
+                        unsafe { out.slice(at, g.out_w) }
+                    };
                     super::elementwise::vectorized(
                         #[inline(always)]
-                        || {
-                            buffers.transform::<F>(
-                                g,
-                                &tiles,
-                                m_of,
-                                rows.clone(),
-                                b,
-                                |image, oy| {
-                                    let at = image * image_out + (oc * g.out_h + oy) * g.out_w;
-                                    // SAFETY: `at..at + wo` lies inside `out` (image < n, oc < o,
-                                    // oy < ho: checked lengths in `conv2d`), and only this task writes
-                                    // channel oc.
-                                    unsafe { out.slice(at, g.out_w) }
-                                },
-                            );
-                        },
+                        || buffers.transform::<F>(g, &tiles, m_of, rows.clone(), b, row_out),
                     );
                 },
             );
