@@ -268,11 +268,13 @@ fn conv2d_by<F: Minimal>(
     } else {
         o.max(1)
     };
+    let terms = filter_terms::<F>();
     // Every value of these is written before it is read (`repeated` fills them in parallel
     // rather than having calloc clear them on one thread).
     let mut u = repeated(F::POSITIONS * c * block_channels, &[]);
-    if block_channels >= o {
-        filter_transform::<F>(w, 0..o, c, &mut u);
+    let u_whole = block_channels >= o;
+    if u_whole {
+        filter_transform::<F>(&terms, w, 0..o, c, &mut u);
     }
     let mut v = repeated(F::POSITIONS * c * panel_tiles, &[]);
     let mut m = repeated(F::POSITIONS * block_channels * panel_tiles, &[]);
@@ -303,8 +305,8 @@ fn conv2d_by<F: Minimal>(
         for first_channel in (0..o).step_by(block_channels) {
             let channels = first_channel..(first_channel + block_channels).min(o);
             let ob = channels.len();
-            if block_channels < o {
-                filter_transform::<F>(w, channels.clone(), c, &mut u);
+            if !u_whole {
+                filter_transform::<F>(&terms, w, channels.clone(), c, &mut u);
             }
             let u = &u[..];
             let m = &mut m[..F::POSITIONS * ob * count];
@@ -435,6 +437,20 @@ fn combine<'a>(coefs: &[f32], input: impl Fn(usize) -> &'a [f32], out: &mut [f32
     }
 }
 
+/// `terms[ξ]`: the nonzero (tap, coefficient) pairs of row ξ of `T = G ⊗ G`, for
+/// [`filter_transform`] (made once per conv, not per block of `U`).
+fn filter_terms<F: Minimal>() -> Vec<Vec<(usize, f32)>> {
+    (0..F::POSITIONS)
+        .map(|xi| {
+            let (i, j) = (xi / F::N, xi % F::N);
+            (0..9)
+                .map(|t| (t, (F::G[3 * i + t / 3] * F::G[3 * j + t % 3]) as f32))
+                .filter(|&(_, coef)| coef != 0.0)
+                .collect()
+        })
+        .collect()
+}
+
 /// Input channels per step of the filter transform: their nine taps stay in registers (as
 /// 16 lanes: two AVX2 vectors or one AVX-512 vector) while all n² values of `U` are made.
 const FILTER_LANES: usize = 16;
@@ -447,6 +463,7 @@ const FILTER_LANES: usize = 16;
 /// (one pass over all input channels per term of `T`, at SSE2's 4 lanes) took 60 % of a
 /// 1280-channel F(4×4) conv at 16×16.
 fn filter_transform<F: Minimal>(
+    terms: &[Vec<(usize, f32)>],
     w: Filters<'_>,
     channels: std::ops::Range<usize>,
     c: usize,
@@ -455,16 +472,6 @@ fn filter_transform<F: Minimal>(
     if c == 0 {
         return;
     }
-    // terms[ξ]: the nonzero (tap, coefficient) pairs of row ξ of T.
-    let terms: Vec<Vec<(usize, f32)>> = (0..F::POSITIONS)
-        .map(|xi| {
-            let (i, j) = (xi / F::N, xi % F::N);
-            (0..9)
-                .map(|t| (t, (F::G[3 * i + t / 3] * F::G[3 * j + t % 3]) as f32))
-                .filter(|&(_, coef)| coef != 0.0)
-                .collect()
-        })
-        .collect();
     u[..channels.len() * F::POSITIONS * c]
         .par_chunks_exact_mut(F::POSITIONS * c)
         .enumerate()
@@ -481,7 +488,7 @@ fn filter_transform<F: Minimal>(
             super::elementwise::vectorized(
                 #[inline(always)]
                 || {
-                    transform_filters(&terms, filters, c, u);
+                    transform_filters(terms, filters, c, u);
                 },
             );
         });
@@ -518,7 +525,6 @@ fn transform_filters(terms: &[Vec<(usize, f32)>], filters: &[f32], c: usize, u: 
 /// `taps[t][l]`: tap t of the l-th of [`FILTER_LANES`] filters of 9 values.
 #[inline(always)]
 fn tap_chunk(filters: &[f32; 9 * FILTER_LANES]) -> [[f32; FILTER_LANES]; 9] {
-    // Every value is written by these fixed-count loops, so the zeros are not stored first.
     let mut taps = [[0.0f32; FILTER_LANES]; 9];
     for l in 0..FILTER_LANES {
         for (t, tap) in taps.iter_mut().enumerate() {
