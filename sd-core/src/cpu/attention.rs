@@ -17,8 +17,8 @@
 //! place through strides, never split into per-head copies.
 //!
 //! Three implementations of the products ([`HeadProducts`]): f32 on the register-tiled AVX2
-//! kernels of [`attention_avx2`] on CPUs without AVX-512 (heads up to 160 wide: every UNet and
-//! CLIP head), f32 on the GEMM engine otherwise, and for [`Precision::Bf16`] the bf16 engine
+//! kernels of [`attention_avx2`] (heads up to 160 wide: every UNet and CLIP head), f32 on the
+//! GEMM engine otherwise (the VAE's 512-wide head, a CPU without AVX2), and for [`Precision::Bf16`] the bf16 engine
 //! with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`), keys and values packed once per
 //! call. Self-attention [2, 4096, 320] × 8 heads
 //! (`cargo run --release --example cpu_ops`): f32 330 ms, bf16 234 ms (270 ms with row-major
