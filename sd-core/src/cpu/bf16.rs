@@ -230,20 +230,33 @@ impl PairPanels {
         out
     }
 
-    /// Rows `first..first + out.len() / k` as row-major f32 in `out`, for the
-    /// [plain rows](PLAIN_ROWS) layout: each value's 16 bits shifted into the top of an f32,
-    /// in storage order (vectorised with AVX2 or AVX-512 where the CPU has them).
+    /// Rows `first..first + out.len() / k` as row-major f32 in `out`: each value's 16 bits
+    /// shifted into the top of an f32. In the [plain rows](PLAIN_ROWS) layout a contiguous
+    /// stream (vectorised with AVX2 or AVX-512 where the CPU has them); in pair panels a
+    /// gather, `width` values apart (for a few rows at a time, as Winograd's filter transform
+    /// reads a conv weight).
     pub(crate) fn widen_rows(&self, first: usize, out: &mut [f32]) {
-        assert!(
-            self.is_plain_rows(),
-            "widen_rows reads the plain rows layout"
-        );
         let (k, pairs) = (self.k, self.pairs());
         if k == 0 {
             return;
         }
         let rows = out.len() / k;
         assert!(out.len() == rows * k && first + rows <= self.rows);
+        if !self.is_plain_rows() {
+            for (r, out) in (first..first + rows).zip(out.chunks_exact_mut(k)) {
+                let panel =
+                    &self.data[(r / self.width) * pairs * self.width..][..pairs * self.width];
+                let lane = r % self.width;
+                for (pair, out) in out.chunks_mut(2).enumerate() {
+                    let bits = panel[pair * self.width + lane];
+                    out[0] = bf16_value(bits & 0xffff);
+                    if let Some(odd) = out.get_mut(1) {
+                        *odd = bf16_value(bits >> 16);
+                    }
+                }
+            }
+            return;
+        }
         let src = &self.data[first * pairs..(first + rows) * pairs];
         super::elementwise::vectorized(
             #[inline(always)]
@@ -714,26 +727,36 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn plain_rows_widen_to_the_rounded_values() {
-        // Odd and even k, and more rows than one to_rows task; NaN and infinities included.
+    fn rows_widen_to_the_rounded_values() {
+        // Odd and even k, and more rows than one to_rows task; NaN and infinities included;
+        // plain rows and pair panels (rows past the first panel, a partial last panel).
         for &(rows, k) in &[(150, 71), (3, 64), (2, 1)] {
             let mut src = random(rows * k, 5);
             src[0] = f32::INFINITY;
             src[rows * k - 1] = f32::NEG_INFINITY;
-            let packed = PairPanels::from_rows(&src, rows, k, PLAIN_ROWS);
-            // The plain layout is the bf16 matrix itself: pairs of a row follow each other.
-            assert_eq!(packed.size_in_bytes(), rows * k.div_ceil(2) * 4);
             let want = rounded(&src);
-            assert_eq!(packed.to_rows(), want, "({rows}, {k}) to_rows");
-            // A range of rows starting past the first, into a buffer of exactly its size.
-            let (first, len) = (rows / 3, rows - rows / 3);
-            let mut out = vec![f32::NAN; len * k];
-            packed.widen_rows(first, &mut out);
-            assert_eq!(
-                out,
-                want[first * k..].to_vec(),
-                "({rows}, {k}) rows {first}.."
-            );
+            for width in [PLAIN_ROWS, MR, NR] {
+                let packed = PairPanels::from_rows(&src, rows, k, width);
+                if width == PLAIN_ROWS {
+                    // The plain layout is the bf16 matrix itself: a row's pairs follow each
+                    // other.
+                    assert_eq!(packed.size_in_bytes(), rows * k.div_ceil(2) * 4);
+                }
+                assert_eq!(
+                    packed.to_rows(),
+                    want,
+                    "({rows}, {k}) to_rows, width {width}"
+                );
+                // A range of rows starting past the first, into a buffer of exactly its size.
+                let (first, len) = (rows / 3, rows - rows / 3);
+                let mut out = vec![f32::NAN; len * k];
+                packed.widen_rows(first, &mut out);
+                assert_eq!(
+                    out,
+                    want[first * k..].to_vec(),
+                    "({rows}, {k}) rows {first}.., width {width}"
+                );
+            }
         }
         let nan = PairPanels::from_rows(&[f32::NAN, 1.0], 1, 2, PLAIN_ROWS).to_rows();
         assert!(nan[0].is_nan() && nan[1] == 1.0);

@@ -7,8 +7,7 @@
 //! straight into its (disjoint) part of the output. The tasks run over every (image, panel) pair,
 //! so the im2col work is spread over the cores too. A 1×1 stride-1 unpadded convolution needs no
 //! im2col at all: the input image `[c, h·w]` is already `col`. Large stride-1 3×3 convolutions
-//! in f32 (or bf16 storage without bf16 arithmetic) take Winograd's algorithm instead
-//! (`winograd.rs`).
+//! take Winograd's algorithm instead (`winograd.rs`).
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use rayon::prelude::*;
@@ -51,14 +50,14 @@ const PANEL_ALIGN: usize = 16;
 /// How a convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Algorithm {
-    /// Winograd where [`winograd::choose`] picks a tile size (f32 or widened bf16 weights, 3×3
-    /// stride 1, large enough to gain), im2col + GEMM elsewhere.
+    /// Winograd where [`winograd::choose`] picks a tile size (3×3 stride 1, large enough to
+    /// gain), im2col + GEMM elsewhere.
     Fastest,
     /// im2col + GEMM always (the A/B baseline of the speed tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Direct,
-    /// Winograd with the given tile size wherever it can run (f32 or widened bf16 weights,
-    /// 3×3 stride 1), however small the conv.
+    /// Winograd with the given tile size wherever it can run (3×3 stride 1), however small
+    /// the conv.
     #[cfg_attr(not(test), allow(dead_code))]
     Winograd(winograd::TileSize),
 }
@@ -99,23 +98,21 @@ pub(crate) fn conv2d_by(
         .ok_or_else(|| too_large("output too large"))?;
     let mut out = repeated(out_len, &[]);
     let bias = bias.map(|b| b.data());
-    let winograd = match algorithm {
-        Algorithm::Fastest => winograd::choose(&geometry),
-        Algorithm::Direct => None,
-        Algorithm::Winograd(f) => Some(f),
-    };
     let weights = match w.packed() {
         Some(panels) if panels.is_plain_rows() => Weights::Widened(panels),
         Some(panels) => Weights::Bf16(panels),
         None => Weights::F32(matrix(w.data(), o, geometry.patch_len())?),
     };
-    // The bf16 engine (pair panels) keeps im2col: its products are already twice as fast.
     let filters = match weights {
-        Weights::F32(_) => Some(winograd::Filters::F32(w.data())),
-        Weights::Widened(panels) => Some(winograd::Filters::Bf16(panels)),
-        Weights::Bf16(_) => None,
+        Weights::F32(_) => winograd::Filters::F32(w.data()),
+        Weights::Widened(panels) | Weights::Bf16(panels) => winograd::Filters::Bf16(panels),
     };
-    if let (Some(filters), Some(f)) = (filters, winograd) {
+    let winograd = match algorithm {
+        Algorithm::Fastest => winograd::choose(&geometry, filters),
+        Algorithm::Direct => None,
+        Algorithm::Winograd(f) => Some(f),
+    };
+    if let Some(f) = winograd {
         winograd::conv2d(f, &geometry, x.data(), filters, bias, &mut out)?;
         return CpuTensor::from_vec(&out_shape, out);
     }

@@ -149,6 +149,13 @@ const U_BLOCK_BYTES: usize = 16 << 20;
 /// F(2×2) 1.24× at 64 tiles, 1.09× at 32 ([2, 1280, 8²]), 0.57× at 16.
 const MIN_TILES_F2: usize = 32;
 const MIN_TILES_F4: usize = 64;
+/// The same against the bf16 engine's direct product (weights packed for `VDPBF16PS`), twice
+/// the f32 engine's speed: Winograd (on the f32 engine, see [`Filters::Bf16`]) takes only
+/// F(4×4), from more tiles. Measured with `winograd_speed` on a Zen 4 (two runs): VAE
+/// [1, 512, 128²] (1024 tiles) 1.56×, [1, 256, 256²] 1.47×, [1, 512, 64²] (256 tiles) 1.12×,
+/// UNet [2, 320, 64²] (512 tiles) 1.12×; [2, 640, 32²] (128 tiles) 0.95–1.09×, [1, 640, 32²]
+/// (64 tiles) 0.85×; F(2×2) gained nowhere ([2, 1280, 16²] 0.74–1.05×, [2, 1280, 8²] 0.59×).
+const MIN_TILES_F4_AGAINST_BF16: usize = 256;
 /// Channels below which the transforms (memory passes, not products) dominate.
 const MIN_CHANNELS: usize = 32;
 
@@ -170,17 +177,21 @@ fn allowed() -> &'static [TileSize] {
     })
 }
 
-/// The tile size the conv `g` takes, if any: 3×3, stride 1, enough channels, and the largest
-/// tile size (among those `SD_WINOGRAD` allows) with enough tiles to gain.
-pub(crate) fn choose(g: &ConvShape) -> Option<TileSize> {
+/// The tile size the conv `g` with filters `w` takes, if any: 3×3, stride 1, enough channels,
+/// and the largest tile size (among those `SD_WINOGRAD` allows) with enough tiles to gain
+/// against the direct product `w` would otherwise run on.
+pub(crate) fn choose(g: &ConvShape, w: Filters<'_>) -> Option<TileSize> {
     let shape_fits = g.kernel_h == 3
         && g.kernel_w == 3
         && g.params.stride == 1
         && g.channels >= MIN_CHANNELS
         && g.out_channels >= MIN_CHANNELS;
-    let enough_tiles = |tile: TileSize| match tile {
-        TileSize::F2 => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
-        TileSize::F4 => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
+    let against_bf16_engine = matches!(w, Filters::Bf16(w) if !w.is_plain_rows());
+    let enough_tiles = |tile: TileSize| match (tile, against_bf16_engine) {
+        (TileSize::F2, false) => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
+        (TileSize::F4, false) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
+        (TileSize::F2, true) => false,
+        (TileSize::F4, true) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_BF16,
     };
     allowed()
         .iter()
@@ -221,7 +232,7 @@ fn conv2d_with_blocks(
     }
     let filters_fit = match w {
         Filters::F32(w) => w.len() >= o * c * 9,
-        Filters::Bf16(w) => w.is_plain_rows() && w.rows() == o && w.k() == c * 9,
+        Filters::Bf16(w) => w.rows() == o && w.k() == c * 9,
     };
     if x.len() < g.images * c * g.in_h * g.in_w
         || !filters_fit
@@ -410,8 +421,13 @@ impl Tiles {
 #[derive(Clone, Copy)]
 pub(crate) enum Filters<'a> {
     F32(&'a [f32]),
-    /// bf16 in plain rows (a CPU without bf16 arithmetic): each output channel's filters are
-    /// widened as the transform reaches them, so the f32 weight never exists whole.
+    /// bf16, in plain rows (a CPU without bf16 arithmetic) or in the bf16 engine's pair panels:
+    /// each output channel's filters are widened as the transform reaches them, so the f32
+    /// weight never exists whole. The products stay on the f32 engine either way: with `U` and
+    /// `V` rounded to bf16 for the bf16 engine, F(4×4)'s results were off by up to 8e-2 of
+    /// each output's scale Σ|x·w| (F(2×2): 8e-3; the direct bf16 product at most 2e-3), and on
+    /// a Zen 4 it was not faster than F(4×4) on the f32 engine, whose transforms take half
+    /// the time there (`winograd_speed`).
     Bf16(&'a PairPanels),
 }
 
@@ -717,7 +733,7 @@ mod tests {
     use super::super::bf16::tests::random;
     use super::*;
     use crate::backend::Conv2dParams;
-    use crate::cpu::bf16::PLAIN_ROWS;
+    use crate::cpu::bf16::{MR, PLAIN_ROWS};
 
     /// The transform matrices compute a 1-D correlation of n inputs with a 3-tap filter:
     /// `Aᵀ [(G g) ⊙ (Bᵀ d)] = (Σ_k d[i + k] g[k])_i`, in f64.
@@ -791,7 +807,8 @@ mod tests {
     }
 
     /// Largest error of `f` on the shape, relative to each output's scale Σ|x·w|, with f32
-    /// and with bf16 filters (against the direct sum of their bf16 values).
+    /// and with bf16 filters, in plain rows and in pair panels (against the direct sum of their
+    /// bf16 values).
     fn worst_relative_error(
         tile: TileSize,
         shape: (usize, usize, usize, usize, usize, usize),
@@ -804,11 +821,13 @@ mod tests {
         let wt = random(o * c * 9, 2);
         let bias = random(o, 3);
         let packed = PairPanels::from_rows(&wt, o, 9 * c, PLAIN_ROWS);
+        let pairs = PairPanels::from_rows(&wt, o, 9 * c, MR);
         let widened = packed.to_rows();
         let mut worst = 0.0f64;
         let cases = [
             (Filters::F32(&wt), &wt, U_BLOCK_BYTES),
             (Filters::Bf16(&packed), &widened, U_BLOCK_BYTES),
+            (Filters::Bf16(&pairs), &widened, U_BLOCK_BYTES),
             // U one output channel at a time (where all tiles fit one panel).
             (Filters::F32(&wt), &wt, 1),
         ];
@@ -889,10 +908,10 @@ mod tests {
             )
             .is_err()
         );
-        // Filters in bf16 pair panels (the bf16 engine's layout) are not read here.
+        // bf16 filters of another shape than the conv's.
         let g = ConvShape::check(&[1, 1, 4, 4], &[1, 1, 3, 3], None, Conv2dParams::same(1))
             .expect("valid shape");
-        let pairs = PairPanels::from_rows(&[1.0; 9], 1, 9, crate::cpu::bf16::MR);
+        let pairs = PairPanels::from_rows(&[1.0; 18], 2, 9, MR);
         assert!(
             conv2d(
                 TileSize::F4,
@@ -909,14 +928,17 @@ mod tests {
 
 #[cfg(test)]
 mod speed {
-    use super::super::CpuTensor;
+    use super::super::bf16::{MR, PLAIN_ROWS, PairPanels};
     use super::super::conv::{Algorithm, conv2d_by};
+    use super::super::{CpuTensor, PackedWeight, Repr};
     use super::TileSize;
     use crate::backend::Conv2dParams;
+    use std::sync::Arc;
     use std::time::Instant;
 
     /// F(2×2) and F(4×4) against im2col + GEMM on SD's 3×3 convs (each forced), interleaved,
-    /// medians of 9 (and the ratio of the fastest runs):
+    /// medians of 9 (and the ratio of the fastest runs): f32 weights, then bf16 weights packed
+    /// for the bf16 engine (`bf16`) and in plain rows for the f32 engine (`bf16 plain`):
     /// `cargo test --release -p sd-core --lib winograd_speed -- --ignored --nocapture`
     #[test]
     #[ignore = "timing, not a check"]
@@ -939,45 +961,61 @@ mod speed {
         ] {
             let x = CpuTensor::from_vec(&[n, c, side, side], vec![0.5; n * c * side * side])
                 .expect("x");
-            let w = CpuTensor::from_vec(&[o, c, 3, 3], vec![0.25; o * c * 9]).expect("w");
-            let b = CpuTensor::from_vec(&[o], vec![0.1; o]).expect("b");
-            let time = |algorithm| {
-                let start = Instant::now();
-                conv2d_by(&x, &w, Some(&b), Conv2dParams::same(1), algorithm).expect("conv");
-                start.elapsed().as_secs_f64()
+            let values = vec![0.25; o * c * 9];
+            let packed = |width| {
+                CpuTensor(Repr::Packed(Arc::new(PackedWeight {
+                    shape: vec![o, c, 3, 3],
+                    panels: PairPanels::from_rows(&values, o, c * 9, width),
+                })))
             };
-            let algorithms = [
-                Algorithm::Direct,
-                Algorithm::Winograd(TileSize::F2),
-                Algorithm::Winograd(TileSize::F4),
+            let weights = [
+                (
+                    "f32",
+                    CpuTensor::from_vec(&[o, c, 3, 3], values.clone()).expect("w"),
+                ),
+                ("bf16", packed(MR)),
+                ("bf16 plain", packed(PLAIN_ROWS)),
             ];
-            let mut times = vec![Vec::new(); algorithms.len()];
-            for _ in 0..9 {
-                for (t, &a) in times.iter_mut().zip(&algorithms) {
-                    t.push(time(a));
+            let b = CpuTensor::from_vec(&[o], vec![0.1; o]).expect("b");
+            for (name, w) in &weights {
+                let time = |algorithm| {
+                    let start = Instant::now();
+                    conv2d_by(&x, w, Some(&b), Conv2dParams::same(1), algorithm).expect("conv");
+                    start.elapsed().as_secs_f64()
+                };
+                let algorithms = [
+                    Algorithm::Direct,
+                    Algorithm::Winograd(TileSize::F2),
+                    Algorithm::Winograd(TileSize::F4),
+                ];
+                let mut times = vec![Vec::new(); algorithms.len()];
+                for _ in 0..9 {
+                    for (t, &a) in times.iter_mut().zip(&algorithms) {
+                        t.push(time(a));
+                    }
                 }
+                // Medians, and the fastest runs (on a shared machine the least disturbed).
+                let (mut medians, mut fastest) = (Vec::new(), Vec::new());
+                for t in &mut times {
+                    t.sort_by(f64::total_cmp);
+                    medians.push(t[t.len() / 2]);
+                    fastest.push(t[0]);
+                }
+                let column = |i: usize| {
+                    format!(
+                        "{:.1} ms ({:.2}×, fastest {:.2}×)",
+                        medians[i] * 1e3,
+                        medians[0] / medians[i],
+                        fastest[0] / fastest[i]
+                    )
+                };
+                println!(
+                    "{name:>10} [{n},{c},{side},{side}] → {o}: direct {:.1} ms, F(2×2) {}, F(4×4) {}",
+                    medians[0] * 1e3,
+                    column(1),
+                    column(2)
+                );
             }
-            // Medians, and the fastest runs (on a shared machine the least disturbed).
-            let (mut medians, mut fastest) = (Vec::new(), Vec::new());
-            for t in &mut times {
-                t.sort_by(f64::total_cmp);
-                medians.push(t[t.len() / 2]);
-                fastest.push(t[0]);
-            }
-            let column = |i: usize| {
-                format!(
-                    "{:.1} ms ({:.2}×, fastest {:.2}×)",
-                    medians[i] * 1e3,
-                    medians[0] / medians[i],
-                    fastest[0] / fastest[i]
-                )
-            };
-            println!(
-                "[{n},{c},{side},{side}] → {o}: direct {:.1} ms, F(2×2) {}, F(4×4) {}",
-                medians[0] * 1e3,
-                column(1),
-                column(2)
-            );
         }
     }
 }
