@@ -206,35 +206,17 @@ impl PairPanels {
                 .for_each(|(i, rows)| self.widen_rows(i * WIDEN_TASK_ROWS, rows));
             return out;
         }
-        let whole_pairs = k / 2;
         out.par_chunks_mut(width * k)
             .zip(self.data.par_chunks(pairs * width))
-            .for_each(|(rows, panel)| {
-                let n = rows.len() / k;
-                // Row r's pair p is panel[p·width + r]: walk the panel in order, writing two
-                // floats to each of its rows per pair.
-                for (p, packed) in panel.chunks_exact(width).take(whole_pairs).enumerate() {
-                    for (r, &bits) in packed[..n].iter().enumerate() {
-                        let pair = &mut rows[r * k + 2 * p..][..2];
-                        pair[0] = bf16_value(bits & 0xffff);
-                        pair[1] = bf16_value(bits >> 16);
-                    }
-                }
-                if k % 2 == 1 {
-                    let last = &panel[whole_pairs * width..][..n];
-                    for (r, &bits) in last.iter().enumerate() {
-                        rows[r * k + k - 1] = bf16_value(bits & 0xffff);
-                    }
-                }
-            });
+            .for_each(|(rows, panel)| widen_panel(panel, width, 0..rows.len() / k, k, rows));
         out
     }
 
     /// Rows `first..first + out.len() / k` as row-major f32 in `out`: each value's 16 bits
     /// shifted into the top of an f32. In the [plain rows](PLAIN_ROWS) layout a contiguous
-    /// stream (vectorised with AVX2 or AVX-512 where the CPU has them); in pair panels a
-    /// gather, `width` values apart (for a few rows at a time, as Winograd's filter transform
-    /// reads a conv weight).
+    /// stream (vectorised with AVX2 or AVX-512 where the CPU has them); in pair panels each
+    /// panel's part read in storage order (whole panels are the fast case: Winograd's filter
+    /// transform widens a conv weight a panel of output channels at a time).
     pub(crate) fn widen_rows(&self, first: usize, out: &mut [f32]) {
         let (k, pairs) = (self.k, self.pairs());
         if k == 0 {
@@ -243,17 +225,15 @@ impl PairPanels {
         let rows = out.len() / k;
         assert!(out.len() == rows * k && first + rows <= self.rows);
         if !self.is_plain_rows() {
-            for (r, out) in (first..first + rows).zip(out.chunks_exact_mut(k)) {
-                let panel =
-                    &self.data[(r / self.width) * pairs * self.width..][..pairs * self.width];
-                let lane = r % self.width;
-                for (pair, out) in out.chunks_mut(2).enumerate() {
-                    let bits = panel[pair * self.width + lane];
-                    out[0] = bf16_value(bits & 0xffff);
-                    if let Some(odd) = out.get_mut(1) {
-                        *odd = bf16_value(bits >> 16);
-                    }
-                }
+            let (width, end) = (self.width, first + rows);
+            let mut row = first;
+            while row < end {
+                let (panel, lane) = (row / width, row % width);
+                let lanes = lane..width.min(lane + end - row);
+                let panel_data = &self.data[panel * pairs * width..][..pairs * width];
+                let out = &mut out[(row - first) * k..][..lanes.len() * k];
+                row += lanes.len();
+                widen_panel(panel_data, width, lanes, k, out);
             }
             return;
         }
@@ -266,6 +246,11 @@ impl PairPanels {
                 }
             },
         );
+    }
+
+    /// Rows per panel ([`PLAIN_ROWS`], [`MR`] or [`NR`]).
+    pub(crate) fn width(&self) -> usize {
+        self.width
     }
 
     /// Whether this is the [plain rows](PLAIN_ROWS) layout.
@@ -347,6 +332,32 @@ impl<'a> Panels<'a> {
     fn panel(&self, i: usize, p0: usize) -> &'a [u32] {
         let start = i * self.panel_len + (self.first_pair + p0) * self.width;
         &self.data[start..i * self.panel_len + (self.first_pair + self.pairs) * self.width]
+    }
+}
+
+/// Rows `lanes` of one pair panel (`panel`: its pairs of `width` values each) into `rows`
+/// (row-major, `k` values each): row r's pair p is `panel[p·width + r]`, so the panel is read in
+/// order, two floats written to each row per pair.
+fn widen_panel(
+    panel: &[u32],
+    width: usize,
+    lanes: std::ops::Range<usize>,
+    k: usize,
+    rows: &mut [f32],
+) {
+    let whole_pairs = k / 2;
+    for (p, packed) in panel.chunks_exact(width).take(whole_pairs).enumerate() {
+        for (r, &bits) in packed[lanes.clone()].iter().enumerate() {
+            let pair = &mut rows[r * k + 2 * p..][..2];
+            pair[0] = bf16_value(bits & 0xffff);
+            pair[1] = bf16_value(bits >> 16);
+        }
+    }
+    if k % 2 == 1 {
+        let last = &panel[whole_pairs * width..][lanes];
+        for (r, &bits) in last.iter().enumerate() {
+            rows[r * k + k - 1] = bf16_value(bits & 0xffff);
+        }
     }
 }
 

@@ -275,7 +275,14 @@ fn conv2d_by<F: Minimal>(
     };
     let panel_tiles = rows_per_panel * tiles.across;
     let block_channels = if tiles.rows() <= rows_per_panel {
-        (u_block_bytes / u_channel_bytes.max(1)).clamp(1, o.max(1))
+        let channels = (u_block_bytes / u_channel_bytes.max(1)).clamp(1, o.max(1));
+        // Whole panels of pair-panel filters per block where it holds one (see
+        // `filter_transform`).
+        let panel_rows = match w {
+            Filters::Bf16(w) => w.width(),
+            Filters::F32(_) => 1,
+        };
+        channels - channels % panel_rows.min(channels)
     } else {
         o.max(1)
     };
@@ -488,23 +495,34 @@ fn filter_transform<F: Minimal>(
     if c == 0 {
         return;
     }
-    u[..channels.len() * F::POSITIONS * c]
-        .par_chunks_exact_mut(F::POSITIONS * c)
+    // Pair panels are widened a panel of output channels per task (read in storage order).
+    let group = match w {
+        Filters::Bf16(w) if !w.is_plain_rows() => w.width(),
+        _ => 1,
+    };
+    let per_channel = F::POSITIONS * c;
+    u[..channels.len() * per_channel]
+        .par_chunks_mut(group * per_channel)
         .enumerate()
         .for_each_init(Vec::new, |widened, (i, u)| {
-            let oc = channels.start + i;
+            let (first, count) = (channels.start + i * group, u.len() / per_channel);
             let filters = match w {
-                Filters::F32(w) => &w[oc * 9 * c..(oc + 1) * 9 * c],
+                Filters::F32(w) => &w[first * 9 * c..(first + count) * 9 * c],
                 Filters::Bf16(w) => {
-                    widened.resize(9 * c, 0.0);
-                    w.widen_rows(oc, widened);
+                    widened.resize(count * 9 * c, 0.0);
+                    w.widen_rows(first, widened);
                     &widened[..]
                 }
             };
             super::elementwise::vectorized(
                 #[inline(always)]
                 || {
-                    transform_filters(terms, filters, c, u);
+                    for (filters, u) in filters
+                        .chunks_exact(9 * c)
+                        .zip(u.chunks_exact_mut(per_channel))
+                    {
+                        transform_filters(terms, filters, c, u);
+                    }
                 },
             );
         });
@@ -830,6 +848,9 @@ mod tests {
             (Filters::Bf16(&pairs), &widened, U_BLOCK_BYTES),
             // U one output channel at a time (where all tiles fit one panel).
             (Filters::F32(&wt), &wt, 1),
+            (Filters::Bf16(&pairs), &widened, 1),
+            // Blocks of a few channels: whole pair panels (12 channels) where that many fit.
+            (Filters::Bf16(&pairs), &widened, 30_000),
         ];
         for (filters, wt, u_block_bytes) in cases {
             let mut out = vec![f32::NAN; images * o * g.out_h * g.out_w];
@@ -851,7 +872,7 @@ mod tests {
 
     /// Odd and even sizes (partial tiles), paddings 0–2, batches of one and two (tile rows of
     /// both images in one panel), one and several panels, `U` whole and by blocks of output
-    /// channels, both tile sizes, f32 and bf16 filters, against the f64
+    /// channels, both tile sizes, f32 and bf16 filters (plain rows, pair panels), against the f64
     /// direct sum: within 1e-6 (F(2×2)) and 1e-5 (F(4×4)) of each output's scale Σ|x·w|, twice
     /// the worst measured (5.6e-7 and 4.3e-6, on the few-channel shapes). The direct f32
     /// product's rounding is of the order 1e-7 of it; F(4×4)'s transforms (coefficients up to
