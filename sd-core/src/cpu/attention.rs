@@ -18,13 +18,14 @@
 //!
 //! Three implementations of the products ([`HeadProducts`]): f32 on the register-tiled AVX2
 //! kernels of [`attention_avx2`] (heads up to 160 wide: every UNet and CLIP head), f32 on the
-//! GEMM engine otherwise (the VAE's 512-wide head, a CPU without AVX2), and for [`Precision::Bf16`] the bf16 engine
-//! with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`), keys and values packed once per
-//! call. Self-attention [2, 4096, 320] × 8 heads
-//! (`cargo run --release --example cpu_ops`): f32 330 ms, bf16 234 ms (270 ms with row-major
-//! scores, whose packing of P cost as much as its product) on a Zen 4; on a Zen 3 (AVX2) the
-//! GEMM engine took 780 ms, the AVX2 kernels 540 ms (`-- --only attention`, interleaved with
-//! `SD_ATTENTION_KERNELS=off`).
+//! GEMM engine otherwise (the VAE's 512-wide head, a CPU without AVX2), and for
+//! [`Precision::Bf16`] the bf16 engine with every tile transposed (`Sᵀ = K Qᵀ`, `Oᵀ += Vᵀ Pᵀ`),
+//! keys and values packed once per call. Self-attention [2, 4096, 320] × 8 heads
+//! (`cargo run --release --example cpu_ops`): bf16 234 ms (270 ms with row-major scores, whose
+//! packing of P cost as much as its product) on a Zen 4, f32 there 389 / 325 ms on the AVX2
+//! kernels against 564 / 495 ms on the GEMM engine (`-- --only attention`, interleaved with
+//! `SD_ATTENTION_KERNELS=off`); on a Zen 3 (AVX2) the GEMM engine took 780 ms, the AVX2
+//! kernels 540 ms.
 
 use ndarray::{ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;

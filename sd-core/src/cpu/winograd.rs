@@ -431,10 +431,11 @@ pub(crate) enum Filters<'a> {
     /// bf16, in plain rows (a CPU without bf16 arithmetic) or in the bf16 engine's pair panels:
     /// each output channel's filters are widened as the transform reaches them, so the f32
     /// weight never exists whole. The products stay on the f32 engine either way: with `U` and
-    /// `V` rounded to bf16 for the bf16 engine, F(4×4)'s results were off by up to 8e-2 of
-    /// each output's scale Σ|x·w| (F(2×2): 8e-3; the direct bf16 product at most 2e-3), and on
-    /// a Zen 4 it was not faster than F(4×4) on the f32 engine, whose transforms take half
-    /// the time there (`winograd_speed`).
+    /// `V` rounded to bf16 for the bf16 engine (tried, on a Zen 4), F(4×4)'s results were off
+    /// by up to 8e-2 of each output's scale Σ|x·w| (F(2×2): 8e-3; the direct bf16 product
+    /// rounds x only, at most 2e-3), too far for its speed: 1.3–1.6× F(4×4) on the f32 engine
+    /// on the VAE's large layers, no faster on the UNet's, where the transforms take a third
+    /// to a half of the time.
     Bf16(&'a PairPanels),
 }
 
