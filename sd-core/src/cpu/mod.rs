@@ -144,14 +144,16 @@ pub enum Precision {
     /// Linear and conv weights stored in bf16 (half the memory). Where the CPU has
     /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS`, accumulating in
     /// f32, and attention runs the same way. Elsewhere the weights are kept as plain bf16 rows and
-    /// each product widens them to f32 a cache-sized block at a time for the f32 engine (1.03–1.15×
-    /// f32's time on a Zen 3: the memory is what bf16 saves there). Everything else (norms,
+    /// each product widens them to f32 a cache-sized block at a time for the f32 engine (0.85×
+    /// f32's time for a UNet step, 0.93× for a VAE decode on a Zen 3). Everything else (norms,
     /// activations) stays f32.
     Bf16,
     /// The fastest of the two whose images stay within the accuracy rule (PSNR ≥ 35 dB against
     /// f32 on a full-size 512² txt2img): [`Bf16`](Self::Bf16) where the CPU has avx512_bf16
-    /// (about 1.6× faster than f32 there, PSNR 52.9 dB), [`F32`](Self::F32) elsewhere (bf16
-    /// storage is no faster than f32 without bf16 arithmetic). [`CpuBackend::with_precision`]
+    /// (on a Zen 4 a UNet step 1.3× and a 20-step txt2img 1.24× faster than f32, PSNR
+    /// 53.3 dB), [`F32`](Self::F32) elsewhere (bf16 storage without bf16 arithmetic was
+    /// 0.85–0.93× f32's time on a Zen 3 in the last measurement, but 0.96–1.11× the day before:
+    /// not yet a clear win; see the README). [`CpuBackend::with_precision`]
     /// resolves it when the backend is made; [`CpuBackend::precision`] says what it picked.
     #[default]
     Auto,
