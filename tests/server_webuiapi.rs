@@ -13,6 +13,7 @@ mod serve_support;
 
 use std::process::Command;
 
+use sd_testkit::AUTO_MEANS_F32;
 use serve_support::{Server, fixtures, python_with_webuiapi, scratch, sd_bin};
 
 #[test]
@@ -31,6 +32,9 @@ fn the_webuiapi_client_gets_sd_generates_images() {
         .env("SD_PORT", server.address.port().to_string())
         .env("SD_MODEL", models.join("tiny-sd"))
         .env("SD_SCRATCH", &dir)
+        // The script's `sd generate` reference runs as the server does (f32 under `auto`):
+        // without this, on a CPU with avx512_bf16 it ran bf16 against an f32 server.
+        .env(AUTO_MEANS_F32.0, AUTO_MEANS_F32.1)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
