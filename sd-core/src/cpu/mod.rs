@@ -104,6 +104,11 @@ impl CpuTensor {
         ndarray::ArrayViewD::from_shape(IxDyn(&shape), &[]).expect("an empty view")
     }
 
+    /// A packed weight of `shape` (its rows and k as `panels` holds them).
+    fn from_panels(shape: Vec<usize>, panels: PairPanels) -> Self {
+        CpuTensor(Repr::Packed(Arc::new(PackedWeight { shape, panels })))
+    }
+
     /// The bf16 panels of a packed weight.
     fn packed(&self) -> Option<&PairPanels> {
         match &self.0 {
@@ -295,10 +300,7 @@ impl Backend for CpuBackend {
         let data = host.as_slice().unwrap_or(&[]);
         let (rows, k) = (shape[0], shape[1..].iter().product());
         let panels = PairPanels::from_rows(data, rows, k, width);
-        Ok(CpuTensor(Repr::Packed(Arc::new(PackedWeight {
-            shape,
-            panels,
-        }))))
+        Ok(CpuTensor::from_panels(shape, panels))
     }
 
     fn download(&self, t: &CpuTensor) -> Result<HostTensor> {

@@ -186,8 +186,7 @@ pub(crate) fn choose(g: &ConvShape, w: Filters<'_>) -> Option<TileSize> {
         && g.params.stride == 1
         && g.channels >= MIN_CHANNELS
         && g.out_channels >= MIN_CHANNELS;
-    let against_bf16_engine = matches!(w, Filters::Bf16(w) if !w.is_plain_rows());
-    let enough_tiles = |tile: TileSize| match (tile, against_bf16_engine) {
+    let enough_tiles = |tile: TileSize| match (tile, w.packed_for_bf16_engine()) {
         (TileSize::F2, false) => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
         (TileSize::F4, false) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
         (TileSize::F2, true) => false,
@@ -276,13 +275,11 @@ fn conv2d_by<F: Minimal>(
     let panel_tiles = rows_per_panel * tiles.across;
     let block_channels = if tiles.rows() <= rows_per_panel {
         let channels = (u_block_bytes / u_channel_bytes.max(1)).clamp(1, o.max(1));
-        // Whole panels of pair-panel filters per block where it holds one (see
-        // `filter_transform`).
-        let panel_rows = match w {
-            Filters::Bf16(w) => w.width(),
-            Filters::F32(_) => 1,
-        };
-        channels - channels % panel_rows.min(channels)
+        // Whole panels of filters per block where it holds one (see `filter_transform`).
+        match w.channels_per_panel() {
+            panel if channels >= panel => channels - channels % panel,
+            _ => channels,
+        }
     } else {
         o.max(1)
     };
@@ -439,6 +436,22 @@ pub(crate) enum Filters<'a> {
     Bf16(&'a PairPanels),
 }
 
+impl Filters<'_> {
+    /// Whether these are packed for the bf16 engine (pair panels), whose direct product
+    /// Winograd then competes with.
+    fn packed_for_bf16_engine(self) -> bool {
+        matches!(self, Filters::Bf16(w) if !w.is_plain_rows())
+    }
+
+    /// Output channels stored together: a pair panel's rows, else one.
+    fn channels_per_panel(self) -> usize {
+        match self {
+            Filters::Bf16(w) => w.width(),
+            Filters::F32(_) => 1,
+        }
+    }
+}
+
 /// `out = Σ_k coefs[k] · input(k)` over runs of `out.len()` values, the zero coefficients
 /// skipped. Inlined so that constant coefficients fold into the loops.
 #[inline(always)]
@@ -497,10 +510,7 @@ fn filter_transform<F: Minimal>(
         return;
     }
     // Pair panels are widened a panel of output channels per task (read in storage order).
-    let group = match w {
-        Filters::Bf16(w) if !w.is_plain_rows() => w.width(),
-        _ => 1,
-    };
+    let group = w.channels_per_panel();
     let per_channel = F::POSITIONS * c;
     u[..channels.len() * per_channel]
         .par_chunks_mut(group * per_channel)
@@ -950,12 +960,11 @@ mod tests {
 
 #[cfg(test)]
 mod speed {
+    use super::super::CpuTensor;
     use super::super::bf16::{MR, PLAIN_ROWS, PairPanels};
     use super::super::conv::{Algorithm, conv2d_by};
-    use super::super::{CpuTensor, PackedWeight, Repr};
     use super::TileSize;
     use crate::backend::Conv2dParams;
-    use std::sync::Arc;
     use std::time::Instant;
 
     /// F(2×2) and F(4×4) against im2col + GEMM on SD's 3×3 convs (each forced), interleaved,
@@ -985,10 +994,10 @@ mod speed {
                 .expect("x");
             let values = vec![0.25; o * c * 9];
             let packed = |width| {
-                CpuTensor(Repr::Packed(Arc::new(PackedWeight {
-                    shape: vec![o, c, 3, 3],
-                    panels: PairPanels::from_rows(&values, o, c * 9, width),
-                })))
+                CpuTensor::from_panels(
+                    vec![o, c, 3, 3],
+                    PairPanels::from_rows(&values, o, c * 9, width),
+                )
             };
             let weights = [
                 (
