@@ -141,10 +141,11 @@ struct AttentionCase {
 }
 
 /// Head dims for the attention cases: every one up to 9, and wider multiples of 8, which the
-/// AVX2 kernels take on CPUs without AVX-512 (`src/cpu/attention_avx2.rs`: 8 features per
-/// vector, 16 per output tile; SD's heads are 40–160 wide).
+/// attention kernels take (`src/cpu/attention_avx2.rs`: with AVX2 8 features per vector, 16 per
+/// output tile; with AVX-512 16 per vector, 32 per tile, partial vectors masked; SD's heads are
+/// 40–160 wide).
 fn head_dims() -> impl Strategy<Value = usize> {
-    prop_oneof![1usize..=9, prop::sample::select(vec![16usize, 24, 40])]
+    prop_oneof![1usize..=9, prop::sample::select(vec![16usize, 24, 40, 80])]
 }
 
 prop_compose! {
