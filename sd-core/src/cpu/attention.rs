@@ -57,9 +57,6 @@ fn query_block(batch_rows: usize) -> usize {
 /// (`cargo run --release --example cpu_ops`, after moving these products from matrixmultiply's
 /// AVX2 kernels to the gemm crate's AVX-512 ones, which alone took 382 → 330 ms).
 const KEY_BLOCK: usize = 128;
-/// The bf16 path's key block: a whole number of 12-key panels of packed keys, and even (whole
-/// pairs of values).
-const BF16_KEY_BLOCK: usize = 120;
 
 pub(crate) fn attention(
     q: &CpuTensor,
@@ -418,8 +415,9 @@ impl HeadProducts for F32Products<'_, '_> {
 }
 
 /// One head's keys and values in bf16 pair panels, packed once per attention call: keys as the
-/// left operand of `K Qᵀ` (MR panels over keys, pairs over the head's features), values as the
-/// left operand of `Vᵀ Pᵀ` (MR panels over features, pairs over keys).
+/// left operand of `K Qᵀ` (panels over keys, pairs over the head's features), values as the
+/// left operand of `Vᵀ Pᵀ` (panels over features, pairs over keys); panels of the left width
+/// (MR, or row tiles for AMX).
 struct PackedHead {
     keys: PairPanels,
     values_t: PairPanels,
@@ -428,15 +426,10 @@ struct PackedHead {
 impl PackedHead {
     fn new(shape: &AttentionShape, head: usize, keys: &[f32], values: &[f32]) -> Self {
         let (d, features, n) = (shape.head_dim, shape.features(), shape.keys);
+        let width = bf16::left_width();
         PackedHead {
-            keys: PairPanels::from_strided_rows(&keys[head * d..], n, d, features, bf16::MR),
-            values_t: PairPanels::from_strided_columns(
-                &values[head * d..],
-                n,
-                d,
-                features,
-                bf16::MR,
-            ),
+            keys: PairPanels::from_strided_rows(&keys[head * d..], n, d, features, width),
+            values_t: PairPanels::from_strided_columns(&values[head * d..], n, d, features, width),
         }
     }
 }
@@ -457,8 +450,11 @@ struct Bf16Products<'a> {
 }
 
 impl HeadProducts for Bf16Products<'_> {
+    /// A whole number of panels of packed keys (12 keys, or 16 for AMX), and even (whole
+    /// pairs of values): 120 or 128.
     fn key_block(&self) -> usize {
-        BF16_KEY_BLOCK
+        let width = self.packed.keys.width();
+        KEY_BLOCK / width * width
     }
 
     fn softmax_step(

@@ -10,12 +10,18 @@
 //! once, when they are uploaded; activations are packed per product (their packing costs about
 //! 1/n of the product's arithmetic).
 //!
-//! The `VDPBF16PS` kernel runs where the CPU has `avx512_bf16` (checked at run time); elsewhere
-//! a portable kernel computes the same sums with f32 multiplies, slower but equal up to the
-//! order of f32 additions.
+//! The kernel is chosen at run time. Where the CPU has AMX ([`amx`]), `TDPBF16PS` multiplies
+//! whole tiles, and its left operand is packed in [`ROW_TILES`] instead of [`MR`] panels (the
+//! tile instruction wants each row's pairs contiguous); [`left_width`] says which. Else the
+//! `VDPBF16PS` kernel runs where the CPU has `avx512_bf16`; elsewhere a portable kernel
+//! computes the same sums with f32 multiplies, slower but equal up to the order of f32
+//! additions.
 
 use ndarray::{ArrayViewMut2, s};
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 /// Rows of the left operand per kernel tile.
 pub(crate) const MR: usize = 12;
@@ -26,6 +32,10 @@ pub(crate) const NR: usize = 32;
 /// CPU without bf16 arithmetic, which multiplies them on the f32 engine (`widened.rs`) and
 /// widens them with [`PairPanels::widen_rows`], a contiguous shift.
 pub(crate) const PLAIN_ROWS: usize = 1;
+/// Panel width of the *row tiles* layout, the AMX kernel's left operand: plain rows (each row's
+/// pairs one after the other) in groups of 16, a last partial group padded with zero rows, so
+/// that every 16-row tile of it can be loaded whole.
+pub(crate) const ROW_TILES: usize = 16;
 /// Pairs of k per cache block: a 32-column panel of the right operand is then 16 KiB and
 /// stays in L1 while the tiles of a block of left rows pass over it.
 const K_BLOCK_PAIRS: usize = 256;
@@ -92,7 +102,12 @@ impl PairPanels {
         if k == 0 {
             return packed;
         }
-        let vector = Kernel::detect() == Kernel::Avx512Bf16;
+        let vector = vector_packing();
+        // Where pair p of a panel's row r goes: pair-major in pair panels, row-major in rows.
+        let (row_step, pair_step) = match packed.is_row_major() {
+            true => (pairs, 1),
+            false => (1, width),
+        };
         for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
             let first = panel * width;
             for r in 0..width.min(rows - first) {
@@ -104,14 +119,14 @@ impl PairPanels {
                         // SAFETY: the CPU has avx512bf16 (vector); chunk holds 32 floats.
                         let converted = unsafe { x86::pairs_of_32(chunk) };
                         for (q, &pair) in converted.iter().enumerate() {
-                            dst[(p + q) * width + r] = pair;
+                            dst[r * row_step + (p + q) * pair_step] = pair;
                         }
                         p += 16;
                     }
                 }
                 for pair in row[2 * p..].chunks(2) {
                     let hi = pair.get(1).map_or(0, |&v| bf16_bits(v));
-                    dst[p * width + r] = bf16_bits(pair[0]) | (hi << 16);
+                    dst[r * row_step + p * pair_step] = bf16_bits(pair[0]) | (hi << 16);
                     p += 1;
                 }
             }
@@ -157,7 +172,31 @@ impl PairPanels {
         if self.data.is_empty() {
             return;
         }
-        let vector = Kernel::detect() == Kernel::Avx512Bf16;
+        if self.is_row_major() {
+            // The AMX kernel's left operand (an attention head's values, transposed): the rows
+            // are src's columns, each read down k, with zero rows after the last.
+            for (panel, dst) in self.data.chunks_exact_mut(pairs * width).enumerate() {
+                let first = panel * width;
+                for (r, row) in dst.chunks_exact_mut(pairs).enumerate() {
+                    let column = first + r;
+                    for (p, out) in row.iter_mut().enumerate() {
+                        *out = match column < cols {
+                            false => 0,
+                            true => {
+                                let even = bf16_bits(src[2 * p * row_stride + column]);
+                                let odd = match 2 * p + 1 < k {
+                                    true => bf16_bits(src[(2 * p + 1) * row_stride + column]),
+                                    false => 0,
+                                };
+                                even | (odd << 16)
+                            }
+                        };
+                    }
+                }
+            }
+            return;
+        }
+        let vector = vector_packing();
         for (panel, dst) in self.data.chunks_exact_mut(pairs * width).enumerate() {
             let first = panel * width;
             let n = width.min(cols - first);
@@ -200,7 +239,7 @@ impl PairPanels {
         if k == 0 || self.rows == 0 {
             return out;
         }
-        if self.is_plain_rows() {
+        if self.is_row_major() {
             out.par_chunks_mut(WIDEN_TASK_ROWS * k)
                 .enumerate()
                 .for_each(|(i, rows)| self.widen_rows(i * WIDEN_TASK_ROWS, rows));
@@ -224,7 +263,7 @@ impl PairPanels {
         }
         let rows = out.len() / k;
         assert!(out.len() == rows * k && first + rows <= self.rows);
-        if !self.is_plain_rows() {
+        if !self.is_row_major() {
             let (width, end) = (self.width, first + rows);
             let mut row = first;
             while row < end {
@@ -256,6 +295,12 @@ impl PairPanels {
     /// Whether this is the [plain rows](PLAIN_ROWS) layout.
     pub(crate) fn is_plain_rows(&self) -> bool {
         self.width == PLAIN_ROWS
+    }
+
+    /// Whether each row's pairs are contiguous ([plain rows](PLAIN_ROWS) or
+    /// [row tiles](ROW_TILES)), rather than each pair's rows.
+    fn is_row_major(&self) -> bool {
+        self.width == PLAIN_ROWS || self.width == ROW_TILES
     }
 
     /// Values per row (the k of the product).
@@ -401,12 +446,19 @@ fn product_with(
     set: bool,
 ) {
     assert!(
-        a.width == MR && b.width == NR && a.pairs == b.pairs && c.dim() == (a.rows, b.rows),
-        "bf16 product: operand shapes checked by the caller"
+        c.dim() == (a.rows, b.rows) && c.strides()[1] == 1 && c.strides()[0] >= 0,
+        "bf16 product: c is a.rows × b.rows with contiguous rows"
     );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Amx {
+        // SAFETY: Kernel::Amx is only detected where the CPU has AMX and the process may use
+        // it; the operands' layouts are asserted inside.
+        unsafe { amx::product(a, b, &mut c, set) };
+        return;
+    }
     assert!(
-        c.strides()[1] == 1 && c.strides()[0] >= 0,
-        "rows of c are contiguous"
+        a.width == MR && b.width == NR && a.pairs == b.pairs,
+        "bf16 product: operand shapes checked by the caller"
     );
     let ld = c.strides()[0] as usize;
     let c_base = c.as_mut_ptr();
@@ -484,10 +536,11 @@ pub(crate) fn linear(
     }
     // Enough row blocks for every thread to get several, each a whole number of panels.
     let tasks = 4 * rayon::current_num_threads();
+    let width = left_width();
     let block_rows = rows
         .div_ceil(tasks)
-        .next_multiple_of(MR)
-        .clamp(MR, M_BLOCK_PANELS * MR);
+        .next_multiple_of(width)
+        .clamp(width, M_BLOCK_PANELS * width);
     out.par_chunks_mut(block_rows * n)
         .zip(x.par_chunks(block_rows * k.max(1)))
         .for_each(|(out, x)| {
@@ -498,7 +551,7 @@ pub(crate) fn linear(
                     None => row.fill(0.0),
                 }
             }
-            let a = PairPanels::from_rows(&x[..block * k], block, k, MR);
+            let a = PairPanels::from_rows(&x[..block * k], block, k, width);
             let c = ArrayViewMut2::from_shape((block, n), out).expect("block × n elements");
             product(a.view(), w.view(), c);
         });
@@ -507,6 +560,8 @@ pub(crate) fn linear(
 /// Which tile kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// `TDPBF16PS` on AMX tiles (the left operand in [`ROW_TILES`]).
+    Amx,
     /// `VDPBF16PS` (AVX-512 BF16; AVX-512 BW for packing).
     Avx512Bf16,
     /// Plain f32 multiplies of the unpacked values.
@@ -516,10 +571,22 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU supports (and `SD_CPU_FEATURES` allows).
     pub(crate) fn detect() -> Self {
-        if super::features::CpuFeatures::get().avx512_bf16 {
+        let features = super::features::CpuFeatures::get();
+        if features.amx_bf16 {
+            return Kernel::Amx;
+        }
+        if features.avx512_bf16 {
             return Kernel::Avx512Bf16;
         }
         Kernel::Portable
+    }
+
+    /// The panel width of this kernel's left operand.
+    pub(crate) fn left_width(self) -> usize {
+        match self {
+            Kernel::Amx => ROW_TILES,
+            Kernel::Avx512Bf16 | Kernel::Portable => MR,
+        }
     }
 
     /// `c[r·ld + j] (+)= (a_panel · b_panelᵀ)[r, j]` for the MR × NR tile, over `pairs`
@@ -551,6 +618,17 @@ impl Kernel {
             }
         }
     }
+}
+
+/// The panel width in which a product's left operand is packed on this CPU ([`ROW_TILES`] for
+/// AMX, else [`MR`]); a whole number of panels is also how the callers split its rows.
+pub(crate) fn left_width() -> usize {
+    Kernel::detect().left_width()
+}
+
+/// Whether the packers may round with AVX-512 BF16's conversion instructions.
+fn vector_packing() -> bool {
+    super::features::CpuFeatures::get().avx512_bf16
 }
 
 /// Whether a tile's sums are stored over the output or added to it.
@@ -731,6 +809,12 @@ pub(crate) mod tests {
         }
         let by_columns = PairPanels::from_columns(&transposed, k, rows, MR);
         assert_eq!(by_columns.data, packed.data);
+        // Row tiles too (their own packer), zero rows after the last.
+        let tiles = PairPanels::from_rows(&src, rows, k, ROW_TILES);
+        assert_eq!(tiles.size_in_bytes(), 48 * k.div_ceil(2) * 4);
+        assert_eq!(tiles.to_rows(), rounded(&src));
+        let tiles_by_columns = PairPanels::from_columns(&transposed, k, rows, ROW_TILES);
+        assert_eq!(tiles_by_columns.data, tiles.data);
         // Repacking into storage that held a larger, different matrix gives the same panels.
         let mut reused = PairPanels::from_columns(&random(80 * 90, 4), 80, 90, MR);
         reused.repack_strided_columns(&transposed, k, rows, rows);
@@ -746,7 +830,7 @@ pub(crate) mod tests {
             src[0] = f32::INFINITY;
             src[rows * k - 1] = f32::NEG_INFINITY;
             let want = rounded(&src);
-            for width in [PLAIN_ROWS, MR, NR] {
+            for width in [PLAIN_ROWS, MR, ROW_TILES, NR] {
                 let packed = PairPanels::from_rows(&src, rows, k, width);
                 if width == PLAIN_ROWS {
                     // The plain layout is the bf16 matrix itself: a row's pairs follow each
@@ -773,28 +857,33 @@ pub(crate) mod tests {
         assert!(nan[0].is_nan() && nan[1] == 1.0);
     }
 
-    /// Both kernels against an f64 product of the bf16-rounded operands, on shapes with
-    /// partial tiles, odd k and several k blocks.
+    /// Every kernel the CPU has against an f64 product of the bf16-rounded operands, on shapes
+    /// with partial tiles, odd k, k steps short of a whole tile and several k blocks.
     #[test]
     fn kernels_match_f64_products_of_the_rounded_operands() {
+        let features = crate::cpu::CpuFeatures::get();
+        let mut kernels = vec![Kernel::Portable];
+        if features.avx512_bf16 {
+            kernels.push(Kernel::Avx512Bf16);
+        }
+        if features.amx_bf16 {
+            kernels.push(Kernel::Amx);
+        }
         for &(m, k, n) in &[
             (1, 1, 1),
             (13, 7, 33),
             (25, 300, 70),
             (12, 256, 32),
             (13, 1100, 33),
+            (40, 80, 64),
+            (64, 512, 96),
+            (48, 96, 32),
         ] {
             let (a, b) = (random(m * k, 2), random(n * k, 3));
             let (ar, br) = (rounded(&a), rounded(&b));
-            let (pa, pb) = (
-                PairPanels::from_rows(&a, m, k, MR),
-                PairPanels::from_rows(&b, n, k, NR),
-            );
-            let mut kernels = vec![Kernel::Portable];
-            if Kernel::detect() == Kernel::Avx512Bf16 {
-                kernels.push(Kernel::Avx512Bf16);
-            }
+            let pb = PairPanels::from_rows(&b, n, k, NR);
             for (kernel, set) in kernels.iter().flat_map(|&k| [(k, false), (k, true)]) {
+                let pa = PairPanels::from_rows(&a, m, k, kernel.left_width());
                 // Accumulating onto 0.5, or setting over NaN (which must not leak through).
                 let (start, base) = if set { (f32::NAN, 0.0) } else { (0.5, 0.5) };
                 let mut c = vec![start; m * n];
@@ -826,21 +915,31 @@ mod speed {
     #[test]
     #[ignore = "timing, not a check"]
     fn kernel_speed() {
-        for &(m, k, n) in &[(320, 2880, 368), (2048, 320, 2560), (1024, 640, 640)] {
-            let a = PairPanels::from_rows(&vec![0.5; m * k], m, k, MR);
-            let b = PairPanels::from_rows(&vec![0.25; n * k], n, k, NR);
-            let mut c = vec![0.0f32; m * n];
-            let runs = 20;
-            let start = std::time::Instant::now();
-            for _ in 0..runs {
-                let view = ArrayViewMut2::from_shape((m, n), &mut c[..]).expect("fits");
-                product(a.view(), b.view(), view);
+        for kernel in [Kernel::Avx512Bf16, Kernel::Amx] {
+            let wanted = match kernel {
+                Kernel::Amx => crate::cpu::CpuFeatures::get().amx_bf16,
+                _ => crate::cpu::CpuFeatures::get().avx512_bf16,
+            };
+            if !wanted {
+                println!("{kernel:?}: not on this CPU");
+                continue;
             }
-            let secs = start.elapsed().as_secs_f64() / runs as f64;
-            println!(
-                "({m},{k},{n}): {:.1} GFLOP/s on one thread",
-                2.0 * (m * k * n) as f64 / secs / 1e9
-            );
+            for &(m, k, n) in &[(320, 2880, 368), (2048, 320, 2560), (1024, 640, 640)] {
+                let a = PairPanels::from_rows(&vec![0.5; m * k], m, k, kernel.left_width());
+                let b = PairPanels::from_rows(&vec![0.25; n * k], n, k, NR);
+                let mut c = vec![0.0f32; m * n];
+                let runs = 20;
+                let start = std::time::Instant::now();
+                for _ in 0..runs {
+                    let view = ArrayViewMut2::from_shape((m, n), &mut c[..]).expect("fits");
+                    product_with(kernel, a.view(), b.view(), view, false);
+                }
+                let secs = start.elapsed().as_secs_f64() / runs as f64;
+                println!(
+                    "{kernel:?} ({m},{k},{n}): {:.1} GFLOP/s on one thread",
+                    2.0 * (m * k * n) as f64 / secs / 1e9
+                );
+            }
         }
     }
 }

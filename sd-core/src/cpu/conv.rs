@@ -314,12 +314,13 @@ fn bf16_panel_product(
         Parallelism::Serial => 1,
         Parallelism::Parallel => rayon::current_num_threads(),
     };
-    // Whole MR-row panels per task, a few tasks per thread.
+    // Whole panels of weight rows per task, a few tasks per thread.
+    let width = weights.width();
     let block = out
         .nrows()
         .div_ceil(4 * threads)
-        .next_multiple_of(bf16::MR)
-        .max(bf16::MR);
+        .next_multiple_of(width)
+        .max(width);
     let tasks: Vec<_> = out
         .axis_chunks_iter_mut(Axis(0), block)
         .enumerate()

@@ -7,7 +7,8 @@
 //!
 //! | `SD_CPU_FEATURES` | kernels used |
 //! |---|---|
-//! | unset, `native` | everything the CPU has |
+//! | unset, `native` | everything the CPU has (AMX too, where Linux grants it) |
+//! | `avx512_bf16` | AVX-512 with `VDPBF16PS`, no AMX |
 //! | `avx2` | AVX2 + FMA at most (no AVX-512, so no `VDPBF16PS`) |
 //! | `avx512` | AVX-512F/BW at most (no avx512_bf16) |
 //! | `baseline` | the baseline build only (SSE2) |
@@ -32,6 +33,9 @@ pub struct CpuFeatures {
     pub avx512: bool,
     /// AVX-512 BF16 (`VDPBF16PS`): bf16 products with f32 accumulation.
     pub avx512_bf16: bool,
+    /// AMX-BF16 (`TDPBF16PS` on 16-row tiles), with the kernel's permission to use the tile
+    /// registers (Linux only): the bf16 products' kernel where present.
+    pub amx_bf16: bool,
 }
 
 /// Whether the environment variable `name` is set to `off`, `0` or `false`: the A/B switches
@@ -53,7 +57,7 @@ impl CpuFeatures {
             match std::env::var(FEATURES_ENV) {
                 Ok(cap) => detected.capped(&cap).unwrap_or_else(|| {
                     eprintln!(
-                        "warning: {FEATURES_ENV}={cap:?} is not one of native, avx512, avx2, \
+                        "warning: {FEATURES_ENV}={cap:?} is not one of native, avx512_bf16, avx512, avx2, \
                          baseline; using every feature the CPU has"
                     );
                     detected
@@ -70,10 +74,12 @@ impl CpuFeatures {
             use std::arch::is_x86_feature_detected as has;
             let avx2_fma = has!("avx2") && has!("fma");
             let avx512 = avx2_fma && has!("avx512f") && has!("avx512bw");
+            let avx512_bf16 = avx512 && has!("avx512bf16");
             CpuFeatures {
                 avx2_fma,
                 avx512,
-                avx512_bf16: avx512 && has!("avx512bf16"),
+                avx512_bf16,
+                amx_bf16: avx512_bf16 && amx::usable(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -85,6 +91,7 @@ impl CpuFeatures {
     pub fn capped(self, cap: &str) -> Option<CpuFeatures> {
         let level = match cap.trim().to_ascii_lowercase().as_str() {
             "" | "native" => return Some(self),
+            "avx512_bf16" | "avx512bf16" => 3,
             "avx512" => 2,
             "avx2" => 1,
             "baseline" | "portable" | "none" => 0,
@@ -93,7 +100,8 @@ impl CpuFeatures {
         Some(CpuFeatures {
             avx2_fma: self.avx2_fma && level >= 1,
             avx512: self.avx512 && level >= 2,
-            avx512_bf16: false,
+            avx512_bf16: self.avx512_bf16 && level >= 3,
+            amx_bf16: false,
         })
     }
 
@@ -103,6 +111,7 @@ impl CpuFeatures {
             (self.avx2_fma, "avx2 fma"),
             (self.avx512, "avx512f avx512bw"),
             (self.avx512_bf16, "avx512_bf16"),
+            (self.amx_bf16, "amx_bf16"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -116,6 +125,49 @@ impl CpuFeatures {
     }
 }
 
+/// AMX detection. The tile registers are off for a new process: Linux hands them out on
+/// request (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, process-wide), and a tile
+/// instruction without that permission faults.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    /// Whether the CPU has AMX-TILE and AMX-BF16 and the kernel granted this process the tile
+    /// data (asked here, once per process; asking again is harmless).
+    pub(super) fn usable() -> bool {
+        // Leaf 7 exists on every CPU with AVX-512, which the caller checked.
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        amx_bf16 && amx_tile && granted()
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn granted() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with these arguments only changes the process's permissions.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    // Elsewhere (other systems, or Linux without the libc crate's glibc build here) AMX stays
+    // off: the VDPBF16PS kernel runs instead.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn granted() -> bool {
+        false
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub(super) fn usable() -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::CpuFeatures;
@@ -124,6 +176,7 @@ mod tests {
         avx2_fma: true,
         avx512: true,
         avx512_bf16: true,
+        amx_bf16: true,
     };
 
     #[test]
@@ -136,6 +189,10 @@ mod tests {
         assert_eq!(
             ALL.capped("avx512").map(|f| f.describe()).as_deref(),
             Some("avx2 fma avx512f avx512bw")
+        );
+        assert_eq!(
+            ALL.capped("avx512_bf16").map(|f| f.describe()).as_deref(),
+            Some("avx2 fma avx512f avx512bw avx512_bf16")
         );
         assert_eq!(ALL.capped("baseline"), Some(CpuFeatures::default()));
         assert_eq!(CpuFeatures::default().describe(), "baseline");

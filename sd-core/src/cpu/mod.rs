@@ -147,8 +147,9 @@ pub enum Precision {
     /// Everything in f32 (the reference).
     F32,
     /// Linear and conv weights stored in bf16 (half the memory). Where the CPU has
-    /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS`, accumulating in
-    /// f32, and attention runs the same way. Elsewhere the weights are kept as plain bf16 rows and
+    /// avx512_bf16, they are multiplied with bf16 activations by `VDPBF16PS` (or on AMX tiles
+    /// where the CPU has AMX-BF16), accumulating in f32, and attention runs the same way.
+    /// Elsewhere the weights are kept as plain bf16 rows and
     /// each product widens them to f32 a cache-sized block at a time for the f32 engine (0.85×
     /// f32's time for a UNet step, 0.93× for a VAE decode on a Zen 3). Everything else (norms,
     /// activations) stays f32.
@@ -235,10 +236,11 @@ impl CpuBackend {
         self.precision
     }
 
-    /// Whether bf16 products run on `VDPBF16PS` here (otherwise bf16 weights are widened to
-    /// f32 for the f32 engine). False when `SD_CPU_FEATURES` caps the CPU below avx512_bf16.
+    /// Whether bf16 products run on bf16 instructions here (AMX or `VDPBF16PS`; otherwise bf16
+    /// weights are widened to f32 for the f32 engine). False when `SD_CPU_FEATURES` caps the
+    /// CPU below avx512_bf16.
     pub fn has_bf16_instructions() -> bool {
-        bf16::Kernel::detect() == bf16::Kernel::Avx512Bf16
+        bf16::Kernel::detect() != bf16::Kernel::Portable
     }
 
     /// The precision attention runs in: bf16 only where the CPU has bf16 arithmetic (the
@@ -285,7 +287,8 @@ impl Backend for CpuBackend {
     fn upload_weight(&self, host: &HostTensor, role: WeightRole) -> Result<CpuTensor> {
         let shape = host.shape().to_vec();
         // The product's operand: a linear weight's rows are the right operand's columns (NR
-        // panels), a conv weight's rows the left operand's rows (MR panels). Without bf16
+        // panels), a conv weight's rows the left operand's rows (MR panels, or row tiles for
+        // AMX: `bf16::left_width`). Without bf16
         // arithmetic, plain bf16 rows, which the products widen block by block (`widened.rs`).
         let width = match (self.precision, role, shape.len()) {
             (Precision::Bf16, _, _) if !self.bf16_arithmetic => match (role, shape.len()) {
@@ -293,7 +296,7 @@ impl Backend for CpuBackend {
                 _ => return self.upload(host),
             },
             (Precision::Bf16, WeightRole::Linear, 2) => bf16::NR,
-            (Precision::Bf16, WeightRole::Conv, 4) => bf16::MR,
+            (Precision::Bf16, WeightRole::Conv, 4) => bf16::left_width(),
             _ => return self.upload(host),
         };
         let host = host.as_standard_layout();

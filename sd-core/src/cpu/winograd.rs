@@ -437,10 +437,13 @@ pub(crate) enum Filters<'a> {
 }
 
 impl Filters<'_> {
-    /// Whether these are packed for the bf16 engine (pair panels), whose direct product
-    /// Winograd then competes with.
+    /// Whether these are packed for the bf16 engine's `VDPBF16PS` kernel (MR pair panels),
+    /// whose direct product Winograd then competes with from 256 tiles. AMX's row tiles take
+    /// the f32 thresholds: with them the bf16 UNet step's 3×3 convs took 2.3–2.6 s on an Intel
+    /// Xeon, against 3.0 s with the `VDPBF16PS` threshold and 3.0 s all direct (`sd bench
+    /// --component unet --precision bf16 --runs 1 --profile`, `SD_WINOGRAD=off`).
     fn packed_for_bf16_engine(self) -> bool {
-        matches!(self, Filters::Bf16(w) if !w.is_plain_rows())
+        matches!(self, Filters::Bf16(w) if w.width() == super::bf16::MR)
     }
 
     /// Output channels stored together: a pair panel's rows, else one.
