@@ -371,12 +371,6 @@ fn check_conv(case: ConvCase, seed: u64) {
 }
 
 fn check_conv_at(case: ConvCase, seed: u64, precision: Precision) {
-    check_conv_seeing(case, seed, precision, activations_rounded(precision));
-}
-
-/// [`check_conv_at`] against a reference whose activations are rounded to bf16 or not, as the
-/// path the conv takes sees them.
-fn check_conv_seeing(case: ConvCase, seed: u64, precision: Precision, rounded: bool) {
     let ConvCase {
         x: x_shape,
         out_channels: o,
@@ -398,7 +392,7 @@ fn check_conv_seeing(case: ConvCase, seed: u64, precision: Precision, rounded: b
         .conv2d(&x, &w, bias.as_ref(), params)
         .expect("conv2d");
     let (x, w) = (
-        as_seen(&x, rounded),
+        as_seen(&x, activations_rounded(precision)),
         as_seen(&w, precision == Precision::Bf16),
     );
     let (want_shape, want) = naive_conv2d(&x, &w, bias.as_ref(), stride, padding);
@@ -471,13 +465,11 @@ fn bf16_conv2d_sd_shapes_match_naive_loop_on_rounded_operands() {
 
 /// Stride-1 3×3 convs large enough for the Winograd path (at least 32 channels each way and
 /// 64 output tiles of 4×4, so F(4×4, 3×3)): odd and even sizes, paddings 0–2, at REL_TOL. In
-/// bf16 the weights take it too (f32 activations) on a CPU without bf16 arithmetic (widened) and
-/// with AMX; with `VDPBF16PS` alone these convs are below the 256 tiles from which Winograd
-/// competes with it, and stay on the direct product (activations rounded).
+/// bf16 storage on a CPU without bf16 arithmetic the widened weights take it too; with bf16
+/// arithmetic these convs stay on the direct product (`VDPBF16PS` from 256 tiles only, AMX
+/// never), which rounds the activations.
 #[test]
 fn conv2d_winograd_sizes_match_naive_loop() {
-    let bf16_rounds_activations =
-        activations_rounded(Precision::Bf16) && !sd_core::cpu::CpuFeatures::get().amx_bf16;
     for (i, (x, o, padding)) in [
         ([1, 32, 32, 32], 32, 1),
         ([2, 40, 35, 37], 33, 1),
@@ -489,12 +481,7 @@ fn conv2d_winograd_sizes_match_naive_loop() {
     {
         let case = ConvCase::new(x, o, [3, 3], 1, padding);
         check_conv(case, 40 + i as u64);
-        check_conv_seeing(
-            case,
-            50 + i as u64,
-            Precision::Bf16,
-            bf16_rounds_activations,
-        );
+        check_conv_at(case, 50 + i as u64, Precision::Bf16);
     }
 }
 

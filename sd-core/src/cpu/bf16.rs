@@ -32,10 +32,13 @@ pub(crate) const NR: usize = 32;
 /// CPU without bf16 arithmetic, which multiplies them on the f32 engine (`widened.rs`) and
 /// widens them with [`PairPanels::widen_rows`], a contiguous shift.
 pub(crate) const PLAIN_ROWS: usize = 1;
-/// Panel width of the *row tiles* layout, the AMX kernel's left operand: plain rows (each row's
-/// pairs one after the other) in groups of 16, a last partial group padded with zero rows, so
-/// that every 16-row tile of it can be loaded whole.
+/// Panel width of the *row tiles* layout, the AMX kernel's left operand: panels of 16 rows, each
+/// stored as whole tiles of [`TILE_PAIRS`] pairs (16 rows × 16 pairs, each row's pairs
+/// contiguous, 1 KiB), so that a tile loads from one contiguous block; zero rows pad the last
+/// panel and zero pairs the last tile of each.
 pub(crate) const ROW_TILES: usize = 16;
+/// Pairs of k per AMX tile (64 bytes per tile row).
+pub(crate) const TILE_PAIRS: usize = 16;
 /// Pairs of k per cache block: a 32-column panel of the right operand is then 16 KiB and
 /// stays in L1 while the tiles of a block of left rows pass over it.
 const K_BLOCK_PAIRS: usize = 256;
@@ -71,7 +74,7 @@ pub(crate) struct PairPanels {
 
 impl PairPanels {
     fn zeroed(rows: usize, k: usize, width: usize) -> Self {
-        let len = rows.div_ceil(width) * k.div_ceil(2) * width;
+        let len = rows.div_ceil(width) * stored_pairs(k, width) * width;
         PairPanels {
             rows,
             k,
@@ -98,17 +101,12 @@ impl PairPanels {
     ) -> Self {
         assert!(rows == 0 || k == 0 || (rows - 1) * row_stride + k <= src.len());
         let mut packed = Self::zeroed(rows, k, width);
-        let pairs = packed.pairs();
+        let panel_len = packed.panel_len();
         if k == 0 {
             return packed;
         }
         let vector = vector_packing();
-        // Where pair p of a panel's row r goes: pair-major in pair panels, row-major in rows.
-        let (row_step, pair_step) = match packed.is_row_major() {
-            true => (pairs, 1),
-            false => (1, width),
-        };
-        for (panel, dst) in packed.data.chunks_exact_mut(pairs * width).enumerate() {
+        for (panel, dst) in packed.data.chunks_exact_mut(panel_len).enumerate() {
             let first = panel * width;
             for r in 0..width.min(rows - first) {
                 let row = &src[(first + r) * row_stride..][..k];
@@ -119,14 +117,14 @@ impl PairPanels {
                         // SAFETY: the CPU has avx512bf16 (vector); chunk holds 32 floats.
                         let converted = unsafe { x86::pairs_of_32(chunk) };
                         for (q, &pair) in converted.iter().enumerate() {
-                            dst[r * row_step + (p + q) * pair_step] = pair;
+                            dst[offset_in_panel(width, r, p + q)] = pair;
                         }
                         p += 16;
                     }
                 }
                 for pair in row[2 * p..].chunks(2) {
                     let hi = pair.get(1).map_or(0, |&v| bf16_bits(v));
-                    dst[r * row_step + p * pair_step] = bf16_bits(pair[0]) | (hi << 16);
+                    dst[offset_in_panel(width, r, p)] = bf16_bits(pair[0]) | (hi << 16);
                     p += 1;
                 }
             }
@@ -167,37 +165,33 @@ impl PairPanels {
         let width = self.width;
         (self.rows, self.k) = (cols, k);
         let pairs = self.pairs();
+        let panel_len = self.panel_len();
         // Every value is written below (padding columns as zeros), so old contents may stay.
-        self.data.resize(cols.div_ceil(width) * pairs * width, 0);
+        self.data.resize(cols.div_ceil(width) * panel_len, 0);
         if self.data.is_empty() {
             return;
         }
-        if self.is_row_major() {
+        if width == ROW_TILES {
             // The AMX kernel's left operand (an attention head's values, transposed): the rows
-            // are src's columns, each read down k, with zero rows after the last.
-            for (panel, dst) in self.data.chunks_exact_mut(pairs * width).enumerate() {
-                let first = panel * width;
-                for (r, row) in dst.chunks_exact_mut(pairs).enumerate() {
-                    let column = first + r;
-                    for (p, out) in row.iter_mut().enumerate() {
-                        *out = match column < cols {
+            // are src's columns, each read down k; zero rows after the last, zero pairs after k.
+            for (panel, dst) in self.data.chunks_exact_mut(panel_len).enumerate() {
+                dst.fill(0);
+                for r in 0..width.min(cols - panel * width) {
+                    let column = panel * width + r;
+                    for p in 0..pairs {
+                        let even = bf16_bits(src[2 * p * row_stride + column]);
+                        let odd = match 2 * p + 1 < k {
+                            true => bf16_bits(src[(2 * p + 1) * row_stride + column]),
                             false => 0,
-                            true => {
-                                let even = bf16_bits(src[2 * p * row_stride + column]);
-                                let odd = match 2 * p + 1 < k {
-                                    true => bf16_bits(src[(2 * p + 1) * row_stride + column]),
-                                    false => 0,
-                                };
-                                even | (odd << 16)
-                            }
                         };
+                        dst[offset_in_panel(width, r, p)] = even | (odd << 16);
                     }
                 }
             }
             return;
         }
         let vector = vector_packing();
-        for (panel, dst) in self.data.chunks_exact_mut(pairs * width).enumerate() {
+        for (panel, dst) in self.data.chunks_exact_mut(panel_len).enumerate() {
             let first = panel * width;
             let n = width.min(cols - first);
             for (p, out) in dst.chunks_exact_mut(width).enumerate() {
@@ -234,19 +228,19 @@ impl PairPanels {
     /// up to the rounding to bf16): a pure stream (2 bytes read, 4 written per value), done in
     /// parallel, one panel per task, reading each panel in storage order.
     pub(crate) fn to_rows(&self) -> Vec<f32> {
-        let (pairs, width, k) = (self.pairs(), self.width, self.k);
+        let (panel_len, width, k) = (self.panel_len(), self.width, self.k);
         let mut out = vec![0.0f32; self.rows * k];
         if k == 0 || self.rows == 0 {
             return out;
         }
-        if self.is_row_major() {
+        if self.is_row_major() || width == ROW_TILES {
             out.par_chunks_mut(WIDEN_TASK_ROWS * k)
                 .enumerate()
                 .for_each(|(i, rows)| self.widen_rows(i * WIDEN_TASK_ROWS, rows));
             return out;
         }
         out.par_chunks_mut(width * k)
-            .zip(self.data.par_chunks(pairs * width))
+            .zip(self.data.par_chunks(panel_len))
             .for_each(|(rows, panel)| widen_panel(panel, width, 0..rows.len() / k, k, rows));
         out
     }
@@ -263,6 +257,19 @@ impl PairPanels {
         }
         let rows = out.len() / k;
         assert!(out.len() == rows * k && first + rows <= self.rows);
+        if self.width == ROW_TILES {
+            // Each row is a run of 16 pairs in each of its panel's tiles.
+            let panel_len = self.panel_len();
+            for (row, out) in (first..first + rows).zip(out.chunks_exact_mut(k)) {
+                let panel = &self.data[row / ROW_TILES * panel_len..][..panel_len];
+                let tile_rows = panel.chunks_exact(ROW_TILES * TILE_PAIRS);
+                for (tile, out) in tile_rows.zip(out.chunks_mut(2 * TILE_PAIRS)) {
+                    let r = row % ROW_TILES;
+                    widen_row(&tile[r * TILE_PAIRS..][..out.len().div_ceil(2)], out);
+                }
+            }
+            return;
+        }
         if !self.is_row_major() {
             let (width, end) = (self.width, first + rows);
             let mut row = first;
@@ -297,10 +304,15 @@ impl PairPanels {
         self.width == PLAIN_ROWS
     }
 
-    /// Whether each row's pairs are contiguous ([plain rows](PLAIN_ROWS) or
-    /// [row tiles](ROW_TILES)), rather than each pair's rows.
+    /// Whether this is the [plain rows](PLAIN_ROWS) layout: each row's pairs contiguous, rows
+    /// one after the other.
     fn is_row_major(&self) -> bool {
-        self.width == PLAIN_ROWS || self.width == ROW_TILES
+        self.width == PLAIN_ROWS
+    }
+
+    /// Stored values per panel.
+    fn panel_len(&self) -> usize {
+        stored_pairs(self.k, self.width) * self.width
     }
 
     /// Values per row (the k of the product).
@@ -329,9 +341,27 @@ impl PairPanels {
             rows: self.rows,
             pairs: self.pairs(),
             first_pair: 0,
-            panel_len: self.pairs() * self.width,
+            panel_len: self.panel_len(),
             width: self.width,
         }
+    }
+}
+
+/// Pairs stored per row for `k` values in panels of `width`: k/2 rounded up, and in row tiles
+/// up to whole tiles.
+fn stored_pairs(k: usize, width: usize) -> usize {
+    match width {
+        ROW_TILES => k.div_ceil(2).next_multiple_of(TILE_PAIRS),
+        _ => k.div_ceil(2),
+    }
+}
+
+/// Where pair `p` of row `r` lies in a panel of `width` rows: in row tiles, in tile `p / 16` at
+/// its row r; in pair panels (and plain rows, one row wide) after the `p` pairs before it.
+fn offset_in_panel(width: usize, r: usize, p: usize) -> usize {
+    match width {
+        ROW_TILES => (p / TILE_PAIRS) * (ROW_TILES * TILE_PAIRS) + r * TILE_PAIRS + p % TILE_PAIRS,
+        _ => p * width + r,
     }
 }
 
@@ -811,7 +841,8 @@ pub(crate) mod tests {
         assert_eq!(by_columns.data, packed.data);
         // Row tiles too (their own packer), zero rows after the last.
         let tiles = PairPanels::from_rows(&src, rows, k, ROW_TILES);
-        assert_eq!(tiles.size_in_bytes(), 48 * k.div_ceil(2) * 4);
+        // 37 rows in 3 panels of 16; 36 pairs of k in 3 tiles of 16.
+        assert_eq!(tiles.size_in_bytes(), 48 * 48 * 4);
         assert_eq!(tiles.to_rows(), rounded(&src));
         let tiles_by_columns = PairPanels::from_columns(&transposed, k, rows, ROW_TILES);
         assert_eq!(tiles_by_columns.data, tiles.data);

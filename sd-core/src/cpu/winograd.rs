@@ -156,6 +156,11 @@ const MIN_TILES_F4: usize = 64;
 /// UNet [2, 320, 64²] (512 tiles) 1.12×; [2, 640, 32²] (128 tiles) 0.95–1.09×, [1, 640, 32²]
 /// (64 tiles) 0.85×; F(2×2) gained nowhere ([2, 1280, 16²] 0.74–1.05×, [2, 1280, 8²] 0.59×).
 const MIN_TILES_F4_AGAINST_BF16: usize = 256;
+// Against AMX's direct product (weights in row tiles) Winograd on the f32 engine gains nowhere,
+// so those convs never take it: on an Intel Xeon (`cargo run --release --example cpu_ops --
+// --precision bf16 --only conv`, Winograd as with the f32 thresholds against `SD_WINOGRAD=off`)
+// [2, 320, 64²] 42.1 against 29.1 ms, [2, 1280, 16²] 52.8 against 20.6 ms, [2, 1280, 8²] 30.6
+// against 7.1 ms, the VAE's [1, 256, 256²] 187 against 180 ms.
 /// Channels below which the transforms (memory passes, not products) dominate.
 const MIN_CHANNELS: usize = 32;
 
@@ -186,11 +191,14 @@ pub(crate) fn choose(g: &ConvShape, w: Filters<'_>) -> Option<TileSize> {
         && g.params.stride == 1
         && g.channels >= MIN_CHANNELS
         && g.out_channels >= MIN_CHANNELS;
-    let enough_tiles = |tile: TileSize| match (tile, w.packed_for_bf16_engine()) {
-        (TileSize::F2, false) => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
-        (TileSize::F4, false) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
-        (TileSize::F2, true) => false,
-        (TileSize::F4, true) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_BF16,
+    let enough_tiles = |tile: TileSize| match (tile, w.direct_product()) {
+        (TileSize::F2, DirectProduct::F32Engine) => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
+        (TileSize::F4, DirectProduct::F32Engine) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
+        (TileSize::F2, DirectProduct::Vdpbf16ps) => false,
+        (TileSize::F4, DirectProduct::Vdpbf16ps) => {
+            Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_BF16
+        }
+        (_, DirectProduct::Amx) => false,
     };
     allowed()
         .iter()
@@ -436,14 +444,26 @@ pub(crate) enum Filters<'a> {
     Bf16(&'a PairPanels),
 }
 
+/// The kernels a conv's direct product runs on (see [`choose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectProduct {
+    /// f32 weights, or bf16 plain rows widened for it.
+    F32Engine,
+    /// bf16 weights in MR pair panels.
+    Vdpbf16ps,
+    /// bf16 weights in row tiles.
+    Amx,
+}
+
 impl Filters<'_> {
-    /// Whether these are packed for the bf16 engine's `VDPBF16PS` kernel (MR pair panels),
-    /// whose direct product Winograd then competes with from 256 tiles. AMX's row tiles take
-    /// the f32 thresholds: with them the bf16 UNet step's 3×3 convs took 2.3–2.6 s on an Intel
-    /// Xeon, against 3.0 s with the `VDPBF16PS` threshold and 3.0 s all direct (`sd bench
-    /// --component unet --precision bf16 --runs 1 --profile`, `SD_WINOGRAD=off`).
-    fn packed_for_bf16_engine(self) -> bool {
-        matches!(self, Filters::Bf16(w) if w.width() == super::bf16::MR)
+    /// The direct product these filters would otherwise run on, which Winograd competes with:
+    /// their packing says.
+    fn direct_product(self) -> DirectProduct {
+        match self {
+            Filters::Bf16(w) if w.width() == super::bf16::MR => DirectProduct::Vdpbf16ps,
+            Filters::Bf16(w) if w.width() == super::bf16::ROW_TILES => DirectProduct::Amx,
+            Filters::Bf16(_) | Filters::F32(_) => DirectProduct::F32Engine,
+        }
     }
 
     /// Output channels stored together: a pair panel's rows, else one.

@@ -6,9 +6,10 @@
 //!
 //! A block of `c` is 32 × 32, four accumulator tiles (0–3): two row tiles of `a` (4, 5) times
 //! the two halves of a `b` panel (6, 7), so each tile loaded feeds two products. A block of `a`
-//! (32 rows × [`K_BLOCK_PAIRS`]) stays in L1 while it meets every panel of `b`.
-//! Edges are staged through small zeroed buffers: a last k step of fewer than 16 pairs (SD's
-//! 40- and 80-wide attention heads) and blocks of `c` past its last row or column.
+//! (32 rows × [`K_BLOCK_PAIRS`]) stays in L1 while it meets a block of panels of `b` that stays
+//! in L2. `a`'s row tiles are zero-padded to whole tiles; the other edges go through small
+//! zeroed buffers: `b`'s last k step when it is short of 16 pairs (SD's 40- and 80-wide
+//! attention heads) and blocks of `c` past its last row or column.
 //!
 //! Stable Rust has no AMX intrinsics, so the instructions are inline assembly. Nothing else in
 //! the process touches the tile registers (the compiler never allocates them), so the sums stay
@@ -18,12 +19,12 @@ use std::arch::asm;
 
 use ndarray::ArrayViewMut2;
 
-use super::{NR, Panels, ROW_TILES};
+use super::{NR, Panels, ROW_TILES, TILE_PAIRS};
 
 /// Rows of a tile (of `a`, and of `c`).
-const TILE_ROWS: usize = 16;
-/// Pairs of k per tile: 64 bytes per row of an `a` tile.
-const TILE_PAIRS: usize = 16;
+const TILE_ROWS: usize = ROW_TILES;
+/// Values (pairs) in one tile of `a`.
+const TILE_LEN: usize = TILE_ROWS * TILE_PAIRS;
 /// Rows and columns of `c` per block.
 const BLOCK: usize = 32;
 /// Pairs of k per cache block: 32 rows of `a` (16 KiB) and one panel of `b` (16 KiB) fit L1.
@@ -31,6 +32,8 @@ const K_BLOCK_PAIRS: usize = 128;
 /// Panels of `b` per cache block (512 KiB at [`K_BLOCK_PAIRS`]): they stay in L2 while every
 /// block of rows of `a` passes over them, instead of streaming from L3 once per 32 rows.
 const B_BLOCK_PANELS: usize = 32;
+/// Bytes between the rows of an `a` tile.
+const A_STRIDE: usize = TILE_PAIRS * 4;
 /// Bytes between the pairs of a `b` panel.
 const B_STRIDE: usize = NR * 4;
 
@@ -72,67 +75,53 @@ pub(super) unsafe fn product(
         }
         return;
     }
-    // Every tile read below stays inside these: rows of a up to the end of their last row tile
-    // (zero rows pad it), and whole panels of b (zero columns pad them).
-    let a_row_len = a.panel_len / ROW_TILES;
-    assert!(a.data.len() >= m.next_multiple_of(TILE_ROWS) * a_row_len);
-    assert!(a.first_pair + pairs <= a_row_len);
+    // Every tile read below stays inside these: whole row tiles of a (zero rows and pairs pad
+    // them), and whole panels of b (zero columns pad them).
+    assert!(a.first_pair.is_multiple_of(TILE_PAIRS) && a.data.len() >= a.panels() * a.panel_len);
+    assert!((a.first_pair + pairs).next_multiple_of(TILE_PAIRS) * ROW_TILES <= a.panel_len);
     assert!(b.data.len() >= b.panels() * b.panel_len && b.first_pair + pairs <= b.panel_len / NR);
     let ld = c.strides()[0] as usize;
     let c_base = c.as_mut_ptr();
 
     // SAFETY: the caller vouches for AMX; CONFIG is a valid palette-1 configuration.
     unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
-    let mut a_tail = [0u32; BLOCK * TILE_PAIRS];
     let mut c_edge = [0f32; BLOCK * BLOCK];
     for p0 in (0..pairs).step_by(K_BLOCK_PAIRS) {
         let len = K_BLOCK_PAIRS.min(pairs - p0);
         let (steps, tail) = (len / TILE_PAIRS, len % TILE_PAIRS);
-        let tail_pair = a.first_pair + p0 + steps * TILE_PAIRS;
-        // The last pairs of every panel of b, as whole zero-padded tiles.
+        // The last pairs of every panel of b, as whole zero-padded tiles (a's last tile is
+        // whole already, its missing pairs zero).
         let b_tails: Vec<u32> = match tail {
             0 => Vec::new(),
             _ => (0..b.panels())
                 .flat_map(|j| {
                     let start = j * b.panel_len + (b.first_pair + p0 + steps * TILE_PAIRS) * NR;
                     let pairs = &b.data[start..start + tail * NR];
-                    pairs
-                        .iter()
-                        .copied()
-                        .chain(std::iter::repeat_n(0, (TILE_PAIRS - tail) * NR))
+                    let padding = std::iter::repeat_n(0, (TILE_PAIRS - tail) * NR);
+                    pairs.iter().copied().chain(padding)
                 })
                 .collect(),
         };
         let load_c = !(set && p0 == 0);
+        let first_tile = (a.first_pair + p0) / TILE_PAIRS * TILE_LEN;
         for j0 in (0..b.panels()).step_by(B_BLOCK_PANELS) {
             for r0 in (0..m).step_by(BLOCK) {
                 let rows = BLOCK.min(m - r0);
                 let two_row_tiles = rows > TILE_ROWS;
-                let a_block = &a.data[r0 * a_row_len..];
-                if tail > 0 {
-                    a_tail.fill(0);
-                    let tile_rows = if two_row_tiles { BLOCK } else { TILE_ROWS };
-                    for (r, staged) in a_tail
-                        .chunks_exact_mut(TILE_PAIRS)
-                        .take(tile_rows)
-                        .enumerate()
-                    {
-                        staged[..tail]
-                            .copy_from_slice(&a_block[r * a_row_len + tail_pair..][..tail]);
-                    }
-                }
+                // The block's tiles of a; the second row tile's lie a panel further on.
+                let a_block = &a.data[r0 / ROW_TILES * a.panel_len + first_tile..];
                 for j in j0..(j0 + B_BLOCK_PANELS).min(b.panels()) {
                     let c0 = j * NR;
                     let cols = NR.min(n - c0);
                     let full = cols == NR && rows == if two_row_tiles { BLOCK } else { TILE_ROWS };
-                    // SAFETY (both branches): rows r0..r0 + rows and columns c0..c0 + cols lie in c;
-                    // a full block's tiles are exactly those, an edge block's go through c_edge.
                     let (c_ptr, c_ld) = if full {
+                        // SAFETY: rows r0..r0 + rows, columns c0..c0 + NR lie in c.
                         (unsafe { c_base.add(r0 * ld + c0) }, ld)
                     } else {
                         for (r, edge_row) in c_edge.chunks_exact_mut(BLOCK).enumerate() {
                             edge_row.fill(0.0);
                             if load_c && r < rows {
+                                // SAFETY: row r0 + r of c holds columns c0..c0 + cols.
                                 let row = unsafe {
                                     std::slice::from_raw_parts(c_base.add((r0 + r) * ld + c0), cols)
                                 };
@@ -147,18 +136,18 @@ pub(super) unsafe fn product(
                         c: c_ptr,
                         c_stride: c_ld * 4,
                     };
-                    // SAFETY: AMX and its configuration are loaded (above); every pointer below
-                    // reads inside a, b and the staged buffers (the asserts above), c_ptr writes
-                    // inside c or c_edge.
+                    let second = a.panel_len;
+                    // SAFETY: AMX and its configuration are loaded (above); the tiles read stay
+                    // inside a, b and b_tails (the asserts above), c_ptr is c's block or c_edge.
                     unsafe {
                         tiles.start(load_c);
                         if steps > 0 {
-                            let a_ptr = a_block[a.first_pair + p0..].as_ptr();
-                            tiles.multiply(a_ptr, a_row_len * 4, b_panel.as_ptr(), steps);
+                            tiles.multiply(a_block.as_ptr(), second, b_panel.as_ptr(), steps);
                         }
                         if tail > 0 {
+                            let a_tail = a_block[steps * TILE_LEN..].as_ptr();
                             let b_tail = &b_tails[j * TILE_PAIRS * NR..];
-                            tiles.multiply(a_tail.as_ptr(), TILE_PAIRS * 4, b_tail.as_ptr(), 1);
+                            tiles.multiply(a_tail, second, b_tail.as_ptr(), 1);
                         }
                         tiles.finish();
                     }
@@ -223,13 +212,14 @@ impl Tiles {
         }
     }
 
-    /// Add `steps` tile steps of products: rows of `a` (`a_stride` bytes apart, 16 pairs per
-    /// step) times pairs of a `b` panel ([`NR`] columns each, 16 pairs per step).
+    /// Add `steps` tile steps of products: consecutive whole tiles of `a` (and with two row
+    /// tiles, those `second` values further on) times 16 pairs per step of a `b` panel ([`NR`]
+    /// columns each).
     ///
     /// # Safety
-    /// The tile configuration is loaded; `a` holds 16 (or, with two row tiles, 32) rows of
-    /// `16 · steps` pairs, `b` `16 · steps` pairs of [`NR`] columns.
-    unsafe fn multiply(&self, a: *const u32, a_stride: usize, b: *const u32, steps: usize) {
+    /// The tile configuration is loaded; `a` holds `steps` tiles (and so does `a + second`
+    /// with two row tiles), `b` `16 · steps` pairs of [`NR`] columns.
+    unsafe fn multiply(&self, a: *const u32, second: usize, b: *const u32, steps: usize) {
         // SAFETY: the caller's contract; steps > 0 (the loop runs at least once).
         debug_assert!(steps > 0);
         unsafe {
@@ -244,16 +234,17 @@ impl Tiles {
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
-                    "add {a}, 64",
-                    "add {a16}, 64",
+                    "add {a}, {a_step}",
+                    "add {a16}, {a_step}",
                     "add {b}, {b_step}",
                     "dec {steps}",
                     "jnz 2b",
                     a = inout(reg) a => _,
-                    a16 = inout(reg) a.byte_add(TILE_ROWS * a_stride) => _,
+                    a16 = inout(reg) a.add(second) => _,
                     b = inout(reg) b => _,
                     steps = inout(reg) steps => _,
-                    sa = in(reg) a_stride,
+                    sa = in(reg) A_STRIDE,
+                    a_step = const TILE_LEN * 4,
                     sb = in(reg) B_STRIDE,
                     b_step = const TILE_PAIRS * B_STRIDE,
                     options(nostack, readonly)
@@ -266,14 +257,15 @@ impl Tiles {
                     "tileloadd tmm7, [{b} + {sb}*1 + 64]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
                     "tdpbf16ps tmm1, tmm4, tmm7",
-                    "add {a}, 64",
+                    "add {a}, {a_step}",
                     "add {b}, {b_step}",
                     "dec {steps}",
                     "jnz 2b",
                     a = inout(reg) a => _,
                     b = inout(reg) b => _,
                     steps = inout(reg) steps => _,
-                    sa = in(reg) a_stride,
+                    sa = in(reg) A_STRIDE,
+                    a_step = const TILE_LEN * 4,
                     sb = in(reg) B_STRIDE,
                     b_step = const TILE_PAIRS * B_STRIDE,
                     options(nostack, readonly)
