@@ -156,11 +156,14 @@ const MIN_TILES_F4: usize = 64;
 /// UNet [2, 320, 64²] (512 tiles) 1.12×; [2, 640, 32²] (128 tiles) 0.95–1.09×, [1, 640, 32²]
 /// (64 tiles) 0.85×; F(2×2) gained nowhere ([2, 1280, 16²] 0.74–1.05×, [2, 1280, 8²] 0.59×).
 const MIN_TILES_F4_AGAINST_BF16: usize = 256;
-// Against AMX's direct product (weights in row tiles) Winograd on the f32 engine gains nowhere,
-// so those convs never take it: on an Intel Xeon (`cargo run --release --example cpu_ops --
-// --precision bf16 --only conv`, Winograd as with the f32 thresholds against `SD_WINOGRAD=off`)
-// [2, 320, 64²] 42.1 against 29.1 ms, [2, 1280, 16²] 52.8 against 20.6 ms, [2, 1280, 8²] 30.6
-// against 7.1 ms, the VAE's [1, 256, 256²] 187 against 180 ms.
+/// The same against AMX's direct product (weights in row tiles), 2–3× the f32 engine's speed:
+/// F(4×4) only, from this many tiles and [`MIN_CHANNELS_AGAINST_AMX`] channels. Measured with
+/// `winograd_speed` on an Intel Xeon: F(4×4) against the AMX product 1.28× at VAE [1, 512,
+/// 128²] (1024 tiles), 1.12× at [1, 256, 256²]; 0.95× at [1, 128, 512²] (fewer channels),
+/// 0.85× at [1, 512, 64²] (256 tiles), UNet [2, 320, 64²] 0.87×, [2, 640, 32²] 0.70×, and
+/// F(2×2) at most 0.96×.
+const MIN_TILES_F4_AGAINST_AMX: usize = 1024;
+const MIN_CHANNELS_AGAINST_AMX: usize = 256;
 /// Channels below which the transforms (memory passes, not products) dominate.
 const MIN_CHANNELS: usize = 32;
 
@@ -198,7 +201,11 @@ pub(crate) fn choose(g: &ConvShape, w: Filters<'_>) -> Option<TileSize> {
         (TileSize::F4, DirectProduct::Vdpbf16ps) => {
             Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_BF16
         }
-        (_, DirectProduct::Amx) => false,
+        (TileSize::F2, DirectProduct::Amx) => false,
+        (TileSize::F4, DirectProduct::Amx) => {
+            g.channels >= MIN_CHANNELS_AGAINST_AMX
+                && Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_AMX
+        }
     };
     allowed()
         .iter()
@@ -984,7 +991,7 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use super::super::CpuTensor;
-    use super::super::bf16::{MR, PLAIN_ROWS, PairPanels};
+    use super::super::bf16::{PLAIN_ROWS, PairPanels, left_width};
     use super::super::conv::{Algorithm, conv2d_by};
     use super::TileSize;
     use crate::backend::Conv2dParams;
@@ -992,7 +999,8 @@ mod speed {
 
     /// F(2×2) and F(4×4) against im2col + GEMM on SD's 3×3 convs (each forced), interleaved,
     /// medians of 9 (and the ratio of the fastest runs): f32 weights, then bf16 weights packed
-    /// for the bf16 engine (`bf16`) and in plain rows for the f32 engine (`bf16 plain`):
+    /// for this CPU's bf16 kernel (`bf16`: MR panels, or row tiles for AMX) and in plain rows
+    /// for the f32 engine (`bf16 plain`):
     /// `cargo test --release -p sd-core --lib winograd_speed -- --ignored --nocapture`
     #[test]
     #[ignore = "timing, not a check"]
@@ -1027,7 +1035,7 @@ mod speed {
                     "f32",
                     CpuTensor::from_vec(&[o, c, 3, 3], values.clone()).expect("w"),
                 ),
-                ("bf16", packed(MR)),
+                ("bf16", packed(left_width())),
                 ("bf16 plain", packed(PLAIN_ROWS)),
             ];
             let b = CpuTensor::from_vec(&[o], vec![0.1; o]).expect("b");

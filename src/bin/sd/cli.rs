@@ -51,8 +51,9 @@ pub enum PrecisionArg {
     /// Without avx512_bf16 the weights are widened to f32 block by block inside each product
     /// (half the memory, up to ~15 % slower than f32).
     Bf16,
-    /// The fastest within the accuracy rule on this CPU: bf16 with avx512_bf16, else f32
-    /// (CUDA: its own f16 storage). The startup line says which was picked.
+    /// The fastest within the accuracy rule on this CPU: bf16 with avx512_bf16 (its products on
+    /// AMX tiles where the CPU has AMX-BF16), else f32 (CUDA: its own f16 storage). The
+    /// startup line says which was picked.
     Auto,
 }
 
