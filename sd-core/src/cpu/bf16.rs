@@ -233,7 +233,7 @@ impl PairPanels {
         if k == 0 || self.rows == 0 {
             return out;
         }
-        if self.is_row_major() || width == ROW_TILES {
+        if self.is_plain_rows() || width == ROW_TILES {
             out.par_chunks_mut(WIDEN_TASK_ROWS * k)
                 .enumerate()
                 .for_each(|(i, rows)| self.widen_rows(i * WIDEN_TASK_ROWS, rows));
@@ -262,15 +262,15 @@ impl PairPanels {
             let panel_len = self.panel_len();
             for (row, out) in (first..first + rows).zip(out.chunks_exact_mut(k)) {
                 let panel = &self.data[row / ROW_TILES * panel_len..][..panel_len];
-                let tile_rows = panel.chunks_exact(ROW_TILES * TILE_PAIRS);
-                for (tile, out) in tile_rows.zip(out.chunks_mut(2 * TILE_PAIRS)) {
-                    let r = row % ROW_TILES;
-                    widen_row(&tile[r * TILE_PAIRS..][..out.len().div_ceil(2)], out);
+                let at = row % ROW_TILES * TILE_PAIRS;
+                let tiles = panel.chunks_exact(ROW_TILES * TILE_PAIRS);
+                for (tile, out) in tiles.zip(out.chunks_mut(2 * TILE_PAIRS)) {
+                    widen_row(&tile[at..][..out.len().div_ceil(2)], out);
                 }
             }
             return;
         }
-        if !self.is_row_major() {
+        if !self.is_plain_rows() {
             let (width, end) = (self.width, first + rows);
             let mut row = first;
             while row < end {
@@ -301,12 +301,6 @@ impl PairPanels {
 
     /// Whether this is the [plain rows](PLAIN_ROWS) layout.
     pub(crate) fn is_plain_rows(&self) -> bool {
-        self.width == PLAIN_ROWS
-    }
-
-    /// Whether this is the [plain rows](PLAIN_ROWS) layout: each row's pairs contiguous, rows
-    /// one after the other.
-    fn is_row_major(&self) -> bool {
         self.width == PLAIN_ROWS
     }
 
