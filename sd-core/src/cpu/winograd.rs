@@ -197,11 +197,11 @@ pub(crate) fn choose(g: &ConvShape, w: Filters<'_>) -> Option<TileSize> {
     let enough_tiles = |tile: TileSize| match (tile, w.direct_product()) {
         (TileSize::F2, DirectProduct::F32Engine) => Tiles::of::<F2x2>(g).count() >= MIN_TILES_F2,
         (TileSize::F4, DirectProduct::F32Engine) => Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4,
-        (TileSize::F2, DirectProduct::Vdpbf16ps) => false,
+        // Against the bf16 kernels F(2×2) gained nowhere.
+        (TileSize::F2, DirectProduct::Vdpbf16ps | DirectProduct::Amx) => false,
         (TileSize::F4, DirectProduct::Vdpbf16ps) => {
             Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_BF16
         }
-        (TileSize::F2, DirectProduct::Amx) => false,
         (TileSize::F4, DirectProduct::Amx) => {
             g.channels >= MIN_CHANNELS_AGAINST_AMX
                 && Tiles::of::<F4x4>(g).count() >= MIN_TILES_F4_AGAINST_AMX
